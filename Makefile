@@ -1,0 +1,41 @@
+# Thin wrapper over CMake: `make`, `make demo`, `make test`, `make asan`, `make bench`.
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: all build deps demo test asan bench format clean
+
+all: build
+
+deps:
+	@tools/install-deps --if-missing
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+build: $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+demo: deps
+	@$(MAKE) --no-print-directory build
+	$(BUILD)/verdict demo
+
+test: deps
+	@$(MAKE) --no-print-directory build
+	cd $(BUILD) && ctest --output-on-failure
+
+asan: deps
+	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DVERDICT_SANITIZE=ON
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+		ctest --output-on-failure
+
+bench: deps
+	@$(MAKE) --no-print-directory build
+	$(BUILD)/verdict bench all
+
+format:
+	clang-format -i engine/*.c engine/*.h tests/*.c tests/support/*.c tests/support/*.h
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -1,0 +1,120 @@
+/* common.c - implementation of the shared error convention, clocks and hashing (see common.h). */
+#define _POSIX_C_SOURCE 200809L
+#include "common.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+const char *vstatus_str(vstatus s)
+{
+    switch (s) {
+    case V_OK: return "ok";
+    case V_EINVAL: return "invalid input";
+    case V_ENOMEM: return "out of memory or capacity";
+    case V_EIO: return "i/o error";
+    case V_ENATS: return "broker error";
+    case V_EPARSE: return "parse error";
+    case V_ECONFLICT: return "conflicting existing configuration";
+    case V_ETIMEOUT: return "timed out";
+    case V_ENOTFOUND: return "not found";
+    }
+    return "unknown error";
+}
+
+vstatus verror_set(verror *e, vstatus code, const char *fmt, ...)
+{
+    if (e) {
+        va_list ap;
+        va_start(ap, fmt);
+        e->code = code;
+        vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+uint64_t hash64(const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < len; i++) {
+        h ^= p[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+uint64_t hash64_str(const char *s) { return hash64(s, s ? strlen(s) : 0); }
+
+void hash64_hex(uint64_t h, char *out) { snprintf(out, 17, "%016llx", (unsigned long long)h); }
+
+bool str_copy(char *dst, size_t cap, const char *src)
+{
+    if (cap == 0)
+        return false;
+    size_t n = src ? strlen(src) : 0;
+    bool fits = n < cap;
+    if (!fits)
+        n = cap - 1;
+    if (n)
+        memcpy(dst, src, n);
+    dst[n] = '\0';
+    return fits;
+}
+
+bool duration_parse_ms(const char *s, size_t len, int64_t *out_ms)
+{
+    size_t i = 0;
+    int64_t v = 0;
+    if (len == 0)
+        return false;
+    while (i < len && s[i] >= '0' && s[i] <= '9') {
+        if (v > (INT64_MAX / 10) - 10)
+            return false;
+        v = v * 10 + (s[i] - '0');
+        i++;
+    }
+    if (i == 0)
+        return false;
+    const char *u = s + i;
+    size_t ulen = len - i;
+    int64_t mult;
+    if (ulen == 2 && u[0] == 'm' && u[1] == 's')
+        mult = 1;
+    else if (ulen == 1 && u[0] == 's')
+        mult = 1000;
+    else if (ulen == 1 && u[0] == 'm')
+        mult = 60 * 1000;
+    else if (ulen == 1 && u[0] == 'h')
+        mult = 3600 * 1000;
+    else if (ulen == 1 && u[0] == 'd')
+        mult = 24 * 3600 * 1000;
+    else
+        return false;
+    if (v > INT64_MAX / mult)
+        return false;
+    *out_ms = v * mult;
+    return true;
+}

@@ -1,0 +1,56 @@
+/* common.h - the one error convention, clocks and small helpers shared by every module.
+ *
+ * Every fallible function returns a vstatus (0 = ok, negative = failure) and, when the caller passes a
+ * verror, fills it with a human-readable message. The message is reported once, at the boundary, with
+ * context (file:line:col for rules, stream/seq for messages). Nothing here allocates. */
+#ifndef VERDICT_COMMON_H
+#define VERDICT_COMMON_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum vstatus {
+    V_OK = 0,
+    V_EINVAL = -1,    /* bad input: a malformed message, a bad flag, a bad file */
+    V_ENOMEM = -2,    /* an allocation failed or a fixed capacity is exhausted */
+    V_EIO = -3,       /* a file or OS call failed */
+    V_ENATS = -4,     /* the broker refused or failed a call */
+    V_EPARSE = -5,    /* a rules file, model or config does not parse or type-check */
+    V_ECONFLICT = -6, /* an existing stream/consumer/bucket differs from what we need */
+    V_ETIMEOUT = -7,  /* a deadline passed */
+    V_ENOTFOUND = -8, /* a looked-up thing does not exist */
+} vstatus;
+
+typedef struct verror {
+    vstatus code;
+    char msg[1024];
+} verror;
+
+const char *vstatus_str(vstatus s);
+
+/* Sets e (if not NULL) and returns code, so callers can write `return verror_set(e, V_EINVAL, ...)`. */
+vstatus verror_set(verror *e, vstatus code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Wall clock in ms and us since the epoch; monotonic clock in ns. */
+int64_t now_ms(void);
+int64_t now_us(void);
+int64_t mono_ns(void);
+
+/* 64-bit FNV-1a: stable across runs and machines (used for content versions and key hashing). */
+uint64_t hash64(const void *data, size_t len);
+uint64_t hash64_str(const char *s);
+
+/* Formats a content hash as 16 lower-case hex digits into out (>= 17 bytes). */
+void hash64_hex(uint64_t h, char *out);
+
+/* Copies at most cap-1 bytes and always NUL-terminates; returns false if truncated. */
+bool str_copy(char *dst, size_t cap, const char *src);
+
+/* Parses a duration such as 250ms, 30s, 10m, 24h, 7d into milliseconds; false on bad syntax. */
+bool duration_parse_ms(const char *s, size_t len, int64_t *out_ms);
+
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+#endif
