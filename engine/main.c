@@ -1,3 +1,53 @@
-/* main.c - the `verdict` command line: dispatches to subcommands. */
+/* main.c - the `verdict` binary: one command per job, each with its own --help. */
+#include "cli.h"
+
 #include <stdio.h>
-int main(void) { puts("verdict"); return 0; }
+#include <string.h>
+
+#ifndef VERDICT_VERSION
+#define VERDICT_VERSION "0.1.0"
+#endif
+
+typedef struct command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} command;
+
+static const command commands[] = {
+    {"serve", cmd_serve, "run the decision engine (the production process)"},
+    {"demo", cmd_demo, "start a local nats-server, the engine and a simulated payment service; print a summary"},
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out, "verdict %s - a fraud-decision engine on NATS JetStream\n\nusage: verdict COMMAND [options]\n\n"
+                 "commands:\n", VERDICT_VERSION);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(out, "  %-10s %s\n\nRun `verdict COMMAND --help` for a command's options. Every option also has an\n"
+                 "environment variable (VERDICT_NATS_URL, VERDICT_WORKERS, ...). Docs: README.md and docs/.\n",
+            "version", "print the version");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0) {
+        printf("verdict %s\n", VERDICT_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(argv[1], commands[i].name) == 0)
+            return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "verdict: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

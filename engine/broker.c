@@ -1,0 +1,321 @@
+/* broker.c - connection and idempotent JetStream set-up (see broker.h). */
+#include "broker.h"
+
+#include "log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NS_PER_MS 1000000LL
+
+vstatus broker_err(verror *e, natsStatus s, jsErrCode jerr, const char *what)
+{
+    const char *last = nats_GetLastError(NULL);
+    if (jerr)
+        return verror_set(e, V_ENATS, "%s: %s (JetStream error %d%s%s)", what, natsStatus_GetText(s), (int)jerr,
+                          last ? ": " : "", last ? last : "");
+    return verror_set(e, V_ENATS, "%s: %s%s%s", what, natsStatus_GetText(s), last ? ": " : "", last ? last : "");
+}
+
+static void on_disconnected(natsConnection *nc, void *closure)
+{
+    (void)closure;
+    if (natsConnection_IsClosed(nc) || natsConnection_IsDraining(nc))
+        return;
+    log_warn("disconnected from NATS; reconnecting", NULL);
+}
+
+static void on_reconnected(natsConnection *nc, void *closure)
+{
+    (void)nc;
+    (void)closure;
+    log_info("reconnected to NATS", NULL);
+}
+
+static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    (void)closure;
+    log_warn("NATS asynchronous error", "\"error\":\"%s\"", log_esc(natsStatus_GetText(err)));
+}
+
+vstatus broker_connect(const config *c, const char *name, bool send_asap, natsConnection **nc, verror *e)
+{
+    natsOptions *o = NULL;
+    natsStatus s = natsOptions_Create(&o);
+    if (s == NATS_OK)
+        s = natsOptions_SetURL(o, c->nats_url);
+    if (s == NATS_OK)
+        s = natsOptions_SetName(o, name);
+    if (s == NATS_OK)
+        s = natsOptions_SetSendAsap(o, send_asap);
+    if (s == NATS_OK)
+        s = natsOptions_SetMaxReconnect(o, -1);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectWait(o, 250);
+    if (s == NATS_OK)
+        s = natsOptions_SetTimeout(o, 5000);
+    if (s == NATS_OK)
+        s = natsOptions_SetDisconnectedCB(o, on_disconnected, NULL);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectedCB(o, on_reconnected, NULL);
+    if (s == NATS_OK)
+        s = natsOptions_SetErrorHandler(o, on_async_error, NULL);
+    if (s == NATS_OK && c->user[0])
+        s = natsOptions_SetUserInfo(o, c->user, c->password);
+    if (s == NATS_OK && c->token[0])
+        s = natsOptions_SetToken(o, c->token);
+    if (s == NATS_OK && c->nkey_seed_file[0]) {
+        /* The public key is derived from the seed by nats.c when given the seed file. */
+        s = natsOptions_SetNKeyFromSeed(o, NULL, c->nkey_seed_file);
+    }
+    if (s == NATS_OK && c->creds_file[0])
+        s = natsOptions_SetUserCredentialsFromFiles(o, c->creds_file, NULL);
+    if (s == NATS_OK && (c->tls_ca[0] || c->tls_cert[0])) {
+        s = natsOptions_SetSecure(o, true);
+        if (s == NATS_OK && c->tls_ca[0])
+            s = natsOptions_LoadCATrustedCertificates(o, c->tls_ca);
+        if (s == NATS_OK && c->tls_cert[0])
+            s = natsOptions_LoadCertificatesChain(o, c->tls_cert, c->tls_key);
+    }
+    if (s != NATS_OK) {
+        natsOptions_Destroy(o);
+        return broker_err(e, s, 0, "invalid connection options");
+    }
+    s = natsConnection_Connect(nc, o);
+    natsOptions_Destroy(o);
+    if (s != NATS_OK)
+        return broker_err(e, s, 0, "cannot connect to NATS (check --nats-url and credentials)");
+    return V_OK;
+}
+
+vstatus broker_connect_simple(const config *c, natsConnection **nc, verror *e)
+{
+    return broker_connect(c, "verdict-client", true, nc, e);
+}
+
+/* --- streams ------------------------------------------------------------------------------------------- */
+
+typedef struct stream_want {
+    const char *name;
+    const char *subjects[2];
+    int nsubjects;
+    jsRetentionPolicy retention;
+    int64_t max_age_ms;
+    int64_t dup_ms;
+    bool allow_direct;
+    const char *description;
+} stream_want;
+
+static bool has_subject(const jsStreamConfig *cfg, const char *subj)
+{
+    for (int i = 0; i < cfg->SubjectsLen; i++)
+        if (strcmp(cfg->Subjects[i], subj) == 0)
+            return true;
+    return false;
+}
+
+static vstatus ensure_stream(const config *c, jsCtx *js, const stream_want *w, verror *e)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetStreamInfo(&si, js, w->name, NULL, &jerr);
+    if (s == NATS_OK) {
+        const jsStreamConfig *have = si->Config;
+        vstatus rc = V_OK;
+        for (int i = 0; i < w->nsubjects && rc == V_OK; i++)
+            if (!has_subject(have, w->subjects[i]))
+                rc = verror_set(e, V_ECONFLICT,
+                                "stream %s exists but does not capture subject '%s'; add it (nats stream edit %s "
+                                "--subjects ...) or choose another --prefix",
+                                w->name, w->subjects[i], w->name);
+        if (rc == V_OK && have->Retention != w->retention)
+            rc = verror_set(e, V_ECONFLICT,
+                            "stream %s has a different retention policy than Verdict needs (%s); a changed retention "
+                            "loses transactions or decisions: recreate it or choose another --prefix",
+                            w->name, w->retention == js_LimitsPolicy ? "limits" : "other");
+        if (rc == V_OK && w->dup_ms && have->Duplicates < w->dup_ms * NS_PER_MS)
+            log_warn("stream duplicate window is shorter than configured; client retries older than it may be "
+                     "decided twice",
+                     "\"stream\":\"%s\",\"have_ms\":%lld,\"want_ms\":%lld", w->name,
+                     (long long)(have->Duplicates / NS_PER_MS), (long long)w->dup_ms);
+        if (rc == V_OK && w->allow_direct && !have->AllowDirect)
+            rc = verror_set(e, V_ECONFLICT,
+                            "stream %s exists without AllowDirect, which Verdict needs to answer duplicates; run "
+                            "`nats stream edit %s --allow-direct`",
+                            w->name, w->name);
+        if (rc == V_OK && w->max_age_ms && have->MaxAge != w->max_age_ms * NS_PER_MS)
+            log_warn("stream max age differs from configuration; using the stream's",
+                     "\"stream\":\"%s\",\"have_ms\":%lld,\"want_ms\":%lld", w->name,
+                     (long long)(have->MaxAge / NS_PER_MS), (long long)w->max_age_ms);
+        jsStreamInfo_Destroy(si);
+        if (rc == V_OK)
+            log_info("stream verified", "\"stream\":\"%s\"", w->name);
+        return rc;
+    }
+    if (s != NATS_NOT_FOUND && jerr != JSStreamNotFoundErr)
+        return broker_err(e, s, jerr, "cannot look up stream");
+
+    jsStreamConfig cfg;
+    jsStreamConfig_Init(&cfg);
+    cfg.Name = w->name;
+    cfg.Description = w->description;
+    cfg.Subjects = (const char **)w->subjects;
+    cfg.SubjectsLen = w->nsubjects;
+    cfg.Retention = w->retention;
+    cfg.Storage = js_FileStorage;
+    cfg.MaxAge = w->max_age_ms * NS_PER_MS;
+    cfg.Duplicates = w->dup_ms * NS_PER_MS;
+    cfg.AllowDirect = w->allow_direct;
+    cfg.Replicas = c->replicas;
+    s = js_AddStream(&si, js, &cfg, NULL, &jerr);
+    if (s != NATS_OK) {
+        char what[200];
+        snprintf(what, sizeof what, "cannot create stream %s", w->name);
+        return broker_err(e, s, jerr, what);
+    }
+    jsStreamInfo_Destroy(si);
+    log_info("stream created", "\"stream\":\"%s\"", w->name);
+    return V_OK;
+}
+
+static vstatus ensure_consumer(const config *c, jsCtx *js, verror *e)
+{
+    int64_t backoff_ns[8];
+    for (int i = 0; i < c->backoff_len; i++)
+        backoff_ns[i] = c->backoff_ms[i] * NS_PER_MS;
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetConsumerInfo(&ci, js, c->txn_stream, c->consumer, NULL, &jerr);
+    if (s == NATS_OK) {
+        const jsConsumerConfig *have = ci->Config;
+        vstatus rc = V_OK;
+        if (have->AckPolicy != js_AckExplicit)
+            rc = verror_set(e, V_ECONFLICT,
+                            "consumer %s on %s does not use explicit acks, so decisions could be lost; delete it "
+                            "(nats consumer rm %s %s) and restart Verdict to recreate it",
+                            c->consumer, c->txn_stream, c->txn_stream, c->consumer);
+        else if (have->DeliverSubject && have->DeliverSubject[0])
+            rc = verror_set(e, V_ECONFLICT,
+                            "consumer %s on %s is a push consumer; Verdict needs a pull consumer: delete it (nats "
+                            "consumer rm %s %s) and restart",
+                            c->consumer, c->txn_stream, c->txn_stream, c->consumer);
+        else if (have->FilterSubject && have->FilterSubject[0] && strcmp(have->FilterSubject, c->txn_subjects))
+            rc = verror_set(e, V_ECONFLICT,
+                            "consumer %s on %s filters '%s' but Verdict must see '%s'; delete or fix it", c->consumer,
+                            c->txn_stream, have->FilterSubject, c->txn_subjects);
+        if (rc == V_OK && (have->MaxDeliver != c->max_deliver || have->BackOffLen != c->backoff_len ||
+                           (c->backoff_len == 0 && have->AckWait != c->ack_wait_ms * NS_PER_MS)))
+            log_warn("consumer settings differ from configuration; using the consumer's",
+                     "\"consumer\":\"%s\",\"max_deliver\":%lld,\"ack_wait_ms\":%lld,\"backoff_len\":%d",
+                     c->consumer, (long long)have->MaxDeliver, (long long)(have->AckWait / NS_PER_MS),
+                     have->BackOffLen);
+        jsConsumerInfo_Destroy(ci);
+        if (rc == V_OK)
+            log_info("consumer verified", "\"stream\":\"%s\",\"consumer\":\"%s\"", c->txn_stream, c->consumer);
+        return rc;
+    }
+    if (s != NATS_NOT_FOUND && jerr != JSConsumerNotFoundErr)
+        return broker_err(e, s, jerr, "cannot look up consumer");
+
+    jsConsumerConfig cc;
+    jsConsumerConfig_Init(&cc);
+    cc.Durable = c->consumer;
+    cc.Description = "Verdict decision engine";
+    cc.AckPolicy = js_AckExplicit;
+    cc.DeliverPolicy = js_DeliverAll;
+    cc.AckWait = c->ack_wait_ms * NS_PER_MS;
+    cc.MaxDeliver = c->max_deliver;
+    cc.BackOff = c->backoff_len ? backoff_ns : NULL;
+    cc.BackOffLen = c->backoff_len;
+    cc.FilterSubject = c->txn_subjects;
+    /* room for every worker's batch plus retries in flight */
+    cc.MaxAckPending = (int64_t)c->workers * c->batch * 4 > 1000 ? (int64_t)c->workers * c->batch * 4 : 1000;
+    cc.MaxWaiting = 512;
+    s = js_AddConsumer(&ci, js, c->txn_stream, &cc, NULL, &jerr);
+    if (s != NATS_OK)
+        return broker_err(e, s, jerr, "cannot create the durable consumer");
+    jsConsumerInfo_Destroy(ci);
+    log_info("consumer created", "\"stream\":\"%s\",\"consumer\":\"%s\"", c->txn_stream, c->consumer);
+    return V_OK;
+}
+
+vstatus broker_setup(const config *c, jsCtx *js, verror *e)
+{
+    char dec_subj[NAME_MAX_LEN + 4], dlq_subj[NAME_MAX_LEN + 4], adv1[300], adv2[300];
+    snprintf(dec_subj, sizeof dec_subj, "%s.>", c->decision_prefix);
+    snprintf(dlq_subj, sizeof dlq_subj, "%s.>", c->dlq_prefix);
+    snprintf(adv1, sizeof adv1, "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.%s.%s", c->txn_stream, c->consumer);
+    snprintf(adv2, sizeof adv2, "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.%s.%s", c->txn_stream, c->consumer);
+    int64_t dec_dup = c->dup_window_ms > 2 * 60 * 1000 ? c->dup_window_ms : 2 * 60 * 1000;
+    const stream_want streams[] = {
+        {c->txn_stream, {c->txn_subjects}, 1, js_LimitsPolicy, c->txn_max_age_ms, c->dup_window_ms, true,
+         "Verdict: card transactions to decide"},
+        {c->decisions_stream, {dec_subj}, 1, js_LimitsPolicy, 0, dec_dup, true,
+         "Verdict: one decision per transaction, Nats-Msg-Id = txn_id"},
+        {c->dlq_stream, {dlq_subj}, 1, js_LimitsPolicy, 0, c->dup_window_ms, true,
+         "Verdict: dead letters, original bytes with the reason in headers"},
+        {c->adv_stream, {adv1, adv2}, 2, js_LimitsPolicy, 0, 0, false,
+         "Verdict: captured MAX_DELIVERIES and MSG_TERMINATED advisories for the DLQ worker"},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(streams); i++) {
+        vstatus rc = ensure_stream(c, js, &streams[i], e);
+        if (rc)
+            return rc;
+    }
+    return ensure_consumer(c, js, e);
+}
+
+/* --- ack subject parsing ----------------------------------------------------------------------------- */
+
+static bool parse_u64(const char *s, size_t len, uint64_t *out)
+{
+    uint64_t v = 0;
+    if (len == 0)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        v = v * 10 + (uint64_t)(s[i] - '0');
+    }
+    *out = v;
+    return true;
+}
+
+bool broker_parse_ack_subject(const char *reply, js_meta *m)
+{
+    if (!reply || strncmp(reply, "$JS.ACK.", 8) != 0)
+        return false;
+    const char *tok[16];
+    size_t len[16];
+    int n = 0;
+    const char *p = reply + 8;
+    while (*p && n < 16) {
+        const char *dot = strchr(p, '.');
+        size_t l = dot ? (size_t)(dot - p) : strlen(p);
+        tok[n] = p;
+        len[n] = l;
+        n++;
+        p = dot ? dot + 1 : p + l;
+        if (!dot)
+            break;
+    }
+    /* v1: stream.consumer.delivered.sseq.cseq.ts.pending (7 tokens); v2 adds domain and account hash in front
+     * and may add a random token at the end. */
+    int base;
+    if (n == 7)
+        base = 0;
+    else if (n >= 9)
+        base = 2;
+    else
+        return false;
+    uint64_t ts;
+    if (!parse_u64(tok[base + 2], len[base + 2], &m->delivered) ||
+        !parse_u64(tok[base + 3], len[base + 3], &m->stream_seq) || !parse_u64(tok[base + 5], len[base + 5], &ts) ||
+        !parse_u64(tok[base + 6], len[base + 6], &m->pending))
+        return false;
+    m->timestamp_ns = (int64_t)ts;
+    return true;
+}

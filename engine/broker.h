@@ -1,0 +1,40 @@
+/* broker.h - everything Verdict asks of NATS before it processes a message: connecting with the configured
+ * auth and TLS, and creating or verifying the streams and the durable consumer (DESIGN section 2).
+ *
+ * Set-up is idempotent: create if absent, verify if present. An existing stream or consumer that differs in a
+ * way that breaks Verdict's guarantees (subjects, retention, ack policy, filter) is refused with a message that
+ * says what differs and what to do; a difference that only tunes behaviour (max age, BackOff) is logged as a
+ * warning and the operator's setting is used. Nothing is ever silently rewritten. */
+#ifndef VERDICT_BROKER_H
+#define VERDICT_BROKER_H
+
+#include "common.h"
+#include "config.h"
+
+#include <nats/nats.h>
+
+/* Connects with c's URL, auth and TLS. send_asap trades batch throughput for latency (DESIGN section 8).
+ * name is the connection name shown by `nats server report connections`. */
+vstatus broker_connect(const config *c, const char *name, bool send_asap, natsConnection **nc, verror *e);
+
+/* A client connection (send-asap) for tools, the demo and tests. */
+vstatus broker_connect_simple(const config *c, natsConnection **nc, verror *e);
+
+/* Creates or verifies TXN, DECISIONS, DLQ, VERDICT_ADVISORIES (before the consumer, so no advisory is lost)
+ * and the durable pull consumer. */
+vstatus broker_setup(const config *c, jsCtx *js, verror *e);
+
+/* Formats a nats.c failure: the status text plus nats.c's last error detail. */
+vstatus broker_err(verror *e, natsStatus s, jsErrCode jerr, const char *what);
+
+/* Parses a JetStream ack reply subject ($JS.ACK.[domain.hash.]stream.consumer.delivered.sseq.cseq.ts.pending)
+ * without allocating. Returns false if the subject is not an ack subject. */
+typedef struct js_meta {
+    uint64_t stream_seq;
+    uint64_t delivered;
+    int64_t timestamp_ns; /* store time */
+    uint64_t pending;
+} js_meta;
+bool broker_parse_ack_subject(const char *reply, js_meta *m);
+
+#endif

@@ -1,0 +1,262 @@
+/* config.c - the option table, parsing (flag > environment > default) and --help (see config.h). */
+#include "config.h"
+
+#include "log.h"
+
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef enum opt_kind { O_STR, O_SECRET, O_INT, O_DUR, O_DURLIST } opt_kind;
+
+/* Groups select which options a subcommand shows and accepts. */
+#define G_CONN 1   /* connecting to NATS: every command that talks to the broker */
+#define G_NAMES 2  /* stream/subject names */
+#define G_SERVE 4  /* the engine itself */
+
+typedef struct opt {
+    const char *flag;
+    const char *env;
+    opt_kind kind;
+    size_t off;
+    size_t size;
+    const char *def; /* default as text (NULL: empty / derived) */
+    int groups;
+    const char *help;
+} opt;
+
+#define F(field) offsetof(config, field), sizeof(((config *)0)->field)
+
+static const opt opts[] = {
+    {"--nats-url", "VERDICT_NATS_URL", O_STR, F(nats_url), "nats://127.0.0.1:4222", G_CONN,
+     "NATS server URL(s), comma-separated"},
+    {"--user", "VERDICT_NATS_USER", O_STR, F(user), NULL, G_CONN, "NATS user name"},
+    {"--password", "VERDICT_NATS_PASSWORD", O_SECRET, F(password), NULL, G_CONN,
+     "NATS password (prefer the environment variable)"},
+    {"--token", "VERDICT_NATS_TOKEN", O_SECRET, F(token), NULL, G_CONN, "NATS auth token"},
+    {"--nkey-seed", "VERDICT_NATS_NKEY_SEED", O_STR, F(nkey_seed_file), NULL, G_CONN, "file holding an nkey seed"},
+    {"--creds", "VERDICT_NATS_CREDS", O_STR, F(creds_file), NULL, G_CONN, "NATS credentials file (JWT + seed)"},
+    {"--tls-ca", "VERDICT_TLS_CA", O_STR, F(tls_ca), NULL, G_CONN, "CA certificate file (enables TLS)"},
+    {"--tls-cert", "VERDICT_TLS_CERT", O_STR, F(tls_cert), NULL, G_CONN, "client certificate file"},
+    {"--tls-key", "VERDICT_TLS_KEY", O_STR, F(tls_key), NULL, G_CONN, "client private key file"},
+    {"--prefix", "VERDICT_PREFIX", O_STR, F(prefix), NULL, G_NAMES,
+     "namespace for every stream, subject and consumer (e.g. 'acme' -> ACME_TXN, acme.txn.>)"},
+    {"--workers", "VERDICT_WORKERS", O_INT, F(workers), NULL, G_SERVE, "worker threads (default: number of cores)"},
+    {"--batch", "VERDICT_BATCH", O_INT, F(batch), "64", G_SERVE, "messages per pull request"},
+    {"--budget", "VERDICT_BUDGET", O_DUR, F(budget_ms), "50ms", G_SERVE,
+     "latency budget per transaction, from its JetStream store time"},
+    {"--fallback", "VERDICT_FALLBACK", O_STR, F(fallback), "none", G_SERVE,
+     "when the budget is spent: none (decide on rules alone) | approve | review | decline"},
+    {"--rules", "VERDICT_RULES", O_STR, F(rules_file), NULL, G_SERVE,
+     "rules file (default: built-in amount policy until one is given)"},
+    {"--model", "VERDICT_MODEL", O_STR, F(model_file), NULL, G_SERVE, "XGBoost JSON model file"},
+    {"--max-msg-size", "VERDICT_MAX_MSG_SIZE", O_INT, F(max_msg_size), "65536", G_SERVE,
+     "larger transactions are dead-lettered as oversize"},
+    {"--engine-id", "VERDICT_ENGINE_ID", O_STR, F(engine_id), NULL, G_SERVE,
+     "this instance's id (default: hostname-pid)"},
+    {"--metrics-addr", "VERDICT_METRICS_ADDR", O_STR, F(metrics_addr), "off", G_SERVE,
+     "host:port for /metrics, /healthz, /readyz, or off"},
+    {"--publish-timeout", "VERDICT_PUBLISH_TIMEOUT", O_DUR, F(publish_timeout_ms), "2s", G_SERVE,
+     "wait this long for a decision's PubAck before naking for a retry"},
+    {"--ack-wait", "VERDICT_ACK_WAIT", O_DUR, F(ack_wait_ms), "30s", G_NAMES, "consumer AckWait"},
+    {"--max-deliver", "VERDICT_MAX_DELIVER", O_INT, F(max_deliver), "5", G_NAMES,
+     "consumer MaxDeliver (then the message is dead-lettered)"},
+    {"--backoff", "VERDICT_BACKOFF", O_DURLIST, F(backoff_ms), "1s,5s,30s,60s", G_NAMES,
+     "consumer BackOff delays (fewer entries than --max-deliver)"},
+    {"--dup-window", "VERDICT_DUP_WINDOW", O_DUR, F(dup_window_ms), "10m", G_NAMES,
+     "duplicate window of TXN and DECISIONS"},
+    {"--txn-max-age", "VERDICT_TXN_MAX_AGE", O_DUR, F(txn_max_age_ms), "7d", G_NAMES, "TXN retention"},
+    {"--replicas", "VERDICT_REPLICAS", O_INT, F(replicas), "1", G_NAMES, "stream replicas (3 on a cluster)"},
+};
+
+static vstatus set_value(config *c, const opt *o, const char *v, const char *src, verror *e)
+{
+    char *field = (char *)c + o->off;
+    switch (o->kind) {
+    case O_STR:
+    case O_SECRET:
+        if (!str_copy(field, o->size, v))
+            return verror_set(e, V_EINVAL, "%s: value too long (at most %zu bytes)", src, o->size - 1);
+        return V_OK;
+    case O_INT: {
+        char *end;
+        long long x = strtoll(v, &end, 10);
+        if (*v == 0 || *end != 0 || x < 0 || x > 1000000000)
+            return verror_set(e, V_EINVAL, "%s: '%s' is not a non-negative integer", src, v);
+        if (o->size == sizeof(int))
+            *(int *)field = (int)x;
+        else
+            *(int64_t *)field = x;
+        return V_OK;
+    }
+    case O_DUR: {
+        int64_t ms;
+        if (!duration_parse_ms(v, strlen(v), &ms))
+            return verror_set(e, V_EINVAL, "%s: '%s' is not a duration (e.g. 250ms, 30s, 10m, 24h, 7d)", src, v);
+        *(int64_t *)field = ms;
+        return V_OK;
+    }
+    case O_DURLIST: {
+        int n = 0;
+        const char *p = v;
+        while (*p) {
+            const char *comma = strchr(p, ',');
+            size_t len = comma ? (size_t)(comma - p) : strlen(p);
+            int64_t ms;
+            if (n >= (int)ARRAY_LEN(c->backoff_ms) || !duration_parse_ms(p, len, &ms))
+                return verror_set(e, V_EINVAL, "%s: '%s' is not a list of at most %d durations", src, v,
+                                  (int)ARRAY_LEN(c->backoff_ms));
+            c->backoff_ms[n++] = ms;
+            p = comma ? comma + 1 : p + len;
+        }
+        c->backoff_len = n;
+        return V_OK;
+    }
+    }
+    return V_EINVAL;
+}
+
+static void derive_names(config *c)
+{
+    char up[64] = "", low[64] = "";
+    for (size_t i = 0; c->prefix[i] && i < sizeof up - 1; i++) {
+        char ch = c->prefix[i];
+        up[i] = (ch >= 'a' && ch <= 'z') ? (char)(ch - 32) : (ch == '.' ? '_' : ch);
+        low[i] = ch;
+    }
+    const char *U = up[0] ? "_" : "", *L = low[0] ? "." : "";
+    snprintf(c->txn_stream, sizeof c->txn_stream, "%s%sTXN", up, U);
+    snprintf(c->txn_subjects, sizeof c->txn_subjects, "%s%stxn.>", low, L);
+    snprintf(c->ingress_subject, sizeof c->ingress_subject, "%s%stxn.req", low, L);
+    snprintf(c->decisions_stream, sizeof c->decisions_stream, "%s%sDECISIONS", up, U);
+    snprintf(c->decision_prefix, sizeof c->decision_prefix, "%s%sdecision", low, L);
+    snprintf(c->dlq_stream, sizeof c->dlq_stream, "%s%sDLQ", up, U);
+    snprintf(c->dlq_prefix, sizeof c->dlq_prefix, "%s%sdlq", low, L);
+    snprintf(c->adv_stream, sizeof c->adv_stream, "%s%sVERDICT_ADVISORIES", up, U);
+    snprintf(c->decide_subject, sizeof c->decide_subject, "%s%sverdict.v1.decide", low, L);
+    snprintf(c->consumer, sizeof c->consumer, "%s%sverdict", low, low[0] ? "_" : "");
+    str_copy(c->queue_group, sizeof c->queue_group, "q");
+}
+
+void config_defaults(config *c)
+{
+    memset(c, 0, sizeof *c);
+    for (size_t i = 0; i < ARRAY_LEN(opts); i++)
+        if (opts[i].def)
+            set_value(c, &opts[i], opts[i].def, "default", NULL);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    c->workers = n > 0 ? (int)n : 2;
+    char host[64] = "host";
+    gethostname(host, sizeof host - 1);
+    host[sizeof host - 1] = 0;
+    snprintf(c->engine_id, sizeof c->engine_id, "%.40s-%d", host, (int)getpid());
+    derive_names(c);
+}
+
+static const opt *find_opt(const char *flag, size_t len)
+{
+    for (size_t i = 0; i < ARRAY_LEN(opts); i++)
+        if (strlen(opts[i].flag) == len && memcmp(opts[i].flag, flag, len) == 0)
+            return &opts[i];
+    return NULL;
+}
+
+vstatus config_parse(config *c, int argc, char **argv, bool *help, int *rest, int *nrest, verror *e)
+{
+    *help = false;
+    if (nrest)
+        *nrest = 0;
+    /* environment first, so flags override it */
+    for (size_t i = 0; i < ARRAY_LEN(opts); i++) {
+        const char *v = getenv(opts[i].env);
+        if (v && *v) {
+            vstatus s = set_value(c, &opts[i], v, opts[i].env, e);
+            if (s)
+                return s;
+        }
+    }
+    const char *fault = getenv("VERDICT_TEST_FAULT");
+    if (fault)
+        str_copy(c->fault, sizeof c->fault, fault);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            *help = true;
+            continue;
+        }
+        const char *eq = strchr(a, '=');
+        size_t flen = eq ? (size_t)(eq - a) : strlen(a);
+        const opt *o = a[0] == '-' ? find_opt(a, flen) : NULL;
+        if (!o) {
+            if (rest) {
+                rest[(*nrest)++] = i;
+                continue;
+            }
+            return verror_set(e, V_EINVAL, "unknown option '%s' (see --help)", a);
+        }
+        const char *v = eq ? eq + 1 : NULL;
+        if (!v) {
+            if (i + 1 >= argc)
+                return verror_set(e, V_EINVAL, "%s needs a value", o->flag);
+            v = argv[++i];
+        }
+        vstatus s = set_value(c, o, v, o->flag, e);
+        if (s)
+            return s;
+    }
+    derive_names(c);
+    if (c->workers < 1 || c->workers > 256)
+        return verror_set(e, V_EINVAL, "--workers must be between 1 and 256");
+    if (c->batch < 1 || c->batch > 4096)
+        return verror_set(e, V_EINVAL, "--batch must be between 1 and 4096");
+    if (c->max_deliver < 1)
+        return verror_set(e, V_EINVAL, "--max-deliver must be at least 1");
+    if (c->backoff_len >= c->max_deliver)
+        return verror_set(e, V_EINVAL, "--backoff needs fewer entries (%d) than --max-deliver (%d)",
+                          c->backoff_len, c->max_deliver);
+    if (strcmp(c->fallback, "none") && strcmp(c->fallback, "approve") && strcmp(c->fallback, "review") &&
+        strcmp(c->fallback, "decline"))
+        return verror_set(e, V_EINVAL, "--fallback must be none, approve, review or decline");
+    if (c->max_msg_size < 64 || c->max_msg_size > 8 * 1024 * 1024)
+        return verror_set(e, V_EINVAL, "--max-msg-size must be between 64 and 8388608");
+    for (const char *p = c->prefix; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_' || *p == '-'))
+            return verror_set(e, V_EINVAL, "--prefix must be lower-case [a-z0-9_-]");
+    return V_OK;
+}
+
+void config_print_help(FILE *out, const char *which)
+{
+    int groups = G_CONN;
+    if (strcmp(which, "serve") == 0 || strcmp(which, "demo") == 0)
+        groups |= G_NAMES | G_SERVE;
+    else if (strcmp(which, "names") == 0)
+        groups |= G_NAMES;
+    for (size_t i = 0; i < ARRAY_LEN(opts); i++) {
+        const opt *o = &opts[i];
+        if (!(o->groups & groups))
+            continue;
+        char left[64];
+        snprintf(left, sizeof left, "%s %s", o->flag,
+                 o->kind == O_INT ? "N" : o->kind == O_DUR ? "DUR" : o->kind == O_DURLIST ? "DUR,..." : "VAL");
+        fprintf(out, "  %-26s %s\n  %-26s   env %s", left, o->help, "", o->env);
+        if (o->def && o->kind != O_SECRET)
+            fprintf(out, ", default %s", o->def);
+        fputc('\n', out);
+    }
+}
+
+void config_log(const config *c)
+{
+    log_info("configuration",
+             "\"nats_url\":\"%s\",\"auth\":\"%s\",\"tls\":%s,\"prefix\":\"%s\",\"workers\":%d,\"batch\":%d,"
+             "\"budget_ms\":%lld,\"fallback\":\"%s\",\"rules\":\"%s\",\"model\":\"%s\",\"engine_id\":\"%s\"",
+             log_esc(c->nats_url),
+             c->creds_file[0] ? "creds" : c->nkey_seed_file[0] ? "nkey" : c->token[0] ? "token" :
+                                c->user[0] ? "user/password" : "none",
+             c->tls_ca[0] || c->tls_cert[0] ? "true" : "false", log_esc(c->prefix), c->workers, c->batch,
+             (long long)c->budget_ms, c->fallback, log_esc(c->rules_file), log_esc(c->model_file),
+             log_esc(c->engine_id));
+}

@@ -1,0 +1,70 @@
+/* log.c - one JSON object a line on stderr (see log.h). A line is formatted into a stack buffer and written
+ * with one write(2), so lines from different threads never interleave. */
+#include "log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+static log_level min_level = LOG_INFO;
+static const char *component = "verdict";
+static int quiet;
+
+void log_set_level(log_level min) { min_level = min; }
+void log_set_component(const char *name) { component = name; }
+void log_set_quiet(int q) { quiet = q; }
+
+const char *log_esc(const char *s)
+{
+    static _Thread_local char bufs[8][512];
+    static _Thread_local int next;
+    char *out = bufs[next++ & 7];
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p && o < sizeof bufs[0] - 7; p++) {
+        if (*p == '"' || *p == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)*p;
+        } else if (*p < 0x20) {
+            o += (size_t)snprintf(out + o, 7, "\\u%04x", *p);
+        } else {
+            out[o++] = (char)*p;
+        }
+    }
+    out[o] = 0;
+    return out;
+}
+
+void log_event(log_level lvl, const char *msg, const char *fields_fmt, ...)
+{
+    static const char *names[] = {"debug", "info", "warn", "error"};
+    if (lvl < min_level || (quiet && lvl < LOG_WARN))
+        return;
+    char line[2048];
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    struct tm tm;
+    gmtime_r(&tv.tv_sec, &tm);
+    int n = snprintf(line, sizeof line,
+                     "{\"ts\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03dZ\",\"level\":\"%s\",\"component\":\"%s\","
+                     "\"msg\":\"%s\"",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     (int)(tv.tv_usec / 1000), names[lvl], component, log_esc(msg));
+    if (fields_fmt && fields_fmt[0] && n > 0 && (size_t)n < sizeof line - 2) {
+        line[n++] = ',';
+        va_list ap;
+        va_start(ap, fields_fmt);
+        int m = vsnprintf(line + n, sizeof line - (size_t)n, fields_fmt, ap);
+        va_end(ap);
+        if (m > 0)
+            n += m;
+    }
+    if (n < 0 || (size_t)n > sizeof line - 3)
+        n = (int)sizeof line - 3;
+    line[n++] = '}';
+    line[n++] = '\n';
+    ssize_t w = write(2, line, (size_t)n);
+    (void)w;
+}

@@ -1,0 +1,627 @@
+/* pipeline.c - ingress, workers and the commit protocol (see pipeline.h).
+ *
+ * Threads: nats.c's own threads deliver ingress requests and PubAcks; N workers each block in Fetch on their
+ * own pull subscription (one Fetch at a time per subscription, DESIGN section 8). The worker connection is
+ * send-asap: acks, replies and pull requests leave at once instead of waiting up to 1 ms in nats.c's flusher. */
+#include "pipeline.h"
+
+#include "broker.h"
+#include "codec.h"
+#include "decide.h"
+#include "log.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DECISION_BUF 8192
+
+typedef struct worker {
+    struct engine *en;
+    int id;
+    pthread_t thread;
+    natsSubscription *sub;
+    arena arena;       /* decode arena, reset per message */
+    arena dup_arena;   /* decoding stored decisions on the duplicate path */
+    unsigned char *enc; /* encoded decision */
+    fval vals[FEAT_MAX];
+    Reason reasons[DECIDE_MAX_REASONS];
+    Reason *reason_ptrs[DECIDE_MAX_REASONS];
+} worker;
+
+struct engine {
+    config cfg;
+    natsConnection *nc;  /* workers: send-asap */
+    natsConnection *inc; /* ingress: buffered, with async publish */
+    jsCtx *js;
+    jsCtx *ijs;
+    natsSubscription *ingress;
+    arena ingress_arena; /* ingress callbacks are serialised per subscription */
+    worker *workers;
+    int nworkers;
+    policy *policy;
+    atomic_bool stopping;
+    engine_stats stats;
+};
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* --- fault switch (tests only; docs/testing.md) ------------------------------------------------------ */
+
+static void fault_point(const engine *en, const char *point)
+{
+    if (en->cfg.fault[0] && strcmp(en->cfg.fault, point) == 0) {
+        log_warn("test fault: killing the process", "\"point\":\"%s\"", point);
+        raise(SIGKILL);
+    }
+}
+
+/* --- replies ------------------------------------------------------------------------------------------ */
+
+static void reply_error(natsConnection *nc, const char *reply_to, int code, const char *text)
+{
+    if (!reply_to || !reply_to[0])
+        return;
+    natsMsg *m = NULL;
+    char codes[16];
+    snprintf(codes, sizeof codes, "%d", code);
+    if (natsMsg_Create(&m, reply_to, NULL, text, (int)strlen(text)) != NATS_OK)
+        return;
+    if (natsMsgHeader_Set(m, "Nats-Service-Error", text) != NATS_OK ||
+        natsMsgHeader_Set(m, "Nats-Service-Error-Code", codes) != NATS_OK ||
+        natsConnection_PublishMsg(nc, m) != NATS_OK)
+        log_warn("could not send an error reply", "\"error\":\"%s\"", log_esc(nats_GetLastError(NULL)));
+    natsMsg_Destroy(m);
+}
+
+static const char *decision_header_keys[] = {"Nats-Msg-Id",           "Verdict-Outcome",        "Verdict-Score",
+                                             "Verdict-Reasons",       "Verdict-Rules-Version",  "Verdict-Model-Version",
+                                             "Verdict-Latency-Us",    "Verdict-Budget-Exceeded", "Verdict-Degraded",
+                                             "Verdict-Engine-Id"};
+
+static natsStatus set_decision_headers(natsMsg *m, const Decision *d)
+{
+    char score[32], lat[32], reasons[1024];
+    size_t o = 0;
+    reasons[0] = 0;
+    for (size_t i = 0; i < d->n_reasons && o < sizeof reasons - 2; i++)
+        o += (size_t)snprintf(reasons + o, sizeof reasons - o, "%s%s", i ? "," : "", d->reasons[i]->rule_id);
+    if (d->score >= 0)
+        snprintf(score, sizeof score, "%.6f", d->score);
+    else
+        snprintf(score, sizeof score, "none");
+    snprintf(lat, sizeof lat, "%lld", (long long)d->latency_us);
+    natsStatus s = natsMsgHeader_Set(m, "Nats-Msg-Id", d->txn_id);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(m, "Verdict-Outcome", outcome_str(d->outcome));
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(m, "Verdict-Score", score);
+    /* an empty header value confuses header parsing in some clients: omit the header when no rule matched */
+    if (s == NATS_OK && reasons[0])
+        s = natsMsgHeader_Set(m, "Verdict-Reasons", reasons);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(m, "Verdict-Rules-Version", d->rules_version);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(m, "Verdict-Model-Version", d->model_version);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(m, "Verdict-Latency-Us", lat);
+    if (s == NATS_OK && d->budget_exceeded)
+        s = natsMsgHeader_Set(m, "Verdict-Budget-Exceeded", "true");
+    if (s == NATS_OK && d->degraded)
+        s = natsMsgHeader_Set(m, "Verdict-Degraded", "true");
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(m, "Verdict-Engine-Id", d->engine_id);
+    return s;
+}
+
+/* Replies with a stored decision message (data and Verdict headers copied). */
+static void reply_stored(natsConnection *nc, const char *reply_to, natsMsg *stored)
+{
+    natsMsg *r = NULL;
+    if (natsMsg_Create(&r, reply_to, NULL, natsMsg_GetData(stored), natsMsg_GetDataLength(stored)) != NATS_OK)
+        return;
+    for (size_t i = 0; i < ARRAY_LEN(decision_header_keys); i++) {
+        const char *v = NULL;
+        if (natsMsgHeader_Get(stored, decision_header_keys[i], &v) == NATS_OK && v)
+            natsMsgHeader_Set(r, decision_header_keys[i], v);
+    }
+    natsMsgHeader_Set(r, "Verdict-Duplicate", "true");
+    if (natsConnection_PublishMsg(nc, r) != NATS_OK)
+        log_warn("could not send a reply", "\"error\":\"%s\"", log_esc(nats_GetLastError(NULL)));
+    natsMsg_Destroy(r);
+}
+
+/* --- dead letters ------------------------------------------------------------------------------------- */
+
+/* Publishes the original bytes to dlq.<reason> and terms the message; naks it if the DLQ is unreachable. */
+static void dead_letter(worker *w, natsMsg *msg, const js_meta *m, poison_reason why, const char *err,
+                        const char *reply_to)
+{
+    engine *en = w->en;
+    char subj[NAME_MAX_LEN + 40], seq[32], deliveries[32], msgid[NAME_MAX_LEN + 40];
+    snprintf(subj, sizeof subj, "%s.%s", en->cfg.dlq_prefix, poison_reason_str(why));
+    snprintf(seq, sizeof seq, "%llu", (unsigned long long)m->stream_seq);
+    snprintf(deliveries, sizeof deliveries, "%llu", (unsigned long long)m->delivered);
+    snprintf(msgid, sizeof msgid, "dlq-%s-%llu", en->cfg.txn_stream, (unsigned long long)m->stream_seq);
+    natsMsg *dl = NULL;
+    natsStatus s = natsMsg_Create(&dl, subj, NULL, natsMsg_GetData(msg), natsMsg_GetDataLength(msg));
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(dl, "Nats-Msg-Id", msgid);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(dl, "Verdict-Dlq-Reason", poison_reason_str(why));
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(dl, "Verdict-Error", err);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(dl, "Verdict-Original-Subject", natsMsg_GetSubject(msg));
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(dl, "Verdict-Original-Seq", seq);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(dl, "Verdict-Deliveries", deliveries);
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = msgid;
+    po.MaxWait = en->cfg.publish_timeout_ms;
+    jsPubAck *pa = NULL;
+    jsErrCode jerr = 0;
+    if (s == NATS_OK)
+        s = js_PublishMsg(&pa, en->js, dl, &po, &jerr);
+    natsMsg_Destroy(dl);
+    jsPubAck_Destroy(pa);
+    if (s != NATS_OK) {
+        log_error("dead letter not stored; will retry", "\"stream\":\"%s\",\"seq\":%llu,\"error\":\"%s\"",
+                  en->cfg.txn_stream, (unsigned long long)m->stream_seq, log_esc(natsStatus_GetText(s)));
+        natsMsg_NakWithDelay(msg, 1000, NULL);
+        atomic_fetch_add(&en->stats.naks, 1);
+        return;
+    }
+    atomic_fetch_add(&en->stats.dead_letters, 1);
+    log_warn("dead-lettered", "\"stream\":\"%s\",\"seq\":%llu,\"reason\":\"%s\",\"error\":\"%s\"",
+             en->cfg.txn_stream, (unsigned long long)m->stream_seq, poison_reason_str(why), log_esc(err));
+    reply_error(en->nc, reply_to, 400, err);
+    if (natsMsg_Term(msg, NULL) != NATS_OK)
+        log_warn("term failed; the message will be redelivered and dead-lettered idempotently",
+                 "\"seq\":%llu", (unsigned long long)m->stream_seq);
+}
+
+/* --- the commit protocol ------------------------------------------------------------------------------ */
+
+static int64_t backoff_delay_ms(const config *c, uint64_t delivered)
+{
+    if (c->backoff_len == 0)
+        return 1000;
+    uint64_t i = delivered > 0 ? delivered - 1 : 0;
+    if (i >= (uint64_t)c->backoff_len)
+        i = (uint64_t)c->backoff_len - 1;
+    return c->backoff_ms[i];
+}
+
+static void process(worker *w, natsMsg *msg)
+{
+    engine *en = w->en;
+    const config *cfg = &en->cfg;
+    js_meta m = {0};
+    if (!broker_parse_ack_subject(natsMsg_GetReply(msg), &m)) {
+        log_warn("message without JetStream metadata ignored", NULL);
+        return;
+    }
+    if (m.delivered > 1)
+        atomic_fetch_add(&en->stats.redeliveries, 1);
+    const char *reply_to = NULL;
+    if (natsMsgHeader_Get(msg, "Verdict-Reply-To", &reply_to) != NATS_OK)
+        reply_to = NULL;
+
+    Transaction *t = NULL;
+    poison_reason why;
+    verror err = {0};
+    if (txn_decode(&w->arena, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), (size_t)cfg->max_msg_size,
+                   &t, &why, &err) != V_OK) {
+        dead_letter(w, msg, &m, why, err.msg, reply_to);
+        return;
+    }
+
+    int64_t store_us = m.timestamp_ns / 1000;
+    int64_t start_us = now_us();
+    bool budget_exceeded = start_us - store_us >= cfg->budget_ms * 1000;
+    decide_out out;
+    const policy *p = en->policy;
+    decide_run(p, t, store_us / 1000, budget_exceeded, w->vals, &out);
+    if (budget_exceeded) {
+        out.budget_exceeded = true;
+        if (strcmp(cfg->fallback, "none") != 0) {
+            out.outcome = strcmp(cfg->fallback, "approve") == 0  ? VERDICT__V1__OUTCOME__OUTCOME_APPROVE
+                          : strcmp(cfg->fallback, "review") == 0 ? VERDICT__V1__OUTCOME__OUTCOME_REVIEW
+                                                                 : VERDICT__V1__OUTCOME__OUTCOME_DECLINE;
+            if (out.n_reasons < DECIDE_MAX_REASONS) {
+                out.reason_id[out.n_reasons] = "budget_fallback";
+                out.reason_text[out.n_reasons++] = "Latency budget spent; configured fallback outcome applied";
+            }
+        } else {
+            out.degraded = true;
+        }
+    }
+
+    Decision d = VERDICT__V1__DECISION__INIT;
+    d.txn_id = t->txn_id;
+    d.outcome = out.outcome;
+    d.score = out.score;
+    d.n_reasons = (size_t)out.n_reasons;
+    for (int i = 0; i < out.n_reasons; i++) {
+        verdict__v1__reason__init(&w->reasons[i]);
+        w->reasons[i].rule_id = (char *)out.reason_id[i];
+        w->reasons[i].text = (char *)out.reason_text[i];
+        w->reason_ptrs[i] = &w->reasons[i];
+    }
+    d.reasons = w->reason_ptrs;
+    d.rules_version = (char *)policy_rules_version(p);
+    d.model_version = (char *)policy_model_version(p);
+    d.decided_at_ms = now_ms();
+    d.latency_us = now_us() - store_us;
+    if (d.latency_us < 0)
+        d.latency_us = 0;
+    d.budget_exceeded = out.budget_exceeded;
+    d.degraded = out.degraded;
+    d.engine_id = (char *)cfg->engine_id;
+    size_t n = decision_encode(&d, w->enc, DECISION_BUF);
+
+    char subj[NAME_MAX_LEN + 96];
+    snprintf(subj, sizeof subj, "%s.%s.%s", cfg->decision_prefix, outcome_str(d.outcome), t->txn_id);
+    natsMsg *dm = NULL;
+    natsStatus s = n ? natsMsg_Create(&dm, subj, NULL, (const char *)w->enc, (int)n) : NATS_INSUFFICIENT_BUFFER;
+    if (s == NATS_OK)
+        s = set_decision_headers(dm, &d);
+
+    fault_point(en, "crash_before_publish");
+    jsPubAck *pa = NULL;
+    jsErrCode jerr = 0;
+    if (s == NATS_OK && strcmp(cfg->fault, "publish_fail") == 0)
+        s = NATS_TIMEOUT;
+    else if (s == NATS_OK) {
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MsgId = t->txn_id;
+        po.MaxWait = cfg->publish_timeout_ms;
+        s = js_PublishMsg(&pa, en->js, dm, &po, &jerr);
+    }
+    if (s != NATS_OK) {
+        int64_t delay = backoff_delay_ms(cfg, m.delivered);
+        log_warn("decision not stored; nak for retry",
+                 "\"stream\":\"%s\",\"seq\":%llu,\"txn_id\":\"%s\",\"delivered\":%llu,\"delay_ms\":%lld,"
+                 "\"error\":\"%s\"",
+                 cfg->txn_stream, (unsigned long long)m.stream_seq, t->txn_id, (unsigned long long)m.delivered,
+                 (long long)delay, log_esc(natsStatus_GetText(s)));
+        natsMsg_Destroy(dm);
+        if (natsMsg_NakWithDelay(msg, delay, NULL) != NATS_OK)
+            log_warn("nak failed; AckWait will redeliver", NULL);
+        atomic_fetch_add(&en->stats.naks, 1);
+        return;
+    }
+    fault_point(en, "crash_after_publish");
+
+    if (pa->Duplicate) {
+        /* Decided before (a redelivery or a client retry): answer with the stored decision, never a new one. */
+        atomic_fetch_add(&en->stats.duplicates, 1);
+        if (reply_to && reply_to[0]) {
+            natsMsg *stored = NULL;
+            jsDirectGetMsgOptions dgo;
+            jsDirectGetMsgOptions_Init(&dgo);
+            dgo.Sequence = pa->Sequence;
+            s = js_DirectGetMsg(&stored, en->js, cfg->decisions_stream, NULL, &dgo);
+            if (s == NATS_OK) {
+                reply_stored(en->nc, reply_to, stored);
+                natsMsg_Destroy(stored);
+            } else {
+                log_warn("stored decision not readable; nak for retry", "\"seq\":%llu",
+                         (unsigned long long)pa->Sequence);
+                jsPubAck_Destroy(pa);
+                natsMsg_Destroy(dm);
+                natsMsg_NakWithDelay(msg, backoff_delay_ms(cfg, m.delivered), NULL);
+                atomic_fetch_add(&en->stats.naks, 1);
+                return;
+            }
+        }
+    } else {
+        atomic_fetch_add(&en->stats.decided[d.outcome & 3], 1);
+        if (d.budget_exceeded)
+            atomic_fetch_add(&en->stats.budget_exceeded, 1);
+        if (d.degraded)
+            atomic_fetch_add(&en->stats.degraded, 1);
+        if (reply_to && reply_to[0]) {
+            natsMsg *r = NULL;
+            if (natsMsg_Create(&r, reply_to, NULL, (const char *)w->enc, (int)n) == NATS_OK &&
+                set_decision_headers(r, &d) == NATS_OK)
+                natsConnection_PublishMsg(en->nc, r);
+            natsMsg_Destroy(r);
+        }
+    }
+    jsPubAck_Destroy(pa);
+    natsMsg_Destroy(dm);
+    if (natsMsg_Ack(msg, NULL) != NATS_OK)
+        log_warn("ack failed; the redelivery will be answered from the stored decision", "\"seq\":%llu",
+                 (unsigned long long)m.stream_seq);
+    fault_point(en, "crash_after_ack");
+}
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    engine *en = w->en;
+    while (!atomic_load(&en->stopping)) {
+        natsMsgList list = {0};
+        int pending = 0;
+        jsErrCode jerr = 0;
+        /* nats.c 3.4.1 overflows the heap in a batched Fetch when messages are already queued on the
+         * subscription (late deliveries after a timed-out Fetch): take those one at a time first. */
+        if (natsSubscription_GetPending(w->sub, &pending, NULL) != NATS_OK)
+            pending = 0;
+        natsStatus s = natsSubscription_Fetch(&list, w->sub, pending > 0 ? 1 : en->cfg.batch, 500, &jerr);
+        if (s == NATS_TIMEOUT || (s == NATS_OK && list.Count == 0))
+            continue;
+        if (s != NATS_OK) {
+            if (!atomic_load(&en->stopping))
+                log_warn("fetch failed; retrying", "\"worker\":%d,\"error\":\"%s\"", w->id,
+                         log_esc(natsStatus_GetText(s)));
+            natsMsgList_Destroy(&list);
+            sleep_ms(200);
+            continue;
+        }
+        for (int i = 0; i < list.Count; i++)
+            process(w, list.Msgs[i]);
+        natsMsgList_Destroy(&list);
+    }
+    return NULL;
+}
+
+/* --- ingress: verdict.v1.decide ----------------------------------------------------------------------- */
+
+static void ingress_on_request(natsConnection *nc, natsSubscription *sub, natsMsg *req, void *closure)
+{
+    (void)sub;
+    engine *en = closure;
+    const char *reply = natsMsg_GetReply(req);
+    atomic_fetch_add(&en->stats.requests, 1);
+    if (!reply || !reply[0]) {
+        natsMsg_Destroy(req);
+        return;
+    }
+    Transaction *t = NULL;
+    poison_reason why;
+    verror err = {0};
+    if (txn_decode(&en->ingress_arena, natsMsg_GetData(req), (size_t)natsMsg_GetDataLength(req),
+                   (size_t)en->cfg.max_msg_size, &t, &why, &err) != V_OK) {
+        atomic_fetch_add(&en->stats.request_errors, 1);
+        reply_error(nc, reply, 400, err.msg);
+        natsMsg_Destroy(req);
+        return;
+    }
+    natsMsg *m = NULL;
+    natsStatus s = natsMsg_Create(&m, en->cfg.ingress_subject, NULL, natsMsg_GetData(req),
+                                  natsMsg_GetDataLength(req));
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(m, "Nats-Msg-Id", t->txn_id);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(m, "Verdict-Reply-To", reply);
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = t->txn_id;
+    po.MaxWait = en->cfg.publish_timeout_ms;
+    if (s == NATS_OK)
+        s = js_PublishMsgAsync(en->ijs, &m, &po); /* on success nats.c owns m */
+    if (s != NATS_OK) {
+        atomic_fetch_add(&en->stats.request_errors, 1);
+        reply_error(nc, reply, 503, "transaction not accepted: the stream is unavailable, retry");
+        natsMsg_Destroy(m);
+    }
+    natsMsg_Destroy(req);
+}
+
+/* Looks up the stored decision of txn_id under any outcome. */
+static natsStatus find_decision(engine *en, const char *txn_id, natsMsg **out)
+{
+    static const char *outcomes[] = {"approve", "review", "decline"};
+    for (size_t i = 0; i < ARRAY_LEN(outcomes); i++) {
+        char subj[NAME_MAX_LEN + 96];
+        snprintf(subj, sizeof subj, "%s.%s.%s", en->cfg.decision_prefix, outcomes[i], txn_id);
+        jsDirectGetMsgOptions dgo;
+        jsDirectGetMsgOptions_Init(&dgo);
+        dgo.LastBySubject = subj;
+        natsStatus s = js_DirectGetMsg(out, en->ijs, en->cfg.decisions_stream, NULL, &dgo);
+        if (s == NATS_OK)
+            return s;
+        if (s != NATS_NOT_FOUND)
+            return s;
+    }
+    return NATS_NOT_FOUND;
+}
+
+/* PubAck of an ingress publish. A Duplicate means this txn_id was accepted before: its requester gets the
+ * stored decision (polling briefly if the first copy is still being decided). */
+static void ingress_on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
+{
+    (void)js;
+    engine *en = closure;
+    const char *reply = NULL, *txn_id = NULL;
+    natsMsgHeader_Get(msg, "Verdict-Reply-To", &reply);
+    natsMsgHeader_Get(msg, "Nats-Msg-Id", &txn_id);
+    if (pae) {
+        atomic_fetch_add(&en->stats.request_errors, 1);
+        reply_error(en->inc, reply, 503, "transaction not accepted: the stream did not confirm it, retry");
+    } else if (pa && pa->Duplicate && txn_id) {
+        atomic_fetch_add(&en->stats.duplicates, 1);
+        natsMsg *stored = NULL;
+        natsStatus s = NATS_NOT_FOUND;
+        int64_t deadline = now_ms() + en->cfg.budget_ms * 4;
+        while ((s = find_decision(en, txn_id, &stored)) == NATS_NOT_FOUND && now_ms() < deadline)
+            sleep_ms(5);
+        if (s == NATS_OK) {
+            reply_stored(en->inc, reply, stored);
+            natsMsg_Destroy(stored);
+        } else {
+            reply_error(en->inc, reply, 409, "transaction already accepted and still being decided; retry");
+        }
+    }
+    natsMsg_Destroy(msg);
+}
+
+/* --- lifecycle ---------------------------------------------------------------------------------------- */
+
+static void free_engine(engine *en)
+{
+    if (en->workers) {
+        for (int i = 0; i < en->nworkers; i++) {
+            worker *w = &en->workers[i];
+            natsSubscription_Destroy(w->sub);
+            arena_free(&w->arena);
+            arena_free(&w->dup_arena);
+            free(w->enc);
+        }
+        free(en->workers);
+    }
+    natsSubscription_Destroy(en->ingress);
+    jsCtx_Destroy(en->js);
+    jsCtx_Destroy(en->ijs);
+    natsConnection_Destroy(en->nc);
+    natsConnection_Destroy(en->inc);
+    arena_free(&en->ingress_arena);
+    policy_free(en->policy);
+    free(en);
+}
+
+vstatus engine_start(const config *c, engine **out, verror *e)
+{
+    engine *en = calloc(1, sizeof *en);
+    if (!en)
+        return verror_set(e, V_ENOMEM, "out of memory");
+    en->cfg = *c;
+    vstatus rc = arena_init(&en->ingress_arena, (size_t)c->max_msg_size * 4 + 4096);
+    if (rc) {
+        free_engine(en);
+        return verror_set(e, rc, "out of memory");
+    }
+    en->policy = policy_builtin(200000, 1000000);
+    if (!en->policy) {
+        free_engine(en);
+        return verror_set(e, V_ENOMEM, "out of memory");
+    }
+    char name[128];
+    snprintf(name, sizeof name, "verdict-%s", c->engine_id);
+    if ((rc = broker_connect(c, name, true, &en->nc, e)) != V_OK ||
+        (rc = broker_connect(c, name, false, &en->inc, e)) != V_OK) {
+        free_engine(en);
+        return rc;
+    }
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = 5000;
+    natsStatus s = natsConnection_JetStream(&en->js, en->nc, &jo);
+    if (s != NATS_OK) {
+        free_engine(en);
+        return broker_err(e, s, 0, "cannot get a JetStream context");
+    }
+    if ((rc = broker_setup(c, en->js, e)) != V_OK) {
+        free_engine(en);
+        return rc;
+    }
+    jsOptions ijo;
+    jsOptions_Init(&ijo);
+    ijo.Wait = 5000;
+    /* nats.c 3.4.1 has no cap on async publishes in flight unless MaxPending is set (DESIGN section 8) */
+    ijo.PublishAsync.MaxPending = 4096;
+    ijo.PublishAsync.AckHandler = ingress_on_puback;
+    ijo.PublishAsync.AckHandlerClosure = en;
+    s = natsConnection_JetStream(&en->ijs, en->inc, &ijo);
+    if (s != NATS_OK) {
+        free_engine(en);
+        return broker_err(e, s, 0, "cannot get a JetStream context");
+    }
+
+    en->nworkers = c->workers;
+    en->workers = calloc((size_t)c->workers, sizeof *en->workers);
+    if (!en->workers) {
+        free_engine(en);
+        return verror_set(e, V_ENOMEM, "out of memory");
+    }
+    for (int i = 0; i < en->nworkers; i++) {
+        worker *w = &en->workers[i];
+        w->en = en;
+        w->id = i;
+        w->enc = malloc(DECISION_BUF);
+        if (!w->enc || arena_init(&w->arena, (size_t)c->max_msg_size * 4 + 4096) ||
+            arena_init(&w->dup_arena, DECISION_BUF * 4)) {
+            free_engine(en);
+            return verror_set(e, V_ENOMEM, "out of memory");
+        }
+        jsSubOptions so;
+        jsSubOptions_Init(&so);
+        so.Stream = c->txn_stream;
+        so.Consumer = c->consumer; /* bind: never create, so unsubscribing never deletes the durable */
+        so.ManualAck = true;
+        jsErrCode jerr = 0;
+        s = js_PullSubscribe(&w->sub, en->js, c->txn_subjects, c->consumer, NULL, &so, &jerr);
+        if (s != NATS_OK) {
+            free_engine(en);
+            return broker_err(e, s, jerr, "cannot bind a pull subscription to the durable consumer");
+        }
+    }
+    s = natsConnection_QueueSubscribe(&en->ingress, en->inc, c->decide_subject, c->queue_group, ingress_on_request,
+                                      en);
+    if (s != NATS_OK) {
+        free_engine(en);
+        return broker_err(e, s, 0, "cannot subscribe to the decide subject");
+    }
+    for (int i = 0; i < en->nworkers; i++) {
+        if (pthread_create(&en->workers[i].thread, NULL, worker_main, &en->workers[i]) != 0) {
+            atomic_store(&en->stopping, true);
+            for (int j = 0; j < i; j++)
+                pthread_join(en->workers[j].thread, NULL);
+            free_engine(en);
+            return verror_set(e, V_ENOMEM, "cannot start worker threads");
+        }
+    }
+    log_info("engine started",
+             "\"workers\":%d,\"batch\":%d,\"decide_subject\":\"%s\",\"stream\":\"%s\",\"consumer\":\"%s\","
+             "\"rules_version\":\"%s\",\"model_version\":\"%s\"",
+             c->workers, c->batch, c->decide_subject, c->txn_stream, c->consumer,
+             policy_rules_version(en->policy), policy_model_version(en->policy));
+    *out = en;
+    return V_OK;
+}
+
+void engine_request_stop(engine *en) { atomic_store(&en->stopping, true); }
+
+void engine_stop(engine *en)
+{
+    if (!en)
+        return;
+    /* 1. stop taking requests and wait until every accepted request is stored in the stream */
+    if (en->ingress && natsSubscription_Drain(en->ingress) == NATS_OK)
+        natsSubscription_WaitForDrainCompletion(en->ingress, 5000);
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = 5000;
+    if (en->ijs && js_PublishAsyncComplete(en->ijs, &po) != NATS_OK)
+        log_warn("some ingress publishes were not confirmed before shutdown", NULL);
+    /* 2. stop fetching; each worker finishes the batch it holds (decide, publish, ack) */
+    atomic_store(&en->stopping, true);
+    for (int i = 0; i < en->nworkers; i++)
+        pthread_join(en->workers[i].thread, NULL);
+    /* 3. flush acks and replies, then close */
+    natsConnection_FlushTimeout(en->nc, 2000);
+    natsConnection_FlushTimeout(en->inc, 2000);
+    const engine_stats *st = &en->stats;
+    log_info("engine stopped",
+             "\"approve\":%lld,\"review\":%lld,\"decline\":%lld,\"duplicates\":%lld,\"dead_letters\":%lld,"
+             "\"naks\":%lld",
+             (long long)st->decided[1], (long long)st->decided[2], (long long)st->decided[3],
+             (long long)st->duplicates, (long long)st->dead_letters, (long long)st->naks);
+    free_engine(en);
+}
+
+const engine_stats *engine_get_stats(const engine *en) { return &en->stats; }

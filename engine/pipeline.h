@@ -1,0 +1,40 @@
+/* pipeline.h - the running engine: ingress responder, worker threads, and the commit protocol.
+ *
+ * Each worker owns one pull subscription bound to the durable consumer, one decode arena and one encode
+ * buffer, and takes a message through: decode -> validate -> decide -> publish decision (Nats-Msg-Id = txn_id)
+ * -> wait for PubAck -> reply to Verdict-Reply-To -> ack. A PubAck marked Duplicate means the transaction was
+ * decided before: the stored decision is read back by sequence and replayed, never a second one. Poison goes
+ * to dlq.<reason> and is termed; a failed publish is naked with the consumer's BackOff. */
+#ifndef VERDICT_PIPELINE_H
+#define VERDICT_PIPELINE_H
+
+#include "config.h"
+
+#include <stdatomic.h>
+
+typedef struct engine_stats {
+    atomic_llong decided[4]; /* by Verdict__V1__Outcome */
+    atomic_llong duplicates; /* answered from the stored decision */
+    atomic_llong dead_letters;
+    atomic_llong naks;
+    atomic_llong redeliveries;
+    atomic_llong budget_exceeded;
+    atomic_llong degraded;
+    atomic_llong requests;       /* ingress requests */
+    atomic_llong request_errors; /* ingress requests refused */
+} engine_stats;
+
+typedef struct engine engine;
+
+/* Connects, sets up streams and consumer, starts the ingress and the workers. */
+vstatus engine_start(const config *c, engine **out, verror *e);
+
+/* Async-signal-safe: asks the engine to stop fetching. */
+void engine_request_stop(engine *en);
+
+/* Stops fetching, finishes in-flight messages, drains connections and frees everything. */
+void engine_stop(engine *en);
+
+const engine_stats *engine_get_stats(const engine *en);
+
+#endif
