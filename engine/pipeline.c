@@ -343,6 +343,8 @@ static void process(worker *w, natsMsg *msg)
     }
     jsPubAck_Destroy(pa);
     natsMsg_Destroy(dm);
+    if (m.delivered == 1 && strcmp(cfg->fault, "skip_first_ack") == 0)
+        return; /* test fault: behave as if the ack was lost, so AckWait redelivers */
     if (natsMsg_Ack(msg, NULL) != NATS_OK)
         log_warn("ack failed; the redelivery will be answered from the stored decision", "\"seq\":%llu",
                  (unsigned long long)m.stream_seq);

@@ -1,0 +1,127 @@
+/* client.c - test-side NATS helpers (see client.h). */
+#define _POSIX_C_SOURCE 200809L
+#include "client.h"
+
+#include "harness.h"
+
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+void tc_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+natsConnection *tc_connect(const char *url)
+{
+    natsConnection *nc = NULL;
+    natsOptions *o = NULL;
+    cr_assert_eq(natsOptions_Create(&o), NATS_OK);
+    natsOptions_SetURL(o, url);
+    natsOptions_SetSendAsap(o, true);
+    natsOptions_SetMaxReconnect(o, -1);
+    natsOptions_SetReconnectWait(o, 100);
+    natsStatus s = natsConnection_Connect(&nc, o);
+    natsOptions_Destroy(o);
+    cr_assert_eq(s, NATS_OK, "connect to %s: %s", url, natsStatus_GetText(s));
+    return nc;
+}
+
+void tc_txn(Transaction *t, const char *txn_id, int64_t amount_minor)
+{
+    verdict__v1__transaction__init(t);
+    t->txn_id = (char *)txn_id;
+    t->created_at_ms = now_ms();
+    t->amount_minor = amount_minor;
+    t->currency = "EUR";
+    t->card_id = "tok_card_1";
+    t->account_id = "acct_1";
+    t->merchant_id = "m_1";
+    t->mcc = 5411;
+    t->merchant_country = "DE";
+    t->card_country = "DE";
+    t->ip = "10.0.0.1";
+    t->ip_country = "DE";
+    t->device_id = "dev_1";
+    t->channel = VERDICT__V1__CHANNEL__CHANNEL_ECOM;
+}
+
+int tc_pack(const Transaction *t, unsigned char *buf) { return (int)verdict__v1__transaction__pack(t, buf); }
+
+bool tc_publish(jsCtx *js, const char *subject, const Transaction *t)
+{
+    unsigned char buf[2048];
+    int n = tc_pack(t, buf);
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = t->txn_id;
+    po.MaxWait = 5000;
+    jsPubAck *pa = NULL;
+    natsStatus s = js_Publish(&pa, js, subject, buf, n, &po, NULL);
+    jsPubAck_Destroy(pa);
+    return s == NATS_OK;
+}
+
+uint64_t tc_stream_msgs(jsCtx *js, const char *stream)
+{
+    jsStreamInfo *si = NULL;
+    if (js_GetStreamInfo(&si, js, stream, NULL, NULL) != NATS_OK)
+        return 0;
+    uint64_t n = si->State.Msgs;
+    jsStreamInfo_Destroy(si);
+    return n;
+}
+
+uint64_t tc_wait_msgs(jsCtx *js, const char *stream, uint64_t n, int timeout_ms)
+{
+    uint64_t have = 0;
+    for (int waited = 0; waited <= timeout_ms; waited += 50) {
+        have = tc_stream_msgs(js, stream);
+        if (have >= n)
+            return have;
+        tc_sleep_ms(50);
+    }
+    return have;
+}
+
+natsMsg *tc_find_decision(jsCtx *js, const char *txn_id)
+{
+    static const char *outcomes[] = {"approve", "review", "decline"};
+    for (int i = 0; i < 3; i++) {
+        char subj[256];
+        snprintf(subj, sizeof subj, "decision.%s.%s", outcomes[i], txn_id);
+        natsMsg *m = NULL;
+        if (js_GetLastMsg(&m, js, "DECISIONS", subj, NULL, NULL) == NATS_OK)
+            return m;
+    }
+    return NULL;
+}
+
+bool tc_consumer_counts(jsCtx *js, uint64_t *ack_pending, uint64_t *pending, uint64_t *redelivered)
+{
+    jsConsumerInfo *ci = NULL;
+    if (js_GetConsumerInfo(&ci, js, "TXN", "verdict", NULL, NULL) != NATS_OK)
+        return false;
+    *ack_pending = (uint64_t)ci->NumAckPending;
+    *pending = ci->NumPending;
+    if (redelivered)
+        *redelivered = (uint64_t)ci->NumRedelivered;
+    jsConsumerInfo_Destroy(ci);
+    return true;
+}
+
+pid_t tc_start_engine(const char *url, const char *log_path, const char *const extra[])
+{
+    const char *argv[32] = {"verdict", "serve", "--nats-url", url, "--workers", "2"};
+    int n = 6;
+    for (int i = 0; extra && extra[i] && n < 31; i++)
+        argv[n++] = extra[i];
+    argv[n] = NULL;
+    pid_t pid = verdict_spawn(argv, log_path);
+    cr_assert(pid > 0);
+    cr_assert(file_wait_for(log_path, "engine started", 15000), "engine did not start; see %s", log_path);
+    return pid;
+}

@@ -1,0 +1,28 @@
+/* client.h - test-side NATS helpers: connect, publish transactions, count and read decisions. */
+#ifndef VERDICT_TEST_CLIENT_H
+#define VERDICT_TEST_CLIENT_H
+
+#include "codec.h"
+
+#include <nats/nats.h>
+
+natsConnection *tc_connect(const char *url);
+/* A valid transaction with the given id and amount (strings static). */
+void tc_txn(Transaction *t, const char *txn_id, int64_t amount_minor);
+/* Packs t into buf; returns the length. */
+int tc_pack(const Transaction *t, unsigned char *buf);
+/* Publishes t to subject with Nats-Msg-Id = txn_id and waits for the PubAck. Returns true if stored (or dup). */
+bool tc_publish(jsCtx *js, const char *subject, const Transaction *t);
+/* Messages in a stream (0 if it does not exist). */
+uint64_t tc_stream_msgs(jsCtx *js, const char *stream);
+/* Waits until a stream holds at least n messages; returns the count seen. */
+uint64_t tc_wait_msgs(jsCtx *js, const char *stream, uint64_t n, int timeout_ms);
+/* The stored decision for txn_id (any outcome), or NULL. Caller destroys. */
+natsMsg *tc_find_decision(jsCtx *js, const char *txn_id);
+/* Consumer ack-pending and pending counts. */
+bool tc_consumer_counts(jsCtx *js, uint64_t *ack_pending, uint64_t *pending, uint64_t *redelivered);
+/* Spawns `verdict serve` against url with extra args (NULL-terminated) and waits until it is started. */
+pid_t tc_start_engine(const char *url, const char *log_path, const char *const extra[]);
+void tc_sleep_ms(int ms);
+
+#endif

@@ -1,0 +1,142 @@
+/* test_codec.c - transaction decode/validate and decision encode, no broker. */
+#include "codec.h"
+#include "config.h"
+#include "broker.h"
+
+#include <criterion/criterion.h>
+#include <string.h>
+
+static Transaction valid(void)
+{
+    Transaction t = VERDICT__V1__TRANSACTION__INIT;
+    t.txn_id = "abc-123_X";
+    t.amount_minor = 1999;
+    t.currency = "EUR";
+    t.card_id = "tok_1";
+    return t;
+}
+
+Test(codec, round_trip_preserves_every_field)
+{
+    Transaction t = valid();
+    t.mcc = 5411;
+    t.channel = VERDICT__V1__CHANNEL__CHANNEL_POS;
+    t.card_bin = "411111";
+    Verdict__V1__Transaction__AttributesEntry kv = VERDICT__V1__TRANSACTION__ATTRIBUTES_ENTRY__INIT;
+    kv.key = "promo";
+    kv.value = "spring";
+    Verdict__V1__Transaction__AttributesEntry *kvs[] = {&kv};
+    t.attributes = kvs;
+    t.n_attributes = 1;
+    unsigned char buf[1024];
+    size_t n = verdict__v1__transaction__pack(&t, buf);
+    arena a;
+    cr_assert_eq(arena_init(&a, 8192), V_OK);
+    Transaction *out;
+    poison_reason why;
+    verror e;
+    cr_assert_eq(txn_decode(&a, buf, n, 4096, &out, &why, &e), V_OK);
+    cr_assert_str_eq(out->txn_id, "abc-123_X");
+    cr_assert_eq(out->amount_minor, 1999);
+    cr_assert_eq(out->mcc, 5411);
+    cr_assert_eq(out->channel, VERDICT__V1__CHANNEL__CHANNEL_POS);
+    cr_assert_str_eq(out->card_bin, "411111");
+    cr_assert_eq(out->n_attributes, 1);
+    cr_assert_str_eq(out->attributes[0]->value, "spring");
+    arena_free(&a);
+}
+
+static poison_reason decode_reason(const void *buf, size_t n, size_t max)
+{
+    arena a;
+    arena_init(&a, 8192);
+    Transaction *out;
+    poison_reason why = POISON_NONE;
+    verror e;
+    txn_decode(&a, buf, n, max, &out, &why, &e);
+    arena_free(&a);
+    return why;
+}
+
+Test(codec, poison_kinds_are_named)
+{
+    cr_assert_eq(decode_reason("\xff\xff\xff", 3, 4096), POISON_DECODE);
+    unsigned char buf[1024];
+    Transaction t = valid();
+    t.txn_id = "has space";
+    cr_assert_eq(decode_reason(buf, verdict__v1__transaction__pack(&t, buf), 4096), POISON_INVALID_TXN_ID);
+    t = valid();
+    t.txn_id = "";
+    cr_assert_eq(decode_reason(buf, verdict__v1__transaction__pack(&t, buf), 4096), POISON_INVALID_TXN_ID);
+    t = valid();
+    t.card_id = "";
+    cr_assert_eq(decode_reason(buf, verdict__v1__transaction__pack(&t, buf), 4096), POISON_MISSING_FIELD);
+    t = valid();
+    t.currency = "eu";
+    cr_assert_eq(decode_reason(buf, verdict__v1__transaction__pack(&t, buf), 4096), POISON_MISSING_FIELD);
+    t = valid();
+    cr_assert_eq(decode_reason(buf, verdict__v1__transaction__pack(&t, buf), 8), POISON_OVERSIZE);
+    cr_assert_str_eq(poison_reason_str(POISON_OVERSIZE), "oversize");
+}
+
+Test(codec, txn_id_syntax)
+{
+    cr_assert(txn_id_valid("a"));
+    cr_assert(txn_id_valid("A-z_09"));
+    char id[66];
+    memset(id, 'a', 64);
+    id[64] = 0;
+    cr_assert(txn_id_valid(id));
+    id[64] = 'a';
+    id[65] = 0;
+    cr_assert_not(txn_id_valid(id));
+    cr_assert_not(txn_id_valid("a.b"));
+    cr_assert_not(txn_id_valid("a*"));
+    cr_assert_not(txn_id_valid(NULL));
+}
+
+Test(codec, ack_subject_parsing)
+{
+    js_meta m;
+    cr_assert(broker_parse_ack_subject("$JS.ACK.TXN.verdict.3.17.12.1700000000123456789.5", &m));
+    cr_assert_eq(m.delivered, 3);
+    cr_assert_eq(m.stream_seq, 17);
+    cr_assert_eq(m.timestamp_ns, 1700000000123456789LL);
+    cr_assert_eq(m.pending, 5);
+    cr_assert(broker_parse_ack_subject("$JS.ACK.hub.ACCHASH.TXN.verdict.1.9.9.1700000000000000000.0.rnd", &m));
+    cr_assert_eq(m.stream_seq, 9);
+    cr_assert_not(broker_parse_ack_subject("_INBOX.abc", &m));
+    cr_assert_not(broker_parse_ack_subject("$JS.ACK.TXN.verdict.x.1.1.1.1", &m));
+}
+
+Test(config, flags_override_environment_and_bad_values_are_refused)
+{
+    config c;
+    config_defaults(&c);
+    bool help;
+    verror e = {0};
+    setenv("VERDICT_WORKERS", "3", 1);
+    char *a1[] = {"serve", "--budget", "20ms", "--backoff=1s,2s"};
+    cr_assert_eq(config_parse(&c, 4, a1, &help, NULL, NULL, &e), V_OK, "%s", e.msg);
+    cr_assert_eq(c.workers, 3);
+    cr_assert_eq(c.budget_ms, 20);
+    cr_assert_eq(c.backoff_len, 2);
+    cr_assert_eq(c.backoff_ms[1], 2000);
+    char *a2[] = {"serve", "--workers", "5"};
+    cr_assert_eq(config_parse(&c, 3, a2, &help, NULL, NULL, &e), V_OK);
+    cr_assert_eq(c.workers, 5);
+    unsetenv("VERDICT_WORKERS");
+    char *a3[] = {"serve", "--budget", "soon"};
+    cr_assert_eq(config_parse(&c, 3, a3, &help, NULL, NULL, &e), V_EINVAL);
+    cr_assert(strstr(e.msg, "--budget"), "%s", e.msg);
+    char *a4[] = {"serve", "--max-deliver", "2", "--backoff", "1s,2s"};
+    cr_assert_eq(config_parse(&c, 5, a4, &help, NULL, NULL, &e), V_EINVAL);
+    char *a5[] = {"serve", "--bogus"};
+    cr_assert_eq(config_parse(&c, 2, a5, &help, NULL, NULL, &e), V_EINVAL);
+    char *a6[] = {"serve", "--prefix", "acme"};
+    config_defaults(&c);
+    cr_assert_eq(config_parse(&c, 3, a6, &help, NULL, NULL, &e), V_OK);
+    cr_assert_str_eq(c.txn_stream, "ACME_TXN");
+    cr_assert_str_eq(c.txn_subjects, "acme.txn.>");
+    cr_assert_str_eq(c.decide_subject, "acme.verdict.v1.decide");
+}
