@@ -16,7 +16,7 @@ typedef struct card {
     char device_id[24];
     char ip[20];
     char email_hash[20];
-    char bin[8];
+    char bin[16];
     const char *country;
     int64_t typical_minor;
     int home_mcc;
@@ -36,7 +36,7 @@ struct simgen {
     card *cards;
     burst burst;
     /* storage for the transaction handed out */
-    char txn_id[32], currency[4], merchant_id[24], merchant_country[4], ip[20], ip_country[4], device_id[24];
+    char txn_id[48], currency[4], merchant_id[24], merchant_country[4], ip[20], ip_country[4], device_id[24];
 };
 
 static const char *countries[] = {"DE", "FR", "NL", "ES", "IT", "GB", "US", "PL", "SE", "BE"};
