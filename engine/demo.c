@@ -22,7 +22,7 @@
 #include <string.h>
 #include <time.h>
 
-#define DEMO_THREADS 4
+#define DEMO_MAX_CLIENTS 64
 
 typedef struct demo {
     config cfg;
@@ -38,6 +38,7 @@ typedef struct demo {
     int64_t *lat_us; /* one slot per transaction */
     atomic_int nlat;
     bool quiet;
+    int clients;
 } demo;
 
 static void sleep_ms(int ms)
@@ -186,13 +187,14 @@ static int cmp_i64(const void *a, const void *b)
 
 static void demo_help(void)
 {
-    printf("usage: verdict demo [--count N] [--seed N] [--quiet] [options]\n\n"
+    printf("usage: verdict demo [--count N] [--seed N] [--clients N] [--quiet] [options]\n\n"
            "Starts a private nats-server on a free loopback port with a temporary store (unless --nats-url is\n"
            "given), runs the engine, and simulates a payment service sending N transactions (default 3000):\n"
            "two thirds as decide requests, one third published straight to the TXN stream, plus client retries\n"
            "and a few poison messages. Prints decisions as they arrive and a summary, then cleans up.\n\n"
            "  --count N                  transactions to send (default 3000)\n"
            "  --seed N                   generator seed (default 42)\n"
+           "  --clients N                concurrent payment-service threads (default 4, at most 64)\n"
            "  --quiet                    print only progress and the summary\n\n"
            "engine options (flag, then its environment variable):\n");
     config_print_help(stdout, "demo");
@@ -204,6 +206,7 @@ int cmd_demo(int argc, char **argv)
     memset(&d, 0, sizeof d);
     config_defaults(&d.cfg);
     d.total = 3000;
+    d.clients = 4;
     uint64_t seed = 42;
     bool help;
     int rest[64], nrest = 0;
@@ -220,6 +223,9 @@ int cmd_demo(int argc, char **argv)
             d.quiet = true;
         else if (strcmp(a, "--count") == 0 && v && atoi(v) > 0) {
             d.total = atoi(v);
+            k++;
+        } else if (strcmp(a, "--clients") == 0 && v && atoi(v) > 0 && atoi(v) <= DEMO_MAX_CLIENTS) {
+            d.clients = atoi(v);
             k++;
         } else if (strcmp(a, "--seed") == 0 && v) {
             seed = strtoull(v, NULL, 10);
@@ -252,7 +258,7 @@ int cmd_demo(int argc, char **argv)
     int rc = 1;
     engine *en = NULL;
     natsSubscription *dsub = NULL, *lsub = NULL;
-    pthread_t th[DEMO_THREADS];
+    pthread_t th[DEMO_MAX_CLIENTS];
     int started = 0;
     pthread_mutex_init(&d.gen_mu, NULL);
     pthread_mutex_init(&d.out_mu, NULL);
@@ -291,7 +297,7 @@ int cmd_demo(int argc, char **argv)
             d.total);
     printf("  %-8s %-18s %9s  %s\n", "OUTCOME", "TXN", "LATENCY", "REASONS");
     int64_t t0 = now_ms();
-    for (; started < DEMO_THREADS; started++)
+    for (; started < d.clients; started++)
         if (pthread_create(&th[started], NULL, client_main, &d) != 0)
             break;
     int64_t last = 0;

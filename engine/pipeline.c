@@ -515,7 +515,7 @@ vstatus engine_start(const config *c, engine **out, verror *e)
     char name[128];
     snprintf(name, sizeof name, "verdict-%s", c->engine_id);
     if ((rc = broker_connect(c, name, true, &en->nc, e)) != V_OK ||
-        (rc = broker_connect(c, name, false, &en->inc, e)) != V_OK) {
+        (rc = broker_connect(c, name, true, &en->inc, e)) != V_OK) {
         free_engine(en);
         return rc;
     }
