@@ -8,6 +8,7 @@
 #include "broker.h"
 #include "codec.h"
 #include "decide.h"
+#include "dlq.h"
 #include "log.h"
 
 #include <pthread.h>
@@ -44,6 +45,7 @@ struct engine {
     worker *workers;
     int nworkers;
     policy *policy;
+    dlq_worker *dlq;
     atomic_bool stopping;
     engine_stats stats;
 };
@@ -298,6 +300,11 @@ static void process(worker *w, natsMsg *msg)
                  cfg->txn_stream, (unsigned long long)m.stream_seq, t->txn_id, (unsigned long long)m.delivered,
                  (long long)delay, log_esc(natsStatus_GetText(s)));
         natsMsg_Destroy(dm);
+        /* A caller waiting on this decision gets a timely error instead of silence; the transaction stays in
+         * the stream and will be decided (or dead-lettered) and stored. */
+        if (reply_to && reply_to[0] && now_us() - store_us >= cfg->budget_ms * 1000)
+            reply_error(en->nc, reply_to, 504, "decision delayed: not stored within the latency budget; it will "
+                                               "be decided and stored, retry the request to read it");
         if (natsMsg_NakWithDelay(msg, delay, NULL) != NATS_OK)
             log_warn("nak failed; AckWait will redeliver", NULL);
         atomic_fetch_add(&en->stats.naks, 1);
@@ -476,6 +483,7 @@ static void ingress_on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr
 
 static void free_engine(engine *en)
 {
+    dlq_worker_stop(en->dlq);
     if (en->workers) {
         for (int i = 0; i < en->nworkers; i++) {
             worker *w = &en->workers[i];
@@ -572,6 +580,10 @@ vstatus engine_start(const config *c, engine **out, verror *e)
             return broker_err(e, s, jerr, "cannot bind a pull subscription to the durable consumer");
         }
     }
+    if ((rc = dlq_worker_start(c, en->nc, &en->stats.dead_letters, &en->dlq, e)) != V_OK) {
+        free_engine(en);
+        return rc;
+    }
     s = natsConnection_QueueSubscribe(&en->ingress, en->inc, c->decide_subject, c->queue_group, ingress_on_request,
                                       en);
     if (s != NATS_OK) {
@@ -614,6 +626,8 @@ void engine_stop(engine *en)
     atomic_store(&en->stopping, true);
     for (int i = 0; i < en->nworkers; i++)
         pthread_join(en->workers[i].thread, NULL);
+    dlq_worker_stop(en->dlq);
+    en->dlq = NULL;
     /* 3. flush acks and replies, then close */
     natsConnection_FlushTimeout(en->nc, 2000);
     natsConnection_FlushTimeout(en->inc, 2000);

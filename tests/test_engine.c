@@ -2,6 +2,7 @@
  * decisions, duplicates, redelivery, kill -9 at each crash point, poison requests, graceful shutdown. */
 
 #include "broker.h"
+#include "dlq.h"
 #include "client.h"
 #include "harness.h"
 
@@ -282,4 +283,77 @@ Test(engine, sigterm_finishes_in_flight_work_and_a_restart_decides_the_rest)
     tc_sleep_ms(500);
     cr_assert_eq(tc_stream_msgs(js, "DECISIONS"), 300, "no transaction decided twice");
     stop_engine(pid);
+}
+
+Test(engine, a_transaction_that_cannot_be_stored_reaches_max_deliver_and_one_dead_letter)
+{
+    const char *extra[] = {"--max-deliver", "2", "--backoff", "", "--ack-wait", "1s", NULL};
+    setenv("VERDICT_TEST_FAULT", "publish_fail", 1);
+    pid_t pid = tc_start_engine(srv.url, logp, extra);
+    unsetenv("VERDICT_TEST_FAULT");
+    Transaction t;
+    tc_txn(&t, "never-stored", 100);
+    unsigned char buf[2048];
+    int n = tc_pack(&t, buf);
+    /* a waiting caller gets a timely error, not silence */
+    natsMsg *r = NULL;
+    cr_assert_eq(natsConnection_Request(&r, nc, "verdict.v1.decide", buf, n, 5000), NATS_OK);
+    const char *code = NULL;
+    cr_assert_eq(natsMsgHeader_Get(r, "Nats-Service-Error-Code", &code), NATS_OK);
+    cr_assert_str_eq(code, "504");
+    natsMsg_Destroy(r);
+    cr_assert_eq(tc_wait_msgs(js, "DLQ", 1, 15000), 1, "dead letter after MaxDeliver");
+    natsMsg *m = NULL;
+    cr_assert_eq(js_GetLastMsg(&m, js, "DLQ", "dlq.max_deliveries", NULL, NULL), NATS_OK);
+    cr_assert_eq(natsMsg_GetDataLength(m), n, "original bytes");
+    cr_assert_eq(memcmp(natsMsg_GetData(m), buf, (size_t)n), 0);
+    const char *v = NULL;
+    cr_assert_eq(natsMsgHeader_Get(m, "Verdict-Deliveries", &v), NATS_OK);
+    cr_assert_str_eq(v, "2");
+    natsMsg_Destroy(m);
+    for (int i = 0; i < 50 && tc_stream_msgs(js, "TXN") != 0; i++)
+        tc_sleep_ms(100);
+    cr_assert_eq(tc_stream_msgs(js, "TXN"), 0, "removed from TXN after the dead letter was stored");
+    tc_sleep_ms(1500);
+    cr_assert_eq(tc_stream_msgs(js, "DLQ"), 1, "exactly one dead letter");
+    cr_assert_eq(tc_stream_msgs(js, "DECISIONS"), 0);
+    stop_engine(pid);
+}
+
+Test(engine, the_dlq_worker_is_idempotent)
+{
+    config c;
+    config_defaults(&c);
+    verror e = {0};
+    cr_assert_eq(broker_setup(&c, js, &e), V_OK, "%s", e.msg);
+    Transaction t;
+    tc_txn(&t, "adv-1", 100);
+    cr_assert(tc_publish(js, "txn.x", &t));
+    const char *adv = "{\"type\":\"io.nats.jetstream.advisory.v1.max_deliver\",\"stream\":\"TXN\","
+                      "\"consumer\":\"verdict\",\"stream_seq\":1,\"deliveries\":5}";
+    bool wrote = false;
+    /* the worker crashed after storing the dead letter and before deleting: the original is still there */
+    cr_assert_eq(dlq_handle_advisory(&c, js, adv, (int)strlen(adv), &wrote, &e), V_OK, "%s", e.msg);
+    cr_assert(wrote);
+    cr_assert_eq(tc_stream_msgs(js, "TXN"), 0);
+    cr_assert_eq(dlq_handle_advisory(&c, js, adv, (int)strlen(adv), &wrote, &e), V_OK, "%s", e.msg);
+    cr_assert_not(wrote);
+    cr_assert_eq(tc_stream_msgs(js, "DLQ"), 1);
+
+    /* a worker that crashed after storing the dead letter and before deleting the original: a rerun stores
+     * nothing new and finishes the delete */
+    tc_txn(&t, "adv-2", 100);
+    cr_assert(tc_publish(js, "txn.x", &t));
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = "dlq-TXN-2";
+    jsPubAck *pa = NULL;
+    cr_assert_eq(js_Publish(&pa, js, "dlq.max_deliveries", "x", 1, &po, NULL), NATS_OK);
+    jsPubAck_Destroy(pa);
+    const char *adv2 = "{\"type\":\"io.nats.jetstream.advisory.v1.max_deliver\",\"stream\":\"TXN\","
+                       "\"consumer\":\"verdict\",\"stream_seq\":2,\"deliveries\":5}";
+    cr_assert_eq(dlq_handle_advisory(&c, js, adv2, (int)strlen(adv2), &wrote, &e), V_OK, "%s", e.msg);
+    cr_assert_not(wrote, "deduplicated by Nats-Msg-Id");
+    cr_assert_eq(tc_stream_msgs(js, "DLQ"), 2);
+    cr_assert_eq(tc_stream_msgs(js, "TXN"), 0, "the original is deleted on the rerun");
 }
