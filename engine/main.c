@@ -16,6 +16,8 @@ typedef struct command {
 
 static const command commands[] = {
     {"serve", cmd_serve, "run the decision engine (the production process)"},
+    {"dlq", cmd_dlq, "list, show and replay dead letters"},
+    {"audit", cmd_audit, "prove every transaction has exactly one decision or one dead letter"},
     {"demo", cmd_demo, "start a local nats-server, the engine and a simulated payment service; print a summary"},
 };
 

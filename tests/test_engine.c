@@ -357,3 +357,66 @@ Test(engine, the_dlq_worker_is_idempotent)
     cr_assert_eq(tc_stream_msgs(js, "DLQ"), 2);
     cr_assert_eq(tc_stream_msgs(js, "TXN"), 0, "the original is deleted on the rerun");
 }
+
+static int run_cli(const char *const argv[], const char *out_path)
+{
+    unlink(out_path);
+    pid_t pid = verdict_spawn(argv, out_path);
+    return child_wait(pid, 30000);
+}
+
+Test(engine, dlq_replay_turns_a_fixed_dead_letter_into_one_decision_and_audit_balances)
+{
+    const char *extra[] = {"--max-deliver", "2", "--backoff", "", "--ack-wait", "1s", NULL};
+    setenv("VERDICT_TEST_FAULT", "publish_fail", 1);
+    pid_t pid = tc_start_engine(srv.url, logp, extra);
+    unsetenv("VERDICT_TEST_FAULT");
+    Transaction t;
+    tc_txn(&t, "fixme-1", 100);
+    cr_assert(tc_publish(js, "txn.pos.f", &t));
+    tc_txn(&t, "fine-1", 100);
+    cr_assert_eq(tc_wait_msgs(js, "DLQ", 1, 15000), 1);
+    for (int i = 0; i < 50 && tc_stream_msgs(js, "TXN") != 0; i++)
+        tc_sleep_ms(100);
+    stop_engine(pid);
+
+    char out[256];
+    temp_path(out, sizeof out, ".out");
+    const char *ls[] = {"verdict", "dlq", "ls", "--nats-url", srv.url, NULL};
+    cr_assert_eq(run_cli(ls, out), 0);
+    cr_assert(file_wait_for(out, "max_deliveries", 100));
+    cr_assert(file_wait_for(out, "fixme-1", 100), "ls shows the txn id");
+    const char *show[] = {"verdict", "dlq", "show", "1", "--nats-url", srv.url, NULL};
+    cr_assert_eq(run_cli(show, out), 0);
+    cr_assert(file_wait_for(out, "Verdict-Dlq-Reason", 100));
+    cr_assert(file_wait_for(out, "decoded transaction", 100));
+
+    /* the cause is fixed (a healthy engine), the dead letter is replayed: one decision, DLQ empty */
+    pid = tc_start_engine(srv.url, logp, NULL);
+    const char *replay[] = {"verdict", "dlq", "replay", "--reason", "max_deliveries", "--nats-url", srv.url, NULL};
+    cr_assert_eq(run_cli(replay, out), 0);
+    cr_assert_eq(tc_wait_msgs(js, "DECISIONS", 1, 10000), 1);
+    natsMsg *d = tc_find_decision(js, "fixme-1");
+    cr_assert_not_null(d);
+    natsMsg_Destroy(d);
+    cr_assert_eq(tc_stream_msgs(js, "DLQ"), 0, "removed after the republish was stored");
+    cr_assert(tc_publish(js, "txn.pos.f", &t));
+    cr_assert_eq(tc_wait_msgs(js, "DECISIONS", 2, 10000), 2);
+    stop_engine(pid);
+
+    const char *audit[] = {"verdict", "audit", "--nats-url", srv.url, NULL};
+    int rc = run_cli(audit, out);
+    cr_assert(file_wait_for(out, "OK: every transaction", 100), "audit output in %s", out);
+    cr_assert(file_wait_for(out, "3 transactions = 2 decided + 0 dead-lettered + 1 replayed", 100),
+              "the replayed original is accounted for; see %s", out);
+    cr_assert_eq(rc, 0);
+
+    /* a transaction nobody decided makes the audit fail and name it */
+    tc_txn(&t, "orphan-1", 100);
+    cr_assert(tc_publish(js, "txn.pos.f", &t));
+    rc = run_cli(audit, out);
+    cr_assert_eq(rc, 1);
+    cr_assert(file_wait_for(out, "NEITHER", 100));
+    cr_assert(file_wait_for(out, "orphan-1", 100));
+    unlink(out);
+}

@@ -1,0 +1,420 @@
+/* dlq_cli.c - `verdict dlq ls|show|replay` and `verdict audit`: the operator's tools for dead letters and the
+ * reconciliation proof that every transaction has exactly one decision or one dead letter. */
+#include "broker.h"
+#include "cli.h"
+#include "codec.h"
+#include "config.h"
+#include "log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *hdr(natsMsg *m, const char *k)
+{
+    const char *v = NULL;
+    return natsMsgHeader_Get(m, k, &v) == NATS_OK && v ? v : "";
+}
+
+typedef struct conn {
+    config cfg;
+    natsConnection *nc;
+    jsCtx *js;
+} conn;
+
+static int open_conn(conn *c, int argc, char **argv, int *rest, int *nrest, const char *cmd, void (*help)(void))
+{
+    config_defaults(&c->cfg);
+    bool h;
+    verror e = {0};
+    if (config_parse(&c->cfg, argc, argv, &h, rest, nrest, &e) != V_OK) {
+        fprintf(stderr, "verdict %s: %s\n", cmd, e.msg);
+        return 2;
+    }
+    if (h) {
+        help();
+        return -1;
+    }
+    log_set_quiet(1);
+    if (broker_connect_simple(&c->cfg, &c->nc, &e) != V_OK) {
+        fprintf(stderr, "verdict %s: %s\n", cmd, e.msg);
+        return 1;
+    }
+    if (natsConnection_JetStream(&c->js, c->nc, NULL) != NATS_OK) {
+        fprintf(stderr, "verdict %s: no JetStream context\n", cmd);
+        return 1;
+    }
+    return 0;
+}
+
+static void close_conn(conn *c)
+{
+    jsCtx_Destroy(c->js);
+    natsConnection_Destroy(c->nc);
+    nats_Close();
+}
+
+static bool stream_range(jsCtx *js, const char *stream, uint64_t *first, uint64_t *last)
+{
+    jsStreamInfo *si = NULL;
+    if (js_GetStreamInfo(&si, js, stream, NULL, NULL) != NATS_OK)
+        return false;
+    *first = si->State.FirstSeq;
+    *last = si->State.LastSeq;
+    jsStreamInfo_Destroy(si);
+    return true;
+}
+
+static void dlq_help(void)
+{
+    printf("usage: verdict dlq ls [--reason R]\n"
+           "       verdict dlq show SEQ\n"
+           "       verdict dlq replay SEQ | --reason R\n\n"
+           "Lists, shows (headers and the decoded transaction) and replays dead letters. replay publishes the\n"
+           "original bytes back to their TXN subject and removes the dead letter only after the republish is\n"
+           "stored. Reasons: decode_error, invalid_txn_id, missing_field, oversize, max_deliveries, terminated.\n\n"
+           "options (flag, then its environment variable):\n");
+    config_print_help(stdout, "names");
+}
+
+static void print_txn(const Transaction *t)
+{
+    printf("  txn_id            %s\n  amount_minor      %lld %s\n  created_at_ms     %lld\n  card_id           %s\n"
+           "  account_id        %s\n  merchant_id       %s (mcc %u, %s)\n  card_country      %s\n"
+           "  ip_country        %s\n  device_id         %s\n",
+           t->txn_id, (long long)t->amount_minor, t->currency, (long long)t->created_at_ms, t->card_id,
+           t->account_id, t->merchant_id, t->mcc, t->merchant_country, t->card_country, t->ip_country,
+           t->device_id);
+}
+
+static int replay_one(conn *c, uint64_t seq)
+{
+    natsMsg *m = NULL;
+    if (js_GetMsg(&m, c->js, c->cfg.dlq_stream, seq, NULL, NULL) != NATS_OK) {
+        fprintf(stderr, "dlq replay: no dead letter at sequence %llu\n", (unsigned long long)seq);
+        return 1;
+    }
+    const char *subj = hdr(m, "Verdict-Original-Subject");
+    if (!subj[0]) {
+        fprintf(stderr, "dlq replay: %llu has no Verdict-Original-Subject\n", (unsigned long long)seq);
+        natsMsg_Destroy(m);
+        return 1;
+    }
+    /* A fresh Nats-Msg-Id: the original id may still be inside TXN's duplicate window. The decision is still
+     * deduplicated by txn_id, so a replay can never produce a second decision. */
+    char msgid[200];
+    snprintf(msgid, sizeof msgid, "replay-%s-%llu", c->cfg.dlq_stream, (unsigned long long)seq);
+    natsMsg *out = NULL;
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = msgid;
+    jsPubAck *pa = NULL;
+    natsStatus s = natsMsg_Create(&out, subj, NULL, natsMsg_GetData(m), natsMsg_GetDataLength(m));
+    /* lineage for `verdict audit`: the original TXN sequence is accounted for by this replay */
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(out, "Verdict-Replay-Of", hdr(m, "Verdict-Original-Seq"));
+    if (s == NATS_OK)
+        s = js_PublishMsg(&pa, c->js, out, &po, NULL);
+    natsMsg_Destroy(out);
+    if (s != NATS_OK) {
+        fprintf(stderr, "dlq replay: republish of %llu failed (%s); the dead letter is kept\n",
+                (unsigned long long)seq, natsStatus_GetText(s));
+        natsMsg_Destroy(m);
+        return 1;
+    }
+    printf("replayed dlq %llu -> %s seq %llu\n", (unsigned long long)seq, subj, (unsigned long long)pa->Sequence);
+    jsPubAck_Destroy(pa);
+    natsMsg_Destroy(m);
+    if (js_DeleteMsg(c->js, c->cfg.dlq_stream, seq, NULL, NULL) != NATS_OK)
+        fprintf(stderr, "dlq replay: republished, but dead letter %llu could not be removed\n",
+                (unsigned long long)seq);
+    return 0;
+}
+
+int cmd_dlq(int argc, char **argv)
+{
+    int rest[64], nrest = 0;
+    conn c = {0};
+    if (argc > 64)
+        return 2;
+    int rc = open_conn(&c, argc, argv, rest, &nrest, "dlq", dlq_help);
+    if (rc)
+        return rc < 0 ? 0 : rc;
+    const char *sub = nrest ? argv[rest[0]] : "ls";
+    const char *reason = NULL, *arg = NULL;
+    for (int k = 1; k < nrest; k++) {
+        if (strcmp(argv[rest[k]], "--reason") == 0 && k + 1 < nrest)
+            reason = argv[rest[++k]];
+        else
+            arg = argv[rest[k]];
+    }
+    uint64_t first = 0, last = 0;
+    if (!stream_range(c.js, c.cfg.dlq_stream, &first, &last)) {
+        fprintf(stderr, "verdict dlq: stream %s not found (has the engine run?)\n", c.cfg.dlq_stream);
+        close_conn(&c);
+        return 1;
+    }
+    arena a;
+    arena_init(&a, 1 << 20);
+    rc = 0;
+    if (strcmp(sub, "ls") == 0 || (strcmp(sub, "replay") == 0 && reason && !arg)) {
+        bool replay = strcmp(sub, "replay") == 0;
+        if (!replay)
+            printf("%-8s %-16s %-32s %-10s %s\n", "SEQ", "REASON", "TXN_ID", "AGE", "DELIVERIES");
+        int n = 0;
+        for (uint64_t seq = first; last && seq <= last; seq++) {
+            natsMsg *m = NULL;
+            if (js_GetMsg(&m, c.js, c.cfg.dlq_stream, seq, NULL, NULL) != NATS_OK)
+                continue;
+            const char *r = hdr(m, "Verdict-Dlq-Reason");
+            if (reason && strcmp(reason, r) != 0) {
+                natsMsg_Destroy(m);
+                continue;
+            }
+            n++;
+            if (replay) {
+                natsMsg_Destroy(m);
+                rc |= replay_one(&c, seq);
+                continue;
+            }
+            Transaction *t = NULL;
+            poison_reason why;
+            const char *id = hdr(m, "Verdict-Txn-Id");
+            if (txn_decode(&a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 1 << 18, &t, &why, NULL) ==
+                    V_OK ||
+                (t == NULL && why == POISON_NONE))
+                id = t ? t->txn_id : id;
+            int64_t age = (now_ms() - natsMsg_GetTime(m) / 1000000) / 1000;
+            char ages[32];
+            snprintf(ages, sizeof ages, age >= 3600 ? "%lldh" : age >= 60 ? "%lldm" : "%llds",
+                     (long long)(age >= 3600 ? age / 3600 : age >= 60 ? age / 60 : age));
+            printf("%-8llu %-16s %-32s %-10s %s\n", (unsigned long long)seq, r, id[0] ? id : "-", ages,
+                   hdr(m, "Verdict-Deliveries"));
+            natsMsg_Destroy(m);
+        }
+        if (!replay)
+            printf("%d dead letter%s\n", n, n == 1 ? "" : "s");
+        else
+            printf("%d dead letter%s replayed\n", n, n == 1 ? "" : "s");
+    } else if (strcmp(sub, "show") == 0 && arg) {
+        natsMsg *m = NULL;
+        uint64_t seq = strtoull(arg, NULL, 10);
+        if (js_GetMsg(&m, c.js, c.cfg.dlq_stream, seq, NULL, NULL) != NATS_OK) {
+            fprintf(stderr, "verdict dlq show: no dead letter at sequence %s\n", arg);
+            rc = 1;
+        } else {
+            printf("dead letter %llu on %s (%d bytes)\n", (unsigned long long)seq, natsMsg_GetSubject(m),
+                   natsMsg_GetDataLength(m));
+            const char **keys = NULL;
+            int nk = 0;
+            if (natsMsgHeader_Keys(m, &keys, &nk) == NATS_OK) {
+                for (int i = 0; i < nk; i++)
+                    printf("  %-26s %s\n", keys[i], hdr(m, keys[i]));
+                free((void *)keys);
+            }
+            Transaction *t = NULL;
+            poison_reason why;
+            verror e = {0};
+            if (txn_decode(&a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 1 << 18, &t, &why, &e) ==
+                V_OK) {
+                printf("decoded transaction:\n");
+                print_txn(t);
+            } else {
+                printf("payload does not decode as a valid transaction: %s\n", e.msg);
+            }
+            natsMsg_Destroy(m);
+        }
+    } else if (strcmp(sub, "replay") == 0 && arg) {
+        rc = replay_one(&c, strtoull(arg, NULL, 10));
+    } else {
+        dlq_help();
+        rc = 2;
+    }
+    arena_free(&a);
+    close_conn(&c);
+    return rc;
+}
+
+/* --- audit -------------------------------------------------------------------------------------------- */
+
+typedef struct idset {
+    uint64_t *slots;
+    size_t cap;
+} idset;
+
+static bool idset_init(idset *s, size_t n)
+{
+    s->cap = 1024;
+    while (s->cap < n * 2)
+        s->cap <<= 1;
+    s->slots = calloc(s->cap, sizeof *s->slots);
+    return s->slots != NULL;
+}
+
+static void idset_add(idset *s, uint64_t h)
+{
+    h |= 1; /* 0 marks an empty slot */
+    for (size_t i = h & (s->cap - 1);; i = (i + 1) & (s->cap - 1))
+        if (!s->slots[i] || s->slots[i] == h) {
+            s->slots[i] = h;
+            return;
+        }
+}
+
+static bool idset_has(const idset *s, uint64_t h)
+{
+    h |= 1;
+    for (size_t i = h & (s->cap - 1); s->slots[i]; i = (i + 1) & (s->cap - 1))
+        if (s->slots[i] == h)
+            return true;
+    return false;
+}
+
+static void audit_help(void)
+{
+    printf("usage: verdict audit [--from SEQ] [--to SEQ]\n\n"
+           "Reconciles TXN against DECISIONS and DLQ: every transaction stored in TXN (sequence range, default\n"
+           "all) must have exactly one decision or one dead letter, never both, never neither. Exits 0 when\n"
+           "the books balance, 1 when they do not (listing the offenders), 2 on usage errors.\n\n"
+           "options (flag, then its environment variable):\n");
+    config_print_help(stdout, "names");
+}
+
+int cmd_audit(int argc, char **argv)
+{
+    int rest[64], nrest = 0;
+    conn c = {0};
+    if (argc > 64)
+        return 2;
+    int rc = open_conn(&c, argc, argv, rest, &nrest, "audit", audit_help);
+    if (rc)
+        return rc < 0 ? 0 : rc;
+    uint64_t from = 0, to = UINT64_MAX;
+    for (int k = 0; k < nrest; k++) {
+        const char *a = argv[rest[k]];
+        const char *v = k + 1 < nrest ? argv[rest[k + 1]] : NULL;
+        if (strcmp(a, "--from") == 0 && v) {
+            from = strtoull(v, NULL, 10);
+            k++;
+        } else if (strcmp(a, "--to") == 0 && v) {
+            to = strtoull(v, NULL, 10);
+            k++;
+        } else {
+            fprintf(stderr, "verdict audit: unknown option '%s'\n", a);
+            close_conn(&c);
+            return 2;
+        }
+    }
+    uint64_t tf, tl, df, dl, lf, ll;
+    if (!stream_range(c.js, c.cfg.txn_stream, &tf, &tl) || !stream_range(c.js, c.cfg.decisions_stream, &df, &dl) ||
+        !stream_range(c.js, c.cfg.dlq_stream, &lf, &ll)) {
+        fprintf(stderr, "verdict audit: streams not found (has the engine run?)\n");
+        close_conn(&c);
+        return 1;
+    }
+    if (from < 1)
+        from = 1;
+    if (to > tl)
+        to = tl;
+    idset decided, dead;
+    if (!idset_init(&decided, (size_t)(dl - df + 1)) || !idset_init(&dead, (size_t)(ll - lf + 1))) {
+        fprintf(stderr, "verdict audit: out of memory\n");
+        close_conn(&c);
+        return 1;
+    }
+    /* decisions by txn_id, dead letters by original TXN sequence */
+    uint64_t ndec = 0, ndead = 0;
+    for (uint64_t s = df; dl && s <= dl; s++) {
+        natsMsg *m = NULL;
+        if (js_GetMsg(&m, c.js, c.cfg.decisions_stream, s, NULL, NULL) != NATS_OK)
+            continue;
+        idset_add(&decided, hash64_str(hdr(m, "Nats-Msg-Id")));
+        ndec++;
+        natsMsg_Destroy(m);
+    }
+    for (uint64_t s = lf; ll && s <= ll; s++) {
+        natsMsg *m = NULL;
+        if (js_GetMsg(&m, c.js, c.cfg.dlq_stream, s, NULL, NULL) != NATS_OK)
+            continue;
+        idset_add(&dead, strtoull(hdr(m, "Verdict-Original-Seq"), NULL, 10));
+        ndead++;
+        natsMsg_Destroy(m);
+    }
+    /* replays: a dead letter replayed into TXN accounts for its original sequence */
+    idset replayed;
+    if (!idset_init(&replayed, (size_t)(tl - tf + 1))) {
+        fprintf(stderr, "verdict audit: out of memory\n");
+        close_conn(&c);
+        return 1;
+    }
+    for (uint64_t s = tf; tl && s <= tl; s++) {
+        natsMsg *m = NULL;
+        if (js_GetMsg(&m, c.js, c.cfg.txn_stream, s, NULL, NULL) != NATS_OK)
+            continue;
+        const char *r = hdr(m, "Verdict-Replay-Of");
+        if (r[0])
+            idset_add(&replayed, strtoull(r, NULL, 10));
+        natsMsg_Destroy(m);
+    }
+    arena a;
+    arena_init(&a, 1 << 20);
+    uint64_t total = 0, ok_dec = 0, ok_dead = 0, both = 0, neither = 0, nreplayed = 0;
+    for (uint64_t s = from; s <= to; s++) {
+        natsMsg *m = NULL;
+        natsStatus st = js_GetMsg(&m, c.js, c.cfg.txn_stream, s, NULL, NULL);
+        bool in_dlq = idset_has(&dead, s);
+        if (st != NATS_OK) {
+            /* deleted from TXN: only the DLQ worker deletes, after storing the dead letter */
+            bool was_replayed = idset_has(&replayed, s);
+            if (s < tf && !in_dlq && !was_replayed)
+                continue; /* aged out by retention, not ours to judge */
+            total++;
+            if (in_dlq)
+                ok_dead++;
+            else if (was_replayed)
+                nreplayed++;
+            else {
+                neither++;
+                printf("NEITHER  seq %llu: deleted from %s without a dead letter\n", (unsigned long long)s,
+                       c.cfg.txn_stream);
+            }
+            continue;
+        }
+        total++;
+        Transaction *t = NULL;
+        poison_reason why;
+        bool has_dec = txn_decode(&a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 1 << 20, &t, &why,
+                                  NULL) == V_OK &&
+                       idset_has(&decided, hash64_str(t->txn_id));
+        if (has_dec && in_dlq) {
+            both++;
+            printf("BOTH     seq %llu txn %s: a decision and a dead letter\n", (unsigned long long)s, t->txn_id);
+        } else if (has_dec)
+            ok_dec++;
+        else if (in_dlq)
+            ok_dead++;
+        else {
+            neither++;
+            printf("NEITHER  seq %llu txn %s: no decision and no dead letter (pending?)\n", (unsigned long long)s,
+                   t ? t->txn_id : "-");
+        }
+        natsMsg_Destroy(m);
+        if ((s - from) % 5000 == 4999)
+            fprintf(stderr, "audit: %llu/%llu\n", (unsigned long long)(s - from + 1),
+                    (unsigned long long)(to - from + 1));
+    }
+    printf("audit %s seq %llu..%llu: %llu transactions = %llu decided + %llu dead-lettered + %llu replayed; "
+           "both %llu, neither %llu (%llu decisions, %llu dead letters stored)\n",
+           c.cfg.txn_stream, (unsigned long long)from, (unsigned long long)to, (unsigned long long)total,
+           (unsigned long long)ok_dec, (unsigned long long)ok_dead, (unsigned long long)nreplayed,
+           (unsigned long long)both,
+           (unsigned long long)neither, (unsigned long long)ndec, (unsigned long long)ndead);
+    printf("%s\n", both == 0 && neither == 0 ? "OK: every transaction has exactly one decision or one dead letter"
+                                             : "MISMATCH");
+    arena_free(&a);
+    free(decided.slots);
+    free(dead.slots);
+    free(replayed.slots);
+    close_conn(&c);
+    return both == 0 && neither == 0 ? 0 : 1;
+}
