@@ -45,6 +45,9 @@ typedef struct config {
     char engine_id[64];
     char metrics_addr[64]; /* host:port or "off" */
     int64_t publish_timeout_ms;
+    /* benchmark baseline: republish each message unchanged with a msg-id and ack, no decision logic
+     * (set by `verdict bench`, never by a flag) */
+    bool passthrough;
     /* test-only fault switch (env VERDICT_TEST_FAULT), see docs/testing.md */
     char fault[64];
 } config;

@@ -18,6 +18,7 @@ static const command commands[] = {
     {"serve", cmd_serve, "run the decision engine (the production process)"},
     {"dlq", cmd_dlq, "list, show and replay dead letters"},
     {"audit", cmd_audit, "prove every transaction has exactly one decision or one dead letter"},
+    {"bench", cmd_bench, "benchmarks against a bare JetStream baseline (throughput, latency)"},
     {"demo", cmd_demo, "start a local nats-server, the engine and a simulated payment service; print a summary"},
 };
 

@@ -205,6 +205,30 @@ static int64_t backoff_delay_ms(const config *c, uint64_t delivered)
     return c->backoff_ms[i];
 }
 
+/* The benchmark baseline: the same pull, a republish with a msg-id, a reply, an ack; no decode, no decision. */
+static void passthrough(worker *w, natsMsg *msg, const js_meta *m, const char *reply_to)
+{
+    engine *en = w->en;
+    char subj[NAME_MAX_LEN + 48], id[48];
+    snprintf(subj, sizeof subj, "%s.passthrough.%llu", en->cfg.decision_prefix, (unsigned long long)m->stream_seq);
+    snprintf(id, sizeof id, "pt-%llu", (unsigned long long)m->stream_seq);
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = id;
+    po.MaxWait = en->cfg.publish_timeout_ms;
+    jsPubAck *pa = NULL;
+    natsStatus s = js_Publish(&pa, en->js, subj, natsMsg_GetData(msg), natsMsg_GetDataLength(msg), &po, NULL);
+    jsPubAck_Destroy(pa);
+    if (s != NATS_OK) {
+        natsMsg_NakWithDelay(msg, 1000, NULL);
+        return;
+    }
+    if (reply_to && reply_to[0])
+        natsConnection_Publish(en->nc, reply_to, natsMsg_GetData(msg), natsMsg_GetDataLength(msg));
+    atomic_fetch_add(&en->stats.decided[1], 1);
+    natsMsg_Ack(msg, NULL);
+}
+
 static void process(worker *w, natsMsg *msg)
 {
     engine *en = w->en;
@@ -219,6 +243,10 @@ static void process(worker *w, natsMsg *msg)
     const char *reply_to = NULL;
     if (natsMsgHeader_Get(msg, "Verdict-Reply-To", &reply_to) != NATS_OK)
         reply_to = NULL;
+    if (cfg->passthrough) {
+        passthrough(w, msg, &m, reply_to);
+        return;
+    }
 
     Transaction *t = NULL;
     poison_reason why;
