@@ -21,11 +21,16 @@
 
 #define DECISION_BUF 8192
 
+struct slot;
+
 typedef struct worker {
     struct engine *en;
     int id;
     pthread_t thread;
     natsSubscription *sub;
+    jsCtx *js;           /* async decision publishes; its PubAck handler fills slots */
+    struct slot *slots;  /* one per message of the batch in hand */
+    int nslots;
     arena arena;       /* decode arena, reset per message */
     arena dup_arena;   /* decoding stored decisions on the duplicate path */
     unsigned char *enc; /* encoded decision */
@@ -205,46 +210,52 @@ static int64_t backoff_delay_ms(const config *c, uint64_t delivered)
     return c->backoff_ms[i];
 }
 
-/* The benchmark baseline: the same pull, a republish with a msg-id, a reply, an ack; no decode, no decision. */
-static void passthrough(worker *w, natsMsg *msg, const js_meta *m, const char *reply_to)
-{
-    engine *en = w->en;
-    char subj[NAME_MAX_LEN + 48], id[48];
-    snprintf(subj, sizeof subj, "%s.passthrough.%llu", en->cfg.decision_prefix, (unsigned long long)m->stream_seq);
-    snprintf(id, sizeof id, "pt-%llu", (unsigned long long)m->stream_seq);
-    jsPubOptions po;
-    jsPubOptions_Init(&po);
-    po.MsgId = id;
-    po.MaxWait = en->cfg.publish_timeout_ms;
-    jsPubAck *pa = NULL;
-    natsStatus s = js_Publish(&pa, en->js, subj, natsMsg_GetData(msg), natsMsg_GetDataLength(msg), &po, NULL);
-    jsPubAck_Destroy(pa);
-    if (s != NATS_OK) {
-        natsMsg_NakWithDelay(msg, 1000, NULL);
-        return;
-    }
-    if (reply_to && reply_to[0])
-        natsConnection_Publish(en->nc, reply_to, natsMsg_GetData(msg), natsMsg_GetDataLength(msg));
-    atomic_fetch_add(&en->stats.decided[1], 1);
-    natsMsg_Ack(msg, NULL);
-}
+/* One message of a batch between its decision and its ack. */
+enum slot_state { SLOT_DONE = 0, SLOT_PENDING, SLOT_STORED, SLOT_DUPLICATE, SLOT_FAILED };
 
-static void process(worker *w, natsMsg *msg)
+typedef struct slot {
+    natsMsg *in;  /* the TXN message (owned by the fetched list) */
+    natsMsg *dm;  /* the decision message; ours until published, then handed back by the PubAck handler */
+    natsMsg *to_send;
+    js_meta meta;
+    const char *reply_to; /* points into in's headers */
+    char txn_id[72];
+    int64_t store_us;
+    int outcome;
+    bool budget_exceeded, degraded;
+    _Atomic int state;
+    uint64_t dup_seq;
+    char err[96];
+} slot;
+
+/* Step 1, per message: decode, validate, decide, encode. Poison is finished here (dead letter + term). */
+static void prepare(worker *w, natsMsg *msg, slot *sl)
 {
     engine *en = w->en;
     const config *cfg = &en->cfg;
-    js_meta m = {0};
-    if (!broker_parse_ack_subject(natsMsg_GetReply(msg), &m)) {
+    memset(sl, 0, sizeof *sl);
+    sl->in = msg;
+    if (!broker_parse_ack_subject(natsMsg_GetReply(msg), &sl->meta)) {
         log_warn("message without JetStream metadata ignored", NULL);
         return;
     }
-    if (m.delivered > 1)
+    js_meta *m = &sl->meta;
+    if (m->delivered > 1)
         atomic_fetch_add(&en->stats.redeliveries, 1);
-    const char *reply_to = NULL;
-    if (natsMsgHeader_Get(msg, "Verdict-Reply-To", &reply_to) != NATS_OK)
-        reply_to = NULL;
+    if (natsMsgHeader_Get(msg, "Verdict-Reply-To", &sl->reply_to) != NATS_OK)
+        sl->reply_to = NULL;
     if (cfg->passthrough) {
-        passthrough(w, msg, &m, reply_to);
+        /* the benchmark baseline: the same pull, async republish with a msg-id, reply and ack, and nothing
+         * else: no decode, no features, no rules, no model */
+        char subj[NAME_MAX_LEN + 48];
+        snprintf(subj, sizeof subj, "%s.passthrough.%llu", cfg->decision_prefix, (unsigned long long)m->stream_seq);
+        snprintf(sl->txn_id, sizeof sl->txn_id, "pt-%llu", (unsigned long long)m->stream_seq);
+        sl->outcome = 1;
+        if (natsMsg_Create(&sl->dm, subj, NULL, natsMsg_GetData(msg), natsMsg_GetDataLength(msg)) != NATS_OK) {
+            atomic_store(&sl->state, SLOT_FAILED);
+            return;
+        }
+        atomic_store(&sl->state, SLOT_PENDING);
         return;
     }
 
@@ -253,16 +264,16 @@ static void process(worker *w, natsMsg *msg)
     verror err = {0};
     if (txn_decode(&w->arena, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), (size_t)cfg->max_msg_size,
                    &t, &why, &err) != V_OK) {
-        dead_letter(w, msg, &m, why, err.msg, reply_to);
+        dead_letter(w, msg, m, why, err.msg, sl->reply_to);
         return;
     }
 
-    int64_t store_us = m.timestamp_ns / 1000;
+    sl->store_us = m->timestamp_ns / 1000;
     int64_t start_us = now_us();
-    bool budget_exceeded = start_us - store_us >= cfg->budget_ms * 1000;
+    bool budget_exceeded = start_us - sl->store_us >= cfg->budget_ms * 1000;
     decide_out out;
     const policy *p = en->policy;
-    decide_run(p, t, store_us / 1000, budget_exceeded, w->vals, &out);
+    decide_run(p, t, sl->store_us / 1000, budget_exceeded, w->vals, &out);
     if (budget_exceeded) {
         out.budget_exceeded = true;
         if (strcmp(cfg->fallback, "none") != 0) {
@@ -293,7 +304,7 @@ static void process(worker *w, natsMsg *msg)
     d.rules_version = (char *)policy_rules_version(p);
     d.model_version = (char *)policy_model_version(p);
     d.decided_at_ms = now_ms();
-    d.latency_us = now_us() - store_us;
+    d.latency_us = now_us() - sl->store_us;
     if (d.latency_us < 0)
         d.latency_us = 0;
     d.budget_exceeded = out.budget_exceeded;
@@ -303,87 +314,178 @@ static void process(worker *w, natsMsg *msg)
 
     char subj[NAME_MAX_LEN + 96];
     snprintf(subj, sizeof subj, "%s.%s.%s", cfg->decision_prefix, outcome_str(d.outcome), t->txn_id);
-    natsMsg *dm = NULL;
-    natsStatus s = n ? natsMsg_Create(&dm, subj, NULL, (const char *)w->enc, (int)n) : NATS_INSUFFICIENT_BUFFER;
+    natsStatus s = n ? natsMsg_Create(&sl->dm, subj, NULL, (const char *)w->enc, (int)n) : NATS_INSUFFICIENT_BUFFER;
     if (s == NATS_OK)
-        s = set_decision_headers(dm, &d);
-
-    fault_point(en, "crash_before_publish");
-    jsPubAck *pa = NULL;
-    jsErrCode jerr = 0;
-    if (s == NATS_OK && strcmp(cfg->fault, "publish_fail") == 0)
-        s = NATS_TIMEOUT;
-    else if (s == NATS_OK) {
-        jsPubOptions po;
-        jsPubOptions_Init(&po);
-        po.MsgId = t->txn_id;
-        po.MaxWait = cfg->publish_timeout_ms;
-        s = js_PublishMsg(&pa, en->js, dm, &po, &jerr);
-    }
+        s = set_decision_headers(sl->dm, &d);
+    str_copy(sl->txn_id, sizeof sl->txn_id, t->txn_id);
+    sl->outcome = d.outcome & 3;
+    sl->budget_exceeded = d.budget_exceeded;
+    sl->degraded = d.degraded;
     if (s != NATS_OK) {
-        int64_t delay = backoff_delay_ms(cfg, m.delivered);
+        str_copy(sl->err, sizeof sl->err, natsStatus_GetText(s));
+        atomic_store(&sl->state, SLOT_FAILED);
+        return;
+    }
+    atomic_store(&sl->state, SLOT_PENDING);
+}
+
+/* PubAck of a decision (nats.c's thread): record the outcome in the matching slot. */
+static void on_decision_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
+{
+    (void)js;
+    worker *w = closure;
+    const char *id = NULL;
+    natsMsgHeader_Get(msg, "Nats-Msg-Id", &id);
+    for (int i = 0; id && i < w->nslots; i++) {
+        slot *sl = &w->slots[i];
+        if (sl->dm == NULL && atomic_load(&sl->state) == SLOT_PENDING && strcmp(sl->txn_id, id) == 0) {
+            sl->dm = msg;
+            if (pae) {
+                str_copy(sl->err, sizeof sl->err, natsStatus_GetText(pae->Err));
+                atomic_store(&sl->state, SLOT_FAILED);
+            } else if (pa && pa->Duplicate) {
+                sl->dup_seq = pa->Sequence;
+                atomic_store(&sl->state, SLOT_DUPLICATE);
+            } else {
+                atomic_store(&sl->state, SLOT_STORED);
+            }
+            return;
+        }
+    }
+    natsMsg_Destroy(msg);
+}
+
+/* Step 3, per message after every PubAck of the batch is in: reply, then ack (or nak on failure). */
+static void finish(worker *w, slot *sl)
+{
+    engine *en = w->en;
+    const config *cfg = &en->cfg;
+    int st = atomic_load(&sl->state);
+    if (st == SLOT_DONE)
+        return;
+    if (st == SLOT_PENDING) {
+        st = SLOT_FAILED;
+        str_copy(sl->err, sizeof sl->err, "no PubAck within the publish timeout");
+    }
+    if (st == SLOT_FAILED) {
+        int64_t delay = backoff_delay_ms(cfg, sl->meta.delivered);
         log_warn("decision not stored; nak for retry",
                  "\"stream\":\"%s\",\"seq\":%llu,\"txn_id\":\"%s\",\"delivered\":%llu,\"delay_ms\":%lld,"
                  "\"error\":\"%s\"",
-                 cfg->txn_stream, (unsigned long long)m.stream_seq, t->txn_id, (unsigned long long)m.delivered,
-                 (long long)delay, log_esc(natsStatus_GetText(s)));
-        natsMsg_Destroy(dm);
+                 cfg->txn_stream, (unsigned long long)sl->meta.stream_seq, sl->txn_id,
+                 (unsigned long long)sl->meta.delivered, (long long)delay, log_esc(sl->err));
         /* A caller waiting on this decision gets a timely error instead of silence; the transaction stays in
          * the stream and will be decided (or dead-lettered) and stored. */
-        if (reply_to && reply_to[0] && now_us() - store_us >= cfg->budget_ms * 1000)
-            reply_error(en->nc, reply_to, 504, "decision delayed: not stored within the latency budget; it will "
-                                               "be decided and stored, retry the request to read it");
-        if (natsMsg_NakWithDelay(msg, delay, NULL) != NATS_OK)
+        if (sl->reply_to && sl->reply_to[0] && now_us() - sl->store_us >= cfg->budget_ms * 1000)
+            reply_error(en->nc, sl->reply_to, 504,
+                        "decision delayed: not stored within the latency budget; it will be decided and stored, "
+                        "retry the request to read it");
+        if (natsMsg_NakWithDelay(sl->in, delay, NULL) != NATS_OK)
             log_warn("nak failed; AckWait will redeliver", NULL);
         atomic_fetch_add(&en->stats.naks, 1);
         return;
     }
     fault_point(en, "crash_after_publish");
-
-    if (pa->Duplicate) {
+    if (st == SLOT_DUPLICATE) {
         /* Decided before (a redelivery or a client retry): answer with the stored decision, never a new one. */
         atomic_fetch_add(&en->stats.duplicates, 1);
-        if (reply_to && reply_to[0]) {
+        if (sl->reply_to && sl->reply_to[0]) {
             natsMsg *stored = NULL;
             jsDirectGetMsgOptions dgo;
             jsDirectGetMsgOptions_Init(&dgo);
-            dgo.Sequence = pa->Sequence;
-            s = js_DirectGetMsg(&stored, en->js, cfg->decisions_stream, NULL, &dgo);
-            if (s == NATS_OK) {
-                reply_stored(en->nc, reply_to, stored);
-                natsMsg_Destroy(stored);
-            } else {
+            dgo.Sequence = sl->dup_seq;
+            if (js_DirectGetMsg(&stored, en->js, cfg->decisions_stream, NULL, &dgo) != NATS_OK) {
                 log_warn("stored decision not readable; nak for retry", "\"seq\":%llu",
-                         (unsigned long long)pa->Sequence);
-                jsPubAck_Destroy(pa);
-                natsMsg_Destroy(dm);
-                natsMsg_NakWithDelay(msg, backoff_delay_ms(cfg, m.delivered), NULL);
+                         (unsigned long long)sl->dup_seq);
+                natsMsg_NakWithDelay(sl->in, backoff_delay_ms(cfg, sl->meta.delivered), NULL);
                 atomic_fetch_add(&en->stats.naks, 1);
                 return;
             }
+            reply_stored(en->nc, sl->reply_to, stored);
+            natsMsg_Destroy(stored);
         }
     } else {
-        atomic_fetch_add(&en->stats.decided[d.outcome & 3], 1);
-        if (d.budget_exceeded)
+        atomic_fetch_add(&en->stats.decided[sl->outcome], 1);
+        if (sl->budget_exceeded)
             atomic_fetch_add(&en->stats.budget_exceeded, 1);
-        if (d.degraded)
+        if (sl->degraded)
             atomic_fetch_add(&en->stats.degraded, 1);
-        if (reply_to && reply_to[0]) {
+        if (sl->reply_to && sl->reply_to[0] && sl->dm) {
             natsMsg *r = NULL;
-            if (natsMsg_Create(&r, reply_to, NULL, (const char *)w->enc, (int)n) == NATS_OK &&
-                set_decision_headers(r, &d) == NATS_OK)
+            if (natsMsg_Create(&r, sl->reply_to, NULL, natsMsg_GetData(sl->dm), natsMsg_GetDataLength(sl->dm)) ==
+                NATS_OK) {
+                for (size_t i = 0; i < ARRAY_LEN(decision_header_keys); i++) {
+                    const char *v = NULL;
+                    if (natsMsgHeader_Get(sl->dm, decision_header_keys[i], &v) == NATS_OK && v)
+                        natsMsgHeader_Set(r, decision_header_keys[i], v);
+                }
                 natsConnection_PublishMsg(en->nc, r);
+            }
             natsMsg_Destroy(r);
         }
     }
-    jsPubAck_Destroy(pa);
-    natsMsg_Destroy(dm);
-    if (m.delivered == 1 && strcmp(cfg->fault, "skip_first_ack") == 0)
+    if (sl->meta.delivered == 1 && strcmp(cfg->fault, "skip_first_ack") == 0)
         return; /* test fault: behave as if the ack was lost, so AckWait redelivers */
-    if (natsMsg_Ack(msg, NULL) != NATS_OK)
+    if (natsMsg_Ack(sl->in, NULL) != NATS_OK)
         log_warn("ack failed; the redelivery will be answered from the stored decision", "\"seq\":%llu",
-                 (unsigned long long)m.stream_seq);
+                 (unsigned long long)sl->meta.stream_seq);
     fault_point(en, "crash_after_ack");
+}
+
+/* A batch: decide every message, publish every decision asynchronously (at most one batch in flight per
+ * worker), wait for all PubAcks, then reply and ack in order. One round trip per batch instead of per message. */
+static void process_batch(worker *w, natsMsgList *list)
+{
+    engine *en = w->en;
+    const config *cfg = &en->cfg;
+    w->nslots = list->Count;
+    for (int i = 0; i < list->Count; i++)
+        prepare(w, list->Msgs[i], &w->slots[i]);
+    fault_point(en, "crash_before_publish");
+    bool any = false;
+    /* Hand every decision over before the first publish: the PubAck handler runs on nats.c's thread as soon as
+     * the first PubAck arrives and matches slots by (state PENDING, dm NULL, txn_id). */
+    for (int i = 0; i < list->Count; i++) {
+        slot *sl = &w->slots[i];
+        sl->to_send = NULL;
+        if (atomic_load(&sl->state) == SLOT_PENDING) {
+            sl->to_send = sl->dm;
+            sl->dm = NULL;
+        }
+    }
+    for (int i = 0; i < list->Count; i++) {
+        slot *sl = &w->slots[i];
+        if (!sl->to_send)
+            continue;
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MsgId = sl->txn_id;
+        po.MaxWait = cfg->publish_timeout_ms;
+        natsMsg *dm = sl->to_send;
+        natsStatus s = strcmp(cfg->fault, "publish_fail") == 0 ? NATS_TIMEOUT : js_PublishMsgAsync(w->js, &dm, &po);
+        if (s != NATS_OK) {
+            /* not handed over (on failure nats.c leaves the message with us) */
+            natsMsg_Destroy(dm);
+            str_copy(sl->err, sizeof sl->err, natsStatus_GetText(s));
+            atomic_store(&sl->state, SLOT_FAILED);
+        } else {
+            any = true;
+        }
+    }
+    if (any) {
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MaxWait = cfg->publish_timeout_ms + 1000;
+        if (js_PublishAsyncComplete(w->js, &po) != NATS_OK)
+            log_warn("some decision PubAcks did not arrive in time", "\"worker\":%d", w->id);
+    }
+    for (int i = 0; i < list->Count; i++)
+        finish(w, &w->slots[i]);
+    for (int i = 0; i < list->Count; i++) {
+        natsMsg_Destroy(w->slots[i].dm);
+        w->slots[i].dm = NULL;
+    }
+    w->nslots = 0;
 }
 
 static void *worker_main(void *arg)
@@ -409,8 +511,7 @@ static void *worker_main(void *arg)
             sleep_ms(200);
             continue;
         }
-        for (int i = 0; i < list.Count; i++)
-            process(w, list.Msgs[i]);
+        process_batch(w, &list);
         natsMsgList_Destroy(&list);
     }
     return NULL;
@@ -516,6 +617,8 @@ static void free_engine(engine *en)
         for (int i = 0; i < en->nworkers; i++) {
             worker *w = &en->workers[i];
             natsSubscription_Destroy(w->sub);
+            jsCtx_Destroy(w->js);
+            free(w->slots);
             arena_free(&w->arena);
             arena_free(&w->dup_arena);
             free(w->enc);
@@ -595,6 +698,17 @@ vstatus engine_start(const config *c, engine **out, verror *e)
             arena_init(&w->dup_arena, DECISION_BUF * 4)) {
             free_engine(en);
             return verror_set(e, V_ENOMEM, "out of memory");
+        }
+        w->slots = calloc((size_t)c->batch, sizeof *w->slots);
+        jsOptions wjo;
+        jsOptions_Init(&wjo);
+        wjo.Wait = 5000;
+        wjo.PublishAsync.MaxPending = c->batch; /* bounded in-flight window: one batch */
+        wjo.PublishAsync.AckHandler = on_decision_puback;
+        wjo.PublishAsync.AckHandlerClosure = w;
+        if (!w->slots || natsConnection_JetStream(&w->js, en->nc, &wjo) != NATS_OK) {
+            free_engine(en);
+            return verror_set(e, V_ENOMEM, "cannot set up worker %d", i);
         }
         jsSubOptions so;
         jsSubOptions_Init(&so);
