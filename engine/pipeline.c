@@ -91,8 +91,7 @@ static void reply_error(natsConnection *nc, const char *reply_to, int code, cons
 
 static const char *decision_header_keys[] = {"Nats-Msg-Id",           "Verdict-Outcome",        "Verdict-Score",
                                              "Verdict-Reasons",       "Verdict-Rules-Version",  "Verdict-Model-Version",
-                                             "Verdict-Latency-Us",    "Verdict-Budget-Exceeded", "Verdict-Degraded",
-                                             "Verdict-Engine-Id"};
+                                             "Verdict-Latency-Us",    "Verdict-Budget-Exceeded", "Verdict-Degraded"};
 
 static natsStatus set_decision_headers(natsMsg *m, const Decision *d)
 {
@@ -106,9 +105,9 @@ static natsStatus set_decision_headers(natsMsg *m, const Decision *d)
     else
         snprintf(score, sizeof score, "none");
     snprintf(lat, sizeof lat, "%lld", (long long)d->latency_us);
-    natsStatus s = natsMsgHeader_Set(m, "Nats-Msg-Id", d->txn_id);
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(m, "Verdict-Outcome", outcome_str(d->outcome));
+    /* Nats-Msg-Id is added by nats.c from jsPubOptions.MsgId; every header costs nats.c allocations and
+     * hashing, measurably (docs/benchmarks.md), so nothing is set twice */
+    natsStatus s = natsMsgHeader_Set(m, "Verdict-Outcome", outcome_str(d->outcome));
     if (s == NATS_OK)
         s = natsMsgHeader_Set(m, "Verdict-Score", score);
     /* an empty header value confuses header parsing in some clients: omit the header when no rule matched */
@@ -124,8 +123,6 @@ static natsStatus set_decision_headers(natsMsg *m, const Decision *d)
         s = natsMsgHeader_Set(m, "Verdict-Budget-Exceeded", "true");
     if (s == NATS_OK && d->degraded)
         s = natsMsgHeader_Set(m, "Verdict-Degraded", "true");
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(m, "Verdict-Engine-Id", d->engine_id);
     return s;
 }
 
