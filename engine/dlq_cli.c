@@ -251,21 +251,27 @@ static bool idset_init(idset *s, size_t n)
     return s->slots != NULL;
 }
 
-static void idset_add(idset *s, uint64_t h)
+/* Keys are stream sequences (>= 1) or 64-bit txn_id hashes; 0 marks an empty slot (a zero hash is taken
+ * as 1, a 2^-64 event). Slots are chosen by a multiplicative mix so sequential keys spread out. */
+static size_t idset_slot(const idset *s, uint64_t k) { return (size_t)((k * 0x9E3779B97F4A7C15ULL) >> 20) & (s->cap - 1); }
+
+static void idset_add(idset *s, uint64_t k)
 {
-    h |= 1; /* 0 marks an empty slot */
-    for (size_t i = h & (s->cap - 1);; i = (i + 1) & (s->cap - 1))
-        if (!s->slots[i] || s->slots[i] == h) {
-            s->slots[i] = h;
+    if (!k)
+        k = 1;
+    for (size_t i = idset_slot(s, k);; i = (i + 1) & (s->cap - 1))
+        if (!s->slots[i] || s->slots[i] == k) {
+            s->slots[i] = k;
             return;
         }
 }
 
-static bool idset_has(const idset *s, uint64_t h)
+static bool idset_has(const idset *s, uint64_t k)
 {
-    h |= 1;
-    for (size_t i = h & (s->cap - 1); s->slots[i]; i = (i + 1) & (s->cap - 1))
-        if (s->slots[i] == h)
+    if (!k)
+        k = 1;
+    for (size_t i = idset_slot(s, k); s->slots[i]; i = (i + 1) & (s->cap - 1))
+        if (s->slots[i] == k)
             return true;
     return false;
 }
