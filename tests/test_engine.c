@@ -420,3 +420,68 @@ Test(engine, dlq_replay_turns_a_fixed_dead_letter_into_one_decision_and_audit_ba
     cr_assert(file_wait_for(out, "orphan-1", 100));
     unlink(out);
 }
+
+Test(engine, each_poison_kind_lands_in_its_dlq_subject)
+{
+    const char *extra[] = {"--max-msg-size", "200", NULL};
+    pid_t pid = tc_start_engine(srv.url, logp, extra);
+    Transaction t;
+    unsigned char buf[4096];
+    struct {
+        const char *reason;
+        int n;
+    } kinds[4];
+    /* invalid txn_id */
+    tc_txn(&t, "no spaces allowed", 100);
+    kinds[0].reason = "invalid_txn_id";
+    kinds[0].n = tc_pack(&t, buf);
+    jsPubAck *pa = NULL;
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = "p1";
+    cr_assert_eq(js_Publish(&pa, js, "txn.p", buf, kinds[0].n, &po, NULL), NATS_OK);
+    jsPubAck_Destroy(pa);
+    /* missing card_id */
+    tc_txn(&t, "p2", 100);
+    t.card_id = "";
+    kinds[1].reason = "missing_field";
+    kinds[1].n = tc_pack(&t, buf);
+    po.MsgId = "p2";
+    cr_assert_eq(js_Publish(&pa, js, "txn.p", buf, kinds[1].n, &po, NULL), NATS_OK);
+    jsPubAck_Destroy(pa);
+    /* oversize: a valid transaction over --max-msg-size */
+    tc_txn(&t, "p3", 100);
+    char big[400];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    t.merchant_id = big;
+    kinds[2].reason = "oversize";
+    kinds[2].n = tc_pack(&t, buf);
+    po.MsgId = "p3";
+    cr_assert_eq(js_Publish(&pa, js, "txn.p", buf, kinds[2].n, &po, NULL), NATS_OK);
+    jsPubAck_Destroy(pa);
+    /* not protobuf */
+    kinds[3].reason = "decode_error";
+    po.MsgId = "p4";
+    cr_assert_eq(js_Publish(&pa, js, "txn.p", "\x0a\xff", 2, &po, NULL), NATS_OK);
+    jsPubAck_Destroy(pa);
+
+    cr_assert_eq(tc_wait_msgs(js, "DLQ", 4, 10000), 4);
+    for (int i = 0; i < 4; i++) {
+        char subj[64];
+        snprintf(subj, sizeof subj, "dlq.%s", kinds[i].reason);
+        natsMsg *m = NULL;
+        cr_assert_eq(js_GetLastMsg(&m, js, "DLQ", subj, NULL, NULL), NATS_OK, "no %s", subj);
+        const char *v = NULL;
+        cr_assert_eq(natsMsgHeader_Get(m, "Verdict-Dlq-Reason", &v), NATS_OK);
+        cr_assert_str_eq(v, kinds[i].reason);
+        cr_assert_eq(natsMsgHeader_Get(m, "Verdict-Original-Seq", &v), NATS_OK);
+        cr_assert_eq(atoi(v), i + 1);
+        natsMsg_Destroy(m);
+    }
+    cr_assert_eq(tc_stream_msgs(js, "DECISIONS"), 0);
+    for (int i = 0; i < 50 && tc_stream_msgs(js, "TXN") != 0; i++)
+        tc_sleep_ms(100);
+    cr_assert_eq(tc_stream_msgs(js, "TXN"), 0, "termed poison is removed from TXN after its dead letter");
+    stop_engine(pid);
+}
