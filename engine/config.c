@@ -136,6 +136,9 @@ static void derive_names(config *c)
     snprintf(c->dlq_prefix, sizeof c->dlq_prefix, "%s%sdlq", low, L);
     snprintf(c->adv_stream, sizeof c->adv_stream, "%s%sVERDICT_ADVISORIES", up, U);
     snprintf(c->decide_subject, sizeof c->decide_subject, "%s%sverdict.v1.decide", low, L);
+    snprintf(c->rules_bucket, sizeof c->rules_bucket, "%s%sverdict_rules", low, low[0] ? "_" : "");
+    snprintf(c->lists_bucket, sizeof c->lists_bucket, "%s%sverdict_lists", low, low[0] ? "_" : "");
+    snprintf(c->profiles_bucket, sizeof c->profiles_bucket, "%s%sverdict_profiles", low, low[0] ? "_" : "");
     snprintf(c->consumer, sizeof c->consumer, "%s%sverdict", low, low[0] ? "_" : "");
     str_copy(c->queue_group, sizeof c->queue_group, "q");
 }

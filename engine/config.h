@@ -25,6 +25,7 @@ typedef struct config {
     char decisions_stream[NAME_MAX_LEN], decision_prefix[NAME_MAX_LEN];
     char dlq_stream[NAME_MAX_LEN], dlq_prefix[NAME_MAX_LEN];
     char adv_stream[NAME_MAX_LEN];
+    char rules_bucket[NAME_MAX_LEN], lists_bucket[NAME_MAX_LEN], profiles_bucket[NAME_MAX_LEN]; /* KV */
     char decide_subject[NAME_MAX_LEN], queue_group[64], ingress_subject[NAME_MAX_LEN];
     /* consumer and streams */
     int64_t ack_wait_ms;
