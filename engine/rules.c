@@ -1147,7 +1147,7 @@ vstatus rules_compile(const char *src, size_t len, const char *name, featreg *re
         diag->errors++;
         diag->first_line = 1;
         diag->first_col = 1;
-        diag_append(diag, "%s: error: no rules (a rules file needs at least one `rule`)\n", c->name);
+        diag_append(diag, "%s:1:1: error: no rules (a rules file needs at least one `rule`)\n  \n  ^\n", c->name);
     }
     if (diag->errors) {
         cc_free(c);
