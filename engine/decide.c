@@ -6,10 +6,13 @@
 #include <string.h>
 
 struct policy {
+    atomic_int refs;
     featreg reg;
+    ruleset *rules; /* NULL: built-in amount thresholds */
     int64_t review_minor, decline_minor;
     char rules_version[32];
     char model_version[32];
+    char rules_source[256];
     char decline_text[96], review_text[96];
 };
 
@@ -18,40 +21,138 @@ policy *policy_builtin(int64_t review_minor, int64_t decline_minor)
     policy *p = calloc(1, sizeof *p);
     if (!p)
         return NULL;
+    atomic_init(&p->refs, 1);
     featreg_init(&p->reg);
     p->review_minor = review_minor;
     p->decline_minor = decline_minor;
     snprintf(p->rules_version, sizeof p->rules_version, "builtin-1");
     snprintf(p->model_version, sizeof p->model_version, "none");
+    snprintf(p->rules_source, sizeof p->rules_source, "builtin");
     snprintf(p->decline_text, sizeof p->decline_text, "Amount at or over %lld minor units",
              (long long)decline_minor);
     snprintf(p->review_text, sizeof p->review_text, "Amount at or over %lld minor units", (long long)review_minor);
     return p;
 }
 
-void policy_free(policy *p) { free(p); }
+vstatus policy_build(const char *rules_src, size_t len, const char *rules_name, const char *model_path,
+                     policy **out, rules_diag *diag)
+{
+    *out = NULL;
+    policy *p = calloc(1, sizeof *p);
+    if (!p)
+        return V_ENOMEM;
+    atomic_init(&p->refs, 1);
+    featreg_init(&p->reg);
+    vstatus s = rules_compile(rules_src, len, rules_name, &p->reg, &p->rules, diag);
+    if (s != V_OK) {
+        free(p);
+        return s;
+    }
+    str_copy(p->rules_version, sizeof p->rules_version, rules_version(p->rules));
+    str_copy(p->rules_source, sizeof p->rules_source, rules_name);
+    snprintf(p->model_version, sizeof p->model_version, "none");
+    (void)model_path;
+    *out = p;
+    return V_OK;
+}
+
+vstatus policy_load(const char *rules_path, const char *model_path, policy **out, rules_diag *diag)
+{
+    *out = NULL;
+    if (!rules_path || !rules_path[0]) {
+        *out = policy_builtin(200000, 1000000);
+        return *out ? V_OK : V_ENOMEM;
+    }
+    /* read the file once; policy_build compiles the same bytes the version hashes */
+    FILE *f = fopen(rules_path, "rb");
+    if (!f) {
+        rules_diag_add(diag, "%s: error: cannot open the rules file: %m\n", rules_path);
+        return V_EIO;
+    }
+    char *buf = NULL;
+    size_t cap = 0, n = 0;
+    for (;;) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 65536;
+            char *nb = cap <= ((size_t)16 << 20) ? realloc(buf, cap) : NULL;
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                rules_diag_add(diag, "%s: error: larger than 16 MiB or out of memory\n", rules_path);
+                return V_EPARSE;
+            }
+            buf = nb;
+        }
+        size_t r = fread(buf + n, 1, cap - n, f);
+        n += r;
+        if (r == 0)
+            break;
+    }
+    fclose(f);
+    vstatus s = policy_build(buf, n, rules_path, model_path, out, diag);
+    free(buf);
+    return s;
+}
+
+void policy_retain(policy *p) { atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed); }
+
+void policy_release(policy *p)
+{
+    if (!p || atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    rules_free(p->rules);
+    free(p);
+}
 
 const char *policy_rules_version(const policy *p) { return p->rules_version; }
 const char *policy_model_version(const policy *p) { return p->model_version; }
+const char *policy_rules_source(const policy *p) { return p->rules_source; }
 const featreg *policy_featreg(const policy *p) { return &p->reg; }
+const ruleset *policy_rules(const policy *p) { return p->rules; }
 
-void decide_run(const policy *p, const Transaction *t, int64_t event_ms, bool skip_model, fval *vals,
-                decide_out *out)
+static const Verdict__V1__Outcome outcome_of[] = {
+    [RO_APPROVE] = VERDICT__V1__OUTCOME__OUTCOME_APPROVE,
+    [RO_REVIEW] = VERDICT__V1__OUTCOME__OUTCOME_REVIEW,
+    [RO_DECLINE] = VERDICT__V1__OUTCOME__OUTCOME_DECLINE,
+    [RO_ALLOW] = VERDICT__V1__OUTCOME__OUTCOME_APPROVE,
+};
+
+void decide_run(const policy *p, const decide_env *env, const Transaction *t, int64_t event_ms, bool skip_model,
+                fval *vals, decide_out *out)
 {
-    (void)skip_model;
+    (void)env;
+    int64_t t0 = mono_ns();
     features_from_txn(&p->reg, t, event_ms, vals);
     out->outcome = VERDICT__V1__OUTCOME__OUTCOME_APPROVE;
     out->score = -1;
     out->n_reasons = 0;
     out->degraded = false;
-    double amount = vals[FEAT_AMOUNT_MINOR].num;
-    if (amount >= (double)p->decline_minor) {
-        out->outcome = VERDICT__V1__OUTCOME__OUTCOME_DECLINE;
-        out->reason_id[out->n_reasons] = "builtin_decline_amount";
-        out->reason_text[out->n_reasons++] = p->decline_text;
-    } else if (amount >= (double)p->review_minor) {
-        out->outcome = VERDICT__V1__OUTCOME__OUTCOME_REVIEW;
-        out->reason_id[out->n_reasons] = "builtin_review_amount";
-        out->reason_text[out->n_reasons++] = p->review_text;
+    out->budget_exceeded = false;
+    out->model_skipped = skip_model;
+    int64_t t1 = mono_ns();
+    out->features_ns = t1 - t0;
+    out->model_ns = 0;
+    if (!p->rules) {
+        double amount = vals[FEAT_AMOUNT_MINOR].num;
+        if (amount >= (double)p->decline_minor) {
+            out->outcome = VERDICT__V1__OUTCOME__OUTCOME_DECLINE;
+            out->reason_id[out->n_reasons] = "builtin_decline_amount";
+            out->reason_text[out->n_reasons++] = p->decline_text;
+        } else if (amount >= (double)p->review_minor) {
+            out->outcome = VERDICT__V1__OUTCOME__OUTCOME_REVIEW;
+            out->reason_id[out->n_reasons] = "builtin_review_amount";
+            out->reason_text[out->n_reasons++] = p->review_text;
+        }
+        out->rules_ns = mono_ns() - t1;
+        return;
     }
+    rules_result r;
+    rules_eval(p->rules, vals, &r);
+    out->outcome = outcome_of[r.outcome];
+    for (int i = 0; i < r.n_matches && i < DECIDE_MAX_REASONS; i++) {
+        out->reason_id[i] = rules_id(p->rules, r.match[i]);
+        out->reason_text[i] = rules_reason(p->rules, r.match[i]);
+    }
+    out->n_reasons = r.n_matches < DECIDE_MAX_REASONS ? r.n_matches : DECIDE_MAX_REASONS;
+    out->rules_ns = mono_ns() - t1;
 }

@@ -1,17 +1,21 @@
 /* decide.h - the decision step: a transaction and its features in, an outcome with reasons out.
  *
- * A policy is an immutable bundle of what decides (the feature registry, the compiled rules, the model) and
- * their versions. Workers hold a reference while they decide one transaction; a reload builds a new policy and
- * swaps it in atomically between transactions, so a decision is always made by exactly one version. Until a
- * rules file is configured the built-in policy applies: an amount threshold with real reasons. decide_run
- * allocates nothing and knows nothing of NATS. */
+ * A policy is an immutable bundle of what decides: the feature registry, the compiled rules and the model,
+ * with their versions. It is reference-counted: workers take a reference for a batch, a reload builds a new
+ * policy and swaps it in, and the old one is freed when its last batch finishes, so a decision is always made
+ * by exactly one version and a swap never waits for, or blocks, a transaction. Without a rules file the
+ * built-in policy applies (an amount threshold with real reasons). decide_run allocates nothing and knows
+ * nothing of NATS; the behavioural state it reads (velocity, lists, profiles) comes in through decide_env. */
 #ifndef VERDICT_DECIDE_H
 #define VERDICT_DECIDE_H
 
 #include "codec.h"
 #include "featreg.h"
+#include "rules.h"
 
-#define DECIDE_MAX_REASONS 32
+#include <stdatomic.h>
+
+#define DECIDE_MAX_REASONS RULES_MAX_MATCHES
 
 typedef struct policy policy;
 
@@ -19,23 +23,45 @@ typedef struct decide_out {
     Verdict__V1__Outcome outcome;
     double score; /* -1 when the model did not run */
     int n_reasons;
-    const char *reason_id[DECIDE_MAX_REASONS];   /* point into the policy: valid while it is held */
+    const char *reason_id[DECIDE_MAX_REASONS]; /* point into the policy: valid while it is held */
     const char *reason_text[DECIDE_MAX_REASONS];
     bool degraded;
     bool budget_exceeded;
+    bool model_skipped;
+    /* stage timings, ns */
+    int64_t features_ns, model_ns, rules_ns;
 } decide_out;
 
 /* The built-in policy: decline at or over decline_minor, review at or over review_minor. */
 policy *policy_builtin(int64_t review_minor, int64_t decline_minor);
-void policy_free(policy *p);
+
+/* Builds a policy from rules source text (name labels messages: a path or "kv:verdict_rules/rules@7") and an
+ * optional model file. On failure returns V_EPARSE/V_EIO with every message in diag, and nothing changes. */
+vstatus policy_build(const char *rules_src, size_t len, const char *rules_name, const char *model_path,
+                     policy **out, rules_diag *diag);
+
+/* Reads rules_path (NULL: built-in amount policy) and model_path (NULL or "": none) and builds a policy. */
+vstatus policy_load(const char *rules_path, const char *model_path, policy **out, rules_diag *diag);
+
+/* Reference counting: a new policy holds one reference. */
+void policy_retain(policy *p);
+void policy_release(policy *p);
+#define policy_free policy_release
 
 const char *policy_rules_version(const policy *p);
 const char *policy_model_version(const policy *p);
+const char *policy_rules_source(const policy *p);
 const featreg *policy_featreg(const policy *p);
+const ruleset *policy_rules(const policy *p); /* NULL for the built-in policy */
+
+/* What decide_run reads besides the transaction; any member may be NULL (not configured). */
+typedef struct decide_env {
+    void *unused;
+} decide_env;
 
 /* Decides t. event_ms is the event time for windows and derived features; skip_model asks for a rules-only
  * decision (budget nearly spent). vals is the caller's scratch feature vector (FEAT_MAX entries). */
-void decide_run(const policy *p, const Transaction *t, int64_t event_ms, bool skip_model, fval *vals,
-                decide_out *out);
+void decide_run(const policy *p, const decide_env *env, const Transaction *t, int64_t event_ms, bool skip_model,
+                fval *vals, decide_out *out);
 
 #endif

@@ -10,6 +10,7 @@
 #include "decide.h"
 #include "dlq.h"
 #include "log.h"
+#include "reloader.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -35,6 +36,7 @@ typedef struct worker {
     arena dup_arena;   /* decoding stored decisions on the duplicate path */
     unsigned char *enc; /* encoded decision */
     fval vals[FEAT_MAX];
+    policy *policy; /* held for the batch in hand */
     Reason reasons[DECIDE_MAX_REASONS];
     Reason *reason_ptrs[DECIDE_MAX_REASONS];
 } worker;
@@ -49,7 +51,9 @@ struct engine {
     arena ingress_arena; /* ingress callbacks are serialised per subscription */
     worker *workers;
     int nworkers;
-    policy *policy;
+    policy *policy;          /* the policy in force; swapped under policy_mu, held by workers per batch */
+    pthread_mutex_t policy_mu;
+    reloader *reloader;
     dlq_worker *dlq;
     atomic_bool stopping;
     engine_stats stats;
@@ -269,8 +273,8 @@ static void prepare(worker *w, natsMsg *msg, slot *sl)
     int64_t start_us = now_us();
     bool budget_exceeded = start_us - sl->store_us >= cfg->budget_ms * 1000;
     decide_out out;
-    const policy *p = en->policy;
-    decide_run(p, t, sl->store_us / 1000, budget_exceeded, w->vals, &out);
+    const policy *p = w->policy;
+    decide_run(p, NULL, t, sl->store_us / 1000, budget_exceeded, w->vals, &out);
     if (budget_exceeded) {
         out.budget_exceeded = true;
         if (strcmp(cfg->fallback, "none") != 0) {
@@ -436,8 +440,15 @@ static void process_batch(worker *w, natsMsgList *list)
     engine *en = w->en;
     const config *cfg = &en->cfg;
     w->nslots = list->Count;
+    /* one policy for the whole batch: a reload takes effect between batches, never inside a decision */
+    pthread_mutex_lock(&en->policy_mu);
+    w->policy = en->policy;
+    policy_retain(w->policy);
+    pthread_mutex_unlock(&en->policy_mu);
     for (int i = 0; i < list->Count; i++)
         prepare(w, list->Msgs[i], &w->slots[i]);
+    policy_release(w->policy);
+    w->policy = NULL;
     fault_point(en, "crash_before_publish");
     bool any = false;
     /* Hand every decision over before the first publish: the PubAck handler runs on nats.c's thread as soon as
@@ -609,6 +620,8 @@ static void ingress_on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr
 
 static void free_engine(engine *en)
 {
+    reloader_stop(en->reloader);
+    en->reloader = NULL;
     dlq_worker_stop(en->dlq);
     if (en->workers) {
         for (int i = 0; i < en->nworkers; i++) {
@@ -628,7 +641,8 @@ static void free_engine(engine *en)
     natsConnection_Destroy(en->nc);
     natsConnection_Destroy(en->inc);
     arena_free(&en->ingress_arena);
-    policy_free(en->policy);
+    policy_release(en->policy);
+    pthread_mutex_destroy(&en->policy_mu);
     free(en);
 }
 
@@ -643,11 +657,17 @@ vstatus engine_start(const config *c, engine **out, verror *e)
         free_engine(en);
         return verror_set(e, rc, "out of memory");
     }
-    en->policy = policy_builtin(200000, 1000000);
-    if (!en->policy) {
+    pthread_mutex_init(&en->policy_mu, NULL);
+    rules_diag diag = {0};
+    rc = policy_load(c->rules_file, c->model_file, &en->policy, &diag);
+    if (rc != V_OK) {
+        verror_set(e, rc, "the rules or model do not load, so the engine does not start:\n%s",
+                   diag.text ? diag.text : "");
+        rules_diag_free(&diag);
         free_engine(en);
-        return verror_set(e, V_ENOMEM, "out of memory");
+        return rc;
     }
+    rules_diag_free(&diag);
     char name[128];
     snprintf(name, sizeof name, "verdict-%s", c->engine_id);
     if ((rc = broker_connect(c, name, true, &en->nc, e)) != V_OK ||
@@ -719,6 +739,10 @@ vstatus engine_start(const config *c, engine **out, verror *e)
             return broker_err(e, s, jerr, "cannot bind a pull subscription to the durable consumer");
         }
     }
+    if ((rc = reloader_start(en, c, en->js, &en->reloader, e)) != V_OK) {
+        free_engine(en);
+        return rc;
+    }
     if ((rc = dlq_worker_start(c, en->nc, &en->stats.dead_letters, &en->dlq, e)) != V_OK) {
         free_engine(en);
         return rc;
@@ -747,6 +771,72 @@ vstatus engine_start(const config *c, engine **out, verror *e)
     return V_OK;
 }
 
+/* Swaps in p (taking over its reference); workers pick it up at their next batch. */
+static void swap_policy(engine *en, policy *p, const char *why)
+{
+    pthread_mutex_lock(&en->policy_mu);
+    policy *old = en->policy;
+    en->policy = p;
+    pthread_mutex_unlock(&en->policy_mu);
+    log_info("policy swapped", "\"why\":\"%s\",\"rules_version\":\"%s\",\"rules_source\":\"%s\",\"model_version\":\"%s\","
+             "\"old_rules_version\":\"%s\"",
+             log_esc(why), policy_rules_version(p), log_esc(policy_rules_source(p)), policy_model_version(p),
+             policy_rules_version(old));
+    atomic_fetch_add(&en->stats.reloads, 1);
+    policy_release(old);
+}
+
+vstatus engine_reload_now(engine *en, const char *why, verror *e)
+{
+    if (en->reloader)
+        return reloader_reload(en->reloader, why, e);
+    return engine_reload(en, why, e);
+}
+
+vstatus engine_reload(engine *en, const char *why, verror *e)
+{
+    policy *p = NULL;
+    rules_diag diag = {0};
+    vstatus rc = policy_load(en->cfg.rules_file, en->cfg.model_file, &p, &diag);
+    if (rc != V_OK) {
+        atomic_fetch_add(&en->stats.reload_failures, 1);
+        log_error("reload refused; the running rules and model stay in force",
+                  "\"why\":\"%s\",\"errors\":\"%s\"", log_esc(why), log_esc(diag.text ? diag.text : ""));
+        verror_set(e, rc, "%s", diag.text ? diag.text : "reload failed");
+        rules_diag_free(&diag);
+        return rc;
+    }
+    rules_diag_free(&diag);
+    swap_policy(en, p, why);
+    return V_OK;
+}
+
+vstatus engine_reload_rules_text(engine *en, const char *src, size_t len, const char *name, verror *e)
+{
+    policy *p = NULL;
+    rules_diag diag = {0};
+    vstatus rc = policy_build(src, len, name, en->cfg.model_file, &p, &diag);
+    if (rc != V_OK) {
+        atomic_fetch_add(&en->stats.reload_failures, 1);
+        log_error("rules refused; the running rules stay in force", "\"source\":\"%s\",\"errors\":\"%s\"",
+                  log_esc(name), log_esc(diag.text ? diag.text : ""));
+        verror_set(e, rc, "%s", diag.text ? diag.text : "rules refused");
+        rules_diag_free(&diag);
+        return rc;
+    }
+    rules_diag_free(&diag);
+    swap_policy(en, p, name);
+    return V_OK;
+}
+
+void engine_current_versions(engine *en, char *rules, char *model, size_t cap)
+{
+    pthread_mutex_lock(&en->policy_mu);
+    str_copy(rules, cap, policy_rules_version(en->policy));
+    str_copy(model, cap, policy_model_version(en->policy));
+    pthread_mutex_unlock(&en->policy_mu);
+}
+
 void engine_request_stop(engine *en) { atomic_store(&en->stopping, true); }
 
 void engine_stop(engine *en)
@@ -767,6 +857,8 @@ void engine_stop(engine *en)
         pthread_join(en->workers[i].thread, NULL);
     dlq_worker_stop(en->dlq);
     en->dlq = NULL;
+    reloader_stop(en->reloader);
+    en->reloader = NULL;
     /* 3. flush acks and replies, then close */
     natsConnection_FlushTimeout(en->nc, 2000);
     natsConnection_FlushTimeout(en->inc, 2000);

@@ -22,6 +22,8 @@ typedef struct engine_stats {
     atomic_llong degraded;
     atomic_llong requests;       /* ingress requests */
     atomic_llong request_errors; /* ingress requests refused */
+    atomic_llong reloads;         /* policies swapped in */
+    atomic_llong reload_failures; /* rules or models refused */
 } engine_stats;
 
 typedef struct engine engine;
@@ -36,5 +38,18 @@ void engine_request_stop(engine *en);
 void engine_stop(engine *en);
 
 const engine_stats *engine_get_stats(const engine *en);
+
+/* Rebuilds the policy from the configured rules and model files and swaps it in between batches. A file that
+ * does not compile or load is refused (logged, counted) and the running policy stays. */
+vstatus engine_reload(engine *en, const char *why, verror *e);
+
+/* SIGHUP: reloads from the source in force (the KV rules when set, else the files). */
+vstatus engine_reload_now(engine *en, const char *why, verror *e);
+
+/* The same with rules text from elsewhere (the verdict_rules KV bucket); name labels messages. */
+vstatus engine_reload_rules_text(engine *en, const char *src, size_t len, const char *name, verror *e);
+
+/* The versions in force (cap bytes each). */
+void engine_current_versions(engine *en, char *rules, char *model, size_t cap);
 
 #endif

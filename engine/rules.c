@@ -167,6 +167,17 @@ static void diag_append(rules_diag *d, const char *fmt, ...)
     d->len += (size_t)n;
 }
 
+void rules_diag_add(rules_diag *d, const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    d->errors++;
+    diag_append(d, "%s", buf);
+}
+
 void rules_diag_free(rules_diag *d)
 {
     free(d->text);

@@ -43,6 +43,8 @@ typedef struct rules_diag {
 } rules_diag;
 
 void rules_diag_free(rules_diag *d);
+/* Appends a formatted message (used by callers that load rules together with other parts). */
+void rules_diag_add(rules_diag *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Compiles src (len bytes; name labels messages, e.g. the path). Features are interned into reg, which must
  * outlive the ruleset. On failure returns V_EPARSE with every error in diag (parsing resumes at the next rule,

@@ -62,13 +62,17 @@ int cmd_serve(int argc, char **argv)
     engine *en = NULL;
     if (engine_start(&cfg, &en, &e) != V_OK) {
         log_error("cannot start", "\"error\":\"%s\"", log_esc(e.msg));
+        if (e.code == V_EPARSE || e.code == V_EIO)
+            fprintf(stderr, "%s", e.msg); /* the compiler's file:line:col report, readable */
         nats_Close();
         return 1;
     }
     for (;;) {
         int sig = cli_wait_signal();
         if (sig == SIGHUP) {
-            log_info("SIGHUP: nothing to reload yet", NULL);
+            log_info("SIGHUP: reloading rules and model", NULL);
+            verror re = {0};
+            engine_reload_now(en, "SIGHUP", &re); /* a refusal is logged; the running policy stays */
             continue;
         }
         log_info("shutting down", "\"signal\":\"%s\"", sig == SIGTERM ? "SIGTERM" : "SIGINT");

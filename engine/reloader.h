@@ -1,0 +1,34 @@
+/* reloader.h - hot reload of rules and model: file changes, SIGHUP, and the verdict_rules KV bucket.
+ *
+ * One thread watches the key `rules` of the verdict_rules bucket (so every instance switches together) and
+ * polls the modification stamp of the rules and model files once a second. Precedence: a value in the KV key
+ * is the fleet-wide truth and wins over the rules file; deleting the key falls back to the file. A file change
+ * seen while KV rules are in force reloads the model (if it changed) with the KV rules. Every new version is
+ * compiled in full before it is swapped in; a version that fails is logged with its errors, counted, and the
+ * running one stays. The bucket keeps history, so `nats kv history verdict_rules rules` is the audit trail. */
+#ifndef VERDICT_RELOADER_H
+#define VERDICT_RELOADER_H
+
+#include "common.h"
+#include "config.h"
+
+#include <nats/nats.h>
+
+struct engine;
+typedef struct reloader reloader;
+
+#define RULES_KV_KEY "rules"
+
+/* Creates or binds the bucket, applies its current value (before the caller starts taking work), then starts
+ * the watching thread. */
+vstatus reloader_start(struct engine *en, const config *c, jsCtx *js, reloader **out, verror *e);
+
+/* Reloads now from the active source (SIGHUP). */
+vstatus reloader_reload(reloader *r, const char *why, verror *e);
+
+void reloader_stop(reloader *r);
+
+/* Creates or binds the rules bucket (used by the engine and by `verdict rules push`). */
+vstatus reloader_bucket(const config *c, jsCtx *js, kvStore **kv, verror *e);
+
+#endif
