@@ -2,6 +2,7 @@
  * reconciliation proof that every transaction has exactly one decision or one dead letter. */
 #include "broker.h"
 #include "cli.h"
+#include "cliconn.h"
 #include "codec.h"
 #include "config.h"
 #include "log.h"
@@ -9,61 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static const char *hdr(natsMsg *m, const char *k)
-{
-    const char *v = NULL;
-    return natsMsgHeader_Get(m, k, &v) == NATS_OK && v ? v : "";
-}
-
-typedef struct conn {
-    config cfg;
-    natsConnection *nc;
-    jsCtx *js;
-} conn;
-
-static int open_conn(conn *c, int argc, char **argv, int *rest, int *nrest, const char *cmd, void (*help)(void))
-{
-    config_defaults(&c->cfg);
-    bool h;
-    verror e = {0};
-    if (config_parse(&c->cfg, argc, argv, &h, rest, nrest, &e) != V_OK) {
-        fprintf(stderr, "verdict %s: %s\n", cmd, e.msg);
-        return 2;
-    }
-    if (h) {
-        help();
-        return -1;
-    }
-    log_set_quiet(1);
-    if (broker_connect_simple(&c->cfg, &c->nc, &e) != V_OK) {
-        fprintf(stderr, "verdict %s: %s\n", cmd, e.msg);
-        return 1;
-    }
-    if (natsConnection_JetStream(&c->js, c->nc, NULL) != NATS_OK) {
-        fprintf(stderr, "verdict %s: no JetStream context\n", cmd);
-        return 1;
-    }
-    return 0;
-}
-
-static void close_conn(conn *c)
-{
-    jsCtx_Destroy(c->js);
-    natsConnection_Destroy(c->nc);
-    nats_Close();
-}
-
-static bool stream_range(jsCtx *js, const char *stream, uint64_t *first, uint64_t *last)
-{
-    jsStreamInfo *si = NULL;
-    if (js_GetStreamInfo(&si, js, stream, NULL, NULL) != NATS_OK)
-        return false;
-    *first = si->State.FirstSeq;
-    *last = si->State.LastSeq;
-    jsStreamInfo_Destroy(si);
-    return true;
-}
 
 static void dlq_help(void)
 {
@@ -87,14 +33,14 @@ static void print_txn(const Transaction *t)
            t->device_id);
 }
 
-static int replay_one(conn *c, uint64_t seq)
+static int replay_one(cliconn *c, uint64_t seq)
 {
     natsMsg *m = NULL;
     if (js_GetMsg(&m, c->js, c->cfg.dlq_stream, seq, NULL, NULL) != NATS_OK) {
         fprintf(stderr, "dlq replay: no dead letter at sequence %llu\n", (unsigned long long)seq);
         return 1;
     }
-    const char *subj = hdr(m, "Verdict-Original-Subject");
+    const char *subj = cliconn_hdr(m, "Verdict-Original-Subject");
     if (!subj[0]) {
         fprintf(stderr, "dlq replay: %llu has no Verdict-Original-Subject\n", (unsigned long long)seq);
         natsMsg_Destroy(m);
@@ -112,7 +58,7 @@ static int replay_one(conn *c, uint64_t seq)
     natsStatus s = natsMsg_Create(&out, subj, NULL, natsMsg_GetData(m), natsMsg_GetDataLength(m));
     /* lineage for `verdict audit`: the original TXN sequence is accounted for by this replay */
     if (s == NATS_OK)
-        s = natsMsgHeader_Set(out, "Verdict-Replay-Of", hdr(m, "Verdict-Original-Seq"));
+        s = natsMsgHeader_Set(out, "Verdict-Replay-Of", cliconn_hdr(m, "Verdict-Original-Seq"));
     if (s == NATS_OK)
         s = js_PublishMsg(&pa, c->js, out, &po, NULL);
     natsMsg_Destroy(out);
@@ -134,10 +80,10 @@ static int replay_one(conn *c, uint64_t seq)
 int cmd_dlq(int argc, char **argv)
 {
     int rest[64], nrest = 0;
-    conn c = {0};
+    cliconn c = {0};
     if (argc > 64)
         return 2;
-    int rc = open_conn(&c, argc, argv, rest, &nrest, "dlq", dlq_help);
+    int rc = cliconn_open(&c, argc, argv, rest, &nrest, "dlq", dlq_help);
     if (rc)
         return rc < 0 ? 0 : rc;
     const char *sub = nrest ? argv[rest[0]] : "ls";
@@ -149,9 +95,9 @@ int cmd_dlq(int argc, char **argv)
             arg = argv[rest[k]];
     }
     uint64_t first = 0, last = 0;
-    if (!stream_range(c.js, c.cfg.dlq_stream, &first, &last)) {
+    if (!cliconn_stream_range(c.js, c.cfg.dlq_stream, &first, &last)) {
         fprintf(stderr, "verdict dlq: stream %s not found (has the engine run?)\n", c.cfg.dlq_stream);
-        close_conn(&c);
+        cliconn_close(&c);
         return 1;
     }
     arena a;
@@ -166,7 +112,7 @@ int cmd_dlq(int argc, char **argv)
             natsMsg *m = NULL;
             if (js_GetMsg(&m, c.js, c.cfg.dlq_stream, seq, NULL, NULL) != NATS_OK)
                 continue;
-            const char *r = hdr(m, "Verdict-Dlq-Reason");
+            const char *r = cliconn_hdr(m, "Verdict-Dlq-Reason");
             if (reason && strcmp(reason, r) != 0) {
                 natsMsg_Destroy(m);
                 continue;
@@ -179,7 +125,7 @@ int cmd_dlq(int argc, char **argv)
             }
             Transaction *t = NULL;
             poison_reason why;
-            const char *id = hdr(m, "Verdict-Txn-Id");
+            const char *id = cliconn_hdr(m, "Verdict-Txn-Id");
             if (txn_decode(&a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 1 << 18, &t, &why, NULL) ==
                     V_OK ||
                 (t == NULL && why == POISON_NONE))
@@ -189,7 +135,7 @@ int cmd_dlq(int argc, char **argv)
             snprintf(ages, sizeof ages, age >= 3600 ? "%lldh" : age >= 60 ? "%lldm" : "%llds",
                      (long long)(age >= 3600 ? age / 3600 : age >= 60 ? age / 60 : age));
             printf("%-8llu %-16s %-32s %-10s %s\n", (unsigned long long)seq, r, id[0] ? id : "-", ages,
-                   hdr(m, "Verdict-Deliveries"));
+                   cliconn_hdr(m, "Verdict-Deliveries"));
             natsMsg_Destroy(m);
         }
         if (!replay)
@@ -209,7 +155,7 @@ int cmd_dlq(int argc, char **argv)
             int nk = 0;
             if (natsMsgHeader_Keys(m, &keys, &nk) == NATS_OK) {
                 for (int i = 0; i < nk; i++)
-                    printf("  %-26s %s\n", keys[i], hdr(m, keys[i]));
+                    printf("  %-26s %s\n", keys[i], cliconn_hdr(m, keys[i]));
                 free((void *)keys);
             }
             Transaction *t = NULL;
@@ -231,7 +177,7 @@ int cmd_dlq(int argc, char **argv)
         rc = 2;
     }
     arena_free(&a);
-    close_conn(&c);
+    cliconn_close(&c);
     return rc;
 }
 
@@ -289,10 +235,10 @@ static void audit_help(void)
 int cmd_audit(int argc, char **argv)
 {
     int rest[64], nrest = 0;
-    conn c = {0};
+    cliconn c = {0};
     if (argc > 64)
         return 2;
-    int rc = open_conn(&c, argc, argv, rest, &nrest, "audit", audit_help);
+    int rc = cliconn_open(&c, argc, argv, rest, &nrest, "audit", audit_help);
     if (rc)
         return rc < 0 ? 0 : rc;
     uint64_t from = 0, to = UINT64_MAX;
@@ -307,15 +253,15 @@ int cmd_audit(int argc, char **argv)
             k++;
         } else {
             fprintf(stderr, "verdict audit: unknown option '%s'\n", a);
-            close_conn(&c);
+            cliconn_close(&c);
             return 2;
         }
     }
     uint64_t tf, tl, df, dl, lf, ll;
-    if (!stream_range(c.js, c.cfg.txn_stream, &tf, &tl) || !stream_range(c.js, c.cfg.decisions_stream, &df, &dl) ||
-        !stream_range(c.js, c.cfg.dlq_stream, &lf, &ll)) {
+    if (!cliconn_stream_range(c.js, c.cfg.txn_stream, &tf, &tl) || !cliconn_stream_range(c.js, c.cfg.decisions_stream, &df, &dl) ||
+        !cliconn_stream_range(c.js, c.cfg.dlq_stream, &lf, &ll)) {
         fprintf(stderr, "verdict audit: streams not found (has the engine run?)\n");
-        close_conn(&c);
+        cliconn_close(&c);
         return 1;
     }
     if (from < 1)
@@ -325,7 +271,7 @@ int cmd_audit(int argc, char **argv)
     idset decided, dead;
     if (!idset_init(&decided, (size_t)(dl - df + 1)) || !idset_init(&dead, (size_t)(ll - lf + 1))) {
         fprintf(stderr, "verdict audit: out of memory\n");
-        close_conn(&c);
+        cliconn_close(&c);
         return 1;
     }
     /* decisions by txn_id, dead letters by original TXN sequence */
@@ -334,7 +280,7 @@ int cmd_audit(int argc, char **argv)
         natsMsg *m = NULL;
         if (js_GetMsg(&m, c.js, c.cfg.decisions_stream, s, NULL, NULL) != NATS_OK)
             continue;
-        idset_add(&decided, hash64_str(hdr(m, "Nats-Msg-Id")));
+        idset_add(&decided, hash64_str(cliconn_hdr(m, "Nats-Msg-Id")));
         ndec++;
         natsMsg_Destroy(m);
     }
@@ -342,7 +288,7 @@ int cmd_audit(int argc, char **argv)
         natsMsg *m = NULL;
         if (js_GetMsg(&m, c.js, c.cfg.dlq_stream, s, NULL, NULL) != NATS_OK)
             continue;
-        idset_add(&dead, strtoull(hdr(m, "Verdict-Original-Seq"), NULL, 10));
+        idset_add(&dead, strtoull(cliconn_hdr(m, "Verdict-Original-Seq"), NULL, 10));
         ndead++;
         natsMsg_Destroy(m);
     }
@@ -350,14 +296,14 @@ int cmd_audit(int argc, char **argv)
     idset replayed;
     if (!idset_init(&replayed, (size_t)(tl - tf + 1))) {
         fprintf(stderr, "verdict audit: out of memory\n");
-        close_conn(&c);
+        cliconn_close(&c);
         return 1;
     }
     for (uint64_t s = tf; tl && s <= tl; s++) {
         natsMsg *m = NULL;
         if (js_GetMsg(&m, c.js, c.cfg.txn_stream, s, NULL, NULL) != NATS_OK)
             continue;
-        const char *r = hdr(m, "Verdict-Replay-Of");
+        const char *r = cliconn_hdr(m, "Verdict-Replay-Of");
         if (r[0])
             idset_add(&replayed, strtoull(r, NULL, 10));
         natsMsg_Destroy(m);
@@ -421,6 +367,6 @@ int cmd_audit(int argc, char **argv)
     free(decided.slots);
     free(dead.slots);
     free(replayed.slots);
-    close_conn(&c);
+    cliconn_close(&c);
     return both == 0 && neither == 0 ? 0 : 1;
 }

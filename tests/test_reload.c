@@ -169,3 +169,38 @@ Test(reload, a_bad_rules_file_at_start_is_a_refusal_with_its_position)
     snprintf(want, sizeof want, "%s:2:15: error: cannot compare number 'amount' with string", rulesp);
     cr_assert(file_wait_for(logp, want, 1000), "no '%s' in %s", want, logp);
 }
+
+Test(reload, replay_shows_how_outcomes_would_change)
+{
+    write_file(rulesp, rules_a);
+    pid_t pid = tc_start_engine(srv.url, logp, (const char *const[]){"--rules", rulesp, NULL});
+    for (int i = 0; i < 10; i++)
+        cr_assert_eq(decide(1000 + i)->outcome, VERDICT__V1__OUTCOME__OUTCOME_REVIEW);
+    kill(pid, SIGTERM);
+    cr_assert_eq(child_wait(pid, 15000), 0);
+    uint64_t txns_before = tc_stream_msgs(js, "TXN"), decisions_before = tc_stream_msgs(js, "DECISIONS");
+
+    char candp[256], outp[256];
+    temp_path(candp, sizeof candp, ".rules");
+    temp_path(outp, sizeof outp, ".out");
+    write_file(candp, rules_b);
+    const char *argv[] = {"verdict", "replay", "--nats-url", srv.url, "--rules", candp, "--last", "100", NULL};
+    pid = verdict_spawn(argv, outp);
+    cr_assert_eq(child_wait(pid, 30000), 0, "replay failed; see %s", outp);
+    cr_assert(file_wait_for(outp, "10 transactions", 1000), "see %s", outp);
+    cr_assert(file_wait_for(outp, "10 of 10 decided transactions would change", 1000), "see %s", outp);
+    cr_assert(file_wait_for(outp, "review -> decline: 10, e.g. rl-100", 1000), "see %s", outp);
+    cr_assert_eq(tc_stream_msgs(js, "TXN"), txns_before, "replay publishes nothing");
+    cr_assert_eq(tc_stream_msgs(js, "DECISIONS"), decisions_before);
+    uint64_t ack_pending, pending, redelivered;
+    cr_assert(tc_consumer_counts(js, &ack_pending, &pending, &redelivered));
+    cr_assert_eq(pending, 0, "the durable consumer is untouched");
+
+    /* a candidate that does not compile replays nothing and says why */
+    write_file(candp, "rule x decline \"x\" when nope > 1\n");
+    pid = verdict_spawn(argv, outp);
+    cr_assert_eq(child_wait(pid, 30000), 1);
+    cr_assert(file_wait_for(outp, ":1:25: error: unknown field 'nope'", 1000), "see %s", outp);
+    unlink(candp);
+    unlink(outp);
+}

@@ -1,0 +1,28 @@
+/* cliconn.h - what the operator commands (dlq, audit, replay, lists) share: parse the connection options,
+ * connect, get a JetStream context, and small read helpers. */
+#ifndef VERDICT_CLICONN_H
+#define VERDICT_CLICONN_H
+
+#include "config.h"
+
+#include <nats/nats.h>
+
+typedef struct cliconn {
+    config cfg;
+    natsConnection *nc;
+    jsCtx *js;
+} cliconn;
+
+/* Parses argv into c->cfg (non-option arguments' indexes go to rest), then connects. Returns 0 when
+ * connected, -1 when --help was printed (by help()), 1 on a connection failure, 2 on a usage error; messages
+ * go to stderr prefixed with `verdict <cmd>:`. */
+int cliconn_open(cliconn *c, int argc, char **argv, int *rest, int *nrest, const char *cmd, void (*help)(void));
+void cliconn_close(cliconn *c);
+
+/* A header's value or "" (never NULL). */
+const char *cliconn_hdr(natsMsg *m, const char *key);
+
+/* The first and last sequence of a stream; false if it does not exist. */
+bool cliconn_stream_range(jsCtx *js, const char *stream, uint64_t *first, uint64_t *last);
+
+#endif

@@ -1,0 +1,106 @@
+/* streamread.c - ordered ephemeral reads of a stream range (see streamread.h). */
+#include "streamread.h"
+
+#include "broker.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct stream_reader {
+    natsSubscription *sub;
+    uint64_t first, end, last_seen;
+    bool done; /* the last message said nothing is pending */
+};
+
+vstatus stream_reader_open(jsCtx *js, const char *stream, const char *filter, uint64_t start_seq,
+                           int64_t start_time_ns, stream_reader **out, verror *e)
+{
+    *out = NULL;
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetStreamInfo(&si, js, stream, NULL, &jerr);
+    if (s != NATS_OK)
+        return broker_err(e, s, jerr, "cannot read the stream's info");
+    stream_reader *r = calloc(1, sizeof *r);
+    if (!r) {
+        jsStreamInfo_Destroy(si);
+        return verror_set(e, V_ENOMEM, "out of memory");
+    }
+    r->first = si->State.FirstSeq;
+    r->end = si->State.LastSeq;
+    const char *subj = filter ? filter : (si->Config->SubjectsLen > 0 ? si->Config->Subjects[0] : ">");
+    bool all_subjects = filter == NULL && si->Config->SubjectsLen != 1;
+    char subjbuf[256];
+    str_copy(subjbuf, sizeof subjbuf, all_subjects ? ">" : subj);
+    jsStreamInfo_Destroy(si);
+    if (r->end == 0 || (start_seq && start_seq > r->end)) {
+        *out = r; /* empty: next() reports the end at once */
+        return V_OK;
+    }
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = stream;
+    so.Ordered = true;
+    if (start_seq) {
+        so.Config.DeliverPolicy = js_DeliverByStartSequence;
+        so.Config.OptStartSeq = start_seq;
+    } else if (start_time_ns) {
+        so.Config.DeliverPolicy = js_DeliverByStartTime;
+        so.Config.OptStartTime = start_time_ns;
+    } else {
+        so.Config.DeliverPolicy = js_DeliverAll;
+    }
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    s = js_SubscribeSync(&r->sub, js, subjbuf, &jo, &so, &jerr);
+    if (s != NATS_OK) {
+        free(r);
+        return broker_err(e, s, jerr, "cannot open an ordered consumer on the stream");
+    }
+    natsSubscription_SetPendingLimits(r->sub, 65536, 256 << 20);
+    *out = r;
+    return V_OK;
+}
+
+vstatus stream_reader_next(stream_reader *r, natsMsg **msg, uint64_t *seq, int64_t *store_ns, int timeout_ms,
+                           verror *e)
+{
+    *msg = NULL;
+    if (!r->sub || r->done || r->last_seen >= r->end)
+        return V_ENOTFOUND;
+    natsMsg *m = NULL;
+    natsStatus s = natsSubscription_NextMsg(&m, r->sub, timeout_ms);
+    if (s == NATS_TIMEOUT)
+        return verror_set(e, V_ETIMEOUT, "no message within %d ms", timeout_ms);
+    if (s != NATS_OK)
+        return broker_err(e, s, 0, "reading the stream failed");
+    js_meta meta;
+    if (!broker_parse_ack_subject(natsMsg_GetReply(m), &meta)) {
+        natsMsg_Destroy(m);
+        return verror_set(e, V_ENATS, "a message without JetStream metadata");
+    }
+    r->last_seen = meta.stream_seq;
+    r->done = meta.pending == 0; /* deleted tail messages never arrive: stop here rather than time out */
+    if (meta.stream_seq > r->end) {
+        natsMsg_Destroy(m);
+        return V_ENOTFOUND;
+    }
+    *msg = m;
+    *seq = meta.stream_seq;
+    *store_ns = meta.timestamp_ns;
+    return V_OK;
+}
+
+uint64_t stream_reader_end(const stream_reader *r) { return r->end; }
+uint64_t stream_reader_first(const stream_reader *r) { return r->first; }
+
+void stream_reader_close(stream_reader *r)
+{
+    if (!r)
+        return;
+    if (r->sub) {
+        natsSubscription_Unsubscribe(r->sub);
+        natsSubscription_Destroy(r->sub);
+    }
+    free(r);
+}
