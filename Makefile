@@ -3,7 +3,7 @@ BUILD      ?= build
 ASAN_BUILD ?= build-asan
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all build deps demo test asan bench format clean
+.PHONY: all build deps demo test asan bench fuzz format clean
 
 all: build
 
@@ -34,8 +34,11 @@ bench: deps
 	@$(MAKE) --no-print-directory build
 	$(BUILD)/verdict bench all
 
+fuzz: deps
+	tools/fuzz $(or $(SECONDS),60)
+
 format:
 	clang-format -i engine/*.c engine/*.h tests/*.c tests/support/*.c tests/support/*.h
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) build-fuzz
