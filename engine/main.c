@@ -17,6 +17,7 @@ typedef struct command {
 static const command commands[] = {
     {"serve", cmd_serve, "run the decision engine (the production process)"},
     {"check", cmd_check, "validate rules files: rule count, or every error with file:line:col"},
+    {"rules", cmd_rules, "push a checked rules file to every engine (KV bucket), show or clear it"},
     {"replay", cmd_replay, "run candidate rules over stored transactions; show how outcomes would change"},
     {"dlq", cmd_dlq, "list, show and replay dead letters"},
     {"audit", cmd_audit, "prove every transaction has exactly one decision or one dead letter"},

@@ -1,10 +1,14 @@
 /* rules_cli.c - `verdict check FILE...`: compile rules files exactly as the engine would, print what they
- * contain or every error with file:line:col and a caret; the exit status says which (0 ok, 1 errors). */
+ * contain or every error with file:line:col and a caret; the exit status says which (0 ok, 1 errors).
+ * `verdict rules push|show|clear`: the verdict_rules KV bucket, checked before anything is pushed. */
 #include "cli.h"
+#include "cliconn.h"
 #include "featreg.h"
+#include "reloader.h"
 #include "rules.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static void check_help(void)
@@ -54,4 +58,118 @@ int cmd_check(int argc, char **argv)
         rules_diag_free(&d);
     }
     return bad ? 1 : 0;
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+
+static void rules_help(void)
+{
+    printf("usage: verdict rules push FILE   check FILE, then put it into the rules KV bucket (key 'rules'):\n"
+           "                                 every engine switches to it; a file with errors is not pushed\n"
+           "       verdict rules show        print the rules in the bucket, with revision and version\n"
+           "       verdict rules clear       delete the key: engines fall back to their --rules file\n\n"
+           "options (flag, then its environment variable):\n");
+    config_print_help(stdout, "names");
+}
+
+static char *read_all(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    size_t cap = 65536, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        n += fread(buf + n, 1, cap - n, f);
+        if (n < cap)
+            break;
+        char *nb = realloc(buf, cap * 2);
+        if (!nb)
+            free(buf);
+        buf = nb;
+        cap *= 2;
+    }
+    fclose(f);
+    *len = n;
+    return buf;
+}
+
+int cmd_rules(int argc, char **argv)
+{
+    int rest[64], nrest = 0;
+    if (argc > 60)
+        return 2;
+    cliconn c = {0};
+    int rc = cliconn_open(&c, argc, argv, rest, &nrest, "rules", rules_help);
+    if (rc)
+        return rc < 0 ? 0 : rc;
+    const char *sub = nrest > 0 ? argv[rest[0]] : "";
+    kvStore *kv = NULL;
+    verror e = {0};
+    if (reloader_bucket(&c.cfg, c.js, &kv, &e) != V_OK) {
+        fprintf(stderr, "verdict rules: %s\n", e.msg);
+        cliconn_close(&c);
+        return 1;
+    }
+    rc = 0;
+    if (strcmp(sub, "push") == 0 && nrest == 2) {
+        const char *path = argv[rest[1]];
+        size_t len = 0;
+        char *text = read_all(path, &len);
+        featreg reg;
+        featreg_init(&reg);
+        ruleset *rs = NULL;
+        rules_diag d = {0};
+        if (!text) {
+            fprintf(stderr, "verdict rules: cannot read %s\n", path);
+            rc = 1;
+        } else if (rules_compile(text, len, path, &reg, &rs, &d) != V_OK) {
+            fputs(d.text ? d.text : "", stderr);
+            fprintf(stderr, "verdict rules: %s has errors; not pushed\n", path);
+            rc = 1;
+        } else {
+            uint64_t rev = 0;
+            natsStatus s = kvStore_Put(&rev, kv, RULES_KV_KEY, text, (int)len);
+            if (s != NATS_OK) {
+                fprintf(stderr, "verdict rules: put failed: %s\n", natsStatus_GetText(s));
+                rc = 1;
+            } else {
+                printf("pushed %s: %d rules, version %s, %s/%s revision %llu\n", path, rules_count(rs),
+                       rules_version(rs), c.cfg.rules_bucket, RULES_KV_KEY, (unsigned long long)rev);
+            }
+        }
+        rules_free(rs);
+        rules_diag_free(&d);
+        free(text);
+    } else if (strcmp(sub, "show") == 0 && nrest == 1) {
+        kvEntry *ent = NULL;
+        natsStatus s = kvStore_Get(&ent, kv, RULES_KV_KEY);
+        if (s == NATS_NOT_FOUND) {
+            printf("no rules in %s: engines run their --rules file\n", c.cfg.rules_bucket);
+        } else if (s != NATS_OK) {
+            fprintf(stderr, "verdict rules: get failed: %s\n", natsStatus_GetText(s));
+            rc = 1;
+        } else {
+            char v[17];
+            hash64_hex(hash64(kvEntry_Value(ent), (size_t)kvEntry_ValueLen(ent)), v);
+            printf("# %s/%s revision %llu, version %s\n%.*s", c.cfg.rules_bucket, RULES_KV_KEY,
+                   (unsigned long long)kvEntry_Revision(ent), v, kvEntry_ValueLen(ent),
+                   (const char *)kvEntry_Value(ent));
+            kvEntry_Destroy(ent);
+        }
+    } else if (strcmp(sub, "clear") == 0 && nrest == 1) {
+        natsStatus s = kvStore_Delete(kv, RULES_KV_KEY);
+        if (s != NATS_OK) {
+            fprintf(stderr, "verdict rules: delete failed: %s\n", natsStatus_GetText(s));
+            rc = 1;
+        } else {
+            printf("cleared %s/%s: engines fall back to their --rules file\n", c.cfg.rules_bucket, RULES_KV_KEY);
+        }
+    } else {
+        rules_help();
+        rc = 2;
+    }
+    kvStore_Destroy(kv);
+    cliconn_close(&c);
+    return rc;
 }

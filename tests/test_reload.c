@@ -204,3 +204,34 @@ Test(reload, replay_shows_how_outcomes_would_change)
     unlink(candp);
     unlink(outp);
 }
+
+Test(reload, rules_push_checks_before_it_pushes)
+{
+    write_file(rulesp, rules_a);
+    pid_t pid = tc_start_engine(srv.url, logp, (const char *const[]){"--rules", rulesp, NULL});
+    char candp[256], outp[256], vb[17];
+    temp_path(candp, sizeof candp, ".rules");
+    temp_path(outp, sizeof outp, ".out");
+    version_of(rules_b, vb);
+    write_file(candp, "rule x decline \"x\" when amount > \n");
+    const char *argv[] = {"verdict", "rules", "push", candp, "--nats-url", srv.url, NULL};
+    pid_t p = verdict_spawn(argv, outp);
+    cr_assert_eq(child_wait(p, 15000), 1, "a bad file must not be pushed");
+    cr_assert(file_wait_for(outp, "not pushed", 1000));
+    kvStore *kv = NULL;
+    kvEntry *ent = NULL;
+    cr_assert_eq(js_KeyValue(&kv, js, "verdict_rules"), NATS_OK);
+    cr_assert_eq(kvStore_Get(&ent, kv, "rules"), NATS_NOT_FOUND);
+
+    write_file(candp, rules_b);
+    p = verdict_spawn(argv, outp);
+    cr_assert_eq(child_wait(p, 15000), 0, "see %s", outp);
+    cr_assert(file_wait_for(outp, vb, 1000), "push prints the version");
+    int i = 2000;
+    decide_until(&i, vb);
+    kvStore_Destroy(kv);
+    kill(pid, SIGTERM);
+    cr_assert_eq(child_wait(pid, 15000), 0);
+    unlink(candp);
+    unlink(outp);
+}
