@@ -10,6 +10,7 @@
 #include "decide.h"
 #include "dlq.h"
 #include "log.h"
+#include "observe.h"
 #include "reloader.h"
 
 #include <pthread.h>
@@ -54,10 +55,14 @@ struct engine {
     policy *policy;          /* the policy in force; swapped under policy_mu, held by workers per batch */
     pthread_mutex_t policy_mu;
     reloader *reloader;
+    observe *observe;
     dlq_worker *dlq;
     atomic_bool stopping;
     engine_stats stats;
 };
+
+const int64_t latency_bounds_us[LATENCY_BUCKETS] = {250,   500,   1000,   2000,   5000,   10000,
+                                                    20000, 50000, 100000, 250000, 500000, 1000000};
 
 static void sleep_ms(int ms)
 {
@@ -275,6 +280,9 @@ static void prepare(worker *w, natsMsg *msg, slot *sl)
     decide_out out;
     const policy *p = w->policy;
     decide_run(p, NULL, t, sl->store_us / 1000, budget_exceeded, w->vals, &out);
+    atomic_fetch_add_explicit(&en->stats.stage_ns[0], out.features_ns, memory_order_relaxed);
+    atomic_fetch_add_explicit(&en->stats.stage_ns[1], out.model_ns, memory_order_relaxed);
+    atomic_fetch_add_explicit(&en->stats.stage_ns[2], out.rules_ns, memory_order_relaxed);
     if (budget_exceeded) {
         out.budget_exceeded = true;
         if (strcmp(cfg->fallback, "none") != 0) {
@@ -407,6 +415,12 @@ static void finish(worker *w, slot *sl)
         }
     } else {
         atomic_fetch_add(&en->stats.decided[sl->outcome], 1);
+        int64_t lat = now_us() - sl->store_us;
+        int b = 0;
+        while (b < LATENCY_BUCKETS && lat > latency_bounds_us[b])
+            b++;
+        atomic_fetch_add(&en->stats.latency_bucket[b], 1);
+        atomic_fetch_add(&en->stats.latency_sum_us, lat > 0 ? lat : 0);
         if (sl->budget_exceeded)
             atomic_fetch_add(&en->stats.budget_exceeded, 1);
         if (sl->degraded)
@@ -620,6 +634,8 @@ static void ingress_on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr
 
 static void free_engine(engine *en)
 {
+    observe_stop(en->observe);
+    en->observe = NULL;
     reloader_stop(en->reloader);
     en->reloader = NULL;
     dlq_worker_stop(en->dlq);
@@ -762,6 +778,13 @@ vstatus engine_start(const config *c, engine **out, verror *e)
             return verror_set(e, V_ENOMEM, "cannot start worker threads");
         }
     }
+    if ((rc = observe_start(en, c, en->inc, &en->observe, e)) != V_OK) {
+        atomic_store(&en->stopping, true);
+        for (int i = 0; i < en->nworkers; i++)
+            pthread_join(en->workers[i].thread, NULL);
+        free_engine(en);
+        return rc;
+    }
     log_info("engine started",
              "\"workers\":%d,\"batch\":%d,\"decide_subject\":\"%s\",\"stream\":\"%s\",\"consumer\":\"%s\","
              "\"rules_version\":\"%s\",\"model_version\":\"%s\"",
@@ -853,6 +876,8 @@ void engine_stop(engine *en)
         log_warn("some ingress publishes were not confirmed before shutdown", NULL);
     /* 2. stop fetching; each worker finishes the batch it holds (decide, publish, ack) */
     atomic_store(&en->stopping, true);
+    observe_stop(en->observe);
+    en->observe = NULL;
     for (int i = 0; i < en->nworkers; i++)
         pthread_join(en->workers[i].thread, NULL);
     dlq_worker_stop(en->dlq);
@@ -872,3 +897,11 @@ void engine_stop(engine *en)
 }
 
 const engine_stats *engine_get_stats(const engine *en) { return &en->stats; }
+
+bool engine_ready(const engine *en)
+{
+    return !atomic_load(&en->stopping) && natsConnection_Status(en->nc) == NATS_CONN_STATUS_CONNECTED &&
+           natsConnection_Status(en->inc) == NATS_CONN_STATUS_CONNECTED;
+}
+
+const config *engine_config(const engine *en) { return &en->cfg; }

@@ -12,6 +12,10 @@
 
 #include <stdatomic.h>
 
+/* Upper bounds (µs) of the decision latency histogram buckets (store time -> decision stored); +Inf follows. */
+#define LATENCY_BUCKETS 12
+extern const int64_t latency_bounds_us[LATENCY_BUCKETS];
+
 typedef struct engine_stats {
     atomic_llong decided[4]; /* by Verdict__V1__Outcome */
     atomic_llong duplicates; /* answered from the stored decision */
@@ -24,6 +28,9 @@ typedef struct engine_stats {
     atomic_llong request_errors; /* ingress requests refused */
     atomic_llong reloads;         /* policies swapped in */
     atomic_llong reload_failures; /* rules or models refused */
+    atomic_llong latency_bucket[LATENCY_BUCKETS + 1]; /* decisions by latency (non-cumulative), last = +Inf */
+    atomic_llong latency_sum_us;
+    atomic_llong stage_ns[3]; /* features, model, rules: summed over decisions */
 } engine_stats;
 
 typedef struct engine engine;
@@ -38,6 +45,10 @@ void engine_request_stop(engine *en);
 void engine_stop(engine *en);
 
 const engine_stats *engine_get_stats(const engine *en);
+
+/* Ready to decide: started, connected to NATS, not stopping. */
+bool engine_ready(const engine *en);
+const config *engine_config(const engine *en);
 
 /* Rebuilds the policy from the configured rules and model files and swaps it in between batches. A file that
  * does not compile or load is refused (logged, counted) and the running policy stays. */
