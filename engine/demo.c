@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 #define DEMO_MAX_CLIENTS 64
@@ -39,6 +40,8 @@ typedef struct demo {
     atomic_int nlat;
     bool quiet;
     int clients;
+    uint64_t dl_ids[4096]; /* dead-letter ids seen (under out_mu) */
+    int ndl_ids;
 } demo;
 
 static void sleep_ms(int ms)
@@ -79,6 +82,21 @@ static void on_dead_letter(natsConnection *nc, natsSubscription *sub, natsMsg *m
     (void)nc;
     (void)sub;
     demo *d = closure;
+    /* A poison message is dead-lettered by the worker and, after its term advisory, offered again by the DLQ
+     * worker under the same Nats-Msg-Id: the stream stores it once, but a plain subscriber sees both
+     * publishes, so count each dead letter id once. */
+    uint64_t id = hash64_str(hdr(m, "Nats-Msg-Id"));
+    bool seen = false;
+    pthread_mutex_lock(&d->out_mu);
+    for (int i = 0; i < d->ndl_ids && !seen; i++)
+        seen = d->dl_ids[i] == id;
+    if (!seen && d->ndl_ids < (int)ARRAY_LEN(d->dl_ids))
+        d->dl_ids[d->ndl_ids++] = id;
+    pthread_mutex_unlock(&d->out_mu);
+    if (seen) {
+        natsMsg_Destroy(m);
+        return;
+    }
     atomic_fetch_add(&d->dead_letters, 1);
     if (!d->quiet) {
         pthread_mutex_lock(&d->out_mu);
@@ -195,7 +213,9 @@ static void demo_help(void)
            "  --count N                  transactions to send (default 3000)\n"
            "  --seed N                   generator seed (default 42)\n"
            "  --clients N                concurrent payment-service threads (default 4, at most 64)\n"
-           "  --quiet                    print only progress and the summary\n\n"
+           "  --quiet                    print only progress and the summary\n"
+           "  --no-engine                do not run an engine here: send to engines already serving --nats-url\n\n"
+           "Rules: --rules (default: rules/default.rules of the source tree when present, else built-in).\n\n"
            "engine options (flag, then its environment variable):\n");
     config_print_help(stdout, "demo");
 }
@@ -211,7 +231,7 @@ int cmd_demo(int argc, char **argv)
     bool help;
     int rest[64], nrest = 0;
     verror e = {0};
-    bool url_given = getenv("VERDICT_NATS_URL") != NULL;
+    bool url_given = getenv("VERDICT_NATS_URL") != NULL, no_engine = false;
     if (argc > 64 || config_parse(&d.cfg, argc, argv, &help, rest, &nrest, &e) != V_OK) {
         fprintf(stderr, "verdict demo: %s\n", e.msg[0] ? e.msg : "too many arguments");
         return 2;
@@ -221,6 +241,8 @@ int cmd_demo(int argc, char **argv)
         const char *v = (k + 1 < nrest && rest[k + 1] == rest[k] + 1) ? argv[rest[k] + 1] : NULL;
         if (strcmp(a, "--quiet") == 0)
             d.quiet = true;
+        else if (strcmp(a, "--no-engine") == 0)
+            no_engine = true;
         else if (strcmp(a, "--count") == 0 && v && atoi(v) > 0) {
             d.total = atoi(v);
             k++;
@@ -269,8 +291,16 @@ int cmd_demo(int argc, char **argv)
         fprintf(stderr, "verdict demo: out of memory\n");
         goto out;
     }
-    fprintf(stderr, "[demo] starting the engine (%d workers)...\n", d.cfg.workers);
-    if (engine_start(&d.cfg, &en, &e) != V_OK) {
+    if (!d.cfg.rules_file[0] && access(VERDICT_SOURCE_DIR "/rules/default.rules", R_OK) == 0)
+        str_copy(d.cfg.rules_file, sizeof d.cfg.rules_file, VERDICT_SOURCE_DIR "/rules/default.rules");
+    if (no_engine && !url_given) {
+        fprintf(stderr, "verdict demo: --no-engine needs --nats-url (the server the engines use)\n");
+        goto out;
+    }
+    if (!no_engine)
+        fprintf(stderr, "[demo] starting the engine (%d workers, rules %s)...\n", d.cfg.workers,
+                d.cfg.rules_file[0] ? d.cfg.rules_file : "built-in");
+    if (!no_engine && engine_start(&d.cfg, &en, &e) != V_OK) {
         fprintf(stderr, "verdict demo: cannot start the engine: %s\n", e.msg);
         goto out;
     }
@@ -331,7 +361,7 @@ int cmd_demo(int argc, char **argv)
     int nl = atomic_load(&d.nlat);
     qsort(d.lat_us, (size_t)nl, sizeof *d.lat_us, cmp_i64);
     int decided = d.decisions[1] + d.decisions[2] + d.decisions[3];
-    const engine_stats *st = engine_get_stats(en);
+    const engine_stats *st = en ? engine_get_stats(en) : NULL;
     printf("\n  Verdict demo summary\n  --------------------------------------------\n");
     printf("  transactions sent        %6d  (%d requests, %d straight to the stream)\n",
            d.sent_requests + d.sent_direct, d.sent_requests, d.sent_direct);
@@ -347,8 +377,9 @@ int cmd_demo(int argc, char **argv)
     printf("  dead letters             %6d  (poison sent: %d)\n", d.dead_letters, d.sent_poison);
     printf("  requests refused         %6d  (invalid, answered at once with an error)\n", d.refused);
     printf("  request errors           %6d\n", d.req_errors);
-    printf("  engine: duplicates %lld, naks %lld, redeliveries %lld\n", (long long)st->duplicates,
-           (long long)st->naks, (long long)st->redeliveries);
+    if (st)
+        printf("  engine: duplicates %lld, naks %lld, redeliveries %lld\n", (long long)st->duplicates,
+               (long long)st->naks, (long long)st->redeliveries);
     rc = (decided == d.sent_requests + d.sent_direct && d.dead_letters == d.sent_poison && d.req_errors == 0 &&
           d.dup_answers == d.sent_dups)
              ? 0
