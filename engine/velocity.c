@@ -1,0 +1,694 @@
+/* velocity.c - per-entity velocity windows, least-recently-seen eviction, distinct sketch, seen-set
+ * (see velocity.h; design and numbers in docs/state.md).
+ *
+ * Layout: one table (vclass) per key field. An entity is a fixed-size record in a preallocated array: a
+ * 24-byte header (64-bit key hash, hash-chain link, LRU links, newest event time) followed by only the columns
+ * that the registry's defs on that key field need: per bucket size a ring of uint16 counts and/or uint32 sums,
+ * and per distinct field a small last-seen set. Times are uint32 seconds since the epoch, so a bucket index is
+ * t / step and a ring slot is that index modulo the ring length; the newest event time of the entity says
+ * which absolute buckets the slots hold, so rings need no per-slot timestamps. */
+#include "velocity.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NIL UINT32_MAX
+#define MAX_CLASSES 8  /* key fields */
+#define MAX_RINGS 9    /* bucket sizes per key field (all of them) */
+#define MAX_COLS 24    /* count/sum columns per key field */
+#define MAX_DSETS 6    /* distinct value fields per key field */
+#define MAX_BUCKETS 12 /* a window spans at most this many buckets of its size */
+#define DSTEP 10       /* seconds: the time unit of distinct last-seen stamps */
+#define K VELOCITY_DISTINCT_EXACT
+
+/* Bucket sizes in seconds; a window uses the smallest one that spans it in at most MAX_BUCKETS buckets. */
+static const uint32_t steps[MAX_RINGS] = {5, 10, 30, 60, 300, 600, 1800, 3600, 7200};
+
+typedef struct vrec {
+    uint64_t key;   /* mixed hash of the key string */
+    uint32_t chain; /* next record in the same index bucket */
+    uint32_t prev, next; /* LRU list, most recently seen at the head */
+    uint32_t max_ts;     /* newest event time (s) added to this entity */
+} vrec;
+
+/* A distinct set: exact last-seen stamps of up to K values; in sample mode (thr != 0) only values whose hash is
+ * below thr are kept, and every value seen in the held window with hash < thr is guaranteed to be there. */
+typedef struct vdset_hdr {
+    uint32_t thr;   /* 0 = exact mode */
+    uint16_t rej;   /* stamp of the newest rejected or dropped value (sample mode) */
+    uint8_t n;      /* live entries, packed at the front */
+    uint8_t pad;
+    uint32_t fp[K]; /* value hashes */
+    uint16_t st[K]; /* last-seen stamps (t / DSTEP, modulo 2^16) */
+} vdset_hdr;
+
+typedef struct vcol {
+    uint8_t ring;
+    uint8_t is_sum;
+    int16_t value_feat; /* sums */
+    uint32_t off;       /* byte offset in the record */
+} vcol;
+
+typedef struct vdset {
+    int value_feat;
+    uint32_t nst; /* longest window on this set, in DSTEP units */
+    uint32_t off;
+} vdset;
+
+typedef struct vring {
+    uint32_t step; /* seconds */
+    uint32_t n;    /* buckets held */
+} vring;
+
+typedef struct vclass {
+    int key_feat;
+    vring rings[MAX_RINGS];
+    int nrings;
+    vcol cols[MAX_COLS];
+    int ncols;
+    vdset dsets[MAX_DSETS];
+    int ndsets;
+    uint32_t rec_size, cap, used;
+    unsigned char *recs;
+    uint32_t *heads, mask;
+    uint32_t lru_head, lru_tail;
+    uint64_t evictions;
+} vclass;
+
+/* How one velocity feature id is answered. */
+typedef struct vplan {
+    bool used;
+    uint8_t cls;
+    uint8_t is_dset;
+    uint8_t idx; /* column or distinct set */
+    uint32_t nw; /* window in buckets (of the ring) or in DSTEP units */
+    feat_def def;
+} vplan;
+
+struct velocity {
+    pthread_mutex_t mu;
+    vclass cls[MAX_CLASSES];
+    int ncls;
+    vplan plan[FEAT_MAX];
+    int plan_n; /* ids below this may be velocity features */
+    /* seen-set: open addressing on 64-bit hashes (0 = empty) plus a FIFO of insertion order */
+    uint64_t *seen_tab, *seen_fifo;
+    uint32_t seen_mask, seen_cap, seen_n, seen_pos;
+    uint64_t duplicates, late_drops;
+};
+
+/* --- helpers ------------------------------------------------------------------------------------------ */
+
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    return x;
+}
+
+static uint64_t str_key(const fval *f) { return mix64(hash64(f->str.ptr, f->str.len)); }
+
+static bool has_str(const fval *f) { return f->present && f->type == FT_STR && f->str.len > 0; }
+
+static uint32_t secs_of(int64_t ms)
+{
+    if (ms <= 0)
+        return 0;
+    int64_t s = ms / 1000;
+    return s > (int64_t)UINT32_MAX ? UINT32_MAX : (uint32_t)s;
+}
+
+static uint32_t pow2_at_least(uint64_t n)
+{
+    uint64_t p = 1;
+    while (p < n)
+        p <<= 1;
+    return (uint32_t)p;
+}
+
+static vrec *rec_at(const vclass *c, uint32_t i) { return (vrec *)(c->recs + (size_t)i * c->rec_size); }
+
+static inline uint16_t *count_col(vrec *r, const vcol *col) { return (uint16_t *)((unsigned char *)r + col->off); }
+static inline uint32_t *sum_col(vrec *r, const vcol *col) { return (uint32_t *)((unsigned char *)r + col->off); }
+static inline vdset_hdr *dset_of(vrec *r, const vdset *d) { return (vdset_hdr *)((unsigned char *)r + d->off); }
+
+/* --- construction --------------------------------------------------------------------------------------- */
+
+static int ring_for(vclass *c, int64_t window_ms, uint32_t *nw, verror *e)
+{
+    int s = 0;
+    while (s < MAX_RINGS - 1 && (window_ms + steps[s] * 1000 - 1) / (steps[s] * 1000) > MAX_BUCKETS)
+        s++;
+    *nw = (uint32_t)((window_ms + steps[s] * 1000 - 1) / (steps[s] * 1000));
+    if (*nw > MAX_BUCKETS)
+        return verror_set(e, V_EINVAL, "velocity window of %lld ms is longer than 24h", (long long)window_ms);
+    for (int i = 0; i < c->nrings; i++)
+        if (c->rings[i].step == steps[s]) {
+            if (c->rings[i].n < *nw)
+                c->rings[i].n = *nw;
+            return i;
+        }
+    c->rings[c->nrings] = (vring){.step = steps[s], .n = *nw};
+    return c->nrings++;
+}
+
+static vstatus plan_def(velocity *v, int id, const feat_def *d, verror *e)
+{
+    int ci = 0;
+    while (ci < v->ncls && v->cls[ci].key_feat != d->key_feat)
+        ci++;
+    if (ci == MAX_CLASSES)
+        return verror_set(e, V_ENOMEM, "velocity features use more than %d key fields", MAX_CLASSES);
+    vclass *c = &v->cls[ci];
+    if (ci == v->ncls) {
+        v->ncls++;
+        c->key_feat = d->key_feat;
+    }
+    vplan *p = &v->plan[id];
+    p->used = true;
+    p->cls = (uint8_t)ci;
+    p->def = *d;
+    if (d->agg == VEL_DISTINCT) {
+        uint32_t nst = (uint32_t)((d->window_ms + DSTEP * 1000 - 1) / (DSTEP * 1000));
+        int di = 0;
+        while (di < c->ndsets && c->dsets[di].value_feat != d->value_feat)
+            di++;
+        if (di == MAX_DSETS)
+            return verror_set(e, V_ENOMEM, "more than %d distinct() fields on one key field", MAX_DSETS);
+        if (di == c->ndsets)
+            c->dsets[c->ndsets++] = (vdset){.value_feat = d->value_feat};
+        if (c->dsets[di].nst < nst)
+            c->dsets[di].nst = nst;
+        p->is_dset = 1;
+        p->idx = (uint8_t)di;
+        p->nw = nst;
+        return V_OK;
+    }
+    if (d->agg != VEL_COUNT && d->agg != VEL_SUM)
+        return verror_set(e, V_EINVAL, "unknown velocity aggregate in %s", d->name);
+    int r = ring_for(c, d->window_ms, &p->nw, e);
+    if (r < 0)
+        return (vstatus)r;
+    uint8_t is_sum = d->agg == VEL_SUM;
+    int16_t vf = is_sum ? (int16_t)d->value_feat : -1;
+    int k = 0;
+    while (k < c->ncols && !(c->cols[k].ring == r && c->cols[k].is_sum == is_sum && c->cols[k].value_feat == vf))
+        k++;
+    if (k == MAX_COLS)
+        return verror_set(e, V_ENOMEM, "more than %d window columns on one key field", MAX_COLS);
+    if (k == c->ncols)
+        c->cols[c->ncols++] = (vcol){.ring = (uint8_t)r, .is_sum = is_sum, .value_feat = vf};
+    p->idx = (uint8_t)k;
+    return V_OK;
+}
+
+/* Lays out a record: header, then 4-byte columns (sums, distinct sets), then 2-byte count columns. */
+static void layout(vclass *c)
+{
+    uint32_t off = sizeof(vrec);
+    for (int k = 0; k < c->ncols; k++)
+        if (c->cols[k].is_sum) {
+            c->cols[k].off = off;
+            off += 4 * c->rings[c->cols[k].ring].n;
+        }
+    for (int k = 0; k < c->ndsets; k++) {
+        c->dsets[k].off = off;
+        off += sizeof(vdset_hdr);
+    }
+    for (int k = 0; k < c->ncols; k++)
+        if (!c->cols[k].is_sum) {
+            c->cols[k].off = off;
+            off += 2 * c->rings[c->cols[k].ring].n;
+        }
+    c->rec_size = (off + 7) & ~7u;
+}
+
+vstatus velocity_new(const featreg *reg, const velocity_cfg *cfg, velocity **out, verror *e)
+{
+    *out = NULL;
+    size_t max_keys = cfg && cfg->max_keys ? cfg->max_keys : 1000000;
+    size_t seen_cap = cfg && cfg->seen_cap ? cfg->seen_cap : (size_t)1 << 20;
+    if (max_keys >= (size_t)1 << 30 || seen_cap >= (size_t)1 << 30)
+        return verror_set(e, V_EINVAL, "velocity max_keys and seen_cap must be below 2^30");
+    velocity *v = calloc(1, sizeof *v);
+    if (!v)
+        return verror_set(e, V_ENOMEM, "out of memory");
+    pthread_mutex_init(&v->mu, NULL);
+    vstatus s = V_OK;
+    for (int id = 0; id < reg->n && s == V_OK; id++)
+        if (reg->defs[id].kind == FK_VELOCITY) {
+            s = plan_def(v, id, &reg->defs[id], e);
+            v->plan_n = id + 1;
+        }
+    if (s != V_OK) {
+        velocity_free(v);
+        return s;
+    }
+    for (int i = 0; i < v->ncls; i++) {
+        vclass *c = &v->cls[i];
+        layout(c);
+        c->cap = (uint32_t)max_keys;
+        c->mask = pow2_at_least(max_keys) - 1;
+        c->recs = calloc(max_keys, c->rec_size);
+        c->heads = malloc(((size_t)c->mask + 1) * sizeof *c->heads);
+        if (!c->recs || !c->heads) {
+            velocity_free(v);
+            return verror_set(e, V_ENOMEM, "out of memory for %zu velocity keys", max_keys);
+        }
+        memset(c->heads, 0xff, ((size_t)c->mask + 1) * sizeof *c->heads);
+        c->lru_head = c->lru_tail = NIL;
+    }
+    v->seen_cap = (uint32_t)seen_cap;
+    v->seen_mask = pow2_at_least(seen_cap * 2) - 1;
+    v->seen_tab = calloc((size_t)v->seen_mask + 1, sizeof *v->seen_tab);
+    v->seen_fifo = calloc(seen_cap, sizeof *v->seen_fifo);
+    if (!v->seen_tab || !v->seen_fifo) {
+        velocity_free(v);
+        return verror_set(e, V_ENOMEM, "out of memory for a seen-set of %zu ids", seen_cap);
+    }
+    *out = v;
+    return V_OK;
+}
+
+void velocity_free(velocity *v)
+{
+    if (!v)
+        return;
+    for (int i = 0; i < v->ncls; i++) {
+        free(v->cls[i].recs);
+        free(v->cls[i].heads);
+    }
+    free(v->seen_tab);
+    free(v->seen_fifo);
+    pthread_mutex_destroy(&v->mu);
+    free(v);
+}
+
+bool velocity_covers(const velocity *v, const featreg *reg)
+{
+    for (int id = 0; id < reg->n; id++) {
+        const feat_def *d = &reg->defs[id];
+        if (d->kind != FK_VELOCITY)
+            continue;
+        const vplan *p = &v->plan[id];
+        if (!p->used || p->def.agg != d->agg || p->def.key_feat != d->key_feat ||
+            p->def.value_feat != d->value_feat || p->def.window_ms != d->window_ms)
+            return false;
+    }
+    return true;
+}
+
+/* --- entity table --------------------------------------------------------------------------------------- */
+
+static vrec *lookup(const vclass *c, uint64_t key)
+{
+    for (uint32_t i = c->heads[key & c->mask]; i != NIL;) {
+        vrec *r = rec_at(c, i);
+        if (r->key == key)
+            return r;
+        i = r->chain;
+    }
+    return NULL;
+}
+
+static void lru_unlink(vclass *c, vrec *r)
+{
+    if (r->prev != NIL)
+        rec_at(c, r->prev)->next = r->next;
+    else
+        c->lru_head = r->next;
+    if (r->next != NIL)
+        rec_at(c, r->next)->prev = r->prev;
+    else
+        c->lru_tail = r->prev;
+}
+
+static void lru_push_head(vclass *c, vrec *r, uint32_t i)
+{
+    r->prev = NIL;
+    r->next = c->lru_head;
+    if (c->lru_head != NIL)
+        rec_at(c, c->lru_head)->prev = i;
+    else
+        c->lru_tail = i;
+    c->lru_head = i;
+}
+
+static void chain_unlink(vclass *c, vrec *r, uint32_t i)
+{
+    uint32_t *link = &c->heads[r->key & c->mask];
+    while (*link != i)
+        link = &rec_at(c, *link)->chain;
+    *link = r->chain;
+}
+
+/* The record of key, created (evicting the least recently seen entity when full) and moved to the LRU head. */
+static vrec *touch(vclass *c, uint64_t key, uint32_t t)
+{
+    vrec *r = lookup(c, key);
+    if (r) {
+        uint32_t i = (uint32_t)(((unsigned char *)r - c->recs) / c->rec_size);
+        if (c->lru_head != i) {
+            lru_unlink(c, r);
+            lru_push_head(c, r, i);
+        }
+        return r;
+    }
+    uint32_t i;
+    if (c->used < c->cap) {
+        i = c->used++;
+        r = rec_at(c, i);
+    } else {
+        i = c->lru_tail;
+        r = rec_at(c, i);
+        lru_unlink(c, r);
+        chain_unlink(c, r, i);
+        c->evictions++;
+    }
+    memset(r, 0, c->rec_size);
+    r->key = key;
+    r->max_ts = t;
+    r->chain = c->heads[key & c->mask];
+    c->heads[key & c->mask] = i;
+    lru_push_head(c, r, i);
+    return r;
+}
+
+/* --- windows -------------------------------------------------------------------------------------------- */
+
+/* Moves every ring of r forward to time t (> r->max_ts), zeroing the slots of buckets it skips into. */
+static void advance(const vclass *c, vrec *r, uint32_t t)
+{
+    for (int k = 0; k < c->ncols; k++) {
+        const vcol *col = &c->cols[k];
+        const vring *g = &c->rings[col->ring];
+        uint32_t old_b = r->max_ts / g->step, new_b = t / g->step;
+        uint32_t d = new_b - old_b;
+        if (d == 0)
+            continue;
+        if (d > g->n)
+            d = g->n;
+        for (uint32_t b = old_b + 1; b <= old_b + d; b++) {
+            if (col->is_sum)
+                sum_col(r, col)[b % g->n] = 0;
+            else
+                count_col(r, col)[b % g->n] = 0;
+        }
+    }
+}
+
+static uint32_t sum_value(const fval *f)
+{
+    if (!f->present || f->type != FT_NUM || !(f->num > 0))
+        return 0;
+    return f->num >= (double)UINT32_MAX ? UINT32_MAX : (uint32_t)llround(f->num);
+}
+
+/* Window total of one column at query time now: buckets (now_b - nw, now_b] that the ring still holds. */
+static uint64_t col_total(const vclass *c, vrec *r, const vcol *col, uint32_t nw, uint32_t now)
+{
+    const vring *g = &c->rings[col->ring];
+    int64_t now_b = now / g->step, head = r->max_ts / g->step;
+    int64_t lo = now_b - nw, held_lo = head - g->n;
+    if (held_lo > lo)
+        lo = held_lo;
+    if (lo < -1)
+        lo = -1;
+    int64_t hi = now_b < head ? now_b : head;
+    uint64_t tot = 0;
+    for (int64_t b = lo + 1; b <= hi; b++)
+        tot += col->is_sum ? sum_col(r, col)[b % g->n] : count_col(r, col)[b % g->n];
+    return tot;
+}
+
+/* --- distinct sets -------------------------------------------------------------------------------------- */
+
+static uint32_t value_fp(const fval *f) { return (uint32_t)(mix64(hash64(f->str.ptr, f->str.len)) >> 32); }
+
+/* Age in DSTEP units of stamp st relative to the entity's newest stamp (valid below 2^16, see dset_sweep). */
+static inline uint32_t st_age(uint32_t newest, uint16_t st) { return (uint16_t)((uint16_t)newest - st); }
+
+/* Drops entries that no window at or after the newest event can reach, and leaves sample mode once a whole
+ * window has passed since the last value was turned away. Called on every add, so live ages stay < 2^16. */
+static void dset_sweep(const vdset *d, vdset_hdr *h, uint32_t newest)
+{
+    for (int i = 0; i < h->n;) {
+        if (st_age(newest, h->st[i]) >= d->nst) {
+            h->n--;
+            h->fp[i] = h->fp[h->n];
+            h->st[i] = h->st[h->n];
+        } else
+            i++;
+    }
+    if (h->thr && st_age(newest, h->rej) >= d->nst)
+        h->thr = 0;
+}
+
+static void dset_add(velocity *v, const vdset *d, vdset_hdr *h, uint32_t fp, uint32_t stamp, uint32_t newest)
+{
+    if (newest - stamp >= d->nst) {
+        v->late_drops++;
+        return;
+    }
+    for (int i = 0; i < h->n; i++)
+        if (h->fp[i] == fp) {
+            if (st_age(newest, (uint16_t)stamp) < st_age(newest, h->st[i]))
+                h->st[i] = (uint16_t)stamp;
+            return;
+        }
+    if (h->thr && fp >= h->thr) {
+        if (st_age(newest, (uint16_t)stamp) < st_age(newest, h->rej))
+            h->rej = (uint16_t)stamp;
+        return;
+    }
+    if (h->n < K) {
+        h->fp[h->n] = fp;
+        h->st[h->n++] = (uint16_t)stamp;
+        return;
+    }
+    /* Full: of the K entries and the new value, drop the one with the largest hash and admit only hashes below
+     * it from now on. Every value of the window with a hash below thr is then still in the set. */
+    int mx = 0;
+    for (int i = 1; i < K; i++)
+        if (h->fp[i] > h->fp[mx])
+            mx = i;
+    bool was_exact = h->thr == 0;
+    uint16_t dropped_st = (uint16_t)stamp;
+    if (h->fp[mx] > fp) {
+        h->thr = h->fp[mx];
+        dropped_st = h->st[mx];
+        h->fp[mx] = fp;
+        h->st[mx] = (uint16_t)stamp;
+    } else
+        h->thr = fp;
+    if (h->thr == 0)
+        h->thr = 1;
+    if (was_exact || st_age(newest, dropped_st) < st_age(newest, h->rej))
+        h->rej = dropped_st;
+}
+
+static double dset_estimate(const vdset_hdr *h, uint32_t newest, uint32_t nw, uint32_t now_st)
+{
+    uint32_t c = 0;
+    int64_t lo = (int64_t)now_st - nw;
+    for (int i = 0; i < h->n; i++)
+        if ((int64_t)newest - st_age(newest, h->st[i]) > lo)
+            c++;
+    /* exact when nothing was turned away inside this window (also in sample mode, for a shorter window) */
+    if (!h->thr || (int64_t)newest - st_age(newest, h->rej) <= lo)
+        return c;
+    return nearbyint((double)c * 4294967296.0 / (double)h->thr);
+}
+
+/* --- seen-set ------------------------------------------------------------------------------------------- */
+
+static uint64_t *seen_slot(const velocity *v, uint64_t h)
+{
+    uint32_t i = (uint32_t)h & v->seen_mask;
+    while (v->seen_tab[i] && v->seen_tab[i] != h)
+        i = (i + 1) & v->seen_mask;
+    return &v->seen_tab[i];
+}
+
+/* Linear-probing delete by backward shift, so lookups need no tombstones. */
+static void seen_delete(velocity *v, uint64_t h)
+{
+    uint64_t *s = seen_slot(v, h);
+    if (!*s)
+        return;
+    uint32_t i = (uint32_t)(s - v->seen_tab), j = i;
+    for (;;) {
+        v->seen_tab[i] = 0;
+        for (;;) {
+            j = (j + 1) & v->seen_mask;
+            if (!v->seen_tab[j])
+                return;
+            uint32_t home = (uint32_t)v->seen_tab[j] & v->seen_mask;
+            /* move j back to i unless its home lies cyclically in (i, j] */
+            if (i <= j ? (home <= i || home > j) : (home <= i && home > j))
+                break;
+        }
+        v->seen_tab[i] = v->seen_tab[j];
+        i = j;
+    }
+}
+
+static uint64_t txn_hash(const fval *vals)
+{
+    if (!has_str(&vals[FEAT_TXN_ID]))
+        return 0;
+    uint64_t h = str_key(&vals[FEAT_TXN_ID]);
+    return h ? h : 1;
+}
+
+static bool seen_has(const velocity *v, uint64_t h) { return h && *seen_slot(v, h) == h; }
+
+static void seen_put(velocity *v, uint64_t h)
+{
+    if (v->seen_n == v->seen_cap) {
+        seen_delete(v, v->seen_fifo[v->seen_pos]);
+        v->seen_n--;
+    }
+    v->seen_fifo[v->seen_pos] = h;
+    v->seen_pos = v->seen_pos + 1 == v->seen_cap ? 0 : v->seen_pos + 1;
+    *seen_slot(v, h) = h;
+    v->seen_n++;
+}
+
+/* --- per transaction ------------------------------------------------------------------------------------ */
+
+static void features_locked(velocity *v, fval *vals, int64_t event_ms)
+{
+    uint32_t now = secs_of(event_ms);
+    vrec *recs[MAX_CLASSES];
+    bool have_key[MAX_CLASSES];
+    for (int i = 0; i < v->ncls; i++) {
+        const fval *k = &vals[v->cls[i].key_feat];
+        have_key[i] = has_str(k);
+        recs[i] = have_key[i] ? lookup(&v->cls[i], str_key(k)) : NULL;
+    }
+    for (int id = 0; id < v->plan_n; id++) {
+        const vplan *p = &v->plan[id];
+        if (!p->used)
+            continue;
+        fval *f = &vals[id];
+        f->type = FT_NUM;
+        f->present = have_key[p->cls];
+        f->num = 0;
+        vrec *r = recs[p->cls];
+        if (!r)
+            continue;
+        const vclass *c = &v->cls[p->cls];
+        if (p->is_dset)
+            f->num = dset_estimate(dset_of(r, &c->dsets[p->idx]), r->max_ts / DSTEP, p->nw, now / DSTEP);
+        else
+            f->num = (double)col_total(c, r, &c->cols[p->idx], p->nw, now);
+    }
+}
+
+static bool add_locked(velocity *v, const fval *vals, int64_t event_ms)
+{
+    uint64_t th = txn_hash(vals);
+    if (seen_has(v, th)) {
+        v->duplicates++;
+        return false;
+    }
+    if (th)
+        seen_put(v, th);
+    uint32_t t = secs_of(event_ms);
+    for (int i = 0; i < v->ncls; i++) {
+        vclass *c = &v->cls[i];
+        const fval *k = &vals[c->key_feat];
+        if (!has_str(k))
+            continue;
+        vrec *r = touch(c, str_key(k), t);
+        uint32_t old_newest = r->max_ts / DSTEP;
+        if (t > r->max_ts) {
+            advance(c, r, t);
+            r->max_ts = t;
+        }
+        for (int j = 0; j < c->ncols; j++) {
+            const vcol *col = &c->cols[j];
+            const vring *g = &c->rings[col->ring];
+            uint32_t b = t / g->step, head = r->max_ts / g->step;
+            if (head - b >= g->n) {
+                v->late_drops++;
+                continue;
+            }
+            if (col->is_sum) {
+                uint32_t *s = &sum_col(r, col)[b % g->n];
+                uint32_t a = sum_value(&vals[col->value_feat]);
+                *s = a > UINT32_MAX - *s ? UINT32_MAX : *s + a;
+            } else {
+                uint16_t *n = &count_col(r, col)[b % g->n];
+                if (*n < UINT16_MAX)
+                    (*n)++;
+            }
+        }
+        uint32_t newest = r->max_ts / DSTEP;
+        for (int j = 0; j < c->ndsets; j++) {
+            const vdset *d = &c->dsets[j];
+            vdset_hdr *h = dset_of(r, d);
+            if (newest - old_newest >= d->nst) /* a gap longer than the window: all expired, stamps may alias */
+                memset(h, 0, sizeof *h);
+            else
+                dset_sweep(d, h, newest);
+            const fval *f = &vals[d->value_feat];
+            if (has_str(f))
+                dset_add(v, d, h, value_fp(f), t / DSTEP, newest);
+        }
+    }
+    return true;
+}
+
+void velocity_features(velocity *v, fval *vals, int64_t event_ms)
+{
+    pthread_mutex_lock(&v->mu);
+    features_locked(v, vals, event_ms);
+    pthread_mutex_unlock(&v->mu);
+}
+
+bool velocity_add(velocity *v, const fval *vals, int64_t event_ms)
+{
+    pthread_mutex_lock(&v->mu);
+    bool ok = add_locked(v, vals, event_ms);
+    pthread_mutex_unlock(&v->mu);
+    return ok;
+}
+
+bool velocity_features_and_add(velocity *v, fval *vals, int64_t event_ms)
+{
+    pthread_mutex_lock(&v->mu);
+    features_locked(v, vals, event_ms);
+    bool ok = add_locked(v, vals, event_ms);
+    pthread_mutex_unlock(&v->mu);
+    return ok;
+}
+
+void velocity_stats(velocity *v, velocity_stats_t *out)
+{
+    memset(out, 0, sizeof *out);
+    pthread_mutex_lock(&v->mu);
+    for (int i = 0; i < v->ncls; i++) {
+        const vclass *c = &v->cls[i];
+        out->keys += c->used;
+        out->evictions += c->evictions;
+        out->bytes_state += (uint64_t)c->cap * c->rec_size + ((uint64_t)c->mask + 1) * sizeof *c->heads;
+        if (i < 8) {
+            out->record_bytes[i] = c->rec_size;
+            out->key_feats[i] = c->key_feat;
+            out->n_key_feats = i + 1;
+        }
+    }
+    out->seen = v->seen_n;
+    out->duplicates = v->duplicates;
+    out->late_drops = v->late_drops;
+    out->bytes_seen = ((uint64_t)v->seen_mask + 1 + v->seen_cap) * sizeof(uint64_t);
+    out->bytes = out->bytes_state + out->bytes_seen + sizeof *v;
+    pthread_mutex_unlock(&v->mu);
+}

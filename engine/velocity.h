@@ -1,0 +1,84 @@
+/* velocity.h - per-entity velocity state: counts, sums and distinct counts over sliding windows (1m .. 24h).
+ *
+ * Pure logic, no NATS. The velocity features to maintain come from a feature registry (its FK_VELOCITY defs);
+ * the state is bound to them at velocity_new and preallocated there, so a transaction allocates nothing.
+ * Entities are the values of the key fields those defs name (card_id, account_id, device_id, ip, ...). Each
+ * key field has its own table of up to max_keys entities with least-recently-seen eviction, so a flood of new
+ * IPs cannot evict card history. Windows are kept in fixed-size buckets keyed by EVENT time (the transaction's
+ * time passed in); a window of W covers the bucket holding the event time plus the ceil(W/b)-1 buckets before
+ * it, so it is rounded down to its bucket size b (at most W/6, see docs/state.md for the exact sizes).
+ *
+ * Late and out-of-order events: an event is added to the bucket of its own time when that bucket is still
+ * held (at most ceil(W/b) buckets behind the newest event of the entity); an older event is dropped for that
+ * window (no window at or after the entity's newest event could reach it). Features for a late event count
+ * the buckets up to its own time only; buckets already recycled are missing from its answer.
+ *
+ * Distinct counts keep, per entity and field, the last-seen time of up to VELOCITY_DISTINCT_EXACT values: exact
+ * while at most that many distinct values are in the window; beyond it they degrade to a bottom-k hash sample
+ * whose estimate has a relative standard error of about 1/sqrt(VELOCITY_DISTINCT_EXACT - 1) (38% for 8).
+ *
+ * Exactly once: velocity_add keeps a bounded seen-set of the last seen_cap transaction ids and counts a txn_id
+ * at most once while it is remembered. Full design and measured numbers: docs/state.md.
+ *
+ * Thread-safety: every call takes the velocity's internal mutex, so workers may share one velocity;
+ * velocity_features_and_add computes and counts under one lock, which is what exactly-once needs. */
+#ifndef VERDICT_VELOCITY_H
+#define VERDICT_VELOCITY_H
+
+#include "common.h"
+#include "featreg.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define VELOCITY_DISTINCT_EXACT 8
+
+typedef struct velocity velocity;
+
+typedef struct velocity_cfg {
+    size_t max_keys; /* entities tracked per key field; 0 = 1,000,000 */
+    size_t seen_cap; /* transaction ids remembered for dedupe; 0 = 1,048,576 */
+} velocity_cfg;
+
+typedef struct velocity_stats_t {
+    uint64_t keys;        /* entities tracked, all key fields */
+    uint64_t evictions;   /* entities evicted to make room (least recently seen first) */
+    uint64_t seen;        /* transaction ids in the seen-set */
+    uint64_t duplicates;  /* velocity_add calls refused because the txn_id was seen */
+    uint64_t late_drops;  /* (event, window) additions dropped because the event was older than the window held */
+    uint64_t bytes;       /* all memory allocated: bytes_state + bytes_seen + the velocity struct */
+    uint64_t bytes_state; /* entity records and their index, at capacity (allocated up front) */
+    uint64_t bytes_seen;  /* the seen-set */
+    uint32_t record_bytes[8]; /* bytes per entity record, per key field (in registry order of first use) */
+    int key_feats[8];         /* the key field of each record_bytes entry */
+    int n_key_feats;
+} velocity_stats_t;
+
+/* Creates the state for every FK_VELOCITY def of reg (cfg may be NULL for the defaults). Allocates all
+ * memory up front. Fails with V_EINVAL/V_ENOMEM and a message if reg has more key fields, bucket sizes or
+ * value fields than the fixed limits, or memory is short. A registry without velocity defs is fine. */
+vstatus velocity_new(const featreg *reg, const velocity_cfg *cfg, velocity **out, verror *e);
+void velocity_free(velocity *v);
+
+/* True when every FK_VELOCITY def of reg is maintained by v under the same feature id, so v can serve a
+ * policy built on reg. Call it when a new policy is loaded: if false, build a new velocity for reg (and
+ * rebuild it from TXN) before deciding with that policy. */
+bool velocity_covers(const velocity *v, const featreg *reg);
+
+/* Fills every velocity slot of vals (ids of the registry v was built from) from the state as it is,
+ * i.e. before this transaction: present with the value, or missing when the key field is missing.
+ * vals already holds the transaction's fields (features_from_txn). event_ms is the event time. */
+void velocity_features(velocity *v, fval *vals, int64_t event_ms);
+
+/* Counts the transaction in vals once: returns false (and changes nothing) when vals[FEAT_TXN_ID] is in the
+ * seen-set. A transaction without a txn_id is always counted. */
+bool velocity_add(velocity *v, const fval *vals, int64_t event_ms);
+
+/* velocity_features then velocity_add under one lock. Returns what velocity_add returns; for a duplicate the
+ * features are still filled, from a state that already includes the transaction. */
+bool velocity_features_and_add(velocity *v, fval *vals, int64_t event_ms);
+
+void velocity_stats(velocity *v, velocity_stats_t *out);
+
+#endif
