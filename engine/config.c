@@ -49,6 +49,8 @@ static const opt opts[] = {
      "latency budget per transaction, from its JetStream store time"},
     {"--fallback", "VERDICT_FALLBACK", O_STR, F(fallback), "none", G_SERVE,
      "when the budget is spent: none (decide on rules alone) | approve | review | decline"},
+    {"--max-keys", "VERDICT_MAX_KEYS", O_INT, F(max_keys), "1000000", G_SERVE,
+     "velocity state: entities (cards, devices, ...) tracked per key field; least recently seen evicted"},
     {"--rules", "VERDICT_RULES", O_STR, F(rules_file), NULL, G_SERVE,
      "rules file (default: built-in amount policy until one is given)"},
     {"--model", "VERDICT_MODEL", O_STR, F(model_file), NULL, G_SERVE, "XGBoost JSON model file"},

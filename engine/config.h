@@ -39,6 +39,7 @@ typedef struct config {
     int workers;
     int batch;
     int64_t budget_ms;
+    int64_t max_keys; /* velocity: entities tracked per key field */
     char fallback[16]; /* "none" (rules only), "approve", "review", "decline" */
     int64_t max_msg_size;
     char rules_file[512];

@@ -1,6 +1,8 @@
 /* decide.c - policies and the decision step (see decide.h). */
 #include "decide.h"
 
+#include "velocity.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,9 +122,10 @@ static const Verdict__V1__Outcome outcome_of[] = {
 void decide_run(const policy *p, const decide_env *env, const Transaction *t, int64_t event_ms, bool skip_model,
                 fval *vals, decide_out *out)
 {
-    (void)env;
     int64_t t0 = mono_ns();
     features_from_txn(&p->reg, t, event_ms, vals);
+    if (env && env->vel)
+        velocity_features_and_add(env->vel, vals, event_ms);
     out->outcome = VERDICT__V1__OUTCOME__OUTCOME_APPROVE;
     out->score = -1;
     out->n_reasons = 0;

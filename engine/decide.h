@@ -54,9 +54,11 @@ const char *policy_rules_source(const policy *p);
 const featreg *policy_featreg(const policy *p);
 const ruleset *policy_rules(const policy *p); /* NULL for the built-in policy */
 
+struct velocity;
+
 /* What decide_run reads besides the transaction; any member may be NULL (not configured). */
 typedef struct decide_env {
-    void *unused;
+    struct velocity *vel; /* velocity state: features from the state before t, then t counted once */
 } decide_env;
 
 /* Decides t. event_ms is the event time for windows and derived features; skip_model asks for a rules-only

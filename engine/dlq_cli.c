@@ -3,6 +3,7 @@
 #include "broker.h"
 #include "cli.h"
 #include "cliconn.h"
+#include "idset.h"
 #include "codec.h"
 #include "config.h"
 #include "log.h"
@@ -183,45 +184,6 @@ int cmd_dlq(int argc, char **argv)
 
 /* --- audit -------------------------------------------------------------------------------------------- */
 
-typedef struct idset {
-    uint64_t *slots;
-    size_t cap;
-} idset;
-
-static bool idset_init(idset *s, size_t n)
-{
-    s->cap = 1024;
-    while (s->cap < n * 2)
-        s->cap <<= 1;
-    s->slots = calloc(s->cap, sizeof *s->slots);
-    return s->slots != NULL;
-}
-
-/* Keys are stream sequences (>= 1) or 64-bit txn_id hashes; 0 marks an empty slot (a zero hash is taken
- * as 1, a 2^-64 event). Slots are chosen by a multiplicative mix so sequential keys spread out. */
-static size_t idset_slot(const idset *s, uint64_t k) { return (size_t)((k * 0x9E3779B97F4A7C15ULL) >> 20) & (s->cap - 1); }
-
-static void idset_add(idset *s, uint64_t k)
-{
-    if (!k)
-        k = 1;
-    for (size_t i = idset_slot(s, k);; i = (i + 1) & (s->cap - 1))
-        if (!s->slots[i] || s->slots[i] == k) {
-            s->slots[i] = k;
-            return;
-        }
-}
-
-static bool idset_has(const idset *s, uint64_t k)
-{
-    if (!k)
-        k = 1;
-    for (size_t i = idset_slot(s, k); s->slots[i]; i = (i + 1) & (s->cap - 1))
-        if (s->slots[i] == k)
-            return true;
-    return false;
-}
-
 static void audit_help(void)
 {
     printf("usage: verdict audit [--from SEQ] [--to SEQ]\n\n"
@@ -364,9 +326,9 @@ int cmd_audit(int argc, char **argv)
     printf("%s\n", both == 0 && neither == 0 ? "OK: every transaction has exactly one decision or one dead letter"
                                              : "MISMATCH");
     arena_free(&a);
-    free(decided.slots);
-    free(dead.slots);
-    free(replayed.slots);
+    idset_free(&decided);
+    idset_free(&dead);
+    idset_free(&replayed);
     cliconn_close(&c);
     return both == 0 && neither == 0 ? 0 : 1;
 }

@@ -11,7 +11,9 @@
 #include "dlq.h"
 #include "log.h"
 #include "observe.h"
+#include "rebuild.h"
 #include "reloader.h"
+#include "velocity.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -24,6 +26,35 @@
 #define DECISION_BUF 8192
 
 struct slot;
+struct engine;
+struct velref;
+static vstatus make_velocity(struct engine *en, const struct policy *p, uint64_t upto_seq, bool empty,
+                             struct velref **out, verror *e);
+
+/* Velocity state shared by the workers, reference-counted like policies: a reload that needs new velocity
+ * features swaps in a rebuilt state, and the old one is freed when its last batch is done. */
+typedef struct velref {
+    atomic_int refs;
+    velocity *v;
+} velref;
+
+static velref *velref_new(velocity *v)
+{
+    velref *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    atomic_init(&r->refs, 1);
+    r->v = v;
+    return r;
+}
+
+static void velref_release(velref *r)
+{
+    if (r && atomic_fetch_sub(&r->refs, 1) == 1) {
+        velocity_free(r->v);
+        free(r);
+    }
+}
 
 typedef struct worker {
     struct engine *en;
@@ -38,6 +69,7 @@ typedef struct worker {
     unsigned char *enc; /* encoded decision */
     fval vals[FEAT_MAX];
     policy *policy; /* held for the batch in hand */
+    velref *vel;    /* held with it */
     Reason reasons[DECIDE_MAX_REASONS];
     Reason *reason_ptrs[DECIDE_MAX_REASONS];
 } worker;
@@ -54,6 +86,7 @@ struct engine {
     int nworkers;
     policy *policy;          /* the policy in force; swapped under policy_mu, held by workers per batch */
     pthread_mutex_t policy_mu;
+    velref *vel; /* the velocity state matching policy's registry; swapped with it */
     reloader *reloader;
     observe *observe;
     dlq_worker *dlq;
@@ -279,7 +312,8 @@ static void prepare(worker *w, natsMsg *msg, slot *sl)
     bool budget_exceeded = start_us - sl->store_us >= cfg->budget_ms * 1000;
     decide_out out;
     const policy *p = w->policy;
-    decide_run(p, NULL, t, sl->store_us / 1000, budget_exceeded, w->vals, &out);
+    decide_env env = {.vel = w->vel ? w->vel->v : NULL};
+    decide_run(p, &env, t, txn_event_ms(t, sl->store_us / 1000), budget_exceeded, w->vals, &out);
     atomic_fetch_add_explicit(&en->stats.stage_ns[0], out.features_ns, memory_order_relaxed);
     atomic_fetch_add_explicit(&en->stats.stage_ns[1], out.model_ns, memory_order_relaxed);
     atomic_fetch_add_explicit(&en->stats.stage_ns[2], out.rules_ns, memory_order_relaxed);
@@ -458,11 +492,16 @@ static void process_batch(worker *w, natsMsgList *list)
     pthread_mutex_lock(&en->policy_mu);
     w->policy = en->policy;
     policy_retain(w->policy);
+    w->vel = en->vel;
+    if (w->vel)
+        atomic_fetch_add(&w->vel->refs, 1);
     pthread_mutex_unlock(&en->policy_mu);
     for (int i = 0; i < list->Count; i++)
         prepare(w, list->Msgs[i], &w->slots[i]);
     policy_release(w->policy);
     w->policy = NULL;
+    velref_release(w->vel);
+    w->vel = NULL;
     fault_point(en, "crash_before_publish");
     bool any = false;
     /* Hand every decision over before the first publish: the PubAck handler runs on nats.c's thread as soon as
@@ -658,6 +697,7 @@ static void free_engine(engine *en)
     natsConnection_Destroy(en->inc);
     arena_free(&en->ingress_arena);
     policy_release(en->policy);
+    velref_release(en->vel);
     pthread_mutex_destroy(&en->policy_mu);
     free(en);
 }
@@ -700,6 +740,14 @@ vstatus engine_start(const config *c, engine **out, verror *e)
         return broker_err(e, s, 0, "cannot get a JetStream context");
     }
     if ((rc = broker_setup(c, en->js, e)) != V_OK) {
+        free_engine(en);
+        return rc;
+    }
+    /* velocity state before any work: rebuilt from TXN up to what the consumer has delivered, so a restart
+     * neither resets nor double-counts (rebuild.h) */
+    uint64_t delivered = 0;
+    if ((rc = rebuild_delivered_seq(en->js, c, &delivered, e)) != V_OK ||
+        (rc = make_velocity(en, en->policy, 0, delivered == 0, &en->vel, e)) != V_OK) {
         free_engine(en);
         return rc;
     }
@@ -794,19 +842,81 @@ vstatus engine_start(const config *c, engine **out, verror *e)
     return V_OK;
 }
 
-/* Swaps in p (taking over its reference); workers pick it up at their next batch. */
-static void swap_policy(engine *en, policy *p, const char *why)
+/* The longest velocity window p reads (0 if none). */
+static int64_t longest_window(const policy *p)
 {
+    const featreg *r = policy_featreg(p);
+    int64_t w = 0;
+    for (int i = 0; i < r->n; i++)
+        if (r->defs[i].kind == FK_VELOCITY && r->defs[i].window_ms > w)
+            w = r->defs[i].window_ms;
+    return w;
+}
+
+/* A velocity state for p's registry, filled from TXN up to upto_seq (0 = the stream's end), or left empty. */
+static vstatus make_velocity(engine *en, const policy *p, uint64_t upto_seq, bool empty, velref **out, verror *e)
+{
+    velocity_cfg vc = {.max_keys = (size_t)en->cfg.max_keys};
+    velocity *v = NULL;
+    vstatus rc = velocity_new(policy_featreg(p), &vc, &v, e);
+    if (rc != V_OK)
+        return rc;
+    int64_t window = longest_window(p);
+    if (window > 0 && !empty) {
+        rebuild_stats st;
+        rc = rebuild_velocity(en->js, &en->cfg, policy_featreg(p), v, upto_seq, window, &st, e);
+        if (rc != V_OK) {
+            velocity_free(v);
+            return rc;
+        }
+        velocity_stats_t vs;
+        velocity_stats(v, &vs);
+        log_info("velocity state rebuilt from the stream",
+                 "\"stream\":\"%s\",\"upto_seq\":%llu,\"read\":%llu,\"counted\":%llu,\"undecided\":%llu,\"skipped\":%llu,"
+                 "\"keys\":%llu,\"seconds\":%.3f,\"per_s\":%.0f",
+                 en->cfg.txn_stream, (unsigned long long)st.upto_seq, (unsigned long long)st.read,
+                 (unsigned long long)st.counted, (unsigned long long)st.undecided, (unsigned long long)st.skipped, (unsigned long long)vs.keys,
+                 st.seconds, st.seconds > 0 ? (double)st.read / st.seconds : 0.0);
+    }
+    *out = velref_new(v);
+    if (!*out) {
+        velocity_free(v);
+        return verror_set(e, V_ENOMEM, "out of memory");
+    }
+    return V_OK;
+}
+
+/* Swaps in p (taking over its reference); workers pick it up at their next batch. When p reads velocity
+ * features the running state does not keep, a new state is built and filled from TXN first. */
+static vstatus swap_policy(engine *en, policy *p, const char *why, verror *e)
+{
+    velref *nv = NULL;
+    if (!en->vel || !velocity_covers(en->vel->v, policy_featreg(p))) {
+        vstatus rc = make_velocity(en, p, 0, false, &nv, e);
+        if (rc != V_OK) {
+            atomic_fetch_add(&en->stats.reload_failures, 1);
+            log_error("reload refused: velocity state could not be built", "\"error\":\"%s\"", log_esc(e->msg));
+            policy_release(p);
+            return rc;
+        }
+    }
     pthread_mutex_lock(&en->policy_mu);
     policy *old = en->policy;
     en->policy = p;
+    velref *oldv = NULL;
+    if (nv) {
+        oldv = en->vel;
+        en->vel = nv;
+    }
     pthread_mutex_unlock(&en->policy_mu);
+    velref_release(oldv);
     log_info("policy swapped", "\"why\":\"%s\",\"rules_version\":\"%s\",\"rules_source\":\"%s\",\"model_version\":\"%s\","
              "\"old_rules_version\":\"%s\"",
              log_esc(why), policy_rules_version(p), log_esc(policy_rules_source(p)), policy_model_version(p),
              policy_rules_version(old));
     atomic_fetch_add(&en->stats.reloads, 1);
     policy_release(old);
+    return V_OK;
 }
 
 vstatus engine_reload_now(engine *en, const char *why, verror *e)
@@ -830,8 +940,7 @@ vstatus engine_reload(engine *en, const char *why, verror *e)
         return rc;
     }
     rules_diag_free(&diag);
-    swap_policy(en, p, why);
-    return V_OK;
+    return swap_policy(en, p, why, e);
 }
 
 vstatus engine_reload_rules_text(engine *en, const char *src, size_t len, const char *name, verror *e)
@@ -848,8 +957,7 @@ vstatus engine_reload_rules_text(engine *en, const char *src, size_t len, const 
         return rc;
     }
     rules_diag_free(&diag);
-    swap_policy(en, p, name);
-    return V_OK;
+    return swap_policy(en, p, name, e);
 }
 
 void engine_current_versions(engine *en, char *rules, char *model, size_t cap)

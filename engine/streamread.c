@@ -12,8 +12,8 @@ struct stream_reader {
     bool done; /* the last message said nothing is pending */
 };
 
-vstatus stream_reader_open(jsCtx *js, const char *stream, const char *filter, uint64_t start_seq,
-                           int64_t start_time_ns, stream_reader **out, verror *e)
+static vstatus open_reader(jsCtx *js, const char *stream, const char *filter, uint64_t start_seq,
+                           int64_t start_time_ns, bool headers_only, stream_reader **out, verror *e)
 {
     *out = NULL;
     jsStreamInfo *si = NULL;
@@ -41,6 +41,7 @@ vstatus stream_reader_open(jsCtx *js, const char *stream, const char *filter, ui
     jsSubOptions_Init(&so);
     so.Stream = stream;
     so.Ordered = true;
+    so.Config.HeadersOnly = headers_only;
     if (start_seq) {
         so.Config.DeliverPolicy = js_DeliverByStartSequence;
         so.Config.OptStartSeq = start_seq;
@@ -60,6 +61,18 @@ vstatus stream_reader_open(jsCtx *js, const char *stream, const char *filter, ui
     natsSubscription_SetPendingLimits(r->sub, 65536, 256 << 20);
     *out = r;
     return V_OK;
+}
+
+vstatus stream_reader_open(jsCtx *js, const char *stream, const char *filter, uint64_t start_seq,
+                           int64_t start_time_ns, stream_reader **out, verror *e)
+{
+    return open_reader(js, stream, filter, start_seq, start_time_ns, false, out, e);
+}
+
+vstatus stream_reader_open_headers(jsCtx *js, const char *stream, uint64_t start_seq, int64_t start_time_ns,
+                                   stream_reader **out, verror *e)
+{
+    return open_reader(js, stream, NULL, start_seq, start_time_ns, true, out, e);
 }
 
 vstatus stream_reader_next(stream_reader *r, natsMsg **msg, uint64_t *seq, int64_t *store_ns, int timeout_ms,

@@ -17,6 +17,10 @@ typedef struct stream_reader stream_reader;
 vstatus stream_reader_open(jsCtx *js, const char *stream, const char *filter, uint64_t start_seq,
                            int64_t start_time_ns, stream_reader **out, verror *e);
 
+/* The same, delivering headers only (the payload is left out, for index building). */
+vstatus stream_reader_open_headers(jsCtx *js, const char *stream, uint64_t start_seq, int64_t start_time_ns,
+                                   stream_reader **out, verror *e);
+
 /* The next message (caller destroys it) and its stream sequence and store time. Returns V_ENOTFOUND at the
  * end, V_ETIMEOUT if nothing arrived within timeout_ms, V_ENATS on a failure. */
 vstatus stream_reader_next(stream_reader *r, natsMsg **msg, uint64_t *seq, int64_t *store_ns, int timeout_ms,
