@@ -8,6 +8,8 @@ int cmd_demo(int argc, char **argv);
 int cmd_dlq(int argc, char **argv);
 int cmd_audit(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_lists(int argc, char **argv);
+int cmd_profiles(int argc, char **argv);
 
 /* Blocks SIGINT/SIGTERM/SIGHUP in the calling thread (call before starting threads) and waits for one.
  * Returns the signal number. */
