@@ -459,7 +459,7 @@ static void *watch_main(void *arg)
     bool load_pending = false, watcher_ok = false, lag_ok = true;
     uint64_t lag_target = 0;
     int lag_strikes = 0;
-    int64_t next_check = 0;
+    int64_t next_status = 0, next_lag = 0;
     while (!atomic_load(&r->stop)) {
         if (!w) {
             natsStatus s = kvStore_WatchAll(&w, r->kv, NULL);
@@ -476,6 +476,7 @@ static void *watch_main(void *arg)
             watcher_ok = true;
             lag_target = 0;
             lag_strikes = 0;
+            lag_ok = true;
         }
         kvEntry *e = NULL;
         natsStatus s = kvWatcher_Next(&e, w, WATCH_TICK_MS);
@@ -505,15 +506,21 @@ static void *watch_main(void *arg)
             watcher_ok = false;
         }
         int64_t now = mono_ns();
-        if (now >= next_check || !watcher_ok) {
-            next_check = now + (int64_t)LAG_CHECK_MS * 1000000;
+        if (now >= next_status || !watcher_ok) {
+            next_status = now + (int64_t)WATCH_TICK_MS * 1000000;
             bool connected = natsConnection_Status(r->nc) == NATS_CONN_STATUS_CONNECTED;
-            lag_ok = !connected || load_pending || lag_check(r, &lag_target);
-            lag_strikes = lag_ok ? 0 : lag_strikes + 1;
-            /* lagging two checks in a row with the connection up: the ordered consumer is stuck, start over */
-            if (connected && lag_strikes >= 2) {
-                log_warn("replica: watcher behind the bucket, reloading", "\"bucket\":\"%s\"", log_esc(r->bucket));
-                watcher_ok = false;
+            if (!connected || load_pending) {
+                lag_strikes = 0;
+            } else if (now >= next_lag) {
+                next_lag = now + (int64_t)LAG_CHECK_MS * 1000000;
+                lag_ok = lag_check(r, &lag_target);
+                lag_strikes = lag_ok ? 0 : lag_strikes + 1;
+                /* behind in two checks in a row with the connection up: the ordered consumer is stuck */
+                if (lag_strikes >= 2) {
+                    log_warn("replica: watcher behind the bucket, reloading", "\"bucket\":\"%s\"",
+                             log_esc(r->bucket));
+                    watcher_ok = false;
+                }
             }
             atomic_store(&r->healthy, connected && watcher_ok && lag_ok);
         }
