@@ -11,6 +11,8 @@ int cmd_bench(int argc, char **argv);
 int cmd_check(int argc, char **argv);
 int cmd_replay(int argc, char **argv);
 int cmd_rules(int argc, char **argv);
+int cmd_lists(int argc, char **argv);
+int cmd_profiles(int argc, char **argv);
 
 /* Blocks SIGINT/SIGTERM/SIGHUP in the calling thread (call before starting threads) and waits for one.
  * Returns the signal number. */

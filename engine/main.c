@@ -22,6 +22,8 @@ static const command commands[] = {
     {"dlq", cmd_dlq, "list, show and replay dead letters"},
     {"audit", cmd_audit, "prove every transaction has exactly one decision or one dead letter"},
     {"bench", cmd_bench, "benchmarks against a bare JetStream baseline (throughput, latency)"},
+    {"lists", cmd_lists, "add, remove and list values of the named lists rules test (verdict_lists)"},
+    {"profiles", cmd_profiles, "write and show account profiles (verdict_profiles)"},
     {"demo", cmd_demo, "start a local nats-server, the engine and a simulated payment service; print a summary"},
 };
 
