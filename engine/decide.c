@@ -1,6 +1,7 @@
 /* decide.c - policies and the decision step (see decide.h). */
 #include "decide.h"
 
+#include "replica.h"
 #include "velocity.h"
 
 #include <stdio.h>
@@ -124,12 +125,15 @@ void decide_run(const policy *p, const decide_env *env, const Transaction *t, in
 {
     int64_t t0 = mono_ns();
     features_from_txn(&p->reg, t, event_ms, vals);
+    bool fresh = true;
+    if (env && (env->lists || env->profiles))
+        fresh = replica_fill(env->lists, env->profiles, &p->reg, vals);
     if (env && env->vel)
         velocity_features_and_add(env->vel, vals, event_ms);
     out->outcome = VERDICT__V1__OUTCOME__OUTCOME_APPROVE;
     out->score = -1;
     out->n_reasons = 0;
-    out->degraded = false;
+    out->degraded = !fresh;
     out->budget_exceeded = false;
     out->model_skipped = skip_model;
     int64_t t1 = mono_ns();

@@ -55,10 +55,12 @@ const featreg *policy_featreg(const policy *p);
 const ruleset *policy_rules(const policy *p); /* NULL for the built-in policy */
 
 struct velocity;
+struct replica;
 
 /* What decide_run reads besides the transaction; any member may be NULL (not configured). */
 typedef struct decide_env {
-    struct velocity *vel; /* velocity state: features from the state before t, then t counted once */
+    struct velocity *vel;                       /* features from the state before t, then t counted once */
+    const struct replica *lists, *profiles;     /* local KV replicas; stale or absent -> degraded */
 } decide_env;
 
 /* Decides t. event_ms is the event time for windows and derived features; skip_model asks for a rules-only

@@ -13,6 +13,7 @@
 #include "observe.h"
 #include "rebuild.h"
 #include "reloader.h"
+#include "replica.h"
 #include "velocity.h"
 
 #include <pthread.h>
@@ -87,6 +88,7 @@ struct engine {
     policy *policy;          /* the policy in force; swapped under policy_mu, held by workers per batch */
     pthread_mutex_t policy_mu;
     velref *vel; /* the velocity state matching policy's registry; swapped with it */
+    replica *lists, *profiles; /* local replicas of verdict_lists and verdict_profiles */
     reloader *reloader;
     observe *observe;
     dlq_worker *dlq;
@@ -312,7 +314,7 @@ static void prepare(worker *w, natsMsg *msg, slot *sl)
     bool budget_exceeded = start_us - sl->store_us >= cfg->budget_ms * 1000;
     decide_out out;
     const policy *p = w->policy;
-    decide_env env = {.vel = w->vel ? w->vel->v : NULL};
+    decide_env env = {.vel = w->vel ? w->vel->v : NULL, .lists = en->lists, .profiles = en->profiles};
     decide_run(p, &env, t, txn_event_ms(t, sl->store_us / 1000), budget_exceeded, w->vals, &out);
     atomic_fetch_add_explicit(&en->stats.stage_ns[0], out.features_ns, memory_order_relaxed);
     atomic_fetch_add_explicit(&en->stats.stage_ns[1], out.model_ns, memory_order_relaxed);
@@ -678,6 +680,9 @@ static void free_engine(engine *en)
     reloader_stop(en->reloader);
     en->reloader = NULL;
     dlq_worker_stop(en->dlq);
+    replica_stop(en->lists); /* workers are joined by now; the watchers use en->nc */
+    replica_stop(en->profiles);
+    en->lists = en->profiles = NULL;
     if (en->workers) {
         for (int i = 0; i < en->nworkers; i++) {
             worker *w = &en->workers[i];
@@ -743,6 +748,15 @@ vstatus engine_start(const config *c, engine **out, verror *e)
         free_engine(en);
         return rc;
     }
+    /* lists and profiles: local replicas kept current by KV watchers; a slow first load does not block the
+     * start (decisions are marked degraded until it completes) */
+    if ((rc = replica_start(&en->lists, en->nc, c->lists_bucket, REPLICA_LISTS, c->replicas, e)) != V_OK ||
+        (rc = replica_start(&en->profiles, en->nc, c->profiles_bucket, REPLICA_PROFILES, c->replicas, e)) != V_OK) {
+        free_engine(en);
+        return rc;
+    }
+    if (!replica_wait_ready(en->lists, 3000) || !replica_wait_ready(en->profiles, 3000))
+        log_warn("lists/profiles replicas not loaded yet; decisions are marked degraded until they are", NULL);
     /* velocity state before any work: rebuilt from TXN up to what the consumer has delivered, so a restart
      * neither resets nor double-counts (rebuild.h) */
     uint64_t delivered = 0;

@@ -139,3 +139,46 @@ Test(state, counts_are_exact_through_redelivery_restart_and_kill9)
     kill(pid, SIGTERM);
     cr_assert_eq(child_wait(pid, 15000), 0);
 }
+
+Test(state, a_list_change_put_with_the_kv_api_is_seen_by_the_next_transaction)
+{
+    FILE *f = fopen(rulesp, "w");
+    fprintf(f, "list blocked_cards\nrule blocked decline \"blocked\" when card_id in list(\"blocked_cards\")\n"
+               "rule young review \"young\" when profile.account_age_days < 7\n");
+    fclose(f);
+    pid_t pid = start(NULL);
+    char id[32];
+    publish(id, sizeof id);
+    natsMsg *d = NULL;
+    for (int i = 0; i < 100 && !(d = tc_find_decision(js, id)); i++)
+        tc_sleep_ms(100);
+    cr_assert_not_null(d);
+    const char *o = NULL, *deg = NULL;
+    natsMsgHeader_Get(d, "Verdict-Outcome", &o);
+    cr_assert_str_eq(o, "approve");
+    cr_assert_neq(natsMsgHeader_Get(d, "Verdict-Degraded", &deg), NATS_OK, "replicas loaded: not degraded");
+    natsMsg_Destroy(d);
+
+    /* what `nats kv put verdict_lists blocked_cards.tok_card_1 1` does */
+    kvStore *kv = NULL;
+    uint64_t rev;
+    cr_assert_eq(js_KeyValue(&kv, js, "verdict_lists"), NATS_OK, "the engine created the bucket");
+    cr_assert_eq(kvStore_PutString(&rev, kv, "blocked_cards.tok_card_1", "1"), NATS_OK);
+    kvStore_Destroy(kv);
+    cr_assert_eq(js_KeyValue(&kv, js, "verdict_profiles"), NATS_OK);
+    cr_assert_eq(kvStore_PutString(&rev, kv, "acct_1", "{\"account_age_days\": 2}"), NATS_OK);
+    kvStore_Destroy(kv);
+    tc_sleep_ms(200); /* the watcher applies the put asynchronously; "next" means after it arrived */
+    publish(id, sizeof id);
+    for (int i = 0; i < 100 && !(d = tc_find_decision(js, id)); i++)
+        tc_sleep_ms(100);
+    cr_assert_not_null(d);
+    const char *reasons = NULL;
+    natsMsgHeader_Get(d, "Verdict-Outcome", &o);
+    natsMsgHeader_Get(d, "Verdict-Reasons", &reasons);
+    cr_assert_str_eq(o, "decline");
+    cr_assert(reasons && strstr(reasons, "blocked") && strstr(reasons, "young"), "reasons: %s", reasons);
+    natsMsg_Destroy(d);
+    kill(pid, SIGTERM);
+    cr_assert_eq(child_wait(pid, 15000), 0);
+}
