@@ -49,7 +49,10 @@ typedef struct world {
     char *names;      /* NFIELDS * per_field fixed-width key strings */
 } world;
 
-static const char *key_name(const world *w, int f, size_t i) { return w->names + ((size_t)f * w->per_field + i) * KEYLEN; }
+static const char *key_name(const world *w, int f, size_t i)
+{
+    return w->names + ((size_t)f * w->per_field + i) * KEYLEN;
+}
 
 static uint64_t rng_next(uint64_t *s)
 {
@@ -214,7 +217,8 @@ static int run(size_t keys, double seconds, bool timed, run_result *r)
         mt_worker(&one);
         r->st_ops_per_s = (double)one.ops / one.seconds;
         int64_t tb = one.t_base + (int64_t)one.ops;
-        mt_arg two[2] = {{&w, v, (uint64_t)2 << 40, 0, tb, seconds / 8}, {&w, v, (uint64_t)3 << 40, 0, tb, seconds / 8}};
+        mt_arg two[2] = {{&w, v, (uint64_t)2 << 40, 0, tb, seconds / 8},
+                         {&w, v, (uint64_t)3 << 40, 0, tb, seconds / 8}};
         pthread_t th[2];
         for (int i = 0; i < 2; i++)
             pthread_create(&th[i], NULL, mt_worker, &two[i]);
