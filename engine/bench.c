@@ -253,6 +253,7 @@ static void bench_help(void)
 int cmd_bench(int argc, char **argv)
 {
     bench_opts o = {.seconds = 20, .count = 20000, .rate = 500};
+    for (int i = 1; i < argc; i++) if (!strcmp(argv[i], "state")) { int bench_state(int, char **); return bench_state(argc, argv); }
     config_defaults(&o.cfg);
     bool help;
     int rest[64], nrest = 0;

@@ -13,10 +13,11 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #define NIL UINT32_MAX
 #define MAX_CLASSES 8  /* key fields */
-#define MAX_RINGS 9    /* bucket sizes per key field (all of them) */
+#define MAX_RINGS 12   /* bucket sizes per key field (all of them) */
 #define MAX_COLS 24    /* count/sum columns per key field */
 #define MAX_DSETS 6    /* distinct value fields per key field */
 #define MAX_BUCKETS 12 /* a window spans at most this many buckets of its size */
@@ -24,7 +25,12 @@
 #define K VELOCITY_DISTINCT_EXACT
 
 /* Bucket sizes in seconds; a window uses the smallest one that spans it in at most MAX_BUCKETS buckets. */
-static const uint32_t steps[MAX_RINGS] = {5, 10, 30, 60, 300, 600, 1800, 3600, 7200};
+static const uint32_t steps[MAX_RINGS] = {5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200};
+
+typedef struct big { /* an mmap'ed array (see big_alloc) */
+    void *map;
+    size_t len;
+} big;
 
 typedef struct vrec {
     uint64_t key;   /* mixed hash of the key string */
@@ -73,6 +79,7 @@ typedef struct vclass {
     uint32_t rec_size, cap, used;
     unsigned char *recs;
     uint32_t *heads, mask;
+    big recs_mem, heads_mem;
     uint32_t lru_head, lru_tail;
     uint64_t evictions;
 } vclass;
@@ -95,6 +102,7 @@ struct velocity {
     int plan_n; /* ids below this may be velocity features */
     /* seen-set: open addressing on 64-bit hashes (0 = empty) plus a FIFO of insertion order */
     uint64_t *seen_tab, *seen_fifo;
+    big seen_tab_mem, seen_fifo_mem;
     uint32_t seen_mask, seen_cap, seen_n, seen_pos;
     uint64_t duplicates, late_drops;
 };
@@ -136,6 +144,31 @@ static vrec *rec_at(const vclass *c, uint32_t i) { return (vrec *)(c->recs + (si
 static inline uint16_t *count_col(vrec *r, const vcol *col) { return (uint16_t *)((unsigned char *)r + col->off); }
 static inline uint32_t *sum_col(vrec *r, const vcol *col) { return (uint32_t *)((unsigned char *)r + col->off); }
 static inline vdset_hdr *dset_of(vrec *r, const vdset *d) { return (vdset_hdr *)((unsigned char *)r + d->off); }
+
+/* Large zeroed arrays come straight from mmap, committed lazily by the kernel and backed by transparent huge
+ * pages where the system allows it: lookups are random over hundreds of MB, and with 4 KB pages nearly every
+ * one also misses the TLB (measured: docs/state.md). */
+#define HUGE_PAGE ((size_t)2 << 20)
+
+static void *big_alloc(big *b, size_t n)
+{
+    b->len = n + HUGE_PAGE;
+    b->map = mmap(NULL, b->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (b->map == MAP_FAILED) {
+        b->map = NULL;
+        return NULL;
+    }
+    uintptr_t p = ((uintptr_t)b->map + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1);
+    madvise((void *)p, n, MADV_HUGEPAGE);
+    return (void *)p;
+}
+
+static void big_free(big *b)
+{
+    if (b->map)
+        munmap(b->map, b->len);
+    b->map = NULL;
+}
 
 /* --- construction --------------------------------------------------------------------------------------- */
 
@@ -238,7 +271,12 @@ vstatus velocity_new(const featreg *reg, const velocity_cfg *cfg, velocity **out
     velocity *v = calloc(1, sizeof *v);
     if (!v)
         return verror_set(e, V_ENOMEM, "out of memory");
-    pthread_mutex_init(&v->mu, NULL);
+    /* adaptive: critical sections are a few hundred ns, so spinning a little beats sleeping in the kernel */
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
+    pthread_mutex_init(&v->mu, &ma);
+    pthread_mutexattr_destroy(&ma);
     vstatus s = V_OK;
     for (int id = 0; id < reg->n && s == V_OK; id++)
         if (reg->defs[id].kind == FK_VELOCITY) {
@@ -254,8 +292,8 @@ vstatus velocity_new(const featreg *reg, const velocity_cfg *cfg, velocity **out
         layout(c);
         c->cap = (uint32_t)max_keys;
         c->mask = pow2_at_least(max_keys) - 1;
-        c->recs = calloc(max_keys, c->rec_size);
-        c->heads = malloc(((size_t)c->mask + 1) * sizeof *c->heads);
+        c->recs = big_alloc(&c->recs_mem, max_keys * c->rec_size);
+        c->heads = big_alloc(&c->heads_mem, ((size_t)c->mask + 1) * sizeof *c->heads);
         if (!c->recs || !c->heads) {
             velocity_free(v);
             return verror_set(e, V_ENOMEM, "out of memory for %zu velocity keys", max_keys);
@@ -265,8 +303,8 @@ vstatus velocity_new(const featreg *reg, const velocity_cfg *cfg, velocity **out
     }
     v->seen_cap = (uint32_t)seen_cap;
     v->seen_mask = pow2_at_least(seen_cap * 2) - 1;
-    v->seen_tab = calloc((size_t)v->seen_mask + 1, sizeof *v->seen_tab);
-    v->seen_fifo = calloc(seen_cap, sizeof *v->seen_fifo);
+    v->seen_tab = big_alloc(&v->seen_tab_mem, ((size_t)v->seen_mask + 1) * sizeof *v->seen_tab);
+    v->seen_fifo = big_alloc(&v->seen_fifo_mem, seen_cap * sizeof *v->seen_fifo);
     if (!v->seen_tab || !v->seen_fifo) {
         velocity_free(v);
         return verror_set(e, V_ENOMEM, "out of memory for a seen-set of %zu ids", seen_cap);
@@ -280,11 +318,11 @@ void velocity_free(velocity *v)
     if (!v)
         return;
     for (int i = 0; i < v->ncls; i++) {
-        free(v->cls[i].recs);
-        free(v->cls[i].heads);
+        big_free(&v->cls[i].recs_mem);
+        big_free(&v->cls[i].heads_mem);
     }
-    free(v->seen_tab);
-    free(v->seen_fifo);
+    big_free(&v->seen_tab_mem);
+    big_free(&v->seen_fifo_mem);
     pthread_mutex_destroy(&v->mu);
     free(v);
 }
@@ -304,17 +342,6 @@ bool velocity_covers(const velocity *v, const featreg *reg)
 }
 
 /* --- entity table --------------------------------------------------------------------------------------- */
-
-static vrec *lookup(const vclass *c, uint64_t key)
-{
-    for (uint32_t i = c->heads[key & c->mask]; i != NIL;) {
-        vrec *r = rec_at(c, i);
-        if (r->key == key)
-            return r;
-        i = r->chain;
-    }
-    return NULL;
-}
 
 static void lru_unlink(vclass *c, vrec *r)
 {
@@ -347,10 +374,10 @@ static void chain_unlink(vclass *c, vrec *r, uint32_t i)
     *link = r->chain;
 }
 
-/* The record of key, created (evicting the least recently seen entity when full) and moved to the LRU head. */
-static vrec *touch(vclass *c, uint64_t key, uint32_t t)
+/* The record of key (r when lookup found it), created (evicting the least recently seen entity when full) and
+ * moved to the LRU head. */
+static vrec *touch(vclass *c, vrec *r, uint64_t key, uint32_t t)
 {
-    vrec *r = lookup(c, key);
     if (r) {
         uint32_t i = (uint32_t)(((unsigned char *)r - c->recs) / c->rec_size);
         if (c->lru_head != i) {
@@ -379,6 +406,47 @@ static vrec *touch(vclass *c, uint64_t key, uint32_t t)
     return r;
 }
 
+static void prefetch_rec(const vclass *c, uint32_t i)
+{
+    const unsigned char *p = c->recs + (size_t)i * c->rec_size;
+    for (uint32_t off = 0; off < c->rec_size; off += 64)
+        __builtin_prefetch(p + off);
+}
+
+/* Finds the record of every key field in vals (NULL when untracked; have[i] false when the field is missing).
+ * The state is far larger than the CPU caches and each lookup is two dependent misses (index slot, record), so
+ * the key fields are looked up side by side with prefetches: the misses overlap instead of queueing. */
+static void lookup_all(const velocity *v, const fval *vals, uint64_t *keys, vrec **recs, bool *have)
+{
+    for (int i = 0; i < v->ncls; i++) {
+        const vclass *c = &v->cls[i];
+        const fval *k = &vals[c->key_feat];
+        have[i] = has_str(k);
+        keys[i] = have[i] ? str_key(k) : 0;
+        if (have[i])
+            __builtin_prefetch(&c->heads[keys[i] & c->mask]);
+    }
+    uint32_t first[MAX_CLASSES];
+    for (int i = 0; i < v->ncls; i++) {
+        const vclass *c = &v->cls[i];
+        first[i] = have[i] ? c->heads[keys[i] & c->mask] : NIL;
+        if (first[i] != NIL)
+            prefetch_rec(c, first[i]);
+    }
+    for (int i = 0; i < v->ncls; i++) {
+        const vclass *c = &v->cls[i];
+        recs[i] = NULL;
+        for (uint32_t j = first[i]; j != NIL;) {
+            vrec *r = rec_at(c, j);
+            if (r->key == keys[i]) {
+                recs[i] = r;
+                break;
+            }
+            j = r->chain;
+        }
+    }
+}
+
 /* --- windows -------------------------------------------------------------------------------------------- */
 
 /* Moves every ring of r forward to time t (> r->max_ts), zeroing the slots of buckets it skips into. */
@@ -393,11 +461,12 @@ static void advance(const vclass *c, vrec *r, uint32_t t)
             continue;
         if (d > g->n)
             d = g->n;
-        for (uint32_t b = old_b + 1; b <= old_b + d; b++) {
+        uint32_t slot = (old_b + 1) % g->n;
+        for (uint32_t k2 = 0; k2 < d; k2++, slot = slot + 1 == g->n ? 0 : slot + 1) {
             if (col->is_sum)
-                sum_col(r, col)[b % g->n] = 0;
+                sum_col(r, col)[slot] = 0;
             else
-                count_col(r, col)[b % g->n] = 0;
+                count_col(r, col)[slot] = 0;
         }
     }
 }
@@ -421,8 +490,19 @@ static uint64_t col_total(const vclass *c, vrec *r, const vcol *col, uint32_t nw
         lo = -1;
     int64_t hi = now_b < head ? now_b : head;
     uint64_t tot = 0;
-    for (int64_t b = lo + 1; b <= hi; b++)
-        tot += col->is_sum ? sum_col(r, col)[b % g->n] : count_col(r, col)[b % g->n];
+    if (hi <= lo)
+        return 0;
+    /* one division, then walk the ring: a modulo per bucket cost more than the whole lookup */
+    uint32_t slot = (uint32_t)((lo + 1) % g->n), k = (uint32_t)(hi - lo);
+    if (col->is_sum) {
+        const uint32_t *a = sum_col(r, col);
+        for (; k; k--, slot = slot + 1 == g->n ? 0 : slot + 1)
+            tot += a[slot];
+    } else {
+        const uint16_t *a = count_col(r, col);
+        for (; k; k--, slot = slot + 1 == g->n ? 0 : slot + 1)
+            tot += a[slot];
+    }
     return tot;
 }
 
@@ -567,11 +647,8 @@ static void features_locked(velocity *v, fval *vals, int64_t event_ms)
     uint32_t now = secs_of(event_ms);
     vrec *recs[MAX_CLASSES];
     bool have_key[MAX_CLASSES];
-    for (int i = 0; i < v->ncls; i++) {
-        const fval *k = &vals[v->cls[i].key_feat];
-        have_key[i] = has_str(k);
-        recs[i] = have_key[i] ? lookup(&v->cls[i], str_key(k)) : NULL;
-    }
+    uint64_t keys[MAX_CLASSES];
+    lookup_all(v, vals, keys, recs, have_key);
     for (int id = 0; id < v->plan_n; id++) {
         const vplan *p = &v->plan[id];
         if (!p->used)
@@ -591,9 +668,16 @@ static void features_locked(velocity *v, fval *vals, int64_t event_ms)
     }
 }
 
-static bool add_locked(velocity *v, const fval *vals, int64_t event_ms)
+/* The seen-set is far larger than the caches: start loading the slots add_locked will probe. */
+static void seen_prefetch(const velocity *v, uint64_t th)
 {
-    uint64_t th = txn_hash(vals);
+    __builtin_prefetch(&v->seen_tab[(uint32_t)th & v->seen_mask]);
+    if (v->seen_n == v->seen_cap)
+        __builtin_prefetch(&v->seen_tab[(uint32_t)v->seen_fifo[v->seen_pos] & v->seen_mask]);
+}
+
+static bool add_locked(velocity *v, const fval *vals, int64_t event_ms, uint64_t th)
+{
     if (seen_has(v, th)) {
         v->duplicates++;
         return false;
@@ -601,12 +685,22 @@ static bool add_locked(velocity *v, const fval *vals, int64_t event_ms)
     if (th)
         seen_put(v, th);
     uint32_t t = secs_of(event_ms);
+    vrec *recs[MAX_CLASSES];
+    bool have_key[MAX_CLASSES];
+    uint64_t keys[MAX_CLASSES];
+    lookup_all(v, vals, keys, recs, have_key);
+    for (int i = 0; i < v->ncls; i++)
+        if (recs[i]) { /* the LRU neighbours that touch will relink */
+            if (recs[i]->prev != NIL)
+                __builtin_prefetch(rec_at(&v->cls[i], recs[i]->prev));
+            if (recs[i]->next != NIL)
+                __builtin_prefetch(rec_at(&v->cls[i], recs[i]->next));
+        }
     for (int i = 0; i < v->ncls; i++) {
         vclass *c = &v->cls[i];
-        const fval *k = &vals[c->key_feat];
-        if (!has_str(k))
+        if (!have_key[i])
             continue;
-        vrec *r = touch(c, str_key(k), t);
+        vrec *r = touch(c, recs[i], keys[i], t);
         uint32_t old_newest = r->max_ts / DSTEP;
         if (t > r->max_ts) {
             advance(c, r, t);
@@ -655,17 +749,21 @@ void velocity_features(velocity *v, fval *vals, int64_t event_ms)
 
 bool velocity_add(velocity *v, const fval *vals, int64_t event_ms)
 {
+    uint64_t th = txn_hash(vals);
     pthread_mutex_lock(&v->mu);
-    bool ok = add_locked(v, vals, event_ms);
+    seen_prefetch(v, th);
+    bool ok = add_locked(v, vals, event_ms, th);
     pthread_mutex_unlock(&v->mu);
     return ok;
 }
 
 bool velocity_features_and_add(velocity *v, fval *vals, int64_t event_ms)
 {
+    uint64_t th = txn_hash(vals);
     pthread_mutex_lock(&v->mu);
+    seen_prefetch(v, th);
     features_locked(v, vals, event_ms);
-    bool ok = add_locked(v, vals, event_ms);
+    bool ok = add_locked(v, vals, event_ms, th);
     pthread_mutex_unlock(&v->mu);
     return ok;
 }

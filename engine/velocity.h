@@ -6,7 +6,8 @@
  * key field has its own table of up to max_keys entities with least-recently-seen eviction, so a flood of new
  * IPs cannot evict card history. Windows are kept in fixed-size buckets keyed by EVENT time (the transaction's
  * time passed in); a window of W covers the bucket holding the event time plus the ceil(W/b)-1 buckets before
- * it, so it is rounded down to its bucket size b (at most W/6, see docs/state.md for the exact sizes).
+ * it, so it is rounded to its bucket size b: the smallest of 5s .. 2h that spans W in at most 12 buckets
+ * (1m: 5s, 10m: 1m, 1h: 5m, 24h: 2h; always b <= W/5). Distinct counts use 10 s stamps the same way.
  *
  * Late and out-of-order events: an event is added to the bucket of its own time when that bucket is still
  * held (at most ceil(W/b) buckets behind the newest event of the entity); an older event is dropped for that
@@ -46,7 +47,7 @@ typedef struct velocity_stats_t {
     uint64_t evictions;   /* entities evicted to make room (least recently seen first) */
     uint64_t seen;        /* transaction ids in the seen-set */
     uint64_t duplicates;  /* velocity_add calls refused because the txn_id was seen */
-    uint64_t late_drops;  /* (event, window) additions dropped because the event was older than the window held */
+    uint64_t late_drops;  /* (event, bucket ring) additions dropped because the event was older than the window held */
     uint64_t bytes;       /* all memory allocated: bytes_state + bytes_seen + the velocity struct */
     uint64_t bytes_state; /* entity records and their index, at capacity (allocated up front) */
     uint64_t bytes_seen;  /* the seen-set */

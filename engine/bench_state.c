@@ -1,0 +1,290 @@
+/* bench_state.c - `verdict bench state`: the velocity state alone, no broker: update and query ns per
+ * transaction and bytes per tracked key, at 100k keys and at --keys keys.
+ *
+ * The registry holds a reference rule set's velocity features (below; docs/state.md lists them with the
+ * record size of each key field). Keys are split evenly over the four key fields; each table's cap is its
+ * share, so at the end of the fill every table is full and the allocated bytes are the bytes in use. The timed
+ * phases then draw transactions uniformly over all keys with event time advancing 1 ms per transaction, so
+ * almost every lookup misses the CPU caches: a worst case for a real, skewed card population. */
+#include "velocity.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NFIELDS 4
+static const int key_fields[NFIELDS] = {FEAT_CARD_ID, FEAT_ACCOUNT_ID, FEAT_DEVICE_ID, FEAT_IP};
+static const char *key_prefix[NFIELDS] = {"card", "acct", "dev", "ip"};
+#define KEYLEN 24
+
+typedef struct ref_feat {
+    vel_agg agg;
+    int value_feat, key_feat;
+    int64_t window_ms;
+} ref_feat;
+
+#define M (60 * 1000LL)
+#define H (60 * M)
+static const ref_feat reference[] = {
+    {VEL_COUNT, -1, FEAT_CARD_ID, 1 * M},
+    {VEL_COUNT, -1, FEAT_CARD_ID, 10 * M},
+    {VEL_COUNT, -1, FEAT_CARD_ID, 1 * H},
+    {VEL_COUNT, -1, FEAT_CARD_ID, 24 * H},
+    {VEL_SUM, FEAT_AMOUNT_MINOR, FEAT_CARD_ID, 24 * H},
+    {VEL_DISTINCT, FEAT_DEVICE_ID, FEAT_CARD_ID, 24 * H},
+    {VEL_COUNT, -1, FEAT_ACCOUNT_ID, 1 * H},
+    {VEL_SUM, FEAT_AMOUNT_MINOR, FEAT_ACCOUNT_ID, 24 * H},
+    {VEL_DISTINCT, FEAT_CARD_ID, FEAT_ACCOUNT_ID, 24 * H},
+    {VEL_COUNT, -1, FEAT_DEVICE_ID, 1 * H},
+    {VEL_DISTINCT, FEAT_CARD_ID, FEAT_DEVICE_ID, 24 * H},
+    {VEL_COUNT, -1, FEAT_IP, 10 * M},
+    {VEL_COUNT, -1, FEAT_IP, 1 * H},
+    {VEL_DISTINCT, FEAT_CARD_ID, FEAT_IP, 1 * H},
+};
+
+typedef struct world {
+    featreg reg;
+    size_t per_field; /* distinct values of each key field */
+    char *names;      /* NFIELDS * per_field fixed-width key strings */
+} world;
+
+static const char *key_name(const world *w, int f, size_t i)
+{
+    return w->names + ((size_t)f * w->per_field + i) * KEYLEN;
+}
+
+static uint64_t rng_next(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+/* Fills vals with transaction number n: every key field drawn from its population (index i for all four when
+ * i is given, else at random), an amount and a unique txn id written into idbuf. */
+static void make_txn(const world *w, fval *vals, uint64_t n, int64_t i, uint64_t *rng, char *idbuf)
+{
+    static const char hex[] = "0123456789abcdef";
+    idbuf[0] = 't';
+    for (int k = 0; k < 16; k++)
+        idbuf[1 + k] = hex[(n >> (60 - 4 * k)) & 15];
+    vals[FEAT_TXN_ID] = (fval){.type = FT_STR, .present = true, .str = {idbuf, 17}};
+    for (int f = 0; f < NFIELDS; f++) {
+        size_t k = i >= 0 ? (size_t)i : (size_t)(rng_next(rng) % w->per_field);
+        const char *s = key_name(w, f, k);
+        vals[key_fields[f]] = (fval){.type = FT_STR, .present = true, .str = {s, (uint32_t)strlen(s)}};
+    }
+    vals[FEAT_AMOUNT_MINOR] = (fval){.type = FT_NUM, .present = true, .num = (double)(1 + rng_next(rng) % 50000)};
+}
+
+static int world_init(world *w, size_t keys)
+{
+    featreg_init(&w->reg);
+    for (size_t i = 0; i < sizeof reference / sizeof reference[0]; i++) {
+        verror e = {0};
+        const ref_feat *r = &reference[i];
+        if (featreg_velocity(&w->reg, r->agg, r->value_feat, r->key_feat, r->window_ms, &e) < 0) {
+            fprintf(stderr, "bench state: %s\n", e.msg);
+            return -1;
+        }
+    }
+    w->per_field = keys / NFIELDS ? keys / NFIELDS : 1;
+    w->names = malloc((size_t)NFIELDS * w->per_field * KEYLEN);
+    if (!w->names)
+        return -1;
+    for (int f = 0; f < NFIELDS; f++)
+        for (size_t i = 0; i < w->per_field; i++)
+            snprintf(w->names + ((size_t)f * w->per_field + i) * KEYLEN, KEYLEN, "%s-%u", key_prefix[f], (unsigned)i);
+    return 0;
+}
+
+typedef struct run_result {
+    double bytes_per_key, bytes_total_per_key;
+    uint64_t keys, bytes_state, bytes_seen;
+    double update_ns, query_ns, both_ns, mt_ops_per_s, st_ops_per_s;
+    velocity_stats_t st;
+} run_result;
+
+#define T_START 1700006400000LL
+
+/* Fills a velocity with every key once (each table exactly full). */
+static velocity *fill(const world *w, uint64_t *n, verror *e)
+{
+    velocity *v = NULL;
+    velocity_cfg cfg = {.max_keys = w->per_field};
+    if (velocity_new(&w->reg, &cfg, &v, e) != V_OK)
+        return NULL;
+    static fval vals[FEAT_MAX];
+    char id[20];
+    uint64_t rng = 88172645463325252ULL;
+    for (int i = 0; i < w->reg.n; i++)
+        vals[i] = (fval){.type = (uint8_t)w->reg.defs[i].type};
+    for (size_t i = 0; i < w->per_field; i++, (*n)++) {
+        make_txn(w, vals, *n, (int64_t)i, &rng, id);
+        velocity_add(v, vals, T_START + (int64_t)*n);
+    }
+    return v;
+}
+
+typedef struct mt_arg {
+    const world *w;
+    velocity *v;
+    uint64_t first, ops; /* first txn number (its high bits keep the ids of each thread apart) */
+    int64_t t_base;      /* event time of the first transaction */
+    double seconds;
+} mt_arg;
+
+static void *mt_worker(void *p)
+{
+    mt_arg *a = p;
+    fval vals[FEAT_MAX];
+    char id[20];
+    uint64_t rng = 0x9e3779b97f4a7c15ULL ^ a->first;
+    for (int i = 0; i < a->w->reg.n; i++)
+        vals[i] = (fval){.type = (uint8_t)a->w->reg.defs[i].type};
+    int64_t end = mono_ns() + (int64_t)(a->seconds * 1e9);
+    uint64_t n = a->first;
+    while (mono_ns() < end)
+        for (int k = 0; k < 1024; k++, n++) {
+            make_txn(a->w, vals, n, -1, &rng, id);
+            velocity_features_and_add(a->v, vals, a->t_base + (int64_t)(n - a->first));
+        }
+    a->ops = n - a->first;
+    return NULL;
+}
+
+/* ns per call of fn over transactions drawn at random, for about seconds. */
+typedef enum { OP_ADD, OP_QUERY, OP_BOTH, OP_GEN } op_kind;
+
+static double time_op(const world *w, velocity *v, op_kind op, double seconds, uint64_t *n)
+{
+    static fval vals[FEAT_MAX];
+    char id[20];
+    uint64_t rng = 0x2545F4914F6CDD1DULL ^ *n;
+    for (int i = 0; i < w->reg.n; i++)
+        vals[i] = (fval){.type = (uint8_t)w->reg.defs[i].type};
+    int64_t t0 = mono_ns(), end = t0 + (int64_t)(seconds * 1e9);
+    uint64_t ops = 0;
+    while (mono_ns() < end)
+        for (int k = 0; k < 4096; k++, ops++, (*n)++) {
+            make_txn(w, vals, *n, -1, &rng, id);
+            int64_t t = T_START + (int64_t)*n;
+            if (op == OP_ADD)
+                velocity_add(v, vals, t);
+            else if (op == OP_QUERY)
+                velocity_features(v, vals, t);
+            else if (op == OP_BOTH)
+                velocity_features_and_add(v, vals, t);
+        }
+    return (double)(mono_ns() - t0) / (double)ops;
+}
+
+static int run(size_t keys, double seconds, bool timed, run_result *r)
+{
+    world w;
+    if (world_init(&w, keys) != 0)
+        return 1;
+    verror e = {0};
+    uint64_t n = 0;
+    int64_t t0 = mono_ns();
+    velocity *v = fill(&w, &n, &e);
+    if (!v) {
+        fprintf(stderr, "bench state: %s\n", e.msg);
+        free(w.names);
+        return 1;
+    }
+    fprintf(stderr, "[bench state] %zu keys filled in %.2f s\n", (size_t)w.per_field * NFIELDS,
+            (double)(mono_ns() - t0) / 1e9);
+    velocity_stats(v, &r->st);
+    r->keys = r->st.keys;
+    r->bytes_state = r->st.bytes_state;
+    r->bytes_seen = r->st.bytes_seen;
+    r->bytes_per_key = (double)r->st.bytes_state / (double)r->st.keys;
+    r->bytes_total_per_key = (double)r->st.bytes / (double)r->st.keys;
+    if (timed) {
+        double gen = time_op(&w, v, OP_GEN, seconds / 8, &n);
+        fprintf(stderr, "[bench state] transaction generation %.1f ns (subtracted)\n", gen);
+        r->query_ns = time_op(&w, v, OP_QUERY, seconds / 4, &n) - gen;
+        fprintf(stderr, "[bench state] query %.1f ns\n", r->query_ns);
+        r->update_ns = time_op(&w, v, OP_ADD, seconds / 4, &n) - gen;
+        fprintf(stderr, "[bench state] update %.1f ns\n", r->update_ns);
+        r->both_ns = time_op(&w, v, OP_BOTH, seconds / 8, &n) - gen;
+        fprintf(stderr, "[bench state] features_and_add %.1f ns\n", r->both_ns);
+        /* shared by two threads (one mutex) against one thread alone, same duration */
+        mt_arg one = {&w, v, (uint64_t)1 << 40, 0, T_START + (int64_t)n, seconds / 8};
+        mt_worker(&one);
+        r->st_ops_per_s = (double)one.ops / one.seconds;
+        int64_t tb = one.t_base + (int64_t)one.ops;
+        mt_arg two[2] = {{&w, v, (uint64_t)2 << 40, 0, tb, seconds / 8},
+                         {&w, v, (uint64_t)3 << 40, 0, tb, seconds / 8}};
+        pthread_t th[2];
+        for (int i = 0; i < 2; i++)
+            pthread_create(&th[i], NULL, mt_worker, &two[i]);
+        for (int i = 0; i < 2; i++)
+            pthread_join(th[i], NULL);
+        r->mt_ops_per_s = (double)(two[0].ops + two[1].ops) / two[0].seconds;
+        fprintf(stderr, "[bench state] 1 thread %.0f/s, 2 threads %.0f/s\n", r->st_ops_per_s, r->mt_ops_per_s);
+        velocity_stats(v, &r->st);
+    }
+    velocity_free(v);
+    free(w.names);
+    return 0;
+}
+
+int bench_state(int argc, char **argv)
+{
+    size_t keys = 1000000;
+    double seconds = 8;
+    bool json = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "state"))
+            continue;
+        if (!strcmp(a, "--json"))
+            json = true;
+        else if (!strcmp(a, "--keys") && val && atoll(val) >= NFIELDS) {
+            keys = (size_t)atoll(val);
+            i++;
+        } else if (!strcmp(a, "--seconds") && val && atof(val) > 0) {
+            seconds = atof(val);
+            i++;
+        } else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            printf("usage: verdict bench state [--keys N (1000000)] [--seconds S (8)] [--json]\n"
+                   "  update/query ns per transaction and bytes per tracked key of the velocity state,\n"
+                   "  at 100000 keys and at N keys, split evenly over card_id, account_id, device_id, ip\n");
+            return 0;
+        } else {
+            fprintf(stderr, "verdict bench state: unknown option '%s' (see --help)\n", a);
+            return 2;
+        }
+    }
+    run_result small = {0}, big = {0};
+    if (run(100000, seconds, false, &small) != 0 || run(keys, seconds, true, &big) != 0)
+        return 1;
+    printf("\n  verdict bench state (%zu velocity features, %zu keys over %d key fields)\n",
+           sizeof reference / sizeof reference[0], (size_t)big.keys, NFIELDS);
+    printf("  ------------------------------------------------------------\n");
+    printf("  bytes/key    at 100k keys  %8.1f  (records + index; target < 256)\n", small.bytes_per_key);
+    printf("               at %zu keys %8.1f  (%.1f with the %.1f MB seen-set)\n", (size_t)big.keys,
+           big.bytes_per_key, big.bytes_total_per_key, (double)big.bytes_seen / 1e6);
+    printf("  record bytes ");
+    for (int i = 0; i < big.st.n_key_feats; i++)
+        printf(" %s %u", key_prefix[i], big.st.record_bytes[i]);
+    printf("\n");
+    printf("  per txn      update %7.1f ns  query %7.1f ns  features+add %7.1f ns\n", big.update_ns, big.query_ns,
+           big.both_ns);
+    printf("  threads      1: %.0f/s  2 sharing one mutex: %.0f/s\n", big.st_ops_per_s, big.mt_ops_per_s);
+    printf("  evictions    %llu  seen-set %llu ids\n", (unsigned long long)big.st.evictions,
+           (unsigned long long)big.st.seen);
+    if (json)
+        printf("{\"bench\":\"state\",\"keys\":%llu,\"features\":%zu,\"bytes_per_key\":%.1f,"
+               "\"bytes_per_key_100k\":%.1f,\"bytes_per_key_with_seen\":%.1f,\"seen_bytes\":%llu,"
+               "\"update_ns\":%.1f,\"query_ns\":%.1f,\"features_and_add_ns\":%.1f,\"ops_per_s_1thread\":%.0f,"
+               "\"ops_per_s_2threads\":%.0f,\"evictions\":%llu}\n",
+               (unsigned long long)big.keys, sizeof reference / sizeof reference[0], big.bytes_per_key,
+               small.bytes_per_key, big.bytes_total_per_key, (unsigned long long)big.bytes_seen, big.update_ns,
+               big.query_ns, big.both_ns, big.st_ops_per_s, big.mt_ops_per_s, (unsigned long long)big.st.evictions);
+    return 0;
+}
