@@ -33,6 +33,7 @@ static const struct {
     [FEAT_CROSS_BORDER] = {"cross_border", FT_BOOL, FK_DERIVED},
     [FEAT_IP_COUNTRY_MISMATCH] = {"ip_country_mismatch", FT_BOOL, FK_DERIVED},
     [FEAT_SCORE] = {"score", FT_NUM, FK_MODEL},
+    [FEAT_CHANNEL_CODE] = {"channel_code", FT_NUM, FK_DERIVED},
 };
 
 static const struct {
@@ -318,6 +319,9 @@ void features_from_txn(const featreg *r, const Verdict__V1__Transaction *t, int6
     int64_t secs = event_ms / 1000;
     set_num(&vals[FEAT_HOUR_OF_DAY], (double)((secs / 3600) % 24));
     set_num(&vals[FEAT_DAY_OF_WEEK], (double)(((secs / 86400) + 3) % 7)); /* 1970-01-01 was a Thursday */
+    /* the model cannot read strings, so channel also gets its enum number (the proto's, stable by contract) */
+    if (t->channel >= VERDICT__V1__CHANNEL__CHANNEL_ECOM && t->channel <= VERDICT__V1__CHANNEL__CHANNEL_MOTO)
+        set_num(&vals[FEAT_CHANNEL_CODE], (double)t->channel);
     const fval *mc = &vals[FEAT_MERCHANT_COUNTRY], *cc = &vals[FEAT_CARD_COUNTRY], *ic = &vals[FEAT_IP_COUNTRY];
     if (mc->present && cc->present)
         set_bool(&vals[FEAT_CROSS_BORDER], both_differ(mc, cc));

@@ -77,6 +77,8 @@ enum {
     FEAT_CROSS_BORDER,    /* merchant_country != card_country (both present) */
     FEAT_IP_COUNTRY_MISMATCH, /* ip_country != card_country (both present) */
     FEAT_SCORE,           /* the model's probability, 0..1; missing when the model was skipped */
+    /* derived, added after score so earlier ids keep their numbers */
+    FEAT_CHANNEL_CODE, /* channel as a number for the model: 1 ecom, 2 pos, 3 atm, 4 moto; missing if unset */
     FEAT_BUILTIN_COUNT
 };
 
