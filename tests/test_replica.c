@@ -514,3 +514,31 @@ Test(replica, readers_see_consistent_state_while_the_watcher_applies_updates)
     kvStore_Destroy(lk);
     kvStore_Destroy(pk);
 }
+
+/* A watcher whose server-side consumer vanished gets no updates and no error: the lag check notices that the
+ * bucket holds revisions it has not applied, marks the replica stale and re-creates the watcher. */
+Test(replica, a_watcher_that_stops_receiving_is_noticed_and_replaced)
+{
+    replica *r = start("verdict_lists", REPLICA_LISTS);
+    kvStore *kv = bucket("verdict_lists");
+    put(kv, "blocked_cards.card_1", "1");
+    cr_assert(eventually_has(r, "blocked_cards", "card_1", true));
+    jsConsumerNamesList *names = NULL;
+    cr_assert_eq(js_ConsumerNames(&names, js, "KV_verdict_lists", NULL, NULL), NATS_OK);
+    for (int i = 0; i < names->Count; i++)
+        cr_assert_eq(js_DeleteConsumer(js, "KV_verdict_lists", names->List[i], NULL, NULL), NATS_OK);
+    jsConsumerNamesList_Destroy(names);
+    int64_t t0 = mono_ns();
+    put(kv, "blocked_cards.card_2", "1");
+    cr_assert(eventually_fresh(r, false, 8000), "a replica that misses updates is stale");
+    int64_t t1 = mono_ns();
+    cr_assert(eventually_has(r, "blocked_cards", "card_2", true));
+    cr_assert(eventually_fresh(r, true, 8000));
+    replica_stats st;
+    replica_stats_get(r, &st);
+    fprintf(stderr, "replica timing: stale %.1f s after its consumer vanished, current again after %.1f s (%llu reloads)\n",
+            (double)(t1 - t0) / 1e9, (double)(mono_ns() - t0) / 1e9, (unsigned long long)st.reloads);
+    cr_assert(has(r, "blocked_cards", "card_1"), "the reload keeps what the bucket holds");
+    replica_stop(r);
+    kvStore_Destroy(kv);
+}
