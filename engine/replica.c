@@ -456,7 +456,7 @@ static void *watch_main(void *arg)
     replica *r = arg;
     kvWatcher *w = NULL;
     table loading = {0};
-    bool load_pending = false, watcher_ok = false, lag_ok = true;
+    bool load_pending = false, watcher_ok = false, lag_ok = true, warned = false;
     uint64_t lag_target = 0;
     int lag_strikes = 0;
     int64_t next_status = 0, next_lag = 0;
@@ -466,8 +466,11 @@ static void *watch_main(void *arg)
             if (s != NATS_OK) {
                 w = NULL;
                 atomic_store(&r->healthy, false);
-                log_warn("replica: watch failed, retrying", "\"bucket\":\"%s\",\"error\":\"%s\"", log_esc(r->bucket),
-                         log_esc(natsStatus_GetText(s)));
+                if (!warned) /* once per outage, not once a second */
+                    log_warn("replica: watch failed, retrying every second",
+                             "\"bucket\":\"%s\",\"error\":\"%s\"", log_esc(r->bucket),
+                             log_esc(natsStatus_GetText(s)));
+                warned = true;
                 sleep_ms(1000);
                 continue;
             }
@@ -480,6 +483,10 @@ static void *watch_main(void *arg)
         }
         kvEntry *e = NULL;
         natsStatus s = kvWatcher_Next(&e, w, WATCH_TICK_MS);
+        if (s == NATS_OK && warned) {
+            log_info("replica: watching again", "\"bucket\":\"%s\"", log_esc(r->bucket));
+            warned = false;
+        }
         if (s == NATS_OK && e) {
             apply(r, load_pending ? &loading : &r->cur, !load_pending, e);
             kvEntry_Destroy(e);
@@ -501,8 +508,10 @@ static void *watch_main(void *arg)
         } else if (s != NATS_TIMEOUT) {
             if (atomic_load(&r->stop))
                 break;
-            log_warn("replica: watcher error, reloading", "\"bucket\":\"%s\",\"error\":\"%s\"", log_esc(r->bucket),
-                     log_esc(natsStatus_GetText(s)));
+            if (!warned) /* once until the watch makes progress again */
+                log_warn("replica: watcher error, reloading", "\"bucket\":\"%s\",\"error\":\"%s\"",
+                         log_esc(r->bucket), log_esc(natsStatus_GetText(s)));
+            warned = true;
             watcher_ok = false;
         }
         int64_t now = mono_ns();
