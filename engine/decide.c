@@ -1,6 +1,7 @@
 /* decide.c - policies and the decision step (see decide.h). */
 #include "decide.h"
 
+#include "gbdt.h"
 #include "replica.h"
 #include "velocity.h"
 
@@ -12,6 +13,7 @@ struct policy {
     atomic_int refs;
     featreg reg;
     ruleset *rules; /* NULL: built-in amount thresholds */
+    gbdt *model;    /* NULL: no model (score stays missing) */
     int64_t review_minor, decline_minor;
     char rules_version[32];
     char model_version[32];
@@ -37,6 +39,22 @@ policy *policy_builtin(int64_t review_minor, int64_t decline_minor)
     return p;
 }
 
+/* Loads the model into p (its features intern into p's registry, so rules and model share one vector). */
+static vstatus load_model(policy *p, const char *model_path, rules_diag *diag)
+{
+    snprintf(p->model_version, sizeof p->model_version, "none");
+    if (!model_path || !model_path[0])
+        return V_OK;
+    verror e = {0};
+    vstatus s = gbdt_load_file(model_path, &p->reg, &p->model, &e);
+    if (s != V_OK) {
+        rules_diag_add(diag, "%s\n", e.msg);
+        return s;
+    }
+    str_copy(p->model_version, sizeof p->model_version, gbdt_version(p->model));
+    return V_OK;
+}
+
 vstatus policy_build(const char *rules_src, size_t len, const char *rules_name, const char *model_path,
                      policy **out, rules_diag *diag)
 {
@@ -53,8 +71,11 @@ vstatus policy_build(const char *rules_src, size_t len, const char *rules_name, 
     }
     str_copy(p->rules_version, sizeof p->rules_version, rules_version(p->rules));
     str_copy(p->rules_source, sizeof p->rules_source, rules_name);
-    snprintf(p->model_version, sizeof p->model_version, "none");
-    (void)model_path;
+    s = load_model(p, model_path, diag);
+    if (s != V_OK) {
+        policy_release(p);
+        return s;
+    }
     *out = p;
     return V_OK;
 }
@@ -63,8 +84,16 @@ vstatus policy_load(const char *rules_path, const char *model_path, policy **out
 {
     *out = NULL;
     if (!rules_path || !rules_path[0]) {
-        *out = policy_builtin(200000, 1000000);
-        return *out ? V_OK : V_ENOMEM;
+        policy *p = policy_builtin(200000, 1000000);
+        if (!p)
+            return V_ENOMEM;
+        vstatus s = load_model(p, model_path, diag);
+        if (s != V_OK) {
+            policy_release(p);
+            return s;
+        }
+        *out = p;
+        return V_OK;
     }
     /* read the file once; policy_build compiles the same bytes the version hashes */
     FILE *f = fopen(rules_path, "rb");
@@ -104,6 +133,7 @@ void policy_release(policy *p)
     if (!p || atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) != 1)
         return;
     rules_free(p->rules);
+    gbdt_free(p->model);
     free(p);
 }
 
@@ -136,9 +166,17 @@ void decide_run(const policy *p, const decide_env *env, const Transaction *t, in
     out->degraded = !fresh;
     out->budget_exceeded = false;
     out->model_skipped = skip_model;
+    int64_t tm = mono_ns();
+    out->features_ns = tm - t0;
+    if (p->model && !skip_model) {
+        float score = gbdt_predict(p->model, vals);
+        vals[FEAT_SCORE] = (fval){.type = FT_NUM, .present = true, .num = score};
+        out->score = score;
+    } else if (p->model) {
+        out->degraded = true; /* rules alone: the model was skipped to keep the budget */
+    }
     int64_t t1 = mono_ns();
-    out->features_ns = t1 - t0;
-    out->model_ns = 0;
+    out->model_ns = t1 - tm;
     if (!p->rules) {
         double amount = vals[FEAT_AMOUNT_MINOR].num;
         if (amount >= (double)p->decline_minor) {

@@ -215,7 +215,8 @@ static void demo_help(void)
            "  --clients N                concurrent payment-service threads (default 4, at most 64)\n"
            "  --quiet                    print only progress and the summary\n"
            "  --no-engine                do not run an engine here: send to engines already serving --nats-url\n\n"
-           "Rules: --rules (default: rules/default.rules of the source tree when present, else built-in).\n\n"
+           "Rules and model: --rules and --model (default: rules/default.rules and models/verdict-gbdt.json of\n"
+           "the source tree when present).\n\n"
            "engine options (flag, then its environment variable):\n");
     config_print_help(stdout, "demo");
 }
@@ -293,13 +294,15 @@ int cmd_demo(int argc, char **argv)
     }
     if (!d.cfg.rules_file[0] && access(VERDICT_SOURCE_DIR "/rules/default.rules", R_OK) == 0)
         str_copy(d.cfg.rules_file, sizeof d.cfg.rules_file, VERDICT_SOURCE_DIR "/rules/default.rules");
+    if (!d.cfg.model_file[0] && access(VERDICT_SOURCE_DIR "/models/verdict-gbdt.json", R_OK) == 0)
+        str_copy(d.cfg.model_file, sizeof d.cfg.model_file, VERDICT_SOURCE_DIR "/models/verdict-gbdt.json");
     if (no_engine && !url_given) {
         fprintf(stderr, "verdict demo: --no-engine needs --nats-url (the server the engines use)\n");
         goto out;
     }
     if (!no_engine)
-        fprintf(stderr, "[demo] starting the engine (%d workers, rules %s)...\n", d.cfg.workers,
-                d.cfg.rules_file[0] ? d.cfg.rules_file : "built-in");
+        fprintf(stderr, "[demo] starting the engine (%d workers, rules %s, model %s)...\n", d.cfg.workers,
+                d.cfg.rules_file[0] ? d.cfg.rules_file : "built-in", d.cfg.model_file[0] ? d.cfg.model_file : "none");
     if (!no_engine && engine_start(&d.cfg, &en, &e) != V_OK) {
         fprintf(stderr, "verdict demo: cannot start the engine: %s\n", e.msg);
         goto out;

@@ -311,11 +311,15 @@ static void prepare(worker *w, natsMsg *msg, slot *sl)
 
     sl->store_us = m->timestamp_ns / 1000;
     int64_t start_us = now_us();
-    bool budget_exceeded = start_us - sl->store_us >= cfg->budget_ms * 1000;
+    int64_t elapsed_us = start_us - sl->store_us;
+    bool budget_exceeded = elapsed_us >= cfg->budget_ms * 1000;
+    /* "about to be spent": with less than a fifth of the budget left, the model is skipped and the rules
+     * decide alone (degraded), so the answer still arrives in time */
+    bool skip_model = elapsed_us * 5 >= cfg->budget_ms * 4000;
     decide_out out;
     const policy *p = w->policy;
     decide_env env = {.vel = w->vel ? w->vel->v : NULL, .lists = en->lists, .profiles = en->profiles};
-    decide_run(p, &env, t, txn_event_ms(t, sl->store_us / 1000), budget_exceeded, w->vals, &out);
+    decide_run(p, &env, t, txn_event_ms(t, sl->store_us / 1000), skip_model, w->vals, &out);
     atomic_fetch_add_explicit(&en->stats.stage_ns[0], out.features_ns, memory_order_relaxed);
     atomic_fetch_add_explicit(&en->stats.stage_ns[1], out.model_ns, memory_order_relaxed);
     atomic_fetch_add_explicit(&en->stats.stage_ns[2], out.rules_ns, memory_order_relaxed);

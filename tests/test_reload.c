@@ -235,3 +235,28 @@ Test(reload, rules_push_checks_before_it_pushes)
     unlink(candp);
     unlink(outp);
 }
+
+Test(reload, model_scores_decisions_and_a_bad_model_is_refused)
+{
+    char modelp[256];
+    temp_path(modelp, sizeof modelp, ".json");
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "cp %s/models/verdict-gbdt.json %s", VERDICT_SOURCE_DIR, modelp);
+    cr_assert_eq(system(cmd), 0);
+    write_file(rulesp, "rule risky decline \"model\" when score >= 0.9\n");
+    pid_t pid = tc_start_engine(srv.url, logp, (const char *const[]){"--rules", rulesp, "--model", modelp, NULL});
+    int i = 3000;
+    Decision *d = decide(i++);
+    cr_assert_neq(strcmp(d->model_version, "none"), 0);
+    cr_assert(d->score >= 0 && d->score <= 1, "score %f", d->score);
+    char mv[40];
+    str_copy(mv, sizeof mv, d->model_version);
+
+    write_file(modelp, "{\"learner\": {\"objective\": {\"name\": \"reg:squarederror\"}}}");
+    cr_assert(file_wait_for(logp, "objective 'reg:squarederror' is not supported", 10000), "see %s", logp);
+    d = decide(i++);
+    cr_assert_str_eq(d->model_version, mv, "the running model stays after a bad one");
+    kill(pid, SIGTERM);
+    cr_assert_eq(child_wait(pid, 15000), 0);
+    unlink(modelp);
+}
