@@ -33,6 +33,9 @@ asan: deps
 bench: deps
 	@$(MAKE) --no-print-directory build
 	$(BUILD)/verdict bench all
+	$(BUILD)/verdict bench eval
+	$(BUILD)/verdict bench model
+	$(BUILD)/verdict bench state
 
 fuzz: deps
 	tools/fuzz $(or $(SECONDS),60)

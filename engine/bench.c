@@ -38,12 +38,22 @@ static void sleep_us(int64_t us)
     nanosleep(&ts, NULL);
 }
 
+int bench_state(int argc, char **argv);
+int bench_eval(int argc, char **argv);
+int bench_model(int argc, char **argv);
+
 static void with_prefix(config *c, const char *prefix, bool passthrough)
 {
     bool help;
     char *argv[] = {"bench", "--prefix", (char *)prefix};
     config_parse(c, 3, argv, &help, NULL, NULL, NULL);
     c->passthrough = passthrough;
+    /* the full engine decides with the shipped rules and model (the pass-through decides nothing) */
+    if (!passthrough && !c->rules_file[0])
+        str_copy(c->rules_file, sizeof c->rules_file, VERDICT_SOURCE_DIR "/rules/default.rules");
+    if (!passthrough && !c->model_file[0])
+        str_copy(c->model_file, sizeof c->model_file, VERDICT_SOURCE_DIR "/models/verdict-gbdt.json");
+    c->max_keys = 100000;
 }
 
 /* --- throughput ------------------------------------------------------------------------------------- */
@@ -253,7 +263,14 @@ static void bench_help(void)
 int cmd_bench(int argc, char **argv)
 {
     bench_opts o = {.seconds = 20, .count = 20000, .rate = 500};
-    for (int i = 1; i < argc; i++) if (!strcmp(argv[i], "state")) { int bench_state(int, char **); return bench_state(argc, argv); }
+    for (int i = 1; i < argc && argv[i][0] != '-'; i++) { /* broker-free benches have their own options */
+        if (!strcmp(argv[i], "state"))
+            return bench_state(argc, argv);
+        if (!strcmp(argv[i], "eval"))
+            return bench_eval(argc, argv);
+        if (!strcmp(argv[i], "model"))
+            return bench_model(argc, argv);
+    }
     config_defaults(&o.cfg);
     bool help;
     int rest[64], nrest = 0;

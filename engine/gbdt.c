@@ -268,8 +268,10 @@ static float margin(const gbdt *m, const fval *vals)
         const node *nd = &nodes[m->roots[t]];
         while (nd->feat >= 0) {
             float f = x[nd->feat];
-            int next = isnan(f) ? (nd->default_left ? nd->left : nd->right) : (f < nd->value ? nd->left : nd->right);
-            nd = &nodes[next];
+            /* NaN compares false: `f < v` sends a missing value right, `!(f >= v)` sends it left, so the
+             * default direction costs no extra branch */
+            bool left = nd->default_left ? !(f >= nd->value) : (f < nd->value);
+            nd = &nodes[left ? nd->left : nd->right];
         }
         sum += nd->value;
     }
