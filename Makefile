@@ -3,7 +3,7 @@ BUILD      ?= build
 ASAN_BUILD ?= build-asan
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all build deps demo test asan bench fuzz format clean
+.PHONY: all build deps demo test asan bench fuzz model format clean
 
 all: build
 
@@ -36,6 +36,10 @@ bench: deps
 	$(BUILD)/verdict bench eval
 	$(BUILD)/verdict bench model
 	$(BUILD)/verdict bench state
+
+model: deps
+	@$(MAKE) --no-print-directory build
+	/usr/bin/python3 tools/train_model.py --verdict $(BUILD)/verdict
 
 fuzz: deps
 	tools/fuzz $(or $(SECONDS),60)
