@@ -1,244 +1,405 @@
-/* gbdt.c - XGBoost JSON loader (jansson) and the allocation-free tree walk (see gbdt.h).
+/* gbdt.c - the XGBoost-JSON tree model: loader, checks and the allocation-free evaluator (see gbdt.h).
  *
- * Every tree's nodes are copied into one array; a node is 16 bytes (threshold or leaf value, the model-local
- * feature index or -1 for a leaf, the absolute index of the left and right child, the default direction).
- * A prediction first gathers the model's features into a float32 row (NaN = missing), then walks each tree
- * from its root: xgboost's CPU predictor does the same comparisons in the same precision, which is what makes
- * the scores equal. */
+ * Loading parses the JSON with jansson, refuses anything outside the supported subset, and copies every
+ * reachable node into one array laid out breadth-first per tree, so a split's two children are adjacent
+ * (right = left + 1) and a walk is `i = left + !go_left`. A leaf's value is its split_conditions entry: that
+ * is where xgboost stores the shrunk leaf weight (base_weights holds the weight before the learning rate).
+ * Prediction first gathers the model's inputs into a small float array (NaN = missing), then walks GBDT_LANES
+ * trees at once: a walk is a chain of dependent loads, and interleaving independent chains lets the CPU overlap
+ * them. To make a step branch-free and short:
+ *  - missing values need no test: each input is stored twice, as (-inf, +inf) when missing and (x, x)
+ *    otherwise, and a split whose default is left reads the first copy, one whose default is right the second,
+ *    so `x < threshold` alone sends a missing value the default way (thresholds are finite, checked at load);
+ *  - a leaf loops to itself (threshold +inf on an input that is always 0), so a group of trees simply takes
+ *    as many steps as its deepest tree.
+ * The leaves are then added in float32 in tree order, exactly as xgboost 1.7's CPU predictor sums them, so
+ * scores are bit-identical to xgboost's. docs/model.md has the measured effect of each choice. */
 #include "gbdt.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define GBDT_MAX_NODES (1 << 24)
+/* One node, 12 bytes. For a split: value is the threshold, left the index of the left child in the model's
+ * node array (right is left + 1), slot the input copy to compare: 2 * feature + (default left ? 0 : 1).
+ * For a leaf: value is +inf, slot the always-zero input 2 * nfeat, left the leaf's own index, so a walk that
+ * reached it stays there; its weight is in leaf_value. */
+typedef struct gnode {
+    float value;
+    int32_t left;
+    uint32_t slot;
+} gnode;
 
-typedef struct node {
-    float value;  /* split threshold, or the leaf value */
-    int16_t feat; /* model-local feature index; -1 for a leaf */
-    uint8_t default_left;
-    uint8_t pad;
-    int32_t left, right;
-} node;
+_Static_assert(sizeof(gnode) == 12, "gnode is 12 bytes");
+
+#define GBDT_MAX_NODES (1 << 24)
+#ifndef GBDT_LANES
+#define GBDT_LANES 8
+#endif
+#define GBDT_MAX_DEPTH 64
 
 struct gbdt {
-    node *nodes;
-    int32_t *roots;
+    gnode *nodes;
+    float *leaf_value;  /* per node; the weight of the leaves */
+    int32_t *roots;     /* index of each tree's root in nodes, padded to a multiple of GBDT_LANES */
+    uint8_t *steps;     /* per group of GBDT_LANES trees: the depth of its deepest tree */
     int ntrees;
+    int nnodes;
     int nfeat;
-    int feat_id[FEAT_MAX]; /* registry id of each model feature */
+    int feat_ids[FEAT_MAX]; /* registry id of each input slot */
     float base_margin;
     char version[17];
 };
 
-static vstatus refuse(verror *e, const char *name, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* ------------------------------------------------------------------------------------------------ loading */
 
-static vstatus refuse(verror *e, const char *name, const char *fmt, ...)
+typedef struct loader {
+    const char *name;
+    verror *e;
+} loader;
+
+static vstatus refuse(loader *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static vstatus refuse(loader *l, const char *fmt, ...)
 {
-    char msg[900];
+    char buf[900];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    return verror_set(e, V_EPARSE, "%s: model refused: %s", name, msg);
+    return verror_set(l->e, V_EPARSE, "%s: model refused: %s", l->name, buf);
 }
 
-/* A number that xgboost may write as a JSON number or a string ("5E-1"). */
-static bool num_of(json_t *j, double *out)
+/* Follows a path of object keys; NULL when any step is missing or not an object. */
+static json_t *dig(json_t *o, const char *const *keys, int n)
 {
-    if (json_is_number(j)) {
-        *out = json_number_value(j);
+    for (int i = 0; i < n && o; i++)
+        o = json_is_object(o) ? json_object_get(o, keys[i]) : NULL;
+    return o;
+}
+
+/* A parameter that xgboost writes as a string ("5E-1") but that older files may hold as a number. */
+static bool param_float(json_t *v, float *out)
+{
+    if (json_is_number(v)) {
+        *out = (float)json_number_value(v);
         return true;
     }
-    if (json_is_string(j)) {
-        char *end;
-        *out = strtod(json_string_value(j), &end);
-        return end != json_string_value(j) && *end == 0;
+    const char *s = json_string_value(v);
+    if (!s || !*s)
+        return false;
+    char *end;
+    errno = 0;
+    float f = strtof(s, &end);
+    if (errno != 0 || *end != '\0')
+        return false;
+    *out = f;
+    return true;
+}
+
+/* Checks that tree t has an array called key with exactly n entries. */
+static json_t *tree_array(loader *l, json_t *tree, int t, const char *key, size_t n, vstatus *st)
+{
+    json_t *a = json_object_get(tree, key);
+    if (!json_is_array(a)) {
+        *st = refuse(l, "tree %d: '%s' is missing or not an array", t, key);
+        return NULL;
+    }
+    if (json_array_size(a) != n) {
+        *st = refuse(l, "tree %d: '%s' has %zu entries, expected %zu (one per node)", t, key, json_array_size(a),
+                     n);
+        return NULL;
+    }
+    return a;
+}
+
+static bool int_at(json_t *a, size_t i, long long *out)
+{
+    json_t *v = json_array_get(a, i);
+    if (json_is_integer(v)) {
+        *out = json_integer_value(v);
+        return true;
+    }
+    if (json_is_boolean(v)) {
+        *out = json_is_true(v);
+        return true;
     }
     return false;
 }
 
-static json_t *path(json_t *root, const char *a, const char *b, const char *c, const char *d)
+static vstatus load_features(loader *l, json_t *learner, featreg *reg, gbdt *m)
 {
-    json_t *j = json_object_get(root, a);
-    if (j && b)
-        j = json_object_get(j, b);
-    if (j && c)
-        j = json_object_get(j, c);
-    if (j && d)
-        j = json_object_get(j, d);
-    return j;
-}
-
-static vstatus load_tree(gbdt *m, json_t *t, int ti, int *used, int cap, const char *name, verror *e)
-{
-    json_t *lc = json_object_get(t, "left_children"), *rc = json_object_get(t, "right_children");
-    json_t *si = json_object_get(t, "split_indices"), *sc = json_object_get(t, "split_conditions");
-    json_t *dl = json_object_get(t, "default_left"), *st = json_object_get(t, "split_type");
-    if (!json_is_array(lc) || !json_is_array(rc) || !json_is_array(si) || !json_is_array(sc) || !json_is_array(dl))
-        return refuse(e, name, "tree %d lacks left_children/right_children/split_indices/split_conditions/"
-                               "default_left arrays", ti);
-    size_t n = json_array_size(lc);
-    if (n == 0 || json_array_size(rc) != n || json_array_size(si) != n || json_array_size(sc) != n ||
-        json_array_size(dl) != n)
-        return refuse(e, name, "tree %d: node arrays of different lengths", ti);
-    if ((size_t)*used + n > (size_t)cap)
-        return refuse(e, name, "more than %d nodes in all", cap);
-    int base = *used;
+    json_t *names = json_object_get(learner, "feature_names");
+    if (!json_is_array(names) || json_array_size(names) == 0)
+        return refuse(l, "learner.feature_names is missing or empty; train with named features (registry names "
+                         "such as amount_minor or count(card_id,10m))");
+    size_t n = json_array_size(names);
+    if (n > FEAT_MAX)
+        return refuse(l, "%zu features, at most %d are supported", n, FEAT_MAX);
+    json_t *types = json_object_get(learner, "feature_types");
     for (size_t i = 0; i < n; i++) {
-        node *nd = &m->nodes[base + (int)i];
-        json_int_t l = json_integer_value(json_array_get(lc, i)), r = json_integer_value(json_array_get(rc, i));
-        double v;
-        if (!json_is_integer(json_array_get(lc, i)) || !json_is_integer(json_array_get(rc, i)) ||
-            !num_of(json_array_get(sc, i), &v))
-            return refuse(e, name, "tree %d node %zu: malformed", ti, i);
-        if (st && json_is_array(st) && json_integer_value(json_array_get(st, i)) != 0)
-            return refuse(e, name, "tree %d node %zu: categorical splits are not supported", ti, i);
-        nd->value = (float)v;
-        if (l == -1) {
-            if (r != -1)
-                return refuse(e, name, "tree %d node %zu: one child missing", ti, i);
-            nd->feat = -1;
-            nd->left = nd->right = -1;
-            continue;
-        }
-        /* children come after their parent in xgboost's layout; requiring it also rules out cycles */
-        if (l <= (json_int_t)i || r <= (json_int_t)i || l >= (json_int_t)n || r >= (json_int_t)n)
-            return refuse(e, name, "tree %d node %zu: child index out of range", ti, i);
-        json_int_t f = json_integer_value(json_array_get(si, i));
-        if (!json_is_integer(json_array_get(si, i)) || f < 0 || f >= m->nfeat)
-            return refuse(e, name, "tree %d node %zu: split feature %lld is not among the %d feature_names", ti,
-                          i, (long long)f, m->nfeat);
-        nd->feat = (int16_t)f;
-        nd->left = base + (int32_t)l;
-        nd->right = base + (int32_t)r;
-        json_t *d = json_array_get(dl, i);
-        nd->default_left = (uint8_t)(json_is_true(d) || (json_is_integer(d) && json_integer_value(d) != 0));
+        const char *name = json_string_value(json_array_get(names, i));
+        if (!name || !*name)
+            return refuse(l, "learner.feature_names[%zu] is not a non-empty string", i);
+        const char *ft = json_string_value(json_array_get(types, i));
+        if (ft && strcmp(ft, "c") == 0)
+            return refuse(l, "feature '%s' is categorical; only numeric features are supported", name);
+        verror fe = {0};
+        int id = featreg_resolve(reg, name, strlen(name), &fe);
+        if (id < 0)
+            return refuse(l, "feature '%s' is not in the feature registry (%s)", name, fe.msg);
+        const feat_def *d = &reg->defs[id];
+        if (d->type == FT_STR)
+            return refuse(l, "feature '%s' is a string; the model reads numbers and booleans only", name);
+        if (d->kind == FK_MODEL)
+            return refuse(l, "feature '%s' is the model's own output", name);
+        for (size_t j = 0; j < i; j++)
+            if (m->feat_ids[j] == id)
+                return refuse(l, "feature '%s' is named twice", name);
+        m->feat_ids[i] = id;
     }
-    m->roots[ti] = base;
-    *used = base + (int)n;
+    m->nfeat = (int)n;
     return V_OK;
 }
 
-vstatus gbdt_load_buffer(const char *text, size_t len, const char *name, featreg *reg, gbdt **out, verror *e)
+/* Copies tree t (xgboost's node arrays) breadth-first into m->nodes from m->nnodes on. */
+static vstatus load_tree(loader *l, json_t *tree, int t, gbdt *m, int cap)
+{
+    vstatus st = V_OK;
+    json_t *left = json_object_get(tree, "left_children");
+    if (!json_is_array(left) || json_array_size(left) == 0)
+        return refuse(l, "tree %d: 'left_children' is missing, empty or not an array", t);
+    size_t n = json_array_size(left);
+    json_t *right = tree_array(l, tree, t, "right_children", n, &st);
+    json_t *cond = right ? tree_array(l, tree, t, "split_conditions", n, &st) : NULL;
+    json_t *feat = cond ? tree_array(l, tree, t, "split_indices", n, &st) : NULL;
+    json_t *dleft = feat ? tree_array(l, tree, t, "default_left", n, &st) : NULL;
+    if (!dleft)
+        return st;
+    json_t *stype = json_object_get(tree, "split_type");
+    json_t *cats = json_object_get(tree, "categories_nodes");
+    if (json_array_size(cats) > 0)
+        return refuse(l, "tree %d has categorical splits; only numeric splits are supported", t);
+    if (m->nnodes + (long long)n > cap)
+        return refuse(l, "more than %d nodes", cap);
+
+    /* breadth-first: queue[k] is the source index of the node stored at m->nodes[base + k] */
+    int32_t *queue = malloc(n * sizeof *queue);
+    uint8_t *seen = calloc(n, 1);
+    int *depth = calloc(n, sizeof *depth); /* of the node stored at base + k */
+    int max_depth = 0;
+    if (!queue || !seen || !depth) {
+        free(queue);
+        free(seen);
+        free(depth);
+        return verror_set(l->e, V_ENOMEM, "%s: out of memory", l->name);
+    }
+    int base = m->nnodes;
+    size_t head = 0, tail = 0;
+    queue[tail++] = 0;
+    seen[0] = 1;
+    while (head < tail) {
+        int32_t src = queue[head];
+        gnode *g = &m->nodes[base + (int)head];
+        head++;
+        long long lc, rc, fi, dl;
+        json_t *cv = json_array_get(cond, (size_t)src);
+        if (!int_at(left, (size_t)src, &lc) || !int_at(right, (size_t)src, &rc) || !json_is_number(cv) ||
+            !int_at(feat, (size_t)src, &fi) || !int_at(dleft, (size_t)src, &dl)) {
+            st = refuse(l, "tree %d node %d: a node array holds a value of the wrong type", t, src);
+            break;
+        }
+        long long sty = 0;
+        if (json_is_array(stype) && (!int_at(stype, (size_t)src, &sty) || sty != 0)) {
+            st = refuse(l, "tree %d node %d: split_type %lld; only numeric splits (0) are supported", t, src, sty);
+            break;
+        }
+        g->value = (float)json_number_value(cv);
+        if (lc == -1 && rc == -1) {
+            m->leaf_value[base + (int)head - 1] = g->value;
+            g->value = INFINITY;
+            g->left = base + (int)head - 1;
+            g->slot = 2 * (uint32_t)m->nfeat;
+            continue;
+        }
+        if (lc < 1 || rc < 1 || lc >= (long long)n || rc >= (long long)n || lc == rc) {
+            st = refuse(l, "tree %d node %d: children %lld and %lld are out of range (%zu nodes)", t, src, lc, rc, n);
+            break;
+        }
+        if (seen[lc] || seen[rc]) {
+            st = refuse(l, "tree %d node %d: a child is reached twice; the nodes do not form a tree", t, src);
+            break;
+        }
+        if (fi < 0 || fi >= m->nfeat) {
+            st = refuse(l, "tree %d node %d: split feature %lld, but the model has %d features", t, src, fi,
+                        m->nfeat);
+            break;
+        }
+        if (!isfinite(g->value)) {
+            st = refuse(l, "tree %d node %d: the split threshold is not a finite number", t, src);
+            break;
+        }
+        seen[lc] = seen[rc] = 1;
+        g->left = base + (int32_t)tail;
+        g->slot = 2 * (uint32_t)fi + (dl ? 0 : 1);
+        depth[tail] = depth[tail + 1] = depth[head - 1] + 1;
+        if (depth[tail] > max_depth)
+            max_depth = depth[tail];
+        queue[tail++] = (int32_t)lc;
+        queue[tail++] = (int32_t)rc;
+    }
+    free(queue);
+    free(seen);
+    free(depth);
+    if (st != V_OK)
+        return st;
+    if (max_depth > GBDT_MAX_DEPTH)
+        return refuse(l, "tree %d is %d deep, at most %d is supported", t, max_depth, GBDT_MAX_DEPTH);
+    m->roots[t] = base;
+    m->nnodes = base + (int)tail;
+    if (max_depth > m->steps[t / GBDT_LANES])
+        m->steps[t / GBDT_LANES] = (uint8_t)max_depth;
+    return V_OK;
+}
+
+static vstatus load_json(loader *l, json_t *root, featreg *reg, gbdt *m)
+{
+    json_t *learner = json_object_get(root, "learner");
+    if (!json_is_object(learner))
+        return refuse(l, "no 'learner' object; this is not an XGBoost JSON model "
+                         "(save it with save_model(\"x.json\"))");
+
+    static const char *const obj_path[] = {"objective", "name"};
+    const char *obj = json_string_value(dig(learner, obj_path, 2));
+    if (!obj)
+        return refuse(l, "learner.objective.name is missing");
+    if (strcmp(obj, "binary:logistic") != 0)
+        return refuse(l, "objective '%s' is not supported; only binary:logistic", obj);
+
+    static const char *const booster_path[] = {"gradient_booster", "name"};
+    const char *booster = json_string_value(dig(learner, booster_path, 2));
+    if (!booster)
+        return refuse(l, "learner.gradient_booster.name is missing");
+    if (strcmp(booster, "gbtree") != 0)
+        return refuse(l, "booster '%s' is not supported; only gbtree", booster);
+
+    static const char *const base_path[] = {"learner_model_param", "base_score"};
+    float base_score;
+    if (!param_float(dig(learner, base_path, 2), &base_score))
+        return refuse(l, "learner.learner_model_param.base_score is missing or not a number");
+    if (!(base_score > 0.0f && base_score < 1.0f))
+        return refuse(l, "base_score %g is not a probability strictly between 0 and 1", (double)base_score);
+    /* xgboost's ProbToMargin for binary:logistic, in float */
+    m->base_margin = -logf(1.0f / base_score - 1.0f);
+
+    vstatus st = load_features(l, learner, reg, m);
+    if (st != V_OK)
+        return st;
+
+    static const char *const model_path[] = {"gradient_booster", "model"};
+    json_t *model = dig(learner, model_path, 2);
+    json_t *trees = json_object_get(model, "trees");
+    if (!json_is_array(trees) || json_array_size(trees) == 0)
+        return refuse(l, "learner.gradient_booster.model.trees is missing or empty");
+    size_t ntrees = json_array_size(trees);
+    json_t *info = json_object_get(model, "tree_info");
+    for (size_t t = 0; t < json_array_size(info); t++) {
+        json_t *v = json_array_get(info, t);
+        if (!json_is_integer(v) || json_integer_value(v) != 0)
+            return refuse(l, "tree_info[%zu] names output group %lld; only one output is supported", t,
+                          (long long)json_integer_value(v));
+    }
+
+    size_t total = 0;
+    for (size_t t = 0; t < ntrees; t++) {
+        json_t *tree = json_array_get(trees, t);
+        if (!json_is_object(tree))
+            return refuse(l, "trees[%zu] is not an object", t);
+        total += json_array_size(json_object_get(tree, "left_children"));
+    }
+    if (total > GBDT_MAX_NODES || ntrees > GBDT_MAX_NODES)
+        return refuse(l, "%zu nodes, at most %d are supported", total, GBDT_MAX_NODES);
+    /* one spare node: the leaf of weight 0 that pads the last group of trees */
+    size_t groups = (ntrees + GBDT_LANES - 1) / GBDT_LANES;
+    m->nodes = calloc(total + 1, sizeof *m->nodes);
+    m->leaf_value = calloc(total + 1, sizeof *m->leaf_value);
+    m->roots = calloc(groups * GBDT_LANES, sizeof *m->roots);
+    m->steps = calloc(groups, 1);
+    if (!m->nodes || !m->leaf_value || !m->roots || !m->steps)
+        return verror_set(l->e, V_ENOMEM, "%s: out of memory", l->name);
+    m->ntrees = (int)ntrees;
+    for (size_t t = 0; t < ntrees; t++) {
+        st = load_tree(l, json_array_get(trees, t), (int)t, m, (int)total);
+        if (st != V_OK)
+            return st;
+    }
+    int pad = m->nnodes++;
+    m->nodes[pad] = (gnode){.value = INFINITY, .left = pad, .slot = 2 * (uint32_t)m->nfeat};
+    for (size_t t = ntrees; t < groups * GBDT_LANES; t++)
+        m->roots[t] = pad;
+    return V_OK;
+}
+
+vstatus gbdt_load_buffer(const char *json, size_t len, const char *name, featreg *reg, gbdt **out, verror *e)
 {
     *out = NULL;
-    json_error_t je;
-    json_t *root = json_loadb(text, len, 0, &je);
+    loader l = {.name = name ? name : "model", .e = e};
+    json_error_t jerr;
+    json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
-        return refuse(e, name, "not JSON (line %d: %s)", je.line, je.text);
-    vstatus rc = V_OK;
+        return verror_set(e, V_EPARSE, "%s:%d:%d: model refused: not valid JSON: %s", l.name, jerr.line,
+                          jerr.column, jerr.text);
     gbdt *m = calloc(1, sizeof *m);
     if (!m) {
         json_decref(root);
-        return verror_set(e, V_ENOMEM, "out of memory");
+        return verror_set(e, V_ENOMEM, "%s: out of memory", l.name);
     }
-    json_t *learner = json_object_get(root, "learner");
-    const char *obj = json_string_value(path(learner, "objective", "name", NULL, NULL));
-    const char *booster = json_string_value(path(learner, "gradient_booster", "name", NULL, NULL));
-    json_t *trees = path(learner, "gradient_booster", "model", "trees", NULL);
-    json_t *names = json_object_get(learner, "feature_names");
-    double base_score;
-    if (!learner) {
-        rc = refuse(e, name, "no \"learner\" object: not an XGBoost JSON model (save it with save_model(\"x.json\"))");
-    } else if (!obj || strcmp(obj, "binary:logistic") != 0) {
-        rc = refuse(e, name, "objective '%s' is not supported (only binary:logistic)", obj ? obj : "(none)");
-    } else if (!booster || strcmp(booster, "gbtree") != 0) {
-        rc = refuse(e, name, "booster '%s' is not supported (only gbtree)", booster ? booster : "(none)");
-    } else if (!num_of(path(learner, "learner_model_param", "base_score", NULL, NULL), &base_score) ||
-               !(base_score > 0 && base_score < 1)) {
-        rc = refuse(e, name, "learner_model_param.base_score is missing or not a probability in (0, 1)");
-    } else if (!json_is_array(names) || json_array_size(names) == 0) {
-        rc = refuse(e, name, "no feature_names: train with named features (a pandas DataFrame or "
-                             "DMatrix(feature_names=...)) whose names are Verdict feature names");
-    } else if (json_array_size(names) > FEAT_MAX) {
-        rc = refuse(e, name, "more than %d features", FEAT_MAX);
-    } else if (!json_is_array(trees) || json_array_size(trees) == 0) {
-        rc = refuse(e, name, "no trees");
-    }
-    if (rc == V_OK) {
-        json_t *np = path(learner, "gradient_booster", "model", "gbtree_model_param", "num_parallel_tree");
-        double npt = 1;
-        if (np && num_of(np, &npt) && npt != 1)
-            rc = refuse(e, name, "num_parallel_tree %g (random forests) is not supported", npt);
-    }
-    /* features: every name must be a registry feature the model can read as a number */
-    m->nfeat = rc == V_OK ? (int)json_array_size(names) : 0;
-    for (int i = 0; rc == V_OK && i < m->nfeat; i++) {
-        const char *fname = json_string_value(json_array_get(names, (size_t)i));
-        if (!fname) {
-            rc = refuse(e, name, "feature_names[%d] is not a string", i);
-            break;
-        }
-        verror fe = {0};
-        int id = featreg_resolve(reg, fname, strlen(fname), &fe);
-        if (id < 0) {
-            rc = refuse(e, name, "feature '%s' is unknown to Verdict (%s)", fname, fe.msg);
-        } else if (reg->defs[id].type == FT_STR) {
-            rc = refuse(e, name, "feature '%s' is a string; the model reads numbers and booleans only", fname);
-        } else if (id == FEAT_SCORE) {
-            rc = refuse(e, name, "feature 'score' is the model's own output");
-        }
-        m->feat_id[i] = id;
-    }
-    if (rc == V_OK) {
-        size_t total = 0;
-        for (size_t t = 0; t < json_array_size(trees); t++)
-            total += json_array_size(json_object_get(json_array_get(trees, t), "left_children"));
-        if (total == 0 || total > GBDT_MAX_NODES)
-            rc = refuse(e, name, "%zu nodes in all (at most %d)", total, GBDT_MAX_NODES);
-        m->ntrees = (int)json_array_size(trees);
-        m->nodes = rc == V_OK ? calloc(total, sizeof *m->nodes) : NULL;
-        m->roots = rc == V_OK ? calloc((size_t)m->ntrees, sizeof *m->roots) : NULL;
-        if (rc == V_OK && (!m->nodes || !m->roots))
-            rc = verror_set(e, V_ENOMEM, "out of memory for %zu nodes", total);
-        int used = 0;
-        for (int t = 0; rc == V_OK && t < m->ntrees; t++)
-            rc = load_tree(m, json_array_get(trees, (size_t)t), t, &used, (int)total, name, e);
-        float p = (float)base_score;
-        m->base_margin = -logf(1.0f / p - 1.0f);
-    }
+    vstatus st = load_json(&l, root, reg, m);
     json_decref(root);
-    if (rc != V_OK) {
+    if (st != V_OK) {
         gbdt_free(m);
-        return rc;
+        return st;
     }
-    hash64_hex(hash64(text, len), m->version);
+    hash64_hex(hash64(json, len), m->version);
     *out = m;
     return V_OK;
 }
 
-vstatus gbdt_load_file(const char *p, featreg *reg, gbdt **out, verror *e)
+vstatus gbdt_load_file(const char *path, featreg *reg, gbdt **out, verror *e)
 {
     *out = NULL;
-    FILE *f = fopen(p, "rb");
+    FILE *f = fopen(path, "rb");
     if (!f)
-        return verror_set(e, V_EIO, "%s: cannot open the model file: %m", p);
-    size_t cap = 1 << 20, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        n += fread(buf + n, 1, cap - n, f);
-        if (n < cap)
-            break;
-        if (cap >= ((size_t)256 << 20)) {
-            free(buf);
-            fclose(f);
-            return verror_set(e, V_EPARSE, "%s: model file larger than 256 MiB", p);
+        return verror_set(e, V_EIO, "%s: cannot open model: %s", path, strerror(errno));
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (len == cap) {
+            cap = cap ? cap * 2 : 1 << 20;
+            char *nb = realloc(buf, cap);
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                return verror_set(e, V_ENOMEM, "%s: out of memory reading the model", path);
+            }
+            buf = nb;
         }
-        char *nb = realloc(buf, cap * 2);
-        if (!nb)
-            free(buf);
-        buf = nb;
-        cap *= 2;
+        size_t r = fread(buf + len, 1, cap - len, f);
+        len += r;
+        if (r == 0)
+            break;
     }
+    bool failed = ferror(f);
     fclose(f);
-    if (!buf)
-        return verror_set(e, V_ENOMEM, "out of memory reading %s", p);
-    vstatus rc = gbdt_load_buffer(buf, n, p, reg, out, e);
+    if (failed) {
+        free(buf);
+        return verror_set(e, V_EIO, "%s: cannot read model", path);
+    }
+    vstatus st = gbdt_load_buffer(buf, len, path, reg, out, e);
     free(buf);
-    return rc;
+    return st;
 }
 
 void gbdt_free(gbdt *m)
@@ -246,47 +407,55 @@ void gbdt_free(gbdt *m)
     if (!m)
         return;
     free(m->nodes);
+    free(m->leaf_value);
     free(m->roots);
+    free(m->steps);
     free(m);
 }
 
-static float margin(const gbdt *m, const fval *vals)
+/* ------------------------------------------------------------------------------------------------ scoring */
+
+static float margin_f(const gbdt *m, const fval *vals)
 {
-    float x[FEAT_MAX];
+    float x[2 * FEAT_MAX + 2];
     for (int i = 0; i < m->nfeat; i++) {
-        const fval *v = &vals[m->feat_id[i]];
-        if (!v->present)
-            x[i] = NAN;
-        else if (v->type == FT_BOOL)
-            x[i] = v->b ? 1.0f : 0.0f;
-        else
-            x[i] = (float)v->num;
+        const fval *v = &vals[m->feat_ids[i]];
+        float f = !v->present ? NAN : v->type == FT_BOOL ? (v->b ? 1.0f : 0.0f) : (float)v->num;
+        bool missing = isnan(f); /* a NaN number is missing too, as in xgboost */
+        x[2 * i] = missing ? -INFINITY : f;
+        x[2 * i + 1] = missing ? INFINITY : f;
     }
+    x[2 * m->nfeat] = 0.0f; /* the leaves' input */
+    const gnode *nodes = m->nodes;
     float sum = m->base_margin;
-    const node *nodes = m->nodes;
-    for (int t = 0; t < m->ntrees; t++) {
-        const node *nd = &nodes[m->roots[t]];
-        while (nd->feat >= 0) {
-            float f = x[nd->feat];
-            /* NaN compares false: `f < v` sends a missing value right, `!(f >= v)` sends it left, so the
-             * default direction costs no extra branch */
-            bool left = nd->default_left ? !(f >= nd->value) : (f < nd->value);
-            nd = &nodes[left ? nd->left : nd->right];
+    for (int t0 = 0; t0 < m->ntrees; t0 += GBDT_LANES) {
+        int32_t at[GBDT_LANES];
+        for (int k = 0; k < GBDT_LANES; k++)
+            at[k] = m->roots[t0 + k];
+        for (int s = m->steps[t0 / GBDT_LANES]; s > 0; s--) {
+#pragma GCC unroll 8
+            for (int k = 0; k < GBDT_LANES; k++) {
+                const gnode *n = &nodes[at[k]];
+                at[k] = n->left + !(x[n->slot] < n->value);
+            }
         }
-        sum += nd->value;
+        int lanes = m->ntrees - t0 < GBDT_LANES ? m->ntrees - t0 : GBDT_LANES;
+        for (int k = 0; k < lanes; k++)
+            sum += m->leaf_value[at[k]];
     }
     return sum;
 }
 
-double gbdt_margin(const gbdt *m, const fval *vals) { return margin(m, vals); }
+double gbdt_margin(const gbdt *m, const fval *vals) { return margin_f(m, vals); }
 
 float gbdt_predict(const gbdt *m, const fval *vals)
 {
-    float s = margin(m, vals);
-    return 1.0f / (1.0f + expf(-s));
+    float z = margin_f(m, vals);
+    /* xgboost 1.7's common::Sigmoid, in float */
+    return 1.0f / (expf(-z) + 1.0f + 1e-16f);
 }
 
 const char *gbdt_version(const gbdt *m) { return m->version; }
 int gbdt_num_trees(const gbdt *m) { return m->ntrees; }
 int gbdt_num_features(const gbdt *m) { return m->nfeat; }
-int gbdt_feature_id(const gbdt *m, int i) { return m->feat_id[i]; }
+int gbdt_feature_id(const gbdt *m, int i) { return i >= 0 && i < m->nfeat ? m->feat_ids[i] : -1; }

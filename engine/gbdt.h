@@ -22,7 +22,8 @@ typedef struct gbdt gbdt;
 /* Reads, checks and flattens the model in path. Feature names are resolved with featreg_resolve, which interns
  * well-formed names such as count(card_id,10m) into reg; reg must outlive the model's use (the ids index the
  * fval vectors built from it). On failure returns V_EIO (unreadable file) or V_EPARSE (a model it refuses),
- * with a message in e that starts with the path. */
+ * with a message in e that starts with the path. Names resolved before a refusal stay interned in reg: to
+ * reload next to a running model, load into a copy of the registry and swap both on success. */
 vstatus gbdt_load_file(const char *path, featreg *reg, gbdt **out, verror *e);
 
 /* The same from a buffer (a KV value, a test). name labels error messages. The version is the hash of these

@@ -105,7 +105,7 @@ static void refused(const char *json, const char *want)
     cr_assert_eq(gbdt_load_buffer(json, strlen(json), "t.json", &reg, &m, &e), V_EPARSE, "accepted: %s", json);
     cr_assert_null(m);
     cr_assert(strstr(e.msg, want), "message '%s' lacks '%s'", e.msg, want);
-    cr_assert(strncmp(e.msg, "t.json: model refused: ", 23) == 0, "%s", e.msg);
+    cr_assert(strncmp(e.msg, "t.json", 6) == 0 && strstr(e.msg, "model refused: "), "%s", e.msg);
 }
 
 Test(gbdt, semantics_of_a_tiny_model)
@@ -135,19 +135,19 @@ Test(gbdt, semantics_of_a_tiny_model)
 Test(gbdt, refusals_say_why)
 {
     char b[2048];
-    refused("{not json", "not JSON");
-    refused("{\"x\":1}", "no \"learner\" object");
+    refused("{not json", "not valid JSON");
+    refused("{\"x\":1}", "no 'learner' object");
     refused(tiny(b, sizeof b, "reg:squarederror", "gbtree", "[\"amount\"]", 1), "objective 'reg:squarederror'");
     refused(tiny(b, sizeof b, "binary:logistic", "dart", "[\"amount\"]", 1), "booster 'dart'");
-    refused(tiny(b, sizeof b, "binary:logistic", "gbtree", "[\"amout\"]", 1), "feature 'amout' is unknown");
+    refused(tiny(b, sizeof b, "binary:logistic", "gbtree", "[\"amout\"]", 1), "feature 'amout' is not in the feature registry");
     refused(tiny(b, sizeof b, "binary:logistic", "gbtree", "[\"card_id\"]", 1), "feature 'card_id' is a string");
-    refused(tiny(b, sizeof b, "binary:logistic", "gbtree", "[]", 1), "no feature_names");
+    refused(tiny(b, sizeof b, "binary:logistic", "gbtree", "[]", 1), "feature_names is missing or empty");
     const char *bad_child = "{\"learner\":{\"feature_names\":[\"amount\"],\"gradient_booster\":{\"name\":\"gbtree\","
                             "\"model\":{\"trees\":[{\"left_children\":[0,-1,-1],\"right_children\":[2,-1,-1],"
                             "\"split_indices\":[0,0,0],\"split_conditions\":[1,1,1],\"default_left\":[0,0,0]}]}},"
                             "\"learner_model_param\":{\"base_score\":\"0.5\"},\"objective\":{\"name\":"
                             "\"binary:logistic\"}}}";
-    refused(bad_child, "child index out of range");
+    refused(bad_child, "out of range");
     featreg_init(&reg);
     gbdt *m = NULL;
     verror e = {0};
