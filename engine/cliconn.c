@@ -13,7 +13,7 @@ const char *cliconn_hdr(natsMsg *m, const char *k)
 }
 
 
-int cliconn_open(cliconn *c, int argc, char **argv, int *rest, int *nrest, const char *cmd, void (*help)(void))
+int cliconn_parse(cliconn *c, int argc, char **argv, int *rest, int *nrest, const char *cmd, void (*help)(void))
 {
     config_defaults(&c->cfg);
     bool h;
@@ -26,16 +26,29 @@ int cliconn_open(cliconn *c, int argc, char **argv, int *rest, int *nrest, const
         help();
         return -1;
     }
+    return 0;
+}
+
+int cliconn_connect(cliconn *c, const char *cmd)
+{
+    verror e = {0};
     log_set_quiet(1);
     if (broker_connect_simple(&c->cfg, &c->nc, &e) != V_OK) {
         fprintf(stderr, "verdict %s: %s\n", cmd, e.msg);
         return 1;
     }
-    if (natsConnection_JetStream(&c->js, c->nc, NULL) != NATS_OK) {
-        fprintf(stderr, "verdict %s: no JetStream context\n", cmd);
+    natsStatus s = natsConnection_JetStream(&c->js, c->nc, NULL);
+    if (s != NATS_OK) {
+        fprintf(stderr, "verdict %s: no JetStream context (%s)\n", cmd, natsStatus_GetText(s));
         return 1;
     }
     return 0;
+}
+
+int cliconn_open(cliconn *c, int argc, char **argv, int *rest, int *nrest, const char *cmd, void (*help)(void))
+{
+    int rc = cliconn_parse(c, argc, argv, rest, nrest, cmd, help);
+    return rc ? rc : cliconn_connect(c, cmd);
 }
 
 void cliconn_close(cliconn *c)

@@ -19,6 +19,10 @@ typedef struct cliconn {
 int cliconn_open(cliconn *c, int argc, char **argv, int *rest, int *nrest, const char *cmd, void (*help)(void));
 void cliconn_close(cliconn *c);
 
+/* The two halves of cliconn_open, for commands that check their arguments before connecting. */
+int cliconn_parse(cliconn *c, int argc, char **argv, int *rest, int *nrest, const char *cmd, void (*help)(void));
+int cliconn_connect(cliconn *c, const char *cmd);
+
 /* A header's value or "" (never NULL). */
 const char *cliconn_hdr(natsMsg *m, const char *key);
 

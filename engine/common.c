@@ -2,7 +2,9 @@
 #define _POSIX_C_SOURCE 200809L
 #include "common.h"
 
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -117,4 +119,43 @@ bool duration_parse_ms(const char *s, size_t len, int64_t *out_ms)
         return false;
     *out_ms = v * mult;
     return true;
+}
+
+vstatus file_read(const char *path, size_t max, char **buf, size_t *len, verror *e)
+{
+    *buf = NULL;
+    *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return verror_set(e, V_EIO, "cannot open: %s", strerror(errno));
+    size_t cap = 65536, n = 0;
+    char *b = malloc(cap + 1);
+    vstatus rc = V_OK;
+    while (b) {
+        n += fread(b + n, 1, cap - n, f);
+        if (n < cap)
+            break;
+        if (cap >= max) {
+            rc = verror_set(e, V_EINVAL, "larger than %zu MiB", max >> 20);
+            break;
+        }
+        char *nb = realloc(b, cap * 2 + 1);
+        if (!nb)
+            free(b);
+        b = nb;
+        cap *= 2;
+    }
+    if (!b)
+        rc = verror_set(e, V_ENOMEM, "out of memory");
+    else if (rc == V_OK && ferror(f))
+        rc = verror_set(e, V_EIO, "read failed");
+    fclose(f);
+    if (rc != V_OK) {
+        free(b);
+        return rc;
+    }
+    b[n] = 0;
+    *buf = b;
+    *len = n;
+    return V_OK;
 }

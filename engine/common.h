@@ -51,6 +51,11 @@ bool str_copy(char *dst, size_t cap, const char *src);
 /* Parses a duration such as 250ms, 30s, 10m, 24h, 7d into milliseconds; false on bad syntax. */
 bool duration_parse_ms(const char *s, size_t len, int64_t *out_ms);
 
+/* Reads a whole file of at most max bytes into *buf (malloc'd, NUL-terminated after len bytes; the caller
+ * frees it). Failures: V_EIO "cannot open: <reason>" / "read failed", V_EINVAL "larger than N MiB",
+ * V_ENOMEM; the message does not repeat the path, so callers can prefix it in their own format. */
+vstatus file_read(const char *path, size_t max, char **buf, size_t *len, verror *e);
+
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 #endif

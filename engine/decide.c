@@ -96,32 +96,15 @@ vstatus policy_load(const char *rules_path, const char *model_path, policy **out
         return V_OK;
     }
     /* read the file once; policy_build compiles the same bytes the version hashes */
-    FILE *f = fopen(rules_path, "rb");
-    if (!f) {
-        rules_diag_add(diag, "%s: error: cannot open the rules file: %m\n", rules_path);
-        return V_EIO;
+    char *buf;
+    size_t n;
+    verror e = {0};
+    vstatus s = file_read(rules_path, (size_t)16 << 20, &buf, &n, &e);
+    if (s != V_OK) {
+        rules_diag_add(diag, "%s: error: %s (the rules file)\n", rules_path, e.msg);
+        return s == V_EINVAL ? V_EPARSE : s;
     }
-    char *buf = NULL;
-    size_t cap = 0, n = 0;
-    for (;;) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 65536;
-            char *nb = cap <= ((size_t)16 << 20) ? realloc(buf, cap) : NULL;
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                rules_diag_add(diag, "%s: error: larger than 16 MiB or out of memory\n", rules_path);
-                return V_EPARSE;
-            }
-            buf = nb;
-        }
-        size_t r = fread(buf + n, 1, cap - n, f);
-        n += r;
-        if (r == 0)
-            break;
-    }
-    fclose(f);
-    vstatus s = policy_build(buf, n, rules_path, model_path, out, diag);
+    s = policy_build(buf, n, rules_path, model_path, out, diag);
     free(buf);
     return s;
 }

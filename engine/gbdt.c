@@ -370,34 +370,13 @@ vstatus gbdt_load_buffer(const char *json, size_t len, const char *name, featreg
 vstatus gbdt_load_file(const char *path, featreg *reg, gbdt **out, verror *e)
 {
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return verror_set(e, V_EIO, "%s: cannot open model: %s", path, strerror(errno));
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len == cap) {
-            cap = cap ? cap * 2 : 1 << 20;
-            char *nb = realloc(buf, cap);
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                return verror_set(e, V_ENOMEM, "%s: out of memory reading the model", path);
-            }
-            buf = nb;
-        }
-        size_t r = fread(buf + len, 1, cap - len, f);
-        len += r;
-        if (r == 0)
-            break;
-    }
-    bool failed = ferror(f);
-    fclose(f);
-    if (failed) {
-        free(buf);
-        return verror_set(e, V_EIO, "%s: cannot read model", path);
-    }
-    vstatus st = gbdt_load_buffer(buf, len, path, reg, out, e);
+    char *buf;
+    size_t len;
+    verror fe = {0};
+    vstatus st = file_read(path, (size_t)256 << 20, &buf, &len, &fe);
+    if (st != V_OK)
+        return verror_set(e, st == V_EINVAL ? V_EPARSE : st, "%s: %s (the model file)", path, fe.msg);
+    st = gbdt_load_buffer(buf, len, path, reg, out, e);
     free(buf);
     return st;
 }

@@ -3,6 +3,7 @@
  * is exactly what `nats kv put` would, and what the engine's replicas read (docs/lists.md). */
 #include "broker.h"
 #include "cli.h"
+#include "cliconn.h"
 #include "config.h"
 #include "featreg.h"
 #include "log.h"
@@ -14,18 +15,14 @@
 #include <string.h>
 
 typedef struct conn {
-    config cfg;
-    natsConnection *nc;
-    jsCtx *js;
+    cliconn cc; /* cfg, nc, js */
     kvStore *kv;
 } conn;
 
 static void close_conn(conn *c)
 {
     kvStore_Destroy(c->kv);
-    jsCtx_Destroy(c->js);
-    natsConnection_Destroy(c->nc);
-    nats_Close();
+    cliconn_close(&c->cc);
 }
 
 /* Parses options, connects and opens (creating if absent) the lists or profiles bucket. Returns 0, -1 after
@@ -33,34 +30,20 @@ static void close_conn(conn *c)
 static int open_bucket(conn *c, int argc, char **argv, int *rest, int *nrest, const char *cmd, void (*help)(void),
                        bool profiles)
 {
-    config_defaults(&c->cfg);
-    bool h = false;
-    verror e = {0};
-    if (config_parse(&c->cfg, argc, argv, &h, rest, nrest, &e) != V_OK) {
-        fprintf(stderr, "verdict %s: %s\n", cmd, e.msg);
-        return 2;
-    }
-    if (h) {
-        help();
-        return -1;
-    }
+    int rc = cliconn_parse(&c->cc, argc, argv, rest, nrest, cmd, help);
+    if (rc)
+        return rc;
     if (*nrest == 0) {
         fprintf(stderr, "verdict %s: missing subcommand (see `verdict %s --help`)\n", cmd, cmd);
         return 2;
     }
-    log_set_quiet(1);
-    if (broker_connect_simple(&c->cfg, &c->nc, &e) != V_OK) {
-        fprintf(stderr, "verdict %s: %s\n", cmd, e.msg);
-        return 1;
-    }
-    natsStatus s = natsConnection_JetStream(&c->js, c->nc, NULL);
-    if (s != NATS_OK) {
-        fprintf(stderr, "verdict %s: no JetStream context (%s)\n", cmd, natsStatus_GetText(s));
+    if ((rc = cliconn_connect(&c->cc, cmd)) != 0) {
         close_conn(c);
-        return 1;
+        return rc;
     }
-    const char *bucket = profiles ? c->cfg.profiles_bucket : c->cfg.lists_bucket;
-    if (replica_bucket_open(c->js, bucket, c->cfg.replicas, &c->kv, &e) != V_OK) {
+    verror e = {0};
+    const char *bucket = profiles ? c->cc.cfg.profiles_bucket : c->cc.cfg.lists_bucket;
+    if (replica_bucket_open(c->cc.js, bucket, c->cc.cfg.replicas, &c->kv, &e) != V_OK) {
         fprintf(stderr, "verdict %s: bucket %s: %s\n", cmd, bucket, e.msg);
         close_conn(c);
         return 1;
@@ -129,7 +112,7 @@ static int lists_ls(conn *c, const char *list)
     kvWatcher *w = NULL;
     natsStatus s = kvStore_Watch(&w, c->kv, list ? filter : ">", NULL);
     if (s != NATS_OK) {
-        fprintf(stderr, "verdict lists ls: cannot read %s: %s\n", c->cfg.lists_bucket, natsStatus_GetText(s));
+        fprintf(stderr, "verdict lists ls: cannot read %s: %s\n", c->cc.cfg.lists_bucket, natsStatus_GetText(s));
         return 1;
     }
     entry_list l = {0};
@@ -138,7 +121,7 @@ static int lists_ls(conn *c, const char *list)
         kvEntry *e = NULL;
         s = kvWatcher_Next(&e, w, 5000);
         if (s != NATS_OK) {
-            fprintf(stderr, "verdict lists ls: reading %s: %s\n", c->cfg.lists_bucket, natsStatus_GetText(s));
+            fprintf(stderr, "verdict lists ls: reading %s: %s\n", c->cc.cfg.lists_bucket, natsStatus_GetText(s));
             rc = 1;
             break;
         }
@@ -218,7 +201,7 @@ int cmd_lists(int argc, char **argv)
                     s = kvStore_Delete(c.kv, key);
             }
             if (s != NATS_OK) {
-                fprintf(stderr, "verdict lists %s: %s in %s: %s\n", sub, key, c.cfg.lists_bucket,
+                fprintf(stderr, "verdict lists %s: %s in %s: %s\n", sub, key, c.cc.cfg.lists_bucket,
                         natsStatus_GetText(s));
                 rc = 1;
                 break;
@@ -309,7 +292,7 @@ int cmd_profiles(int argc, char **argv)
             uint64_t rev = 0;
             natsStatus s = kvStore_PutString(&rev, c.kv, key, argv[rest[2]]);
             if (s != NATS_OK) {
-                fprintf(stderr, "verdict profiles put: %s: %s\n", c.cfg.profiles_bucket, natsStatus_GetText(s));
+                fprintf(stderr, "verdict profiles put: %s: %s\n", c.cc.cfg.profiles_bucket, natsStatus_GetText(s));
                 rc = 1;
             } else {
                 printf("stored profile %s (revision %llu)\n", key, (unsigned long long)rev);
@@ -324,7 +307,7 @@ int cmd_profiles(int argc, char **argv)
             fprintf(stderr, "verdict profiles get: no profile for that account\n");
             rc = 1;
         } else {
-            fprintf(stderr, "verdict profiles get: %s: %s\n", c.cfg.profiles_bucket, natsStatus_GetText(s));
+            fprintf(stderr, "verdict profiles get: %s: %s\n", c.cc.cfg.profiles_bucket, natsStatus_GetText(s));
             rc = 1;
         }
         kvEntry_Destroy(e);

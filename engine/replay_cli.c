@@ -187,6 +187,12 @@ int cmd_replay(int argc, char **argv)
     outmap om;
     if (!outmap_init(&om, 1 << 16)) {
         fprintf(stderr, "verdict replay: out of memory\n");
+        natsMsg_Destroy(first);
+        stream_reader_close(tr);
+        free(om.keys);
+        free(om.vals);
+        policy_release(p);
+        cliconn_close(&c);
         return 1;
     }
     stream_reader *dr = NULL;

@@ -483,6 +483,14 @@ static const char *ty_name(ty t)
 
 static ex parse_or(cc *c);
 
+/* Nesting guard for every recursive construct (parentheses, not, unary minus): hostile input cannot exhaust
+ * the C stack. */
+static void enter(cc *c, const tok *t)
+{
+    if (++c->depth > MAX_DEPTH)
+        FAIL_TOK(c, *t, "expression nested more than %d deep", MAX_DEPTH);
+}
+
 static void need(cc *c, const ex *e, ty want, const tok *op, const char *what)
 {
     if (e->type != want) {
@@ -631,8 +639,7 @@ static ex parse_primary(cc *c)
     case T_LB:
         FAIL_TOK(c, t, "a [set] is only valid after `in` or `starts_with`");
     case T_LP:
-        if (++c->depth > MAX_DEPTH)
-            FAIL_TOK(c, t, "expression nested more than %d deep", MAX_DEPTH);
+        enter(c, &t);
         lex(c);
         e = parse_or(c);
         e.at = t;
@@ -690,22 +697,24 @@ static ex parse_primary(cc *c)
     return e;
 }
 
+/* A prefix operator (unary '-' or `not`): the operand is parsed by sub, must have type want, and op is applied. */
+static ex prefix_op(cc *c, ex (*sub)(cc *), ty want, op o, const char *what)
+{
+    tok t = c->t;
+    enter(c, &t);
+    lex(c);
+    ex e = sub(c);
+    need(c, &e, want, &t, what);
+    emit(c, o, 0, 0);
+    c->depth--;
+    e.at = t;
+    e.feat = -1;
+    return e;
+}
+
 static ex parse_unary(cc *c)
 {
-    if (c->t.k == T_MINUS) {
-        tok t = c->t;
-        if (++c->depth > MAX_DEPTH)
-            FAIL_TOK(c, t, "expression nested more than %d deep", MAX_DEPTH);
-        lex(c);
-        ex e = parse_unary(c);
-        need(c, &e, TY_NUM, &t, "unary '-'");
-        emit(c, OP_NEG, 0, 0);
-        c->depth--;
-        e.at = t;
-        e.feat = -1;
-        return e;
-    }
-    return parse_primary(c);
+    return c->t.k == T_MINUS ? prefix_op(c, parse_unary, TY_NUM, OP_NEG, "unary '-'") : parse_primary(c);
 }
 
 static ex parse_prod(cc *c)
@@ -926,55 +935,30 @@ static ex parse_cmp(cc *c)
 
 static ex parse_not(cc *c)
 {
-    if (is_kw(&c->t, "not")) {
-        tok t = c->t;
-        if (++c->depth > MAX_DEPTH)
-            FAIL_TOK(c, t, "expression nested more than %d deep", MAX_DEPTH);
-        lex(c);
-        ex e = parse_not(c);
-        need(c, &e, TY_BOOL, &t, "`not`");
-        emit(c, OP_NOT, 0, 0);
-        c->depth--;
-        e.at = t;
-        e.feat = -1;
-        return e;
-    }
-    return parse_cmp(c);
+    return is_kw(&c->t, "not") ? prefix_op(c, parse_not, TY_BOOL, OP_NOT, "`not`") : parse_cmp(c);
 }
 
-static ex parse_and(cc *c)
+/* `a and b ...` / `a or b ...`: booleans joined left to right, with a forward jump that short-circuits (the
+ * value that decides, false for and, true for or, stays on the stack). */
+static ex logic_chain(cc *c, const char *kw, ex (*sub)(cc *), op jump, op combine, const char *what)
 {
-    ex l = parse_not(c);
-    while (is_kw(&c->t, "and")) {
+    ex l = sub(c);
+    while (is_kw(&c->t, kw)) {
         tok o = c->t;
         lex(c);
-        need(c, &l, TY_BOOL, &o, "`and`");
-        int j = emit(c, OP_JF, 0, 0);
-        ex r = parse_not(c);
-        need(c, &r, TY_BOOL, &o, "`and`");
-        emit(c, OP_AND, 0, -1);
+        need(c, &l, TY_BOOL, &o, what);
+        int j = emit(c, jump, 0, 0);
+        ex r = sub(c);
+        need(c, &r, TY_BOOL, &o, what);
+        emit(c, combine, 0, -1);
         c->code[j].a = c->ncode;
         l.feat = -1;
     }
     return l;
 }
 
-static ex parse_or(cc *c)
-{
-    ex l = parse_and(c);
-    while (is_kw(&c->t, "or")) {
-        tok o = c->t;
-        lex(c);
-        need(c, &l, TY_BOOL, &o, "`or`");
-        int j = emit(c, OP_JT, 0, 0);
-        ex r = parse_and(c);
-        need(c, &r, TY_BOOL, &o, "`or`");
-        emit(c, OP_OR, 0, -1);
-        c->code[j].a = c->ncode;
-        l.feat = -1;
-    }
-    return l;
-}
+static ex parse_and(cc *c) { return logic_chain(c, "and", parse_not, OP_JF, OP_AND, "`and`"); }
+static ex parse_or(cc *c) { return logic_chain(c, "or", parse_and, OP_JT, OP_OR, "`or`"); }
 
 static bool valid_id(const tok *t)
 {
@@ -1199,44 +1183,16 @@ vstatus rules_compile(const char *src, size_t len, const char *name, featreg *re
 vstatus rules_compile_file(const char *path, featreg *reg, ruleset **out, rules_diag *diag)
 {
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
+    char *buf;
+    size_t n;
+    verror e = {0};
+    vstatus s = file_read(path, (size_t)16 << 20, &buf, &n, &e);
+    if (s != V_OK) {
         diag->errors++;
-        diag_append(diag, "%s: error: cannot open: %s\n", path, strerror(errno));
-        return V_EIO;
+        diag_append(diag, "%s: error: %s\n", path, e.msg);
+        return s == V_EINVAL ? V_EPARSE : s;
     }
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        if (!buf) {
-            fclose(f);
-            return V_ENOMEM;
-        }
-        n += fread(buf + n, 1, cap - n, f);
-        if (n < cap)
-            break;
-        if (cap >= (size_t)16 << 20) {
-            free(buf);
-            fclose(f);
-            diag->errors++;
-            diag_append(diag, "%s: error: larger than 16 MiB\n", path);
-            return V_EPARSE;
-        }
-        char *nb = realloc(buf, cap * 2);
-        if (!nb)
-            free(buf);
-        buf = nb;
-        cap *= 2;
-    }
-    bool bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        free(buf);
-        diag->errors++;
-        diag_append(diag, "%s: error: read failed\n", path);
-        return V_EIO;
-    }
-    vstatus s = rules_compile(buf, n, path, reg, out, diag);
+    s = rules_compile(buf, n, path, reg, out, diag);
     free(buf);
     return s;
 }

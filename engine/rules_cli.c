@@ -72,28 +72,6 @@ static void rules_help(void)
     config_print_help(stdout, "names");
 }
 
-static char *read_all(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    size_t cap = 65536, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        n += fread(buf + n, 1, cap - n, f);
-        if (n < cap)
-            break;
-        char *nb = realloc(buf, cap * 2);
-        if (!nb)
-            free(buf);
-        buf = nb;
-        cap *= 2;
-    }
-    fclose(f);
-    *len = n;
-    return buf;
-}
-
 int cmd_rules(int argc, char **argv)
 {
     int rest[64], nrest = 0;
@@ -115,13 +93,15 @@ int cmd_rules(int argc, char **argv)
     if (strcmp(sub, "push") == 0 && nrest == 2) {
         const char *path = argv[rest[1]];
         size_t len = 0;
-        char *text = read_all(path, &len);
+        char *text = NULL;
+        verror re = {0};
+        file_read(path, (size_t)4 << 20, &text, &len, &re);
         featreg reg;
         featreg_init(&reg);
         ruleset *rs = NULL;
         rules_diag d = {0};
         if (!text) {
-            fprintf(stderr, "verdict rules: cannot read %s\n", path);
+            fprintf(stderr, "verdict rules: %s: %s\n", path, re.msg);
             rc = 1;
         } else if (rules_compile(text, len, path, &reg, &rs, &d) != V_OK) {
             fputs(d.text ? d.text : "", stderr);

@@ -372,7 +372,7 @@ Test(engine, dlq_replay_turns_a_fixed_dead_letter_into_one_decision_and_audit_ba
     pid_t pid = tc_start_engine(srv.url, logp, extra);
     unsetenv("VERDICT_TEST_FAULT");
     Transaction t;
-    tc_txn(&t, "fixme-1", 100);
+    tc_txn(&t, "replay-1", 100);
     cr_assert(tc_publish(js, "txn.pos.f", &t));
     tc_txn(&t, "fine-1", 100);
     cr_assert_eq(tc_wait_msgs(js, "DLQ", 1, 15000), 1);
@@ -385,7 +385,7 @@ Test(engine, dlq_replay_turns_a_fixed_dead_letter_into_one_decision_and_audit_ba
     const char *ls[] = {"verdict", "dlq", "ls", "--nats-url", srv.url, NULL};
     cr_assert_eq(run_cli(ls, out), 0);
     cr_assert(file_wait_for(out, "max_deliveries", 100));
-    cr_assert(file_wait_for(out, "fixme-1", 100), "ls shows the txn id");
+    cr_assert(file_wait_for(out, "replay-1", 100), "ls shows the txn id");
     const char *show[] = {"verdict", "dlq", "show", "1", "--nats-url", srv.url, NULL};
     cr_assert_eq(run_cli(show, out), 0);
     cr_assert(file_wait_for(out, "Verdict-Dlq-Reason", 100));
@@ -396,7 +396,7 @@ Test(engine, dlq_replay_turns_a_fixed_dead_letter_into_one_decision_and_audit_ba
     const char *replay[] = {"verdict", "dlq", "replay", "--reason", "max_deliveries", "--nats-url", srv.url, NULL};
     cr_assert_eq(run_cli(replay, out), 0);
     cr_assert_eq(tc_wait_msgs(js, "DECISIONS", 1, 10000), 1);
-    natsMsg *d = tc_find_decision(js, "fixme-1");
+    natsMsg *d = tc_find_decision(js, "replay-1");
     cr_assert_not_null(d);
     natsMsg_Destroy(d);
     cr_assert_eq(tc_stream_msgs(js, "DLQ"), 0, "removed after the republish was stored");
