@@ -50,6 +50,9 @@ const char *poison_reason_str(poison_reason r)
     case POISON_INVALID_TXN_ID: return "invalid_txn_id";
     case POISON_MISSING_FIELD: return "missing_field";
     case POISON_OVERSIZE: return "oversize";
+    case DEAD_MAX_DELIVERIES: return "max_deliveries";
+    case DEAD_TERMINATED: return "terminated";
+    case DEAD_REASONS: break;
     }
     return "unknown";
 }

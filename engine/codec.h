@@ -36,6 +36,10 @@ typedef enum poison_reason {
     POISON_INVALID_TXN_ID, /* dlq.invalid_txn_id */
     POISON_MISSING_FIELD,  /* dlq.missing_field: card_id, currency or amount */
     POISON_OVERSIZE,       /* dlq.oversize: larger than the configured maximum */
+    /* not poison, but dead letters all the same (written by the DLQ worker from the server's advisories) */
+    DEAD_MAX_DELIVERIES, /* dlq.max_deliveries: not decided within the consumer's MaxDeliver attempts */
+    DEAD_TERMINATED,     /* dlq.terminated: terminated without a dead letter stored first */
+    DEAD_REASONS         /* count, for per-reason counters */
 } poison_reason;
 
 const char *poison_reason_str(poison_reason r);

@@ -17,12 +17,14 @@ struct dlq_worker {
     natsSubscription *sub;
     pthread_t thread;
     atomic_bool stopping;
-    atomic_llong *counter;
+    atomic_llong *total, *by_reason;
 };
 
-vstatus dlq_handle_advisory(const config *c, jsCtx *js, const char *json, int len, bool *wrote, verror *e)
+vstatus dlq_handle_advisory(const config *c, jsCtx *js, const char *json, int len, bool *wrote, poison_reason *why,
+                            verror *e)
 {
     *wrote = false;
+    *why = POISON_NONE;
     json_error_t jerr;
     json_t *root = json_loadb(json, (size_t)len, 0, &jerr);
     if (!root)
@@ -31,12 +33,13 @@ vstatus dlq_handle_advisory(const config *c, jsCtx *js, const char *json, int le
     const char *stream = json_string_value(json_object_get(root, "stream"));
     json_int_t seq = json_integer_value(json_object_get(root, "stream_seq"));
     json_int_t deliveries = json_integer_value(json_object_get(root, "deliveries"));
-    const char *reason = NULL;
+    poison_reason r = POISON_NONE;
     if (type && strstr(type, "max_deliver"))
-        reason = "max_deliveries";
+        r = DEAD_MAX_DELIVERIES;
     else if (type && strstr(type, "terminated"))
-        reason = "terminated";
-    if (!reason || !stream || seq <= 0 || strcmp(stream, c->txn_stream) != 0) {
+        r = DEAD_TERMINATED;
+    const char *reason = poison_reason_str(r);
+    if (r == POISON_NONE || !stream || seq <= 0 || strcmp(stream, c->txn_stream) != 0) {
         json_decref(root);
         return V_OK; /* not ours to act on: ack it */
     }
@@ -100,6 +103,7 @@ vstatus dlq_handle_advisory(const config *c, jsCtx *js, const char *json, int le
         return broker_err(e, s, jerrc, "dead letter stored but the original could not be deleted");
     }
     *wrote = !dup;
+    *why = r;
     if (!dup)
         log_warn("dead-lettered", "\"stream\":\"%s\",\"seq\":%lld,\"reason\":\"%s\",\"deliveries\":%lld", stream,
                  (long long)seq, reason, (long long)deliveries);
@@ -127,12 +131,15 @@ static void *dlq_main(void *arg)
         for (int i = 0; i < list.Count; i++) {
             natsMsg *m = list.Msgs[i];
             bool wrote = false;
+            poison_reason why = POISON_NONE;
             verror e = {0};
-            if (dlq_handle_advisory(&w->cfg, w->js, natsMsg_GetData(m), natsMsg_GetDataLength(m), &wrote, &e) ==
-                V_OK) {
+            if (dlq_handle_advisory(&w->cfg, w->js, natsMsg_GetData(m), natsMsg_GetDataLength(m), &wrote, &why,
+                                    &e) == V_OK) {
                 natsMsg_AckSync(m, NULL, NULL);
-                if (wrote && w->counter)
-                    atomic_fetch_add(w->counter, 1);
+                if (wrote && w->total)
+                    atomic_fetch_add(w->total, 1);
+                if (wrote && w->by_reason)
+                    atomic_fetch_add(&w->by_reason[why], 1);
             } else {
                 log_error("advisory not handled; will retry", "\"error\":\"%s\"", log_esc(e.msg));
                 natsMsg_NakWithDelay(m, 2000, NULL);
@@ -143,13 +150,15 @@ static void *dlq_main(void *arg)
     return NULL;
 }
 
-vstatus dlq_worker_start(const config *c, natsConnection *nc, atomic_llong *counter, dlq_worker **out, verror *e)
+vstatus dlq_worker_start(const config *c, natsConnection *nc, atomic_llong *total, atomic_llong *by_reason,
+                         dlq_worker **out, verror *e)
 {
     dlq_worker *w = calloc(1, sizeof *w);
     if (!w)
         return verror_set(e, V_ENOMEM, "out of memory");
     w->cfg = *c;
-    w->counter = counter;
+    w->total = total;
+    w->by_reason = by_reason;
     natsStatus s = natsConnection_JetStream(&w->js, nc, NULL);
     if (s != NATS_OK) {
         free(w);

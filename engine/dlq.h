@@ -8,6 +8,7 @@
 #ifndef VERDICT_DLQ_H
 #define VERDICT_DLQ_H
 
+#include "codec.h"
 #include "config.h"
 
 #include <nats/nats.h>
@@ -16,12 +17,15 @@
 typedef struct dlq_worker dlq_worker;
 
 /* Creates (or binds to) the durable consumer "<consumer>_dlq" on VERDICT_ADVISORIES and starts the thread.
- * counter (may be NULL) is incremented per dead letter written. */
-vstatus dlq_worker_start(const config *c, natsConnection *nc, atomic_llong *counter, dlq_worker **out, verror *e);
+ * Per dead letter written it increments *total and by_reason[reason] (either may be NULL). */
+vstatus dlq_worker_start(const config *c, natsConnection *nc, atomic_llong *total, atomic_llong *by_reason,
+                         dlq_worker **out, verror *e);
 /* Stops after the advisory in hand is finished. */
 void dlq_worker_stop(dlq_worker *w);
 
-/* Handles one advisory payload (JSON); exposed for tests. Returns V_OK when the advisory may be acked. */
-vstatus dlq_handle_advisory(const config *c, jsCtx *js, const char *json, int len, bool *wrote, verror *e);
+/* Handles one advisory payload (JSON); exposed for tests. Returns V_OK when the advisory may be acked; *wrote
+ * says whether a new dead letter was stored, and *why its reason. */
+vstatus dlq_handle_advisory(const config *c, jsCtx *js, const char *json, int len, bool *wrote, poison_reason *why,
+                            verror *e);
 
 #endif

@@ -5,6 +5,7 @@
 
 #include <arpa/inet.h>
 #include <microhttpd.h>
+#include <pthread.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -16,6 +17,9 @@
 #define VERDICT_VERSION "0.1.0"
 #endif
 
+/* Consumer figures, polled every POLL_MS by one thread (never per transaction). */
+#define POLL_MS 2000
+
 struct observe {
     engine *en;
     config cfg;
@@ -24,8 +28,15 @@ struct observe {
     int nsubs;
     struct MHD_Daemon *httpd;
     char started[40]; /* RFC 3339 */
-    observe_extra_fn extra;
-    void *extra_arg;
+    /* the consumer poller */
+    jsCtx *js;
+    pthread_t poller;
+    bool poller_running;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool stopping;
+    atomic_llong pending, ack_pending, redelivered, waiting, poll_errors;
+    atomic_bool polled; /* at least one poll succeeded */
 };
 
 /* ------------------------------------------------------------------------------------------- metrics */
@@ -54,7 +65,12 @@ static void counter(out *o, const char *name, const char *help, long long v)
     put(o, "# HELP %s %s\n# TYPE %s counter\n%s %lld\n", name, help, name, name, v);
 }
 
-size_t observe_metrics(engine *en, char *buf, size_t cap)
+static void gauge(out *o, const char *name, const char *help, long long v)
+{
+    put(o, "# HELP %s %s\n# TYPE %s gauge\n%s %lld\n", name, help, name, name, v);
+}
+
+static size_t metrics(observe *ob, engine *en, char *buf, size_t cap)
 {
     const engine_stats *st = engine_get_stats(en);
     out o = {buf, cap, 0};
@@ -64,8 +80,11 @@ size_t observe_metrics(engine *en, char *buf, size_t cap)
         put(&o, "verdict_decisions_total{outcome=\"%s\"} %lld\n", names[i], (long long)atomic_load(&st->decided[i]));
     counter(&o, "verdict_duplicates_total", "Deliveries answered from the stored decision (redeliveries, retries).",
             atomic_load(&st->duplicates));
-    counter(&o, "verdict_dead_letters_total", "Messages dead-lettered (poison and max deliveries).",
-            atomic_load(&st->dead_letters));
+    put(&o, "# HELP verdict_dead_letters_total Messages stored in the dead-letter stream, by reason.\n"
+            "# TYPE verdict_dead_letters_total counter\n");
+    for (int r = POISON_NONE + 1; r < DEAD_REASONS; r++)
+        put(&o, "verdict_dead_letters_total{reason=\"%s\"} %lld\n", poison_reason_str((poison_reason)r),
+            (long long)atomic_load(&st->dead_letters_by[r]));
     counter(&o, "verdict_naks_total", "Messages naked for a retry (decision not stored).", atomic_load(&st->naks));
     counter(&o, "verdict_redeliveries_total", "Messages delivered more than once.", atomic_load(&st->redeliveries));
     counter(&o, "verdict_budget_exceeded_total", "Decisions made after the latency budget was spent.",
@@ -99,7 +118,57 @@ size_t observe_metrics(engine *en, char *buf, size_t cap)
         put(&o, "verdict_stage_seconds_total{stage=\"%s\"} %.9f\n", stages[i], (double)atomic_load(&st->stage_ns[i]) / 1e9);
     put(&o, "# HELP verdict_ready 1 when the engine is connected and taking work.\n# TYPE verdict_ready gauge\n"
             "verdict_ready %d\n", engine_ready(en) ? 1 : 0);
+
+    velocity_stats_t vs;
+    if (engine_state_stats(en, &vs)) {
+        gauge(&o, "verdict_state_keys", "Entities (cards, devices, IPs...) held in the velocity state.",
+              (long long)vs.keys);
+        counter(&o, "verdict_state_evicted_keys_total",
+                "Entities evicted from the velocity state to make room (least recently seen first).",
+                (long long)vs.evictions);
+        gauge(&o, "verdict_state_memory_bytes", "Memory held by the velocity state (allocated up front).",
+              (long long)vs.bytes);
+    }
+
+    char rv[40], mv[40];
+    engine_current_versions(en, rv, mv, sizeof rv);
+    put(&o, "# HELP verdict_build_info The engine's version.\n# TYPE verdict_build_info gauge\n"
+            "verdict_build_info{version=\"%s\"} 1\n", VERDICT_VERSION);
+    put(&o, "# HELP verdict_rules_info The rules version in force (a content hash, as `verdict check` prints it).\n"
+            "# TYPE verdict_rules_info gauge\nverdict_rules_info{version=\"%s\"} 1\n", rv);
+    put(&o, "# HELP verdict_model_info The model version in force (a content hash, or none).\n"
+            "# TYPE verdict_model_info gauge\nverdict_model_info{version=\"%s\"} 1\n", mv);
+
+    if (atomic_load(&ob->polled)) {
+        gauge(&o, "verdict_consumer_pending_messages", "Transactions in the stream not yet delivered to the engine.",
+              atomic_load(&ob->pending));
+        gauge(&o, "verdict_consumer_ack_pending_messages", "Transactions delivered and not yet acknowledged.",
+              atomic_load(&ob->ack_pending));
+        gauge(&o, "verdict_consumer_redelivered_messages", "Transactions delivered more than once and not yet acked.",
+              atomic_load(&ob->redelivered));
+        gauge(&o, "verdict_consumer_waiting_pulls", "Pull requests waiting on the consumer.",
+              atomic_load(&ob->waiting));
+    }
+    counter(&o, "verdict_consumer_poll_errors_total", "Consumer info polls that failed.",
+                atomic_load(&ob->poll_errors));
     return o.len;
+}
+
+/* /readyz: one JSON object naming each condition, 200 when all hold, 503 otherwise. */
+static size_t readiness(observe *o, char *buf, size_t cap, bool *ready)
+{
+    engine_phase ph = engine_get_phase(o->en);
+    bool connected = engine_connected(o->en);
+    *ready = engine_ready(o->en);
+    char rv[40], mv[40];
+    engine_current_versions(o->en, rv, mv, sizeof rv);
+    int n = snprintf(buf, cap,
+                     "{\"ready\":%s,\"phase\":\"%s\",\"nats_connected\":%s,\"streams_verified\":%s,"
+                     "\"state_rebuilt\":%s,\"rules_version\":\"%s\",\"model_version\":\"%s\"}\n",
+                     *ready ? "true" : "false", engine_phase_str(ph), connected ? "true" : "false",
+                     ph > PHASE_VERIFYING && ph != PHASE_STOPPING ? "true" : "false",
+                     ph > PHASE_REBUILDING && ph != PHASE_STOPPING ? "true" : "false", rv, mv);
+    return n > 0 && (size_t)n < cap ? (size_t)n : 0;
 }
 
 static enum MHD_Result respond(struct MHD_Connection *c, unsigned code, const char *type, const char *body, size_t len)
@@ -125,17 +194,16 @@ static enum MHD_Result on_http(void *cls, struct MHD_Connection *c, const char *
         return respond(c, 405, "text/plain", "method not allowed\n", 19);
     if (strcmp(url, "/metrics") == 0) {
         static __thread char buf[65536];
-        size_t n = observe_metrics(o->en, buf, sizeof buf);
-        if (o->extra)
-            n += o->extra(o->extra_arg, buf + n, sizeof buf - n);
+        size_t n = metrics(o, o->en, buf, sizeof buf);
         return respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", buf, n);
     }
     if (strcmp(url, "/healthz") == 0)
         return respond(c, 200, "text/plain", "ok\n", 3);
     if (strcmp(url, "/readyz") == 0) {
-        if (engine_ready(o->en))
-            return respond(c, 200, "text/plain", "ready\n", 6);
-        return respond(c, 503, "text/plain", "not ready: not connected to NATS or stopping\n", 46);
+        char buf[512];
+        bool ready;
+        size_t n = readiness(o, buf, sizeof buf, &ready);
+        return respond(c, ready ? 200 : 503, "application/json", buf, n);
     }
     return respond(c, 404, "text/plain", "not found: try /metrics, /healthz, /readyz\n", 44);
 }
@@ -247,21 +315,64 @@ static vstatus start_srv(observe *o, verror *e)
     return V_OK;
 }
 
-vstatus observe_start(engine *en, const config *c, natsConnection *nc, observe **out, verror *e)
+/* ------------------------------------------------------------------------------------- consumer poller */
+
+static void poll_once(observe *o)
+{
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetConsumerInfo(&ci, o->js, o->cfg.txn_stream, o->cfg.consumer, NULL, &jerr);
+    if (s != NATS_OK) {
+        atomic_fetch_add(&o->poll_errors, 1);
+        return;
+    }
+    atomic_store(&o->pending, (long long)ci->NumPending);
+    atomic_store(&o->ack_pending, (long long)ci->NumAckPending);
+    atomic_store(&o->redelivered, (long long)ci->NumRedelivered);
+    atomic_store(&o->waiting, (long long)ci->NumWaiting);
+    atomic_store(&o->polled, true);
+    jsConsumerInfo_Destroy(ci);
+}
+
+static void *poller_main(void *arg)
+{
+    observe *o = arg;
+    pthread_mutex_lock(&o->mu);
+    while (!o->stopping) {
+        pthread_mutex_unlock(&o->mu);
+        poll_once(o);
+        pthread_mutex_lock(&o->mu);
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += POLL_MS / 1000;
+        until.tv_nsec += (long)(POLL_MS % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        while (!o->stopping && pthread_cond_timedwait(&o->cv, &o->mu, &until) == 0)
+            ;
+    }
+    pthread_mutex_unlock(&o->mu);
+    return NULL;
+}
+
+/* -------------------------------------------------------------------------------------------- lifecycle */
+
+vstatus observe_start(engine *en, const config *c, observe **out, verror *e)
 {
     observe *o = calloc(1, sizeof *o);
     if (!o)
         return verror_set(e, V_ENOMEM, "out of memory");
     o->en = en;
     o->cfg = *c;
-    o->nc = nc;
+    pthread_mutex_init(&o->mu, NULL);
+    pthread_cond_init(&o->cv, NULL);
     time_t now = time(NULL);
     struct tm tm;
     gmtime_r(&now, &tm);
     strftime(o->started, sizeof o->started, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    vstatus rc = start_srv(o, e);
-    if (rc == V_OK)
-        rc = start_http(o, e);
+    vstatus rc = start_http(o, e);
     if (rc != V_OK) {
         observe_stop(o);
         return rc;
@@ -270,23 +381,40 @@ vstatus observe_start(engine *en, const config *c, natsConnection *nc, observe *
     return V_OK;
 }
 
-void observe_set_extra(observe *o, observe_extra_fn fn, void *arg)
+vstatus observe_attach(observe *o, natsConnection *nc, verror *e)
 {
-    if (!o)
-        return;
-    o->extra = fn;
-    o->extra_arg = arg;
+    o->nc = nc;
+    vstatus rc = start_srv(o, e);
+    if (rc != V_OK)
+        return rc;
+    natsStatus s = natsConnection_JetStream(&o->js, nc, NULL);
+    if (s != NATS_OK)
+        return verror_set(e, V_ENATS, "cannot get a JetStream context: %s", natsStatus_GetText(s));
+    if (pthread_create(&o->poller, NULL, poller_main, o) != 0)
+        return verror_set(e, V_ENOMEM, "cannot start the consumer poller");
+    o->poller_running = true;
+    return V_OK;
 }
 
 void observe_stop(observe *o)
 {
     if (!o)
         return;
+    if (o->poller_running) {
+        pthread_mutex_lock(&o->mu);
+        o->stopping = true;
+        pthread_cond_signal(&o->cv);
+        pthread_mutex_unlock(&o->mu);
+        pthread_join(o->poller, NULL);
+    }
     if (o->httpd)
         MHD_stop_daemon(o->httpd);
     for (int i = 0; i < o->nsubs; i++) {
         natsSubscription_Unsubscribe(o->subs[i]);
         natsSubscription_Destroy(o->subs[i]);
     }
+    jsCtx_Destroy(o->js);
+    pthread_cond_destroy(&o->cv);
+    pthread_mutex_destroy(&o->mu);
     free(o);
 }

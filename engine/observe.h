@@ -15,15 +15,12 @@
 
 typedef struct observe observe;
 
-/* Starts the HTTP endpoint (unless c->metrics_addr is "off") and the $SRV responders on nc. */
-vstatus observe_start(engine *en, const config *c, natsConnection *nc, observe **out, verror *e);
+/* Starts the HTTP endpoint (unless c->metrics_addr is "off"). Called before the engine connects, so that
+ * /healthz answers and /readyz reports the start's progress (connecting, verifying streams, rebuilding state). */
+vstatus observe_start(engine *en, const config *c, observe **out, verror *e);
+/* Once the engine is connected: starts the $SRV responders on nc and the consumer poller (pending, ack pending
+ * and redelivered counts, every 2 s). */
+vstatus observe_attach(observe *o, natsConnection *nc, verror *e);
 void observe_stop(observe *o);
-
-/* Renders the Prometheus text exposition of en into buf; returns its length (truncated at cap). */
-size_t observe_metrics(engine *en, char *buf, size_t cap);
-
-/* Hook for gauges owned by other modules (velocity state, replicas): appends exposition lines to buf. */
-typedef size_t (*observe_extra_fn)(void *arg, char *buf, size_t cap);
-void observe_set_extra(observe *o, observe_extra_fn fn, void *arg);
 
 #endif

@@ -93,6 +93,7 @@ struct engine {
     observe *observe;
     dlq_worker *dlq;
     atomic_bool stopping;
+    atomic_int phase; /* engine_phase */
     engine_stats stats;
 };
 
@@ -231,6 +232,7 @@ static void dead_letter(worker *w, natsMsg *msg, const js_meta *m, poison_reason
         return;
     }
     atomic_fetch_add(&en->stats.dead_letters, 1);
+    atomic_fetch_add(&en->stats.dead_letters_by[why], 1);
     log_warn("dead-lettered", "\"stream\":\"%s\",\"seq\":%llu,\"reason\":\"%s\",\"error\":\"%s\"",
              en->cfg.txn_stream, (unsigned long long)m->stream_seq, poison_reason_str(why), log_esc(err));
     reply_error(en->nc, reply_to, 400, err);
@@ -733,6 +735,12 @@ vstatus engine_start(const config *c, engine **out, verror *e)
         return rc;
     }
     rules_diag_free(&diag);
+    /* health and metrics first, so that /healthz answers and /readyz tells where a long start has got to */
+    atomic_store(&en->phase, PHASE_CONNECTING);
+    if ((rc = observe_start(en, c, &en->observe, e)) != V_OK) {
+        free_engine(en);
+        return rc;
+    }
     char name[128];
     snprintf(name, sizeof name, "verdict-%s", c->engine_id);
     if ((rc = broker_connect(c, name, true, &en->nc, e)) != V_OK ||
@@ -748,6 +756,7 @@ vstatus engine_start(const config *c, engine **out, verror *e)
         free_engine(en);
         return broker_err(e, s, 0, "cannot get a JetStream context");
     }
+    atomic_store(&en->phase, PHASE_VERIFYING);
     if ((rc = broker_setup(c, en->js, e)) != V_OK) {
         free_engine(en);
         return rc;
@@ -763,12 +772,20 @@ vstatus engine_start(const config *c, engine **out, verror *e)
         log_warn("lists/profiles replicas not loaded yet; decisions are marked degraded until they are", NULL);
     /* velocity state before any work: rebuilt from TXN up to what the consumer has delivered, so a restart
      * neither resets nor double-counts (rebuild.h) */
+    atomic_store(&en->phase, PHASE_REBUILDING);
+    if (en->cfg.fault[0] && strcmp(en->cfg.fault, "slow_rebuild") == 0)
+        sleep_ms(3000); /* tests: hold the start in this phase so /readyz can be seen saying so */
     uint64_t delivered = 0;
+    velref *vel = NULL;
     if ((rc = rebuild_delivered_seq(en->js, c, &delivered, e)) != V_OK ||
-        (rc = make_velocity(en, en->policy, 0, delivered == 0, &en->vel, e)) != V_OK) {
+        (rc = make_velocity(en, en->policy, 0, delivered == 0, &vel, e)) != V_OK) {
         free_engine(en);
         return rc;
     }
+    pthread_mutex_lock(&en->policy_mu); /* /metrics may be reading it already */
+    en->vel = vel;
+    pthread_mutex_unlock(&en->policy_mu);
+    atomic_store(&en->phase, PHASE_STARTING);
     jsOptions ijo;
     jsOptions_Init(&ijo);
     ijo.Wait = 5000;
@@ -825,7 +842,7 @@ vstatus engine_start(const config *c, engine **out, verror *e)
         free_engine(en);
         return rc;
     }
-    if ((rc = dlq_worker_start(c, en->nc, &en->stats.dead_letters, &en->dlq, e)) != V_OK) {
+    if ((rc = dlq_worker_start(c, en->nc, &en->stats.dead_letters, en->stats.dead_letters_by, &en->dlq, e)) != V_OK) {
         free_engine(en);
         return rc;
     }
@@ -844,13 +861,14 @@ vstatus engine_start(const config *c, engine **out, verror *e)
             return verror_set(e, V_ENOMEM, "cannot start worker threads");
         }
     }
-    if ((rc = observe_start(en, c, en->inc, &en->observe, e)) != V_OK) {
+    if ((rc = observe_attach(en->observe, en->inc, e)) != V_OK) {
         atomic_store(&en->stopping, true);
         for (int i = 0; i < en->nworkers; i++)
             pthread_join(en->workers[i].thread, NULL);
         free_engine(en);
         return rc;
     }
+    atomic_store(&en->phase, PHASE_READY);
     log_info("engine started",
              "\"workers\":%d,\"batch\":%d,\"decide_subject\":\"%s\",\"stream\":\"%s\",\"consumer\":\"%s\","
              "\"rules_version\":\"%s\",\"model_version\":\"%s\"",
@@ -1002,6 +1020,7 @@ void engine_stop(engine *en)
         log_warn("some ingress publishes were not confirmed before shutdown", NULL);
     /* 2. stop fetching; each worker finishes the batch it holds (decide, publish, ack) */
     atomic_store(&en->stopping, true);
+    atomic_store(&en->phase, PHASE_STOPPING);
     observe_stop(en->observe);
     en->observe = NULL;
     for (int i = 0; i < en->nworkers; i++)
@@ -1024,10 +1043,44 @@ void engine_stop(engine *en)
 
 const engine_stats *engine_get_stats(const engine *en) { return &en->stats; }
 
+const char *engine_phase_str(engine_phase p)
+{
+    switch (p) {
+    case PHASE_CONNECTING: return "connecting";
+    case PHASE_VERIFYING: return "verifying_streams";
+    case PHASE_REBUILDING: return "rebuilding_state";
+    case PHASE_STARTING: return "starting_workers";
+    case PHASE_READY: return "ready";
+    case PHASE_STOPPING: return "stopping";
+    }
+    return "unknown";
+}
+
+engine_phase engine_get_phase(const engine *en) { return (engine_phase)atomic_load(&en->phase); }
+
+bool engine_connected(const engine *en)
+{
+    return en->nc && en->inc && natsConnection_Status(en->nc) == NATS_CONN_STATUS_CONNECTED &&
+           natsConnection_Status(en->inc) == NATS_CONN_STATUS_CONNECTED;
+}
+
 bool engine_ready(const engine *en)
 {
-    return !atomic_load(&en->stopping) && natsConnection_Status(en->nc) == NATS_CONN_STATUS_CONNECTED &&
-           natsConnection_Status(en->inc) == NATS_CONN_STATUS_CONNECTED;
+    return !atomic_load(&en->stopping) && engine_get_phase(en) == PHASE_READY && engine_connected(en);
+}
+
+bool engine_state_stats(engine *en, velocity_stats_t *out)
+{
+    pthread_mutex_lock(&en->policy_mu);
+    velref *r = en->vel;
+    if (r)
+        atomic_fetch_add(&r->refs, 1);
+    pthread_mutex_unlock(&en->policy_mu);
+    if (!r)
+        return false;
+    velocity_stats(r->v, out);
+    velref_release(r);
+    return true;
 }
 
 const config *engine_config(const engine *en) { return &en->cfg; }

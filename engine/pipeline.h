@@ -8,7 +8,9 @@
 #ifndef VERDICT_PIPELINE_H
 #define VERDICT_PIPELINE_H
 
+#include "codec.h"
 #include "config.h"
+#include "velocity.h"
 
 #include <stdatomic.h>
 
@@ -20,6 +22,7 @@ typedef struct engine_stats {
     atomic_llong decided[4]; /* by Verdict__V1__Outcome */
     atomic_llong duplicates; /* answered from the stored decision */
     atomic_llong dead_letters;
+    atomic_llong dead_letters_by[DEAD_REASONS]; /* by poison_reason (codec.h) */
     atomic_llong naks;
     atomic_llong redeliveries;
     atomic_llong budget_exceeded;
@@ -46,8 +49,26 @@ void engine_stop(engine *en);
 
 const engine_stats *engine_get_stats(const engine *en);
 
-/* Ready to decide: started, connected to NATS, not stopping. */
+/* Where a start has got to: /readyz reports it. Each phase implies the ones before it completed. */
+typedef enum engine_phase {
+    PHASE_CONNECTING = 0, /* rules and model loaded; connecting to NATS */
+    PHASE_VERIFYING,      /* connected; creating or verifying streams, consumers and buckets */
+    PHASE_REBUILDING,     /* streams verified; rebuilding the velocity state from the stream */
+    PHASE_STARTING,       /* state rebuilt; starting workers and responders */
+    PHASE_READY,          /* taking work */
+    PHASE_STOPPING,
+} engine_phase;
+const char *engine_phase_str(engine_phase p);
+engine_phase engine_get_phase(const engine *en);
+
+/* Ready to decide: started (streams verified, state rebuilt, rules and model loaded), connected to NATS and
+ * not stopping. */
 bool engine_ready(const engine *en);
+/* Both connections up (either may be reconnecting). */
+bool engine_connected(const engine *en);
+
+/* The velocity state's counters; false before the state exists. */
+bool engine_state_stats(engine *en, velocity_stats_t *out);
 const config *engine_config(const engine *en);
 
 /* Rebuilds the policy from the configured rules and model files and swaps it in between batches. A file that

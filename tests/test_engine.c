@@ -332,11 +332,13 @@ Test(engine, the_dlq_worker_is_idempotent)
     const char *adv = "{\"type\":\"io.nats.jetstream.advisory.v1.max_deliver\",\"stream\":\"TXN\","
                       "\"consumer\":\"verdict\",\"stream_seq\":1,\"deliveries\":5}";
     bool wrote = false;
+    poison_reason why = POISON_NONE;
     /* the worker crashed after storing the dead letter and before deleting: the original is still there */
-    cr_assert_eq(dlq_handle_advisory(&c, js, adv, (int)strlen(adv), &wrote, &e), V_OK, "%s", e.msg);
+    cr_assert_eq(dlq_handle_advisory(&c, js, adv, (int)strlen(adv), &wrote, &why, &e), V_OK, "%s", e.msg);
     cr_assert(wrote);
+    cr_assert_eq(why, DEAD_MAX_DELIVERIES);
     cr_assert_eq(tc_stream_msgs(js, "TXN"), 0);
-    cr_assert_eq(dlq_handle_advisory(&c, js, adv, (int)strlen(adv), &wrote, &e), V_OK, "%s", e.msg);
+    cr_assert_eq(dlq_handle_advisory(&c, js, adv, (int)strlen(adv), &wrote, &why, &e), V_OK, "%s", e.msg);
     cr_assert_not(wrote);
     cr_assert_eq(tc_stream_msgs(js, "DLQ"), 1);
 
@@ -352,7 +354,7 @@ Test(engine, the_dlq_worker_is_idempotent)
     jsPubAck_Destroy(pa);
     const char *adv2 = "{\"type\":\"io.nats.jetstream.advisory.v1.max_deliver\",\"stream\":\"TXN\","
                        "\"consumer\":\"verdict\",\"stream_seq\":2,\"deliveries\":5}";
-    cr_assert_eq(dlq_handle_advisory(&c, js, adv2, (int)strlen(adv2), &wrote, &e), V_OK, "%s", e.msg);
+    cr_assert_eq(dlq_handle_advisory(&c, js, adv2, (int)strlen(adv2), &wrote, &why, &e), V_OK, "%s", e.msg);
     cr_assert_not(wrote, "deduplicated by Nats-Msg-Id");
     cr_assert_eq(tc_stream_msgs(js, "DLQ"), 2);
     cr_assert_eq(tc_stream_msgs(js, "TXN"), 0, "the original is deleted on the rerun");
