@@ -63,6 +63,8 @@ vstatus broker_connect(const config *c, const char *name, bool send_asap, natsCo
         s = natsOptions_SetReconnectedCB(o, on_reconnected, NULL);
     if (s == NATS_OK)
         s = natsOptions_SetErrorHandler(o, on_async_error, NULL);
+    if (s == NATS_OK && c->inbox_prefix[0])
+        s = natsOptions_SetCustomInboxPrefix(o, c->inbox_prefix);
     if (s == NATS_OK && c->user[0])
         s = natsOptions_SetUserInfo(o, c->user, c->password);
     if (s == NATS_OK && c->token[0])

@@ -41,6 +41,8 @@ static const opt opts[] = {
     {"--tls-ca", "VERDICT_TLS_CA", O_STR, F(tls_ca), NULL, G_CONN, "CA certificate file (enables TLS)"},
     {"--tls-cert", "VERDICT_TLS_CERT", O_STR, F(tls_cert), NULL, G_CONN, "client certificate file"},
     {"--tls-key", "VERDICT_TLS_KEY", O_STR, F(tls_key), NULL, G_CONN, "client private key file"},
+    {"--inbox-prefix", "VERDICT_INBOX_PREFIX", O_STR, F(inbox_prefix), NULL, G_CONN,
+     "reply inbox prefix instead of _INBOX (for least-privilege users)"},
     {"--prefix", "VERDICT_PREFIX", O_STR, F(prefix), NULL, G_NAMES,
      "namespace for every stream, subject and consumer (e.g. 'acme' -> ACME_TXN, acme.txn.>)"},
     {"--workers", "VERDICT_WORKERS", O_INT, F(workers), NULL, G_SERVE, "worker threads (default: number of cores)"},

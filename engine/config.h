@@ -19,6 +19,7 @@ typedef struct config {
     char user[128], password[256], token[256];
     char nkey_seed_file[512], creds_file[512];
     char tls_ca[512], tls_cert[512], tls_key[512];
+    char inbox_prefix[128];
     /* names (DESIGN section 2); all derived from prefix unless set */
     char prefix[64];
     char txn_stream[NAME_MAX_LEN], txn_subjects[NAME_MAX_LEN], consumer[NAME_MAX_LEN];
