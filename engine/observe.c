@@ -280,14 +280,17 @@ static void on_srv(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
         long long decided = atomic_load(&st->decided[1]) + atomic_load(&st->decided[2]) +
                             atomic_load(&st->decided[3]);
         long long sum_ns = atomic_load(&st->latency_sum_us) * 1000;
+        char last_error[160];
+        engine_last_error(o->en, last_error, sizeof last_error);
         n = srv_common(o, buf, sizeof buf, "stats_response", rv, mv);
         n += snprintf(buf + n, sizeof buf - (size_t)n, ",\"started\":\"%s\",\"endpoints\":[", o->started);
         n += snprintf(buf + n, sizeof buf - (size_t)n, ep, o->cfg.decide_subject, o->cfg.queue_group);
         n += snprintf(buf + n, sizeof buf - (size_t)n,
-                      ",\"num_requests\":%lld,\"num_errors\":%lld,\"last_error\":\"\",\"processing_time\":%lld,"
+                      ",\"num_requests\":%lld,\"num_errors\":%lld,\"last_error\":\"%s\",\"processing_time\":%lld,"
                       "\"average_processing_time\":%lld,\"data\":{\"decisions\":%lld,\"duplicates\":%lld,"
                       "\"dead_letters\":%lld,\"naks\":%lld,\"budget_exceeded\":%lld,\"degraded\":%lld}}]}",
-                      (long long)atomic_load(&st->requests), (long long)atomic_load(&st->request_errors), sum_ns,
+                      (long long)atomic_load(&st->requests), (long long)atomic_load(&st->request_errors),
+                      log_esc(last_error), sum_ns,
                       decided ? sum_ns / decided : 0, decided, (long long)atomic_load(&st->duplicates),
                       (long long)atomic_load(&st->dead_letters), (long long)atomic_load(&st->naks),
                       (long long)atomic_load(&st->budget_exceeded), (long long)atomic_load(&st->degraded));

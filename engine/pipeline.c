@@ -95,6 +95,8 @@ struct engine {
     atomic_bool stopping;
     atomic_int phase; /* engine_phase */
     engine_stats stats;
+    pthread_mutex_t last_error_mu; /* the last request error, for $SRV.STATS (rare: not on the decide path) */
+    char last_error[160];
 };
 
 const int64_t latency_bounds_us[LATENCY_BUCKETS] = {250,   500,   1000,   2000,   5000,   10000,
@@ -132,6 +134,25 @@ static void reply_error(natsConnection *nc, const char *reply_to, int code, cons
         natsConnection_PublishMsg(nc, m) != NATS_OK)
         log_warn("could not send an error reply", "\"error\":\"%s\"", log_esc(nats_GetLastError(NULL)));
     natsMsg_Destroy(m);
+}
+
+/* A decide request refused: counted, remembered for $SRV.STATS' last_error, answered with a service error. */
+static void request_failed(engine *en, natsConnection *nc, const char *reply_to, int code, const char *text)
+{
+    atomic_fetch_add(&en->stats.request_errors, 1);
+    pthread_mutex_lock(&en->last_error_mu);
+    int n = snprintf(en->last_error, sizeof en->last_error, "%d: ", code);
+    if (n > 0 && (size_t)n < sizeof en->last_error)
+        str_copy(en->last_error + n, sizeof en->last_error - (size_t)n, text); /* truncated if long */
+    pthread_mutex_unlock(&en->last_error_mu);
+    reply_error(nc, reply_to, code, text);
+}
+
+void engine_last_error(engine *en, char *out, size_t cap)
+{
+    pthread_mutex_lock(&en->last_error_mu);
+    str_copy(out, cap, en->last_error);
+    pthread_mutex_unlock(&en->last_error_mu);
 }
 
 static const char *decision_header_keys[] = {"Nats-Msg-Id",           "Verdict-Outcome",        "Verdict-Score",
@@ -603,8 +624,7 @@ static void ingress_on_request(natsConnection *nc, natsSubscription *sub, natsMs
     verror err = {0};
     if (txn_decode(&en->ingress_arena, natsMsg_GetData(req), (size_t)natsMsg_GetDataLength(req),
                    (size_t)en->cfg.max_msg_size, &t, &why, &err) != V_OK) {
-        atomic_fetch_add(&en->stats.request_errors, 1);
-        reply_error(nc, reply, 400, err.msg);
+        request_failed(en, nc, reply, 400, err.msg);
         natsMsg_Destroy(req);
         return;
     }
@@ -622,8 +642,7 @@ static void ingress_on_request(natsConnection *nc, natsSubscription *sub, natsMs
     if (s == NATS_OK)
         s = js_PublishMsgAsync(en->ijs, &m, &po); /* on success nats.c owns m */
     if (s != NATS_OK) {
-        atomic_fetch_add(&en->stats.request_errors, 1);
-        reply_error(nc, reply, 503, "transaction not accepted: the stream is unavailable, retry");
+        request_failed(en, nc, reply, 503, "transaction not accepted: the stream is unavailable, retry");
         natsMsg_Destroy(m);
     }
     natsMsg_Destroy(req);
@@ -658,8 +677,7 @@ static void ingress_on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr
     natsMsgHeader_Get(msg, "Verdict-Reply-To", &reply);
     natsMsgHeader_Get(msg, "Nats-Msg-Id", &txn_id);
     if (pae) {
-        atomic_fetch_add(&en->stats.request_errors, 1);
-        reply_error(en->inc, reply, 503, "transaction not accepted: the stream did not confirm it, retry");
+        request_failed(en, en->inc, reply, 503, "transaction not accepted: the stream did not confirm it, retry");
     } else if (pa && pa->Duplicate && txn_id) {
         atomic_fetch_add(&en->stats.duplicates, 1);
         natsMsg *stored = NULL;
@@ -710,6 +728,7 @@ static void free_engine(engine *en)
     policy_release(en->policy);
     velref_release(en->vel);
     pthread_mutex_destroy(&en->policy_mu);
+    pthread_mutex_destroy(&en->last_error_mu);
     free(en);
 }
 
@@ -725,6 +744,7 @@ vstatus engine_start(const config *c, engine **out, verror *e)
         return verror_set(e, rc, "out of memory");
     }
     pthread_mutex_init(&en->policy_mu, NULL);
+    pthread_mutex_init(&en->last_error_mu, NULL);
     rules_diag diag = {0};
     rc = policy_load(c->rules_file, c->model_file, &en->policy, &diag);
     if (rc != V_OK) {

@@ -81,6 +81,9 @@ vstatus engine_reload_now(engine *en, const char *why, verror *e);
 /* The same with rules text from elsewhere (the verdict_rules KV bucket); name labels messages. */
 vstatus engine_reload_rules_text(engine *en, const char *src, size_t len, const char *name, verror *e);
 
+/* The last decide request refused ("<code>: <text>", empty if none), for $SRV.STATS. */
+void engine_last_error(engine *en, char *out, size_t cap);
+
 /* The versions in force (cap bytes each). */
 void engine_current_versions(engine *en, char *rules, char *model, size_t cap);
 

@@ -182,10 +182,18 @@ Test(observe, metrics_health_and_service_discovery)
     cr_assert_str_eq(json_string_value(json_object_get(ep, "subject")), "verdict.v1.decide");
     cr_assert_str_eq(json_string_value(json_object_get(ep, "queue_group")), "q");
     json_decref(info);
+    /* a request that is not a Transaction: an error reply, counted, and named in last_error */
+    cr_assert_eq(natsConnection_Request(&r, nc, "verdict.v1.decide", "\x0a\xff\xff", 3, 5000), NATS_OK);
+    const char *code = NULL;
+    cr_assert_eq(natsMsgHeader_Get(r, "Nats-Service-Error-Code", &code), NATS_OK);
+    cr_assert_str_eq(code, "400");
+    natsMsg_Destroy(r);
     json_t *stats = srv_request("$SRV.STATS", "stats");
     ep = json_array_get(json_object_get(stats, "endpoints"), 0);
-    cr_assert_eq(json_integer_value(json_object_get(ep, "num_requests")), 1);
-    cr_assert_eq(json_integer_value(json_object_get(ep, "num_errors")), 0);
+    cr_assert_eq(json_integer_value(json_object_get(ep, "num_requests")), 2);
+    cr_assert_eq(json_integer_value(json_object_get(ep, "num_errors")), 1);
+    const char *last_error = json_string_value(json_object_get(ep, "last_error"));
+    cr_assert(last_error && strncmp(last_error, "400: ", 5) == 0, "last_error: %s", last_error);
     cr_assert_str_eq(json_string_value(json_object_get(json_object_get(stats, "metadata"), "rules_version")), rv);
     json_decref(stats);
 
