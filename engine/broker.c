@@ -1,6 +1,8 @@
 /* broker.c - connection and idempotent JetStream set-up (see broker.h). */
 #include "broker.h"
 
+#include "nkey.h"
+
 #include "log.h"
 
 #include <stdio.h>
@@ -70,8 +72,14 @@ vstatus broker_connect(const config *c, const char *name, bool send_asap, natsCo
     if (s == NATS_OK && c->token[0])
         s = natsOptions_SetToken(o, c->token);
     if (s == NATS_OK && c->nkey_seed_file[0]) {
-        /* The public key is derived from the seed by nats.c when given the seed file. */
-        s = natsOptions_SetNKeyFromSeed(o, NULL, c->nkey_seed_file);
+        /* nats.c needs the public key beside the seed file; it is derived from the seed (nkey.h) */
+        char pub[NKEY_PUBLIC_LEN + 1];
+        vstatus rc = nkey_public_from_seed_file(c->nkey_seed_file, pub, e);
+        if (rc != V_OK) {
+            natsOptions_Destroy(o);
+            return rc;
+        }
+        s = natsOptions_SetNKeyFromSeed(o, pub, c->nkey_seed_file);
     }
     if (s == NATS_OK && c->creds_file[0])
         s = natsOptions_SetUserCredentialsFromFiles(o, c->creds_file, NULL);
