@@ -19,14 +19,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define TOTAL 300
-#define KILL_AT 120
+#define TOTAL 400
+#define KILL_AT 120 /* after this many confirmed publishes, a burst of BURST more, then the kill */
+#define BURST 150
 
 static test_cluster cl;
 static pid_t engine_pid;
 static natsConnection *nc;
 static jsCtx *js;
 static char logp[256];
+static bool passed; /* the engine log is kept for a failed run, since the assertions point to it */
 
 static void teardown(void)
 {
@@ -40,8 +42,10 @@ static void teardown(void)
     natsConnection_Destroy(nc);
     nc = NULL;
     cluster_stop(&cl);
-    if (logp[0])
+    if (logp[0] && passed)
         unlink(logp);
+    else if (logp[0])
+        fprintf(stderr, "test_cluster: engine log kept: %s\n", logp);
 }
 
 static void setup(void)
@@ -92,14 +96,20 @@ static int engine_conns_on(int i)
     return n;
 }
 
+/* Transaction i: every tenth over the built-in review threshold, every 25th over decline, so all three
+ * outcomes occur. */
+static void make_txn(Transaction *t, const char *id, int i)
+{
+    tc_txn(t, id, i % 25 == 0 ? 1500000 : i % 10 == 0 ? 300000 : 1000 + i);
+}
+
 /* Publishes one transaction, retrying through leader elections until the stream confirms it (bounded). */
 static void publish_txn(int i)
 {
     char id[32];
     snprintf(id, sizeof id, "cl-%d", i);
     Transaction t;
-    /* every tenth over the built-in review threshold, every 25th over decline: all three outcomes occur */
-    tc_txn(&t, id, i % 25 == 0 ? 1500000 : i % 10 == 0 ? 300000 : 1000 + i);
+    make_txn(&t, id, i);
     unsigned char buf[2048];
     int n = tc_pack(&t, buf);
     jsPubOptions po;
@@ -117,6 +127,66 @@ static void publish_txn(int i)
         tc_sleep_ms(100);
     }
     cr_assert_fail("transaction %s not accepted by the cluster within 20 s: %s", id, natsStatus_GetText(s));
+}
+
+/* The transaction with index i as a core publish (Nats-Msg-Id set, no PubAck awaited). */
+static void burst_txn(int i)
+{
+    char id[32];
+    snprintf(id, sizeof id, "cl-%d", i);
+    Transaction t;
+    make_txn(&t, id, i);
+    unsigned char buf[2048];
+    int n = tc_pack(&t, buf);
+    natsMsg *m = NULL;
+    cr_assert_eq(natsMsg_Create(&m, "txn.cluster", NULL, (const char *)buf, n), NATS_OK);
+    cr_assert_eq(natsMsgHeader_Set(m, "Nats-Msg-Id", id), NATS_OK);
+    cr_assert_eq(natsConnection_PublishMsg(nc, m), NATS_OK);
+    natsMsg_Destroy(m);
+}
+
+/* How many lines of the engine log contain needle. */
+static int log_count(const char *needle)
+{
+    FILE *f = fopen(logp, "r");
+    if (!f)
+        return 0;
+    char line[4096];
+    int n = 0;
+    while (fgets(line, sizeof line, f))
+        n += strstr(line, needle) != NULL;
+    fclose(f);
+    return n;
+}
+
+/* What the cluster says about the consumer and streams, for a failed run. */
+static void dump_state(void)
+{
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetConsumerInfo(&ci, js, "TXN", "verdict", NULL, &jerr);
+    if (s != NATS_OK) {
+        fprintf(stderr, "test_cluster: consumer info: %s (%d)\n", natsStatus_GetText(s), (int)jerr);
+    } else {
+        fprintf(stderr,
+                "test_cluster: consumer leader %s delivered %llu ack floor %llu pending %llu ack pending %lld "
+                "redelivered %lld waiting %lld\n",
+                ci->Cluster && ci->Cluster->Leader ? ci->Cluster->Leader : "-",
+                (unsigned long long)ci->Delivered.Stream, (unsigned long long)ci->AckFloor.Stream,
+                (unsigned long long)ci->NumPending, (long long)ci->NumAckPending, (long long)ci->NumRedelivered,
+                (long long)ci->NumWaiting);
+        jsConsumerInfo_Destroy(ci);
+    }
+    const char *streams[] = {"TXN", "DECISIONS", "DLQ"};
+    for (int i = 0; i < 3; i++) {
+        jsStreamInfo *si = NULL;
+        if (js_GetStreamInfo(&si, js, streams[i], NULL, NULL) != NATS_OK)
+            continue;
+        fprintf(stderr, "test_cluster: stream %s leader %s msgs %llu last seq %llu\n", streams[i],
+                si->Cluster && si->Cluster->Leader ? si->Cluster->Leader : "-", (unsigned long long)si->State.Msgs,
+                (unsigned long long)si->State.LastSeq);
+        jsStreamInfo_Destroy(si);
+    }
 }
 
 static bool engine_alive(void)
@@ -161,7 +231,7 @@ Test(cluster, r3_streams_survive_losing_a_node_with_exactly_one_decision_each)
     int victim = -1;
     for (int i = 0; i < TOTAL; i++) {
         publish_txn(i);
-        tc_sleep_ms(5); /* a steady flow, so the kill lands while work is in flight */
+        tc_sleep_ms(2); /* a steady flow around the burst and the kill */
         if (i != KILL_AT)
             continue;
         /* the victim: the node carrying most of the engine's traffic (its connections, the consumer it pulls
@@ -179,6 +249,11 @@ Test(cluster, r3_streams_survive_losing_a_node_with_exactly_one_decision_each)
             }
         }
         cr_assert(victim >= 0);
+        /* a burst the engine cannot have finished when the node dies: core publishes, no PubAck awaited; the
+         * loop below publishes the same ids again with confirmation (deduplicated if already stored) */
+        for (int b = i + 1; b <= i + BURST && b < TOTAL; b++)
+            burst_txn(b);
+        cr_assert_eq(natsConnection_FlushTimeout(nc, 5000), NATS_OK);
         decided_at_kill = tc_stream_msgs(js, "DECISIONS");
         fprintf(stderr,
                 "test_cluster: killing n%d (engine connections %d; leaders: TXN %s, consumer %s, DECISIONS %s) "
@@ -187,10 +262,13 @@ Test(cluster, r3_streams_survive_losing_a_node_with_exactly_one_decision_each)
                 (unsigned long long)decided_at_kill, i + 1);
         cluster_kill_node(&cl, victim, SIGKILL);
     }
-    cr_assert(decided_at_kill < TOTAL, "the kill must land mid-run");
+    cr_assert(decided_at_kill < KILL_AT + 1 + BURST, "the kill must land while work is in flight (%llu decided)",
+              (unsigned long long)decided_at_kill);
 
     /* every transaction decided, then nothing more arriving (a redelivery decided twice would show up here) */
     uint64_t got = tc_wait_msgs(js, "DECISIONS", TOTAL, 40000);
+    if (got != TOTAL)
+        dump_state();
     cr_assert_eq(got, TOTAL, "decisions %llu of %d after losing n%d; see %s", (unsigned long long)got, TOTAL,
                  victim, logp);
     uint64_t ack_pending = 1, pending = 1;
@@ -271,8 +349,14 @@ Test(cluster, r3_streams_survive_losing_a_node_with_exactly_one_decision_each)
     }
     cr_assert(current, "the restarted node n%d did not catch up with DECISIONS", victim);
 
+    fprintf(stderr,
+            "test_cluster: engine log: %d reconnects, %d fetch errors, %d batches retrying publishes, %d decisions "
+            "naked, %d PubAck waits timed out\n",
+            log_count("reconnected to NATS"), log_count("fetch failed"), log_count("decision stream unavailable"),
+            log_count("decision not stored"), log_count("PubAcks did not arrive"));
     kill(engine_pid, SIGTERM);
     cr_assert_eq(child_wait(engine_pid, 15000), 0, "engine did not exit 0 on SIGTERM; see %s", logp);
     engine_pid = 0;
     cr_assert_eq(tc_stream_msgs(js, "DECISIONS"), TOTAL + 1, "no transaction decided twice");
+    passed = true;
 }
