@@ -43,12 +43,43 @@ static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus
     log_warn("NATS asynchronous error", "\"error\":\"%s\"", log_esc(natsStatus_GetText(err)));
 }
 
+#define MAX_SERVERS 16
+
+/* natsOptions_SetURL in nats.c 3.4.1 takes the whole string as one URL: "nats://a:4222,nats://b:4222" then fails
+ * with "No server available" (only natsConnection_ConnectTo splits lists). A cluster's URL list is split here
+ * and handed over with natsOptions_SetServers; a single URL goes through SetURL as before. */
+static natsStatus set_servers(natsOptions *o, const char *list)
+{
+    if (!strchr(list, ','))
+        return natsOptions_SetURL(o, list);
+    char buf[sizeof ((config *)0)->nats_url];
+    if (!str_copy(buf, sizeof buf, list))
+        return NATS_INVALID_ARG;
+    const char *urls[MAX_SERVERS];
+    int n = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ' || *tok == '\t')
+            tok++;
+        char *end = tok + strlen(tok);
+        while (end > tok && (end[-1] == ' ' || end[-1] == '\t'))
+            *--end = 0;
+        if (!*tok)
+            continue;
+        if (n == MAX_SERVERS)
+            return NATS_INVALID_ARG;
+        urls[n++] = tok;
+    }
+    if (n == 0)
+        return NATS_INVALID_ARG;
+    return natsOptions_SetServers(o, urls, n); /* nats.c copies the strings */
+}
+
 vstatus broker_connect(const config *c, const char *name, bool send_asap, natsConnection **nc, verror *e)
 {
     natsOptions *o = NULL;
     natsStatus s = natsOptions_Create(&o);
     if (s == NATS_OK)
-        s = natsOptions_SetURL(o, c->nats_url);
+        s = set_servers(o, c->nats_url);
     if (s == NATS_OK)
         s = natsOptions_SetName(o, name);
     if (s == NATS_OK)

@@ -25,6 +25,8 @@
 #include <unistd.h>
 
 #define DECISION_BUF 8192
+/* how long a batch retries decisions the stream could not take (no leader), before naking them */
+#define DECISION_RETRY_MS 30000
 
 struct slot;
 struct engine;
@@ -288,6 +290,7 @@ typedef struct slot {
     int outcome;
     bool budget_exceeded, degraded;
     _Atomic int state;
+    bool retryable; /* failed because the stream had no leader for a moment (see publish_decisions) */
     uint64_t dup_seq;
     char err[96];
 } slot;
@@ -414,6 +417,8 @@ static void on_decision_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckEr
             sl->dm = msg;
             if (pae) {
                 str_copy(sl->err, sizeof sl->err, natsStatus_GetText(pae->Err));
+                sl->retryable = pae->Err == NATS_NO_RESPONDERS || pae->Err == NATS_TIMEOUT ||
+                                pae->ErrCode == JSClusterNotAvailErr;
                 atomic_store(&sl->state, SLOT_FAILED);
             } else if (pa && pa->Duplicate) {
                 sl->dup_seq = pa->Sequence;
@@ -510,40 +515,12 @@ static void finish(worker *w, slot *sl)
     fault_point(en, "crash_after_ack");
 }
 
-/* A batch: decide every message, publish every decision asynchronously (at most one batch in flight per
- * worker), wait for all PubAcks, then reply and ack in order. One round trip per batch instead of per message. */
-static void process_batch(worker *w, natsMsgList *list)
+/* Publishes every slot's to_send asynchronously and waits (bounded) for their PubAcks. */
+static void publish_decisions(worker *w, int count)
 {
-    engine *en = w->en;
-    const config *cfg = &en->cfg;
-    w->nslots = list->Count;
-    /* one policy for the whole batch: a reload takes effect between batches, never inside a decision */
-    pthread_mutex_lock(&en->policy_mu);
-    w->policy = en->policy;
-    policy_retain(w->policy);
-    w->vel = en->vel;
-    if (w->vel)
-        atomic_fetch_add(&w->vel->refs, 1);
-    pthread_mutex_unlock(&en->policy_mu);
-    for (int i = 0; i < list->Count; i++)
-        prepare(w, list->Msgs[i], &w->slots[i]);
-    policy_release(w->policy);
-    w->policy = NULL;
-    velref_release(w->vel);
-    w->vel = NULL;
-    fault_point(en, "crash_before_publish");
+    const config *cfg = &w->en->cfg;
     bool any = false;
-    /* Hand every decision over before the first publish: the PubAck handler runs on nats.c's thread as soon as
-     * the first PubAck arrives and matches slots by (state PENDING, dm NULL, txn_id). */
-    for (int i = 0; i < list->Count; i++) {
-        slot *sl = &w->slots[i];
-        sl->to_send = NULL;
-        if (atomic_load(&sl->state) == SLOT_PENDING) {
-            sl->to_send = sl->dm;
-            sl->dm = NULL;
-        }
-    }
-    for (int i = 0; i < list->Count; i++) {
+    for (int i = 0; i < count; i++) {
         slot *sl = &w->slots[i];
         if (!sl->to_send)
             continue;
@@ -552,6 +529,7 @@ static void process_batch(worker *w, natsMsgList *list)
         po.MsgId = sl->txn_id;
         po.MaxWait = cfg->publish_timeout_ms;
         natsMsg *dm = sl->to_send;
+        sl->to_send = NULL;
         natsStatus s = strcmp(cfg->fault, "publish_fail") == 0 ? NATS_TIMEOUT : js_PublishMsgAsync(w->js, &dm, &po);
         if (s != NATS_OK) {
             /* not handed over (on failure nats.c leaves the message with us) */
@@ -568,6 +546,76 @@ static void process_batch(worker *w, natsMsgList *list)
         po.MaxWait = cfg->publish_timeout_ms + 1000;
         if (js_PublishAsyncComplete(w->js, &po) != NATS_OK)
             log_warn("some decision PubAcks did not arrive in time", "\"worker\":%d", w->id);
+    }
+}
+
+/* A batch: decide every message, publish every decision asynchronously (at most one batch in flight per
+ * worker), wait for all PubAcks, then reply and ack in order. One round trip per batch instead of per message. */
+static void process_batch(worker *w, natsMsgList *list)
+{
+    engine *en = w->en;
+    w->nslots = list->Count;
+    /* one policy for the whole batch: a reload takes effect between batches, never inside a decision */
+    pthread_mutex_lock(&en->policy_mu);
+    w->policy = en->policy;
+    policy_retain(w->policy);
+    w->vel = en->vel;
+    if (w->vel)
+        atomic_fetch_add(&w->vel->refs, 1);
+    pthread_mutex_unlock(&en->policy_mu);
+    for (int i = 0; i < list->Count; i++)
+        prepare(w, list->Msgs[i], &w->slots[i]);
+    policy_release(w->policy);
+    w->policy = NULL;
+    velref_release(w->vel);
+    w->vel = NULL;
+    fault_point(en, "crash_before_publish");
+    /* Hand every decision over before the first publish: the PubAck handler runs on nats.c's thread as soon as
+     * the first PubAck arrives and matches slots by (state PENDING, dm NULL, txn_id). */
+    for (int i = 0; i < list->Count; i++) {
+        slot *sl = &w->slots[i];
+        sl->to_send = NULL;
+        if (atomic_load(&sl->state) == SLOT_PENDING) {
+            sl->to_send = sl->dm;
+            sl->dm = NULL;
+        }
+    }
+    publish_decisions(w, list->Count);
+    /* A stream that lost its leader answers "no responders" at once (or not at all) until a new leader is elected,
+     * which takes seconds on a cluster. Naking would spend one of the transaction's MaxDeliver attempts per
+     * retry and dead-letter it during an ordinary failover, so the decisions are published again from here,
+     * with the input kept in progress, for up to DECISION_RETRY_MS; only then is the batch naked. */
+    int64_t give_up = now_ms() + DECISION_RETRY_MS;
+    for (int delay = 100; !atomic_load(&en->stopping) && now_ms() < give_up; delay = delay < 800 ? delay * 2 : 1000) {
+        int n = 0;
+        const char *why = "";
+        for (int i = 0; i < list->Count; i++) {
+            slot *sl = &w->slots[i];
+            if (atomic_load(&sl->state) == SLOT_FAILED && sl->retryable && sl->dm) {
+                if (natsMsg_InProgress(sl->in, NULL) != NATS_OK)
+                    log_warn("in-progress not sent; AckWait may redeliver, which the dedup absorbs", NULL);
+                why = sl->err;
+                n++;
+            }
+        }
+        if (n == 0)
+            break;
+        if (delay == 100)
+            log_warn("decision stream unavailable; retrying the batch's publishes",
+                     "\"worker\":%d,\"messages\":%d,\"error\":\"%s\"", w->id, n, log_esc(why));
+        sleep_ms(delay);
+        for (int i = 0; i < list->Count; i++) {
+            slot *sl = &w->slots[i];
+            sl->to_send = NULL;
+            if (atomic_load(&sl->state) == SLOT_FAILED && sl->retryable && sl->dm) {
+                sl->to_send = sl->dm; /* handed back by the PubAck handler: ours to publish again */
+                sl->dm = NULL;
+                sl->retryable = false;
+                sl->err[0] = 0;
+                atomic_store(&sl->state, SLOT_PENDING);
+            }
+        }
+        publish_decisions(w, list->Count);
     }
     for (int i = 0; i < list->Count; i++)
         finish(w, &w->slots[i]);

@@ -36,6 +36,11 @@ Test(compose, the_compose_files_validate)
     cr_assert_eq(sh("command -v docker-compose >/dev/null"), 0, "docker-compose missing: run tools/install-deps");
     cr_assert_eq(sh("docker-compose -f compose.yaml config -q"), 0, "compose.yaml is invalid");
     cr_assert_eq(sh("docker-compose -f compose.yaml --profile demo config --services | grep -qx payments"), 0);
+    cr_assert_eq(sh("docker-compose -f compose.cluster.yaml config -q"), 0, "compose.cluster.yaml is invalid");
+    cr_assert_eq(sh("docker-compose -f compose.cluster.yaml config --services | grep -c '^nats-[123]$' | grep -qx 3"),
+                 0, "the cluster file has three nats nodes");
+    cr_assert_eq(sh("docker-compose -f compose.cluster.yaml config | grep -q 'VERDICT_REPLICAS: .3.'"), 0,
+                 "the cluster's engine creates R3 streams");
     /* without compose/.env and the environment, a password is a clear refusal, not an empty string */
     char empty[256];
     temp_path(empty, sizeof empty, ".env");
@@ -52,6 +57,8 @@ Test(compose, the_compose_files_validate)
 Test(compose, nats_server_accepts_the_config_files)
 {
     cr_assert_eq(sh(PW "nats-server -t -c nats.conf >/dev/null 2>&1"), 0, "compose/nats.conf is invalid");
+    cr_assert_eq(sh("NATS_NODE=nats-1 nats-server -t -c nats-cluster.conf >/dev/null 2>&1"), 0,
+                 "compose/nats-cluster.conf is invalid");
     /* and the check is real: a broken file fails it */
     char bad[256];
     temp_path(bad, sizeof bad, ".conf");

@@ -1,8 +1,11 @@
-/* harness.c - starts and stops real nats-servers and verdict processes for integration tests. */
+/* harness.c - starts and stops real nats-servers (alone or as a cluster) and verdict processes for integration
+ * tests. A cluster node is an ordinary test_server whose config file carries server_name and a cluster block,
+ * so spawning, killing and restarting are the single-server code paths. */
 #define _POSIX_C_SOURCE 200809L
 #include "harness.h"
 
 #include <arpa/inet.h>
+#include <nats/nats.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -12,6 +15,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -89,14 +93,25 @@ static bool spawn_server(test_server *s)
     return false;
 }
 
-bool server_start(test_server *s, const char *extra_conf)
+/* A fresh temporary store for s (and the config path next to it when with_conf). */
+static bool server_prepare(test_server *s, bool with_conf)
 {
     memset(s, 0, sizeof *s);
     snprintf(s->store, sizeof s->store, "/tmp/verdict-test-XXXXXX");
-    if (!mkdtemp(s->store))
+    if (!mkdtemp(s->store)) {
+        s->store[0] = 0;
+        return false;
+    }
+    if (with_conf)
+        snprintf(s->conf, sizeof s->conf, "%s.conf", s->store);
+    return true;
+}
+
+bool server_start(test_server *s, const char *extra_conf)
+{
+    if (!server_prepare(s, extra_conf != NULL))
         return false;
     if (extra_conf) {
-        snprintf(s->conf, sizeof s->conf, "%s.conf", s->store);
         FILE *f = fopen(s->conf, "w");
         if (!f)
             return false;
@@ -149,6 +164,240 @@ void server_stop(test_server *s)
             fprintf(stderr, "harness: could not remove %s\n", s->store);
         s->store[0] = 0;
     }
+}
+
+/* --- cluster ------------------------------------------------------------------------------------------ */
+
+static bool write_node_conf(const test_cluster *c, int i, const char *extra_conf)
+{
+    const test_server *s = &c->nodes[i];
+    FILE *f = fopen(s->conf, "w");
+    if (!f)
+        return false;
+    /* client host and port, -js and the store (-sd) come from spawn_server's command line; nats-server refuses
+     * a store_dir given both ways */
+    fprintf(f, "# JetStream store: %s (-sd)\nserver_name: n%d\nhttp: \"127.0.0.1:%d\"\n", s->store, i,
+            c->http_port[i]);
+    fprintf(f, "cluster {\n  name: verdict-test\n  listen: \"127.0.0.1:%d\"\n  routes: [\n", c->route_port[i]);
+    for (int j = 0; j < c->n; j++)
+        if (j != i)
+            fprintf(f, "    \"nats-route://127.0.0.1:%d\"\n", c->route_port[j]);
+    fprintf(f, "  ]\n}\n");
+    if (extra_conf)
+        fprintf(f, "%s\n", extra_conf);
+    return fclose(f) == 0;
+}
+
+/* Distinct free ports for every node's client, route and monitoring listeners. */
+static bool pick_ports(test_cluster *c)
+{
+    int used[CLUSTER_MAX * 3], nused = 0;
+    for (int i = 0; i < c->n; i++) {
+        int *dst[3] = {&c->nodes[i].port, &c->route_port[i], &c->http_port[i]};
+        for (int k = 0; k < 3; k++) {
+            int p = -1;
+            for (int tries = 0; tries < 20 && p < 0; tries++) {
+                p = free_port();
+                for (int u = 0; u < nused && p > 0; u++)
+                    if (used[u] == p)
+                        p = -1;
+            }
+            if (p <= 0)
+                return false;
+            used[nused++] = p;
+            *dst[k] = p;
+        }
+        snprintf(c->nodes[i].url, sizeof c->nodes[i].url, "nats://127.0.0.1:%d", c->nodes[i].port);
+    }
+    size_t o = 0;
+    c->urls[0] = 0;
+    for (int i = 0; i < c->n; i++)
+        o += (size_t)snprintf(c->urls + o, sizeof c->urls - o, "%s%s", i ? "," : "", c->nodes[i].url);
+    return true;
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* One round of readiness checks through node i: the JetStream API answers (so a meta leader exists and this
+ * node is routed to it), and when probe_replicas > 0, a memory stream with that many replicas can be placed
+ * (so the meta leader knows enough peers). */
+static bool node_ready(const test_cluster *c, int i, int probe_replicas)
+{
+    natsOptions *o = NULL;
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    jsAccountInfo *ai = NULL;
+    jsStreamInfo *si = NULL;
+    bool ok = false;
+    natsStatus s = natsOptions_Create(&o);
+    if (s == NATS_OK)
+        s = natsOptions_SetURL(o, c->nodes[i].url);
+    if (s == NATS_OK)
+        s = natsOptions_SetTimeout(o, 1000);
+    if (s == NATS_OK)
+        s = natsOptions_SetAllowReconnect(o, false);
+    if (s == NATS_OK)
+        s = natsConnection_Connect(&nc, o);
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = 1000;
+    if (s == NATS_OK)
+        s = natsConnection_JetStream(&js, nc, &jo);
+    if (s == NATS_OK)
+        s = js_GetAccountInfo(&ai, js, NULL, NULL);
+    if (s == NATS_OK && probe_replicas > 0) {
+        char name[64], subj[64];
+        snprintf(name, sizeof name, "HARNESS_PROBE_%d_%d", (int)getpid(), i);
+        snprintf(subj, sizeof subj, "harness.probe.%d.%d", (int)getpid(), i);
+        const char *subjects[] = {subj};
+        jsStreamConfig sc;
+        jsStreamConfig_Init(&sc);
+        sc.Name = name;
+        sc.Subjects = subjects;
+        sc.SubjectsLen = 1;
+        sc.Storage = js_MemoryStorage;
+        sc.Replicas = probe_replicas;
+        s = js_AddStream(&si, js, &sc, NULL, NULL);
+        if (s == NATS_OK)
+            s = js_DeleteStream(js, name, NULL, NULL);
+    }
+    ok = s == NATS_OK;
+    jsStreamInfo_Destroy(si);
+    jsAccountInfo_Destroy(ai);
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    natsOptions_Destroy(o);
+    return ok;
+}
+
+bool cluster_wait_ready(test_cluster *c, int timeout_ms)
+{
+    int64_t deadline = mono_ms() + timeout_ms;
+    int running = 0;
+    for (int i = 0; i < c->n; i++)
+        running += c->nodes[i].pid > 0;
+    bool probed = running < 2;
+    for (int i = 0; i < c->n; i++) {
+        if (c->nodes[i].pid <= 0)
+            continue;
+        /* the placement probe once, through the first running node; every node must reach the API */
+        int probe = probed ? 0 : running;
+        probed = true;
+        while (!node_ready(c, i, probe)) {
+            if (mono_ms() >= deadline) {
+                fprintf(stderr, "harness: JetStream not ready through node n%d within %d ms; see %s.log\n", i,
+                        timeout_ms, c->nodes[i].store);
+                return false;
+            }
+            sleep_ms(100);
+        }
+    }
+    return true;
+}
+
+static bool cluster_try_start(test_cluster *c, const char *extra_conf)
+{
+    if (!pick_ports(c))
+        return false;
+    for (int i = 0; i < c->n; i++)
+        if (!write_node_conf(c, i, extra_conf))
+            return false;
+    for (int i = 0; i < c->n; i++)
+        if (!spawn_server(&c->nodes[i]))
+            return false;
+    return cluster_wait_ready(c, 30000);
+}
+
+bool cluster_start(test_cluster *c, int n, const char *extra_conf)
+{
+    memset(c, 0, sizeof *c);
+    if (n < 2 || n > CLUSTER_MAX)
+        return false;
+    for (int attempt = 0; attempt < 3; attempt++) {
+        c->n = n;
+        bool prepared = true;
+        for (int i = 0; i < n && prepared; i++)
+            prepared = server_prepare(&c->nodes[i], true);
+        if (prepared && cluster_try_start(c, extra_conf))
+            return true;
+        /* a port taken between free_port() and the listen, or a slow start: clean up and try new ports */
+        fprintf(stderr, "harness: cluster start attempt %d failed; retrying\n", attempt + 1);
+        cluster_stop(c);
+        c->n = n;
+    }
+    memset(c, 0, sizeof *c);
+    return false;
+}
+
+void cluster_kill_node(test_cluster *c, int i, int sig)
+{
+    if (i >= 0 && i < c->n)
+        server_kill(&c->nodes[i], sig);
+}
+
+bool cluster_restart_node(test_cluster *c, int i)
+{
+    if (i < 0 || i >= c->n)
+        return false;
+    return server_restart(&c->nodes[i]);
+}
+
+int cluster_node_index(const test_cluster *c, const char *server_name)
+{
+    if (!server_name || server_name[0] != 'n')
+        return -1;
+    char *end = NULL;
+    long i = strtol(server_name + 1, &end, 10);
+    if (end == server_name + 1 || *end || i < 0 || i >= c->n)
+        return -1;
+    return (int)i;
+}
+
+void cluster_stop(test_cluster *c)
+{
+    for (int i = 0; i < c->n; i++)
+        server_stop(&c->nodes[i]);
+    c->n = 0;
+}
+
+bool http_get_local(int port, const char *path, char *out, size_t cap)
+{
+    if (cap == 0)
+        return false;
+    out[0] = 0;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return false;
+    struct timeval tv = {2, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    char req[512];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0 || n <= 0 || (size_t)n >= sizeof req ||
+        write(fd, req, (size_t)n) != n) {
+        close(fd);
+        return false;
+    }
+    /* headers and body into out; then the body is moved to the front */
+    size_t have = 0;
+    ssize_t r;
+    while (have < cap - 1 && (r = read(fd, out + have, cap - 1 - have)) > 0)
+        have += (size_t)r;
+    close(fd);
+    out[have] = 0;
+    char *body = strstr(out, "\r\n\r\n");
+    if (strncmp(out, "HTTP/1.", 7) != 0 || !body || strncmp(out + 9, "200", 3) != 0)
+        return false;
+    body += 4;
+    memmove(out, body, strlen(body) + 1);
+    return true;
 }
 
 pid_t verdict_spawn(const char *const argv[], const char *log_path)

@@ -1,5 +1,5 @@
-/* harness.h - test support: a real nats-server on a free loopback port with a temporary store, and helpers
- * to run the verdict binary as a child process. Never a mock of NATS. */
+/* harness.h - test support: a real nats-server on a free loopback port with a temporary store (or a cluster of
+ * them), and helpers to run the verdict binary as a child process. Never a mock of NATS. */
 #ifndef VERDICT_TEST_HARNESS_H
 #define VERDICT_TEST_HARNESS_H
 
@@ -24,6 +24,38 @@ bool server_start(test_server *s, const char *extra_conf);
 bool server_restart(test_server *s);
 void server_kill(test_server *s, int sig);
 void server_stop(test_server *s);
+
+/* --- a JetStream cluster on loopback ---------------------------------------------------------------------
+ * n nodes named n0..n{n-1} (server_name), each a test_server with its own store and config file: client port,
+ * cluster port and monitoring port free on 127.0.0.1, routes to every other node. Nodes keep their ports and
+ * stores across cluster_kill_node / cluster_restart_node, so a restarted node rejoins with its data. */
+#define CLUSTER_MAX 5
+
+typedef struct test_cluster {
+    int n;
+    test_server nodes[CLUSTER_MAX];
+    int route_port[CLUSTER_MAX];
+    int http_port[CLUSTER_MAX];              /* monitoring: /healthz, /connz, /jsz */
+    char urls[CLUSTER_MAX * 32];             /* "nats://127.0.0.1:a,nats://127.0.0.1:b,..." for clients */
+} test_cluster;
+
+/* Starts n (2..CLUSTER_MAX) nodes and waits (bounded) until JetStream has a meta leader and can place a stream
+ * with n replicas. extra_conf, if not NULL, is appended to every node's config. On failure everything started
+ * is stopped and removed, and false is returned with a message on stderr. */
+bool cluster_start(test_cluster *c, int n, const char *extra_conf);
+/* Sends sig to node i and reaps it (SIGKILL for a crash). */
+void cluster_kill_node(test_cluster *c, int i, int sig);
+/* Starts node i again on the same ports and store. */
+bool cluster_restart_node(test_cluster *c, int i);
+/* Polls (bounded) until JetStream answers through every running node and can place an R<running nodes> stream. */
+bool cluster_wait_ready(test_cluster *c, int timeout_ms);
+/* The index of the node with this server_name ("n1" -> 1), or -1. */
+int cluster_node_index(const test_cluster *c, const char *server_name);
+/* Stops every node and removes the stores, logs and config files. Safe to call twice. */
+void cluster_stop(test_cluster *c);
+
+/* GET http://127.0.0.1:port/path; the body (NUL-terminated, truncated to cap) in out. Returns false on error. */
+bool http_get_local(int port, const char *path, char *out, size_t cap);
 
 /* Spawns the verdict binary with argv (argv[0] ignored; NULL-terminated). stderr goes to log_path if given.
  * Returns the child's pid. */

@@ -1,0 +1,362 @@
+/* test_cluster.c - losing one node of a three-node JetStream cluster loses nothing.
+ *
+ * `verdict serve --replicas 3` against a 3-node cluster on loopback: every stream, the durable consumer and the
+ * KV buckets the engine creates must really be R3. While transactions flow, the node that matters most to the
+ * engine (the one it is connected to and that leads its streams / consumer) is killed with SIGKILL; clients
+ * keep publishing and retry through the leader election, as a payment service must. Then every transaction
+ * published has exactly one decision (one message per txn id in DECISIONS, Nats-Msg-Id = txn id), nothing is
+ * dead-lettered, and the engine is still alive and deciding. Finally the dead node is restarted and catches up.
+ * Bounded: a few hundred transactions, each wait has its own deadline. */
+#include "broker.h"
+#include "client.h"
+#include "harness.h"
+
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define TOTAL 400
+#define KILL_AT 120 /* after this many confirmed publishes, a burst of BURST more, then the kill */
+#define BURST 150
+
+static test_cluster cl;
+static pid_t engine_pid;
+static natsConnection *nc;
+static jsCtx *js;
+static char logp[256];
+static bool passed; /* the engine log is kept for a failed run, since the assertions point to it */
+
+static void teardown(void)
+{
+    if (engine_pid > 0) {
+        kill(engine_pid, SIGKILL);
+        child_wait(engine_pid, 5000);
+        engine_pid = 0;
+    }
+    jsCtx_Destroy(js);
+    js = NULL;
+    natsConnection_Destroy(nc);
+    nc = NULL;
+    cluster_stop(&cl);
+    if (logp[0] && passed)
+        unlink(logp);
+    else if (logp[0])
+        fprintf(stderr, "test_cluster: engine log kept: %s\n", logp);
+}
+
+static void setup(void)
+{
+    cr_assert(cluster_start(&cl, 3, NULL), "the 3-node cluster did not start");
+    temp_path(logp, sizeof logp, ".log");
+}
+
+TestSuite(cluster, .init = setup, .fini = teardown, .timeout = 150);
+
+/* Replicas of a stream as the cluster reports them: 1 (leader) + followers; leader's name into leader. */
+static int stream_replicas(const char *stream, char *leader, size_t cap)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetStreamInfo(&si, js, stream, NULL, &jerr);
+    cr_assert_eq(s, NATS_OK, "stream info %s: %s (%d)", stream, natsStatus_GetText(s), (int)jerr);
+    cr_assert_eq(si->Config->Replicas, 3, "stream %s configured with %d replicas", stream, si->Config->Replicas);
+    int n = si->Cluster && si->Cluster->Leader ? 1 + si->Cluster->ReplicasLen : 0;
+    if (leader)
+        snprintf(leader, cap, "%s", si->Cluster && si->Cluster->Leader ? si->Cluster->Leader : "");
+    jsStreamInfo_Destroy(si);
+    return n;
+}
+
+static int consumer_replicas(const char *stream, const char *consumer, char *leader, size_t cap)
+{
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetConsumerInfo(&ci, js, stream, consumer, NULL, &jerr);
+    cr_assert_eq(s, NATS_OK, "consumer info %s/%s: %s (%d)", stream, consumer, natsStatus_GetText(s), (int)jerr);
+    int n = ci->Cluster && ci->Cluster->Leader ? 1 + ci->Cluster->ReplicasLen : 0;
+    if (leader)
+        snprintf(leader, cap, "%s", ci->Cluster && ci->Cluster->Leader ? ci->Cluster->Leader : "");
+    jsConsumerInfo_Destroy(ci);
+    return n;
+}
+
+/* Engine connections (named verdict-<engine-id>) on node i, from its /connz monitoring endpoint. */
+static int engine_conns_on(int i)
+{
+    static char body[1 << 18];
+    if (!http_get_local(cl.http_port[i], "/connz", body, sizeof body))
+        return 0;
+    int n = 0;
+    for (const char *p = body; (p = strstr(p, "\"name\": \"verdict-cluster-engine\"")) != NULL; p++)
+        n++;
+    return n;
+}
+
+/* Transaction i: every tenth over the built-in review threshold, every 25th over decline, so all three
+ * outcomes occur. */
+static void make_txn(Transaction *t, const char *id, int i)
+{
+    tc_txn(t, id, i % 25 == 0 ? 1500000 : i % 10 == 0 ? 300000 : 1000 + i);
+}
+
+/* Publishes one transaction, retrying through leader elections until the stream confirms it (bounded). */
+static void publish_txn(int i)
+{
+    char id[32];
+    snprintf(id, sizeof id, "cl-%d", i);
+    Transaction t;
+    make_txn(&t, id, i);
+    unsigned char buf[2048];
+    int n = tc_pack(&t, buf);
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = id;
+    po.MaxWait = 2000;
+    natsStatus s = NATS_ERR;
+    int64_t deadline = now_ms() + 20000;
+    while (now_ms() < deadline) {
+        jsPubAck *pa = NULL;
+        s = js_Publish(&pa, js, "txn.cluster", buf, n, &po, NULL);
+        jsPubAck_Destroy(pa);
+        if (s == NATS_OK)
+            return;
+        tc_sleep_ms(100);
+    }
+    cr_assert_fail("transaction %s not accepted by the cluster within 20 s: %s", id, natsStatus_GetText(s));
+}
+
+/* The transaction with index i as a core publish (Nats-Msg-Id set, no PubAck awaited). */
+static void burst_txn(int i)
+{
+    char id[32];
+    snprintf(id, sizeof id, "cl-%d", i);
+    Transaction t;
+    make_txn(&t, id, i);
+    unsigned char buf[2048];
+    int n = tc_pack(&t, buf);
+    natsMsg *m = NULL;
+    cr_assert_eq(natsMsg_Create(&m, "txn.cluster", NULL, (const char *)buf, n), NATS_OK);
+    cr_assert_eq(natsMsgHeader_Set(m, "Nats-Msg-Id", id), NATS_OK);
+    cr_assert_eq(natsConnection_PublishMsg(nc, m), NATS_OK);
+    natsMsg_Destroy(m);
+}
+
+/* How many lines of the engine log contain needle. */
+static int log_count(const char *needle)
+{
+    FILE *f = fopen(logp, "r");
+    if (!f)
+        return 0;
+    char line[4096];
+    int n = 0;
+    while (fgets(line, sizeof line, f))
+        n += strstr(line, needle) != NULL;
+    fclose(f);
+    return n;
+}
+
+/* What the cluster says about the consumer and streams, for a failed run. */
+static void dump_state(void)
+{
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetConsumerInfo(&ci, js, "TXN", "verdict", NULL, &jerr);
+    if (s != NATS_OK) {
+        fprintf(stderr, "test_cluster: consumer info: %s (%d)\n", natsStatus_GetText(s), (int)jerr);
+    } else {
+        fprintf(stderr,
+                "test_cluster: consumer leader %s delivered %llu ack floor %llu pending %llu ack pending %lld "
+                "redelivered %lld waiting %lld\n",
+                ci->Cluster && ci->Cluster->Leader ? ci->Cluster->Leader : "-",
+                (unsigned long long)ci->Delivered.Stream, (unsigned long long)ci->AckFloor.Stream,
+                (unsigned long long)ci->NumPending, (long long)ci->NumAckPending, (long long)ci->NumRedelivered,
+                (long long)ci->NumWaiting);
+        jsConsumerInfo_Destroy(ci);
+    }
+    const char *streams[] = {"TXN", "DECISIONS", "DLQ"};
+    for (int i = 0; i < 3; i++) {
+        jsStreamInfo *si = NULL;
+        if (js_GetStreamInfo(&si, js, streams[i], NULL, NULL) != NATS_OK)
+            continue;
+        fprintf(stderr, "test_cluster: stream %s leader %s msgs %llu last seq %llu\n", streams[i],
+                si->Cluster && si->Cluster->Leader ? si->Cluster->Leader : "-", (unsigned long long)si->State.Msgs,
+                (unsigned long long)si->State.LastSeq);
+        jsStreamInfo_Destroy(si);
+    }
+}
+
+static bool engine_alive(void)
+{
+    int st;
+    return engine_pid > 0 && waitpid(engine_pid, &st, WNOHANG) == 0;
+}
+
+Test(cluster, r3_streams_survive_losing_a_node_with_exactly_one_decision_each)
+{
+    /* the client connects the way the engine does: the whole URL list, reconnecting to whichever node lives */
+    config cc;
+    config_defaults(&cc);
+    cr_assert(str_copy(cc.nats_url, sizeof cc.nats_url, cl.urls));
+    verror e = {0};
+    cr_assert_eq(broker_connect_simple(&cc, &nc, &e), V_OK, "connect to %s: %s", cl.urls, e.msg);
+    natsStatus s;
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = 5000;
+    cr_assert_eq(natsConnection_JetStream(&js, nc, &jo), NATS_OK);
+
+    /* short AckWait without BackOff so a lost ack is redelivered within the test's bounds */
+    const char *extra[] = {"--replicas", "3", "--ack-wait", "2s", "--backoff", "", "--batch", "16",
+                           "--engine-id", "cluster-engine", NULL};
+    engine_pid = tc_start_engine(cl.urls, logp, extra);
+
+    /* everything the engine created is R3: its four streams, its consumer, its KV buckets */
+    char txn_leader[64], dec_leader[64], con_leader[64];
+    cr_assert_eq(stream_replicas("TXN", txn_leader, sizeof txn_leader), 3);
+    cr_assert_eq(stream_replicas("DECISIONS", dec_leader, sizeof dec_leader), 3);
+    cr_assert_eq(stream_replicas("DLQ", NULL, 0), 3);
+    cr_assert_eq(stream_replicas("VERDICT_ADVISORIES", NULL, 0), 3);
+    cr_assert_eq(stream_replicas("KV_verdict_rules", NULL, 0), 3);
+    cr_assert_eq(stream_replicas("KV_verdict_lists", NULL, 0), 3);
+    cr_assert_eq(stream_replicas("KV_verdict_profiles", NULL, 0), 3);
+    cr_assert_eq(consumer_replicas("TXN", "verdict", con_leader, sizeof con_leader), 3,
+                 "the durable consumer must be replicated like its stream, or losing its node loses its state");
+    cr_assert_eq(consumer_replicas("VERDICT_ADVISORIES", "verdict_dlq", NULL, 0), 3);
+
+    uint64_t decided_at_kill = 0;
+    int victim = -1;
+    for (int i = 0; i < TOTAL; i++) {
+        publish_txn(i);
+        tc_sleep_ms(2); /* a steady flow around the burst and the kill */
+        if (i != KILL_AT)
+            continue;
+        /* the victim: the node carrying most of the engine's traffic (its connections, the consumer it pulls
+         * from, the streams it reads and writes), leaders re-read now since elections may have moved them */
+        stream_replicas("TXN", txn_leader, sizeof txn_leader);
+        stream_replicas("DECISIONS", dec_leader, sizeof dec_leader);
+        consumer_replicas("TXN", "verdict", con_leader, sizeof con_leader);
+        int best = -1;
+        for (int n = 0; n < cl.n; n++) {
+            int score = 2 * engine_conns_on(n) + 3 * (cluster_node_index(&cl, con_leader) == n) +
+                        2 * (cluster_node_index(&cl, txn_leader) == n) + 2 * (cluster_node_index(&cl, dec_leader) == n);
+            if (score > best) {
+                best = score;
+                victim = n;
+            }
+        }
+        cr_assert(victim >= 0);
+        /* a burst the engine cannot have finished when the node dies: core publishes, no PubAck awaited; the
+         * loop below publishes the same ids again with confirmation (deduplicated if already stored) */
+        for (int b = i + 1; b <= i + BURST && b < TOTAL; b++)
+            burst_txn(b);
+        cr_assert_eq(natsConnection_FlushTimeout(nc, 5000), NATS_OK);
+        decided_at_kill = tc_stream_msgs(js, "DECISIONS");
+        fprintf(stderr,
+                "test_cluster: killing n%d (engine connections %d; leaders: TXN %s, consumer %s, DECISIONS %s) "
+                "with %llu of %d decided\n",
+                victim, engine_conns_on(victim), txn_leader, con_leader, dec_leader,
+                (unsigned long long)decided_at_kill, i + 1);
+        cluster_kill_node(&cl, victim, SIGKILL);
+    }
+    cr_assert(decided_at_kill < KILL_AT + 1 + BURST, "the kill must land while work is in flight (%llu decided)",
+              (unsigned long long)decided_at_kill);
+
+    /* every transaction decided, then nothing more arriving (a redelivery decided twice would show up here) */
+    uint64_t got = tc_wait_msgs(js, "DECISIONS", TOTAL, 40000);
+    if (got != TOTAL)
+        dump_state();
+    cr_assert_eq(got, TOTAL, "decisions %llu of %d after losing n%d; see %s", (unsigned long long)got, TOTAL,
+                 victim, logp);
+    uint64_t ack_pending = 1, pending = 1;
+    for (int waited = 0; waited < 15000 && (ack_pending || pending); waited += 100) {
+        if (!tc_consumer_counts(js, &ack_pending, &pending, NULL))
+            ack_pending = pending = 1;
+        tc_sleep_ms(100);
+    }
+    cr_assert(ack_pending == 0 && pending == 0, "consumer still has %llu ack pending, %llu pending",
+              (unsigned long long)ack_pending, (unsigned long long)pending);
+    tc_sleep_ms(2500); /* longer than AckWait: a late redelivery would have been decided by now */
+
+    /* read every decision back: exactly one per txn id, subject and Nats-Msg-Id agree */
+    jsStreamInfo *si = NULL;
+    cr_assert_eq(js_GetStreamInfo(&si, js, "DECISIONS", NULL, NULL), NATS_OK);
+    uint64_t first = si->State.FirstSeq, last = si->State.LastSeq, msgs = si->State.Msgs;
+    jsStreamInfo_Destroy(si);
+    cr_assert_eq(msgs, TOTAL, "DECISIONS holds %llu messages for %d transactions", (unsigned long long)msgs, TOTAL);
+    static int seen[TOTAL];
+    static int outcome_seen[TOTAL];
+    memset(seen, 0, sizeof seen);
+    int by_outcome[3] = {0};
+    for (uint64_t seq = first; seq <= last; seq++) {
+        natsMsg *m = NULL;
+        s = js_GetMsg(&m, js, "DECISIONS", seq, NULL, NULL);
+        cr_assert_eq(s, NATS_OK, "DECISIONS seq %llu: %s", (unsigned long long)seq, natsStatus_GetText(s));
+        const char *subj = natsMsg_GetSubject(m), *msgid = NULL;
+        cr_assert_eq(natsMsgHeader_Get(m, "Nats-Msg-Id", &msgid), NATS_OK, "decision %s has no Nats-Msg-Id", subj);
+        const char *outcomes[] = {"approve", "review", "decline"};
+        int oc = -1, idx = -1;
+        for (int k = 0; k < 3; k++) {
+            char want[96];
+            snprintf(want, sizeof want, "decision.%s.%s", outcomes[k], msgid);
+            if (strcmp(subj, want) == 0)
+                oc = k;
+        }
+        cr_assert(oc >= 0, "decision subject %s does not match its Nats-Msg-Id %s", subj, msgid);
+        cr_assert(sscanf(msgid, "cl-%d", &idx) == 1 && idx >= 0 && idx < TOTAL, "unknown txn id %s", msgid);
+        seen[idx]++;
+        outcome_seen[idx] = oc;
+        by_outcome[oc]++;
+        natsMsg_Destroy(m);
+    }
+    for (int i = 0; i < TOTAL; i++)
+        cr_assert_eq(seen[i], 1, "txn cl-%d has %d decisions", i, seen[i]);
+    cr_assert_eq(outcome_seen[25], 2, "cl-25 is over the decline threshold");
+    cr_assert(by_outcome[0] > 0 && by_outcome[1] > 0 && by_outcome[2] > 0);
+    cr_assert_eq(tc_stream_msgs(js, "DLQ"), 0, "nothing may be dead-lettered by a node loss; see %s", logp);
+
+    /* the engine survived the loss and still decides: one more transaction, published now */
+    cr_assert(engine_alive(), "the engine died with the node; see %s", logp);
+    Transaction t;
+    tc_txn(&t, "cl-after", 1234);
+    cr_assert(tc_publish(js, "txn.cluster", &t));
+    natsMsg *after = NULL;
+    for (int waited = 0; waited < 10000 && !after; waited += 50) {
+        after = tc_find_decision(js, "cl-after");
+        if (!after)
+            tc_sleep_ms(50);
+    }
+    cr_assert_not_null(after, "no decision after the node loss; see %s", logp);
+    natsMsg_Destroy(after);
+
+    /* the node comes back with its store and catches up: all three replicas current again */
+    cr_assert(cluster_restart_node(&cl, victim), "n%d did not restart", victim);
+    bool current = false;
+    for (int waited = 0; waited < 20000 && !current; waited += 200) {
+        jsStreamInfo *di = NULL;
+        if (js_GetStreamInfo(&di, js, "DECISIONS", NULL, NULL) == NATS_OK && di->Cluster &&
+            di->Cluster->ReplicasLen == 2) {
+            current = true;
+            for (int k = 0; k < di->Cluster->ReplicasLen; k++)
+                current = current && di->Cluster->Replicas[k]->Current && !di->Cluster->Replicas[k]->Offline;
+        }
+        jsStreamInfo_Destroy(di);
+        if (!current)
+            tc_sleep_ms(200);
+    }
+    cr_assert(current, "the restarted node n%d did not catch up with DECISIONS", victim);
+
+    fprintf(stderr,
+            "test_cluster: engine log: %d reconnects, %d fetch errors, %d batches retrying publishes, %d decisions "
+            "naked, %d PubAck waits timed out\n",
+            log_count("reconnected to NATS"), log_count("fetch failed"), log_count("decision stream unavailable"),
+            log_count("decision not stored"), log_count("PubAcks did not arrive"));
+    kill(engine_pid, SIGTERM);
+    cr_assert_eq(child_wait(engine_pid, 15000), 0, "engine did not exit 0 on SIGTERM; see %s", logp);
+    engine_pid = 0;
+    cr_assert_eq(tc_stream_msgs(js, "DECISIONS"), TOTAL + 1, "no transaction decided twice");
+    passed = true;
+}
