@@ -224,6 +224,37 @@ Test(auth, tls_with_a_client_certificate)
     engine_refused(srv.url, NULL, "plain text to a TLS server");
 }
 
+Test(auth, credentials_file_in_operator_mode)
+{
+    static char conf[16384], creds[8192];
+    cr_assert(ak_operator_mode(conf, sizeof conf, creds, sizeof creds));
+    cr_assert(server_start(&srv, conf), "nats-server refused the operator-mode config");
+    char credf[300];
+    snprintf(credf, sizeof credf, "%s/user.creds", dir);
+    cr_assert(ak_write_file(credf, creds, 0600));
+    setenv("VERDICT_NATS_CREDS", credf, 1);
+    pid_t pid;
+    bool up = engine_up(srv.url, NULL, &pid);
+    unsetenv("VERDICT_NATS_CREDS");
+    cr_assert(up, "see %s", logp);
+    natsOptions *o = opts_url(srv.url);
+    cr_assert_eq(natsOptions_SetUserCredentialsFromFiles(o, credf, NULL), NATS_OK);
+    decide_with(o, "auth-creds-1");
+    engine_down(pid);
+    const char *seed = strstr(creds, "SU");
+    char seedcopy[NKEY_SEED_LEN + 1];
+    cr_assert_not_null(seed);
+    snprintf(seedcopy, sizeof seedcopy, "%.*s", NKEY_SEED_LEN, seed);
+    log_clean_of(seedcopy);
+
+    /* a user the operator never signed is refused */
+    static char conf2[16384], creds2[8192];
+    cr_assert(ak_operator_mode(conf2, sizeof conf2, creds2, sizeof creds2));
+    cr_assert(ak_write_file(credf, creds2, 0600));
+    engine_refused(srv.url, (const char *const[]){"--creds", credf, NULL}, "a user from another operator");
+    engine_refused(srv.url, NULL, "no credentials in operator mode");
+}
+
 /* --help names the variables, never a value; not even one set in the environment. */
 Test(auth, help_never_shows_a_secret)
 {

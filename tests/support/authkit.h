@@ -10,6 +10,11 @@
 /* A fresh random user nkey: its seed ("SU...") and public key ("U..."). */
 bool ak_user_nkey(char seed[NKEY_SEED_LEN + 1], char pub[NKEY_PUBLIC_LEN + 1]);
 
+/* Decentralized auth (operator mode) for one user: an operator, an account with JetStream enabled and a user,
+ * their JWTs signed with ed25519 as nats-server expects. conf receives the server's config lines (operator,
+ * MEMORY resolver, preloaded account); creds the user's credentials file text (JWT and seed). */
+bool ak_operator_mode(char *conf, size_t conf_cap, char *creds, size_t creds_cap);
+
 /* Writes text to path with the given mode. */
 bool ak_write_file(const char *path, const char *text, int mode);
 
