@@ -1,6 +1,8 @@
 /* codec.c - arena allocator, transaction decode/validate and decision encode (see codec.h). */
 #include "codec.h"
 
+#include "ident.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,10 +26,21 @@ vstatus arena_init(arena *a, size_t cap)
     return V_OK;
 }
 
-void arena_reset(arena *a) { a->used = 0; }
+size_t txn_arena_size(size_t max_msg_size) { return max_msg_size * 4 + 4096; }
+
+void arena_reset(arena *a)
+{
+    a->used = 0;
+    a->exhausted = false;
+    if (a->heap_txn) {
+        verdict__v1__transaction__free_unpacked(a->heap_txn, NULL);
+        a->heap_txn = NULL;
+    }
+}
 
 void arena_free(arena *a)
 {
+    arena_reset(a);
     free(a->buf);
     a->buf = NULL;
     a->cap = a->used = 0;
@@ -36,8 +49,10 @@ void arena_free(arena *a)
 void *arena_alloc(arena *a, size_t n)
 {
     size_t start = (a->used + 15) & ~(size_t)15;
-    if (start > a->cap || n > a->cap - start)
+    if (start > a->cap || n > a->cap - start) {
+        a->exhausted = true;
         return NULL;
+    }
     a->used = start + n;
     return a->buf + start;
 }
@@ -57,20 +72,7 @@ const char *poison_reason_str(poison_reason r)
     return "unknown";
 }
 
-bool txn_id_valid(const char *id)
-{
-    if (!id)
-        return false;
-    size_t n = 0;
-    for (const char *p = id; *p; p++, n++) {
-        char c = *p;
-        if (n >= 64)
-            return false;
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
-            return false;
-    }
-    return n > 0;
-}
+bool txn_id_valid(const char *id) { return ident_txn_id_valid(id); }
 
 static bool currency_valid(const char *c)
 {
@@ -89,13 +91,17 @@ vstatus txn_decode(arena *a, const void *data, size_t len, size_t max_len, Trans
     }
     arena_reset(a);
     Transaction *t = verdict__v1__transaction__unpack(&a->pa, len, data);
+    if (!t && a->exhausted) {
+        /* valid but larger decoded than the arena (thousands of tiny map entries): decode on the heap */
+        t = a->heap_txn = verdict__v1__transaction__unpack(NULL, len, data);
+    }
     if (!t) {
         *why = POISON_DECODE;
         return verror_set(e, V_EINVAL, "payload of %zu bytes is not a verdict.v1.Transaction", len);
     }
     if (!txn_id_valid(t->txn_id)) {
         *why = POISON_INVALID_TXN_ID;
-        return verror_set(e, V_EINVAL, "txn_id must be 1-64 of [A-Za-z0-9_-]");
+        return verror_set(e, V_EINVAL, "txn_id must be 1-%d of [A-Za-z0-9_-]", IDENT_TXN_ID_MAX);
     }
     if (!t->card_id || !t->card_id[0]) {
         *why = POISON_MISSING_FIELD;

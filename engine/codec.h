@@ -21,8 +21,15 @@ typedef struct arena {
     unsigned char *buf;
     size_t cap;
     size_t used;
+    bool exhausted;                        /* an allocation did not fit since the last reset */
+    Verdict__V1__Transaction *heap_txn;    /* decoded on the heap because it did not fit; freed by arena_reset */
     ProtobufCAllocator pa; /* allocates from buf; free is a no-op */
 } arena;
+
+/* The decode arena for transactions of at most max_msg_size bytes: room for every ordinary transaction. A
+ * valid transaction whose decoded form does not fit (protobuf-c allocates ~70 bytes per 2-byte map entry) is
+ * decoded again on the heap, off the hot path, so a valid message is never called poison. */
+size_t txn_arena_size(size_t max_msg_size);
 
 vstatus arena_init(arena *a, size_t cap);
 void arena_reset(arena *a);
@@ -44,7 +51,7 @@ typedef enum poison_reason {
 
 const char *poison_reason_str(poison_reason r);
 
-/* txn_id rules: 1-64 of [A-Za-z0-9_-] (it becomes a subject token and the dedup id). */
+/* txn_id rules: 1-64 of [A-Za-z0-9_-] (it becomes a subject token and the dedup id); see ident.h. */
 bool txn_id_valid(const char *id);
 
 /* Decodes and validates. On success *out points into the arena (valid until arena_reset). On failure returns

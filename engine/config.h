@@ -20,6 +20,7 @@ typedef struct config {
     char nkey_seed_file[512], creds_file[512];
     char tls_ca[512], tls_cert[512], tls_key[512];
     char inbox_prefix[128];
+    char reply_prefix[256]; /* requesters' inbox prefixes (comma-separated) a Verdict-Reply-To may name */
     /* names (DESIGN section 2); all derived from prefix unless set */
     char prefix[64];
     char txn_stream[NAME_MAX_LEN], txn_subjects[NAME_MAX_LEN], consumer[NAME_MAX_LEN];

@@ -9,6 +9,7 @@
 #include "codec.h"
 #include "decide.h"
 #include "dlq.h"
+#include "ident.h"
 #include "log.h"
 #include "observe.h"
 #include "rebuild.h"
@@ -24,7 +25,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#define DECISION_BUF 8192
+/* The largest decision a policy can produce: every reported match at the longest rule id and reason text the
+ * compiler accepts (ident.h, rules.h), ids and versions at their limits, protobuf framing on each; so a decision
+ * always fits and the most suspicious transactions (the most matches) are never the ones lost. */
+#define DECISION_BUF (DECIDE_MAX_REASONS * (IDENT_NAME_MAX + RULES_REASON_MAX + 16) + 4 * NAME_MAX_LEN + 1024)
 /* how long a batch retries decisions the stream could not take (no leader), before naking them */
 #define DECISION_RETRY_MS 30000
 
@@ -67,6 +71,13 @@ typedef struct worker {
     jsCtx *js;           /* async decision publishes; its PubAck handler fills slots */
     struct slot *slots;  /* one per message of the batch in hand */
     int nslots;
+    /* PubAcks come on nats.c's thread. pub_mu guards the pairing of an in-flight message with its slot
+     * (slot.sent); in_flight counts publishes whose handler has not returned yet, so no slot is reused or freed
+     * while a late PubAck may still look at it. */
+    pthread_mutex_t pub_mu;
+    atomic_int in_flight;
+    int64_t recv_ns;     /* monotonic time the batch in hand was taken: the budget's start */
+    int64_t recv_wall_us;
     arena arena;       /* decode arena, reset per message */
     arena dup_arena;   /* decoding stored decisions on the duplicate path */
     unsigned char *enc; /* encoded decision */
@@ -76,6 +87,16 @@ typedef struct worker {
     Reason reasons[DECIDE_MAX_REASONS];
     Reason *reason_ptrs[DECIDE_MAX_REASONS];
 } worker;
+
+/* A duplicate request waiting for the first copy's decision to be stored (see the resolver below). */
+typedef struct late_reply {
+    char txn_id[IDENT_TXN_ID_MAX + 1];
+    char reply[IDENT_SUBJECT_MAX + 1];
+    int64_t deadline_ns; /* monotonic */
+} late_reply;
+
+#define LATE_CAP 4096 /* duplicates waiting at once; beyond it a retry is told to come back (503) */
+#define LATE_ROUND 64 /* looked up per round, outside the lock */
 
 struct engine {
     config cfg;
@@ -87,6 +108,7 @@ struct engine {
     arena ingress_arena; /* ingress callbacks are serialised per subscription */
     worker *workers;
     int nworkers;
+    int64_t heartbeat_ms; /* InProgress interval for held messages: a third of the effective AckWait */
     policy *policy;          /* the policy in force; swapped under policy_mu, held by workers per batch */
     pthread_mutex_t policy_mu;
     velref *vel; /* the velocity state matching policy's registry; swapped with it */
@@ -94,6 +116,14 @@ struct engine {
     reloader *reloader;
     observe *observe;
     dlq_worker *dlq;
+    /* the duplicate resolver: a ring of late_reply served by its own thread, never by a nats.c callback */
+    pthread_t late_thread;
+    bool late_started;
+    pthread_mutex_t late_mu;
+    pthread_cond_t late_cv;
+    late_reply *late;
+    int late_head, late_n;
+    late_reply late_round[LATE_ROUND];
     atomic_bool stopping;
     atomic_int phase; /* engine_phase */
     engine_stats stats;
@@ -157,17 +187,29 @@ void engine_last_error(engine *en, char *out, size_t cap)
     pthread_mutex_unlock(&en->last_error_mu);
 }
 
+/* A reply subject taken from a message header or a request: a literal subject under one of the requesters'
+ * inbox prefixes (--reply-prefix). Anything else could make the server close our connection (a bare LF), split
+ * into subject and reply (a space), or write into one of our own streams (decision.>, dlq.>, txn.>). */
+static bool reply_subject_ok(const config *c, const char *s)
+{
+    return ident_subject_valid(s) && ident_subject_under(s, c->reply_prefix);
+}
+
 static const char *decision_header_keys[] = {"Nats-Msg-Id",           "Verdict-Outcome",        "Verdict-Score",
                                              "Verdict-Reasons",       "Verdict-Rules-Version",  "Verdict-Model-Version",
                                              "Verdict-Latency-Us",    "Verdict-Budget-Exceeded", "Verdict-Degraded"};
 
 static natsStatus set_decision_headers(natsMsg *m, const Decision *d)
 {
-    char score[32], lat[32], reasons[1024];
+    char score[32], lat[32], reasons[DECIDE_MAX_REASONS * (IDENT_NAME_MAX + 1) + 1];
     size_t o = 0;
     reasons[0] = 0;
-    for (size_t i = 0; i < d->n_reasons && o < sizeof reasons - 2; i++)
-        o += (size_t)snprintf(reasons + o, sizeof reasons - o, "%s%s", i ? "," : "", d->reasons[i]->rule_id);
+    for (size_t i = 0; i < d->n_reasons; i++) {
+        int k = snprintf(reasons + o, sizeof reasons - o, "%s%s", i ? "," : "", d->reasons[i]->rule_id);
+        if (k < 0 || (size_t)k >= sizeof reasons - o)
+            break; /* cannot happen with ids the compiler accepts (ident.h); never overrun */
+        o += (size_t)k;
+    }
     if (d->score >= 0)
         snprintf(score, sizeof score, "%.6f", d->score);
     else
@@ -194,39 +236,40 @@ static natsStatus set_decision_headers(natsMsg *m, const Decision *d)
     return s;
 }
 
-/* Replies with a stored decision message (data and Verdict headers copied). */
-static void reply_stored(natsConnection *nc, const char *reply_to, natsMsg *stored)
+/* The one way a decision reaches a requester: the decision message's bytes and Verdict headers (copied from
+ * the message just stored, or from the stored copy read back for a duplicate). */
+static void reply_decision(natsConnection *nc, const char *reply_to, natsMsg *decision, bool duplicate)
 {
     natsMsg *r = NULL;
-    if (natsMsg_Create(&r, reply_to, NULL, natsMsg_GetData(stored), natsMsg_GetDataLength(stored)) != NATS_OK)
-        return;
-    for (size_t i = 0; i < ARRAY_LEN(decision_header_keys); i++) {
+    natsStatus s = natsMsg_Create(&r, reply_to, NULL, natsMsg_GetData(decision), natsMsg_GetDataLength(decision));
+    for (size_t i = 0; s == NATS_OK && i < ARRAY_LEN(decision_header_keys); i++) {
         const char *v = NULL;
-        if (natsMsgHeader_Get(stored, decision_header_keys[i], &v) == NATS_OK && v)
-            natsMsgHeader_Set(r, decision_header_keys[i], v);
+        if (natsMsgHeader_Get(decision, decision_header_keys[i], &v) == NATS_OK && v)
+            s = natsMsgHeader_Set(r, decision_header_keys[i], v);
     }
-    natsMsgHeader_Set(r, "Verdict-Duplicate", "true");
-    if (natsConnection_PublishMsg(nc, r) != NATS_OK)
-        log_warn("could not send a reply", "\"error\":\"%s\"", log_esc(nats_GetLastError(NULL)));
+    if (s == NATS_OK && duplicate)
+        s = natsMsgHeader_Set(r, "Verdict-Duplicate", "true");
+    if (s == NATS_OK)
+        s = natsConnection_PublishMsg(nc, r);
+    if (s != NATS_OK)
+        log_warn("could not send a reply; the decision is stored and a retry reads it",
+                 "\"error\":\"%s\"", log_esc(natsStatus_GetText(s)));
     natsMsg_Destroy(r);
 }
 
 /* --- dead letters ------------------------------------------------------------------------------------- */
 
-/* Publishes the original bytes to dlq.<reason> and terms the message; naks it if the DLQ is unreachable. */
-static void dead_letter(worker *w, natsMsg *msg, const js_meta *m, poison_reason why, const char *err,
-                        const char *reply_to)
+/* Builds the dead letter of a poison message: the original bytes unchanged on dlq.<reason>, with its lineage
+ * in headers. Published asynchronously with the batch's decisions (publish_slots), then the input is termed. */
+static natsStatus build_dead_letter(const engine *en, natsMsg *msg, const js_meta *m, poison_reason why,
+                                    const char *err, const char *msg_id, natsMsg **out)
 {
-    engine *en = w->en;
-    char subj[NAME_MAX_LEN + 40], seq[32], deliveries[32], msgid[NAME_MAX_LEN + 40];
+    char subj[NAME_MAX_LEN + 40], seq[32], deliveries[32];
     snprintf(subj, sizeof subj, "%s.%s", en->cfg.dlq_prefix, poison_reason_str(why));
     snprintf(seq, sizeof seq, "%llu", (unsigned long long)m->stream_seq);
     snprintf(deliveries, sizeof deliveries, "%llu", (unsigned long long)m->delivered);
-    snprintf(msgid, sizeof msgid, "dlq-%s-%llu", en->cfg.txn_stream, (unsigned long long)m->stream_seq);
     natsMsg *dl = NULL;
     natsStatus s = natsMsg_Create(&dl, subj, NULL, natsMsg_GetData(msg), natsMsg_GetDataLength(msg));
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(dl, "Nats-Msg-Id", msgid);
     if (s == NATS_OK)
         s = natsMsgHeader_Set(dl, "Verdict-Dlq-Reason", poison_reason_str(why));
     if (s == NATS_OK)
@@ -237,31 +280,13 @@ static void dead_letter(worker *w, natsMsg *msg, const js_meta *m, poison_reason
         s = natsMsgHeader_Set(dl, "Verdict-Original-Seq", seq);
     if (s == NATS_OK)
         s = natsMsgHeader_Set(dl, "Verdict-Deliveries", deliveries);
-    jsPubOptions po;
-    jsPubOptions_Init(&po);
-    po.MsgId = msgid;
-    po.MaxWait = en->cfg.publish_timeout_ms;
-    jsPubAck *pa = NULL;
-    jsErrCode jerr = 0;
-    if (s == NATS_OK)
-        s = js_PublishMsg(&pa, en->js, dl, &po, &jerr);
-    natsMsg_Destroy(dl);
-    jsPubAck_Destroy(pa);
+    (void)msg_id; /* Nats-Msg-Id is set by nats.c from jsPubOptions.MsgId when published */
     if (s != NATS_OK) {
-        log_error("dead letter not stored; will retry", "\"stream\":\"%s\",\"seq\":%llu,\"error\":\"%s\"",
-                  en->cfg.txn_stream, (unsigned long long)m->stream_seq, log_esc(natsStatus_GetText(s)));
-        natsMsg_NakWithDelay(msg, 1000, NULL);
-        atomic_fetch_add(&en->stats.naks, 1);
-        return;
+        natsMsg_Destroy(dl);
+        dl = NULL;
     }
-    atomic_fetch_add(&en->stats.dead_letters, 1);
-    atomic_fetch_add(&en->stats.dead_letters_by[why], 1);
-    log_warn("dead-lettered", "\"stream\":\"%s\",\"seq\":%llu,\"reason\":\"%s\",\"error\":\"%s\"",
-             en->cfg.txn_stream, (unsigned long long)m->stream_seq, poison_reason_str(why), log_esc(err));
-    reply_error(en->nc, reply_to, 400, err);
-    if (natsMsg_Term(msg, NULL) != NATS_OK)
-        log_warn("term failed; the message will be redelivered and dead-lettered idempotently",
-                 "\"seq\":%llu", (unsigned long long)m->stream_seq);
+    *out = dl;
+    return s;
 }
 
 /* --- the commit protocol ------------------------------------------------------------------------------ */
@@ -278,24 +303,31 @@ static int64_t backoff_delay_ms(const config *c, uint64_t delivered)
 
 /* One message of a batch between its decision and its ack. */
 enum slot_state { SLOT_DONE = 0, SLOT_PENDING, SLOT_STORED, SLOT_DUPLICATE, SLOT_FAILED };
+enum slot_kind { SLOT_DECISION = 0, SLOT_DEAD_LETTER };
 
 typedef struct slot {
-    natsMsg *in;  /* the TXN message (owned by the fetched list) */
-    natsMsg *dm;  /* the decision message; ours until published, then handed back by the PubAck handler */
-    natsMsg *to_send;
+    natsMsg *in;      /* the TXN message (owned by the fetched list) */
+    natsMsg *dm;      /* the decision or dead letter; ours until published, then handed back by the PubAck handler */
+    natsMsg *to_send; /* to publish in the next round */
+    natsMsg *sent;    /* in flight: identity only, never dereferenced; pairs a PubAck with this slot (pub_mu) */
     js_meta meta;
-    const char *reply_to; /* points into in's headers */
-    char txn_id[72];
-    int64_t store_us;
+    const char *reply_to; /* validated (reply_subject_ok); points into in's headers */
+    char msg_id[NAME_MAX_LEN + 40]; /* txn_id for a decision, dlq-<stream>-<seq> for a dead letter */
+    char txn_id[IDENT_TXN_ID_MAX + 1];
+    int kind;
+    poison_reason why;
+    int64_t latency_us;
     int outcome;
     bool budget_exceeded, degraded;
     _Atomic int state;
-    bool retryable; /* failed because the stream had no leader for a moment (see publish_decisions) */
+    bool retryable; /* failed because the stream had no leader for a moment (see process_batch) */
+    bool finished;  /* replied/acked/naked: nothing more to do for this message */
     uint64_t dup_seq;
-    char err[96];
+    char err[192];
 } slot;
 
-/* Step 1, per message: decode, validate, decide, encode. Poison is finished here (dead letter + term). */
+/* Step 1, per message: decode, validate, decide, encode. Poison gets its dead letter, published with the
+ * batch. */
 static void prepare(worker *w, natsMsg *msg, slot *sl)
 {
     engine *en = w->en;
@@ -304,19 +336,35 @@ static void prepare(worker *w, natsMsg *msg, slot *sl)
     sl->in = msg;
     if (!broker_parse_ack_subject(natsMsg_GetReply(msg), &sl->meta)) {
         log_warn("message without JetStream metadata ignored", NULL);
+        sl->finished = true;
         return;
     }
     js_meta *m = &sl->meta;
     if (m->delivered > 1)
         atomic_fetch_add(&en->stats.redeliveries, 1);
-    if (natsMsgHeader_Get(msg, "Verdict-Reply-To", &sl->reply_to) != NATS_OK)
-        sl->reply_to = NULL;
+    /* Verdict-Reply-To is honoured only on what the ingress stored (its own subject) and only when it names a
+     * requester's inbox; a header is data from whoever published the message */
+    const char *rt = NULL;
+    if (natsMsgHeader_Get(msg, "Verdict-Reply-To", &rt) == NATS_OK && rt) {
+        if (strcmp(natsMsg_GetSubject(msg), cfg->ingress_subject) == 0 && reply_subject_ok(cfg, rt)) {
+            sl->reply_to = rt;
+        } else {
+            long long n = atomic_fetch_add(&en->stats.reply_to_ignored, 1);
+            if (n < 10 || n % 1000 == 0)
+                log_warn("Verdict-Reply-To ignored: only the ingress's own messages may name a reply inbox, and "
+                         "only under --reply-prefix",
+                         "\"stream\":\"%s\",\"seq\":%llu,\"subject\":\"%s\",\"ignored_total\":%lld",
+                         cfg->txn_stream, (unsigned long long)m->stream_seq, log_esc(natsMsg_GetSubject(msg)),
+                         n + 1);
+        }
+    }
     if (cfg->passthrough) {
         /* the benchmark baseline: the same pull, async republish with a msg-id, reply and ack, and nothing
          * else: no decode, no features, no rules, no model */
         char subj[NAME_MAX_LEN + 48];
         snprintf(subj, sizeof subj, "%s.passthrough.%llu", cfg->decision_prefix, (unsigned long long)m->stream_seq);
         snprintf(sl->txn_id, sizeof sl->txn_id, "pt-%llu", (unsigned long long)m->stream_seq);
+        str_copy(sl->msg_id, sizeof sl->msg_id, sl->txn_id);
         sl->outcome = 1;
         if (natsMsg_Create(&sl->dm, subj, NULL, natsMsg_GetData(msg), natsMsg_GetDataLength(msg)) != NATS_OK) {
             atomic_store(&sl->state, SLOT_FAILED);
@@ -331,27 +379,41 @@ static void prepare(worker *w, natsMsg *msg, slot *sl)
     verror err = {0};
     if (txn_decode(&w->arena, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), (size_t)cfg->max_msg_size,
                    &t, &why, &err) != V_OK) {
-        dead_letter(w, msg, m, why, err.msg, sl->reply_to);
+        sl->kind = SLOT_DEAD_LETTER;
+        sl->why = why;
+        str_copy(sl->err, sizeof sl->err, err.msg);
+        snprintf(sl->msg_id, sizeof sl->msg_id, "dlq-%s-%llu", cfg->txn_stream, (unsigned long long)m->stream_seq);
+        natsStatus s = build_dead_letter(en, msg, m, why, err.msg, sl->msg_id, &sl->dm);
+        atomic_store(&sl->state, s == NATS_OK ? SLOT_PENDING : SLOT_FAILED);
         return;
     }
 
-    sl->store_us = m->timestamp_ns / 1000;
-    int64_t start_us = now_us();
-    int64_t elapsed_us = start_us - sl->store_us;
-    bool budget_exceeded = elapsed_us >= cfg->budget_ms * 1000;
+    /* The budget runs on this engine's monotonic clock from the moment the batch was taken: comparing the
+     * server's store time with our wall clock would make every decision late (or none) under clock skew. The
+     * age since store is reported separately (queued_us). */
+    int64_t budget_us = cfg->budget_ms * 1000;
+    int64_t elapsed_us = (mono_ns() - w->recv_ns) / 1000;
     /* "about to be spent": with less than a fifth of the budget left, the model is skipped and the rules
      * decide alone (degraded), so the answer still arrives in time */
-    bool skip_model = elapsed_us * 5 >= cfg->budget_ms * 4000;
+    bool skip_model = elapsed_us * 5 >= budget_us * 4;
     decide_out out;
     const policy *p = w->policy;
     decide_env env = {.vel = w->vel ? w->vel->v : NULL, .lists = en->lists, .profiles = en->profiles};
-    decide_run(p, &env, t, txn_event_ms(t, sl->store_us / 1000), skip_model, w->vals, &out);
+    int64_t store_us = m->timestamp_ns / 1000;
+    decide_run(p, &env, t, txn_event_ms(t, store_us / 1000), skip_model, w->vals, &out);
     atomic_fetch_add_explicit(&en->stats.stage_ns[0], out.features_ns, memory_order_relaxed);
     atomic_fetch_add_explicit(&en->stats.stage_ns[1], out.model_ns, memory_order_relaxed);
     atomic_fetch_add_explicit(&en->stats.stage_ns[2], out.rules_ns, memory_order_relaxed);
-    if (budget_exceeded) {
+
+    if (strcmp(cfg->fault, "slow_decide") == 0)
+        sleep_ms((int)cfg->budget_ms + 10); /* tests: a decision that overruns its budget */
+    Decision d = VERDICT__V1__DECISION__INIT;
+    d.latency_us = (mono_ns() - w->recv_ns) / 1000;
+    /* the flag is exactly "the stored latency exceeds the budget"; the fallback outcome is for a requester who
+     * is waiting, never for direct-publish traffic nobody waits on */
+    if (d.latency_us > budget_us) {
         out.budget_exceeded = true;
-        if (strcmp(cfg->fallback, "none") != 0) {
+        if (sl->reply_to && strcmp(cfg->fallback, "none") != 0) {
             out.outcome = strcmp(cfg->fallback, "approve") == 0  ? VERDICT__V1__OUTCOME__OUTCOME_APPROVE
                           : strcmp(cfg->fallback, "review") == 0 ? VERDICT__V1__OUTCOME__OUTCOME_REVIEW
                                                                  : VERDICT__V1__OUTCOME__OUTCOME_DECLINE;
@@ -359,12 +421,8 @@ static void prepare(worker *w, natsMsg *msg, slot *sl)
                 out.reason_id[out.n_reasons] = "budget_fallback";
                 out.reason_text[out.n_reasons++] = "Latency budget spent; configured fallback outcome applied";
             }
-        } else {
-            out.degraded = true;
         }
     }
-
-    Decision d = VERDICT__V1__DECISION__INIT;
     d.txn_id = t->txn_id;
     d.outcome = out.outcome;
     d.score = out.score;
@@ -379,9 +437,9 @@ static void prepare(worker *w, natsMsg *msg, slot *sl)
     d.rules_version = (char *)policy_rules_version(p);
     d.model_version = (char *)policy_model_version(p);
     d.decided_at_ms = now_ms();
-    d.latency_us = now_us() - sl->store_us;
-    if (d.latency_us < 0)
-        d.latency_us = 0;
+    d.queued_us = w->recv_wall_us - store_us;
+    if (d.queued_us < 0)
+        d.queued_us = 0; /* clocks differ */
     d.budget_exceeded = out.budget_exceeded;
     d.degraded = out.degraded;
     d.engine_id = (char *)cfg->engine_id;
@@ -393,7 +451,9 @@ static void prepare(worker *w, natsMsg *msg, slot *sl)
     if (s == NATS_OK)
         s = set_decision_headers(sl->dm, &d);
     str_copy(sl->txn_id, sizeof sl->txn_id, t->txn_id);
+    str_copy(sl->msg_id, sizeof sl->msg_id, t->txn_id);
     sl->outcome = d.outcome & 3;
+    sl->latency_us = d.latency_us;
     sl->budget_exceeded = d.budget_exceeded;
     sl->degraded = d.degraded;
     if (s != NATS_OK) {
@@ -404,39 +464,74 @@ static void prepare(worker *w, natsMsg *msg, slot *sl)
     atomic_store(&sl->state, SLOT_PENDING);
 }
 
-/* PubAck of a decision (nats.c's thread): record the outcome in the matching slot. */
+/* PubAck of a decision or dead letter (nats.c's thread): record the outcome in the slot that sent it. Never
+ * blocks. A PubAck for a message no slot holds any more (it came after the batch gave up waiting) is dropped. */
 static void on_decision_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
 {
     (void)js;
     worker *w = closure;
-    const char *id = NULL;
-    natsMsgHeader_Get(msg, "Nats-Msg-Id", &id);
-    for (int i = 0; id && i < w->nslots; i++) {
+    bool matched = false;
+    pthread_mutex_lock(&w->pub_mu);
+    for (int i = 0; i < w->nslots; i++) {
         slot *sl = &w->slots[i];
-        if (sl->dm == NULL && atomic_load(&sl->state) == SLOT_PENDING && strcmp(sl->txn_id, id) == 0) {
-            sl->dm = msg;
-            if (pae) {
-                str_copy(sl->err, sizeof sl->err, natsStatus_GetText(pae->Err));
-                sl->retryable = pae->Err == NATS_NO_RESPONDERS || pae->Err == NATS_TIMEOUT ||
-                                pae->ErrCode == JSClusterNotAvailErr;
-                atomic_store(&sl->state, SLOT_FAILED);
-            } else if (pa && pa->Duplicate) {
-                sl->dup_seq = pa->Sequence;
-                atomic_store(&sl->state, SLOT_DUPLICATE);
-            } else {
-                atomic_store(&sl->state, SLOT_STORED);
-            }
-            return;
+        if (sl->sent != msg)
+            continue;
+        sl->sent = NULL;
+        sl->dm = msg;
+        if (pae) {
+            str_copy(sl->err, sizeof sl->err, natsStatus_GetText(pae->Err));
+            sl->retryable = pae->Err == NATS_NO_RESPONDERS || pae->Err == NATS_TIMEOUT ||
+                            pae->ErrCode == JSClusterNotAvailErr;
+            atomic_store(&sl->state, SLOT_FAILED);
+        } else if (pa && pa->Duplicate) {
+            sl->dup_seq = pa->Sequence;
+            atomic_store(&sl->state, SLOT_DUPLICATE);
+        } else {
+            atomic_store(&sl->state, SLOT_STORED);
         }
+        matched = true;
+        break;
     }
-    natsMsg_Destroy(msg);
+    pthread_mutex_unlock(&w->pub_mu);
+    if (!matched)
+        natsMsg_Destroy(msg);
+    atomic_fetch_sub(&w->in_flight, 1);
 }
 
-/* Step 3, per message after every PubAck of the batch is in: reply, then ack (or nak on failure). */
+/* Keeps every message of the batch that is still held from being redelivered: with BackOff set the server's
+ * AckWait for a first delivery is BackOff[0] (1 s by default), shorter than a slow PubAck or a leader election. */
+static void keep_in_progress(worker *w, int count)
+{
+    for (int i = 0; i < count; i++) {
+        slot *sl = &w->slots[i];
+        if (!sl->finished && natsMsg_InProgress(sl->in, NULL) != NATS_OK)
+            log_warn("in-progress not sent; AckWait may redeliver, which the dedup absorbs",
+                     "\"seq\":%llu", (unsigned long long)sl->meta.stream_seq);
+    }
+}
+
+static void nak(worker *w, slot *sl, const char *what)
+{
+    engine *en = w->en;
+    const config *cfg = &en->cfg;
+    int64_t delay = sl->kind == SLOT_DEAD_LETTER ? 1000 : backoff_delay_ms(cfg, sl->meta.delivered);
+    log_warn(what,
+             "\"stream\":\"%s\",\"seq\":%llu,\"txn_id\":\"%s\",\"delivered\":%llu,\"delay_ms\":%lld,\"error\":\"%s\"",
+             cfg->txn_stream, (unsigned long long)sl->meta.stream_seq, sl->txn_id,
+             (unsigned long long)sl->meta.delivered, (long long)delay, log_esc(sl->err));
+    if (natsMsg_NakWithDelay(sl->in, delay, NULL) != NATS_OK)
+        log_warn("nak failed; AckWait will redeliver", NULL);
+    atomic_fetch_add(&en->stats.naks, 1);
+}
+
+/* Step 3, per message once its PubAck is in: reply, then ack (or term a dead letter's input, or nak). */
 static void finish(worker *w, slot *sl)
 {
     engine *en = w->en;
     const config *cfg = &en->cfg;
+    if (sl->finished)
+        return;
+    sl->finished = true;
     int st = atomic_load(&sl->state);
     if (st == SLOT_DONE)
         return;
@@ -444,46 +539,53 @@ static void finish(worker *w, slot *sl)
         st = SLOT_FAILED;
         str_copy(sl->err, sizeof sl->err, "no PubAck within the publish timeout");
     }
+    if (sl->kind == SLOT_DEAD_LETTER) {
+        if (st == SLOT_FAILED) {
+            nak(w, sl, "dead letter not stored; will retry");
+            return;
+        }
+        atomic_fetch_add(&en->stats.dead_letters, 1);
+        atomic_fetch_add(&en->stats.dead_letters_by[sl->why], 1);
+        log_warn("dead-lettered", "\"stream\":\"%s\",\"seq\":%llu,\"reason\":\"%s\",\"error\":\"%s\"",
+                 cfg->txn_stream, (unsigned long long)sl->meta.stream_seq, poison_reason_str(sl->why),
+                 log_esc(sl->err));
+        reply_error(en->nc, sl->reply_to, 400, sl->err);
+        if (natsMsg_Term(sl->in, NULL) != NATS_OK)
+            log_warn("term failed; the message will be redelivered and dead-lettered idempotently",
+                     "\"seq\":%llu", (unsigned long long)sl->meta.stream_seq);
+        return;
+    }
     if (st == SLOT_FAILED) {
-        int64_t delay = backoff_delay_ms(cfg, sl->meta.delivered);
-        log_warn("decision not stored; nak for retry",
-                 "\"stream\":\"%s\",\"seq\":%llu,\"txn_id\":\"%s\",\"delivered\":%llu,\"delay_ms\":%lld,"
-                 "\"error\":\"%s\"",
-                 cfg->txn_stream, (unsigned long long)sl->meta.stream_seq, sl->txn_id,
-                 (unsigned long long)sl->meta.delivered, (long long)delay, log_esc(sl->err));
-        /* A caller waiting on this decision gets a timely error instead of silence; the transaction stays in
-         * the stream and will be decided (or dead-lettered) and stored. */
-        if (sl->reply_to && sl->reply_to[0] && now_us() - sl->store_us >= cfg->budget_ms * 1000)
+        /* A caller waiting on this decision gets a timely error instead of silence when the retry would come
+         * after its budget; the transaction stays in the stream and will be decided (or dead-lettered). */
+        int64_t retry_at_us = (mono_ns() - w->recv_ns) / 1000 + backoff_delay_ms(cfg, sl->meta.delivered) * 1000;
+        if (sl->reply_to && retry_at_us >= cfg->budget_ms * 1000)
             reply_error(en->nc, sl->reply_to, 504,
                         "decision delayed: not stored within the latency budget; it will be decided and stored, "
                         "retry the request to read it");
-        if (natsMsg_NakWithDelay(sl->in, delay, NULL) != NATS_OK)
-            log_warn("nak failed; AckWait will redeliver", NULL);
-        atomic_fetch_add(&en->stats.naks, 1);
+        nak(w, sl, "decision not stored; nak for retry");
         return;
     }
     fault_point(en, "crash_after_publish");
     if (st == SLOT_DUPLICATE) {
         /* Decided before (a redelivery or a client retry): answer with the stored decision, never a new one. */
         atomic_fetch_add(&en->stats.duplicates, 1);
-        if (sl->reply_to && sl->reply_to[0]) {
+        if (sl->reply_to) {
             natsMsg *stored = NULL;
             jsDirectGetMsgOptions dgo;
             jsDirectGetMsgOptions_Init(&dgo);
             dgo.Sequence = sl->dup_seq;
             if (js_DirectGetMsg(&stored, en->js, cfg->decisions_stream, NULL, &dgo) != NATS_OK) {
-                log_warn("stored decision not readable; nak for retry", "\"seq\":%llu",
-                         (unsigned long long)sl->dup_seq);
-                natsMsg_NakWithDelay(sl->in, backoff_delay_ms(cfg, sl->meta.delivered), NULL);
-                atomic_fetch_add(&en->stats.naks, 1);
+                str_copy(sl->err, sizeof sl->err, "stored decision not readable");
+                nak(w, sl, "stored decision not readable; nak for retry");
                 return;
             }
-            reply_stored(en->nc, sl->reply_to, stored);
+            reply_decision(en->nc, sl->reply_to, stored, true);
             natsMsg_Destroy(stored);
         }
     } else {
         atomic_fetch_add(&en->stats.decided[sl->outcome], 1);
-        int64_t lat = now_us() - sl->store_us;
+        int64_t lat = (mono_ns() - w->recv_ns) / 1000; /* taken -> stored */
         int b = 0;
         while (b < LATENCY_BUCKETS && lat > latency_bounds_us[b])
             b++;
@@ -493,19 +595,8 @@ static void finish(worker *w, slot *sl)
             atomic_fetch_add(&en->stats.budget_exceeded, 1);
         if (sl->degraded)
             atomic_fetch_add(&en->stats.degraded, 1);
-        if (sl->reply_to && sl->reply_to[0] && sl->dm) {
-            natsMsg *r = NULL;
-            if (natsMsg_Create(&r, sl->reply_to, NULL, natsMsg_GetData(sl->dm), natsMsg_GetDataLength(sl->dm)) ==
-                NATS_OK) {
-                for (size_t i = 0; i < ARRAY_LEN(decision_header_keys); i++) {
-                    const char *v = NULL;
-                    if (natsMsgHeader_Get(sl->dm, decision_header_keys[i], &v) == NATS_OK && v)
-                        natsMsgHeader_Set(r, decision_header_keys[i], v);
-                }
-                natsConnection_PublishMsg(en->nc, r);
-            }
-            natsMsg_Destroy(r);
-        }
+        if (sl->reply_to && sl->dm)
+            reply_decision(en->nc, sl->reply_to, sl->dm, false);
     }
     if (sl->meta.delivered == 1 && strcmp(cfg->fault, "skip_first_ack") == 0)
         return; /* test fault: behave as if the ack was lost, so AckWait redelivers */
@@ -515,46 +606,104 @@ static void finish(worker *w, slot *sl)
     fault_point(en, "crash_after_ack");
 }
 
+/* Test fault "retry_some": decisions of txn ids starting "retry-" fail as if the stream had no leader for
+ * their first 3 s in the engine, so a batch mixes stored and retrying slots (docs/testing.md). */
+static bool fault_retry(const engine *en, const slot *sl)
+{
+    static _Atomic int64_t first_ns;
+    if (strcmp(en->cfg.fault, "retry_some") != 0 || strncmp(sl->txn_id, "retry-", 6) != 0)
+        return false;
+    int64_t zero = 0, now = mono_ns();
+    atomic_compare_exchange_strong(&first_ns, &zero, now);
+    return now - atomic_load(&first_ns) < 3000000000LL;
+}
+
+/* Waits until every PubAck handler of this worker has returned, keeping held messages in progress, at most
+ * until deadline_ms (each publish has MaxWait, so nats.c answers every one with a PubAck or a timeout). */
+static void wait_pubacks(worker *w, int count, int64_t deadline_ms)
+{
+    int64_t next_hb = now_ms() + w->en->heartbeat_ms;
+    while (atomic_load(&w->in_flight) > 0) {
+        int64_t now = now_ms();
+        if (now >= deadline_ms) {
+            log_warn("some PubAcks did not arrive in time", "\"worker\":%d,\"in_flight\":%d", w->id,
+                     atomic_load(&w->in_flight));
+            return;
+        }
+        if (now >= next_hb) {
+            keep_in_progress(w, count);
+            next_hb = now + w->en->heartbeat_ms;
+        }
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MaxWait = (next_hb < deadline_ms ? next_hb : deadline_ms) - now;
+        if (po.MaxWait < 1)
+            po.MaxWait = 1;
+        /* OK means nats.c's count reached 0; the last handler may still be returning */
+        if (js_PublishAsyncComplete(w->js, &po) == NATS_OK && atomic_load(&w->in_flight) > 0)
+            sleep_ms(0);
+    }
+}
+
 /* Publishes every slot's to_send asynchronously and waits (bounded) for their PubAcks. */
-static void publish_decisions(worker *w, int count)
+static void publish_slots(worker *w, int count)
 {
     const config *cfg = &w->en->cfg;
-    bool any = false;
+    pthread_mutex_lock(&w->pub_mu);
+    for (int i = 0; i < count; i++)
+        w->slots[i].sent = w->slots[i].to_send;
+    pthread_mutex_unlock(&w->pub_mu);
     for (int i = 0; i < count; i++) {
         slot *sl = &w->slots[i];
         if (!sl->to_send)
             continue;
         jsPubOptions po;
         jsPubOptions_Init(&po);
-        po.MsgId = sl->txn_id;
+        po.MsgId = sl->msg_id;
         po.MaxWait = cfg->publish_timeout_ms;
         natsMsg *dm = sl->to_send;
         sl->to_send = NULL;
-        natsStatus s = strcmp(cfg->fault, "publish_fail") == 0 ? NATS_TIMEOUT : js_PublishMsgAsync(w->js, &dm, &po);
+        natsStatus s;
+        atomic_fetch_add(&w->in_flight, 1);
+        if (strcmp(cfg->fault, "publish_fail") == 0)
+            s = NATS_TIMEOUT;
+        else if (fault_retry(w->en, sl))
+            s = NATS_NO_RESPONDERS;
+        else
+            s = js_PublishMsgAsync(w->js, &dm, &po);
         if (s != NATS_OK) {
             /* not handed over (on failure nats.c leaves the message with us) */
-            natsMsg_Destroy(dm);
+            atomic_fetch_sub(&w->in_flight, 1);
+            pthread_mutex_lock(&w->pub_mu);
+            sl->sent = NULL;
+            pthread_mutex_unlock(&w->pub_mu);
             str_copy(sl->err, sizeof sl->err, natsStatus_GetText(s));
+            if (s == NATS_NO_RESPONDERS) {
+                sl->retryable = true;
+                sl->dm = dm; /* kept to publish again */
+            } else {
+                natsMsg_Destroy(dm);
+            }
             atomic_store(&sl->state, SLOT_FAILED);
-        } else {
-            any = true;
         }
     }
-    if (any) {
-        jsPubOptions po;
-        jsPubOptions_Init(&po);
-        po.MaxWait = cfg->publish_timeout_ms + 1000;
-        if (js_PublishAsyncComplete(w->js, &po) != NATS_OK)
-            log_warn("some decision PubAcks did not arrive in time", "\"worker\":%d", w->id);
-    }
+    wait_pubacks(w, count, now_ms() + cfg->publish_timeout_ms + 1000);
+}
+
+static bool slot_retrying(slot *sl)
+{
+    return !sl->finished && atomic_load(&sl->state) == SLOT_FAILED && sl->retryable && sl->dm;
 }
 
 /* A batch: decide every message, publish every decision asynchronously (at most one batch in flight per
- * worker), wait for all PubAcks, then reply and ack in order. One round trip per batch instead of per message. */
+ * worker), wait for all PubAcks, then reply and ack. One round trip per batch instead of per message. */
 static void process_batch(worker *w, natsMsgList *list)
 {
     engine *en = w->en;
-    w->nslots = list->Count;
+    int count = list->Count;
+    pthread_mutex_lock(&w->pub_mu);
+    w->nslots = count;
+    pthread_mutex_unlock(&w->pub_mu);
     /* one policy for the whole batch: a reload takes effect between batches, never inside a decision */
     pthread_mutex_lock(&en->policy_mu);
     w->policy = en->policy;
@@ -563,16 +712,14 @@ static void process_batch(worker *w, natsMsgList *list)
     if (w->vel)
         atomic_fetch_add(&w->vel->refs, 1);
     pthread_mutex_unlock(&en->policy_mu);
-    for (int i = 0; i < list->Count; i++)
+    for (int i = 0; i < count; i++)
         prepare(w, list->Msgs[i], &w->slots[i]);
     policy_release(w->policy);
     w->policy = NULL;
     velref_release(w->vel);
     w->vel = NULL;
     fault_point(en, "crash_before_publish");
-    /* Hand every decision over before the first publish: the PubAck handler runs on nats.c's thread as soon as
-     * the first PubAck arrives and matches slots by (state PENDING, dm NULL, txn_id). */
-    for (int i = 0; i < list->Count; i++) {
+    for (int i = 0; i < count; i++) {
         slot *sl = &w->slots[i];
         sl->to_send = NULL;
         if (atomic_load(&sl->state) == SLOT_PENDING) {
@@ -580,34 +727,36 @@ static void process_batch(worker *w, natsMsgList *list)
             sl->dm = NULL;
         }
     }
-    publish_decisions(w, list->Count);
-    /* A stream that lost its leader answers "no responders" at once (or not at all) until a new leader is elected,
-     * which takes seconds on a cluster. Naking would spend one of the transaction's MaxDeliver attempts per
-     * retry and dead-letter it during an ordinary failover, so the decisions are published again from here,
-     * with the input kept in progress, for up to DECISION_RETRY_MS; only then is the batch naked. */
+    publish_slots(w, count);
+    /* Everything settled is answered and acked now; only what the stream could not take for want of a leader
+     * is held for the retry below, so a failover never delays (or redelivers) decisions already stored. */
+    for (int i = 0; i < count; i++)
+        if (!slot_retrying(&w->slots[i]))
+            finish(w, &w->slots[i]);
+    /* A stream that lost its leader answers "no responders" at once (or not at all) until a new leader is
+     * elected, which takes seconds on a cluster. Naking would spend one of the transaction's MaxDeliver attempts
+     * per retry and dead-letter it during an ordinary failover, so those are published again from here, kept in
+     * progress, for up to DECISION_RETRY_MS; only then are they naked. */
     int64_t give_up = now_ms() + DECISION_RETRY_MS;
     for (int delay = 100; !atomic_load(&en->stopping) && now_ms() < give_up; delay = delay < 800 ? delay * 2 : 1000) {
         int n = 0;
         const char *why = "";
-        for (int i = 0; i < list->Count; i++) {
-            slot *sl = &w->slots[i];
-            if (atomic_load(&sl->state) == SLOT_FAILED && sl->retryable && sl->dm) {
-                if (natsMsg_InProgress(sl->in, NULL) != NATS_OK)
-                    log_warn("in-progress not sent; AckWait may redeliver, which the dedup absorbs", NULL);
-                why = sl->err;
+        for (int i = 0; i < count; i++)
+            if (slot_retrying(&w->slots[i])) {
+                why = w->slots[i].err;
                 n++;
             }
-        }
         if (n == 0)
             break;
         if (delay == 100)
             log_warn("decision stream unavailable; retrying the batch's publishes",
                      "\"worker\":%d,\"messages\":%d,\"error\":\"%s\"", w->id, n, log_esc(why));
+        keep_in_progress(w, count);
         sleep_ms(delay);
-        for (int i = 0; i < list->Count; i++) {
+        for (int i = 0; i < count; i++) {
             slot *sl = &w->slots[i];
             sl->to_send = NULL;
-            if (atomic_load(&sl->state) == SLOT_FAILED && sl->retryable && sl->dm) {
+            if (slot_retrying(sl)) {
                 sl->to_send = sl->dm; /* handed back by the PubAck handler: ours to publish again */
                 sl->dm = NULL;
                 sl->retryable = false;
@@ -615,15 +764,22 @@ static void process_batch(worker *w, natsMsgList *list)
                 atomic_store(&sl->state, SLOT_PENDING);
             }
         }
-        publish_decisions(w, list->Count);
+        publish_slots(w, count);
+        for (int i = 0; i < count; i++)
+            if (!slot_retrying(&w->slots[i]))
+                finish(w, &w->slots[i]);
     }
-    for (int i = 0; i < list->Count; i++)
+    for (int i = 0; i < count; i++)
         finish(w, &w->slots[i]);
-    for (int i = 0; i < list->Count; i++) {
+    /* a PubAck that has not come by now is dropped by the handler, never paired with the next batch's slots */
+    pthread_mutex_lock(&w->pub_mu);
+    for (int i = 0; i < count; i++) {
         natsMsg_Destroy(w->slots[i].dm);
         w->slots[i].dm = NULL;
+        w->slots[i].sent = NULL;
     }
     w->nslots = 0;
+    pthread_mutex_unlock(&w->pub_mu);
 }
 
 static void *worker_main(void *arg)
@@ -649,9 +805,15 @@ static void *worker_main(void *arg)
             sleep_ms(200);
             continue;
         }
+        w->recv_ns = mono_ns();
+        w->recv_wall_us = now_us();
         process_batch(w, &list);
         natsMsgList_Destroy(&list);
     }
+    /* late PubAck handlers hold w: let them return before the engine frees it (bounded by MaxWait) */
+    int64_t deadline = now_ms() + en->cfg.publish_timeout_ms + 1000;
+    while (atomic_load(&w->in_flight) > 0 && now_ms() < deadline)
+        sleep_ms(5);
     return NULL;
 }
 
@@ -664,6 +826,13 @@ static void ingress_on_request(natsConnection *nc, natsSubscription *sub, natsMs
     const char *reply = natsMsg_GetReply(req);
     atomic_fetch_add(&en->stats.requests, 1);
     if (!reply || !reply[0]) {
+        natsMsg_Destroy(req);
+        return;
+    }
+    if (!reply_subject_ok(&en->cfg, reply)) {
+        /* answered only when the subject is one we can publish to safely; the worker would ignore it anyway */
+        request_failed(en, nc, ident_subject_valid(reply) ? reply : NULL, 400,
+                       "reply subject refused: it must be an inbox under --reply-prefix");
         natsMsg_Destroy(req);
         return;
     }
@@ -680,12 +849,10 @@ static void ingress_on_request(natsConnection *nc, natsSubscription *sub, natsMs
     natsStatus s = natsMsg_Create(&m, en->cfg.ingress_subject, NULL, natsMsg_GetData(req),
                                   natsMsg_GetDataLength(req));
     if (s == NATS_OK)
-        s = natsMsgHeader_Set(m, "Nats-Msg-Id", t->txn_id);
-    if (s == NATS_OK)
         s = natsMsgHeader_Set(m, "Verdict-Reply-To", reply);
     jsPubOptions po;
     jsPubOptions_Init(&po);
-    po.MsgId = t->txn_id;
+    po.MsgId = t->txn_id; /* nats.c sets Nats-Msg-Id from it */
     po.MaxWait = en->cfg.publish_timeout_ms;
     if (s == NATS_OK)
         s = js_PublishMsgAsync(en->ijs, &m, &po); /* on success nats.c owns m */
@@ -715,8 +882,72 @@ static natsStatus find_decision(engine *en, const char *txn_id, natsMsg **out)
     return NATS_NOT_FOUND;
 }
 
-/* PubAck of an ingress publish. A Duplicate means this txn_id was accepted before: its requester gets the
- * stored decision (polling briefly if the first copy is still being decided). */
+/* --- the duplicate resolver ----------------------------------------------------------------------------
+ * A retried request whose first copy is still being decided must get that decision, not a new one, and must
+ * not make anyone else wait: the PubAck handler only queues it (never blocks: all PubAcks of a connection come
+ * on one nats.c thread), and this thread looks the decision up until it is stored or the budget is spent. */
+
+static bool late_push(engine *en, const late_reply *r)
+{
+    pthread_mutex_lock(&en->late_mu);
+    bool ok = en->late_n < LATE_CAP;
+    if (ok) {
+        en->late[(en->late_head + en->late_n) % LATE_CAP] = *r;
+        en->late_n++;
+        pthread_cond_signal(&en->late_cv);
+    }
+    pthread_mutex_unlock(&en->late_mu);
+    return ok;
+}
+
+static void *late_main(void *arg)
+{
+    engine *en = arg;
+    for (;;) {
+        pthread_mutex_lock(&en->late_mu);
+        while (en->late_n == 0 && !atomic_load(&en->stopping)) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 100000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&en->late_cv, &en->late_mu, &ts);
+        }
+        int n = 0;
+        while (en->late_n > 0 && n < LATE_ROUND) {
+            en->late_round[n++] = en->late[en->late_head];
+            en->late_head = (en->late_head + 1) % LATE_CAP;
+            en->late_n--;
+        }
+        bool stopping = atomic_load(&en->stopping);
+        pthread_mutex_unlock(&en->late_mu);
+        if (n == 0 && stopping)
+            return NULL;
+        bool waiting = false;
+        for (int i = 0; i < n; i++) {
+            late_reply *r = &en->late_round[i];
+            natsMsg *stored = NULL;
+            natsStatus s = stopping ? NATS_NOT_FOUND : find_decision(en, r->txn_id, &stored);
+            if (s == NATS_OK) {
+                reply_decision(en->inc, r->reply, stored, true);
+                natsMsg_Destroy(stored);
+            } else if (stopping) {
+                reply_error(en->inc, r->reply, 503, "engine stopping; retry the request");
+            } else if (mono_ns() < r->deadline_ns && (s == NATS_NOT_FOUND || s == NATS_TIMEOUT) && late_push(en, r)) {
+                waiting = true;
+            } else {
+                reply_error(en->inc, r->reply, 409, "transaction already accepted and still being decided; retry");
+            }
+        }
+        if (waiting)
+            sleep_ms(5);
+    }
+}
+
+/* PubAck of an ingress publish (nats.c's thread; never blocks). A Duplicate means this txn_id was accepted
+ * before: its requester gets the stored decision through the resolver. */
 static void ingress_on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
 {
     (void)js;
@@ -726,19 +957,14 @@ static void ingress_on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr
     natsMsgHeader_Get(msg, "Nats-Msg-Id", &txn_id);
     if (pae) {
         request_failed(en, en->inc, reply, 503, "transaction not accepted: the stream did not confirm it, retry");
-    } else if (pa && pa->Duplicate && txn_id) {
+    } else if (pa && pa->Duplicate && txn_id && reply) {
         atomic_fetch_add(&en->stats.duplicates, 1);
-        natsMsg *stored = NULL;
-        natsStatus s = NATS_NOT_FOUND;
-        int64_t deadline = now_ms() + en->cfg.budget_ms * 4;
-        while ((s = find_decision(en, txn_id, &stored)) == NATS_NOT_FOUND && now_ms() < deadline)
-            sleep_ms(5);
-        if (s == NATS_OK) {
-            reply_stored(en->inc, reply, stored);
-            natsMsg_Destroy(stored);
-        } else {
-            reply_error(en->inc, reply, 409, "transaction already accepted and still being decided; retry");
-        }
+        late_reply r;
+        str_copy(r.txn_id, sizeof r.txn_id, txn_id);
+        str_copy(r.reply, sizeof r.reply, reply);
+        r.deadline_ns = mono_ns() + en->cfg.budget_ms * 1000000LL;
+        if (!late_push(en, &r))
+            request_failed(en, en->inc, reply, 503, "too many retries waiting for their decisions; retry");
     }
     natsMsg_Destroy(msg);
 }
@@ -747,6 +973,14 @@ static void ingress_on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr
 
 static void free_engine(engine *en)
 {
+    if (en->late_started) {
+        atomic_store(&en->stopping, true);
+        pthread_mutex_lock(&en->late_mu);
+        pthread_cond_signal(&en->late_cv);
+        pthread_mutex_unlock(&en->late_mu);
+        pthread_join(en->late_thread, NULL);
+        en->late_started = false;
+    }
     observe_stop(en->observe);
     en->observe = NULL;
     reloader_stop(en->reloader);
@@ -761,6 +995,7 @@ static void free_engine(engine *en)
             natsSubscription_Destroy(w->sub);
             jsCtx_Destroy(w->js);
             free(w->slots);
+            pthread_mutex_destroy(&w->pub_mu);
             arena_free(&w->arena);
             arena_free(&w->dup_arena);
             free(w->enc);
@@ -777,7 +1012,35 @@ static void free_engine(engine *en)
     velref_release(en->vel);
     pthread_mutex_destroy(&en->policy_mu);
     pthread_mutex_destroy(&en->last_error_mu);
+    pthread_mutex_destroy(&en->late_mu);
+    pthread_cond_destroy(&en->late_cv);
+    free(en->late);
     free(en);
+}
+
+/* The consumer's effective AckWait for a first delivery, as the server applies it: with BackOff set the server
+ * uses BackOff[0] (1 s by default) whatever AckWait says (DESIGN section 8). Held messages are kept in progress
+ * at a third of it. Read back from the consumer, since an operator may have changed it. */
+static vstatus effective_ack_wait(engine *en, verror *e)
+{
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetConsumerInfo(&ci, en->js, en->cfg.txn_stream, en->cfg.consumer, NULL, &jerr);
+    if (s != NATS_OK)
+        return broker_err(e, s, jerr, "cannot read the consumer's configuration");
+    int64_t ns = ci->Config->AckWait;
+    if (ci->Config->BackOffLen > 0 && ci->Config->BackOff[0] > 0)
+        ns = ci->Config->BackOff[0];
+    jsConsumerInfo_Destroy(ci);
+    int64_t ms = ns / 1000000;
+    if (ms < 300) {
+        return verror_set(e, V_EINVAL,
+                          "consumer %s on %s redelivers after %lld ms (its AckWait, or its first BackOff entry, "
+                          "which the server uses instead); at least 300 ms is needed to keep messages in progress",
+                          en->cfg.consumer, en->cfg.txn_stream, (long long)ms);
+    }
+    en->heartbeat_ms = ms / 3;
+    return V_OK;
 }
 
 vstatus engine_start(const config *c, engine **out, verror *e)
@@ -786,13 +1049,16 @@ vstatus engine_start(const config *c, engine **out, verror *e)
     if (!en)
         return verror_set(e, V_ENOMEM, "out of memory");
     en->cfg = *c;
-    vstatus rc = arena_init(&en->ingress_arena, (size_t)c->max_msg_size * 4 + 4096);
+    vstatus rc = arena_init(&en->ingress_arena, txn_arena_size((size_t)c->max_msg_size));
     if (rc) {
         free_engine(en);
         return verror_set(e, rc, "out of memory");
     }
     pthread_mutex_init(&en->policy_mu, NULL);
     pthread_mutex_init(&en->last_error_mu, NULL);
+    pthread_mutex_init(&en->late_mu, NULL);
+    pthread_cond_init(&en->late_cv, NULL);
+    en->heartbeat_ms = 300;
     rules_diag diag = {0};
     rc = policy_load(c->rules_file, c->model_file, &en->policy, &diag);
     if (rc != V_OK) {
@@ -867,9 +1133,14 @@ vstatus engine_start(const config *c, engine **out, verror *e)
         return broker_err(e, s, 0, "cannot get a JetStream context");
     }
 
+    if ((rc = effective_ack_wait(en, e)) != V_OK) {
+        free_engine(en);
+        return rc;
+    }
+    en->late = calloc(LATE_CAP, sizeof *en->late);
     en->nworkers = c->workers;
     en->workers = calloc((size_t)c->workers, sizeof *en->workers);
-    if (!en->workers) {
+    if (!en->workers || !en->late) {
         free_engine(en);
         return verror_set(e, V_ENOMEM, "out of memory");
     }
@@ -878,7 +1149,8 @@ vstatus engine_start(const config *c, engine **out, verror *e)
         w->en = en;
         w->id = i;
         w->enc = malloc(DECISION_BUF);
-        if (!w->enc || arena_init(&w->arena, (size_t)c->max_msg_size * 4 + 4096) ||
+        pthread_mutex_init(&w->pub_mu, NULL);
+        if (!w->enc || arena_init(&w->arena, txn_arena_size((size_t)c->max_msg_size)) ||
             arena_init(&w->dup_arena, DECISION_BUF * 4)) {
             free_engine(en);
             return verror_set(e, V_ENOMEM, "out of memory");
@@ -914,6 +1186,11 @@ vstatus engine_start(const config *c, engine **out, verror *e)
         free_engine(en);
         return rc;
     }
+    if (pthread_create(&en->late_thread, NULL, late_main, en) != 0) {
+        free_engine(en);
+        return verror_set(e, V_ENOMEM, "cannot start the duplicate resolver thread");
+    }
+    en->late_started = true;
     s = natsConnection_QueueSubscribe(&en->ingress, en->inc, c->decide_subject, c->queue_group, ingress_on_request,
                                       en);
     if (s != NATS_OK) {
@@ -936,12 +1213,22 @@ vstatus engine_start(const config *c, engine **out, verror *e)
         free_engine(en);
         return rc;
     }
+    /* ready means subscribed: the SUBs (decide endpoint, $SRV, pulls) have reached the server, so a request sent
+     * the moment this is logged or /readyz says ready is not lost */
+    if ((s = natsConnection_FlushTimeout(en->inc, 5000)) != NATS_OK ||
+        (s = natsConnection_FlushTimeout(en->nc, 5000)) != NATS_OK) {
+        atomic_store(&en->stopping, true);
+        for (int i = 0; i < en->nworkers; i++)
+            pthread_join(en->workers[i].thread, NULL);
+        free_engine(en);
+        return broker_err(e, s, 0, "the server did not confirm the engine's subscriptions");
+    }
     atomic_store(&en->phase, PHASE_READY);
     log_info("engine started",
              "\"workers\":%d,\"batch\":%d,\"decide_subject\":\"%s\",\"stream\":\"%s\",\"consumer\":\"%s\","
-             "\"rules_version\":\"%s\",\"model_version\":\"%s\"",
+             "\"rules_version\":\"%s\",\"model_version\":\"%s\",\"effective_ack_wait_ms\":%lld",
              c->workers, c->batch, c->decide_subject, c->txn_stream, c->consumer,
-             policy_rules_version(en->policy), policy_model_version(en->policy));
+             policy_rules_version(en->policy), policy_model_version(en->policy), (long long)en->heartbeat_ms * 3);
     *out = en;
     return V_OK;
 }

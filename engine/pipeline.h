@@ -29,6 +29,7 @@ typedef struct engine_stats {
     atomic_llong degraded;
     atomic_llong requests;       /* ingress requests */
     atomic_llong request_errors; /* ingress requests refused */
+    atomic_llong reply_to_ignored; /* Verdict-Reply-To headers not honoured (not the ingress's, or not an inbox) */
     atomic_llong reloads;         /* policies swapped in */
     atomic_llong reload_failures; /* rules or models refused */
     atomic_llong latency_bucket[LATENCY_BUCKETS + 1]; /* decisions by latency (non-cumulative), last = +Inf */

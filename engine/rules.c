@@ -1022,8 +1022,8 @@ static void parse_rule(cc *c)
         FAIL_TOK(c, reason, "expected the reason text in quotes, e.g. \"Card on the blocked list\"");
     uint32_t n;
     r.reason_off = string_value(c, &reason, &n);
-    if (n == 0 || n > 200)
-        FAIL_TOK(c, reason, "a reason is 1-200 characters");
+    if (n == 0 || n > RULES_REASON_MAX)
+        FAIL_TOK(c, reason, "a reason is 1-%d characters", RULES_REASON_MAX);
     lex(c);
     if (!is_kw(&c->t, "when")) {
         char b[64];

@@ -32,6 +32,7 @@ typedef struct ruleset ruleset;
 typedef enum rule_outcome { RO_APPROVE = 0, RO_REVIEW = 1, RO_DECLINE = 2, RO_ALLOW = 3 } rule_outcome;
 
 #define RULES_MAX_MATCHES 32
+#define RULES_REASON_MAX 200 /* bytes of a rule's reason text */
 
 /* The compiler's diagnostics: every error as `name:line:col: error: message`, the source line and a caret,
  * newline-separated, in text (owned by the caller: free with rules_diag_free). */
