@@ -108,7 +108,8 @@ struct engine {
     arena ingress_arena; /* ingress callbacks are serialised per subscription */
     worker *workers;
     int nworkers;
-    int64_t heartbeat_ms; /* InProgress interval for held messages: a third of the effective AckWait */
+    int64_t ack_wait_ms;  /* the consumer's effective AckWait for a first delivery */
+    int64_t heartbeat_ms; /* InProgress interval for held messages: a third of it */
     policy *policy;          /* the policy in force; swapped under policy_mu, held by workers per batch */
     pthread_mutex_t policy_mu;
     velref *vel; /* the velocity state matching policy's registry; swapped with it */
@@ -1039,6 +1040,7 @@ static vstatus effective_ack_wait(engine *en, verror *e)
                           "which the server uses instead); at least 300 ms is needed to keep messages in progress",
                           en->cfg.consumer, en->cfg.txn_stream, (long long)ms);
     }
+    en->ack_wait_ms = ms;
     en->heartbeat_ms = ms / 3;
     return V_OK;
 }
@@ -1228,7 +1230,7 @@ vstatus engine_start(const config *c, engine **out, verror *e)
              "\"workers\":%d,\"batch\":%d,\"decide_subject\":\"%s\",\"stream\":\"%s\",\"consumer\":\"%s\","
              "\"rules_version\":\"%s\",\"model_version\":\"%s\",\"effective_ack_wait_ms\":%lld",
              c->workers, c->batch, c->decide_subject, c->txn_stream, c->consumer,
-             policy_rules_version(en->policy), policy_model_version(en->policy), (long long)en->heartbeat_ms * 3);
+             policy_rules_version(en->policy), policy_model_version(en->policy), (long long)en->ack_wait_ms);
     *out = en;
     return V_OK;
 }
