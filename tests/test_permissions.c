@@ -193,6 +193,14 @@ Test(permissions, the_payment_service_cannot_read_decisions_or_touch_the_consume
     cr_assert_eq(atomic_load(&seen), 0, "a payment service saw another transaction's decision");
     natsSubscription_Destroy(sub);
 
+    /* the ingress's own subject is not theirs: its Verdict-Reply-To header is honoured */
+    jsPubAck *pa_req = NULL;
+    jsPubOptions rpo;
+    jsPubOptions_Init(&rpo);
+    rpo.MaxWait = 1000;
+    cr_assert_neq(js_Publish(&pa_req, pjs, "txn.req", "x", 1, &rpo, NULL), NATS_OK,
+                  "a payment service must not publish to txn.req");
+    jsPubAck_Destroy(pa_req);
     /* no look-up of stored decisions, no ordered read of the stream */
     natsMsg *m = NULL;
     cr_assert_neq(js_GetMsg(&m, pjs, "DECISIONS", 1, NULL, NULL), NATS_OK, "read a stored decision");
