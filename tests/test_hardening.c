@@ -498,3 +498,45 @@ Test(hardening, a_request_at_the_moment_of_ready_is_answered)
         unlink(logp);
     }
 }
+
+/* Item 11: dead letters are published with the batch, asynchronously. Before the fix each poison message was
+ * published synchronously inside the batch: with DLQ unavailable each cost the 2 s publish timeout, and the
+ * valid transactions of the same batch waited past the effective AckWait and were redelivered. */
+Test(hardening, an_unavailable_dlq_does_not_hold_the_rest_of_the_batch)
+{
+    config c;
+    config_defaults(&c);
+    verror e = {0};
+    cr_assert_eq(broker_setup(&c, js, &e), V_OK, "%s", e.msg);
+    cr_assert_eq(js_DeleteStream(js, "DLQ", NULL, NULL), NATS_OK);
+    for (int i = 0; i < 3; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "dlq-down-poison-%d", i);
+        publish_raw("txn.orders", id, "\xff\xff\xff", 3, NULL);
+        snprintf(id, sizeof id, "dlq-down-ok-%d", i);
+        publish_txn("txn.orders", id, 100, NULL);
+    }
+    /* the engine verifies (and so recreates) DLQ at start: hold it in the rebuild and take DLQ away again */
+    setenv("VERDICT_TEST_FAULT", "slow_rebuild", 1);
+    const char *argv[] = {"verdict", "serve", "--nats-url", srv.url, "--workers", "1", NULL};
+    pid_t pid = verdict_spawn(argv, logp);
+    unsetenv("VERDICT_TEST_FAULT");
+    cr_assert(file_wait_for(logp, "\"stream\":\"DLQ\"", 10000), "see %s", logp);
+    cr_assert_eq(js_DeleteStream(js, "DLQ", NULL, NULL), NATS_OK);
+    cr_assert(file_wait_for(logp, "engine started", 15000), "see %s", logp);
+    cr_assert_eq(tc_wait_msgs(js, "DECISIONS", 3, 1500), 3, "the valid transactions are decided at once");
+    tc_sleep_ms(1500); /* past the effective AckWait */
+    uint64_t ackp = 0, pend = 0, redelivered = 99;
+    cr_assert(tc_consumer_counts(js, &ackp, &pend, &redelivered));
+    cr_assert_eq(redelivered, 0, "nothing was redelivered while the dead letters waited");
+    cr_assert_eq(ackp, 3, "the poison messages are held, in progress, until DLQ is back");
+    cr_assert_eq(broker_setup(&c, js, &e), V_OK, "%s", e.msg);
+    cr_assert_eq(tc_wait_msgs(js, "DLQ", 3, 10000), 3, "dead-lettered once DLQ is back; see %s", logp);
+    for (int i = 0; i < 50 && ackp; i++) {
+        tc_sleep_ms(100);
+        tc_consumer_counts(js, &ackp, &pend, NULL);
+    }
+    cr_assert_eq(ackp, 0, "termed after their dead letters were stored");
+    cr_assert_eq(tc_stream_msgs(js, "DECISIONS"), 3);
+    stop_engine(pid);
+}
