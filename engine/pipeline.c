@@ -811,7 +811,8 @@ static void *worker_main(void *arg)
         process_batch(w, &list);
         natsMsgList_Destroy(&list);
     }
-    /* late PubAck handlers hold w: let them return before the engine frees it (bounded by MaxWait) */
+    /* late PubAck handlers hold w: let them return before the engine frees it. nats.c answers every publish
+     * within its MaxWait (a PubAck or a timeout), so this ends; free_engine keeps w if it has not. */
     int64_t deadline = now_ms() + en->cfg.publish_timeout_ms + 1000;
     while (atomic_load(&w->in_flight) > 0 && now_ms() < deadline)
         sleep_ms(5);
@@ -990,7 +991,14 @@ static void free_engine(engine *en)
     replica_stop(en->lists); /* workers are joined by now; the watchers use en->nc */
     replica_stop(en->profiles);
     en->lists = en->profiles = NULL;
-    if (en->workers) {
+    bool handlers_pending = false;
+    for (int i = 0; en->workers && i < en->nworkers; i++)
+        handlers_pending |= atomic_load(&en->workers[i].in_flight) > 0;
+    if (handlers_pending) {
+        /* a PubAck handler may still run with a worker as its closure: keeping the workers (a bounded leak at
+         * exit) is better than freeing memory a nats.c thread is about to touch */
+        log_error("decision PubAcks still outstanding at shutdown; worker state is not freed", NULL);
+    } else if (en->workers) {
         for (int i = 0; i < en->nworkers; i++) {
             worker *w = &en->workers[i];
             natsSubscription_Destroy(w->sub);

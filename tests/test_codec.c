@@ -4,6 +4,8 @@
 #include "broker.h"
 
 #include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static Transaction valid(void)
@@ -44,6 +46,51 @@ Test(codec, round_trip_preserves_every_field)
     cr_assert_eq(out->n_attributes, 1);
     cr_assert_str_eq(out->attributes[0]->value, "spring");
     arena_free(&a);
+}
+
+/* Item 9 of the hardening review: a valid 57 KB transaction (under the 64 KiB limit) with 4,500 attribute
+ * entries decodes to more than the production arena holds; it was dead-lettered as decode_error. */
+Test(codec, a_valid_transaction_larger_decoded_than_the_arena_is_not_poison)
+{
+    enum { N = 4500 };
+    static Verdict__V1__Transaction__AttributesEntry kv[N];
+    static Verdict__V1__Transaction__AttributesEntry *kvs[N];
+    static char keys[N][8];
+    Transaction t = valid();
+    for (int i = 0; i < N; i++) {
+        verdict__v1__transaction__attributes_entry__init(&kv[i]);
+        snprintf(keys[i], sizeof keys[i], "k%d", i);
+        kv[i].key = keys[i];
+        kv[i].value = "v";
+        kvs[i] = &kv[i];
+    }
+    t.attributes = kvs;
+    t.n_attributes = N;
+    size_t n = verdict__v1__transaction__get_packed_size(&t);
+    cr_assert_lt(n, 65536);
+    cr_assert_gt(n, 40000);
+    unsigned char *buf = malloc(n);
+    cr_assert_eq(verdict__v1__transaction__pack(&t, buf), n);
+    arena a;
+    cr_assert_eq(arena_init(&a, txn_arena_size(65536)), V_OK);
+    Transaction *out = NULL;
+    poison_reason why = POISON_NONE;
+    verror e = {0};
+    cr_assert_eq(txn_decode(&a, buf, n, 65536, &out, &why, &e), V_OK, "%s (%zu bytes)", e.msg, n);
+    cr_assert_eq(out->n_attributes, N);
+    cr_assert_str_eq(out->attributes[N - 1]->key, "k4499");
+    /* the next, ordinary transaction is back in the arena, and the heap copy is gone */
+    Transaction small = valid();
+    unsigned char sbuf[256];
+    size_t sn = verdict__v1__transaction__pack(&small, sbuf);
+    cr_assert_eq(txn_decode(&a, sbuf, sn, 65536, &out, &why, &e), V_OK);
+    cr_assert_null(a.heap_txn);
+    /* garbage is still poison, whatever the arena */
+    memset(buf, 0xff, n);
+    cr_assert_neq(txn_decode(&a, buf, n, 65536, &out, &why, &e), V_OK);
+    cr_assert_eq(why, POISON_DECODE);
+    arena_free(&a);
+    free(buf);
 }
 
 static poison_reason decode_reason(const void *buf, size_t n, size_t max)
