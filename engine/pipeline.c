@@ -290,6 +290,51 @@ static natsStatus build_dead_letter(const engine *en, natsMsg *msg, const js_met
     return s;
 }
 
+/* Looks up the stored decision of txn_id under any outcome. */
+static natsStatus find_decision(engine *en, jsCtx *js, const char *txn_id, natsMsg **out)
+{
+    static const char *outcomes[] = {"approve", "review", "decline"};
+    for (size_t i = 0; i < ARRAY_LEN(outcomes); i++) {
+        char subj[NAME_MAX_LEN + 96];
+        snprintf(subj, sizeof subj, "%s.%s.%s", en->cfg.decision_prefix, outcomes[i], txn_id);
+        jsDirectGetMsgOptions dgo;
+        jsDirectGetMsgOptions_Init(&dgo);
+        dgo.LastBySubject = subj;
+        natsStatus s = js_DirectGetMsg(out, js, en->cfg.decisions_stream, NULL, &dgo);
+        if (s == NATS_OK)
+            return s;
+        if (s != NATS_NOT_FOUND)
+            return s;
+    }
+    return NATS_NOT_FOUND;
+}
+
+/* The stored decision behind a Duplicate PubAck: by the sequence the PubAck names when that message is this
+ * transaction's decision, else by subject. NATS_NOT_FOUND means the stream answered Duplicate for a write it
+ * does not hold (sequence 0, or a deleted message: nats-server before 2.11 could keep the dedup id of a write
+ * that never committed through a leader change), so the decision is NOT stored. */
+static natsStatus stored_decision(engine *en, const char *txn_id, uint64_t seq, natsMsg **out)
+{
+    *out = NULL;
+    if (seq > 0) {
+        jsDirectGetMsgOptions dgo;
+        jsDirectGetMsgOptions_Init(&dgo);
+        dgo.Sequence = seq;
+        natsStatus s = js_DirectGetMsg(out, en->js, en->cfg.decisions_stream, NULL, &dgo);
+        if (s != NATS_OK && s != NATS_NOT_FOUND)
+            return s;
+        if (s == NATS_OK) {
+            const char *subj = natsMsg_GetSubject(*out);
+            size_t sl = strlen(subj), tl = strlen(txn_id);
+            if (sl > tl && subj[sl - tl - 1] == '.' && strcmp(subj + sl - tl, txn_id) == 0)
+                return NATS_OK;
+            natsMsg_Destroy(*out);
+            *out = NULL;
+        }
+    }
+    return find_decision(en, en->js, txn_id, out);
+}
+
 /* --- the commit protocol ------------------------------------------------------------------------------ */
 
 static int64_t backoff_delay_ms(const config *c, uint64_t delivered)
@@ -323,6 +368,7 @@ typedef struct slot {
     _Atomic int state;
     bool retryable; /* failed because the stream had no leader for a moment (see process_batch) */
     bool finished;  /* replied/acked/naked: nothing more to do for this message */
+    bool restoring; /* published again under a derived id (stored_decision found nothing) */
     uint64_t dup_seq;
     char err[192];
 } slot;
@@ -569,21 +615,34 @@ static void finish(worker *w, slot *sl)
     }
     fault_point(en, "crash_after_publish");
     if (st == SLOT_DUPLICATE) {
-        /* Decided before (a redelivery or a client retry): answer with the stored decision, never a new one. */
-        atomic_fetch_add(&en->stats.duplicates, 1);
-        if (sl->reply_to) {
-            natsMsg *stored = NULL;
-            jsDirectGetMsgOptions dgo;
-            jsDirectGetMsgOptions_Init(&dgo);
-            dgo.Sequence = sl->dup_seq;
-            if (js_DirectGetMsg(&stored, en->js, cfg->decisions_stream, NULL, &dgo) != NATS_OK) {
-                str_copy(sl->err, sizeof sl->err, "stored decision not readable");
-                nak(w, sl, "stored decision not readable; nak for retry");
-                return;
-            }
-            reply_decision(en->nc, sl->reply_to, stored, true);
-            natsMsg_Destroy(stored);
+        /* Decided before (a redelivery or a client retry): answer with the stored decision, never a new one.
+         * The input is acked only once the decision has been seen in the stream, whatever the PubAck said. */
+        natsMsg *stored = NULL;
+        natsStatus gs = stored_decision(en, sl->txn_id, sl->dup_seq, &stored);
+        if (gs == NATS_NOT_FOUND && sl->dm && !sl->restoring) {
+            atomic_fetch_add(&en->stats.decisions_restored, 1);
+            log_error("the decisions stream answered Duplicate but holds no decision for this transaction; "
+                      "storing it again under a derived id",
+                      "\"stream\":\"%s\",\"seq\":%llu,\"txn_id\":\"%s\",\"dup_seq\":%llu", cfg->txn_stream,
+                      (unsigned long long)sl->meta.stream_seq, sl->txn_id, (unsigned long long)sl->dup_seq);
+            /* ':' never occurs in a txn_id, so the derived id cannot be another transaction's */
+            snprintf(sl->msg_id, sizeof sl->msg_id, "%s:restored", sl->txn_id);
+            sl->restoring = true;
+            sl->retryable = true;
+            str_copy(sl->err, sizeof sl->err, "duplicate without a stored decision");
+            atomic_store(&sl->state, SLOT_FAILED);
+            sl->finished = false; /* process_batch publishes it again */
+            return;
         }
+        if (gs != NATS_OK) {
+            str_copy(sl->err, sizeof sl->err, gs == NATS_NOT_FOUND ? "no stored decision" : natsStatus_GetText(gs));
+            nak(w, sl, "stored decision not readable; nak for retry");
+            return;
+        }
+        atomic_fetch_add(&en->stats.duplicates, 1);
+        if (sl->reply_to)
+            reply_decision(en->nc, sl->reply_to, stored, true);
+        natsMsg_Destroy(stored);
     } else {
         atomic_fetch_add(&en->stats.decided[sl->outcome], 1);
         int64_t lat = (mono_ns() - w->recv_ns) / 1000; /* taken -> stored */
@@ -770,8 +829,11 @@ static void process_batch(worker *w, natsMsgList *list)
             if (!slot_retrying(&w->slots[i]))
                 finish(w, &w->slots[i]);
     }
-    for (int i = 0; i < count; i++)
+    for (int i = 0; i < count; i++) {
         finish(w, &w->slots[i]);
+        if (!w->slots[i].finished)
+            finish(w, &w->slots[i]); /* turned into a retry too late for this batch: naked */
+    }
     /* a PubAck that has not come by now is dropped by the handler, never paired with the next batch's slots */
     pthread_mutex_lock(&w->pub_mu);
     for (int i = 0; i < count; i++) {
@@ -865,25 +927,6 @@ static void ingress_on_request(natsConnection *nc, natsSubscription *sub, natsMs
     natsMsg_Destroy(req);
 }
 
-/* Looks up the stored decision of txn_id under any outcome. */
-static natsStatus find_decision(engine *en, const char *txn_id, natsMsg **out)
-{
-    static const char *outcomes[] = {"approve", "review", "decline"};
-    for (size_t i = 0; i < ARRAY_LEN(outcomes); i++) {
-        char subj[NAME_MAX_LEN + 96];
-        snprintf(subj, sizeof subj, "%s.%s.%s", en->cfg.decision_prefix, outcomes[i], txn_id);
-        jsDirectGetMsgOptions dgo;
-        jsDirectGetMsgOptions_Init(&dgo);
-        dgo.LastBySubject = subj;
-        natsStatus s = js_DirectGetMsg(out, en->ijs, en->cfg.decisions_stream, NULL, &dgo);
-        if (s == NATS_OK)
-            return s;
-        if (s != NATS_NOT_FOUND)
-            return s;
-    }
-    return NATS_NOT_FOUND;
-}
-
 /* --- the duplicate resolver ----------------------------------------------------------------------------
  * A retried request whose first copy is still being decided must get that decision, not a new one, and must
  * not make anyone else wait: the PubAck handler only queues it (never blocks: all PubAcks of a connection come
@@ -931,7 +974,7 @@ static void *late_main(void *arg)
         for (int i = 0; i < n; i++) {
             late_reply *r = &en->late_round[i];
             natsMsg *stored = NULL;
-            natsStatus s = stopping ? NATS_NOT_FOUND : find_decision(en, r->txn_id, &stored);
+            natsStatus s = stopping ? NATS_NOT_FOUND : find_decision(en, en->ijs, r->txn_id, &stored);
             if (s == NATS_OK) {
                 reply_decision(en->inc, r->reply, stored, true);
                 natsMsg_Destroy(stored);

@@ -21,6 +21,7 @@ extern const int64_t latency_bounds_us[LATENCY_BUCKETS];
 typedef struct engine_stats {
     atomic_llong decided[4]; /* by Verdict__V1__Outcome */
     atomic_llong duplicates; /* answered from the stored decision */
+    atomic_llong decisions_restored; /* Duplicate PubAcks with no stored decision behind them: stored again */
     atomic_llong dead_letters;
     atomic_llong dead_letters_by[DEAD_REASONS]; /* by poison_reason (codec.h) */
     atomic_llong naks;

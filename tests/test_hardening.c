@@ -540,3 +540,40 @@ Test(hardening, an_unavailable_dlq_does_not_hold_the_rest_of_the_batch)
     cr_assert_eq(tc_stream_msgs(js, "DECISIONS"), 3);
     stop_engine(pid);
 }
+
+/* Issue 21 (cluster faults), the engine's own exposure: the decisions stream answers Duplicate for a write it
+ * does not hold (here: the dedup id of a decision that was deleted). Before the fix the transaction was acked
+ * with no decision stored, silently lost; now it is stored again under a derived id and then acked. */
+Test(hardening, a_duplicate_pubAck_without_a_stored_decision_is_not_trusted)
+{
+    config c;
+    config_defaults(&c);
+    verror e = {0};
+    cr_assert_eq(broker_setup(&c, js, &e), V_OK, "%s", e.msg);
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = "ghost-1";
+    jsPubAck *pa = NULL;
+    cr_assert_eq(js_Publish(&pa, js, "decision.approve.ghost-1", "x", 1, &po, NULL), NATS_OK);
+    uint64_t seq = pa->Sequence;
+    jsPubAck_Destroy(pa);
+    cr_assert_eq(js_DeleteMsg(js, "DECISIONS", seq, NULL, NULL), NATS_OK);
+    cr_assert_eq(tc_stream_msgs(js, "DECISIONS"), 0);
+    publish_txn("txn.orders", "ghost-1", 100, NULL);
+    pid_t pid = tc_start_engine(srv.url, logp, NULL);
+    cr_assert_eq(tc_wait_msgs(js, "DECISIONS", 1, 10000), 1, "the decision is stored after all; see %s", logp);
+    natsMsg *m = tc_find_decision(js, "ghost-1");
+    cr_assert_not_null(m);
+    const char *id = NULL;
+    cr_assert_eq(natsMsgHeader_Get(m, "Nats-Msg-Id", &id), NATS_OK);
+    cr_assert_str_eq(id, "ghost-1:restored");
+    natsMsg_Destroy(m);
+    uint64_t ackp = 1, pend = 1;
+    for (int i = 0; i < 50 && (ackp || pend); i++) {
+        tc_sleep_ms(100);
+        tc_consumer_counts(js, &ackp, &pend, NULL);
+    }
+    cr_assert_eq(ackp + pend, 0, "acked once the decision was seen stored");
+    cr_assert(file_wait_for(logp, "holds no decision for this transaction", 100));
+    stop_engine(pid);
+}
