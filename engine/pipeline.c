@@ -218,29 +218,11 @@ static void dead_letter(worker *w, natsMsg *msg, const js_meta *m, poison_reason
                         const char *reply_to)
 {
     engine *en = w->en;
-    char subj[NAME_MAX_LEN + 40], seq[32], deliveries[32], msgid[NAME_MAX_LEN + 40];
-    snprintf(subj, sizeof subj, "%s.%s", en->cfg.dlq_prefix, poison_reason_str(why));
-    snprintf(seq, sizeof seq, "%llu", (unsigned long long)m->stream_seq);
-    snprintf(deliveries, sizeof deliveries, "%llu", (unsigned long long)m->delivered);
-    snprintf(msgid, sizeof msgid, "dlq-%s-%llu", en->cfg.txn_stream, (unsigned long long)m->stream_seq);
     natsMsg *dl = NULL;
-    natsStatus s = natsMsg_Create(&dl, subj, NULL, natsMsg_GetData(msg), natsMsg_GetDataLength(msg));
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(dl, "Nats-Msg-Id", msgid);
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(dl, "Verdict-Dlq-Reason", poison_reason_str(why));
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(dl, "Verdict-Error", err);
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(dl, "Verdict-Original-Subject", natsMsg_GetSubject(msg));
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(dl, "Verdict-Original-Seq", seq);
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(dl, "Verdict-Deliveries", deliveries);
+    natsStatus s = dlq_letter_new(&dl, &en->cfg, why, err, msg, m->stream_seq, m->delivered, NULL);
     jsPubOptions po;
     jsPubOptions_Init(&po);
-    po.MsgId = msgid;
-    po.MaxWait = en->cfg.publish_timeout_ms;
+    po.MaxWait = en->cfg.publish_timeout_ms; /* the letter carries its Nats-Msg-Id */
     jsPubAck *pa = NULL;
     jsErrCode jerr = 0;
     if (s == NATS_OK)
