@@ -133,8 +133,10 @@ natsStatus dlq_letter_new(natsMsg **out, const config *c, poison_reason why, con
 
 /* --- the DLQ worker -------------------------------------------------------------------------------------- */
 
-/* The stored decision of txn_id under any outcome, read from the stream leader (not a direct get, which a
- * replica may serve stale): NATS_OK with *found, or the failure. */
+/* Whether txn_id has a stored decision under any outcome: NATS_OK with *found, or the failure. A direct get (the
+ * engine's permissions allow direct gets on DECISIONS, as for answering duplicates): a replica may serve it a
+ * few milliseconds stale, but a decision that matters here was stored at least a publish timeout before the
+ * worker gave up on it and the server sent the advisory. */
 static natsStatus decision_stored(const config *c, jsCtx *js, const char *txn_id, bool *found)
 {
     static const char *outcomes[] = {"approve", "review", "decline"};
@@ -142,15 +144,17 @@ static natsStatus decision_stored(const config *c, jsCtx *js, const char *txn_id
     for (size_t i = 0; i < ARRAY_LEN(outcomes); i++) {
         char subj[NAME_MAX_LEN + 96];
         snprintf(subj, sizeof subj, "%s.%s.%s", c->decision_prefix, outcomes[i], txn_id);
+        jsDirectGetMsgOptions o;
+        jsDirectGetMsgOptions_Init(&o);
+        o.LastBySubject = subj;
         natsMsg *m = NULL;
-        jsErrCode jerr = 0;
-        natsStatus s = js_GetLastMsg(&m, js, c->decisions_stream, subj, NULL, &jerr);
+        natsStatus s = js_DirectGetMsg(&m, js, c->decisions_stream, NULL, &o);
         natsMsg_Destroy(m);
         if (s == NATS_OK) {
             *found = true;
             return NATS_OK;
         }
-        if (s != NATS_NOT_FOUND && jerr != JSNoMessageFoundErr)
+        if (s != NATS_NOT_FOUND)
             return s;
     }
     return NATS_OK;
@@ -250,20 +254,12 @@ vstatus dlq_handle_advisory(const config *c, jsCtx *js, const char *json, int le
         jsPubAck_Destroy(pa);
         return broker_err(e, s, jerrc, "cannot store the dead letter");
     }
-    /* Duplicate: a letter with this id is stored. With our reason it is ours from an attempt that did not get
-     * as far as the delete (a crash, a failed delete), which therefore never counted it: count it now. With
-     * another reason a pipeline worker stored it for poison and counted it before terming the message. */
-    bool ours = true;
-    if (pa->Duplicate) {
-        natsMsg *stored = NULL;
-        s = js_GetMsg(&stored, js, c->dlq_stream, pa->Sequence, NULL, &jerrc);
-        if (s != NATS_OK) {
-            jsPubAck_Destroy(pa);
-            return broker_err(e, s, jerrc, "cannot read the stored dead letter");
-        }
-        ours = strcmp(msg_hdr(stored, "Verdict-Dlq-Reason"), reason) == 0;
-        natsMsg_Destroy(stored);
-    }
+    /* Duplicate: a letter with this id is stored. For max_deliveries it is ours, from an attempt that did not
+     * get as far as the delete (a crash, a failed delete) and therefore never counted it: count it now. For
+     * terminated it is a pipeline worker's poison letter, which the worker counted before terming the message
+     * (only the engine terms; an operator's term whose letter attempt crashed before the delete goes uncounted,
+     * the price of not reading DLQ, which the engine's permissions do not allow). */
+    bool ours = !pa->Duplicate || r == DEAD_MAX_DELIVERIES;
     jsPubAck_Destroy(pa);
     /* Only after the dead letter is stored: remove the original so it cannot be decided or dead-lettered again.
      * The delete is the one step that happens once: whoever deletes counts. */
