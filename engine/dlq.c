@@ -209,9 +209,10 @@ vstatus dlq_handle_advisory(const config *c, jsCtx *js, const char *json, int le
     if (s != NATS_OK)
         return broker_err(e, s, jerrc, "cannot read the original message");
 
-    /* Generous: a decode that runs out of arena only loses the payload's txn_id (Nats-Msg-Id is the fallback) */
+    /* Sized from this message, generously (a rare path): a decode that runs out of arena only loses the
+     * payload's txn_id, and Nats-Msg-Id is the fallback */
     arena a = {0};
-    if (arena_init(&a, (size_t)c->max_msg_size * 16 + 65536) != V_OK)
+    if (arena_init(&a, (size_t)natsMsg_GetDataLength(orig) * 16 + 65536) != V_OK)
         a.buf = NULL;
     const char *txn_id = original_txn_id(c, orig, &a);
 
@@ -263,6 +264,7 @@ vstatus dlq_handle_advisory(const config *c, jsCtx *js, const char *json, int le
     jsPubAck_Destroy(pa);
     /* Only after the dead letter is stored: remove the original so it cannot be decided or dead-lettered again.
      * The delete is the one step that happens once: whoever deletes counts. */
+    jerrc = 0;
     s = js_DeleteMsg(js, c->txn_stream, (uint64_t)seq, NULL, &jerrc);
     if (s == NATS_NOT_FOUND || jerrc == JSNoMessageFoundErr || jerrc == JSSequenceNotFoundErr)
         return V_OK; /* another DLQ worker finished it meanwhile */
