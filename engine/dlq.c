@@ -1,4 +1,4 @@
-/* dlq.c - the advisory-driven DLQ worker (see dlq.h). */
+/* dlq.c - dead letters: the builder shared by every writer, and the advisory-driven DLQ worker (see dlq.h). */
 #include "dlq.h"
 
 #include "broker.h"
@@ -18,17 +18,173 @@ struct dlq_worker {
     pthread_t thread;
     atomic_bool stopping;
     atomic_llong *total, *by_reason;
+    atomic_llong decided_late;
 };
 
-vstatus dlq_handle_advisory(const config *c, jsCtx *js, const char *json, int len, bool *wrote, poison_reason *why,
-                            verror *e)
+/* --- building a dead letter ------------------------------------------------------------------------------ */
+
+void dlq_sanitize(char *dst, size_t cap, const char *src)
 {
-    *wrote = false;
+    if (cap == 0)
+        return;
+    size_t i = 0;
+    for (; src && src[i] && i + 1 < cap; i++) {
+        unsigned char ch = (unsigned char)src[i];
+        dst[i] = (char)(ch < 0x20 || ch == 0x7f ? ' ' : ch);
+    }
+    dst[i] = 0;
+}
+
+bool dlq_lineage_next(const char **p, uint64_t *seq)
+{
+    const char *s = *p;
+    if (*s == ',')
+        s++;
+    if (*s < '0' || *s > '9')
+        return false;
+    uint64_t v = 0;
+    int digits = 0;
+    for (; *s >= '0' && *s <= '9'; s++, digits++)
+        v = v * 10 + (uint64_t)(*s - '0');
+    if (digits > 19 || (*s && *s != ','))
+        return false;
+    *p = s;
+    *seq = v;
+    return true;
+}
+
+void dlq_lineage_push(char *out, size_t cap, uint64_t seq, const char *prev)
+{
+    int n = snprintf(out, cap, "%llu", (unsigned long long)seq);
+    if (n < 0 || (size_t)n >= cap)
+        return;
+    size_t o = (size_t)n;
+    const char *p = prev ? prev : "";
+    uint64_t v;
+    while (dlq_lineage_next(&p, &v)) {
+        char item[24];
+        int k = snprintf(item, sizeof item, ",%llu", (unsigned long long)v);
+        if (k < 0 || o + (size_t)k > DLQ_LINEAGE_MAX || o + (size_t)k >= cap)
+            break; /* the oldest entries go first */
+        memcpy(out + o, item, (size_t)k + 1);
+        o += (size_t)k;
+    }
+}
+
+static const char *msg_hdr(natsMsg *m, const char *key)
+{
+    const char *v = NULL;
+    if (natsMsgHeader_Get(m, key, &v) != NATS_OK || !v)
+        return "";
+    return v;
+}
+
+natsStatus dlq_letter_new(natsMsg **out, const config *c, poison_reason why, const char *err, natsMsg *orig,
+                          uint64_t orig_seq, uint64_t deliveries, const char *txn_id)
+{
+    *out = NULL;
+    const char *reason = poison_reason_str(why);
+    char subj[NAME_MAX_LEN + 40], msgid[NAME_MAX_LEN + 40], seqs[32], dels[32], errs[256], osubj[512],
+        lineage[DLQ_LINEAGE_MAX + 1];
+    snprintf(subj, sizeof subj, "%s.%s", c->dlq_prefix, reason);
+    snprintf(msgid, sizeof msgid, "dlq-%s-%llu", c->txn_stream, (unsigned long long)orig_seq);
+    snprintf(seqs, sizeof seqs, "%llu", (unsigned long long)orig_seq);
+    snprintf(dels, sizeof dels, "%llu", (unsigned long long)deliveries);
+    dlq_sanitize(errs, sizeof errs, err && err[0] ? err : "(no detail)");
+    dlq_sanitize(osubj, sizeof osubj, natsMsg_GetSubject(orig));
+    if (!txn_id || !txn_id_valid(txn_id)) {
+        txn_id = msg_hdr(orig, "Nats-Msg-Id");
+        if (!txn_id_valid(txn_id))
+            txn_id = NULL; /* unknown: the header is left out rather than filled with something else */
+    }
+    /* lineage carried on unchanged, minus anything malformed (the header is a publisher's data) */
+    const char *prev = msg_hdr(orig, DLQ_LINEAGE_HDR);
+    lineage[0] = 0;
+    uint64_t first;
+    const char *p = prev;
+    if (dlq_lineage_next(&p, &first))
+        dlq_lineage_push(lineage, sizeof lineage, first, p);
+
+    natsMsg *dl = NULL;
+    natsStatus s = natsMsg_Create(&dl, subj, NULL, natsMsg_GetData(orig), natsMsg_GetDataLength(orig));
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(dl, "Nats-Msg-Id", msgid);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(dl, "Verdict-Dlq-Reason", reason);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(dl, "Verdict-Error", errs);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(dl, "Verdict-Original-Subject", osubj);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(dl, "Verdict-Original-Seq", seqs);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(dl, "Verdict-Deliveries", dels);
+    if (s == NATS_OK && txn_id)
+        s = natsMsgHeader_Set(dl, "Verdict-Txn-Id", txn_id);
+    if (s == NATS_OK && lineage[0])
+        s = natsMsgHeader_Set(dl, DLQ_LINEAGE_HDR, lineage);
+    if (s != NATS_OK) {
+        natsMsg_Destroy(dl);
+        return s;
+    }
+    *out = dl;
+    return NATS_OK;
+}
+
+/* --- the DLQ worker -------------------------------------------------------------------------------------- */
+
+/* Whether txn_id has a stored decision under any outcome: NATS_OK with *found, or the failure. A direct get (the
+ * engine's permissions allow direct gets on DECISIONS, as for answering duplicates): a replica may serve it a
+ * few milliseconds stale, but a decision that matters here was stored at least a publish timeout before the
+ * worker gave up on it and the server sent the advisory. */
+static natsStatus decision_stored(const config *c, jsCtx *js, const char *txn_id, bool *found)
+{
+    static const char *outcomes[] = {"approve", "review", "decline"};
+    *found = false;
+    for (size_t i = 0; i < ARRAY_LEN(outcomes); i++) {
+        char subj[NAME_MAX_LEN + 96];
+        snprintf(subj, sizeof subj, "%s.%s.%s", c->decision_prefix, outcomes[i], txn_id);
+        jsDirectGetMsgOptions o;
+        jsDirectGetMsgOptions_Init(&o);
+        o.LastBySubject = subj;
+        natsMsg *m = NULL;
+        natsStatus s = js_DirectGetMsg(&m, js, c->decisions_stream, NULL, &o);
+        natsMsg_Destroy(m);
+        if (s == NATS_OK) {
+            *found = true;
+            return NATS_OK;
+        }
+        if (s != NATS_NOT_FOUND)
+            return s;
+    }
+    return NATS_OK;
+}
+
+/* The txn_id of a TXN message: from its decoded payload (what the decision's subject uses), else its
+ * Nats-Msg-Id when that is a valid txn id; NULL when neither. Points into a or into m. */
+static const char *original_txn_id(const config *c, natsMsg *m, arena *a)
+{
+    Transaction *t = NULL;
+    poison_reason why;
+    if (a->buf && txn_decode(a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), (size_t)c->max_msg_size, &t,
+                             &why, NULL) == V_OK)
+        return t->txn_id;
+    const char *id = msg_hdr(m, "Nats-Msg-Id");
+    return txn_id_valid(id) ? id : NULL;
+}
+
+vstatus dlq_handle_advisory(const config *c, jsCtx *js, const char *json, int len, dlq_action *act,
+                            poison_reason *why, verror *e)
+{
+    *act = DLQ_SKIPPED;
     *why = POISON_NONE;
     json_error_t jerr;
     json_t *root = json_loadb(json, (size_t)len, 0, &jerr);
-    if (!root)
-        return verror_set(e, V_EINVAL, "advisory is not JSON: %s", jerr.text);
+    if (!root) {
+        /* nothing anyone can act on: acked, or (MaxDeliver -1) it would be redelivered forever */
+        log_warn("advisory is not JSON; ignored", "\"error\":\"%s\"", log_esc(jerr.text));
+        return V_OK;
+    }
     const char *type = json_string_value(json_object_get(root, "type"));
     const char *stream = json_string_value(json_object_get(root, "stream"));
     json_int_t seq = json_integer_value(json_object_get(root, "stream_seq"));
@@ -38,76 +194,87 @@ vstatus dlq_handle_advisory(const config *c, jsCtx *js, const char *json, int le
         r = DEAD_MAX_DELIVERIES;
     else if (type && strstr(type, "terminated"))
         r = DEAD_TERMINATED;
-    const char *reason = poison_reason_str(r);
     if (r == POISON_NONE || !stream || seq <= 0 || strcmp(stream, c->txn_stream) != 0) {
         json_decref(root);
         return V_OK; /* not ours to act on: ack it */
     }
+    json_decref(root);
+    const char *reason = poison_reason_str(r);
 
     natsMsg *orig = NULL;
     jsErrCode jerrc = 0;
-    natsStatus s = js_GetMsg(&orig, js, stream, (uint64_t)seq, NULL, &jerrc);
-    if (s == NATS_NOT_FOUND || jerrc == JSNoMessageFoundErr) {
-        json_decref(root);
+    natsStatus s = js_GetMsg(&orig, js, c->txn_stream, (uint64_t)seq, NULL, &jerrc);
+    if (s == NATS_NOT_FOUND || jerrc == JSNoMessageFoundErr)
         return V_OK; /* handled before (deleted after its dead letter was stored) */
-    }
-    if (s != NATS_OK) {
-        json_decref(root);
+    if (s != NATS_OK)
         return broker_err(e, s, jerrc, "cannot read the original message");
+
+    /* Sized from this message, generously (a rare path): a decode that runs out of arena only loses the
+     * payload's txn_id, and Nats-Msg-Id is the fallback */
+    arena a = {0};
+    if (arena_init(&a, (size_t)natsMsg_GetDataLength(orig) * 16 + 65536) != V_OK)
+        a.buf = NULL;
+    const char *txn_id = original_txn_id(c, orig, &a);
+
+    /* A decision whose PubAck was lost (timeout, failover) on the last delivery is stored all the same. A
+     * dead letter on top would end the transaction both decided and dead-lettered: the decision stands, and
+     * the original stays in TXN like every decided transaction (the state rebuild counts it from there). */
+    if (r == DEAD_MAX_DELIVERIES && txn_id) {
+        bool found = false;
+        s = decision_stored(c, js, txn_id, &found);
+        if (s != NATS_OK) {
+            arena_free(&a);
+            natsMsg_Destroy(orig);
+            return broker_err(e, s, 0, "cannot look the transaction up in the decisions stream");
+        }
+        if (found) {
+            log_warn("decided after all: no dead letter",
+                     "\"stream\":\"%s\",\"seq\":%lld,\"txn_id\":\"%s\",\"deliveries\":%lld", c->txn_stream,
+                     (long long)seq, txn_id, (long long)deliveries);
+            arena_free(&a);
+            natsMsg_Destroy(orig);
+            *act = DLQ_DECIDED_LATE;
+            return V_OK;
+        }
     }
 
-    char subj[NAME_MAX_LEN + 32], msgid[NAME_MAX_LEN + 40], seqs[32], dels[32];
-    snprintf(subj, sizeof subj, "%s.%s", c->dlq_prefix, reason);
-    snprintf(msgid, sizeof msgid, "dlq-%s-%lld", stream, (long long)seq);
-    snprintf(seqs, sizeof seqs, "%lld", (long long)seq);
-    snprintf(dels, sizeof dels, "%lld", (long long)deliveries);
     natsMsg *dl = NULL;
-    s = natsMsg_Create(&dl, subj, NULL, natsMsg_GetData(orig), natsMsg_GetDataLength(orig));
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(dl, "Nats-Msg-Id", msgid);
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(dl, "Verdict-Dlq-Reason", reason);
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(dl, "Verdict-Error",
-                              strcmp(reason, "max_deliveries") == 0
-                                  ? "not decided after the consumer's MaxDeliver attempts"
-                                  : "terminated by the engine");
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(dl, "Verdict-Original-Subject", natsMsg_GetSubject(orig));
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(dl, "Verdict-Original-Seq", seqs);
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(dl, "Verdict-Deliveries", dels);
-    const char *txn_id = NULL;
-    if (s == NATS_OK && natsMsgHeader_Get(orig, "Nats-Msg-Id", &txn_id) == NATS_OK && txn_id)
-        s = natsMsgHeader_Set(dl, "Verdict-Txn-Id", txn_id);
+    s = dlq_letter_new(&dl, c, r, r == DEAD_MAX_DELIVERIES ? "not decided after the consumer's MaxDeliver attempts"
+                                                           : "terminated without a dead letter",
+                       orig, (uint64_t)seq, (uint64_t)deliveries, txn_id);
+    arena_free(&a);
+    natsMsg_Destroy(orig);
     jsPubOptions po;
     jsPubOptions_Init(&po);
-    po.MsgId = msgid;
     po.MaxWait = c->publish_timeout_ms;
     jsPubAck *pa = NULL;
     if (s == NATS_OK)
         s = js_PublishMsg(&pa, js, dl, &po, &jerrc);
-    bool dup = pa && pa->Duplicate;
-    jsPubAck_Destroy(pa);
     natsMsg_Destroy(dl);
-    natsMsg_Destroy(orig);
     if (s != NATS_OK) {
-        json_decref(root);
+        jsPubAck_Destroy(pa);
         return broker_err(e, s, jerrc, "cannot store the dead letter");
     }
-    /* Only after the dead letter is stored: remove the original so it cannot be decided or dead-lettered again */
-    s = js_DeleteMsg(js, stream, (uint64_t)seq, NULL, &jerrc);
-    if (s != NATS_OK && s != NATS_NOT_FOUND && jerrc != JSNoMessageFoundErr && jerrc != JSSequenceNotFoundErr) {
-        json_decref(root);
+    /* Duplicate: a letter with this id is stored. For max_deliveries it is ours, from an attempt that did not
+     * get as far as the delete (a crash, a failed delete) and therefore never counted it: count it now. For
+     * terminated it is a pipeline worker's poison letter, which the worker counted before terming the message
+     * (only the engine terms; an operator's term whose letter attempt crashed before the delete goes uncounted,
+     * the price of not reading DLQ, which the engine's permissions do not allow). */
+    bool ours = !pa->Duplicate || r == DEAD_MAX_DELIVERIES;
+    jsPubAck_Destroy(pa);
+    /* Only after the dead letter is stored: remove the original so it cannot be decided or dead-lettered again.
+     * The delete is the one step that happens once: whoever deletes counts. */
+    jerrc = 0;
+    s = js_DeleteMsg(js, c->txn_stream, (uint64_t)seq, NULL, &jerrc);
+    if (s == NATS_NOT_FOUND || jerrc == JSNoMessageFoundErr || jerrc == JSSequenceNotFoundErr)
+        return V_OK; /* another DLQ worker finished it meanwhile */
+    if (s != NATS_OK)
         return broker_err(e, s, jerrc, "dead letter stored but the original could not be deleted");
-    }
-    *wrote = !dup;
     *why = r;
-    if (!dup)
-        log_warn("dead-lettered", "\"stream\":\"%s\",\"seq\":%lld,\"reason\":\"%s\",\"deliveries\":%lld", stream,
-                 (long long)seq, reason, (long long)deliveries);
-    json_decref(root);
+    *act = ours ? DLQ_DEAD_LETTERED : DLQ_WORKER_LETTER;
+    if (ours)
+        log_warn("dead-lettered", "\"stream\":\"%s\",\"seq\":%lld,\"reason\":\"%s\",\"deliveries\":%lld",
+                 c->txn_stream, (long long)seq, reason, (long long)deliveries);
     return V_OK;
 }
 
@@ -130,16 +297,20 @@ static void *dlq_main(void *arg)
         }
         for (int i = 0; i < list.Count; i++) {
             natsMsg *m = list.Msgs[i];
-            bool wrote = false;
+            dlq_action act = DLQ_SKIPPED;
             poison_reason why = POISON_NONE;
             verror e = {0};
-            if (dlq_handle_advisory(&w->cfg, w->js, natsMsg_GetData(m), natsMsg_GetDataLength(m), &wrote, &why,
-                                    &e) == V_OK) {
-                natsMsg_AckSync(m, NULL, NULL);
-                if (wrote && w->total)
+            if (dlq_handle_advisory(&w->cfg, w->js, natsMsg_GetData(m), natsMsg_GetDataLength(m), &act, &why, &e) ==
+                V_OK) {
+                /* a lost ack redelivers the advisory, which then finds the original gone: counted once */
+                if (natsMsg_AckSync(m, NULL, NULL) != NATS_OK)
+                    log_warn("advisory ack failed; its redelivery will find the work done", NULL);
+                if (act == DLQ_DEAD_LETTERED && w->total)
                     atomic_fetch_add(w->total, 1);
-                if (wrote && w->by_reason)
+                if (act == DLQ_DEAD_LETTERED && w->by_reason)
                     atomic_fetch_add(&w->by_reason[why], 1);
+                if (act == DLQ_DECIDED_LATE)
+                    atomic_fetch_add(&w->decided_late, 1);
             } else {
                 log_error("advisory not handled; will retry", "\"error\":\"%s\"", log_esc(e.msg));
                 natsMsg_NakWithDelay(m, 2000, NULL);
@@ -204,6 +375,11 @@ vstatus dlq_worker_start(const config *c, natsConnection *nc, atomic_llong *tota
     }
     *out = w;
     return V_OK;
+}
+
+long long dlq_worker_decided_late(dlq_worker *w)
+{
+    return w ? atomic_load(&w->decided_late) : 0;
 }
 
 void dlq_worker_stop(dlq_worker *w)

@@ -6,6 +6,7 @@
 #include "idset.h"
 #include "codec.h"
 #include "config.h"
+#include "dlq.h"
 #include "log.h"
 
 #include <stdio.h>
@@ -57,9 +58,13 @@ static int replay_one(cliconn *c, uint64_t seq)
     po.MsgId = msgid;
     jsPubAck *pa = NULL;
     natsStatus s = natsMsg_Create(&out, subj, NULL, natsMsg_GetData(m), natsMsg_GetDataLength(m));
-    /* lineage for `verdict audit`: the original TXN sequence is accounted for by this replay */
+    /* lineage for `verdict audit`: the original TXN sequence, and every one it replayed in turn, is accounted
+     * for by this replay; the list travels on in a dead letter if the replay is dead-lettered again */
+    char lineage[DLQ_LINEAGE_MAX + 1];
+    dlq_lineage_push(lineage, sizeof lineage, strtoull(cliconn_hdr(m, "Verdict-Original-Seq"), NULL, 10),
+                     cliconn_hdr(m, DLQ_LINEAGE_HDR));
     if (s == NATS_OK)
-        s = natsMsgHeader_Set(out, "Verdict-Replay-Of", cliconn_hdr(m, "Verdict-Original-Seq"));
+        s = natsMsgHeader_Set(out, DLQ_LINEAGE_HDR, lineage);
     if (s == NATS_OK)
         s = js_PublishMsg(&pa, c->js, out, &po, NULL);
     natsMsg_Destroy(out);
@@ -230,49 +235,69 @@ int cmd_audit(int argc, char **argv)
         from = 1;
     if (to > tl)
         to = tl;
-    idset decided, dead;
-    if (!idset_init(&decided, (size_t)(dl - df + 1)) || !idset_init(&dead, (size_t)(ll - lf + 1))) {
+    idset decided, twice, dead, dead_decided, replayed;
+    bool mem = idset_init(&decided, (size_t)(dl - df + 1)), mem2 = idset_init(&twice, 16),
+         mem3 = idset_init(&dead, (size_t)(ll - lf + 1)), mem4 = idset_init(&replayed, 64),
+         mem5 = idset_init(&dead_decided, 16);
+    if (!mem || !mem2 || !mem3 || !mem4 || !mem5) {
         fprintf(stderr, "verdict audit: out of memory\n");
         cliconn_close(&c);
         return 1;
     }
-    /* decisions by txn_id, dead letters by original TXN sequence */
-    uint64_t ndec = 0, ndead = 0;
+    /* Decisions by txn_id, read from the subject (decision.<outcome>.<txn_id>), which every decision has: a
+     * second decision for one transaction (another outcome's subject, or stored outside the duplicate window)
+     * is found here, whatever its Nats-Msg-Id. */
+    uint64_t ndec = 0, ndead = 0, nextra = 0;
     for (uint64_t s = df; dl && s <= dl; s++) {
         natsMsg *m = NULL;
         if (js_GetMsg(&m, c.js, c.cfg.decisions_stream, s, NULL, NULL) != NATS_OK)
             continue;
-        idset_add(&decided, hash64_str(cliconn_hdr(m, "Nats-Msg-Id")));
+        const char *subj = natsMsg_GetSubject(m), *dot = strrchr(subj, '.');
+        const char *id = dot ? dot + 1 : cliconn_hdr(m, "Nats-Msg-Id");
+        uint64_t h = hash64_str(id);
+        if (idset_has(&decided, h)) {
+            nextra++;
+            idset_add(&twice, h);
+            printf("TWICE    txn %s: another decision at %s seq %llu (%s)\n", id, c.cfg.decisions_stream,
+                   (unsigned long long)s, subj);
+        }
+        idset_add(&decided, h);
         ndec++;
         natsMsg_Destroy(m);
     }
+    /* Dead letters by original TXN sequence; their lineage accounts for the sequences their original replayed
+     * (a replay that was dead-lettered again is no longer in TXN to say so itself). A dead letter whose
+     * Verdict-Txn-Id has a decision is a transaction that ended both ways, even though its original is gone. */
     for (uint64_t s = lf; ll && s <= ll; s++) {
         natsMsg *m = NULL;
         if (js_GetMsg(&m, c.js, c.cfg.dlq_stream, s, NULL, NULL) != NATS_OK)
             continue;
-        idset_add(&dead, strtoull(cliconn_hdr(m, "Verdict-Original-Seq"), NULL, 10));
+        uint64_t oseq = strtoull(cliconn_hdr(m, "Verdict-Original-Seq"), NULL, 10);
+        idset_add(&dead, oseq);
+        const char *id = cliconn_hdr(m, "Verdict-Txn-Id");
+        if (id[0] && idset_has(&decided, hash64_str(id)))
+            idset_add(&dead_decided, oseq);
+        const char *p = cliconn_hdr(m, DLQ_LINEAGE_HDR);
+        uint64_t r;
+        while (dlq_lineage_next(&p, &r))
+            idset_add(&replayed, r);
         ndead++;
         natsMsg_Destroy(m);
     }
-    /* replays: a dead letter replayed into TXN accounts for its original sequence */
-    idset replayed;
-    if (!idset_init(&replayed, (size_t)(tl - tf + 1))) {
-        fprintf(stderr, "verdict audit: out of memory\n");
-        cliconn_close(&c);
-        return 1;
-    }
+    /* replays still in TXN: each accounts for the sequences in its lineage */
     for (uint64_t s = tf; tl && s <= tl; s++) {
         natsMsg *m = NULL;
         if (js_GetMsg(&m, c.js, c.cfg.txn_stream, s, NULL, NULL) != NATS_OK)
             continue;
-        const char *r = cliconn_hdr(m, "Verdict-Replay-Of");
-        if (r[0])
-            idset_add(&replayed, strtoull(r, NULL, 10));
+        const char *p = cliconn_hdr(m, DLQ_LINEAGE_HDR);
+        uint64_t r;
+        while (dlq_lineage_next(&p, &r))
+            idset_add(&replayed, r);
         natsMsg_Destroy(m);
     }
     arena a;
     arena_init(&a, 1 << 20);
-    uint64_t total = 0, ok_dec = 0, ok_dead = 0, both = 0, neither = 0, nreplayed = 0;
+    uint64_t total = 0, ok_dec = 0, ok_dead = 0, both = 0, neither = 0, nreplayed = 0, ntwice = 0;
     for (uint64_t s = from; s <= to; s++) {
         natsMsg *m = NULL;
         natsStatus st = js_GetMsg(&m, c.js, c.cfg.txn_stream, s, NULL, NULL);
@@ -283,7 +308,10 @@ int cmd_audit(int argc, char **argv)
             if (s < tf && !in_dlq && !was_replayed)
                 continue; /* aged out by retention, not ours to judge */
             total++;
-            if (in_dlq)
+            if (in_dlq && idset_has(&dead_decided, s)) {
+                both++;
+                printf("BOTH     seq %llu: a dead letter, and a decision for its txn id\n", (unsigned long long)s);
+            } else if (in_dlq)
                 ok_dead++;
             else if (was_replayed)
                 nreplayed++;
@@ -303,6 +331,9 @@ int cmd_audit(int argc, char **argv)
         if (has_dec && in_dlq) {
             both++;
             printf("BOTH     seq %llu txn %s: a decision and a dead letter\n", (unsigned long long)s, t->txn_id);
+        } else if (has_dec && idset_has(&twice, hash64_str(t->txn_id))) {
+            ntwice++;
+            printf("TWICE    seq %llu txn %s: more than one decision\n", (unsigned long long)s, t->txn_id);
         } else if (has_dec)
             ok_dec++;
         else if (in_dlq)
@@ -317,18 +348,21 @@ int cmd_audit(int argc, char **argv)
             fprintf(stderr, "audit: %llu/%llu\n", (unsigned long long)(s - from + 1),
                     (unsigned long long)(to - from + 1));
     }
+    bool balanced = both == 0 && neither == 0 && ntwice == 0;
     printf("audit %s seq %llu..%llu: %llu transactions = %llu decided + %llu dead-lettered + %llu replayed; "
-           "both %llu, neither %llu (%llu decisions, %llu dead letters stored)\n",
+           "both %llu, neither %llu, decided twice %llu (%llu decisions, %llu of them extra; %llu dead letters "
+           "stored)\n",
            c.cfg.txn_stream, (unsigned long long)from, (unsigned long long)to, (unsigned long long)total,
            (unsigned long long)ok_dec, (unsigned long long)ok_dead, (unsigned long long)nreplayed,
-           (unsigned long long)both,
-           (unsigned long long)neither, (unsigned long long)ndec, (unsigned long long)ndead);
-    printf("%s\n", both == 0 && neither == 0 ? "OK: every transaction has exactly one decision or one dead letter"
-                                             : "MISMATCH");
+           (unsigned long long)both, (unsigned long long)neither, (unsigned long long)ntwice,
+           (unsigned long long)ndec, (unsigned long long)nextra, (unsigned long long)ndead);
+    printf("%s\n", balanced ? "OK: every transaction has exactly one decision or one dead letter" : "MISMATCH");
     arena_free(&a);
     idset_free(&decided);
+    idset_free(&twice);
     idset_free(&dead);
+    idset_free(&dead_decided);
     idset_free(&replayed);
     cliconn_close(&c);
-    return both == 0 && neither == 0 ? 0 : 1;
+    return balanced ? 0 : 1;
 }

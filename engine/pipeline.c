@@ -260,34 +260,13 @@ static void reply_decision(natsConnection *nc, const char *reply_to, natsMsg *de
 
 /* --- dead letters ------------------------------------------------------------------------------------- */
 
-/* Builds the dead letter of a poison message: the original bytes unchanged on dlq.<reason>, with its lineage
- * in headers. Published asynchronously with the batch's decisions (publish_slots), then the input is termed. */
+/* The dead letter of a poison message (dlq_letter_new: the one builder, shared with the DLQ worker), published
+ * asynchronously with the batch's decisions (publish_slots); the input is termed once it is stored. */
 static natsStatus build_dead_letter(const engine *en, natsMsg *msg, const js_meta *m, poison_reason why,
-                                    const char *err, const char *msg_id, natsMsg **out)
+                                    const char *err, natsMsg **out)
 {
-    char subj[NAME_MAX_LEN + 40], seq[32], deliveries[32];
-    snprintf(subj, sizeof subj, "%s.%s", en->cfg.dlq_prefix, poison_reason_str(why));
-    snprintf(seq, sizeof seq, "%llu", (unsigned long long)m->stream_seq);
-    snprintf(deliveries, sizeof deliveries, "%llu", (unsigned long long)m->delivered);
-    natsMsg *dl = NULL;
-    natsStatus s = natsMsg_Create(&dl, subj, NULL, natsMsg_GetData(msg), natsMsg_GetDataLength(msg));
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(dl, "Verdict-Dlq-Reason", poison_reason_str(why));
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(dl, "Verdict-Error", err);
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(dl, "Verdict-Original-Subject", natsMsg_GetSubject(msg));
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(dl, "Verdict-Original-Seq", seq);
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(dl, "Verdict-Deliveries", deliveries);
-    (void)msg_id; /* Nats-Msg-Id is set by nats.c from jsPubOptions.MsgId when published */
-    if (s != NATS_OK) {
-        natsMsg_Destroy(dl);
-        dl = NULL;
-    }
-    *out = dl;
-    return s;
+    *out = NULL;
+    return dlq_letter_new(out, &en->cfg, why, err, msg, m->stream_seq, m->delivered, NULL);
 }
 
 /* Looks up the stored decision of txn_id under any outcome. */
@@ -430,7 +409,7 @@ static void prepare(worker *w, natsMsg *msg, slot *sl)
         sl->why = why;
         str_copy(sl->err, sizeof sl->err, err.msg);
         snprintf(sl->msg_id, sizeof sl->msg_id, "dlq-%s-%llu", cfg->txn_stream, (unsigned long long)m->stream_seq);
-        natsStatus s = build_dead_letter(en, msg, m, why, err.msg, sl->msg_id, &sl->dm);
+        natsStatus s = build_dead_letter(en, msg, m, why, err.msg, &sl->dm);
         atomic_store(&sl->state, s == NATS_OK ? SLOT_PENDING : SLOT_FAILED);
         return;
     }
@@ -811,8 +790,11 @@ static void process_batch(worker *w, natsMsgList *list)
         if (delay == 100)
             log_warn("decision stream unavailable; retrying the batch's publishes",
                      "\"worker\":%d,\"messages\":%d,\"error\":\"%s\"", w->id, n, log_esc(why));
-        keep_in_progress(w, count);
-        sleep_ms(delay);
+        /* never longer than a heartbeat between two InProgress: the wait grows to 1 s, the AckWait may be 1 s */
+        for (int waited = 0; waited < delay; waited += (int)en->heartbeat_ms) {
+            keep_in_progress(w, count);
+            sleep_ms(delay - waited < en->heartbeat_ms ? delay - waited : (int)en->heartbeat_ms);
+        }
         for (int i = 0; i < count; i++) {
             slot *sl = &w->slots[i];
             sl->to_send = NULL;

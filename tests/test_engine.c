@@ -331,19 +331,19 @@ Test(engine, the_dlq_worker_is_idempotent)
     cr_assert(tc_publish(js, "txn.x", &t));
     const char *adv = "{\"type\":\"io.nats.jetstream.advisory.v1.max_deliver\",\"stream\":\"TXN\","
                       "\"consumer\":\"verdict\",\"stream_seq\":1,\"deliveries\":5}";
-    bool wrote = false;
+    dlq_action act = DLQ_SKIPPED;
     poison_reason why = POISON_NONE;
-    /* the worker crashed after storing the dead letter and before deleting: the original is still there */
-    cr_assert_eq(dlq_handle_advisory(&c, js, adv, (int)strlen(adv), &wrote, &why, &e), V_OK, "%s", e.msg);
-    cr_assert(wrote);
+    cr_assert_eq(dlq_handle_advisory(&c, js, adv, (int)strlen(adv), &act, &why, &e), V_OK, "%s", e.msg);
+    cr_assert_eq(act, DLQ_DEAD_LETTERED);
     cr_assert_eq(why, DEAD_MAX_DELIVERIES);
     cr_assert_eq(tc_stream_msgs(js, "TXN"), 0);
-    cr_assert_eq(dlq_handle_advisory(&c, js, adv, (int)strlen(adv), &wrote, &why, &e), V_OK, "%s", e.msg);
-    cr_assert_not(wrote);
+    /* the advisory redelivered (its ack lost): the original is gone, nothing is written or counted again */
+    cr_assert_eq(dlq_handle_advisory(&c, js, adv, (int)strlen(adv), &act, &why, &e), V_OK, "%s", e.msg);
+    cr_assert_eq(act, DLQ_SKIPPED);
     cr_assert_eq(tc_stream_msgs(js, "DLQ"), 1);
 
     /* a worker that crashed after storing the dead letter and before deleting the original: a rerun stores
-     * nothing new and finishes the delete */
+     * nothing new, finishes the delete, and counts the letter (the crashed attempt never did) */
     tc_txn(&t, "adv-2", 100);
     cr_assert(tc_publish(js, "txn.x", &t));
     jsPubOptions po;
@@ -354,8 +354,8 @@ Test(engine, the_dlq_worker_is_idempotent)
     jsPubAck_Destroy(pa);
     const char *adv2 = "{\"type\":\"io.nats.jetstream.advisory.v1.max_deliver\",\"stream\":\"TXN\","
                        "\"consumer\":\"verdict\",\"stream_seq\":2,\"deliveries\":5}";
-    cr_assert_eq(dlq_handle_advisory(&c, js, adv2, (int)strlen(adv2), &wrote, &why, &e), V_OK, "%s", e.msg);
-    cr_assert_not(wrote, "deduplicated by Nats-Msg-Id");
+    cr_assert_eq(dlq_handle_advisory(&c, js, adv2, (int)strlen(adv2), &act, &why, &e), V_OK, "%s", e.msg);
+    cr_assert_eq(act, DLQ_DEAD_LETTERED, "deduplicated by Nats-Msg-Id, and counted once");
     cr_assert_eq(tc_stream_msgs(js, "DLQ"), 2);
     cr_assert_eq(tc_stream_msgs(js, "TXN"), 0, "the original is deleted on the rerun");
 }

@@ -392,6 +392,8 @@ Test(hardening, stored_decisions_are_answered_before_the_retry_and_nothing_is_re
     natsMsg_Destroy(r);
     r = NULL;
     cr_assert_neq(natsSubscription_NextMsg(&r, sub, 1500), NATS_OK, "each requester answered once");
+    cr_assert(tc_consumer_counts(js, &ackp, &pend, &redelivered));
+    cr_assert_eq(redelivered, 0, "kept in progress through the whole retry (waits grow to 1 s, AckWait is 1 s)");
     cr_assert_eq(tc_stream_msgs(js, "DECISIONS"), 2);
     cr_assert_lt(ok_ms, 15000 + 2500);
     natsSubscription_Destroy(sub);
