@@ -22,7 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define STOP_MS 3000 /* the engine's deadline: then its connections are closed */
+#define STOP_MS 2500 /* the engine's deadline: then its connections are closed */
 #define EXIT_MS 4700 /* the process's: then it exits whatever is still running */
 
 /* What the signal thread tells the main thread. */
