@@ -1180,15 +1180,16 @@ void engine_current_versions(engine *en, char *rules, char *model, size_t cap)
 
 void engine_request_stop(engine *en, int64_t deadline_ns)
 {
+    if (!atomic_exchange(&en->stopping, true)) {
+        atomic_store(&en->stop_t0_ns, mono_ns());
+        atomic_store(&en->phase, PHASE_STOPPING);
+        /* stop taking requests; those already received are still published (engine_stop waits for them).
+         * Before the deadline is set: with NATS down the closer closes the connections as soon as it is. */
+        if (en->ingress && natsSubscription_Drain(en->ingress) != NATS_OK)
+            log_warn("the decide subscription could not be drained", NULL);
+    }
     int64_t none = 0;
-    atomic_compare_exchange_strong(&en->stop_t0_ns, &none, mono_ns());
-    none = 0;
     atomic_compare_exchange_strong(&en->stop_deadline_ns, &none, deadline_ns); /* the first deadline holds */
-    if (atomic_exchange(&en->stopping, true))
-        return;
-    /* stop taking requests; requests already received are still published (engine_stop waits for them) */
-    if (en->ingress && natsSubscription_Drain(en->ingress) != NATS_OK)
-        log_warn("the decide subscription could not be drained", NULL);
 }
 
 void engine_stop(engine *en)
@@ -1199,7 +1200,6 @@ void engine_stop(engine *en)
     /* One deadline for every step: each waits at most for what is left of it, and the closer ends whatever
      * still blocks on NATS when it passes. */
     int64_t dl = atomic_load(&en->stop_deadline_ns);
-    atomic_store(&en->phase, PHASE_STOPPING);
     /* 1. every accepted request stored in the stream (or refused) */
     if (en->ingress && ms_left(dl) > 0)
         natsSubscription_WaitForDrainCompletion(en->ingress, ms_left(dl));
