@@ -192,7 +192,7 @@ void config_defaults(config *c)
         if (opts[i].def)
             set_value(c, &opts[i], opts[i].def, "default", NULL);
     long n = sysconf(_SC_NPROCESSORS_ONLN);
-    c->workers = n > 0 ? (int)n : 2;
+    c->workers = n > 0 ? (n > 256 ? 256 : (int)n) : 2; /* within --workers' bounds on any machine */
     char host[64] = "host";
     gethostname(host, sizeof host - 1);
     host[sizeof host - 1] = 0;
