@@ -248,6 +248,27 @@ Test(lifecycle, readyz_answers_at_once_while_nats_does_not)
     close(fd);
 }
 
+/* A SIGTERM while the first connection attempt waits on a server that says nothing: the attempt is bounded (2 s
+ * connect timeout) and the start is abandoned after it, exit 0 (before: 5 s, then "cannot start", exit 1). */
+Test(lifecycle, sigterm_while_connecting_to_a_frozen_server)
+{
+    int port = free_port();
+    int fd = frozen_listener(port);
+    cr_assert(fd >= 0);
+    char url[64];
+    snprintf(url, sizeof url, "nats://127.0.0.1:%d", port);
+    const char *argv[] = {"verdict", "serve", "--nats-url", url, "--workers", "2", NULL};
+    engine_pid = verdict_spawn(argv, logp);
+    cr_assert(engine_pid > 0);
+    tc_sleep_ms(300);
+    int64_t took = 0;
+    int st = sigterm_and_wait(STOP_BOUND_MS, &took);
+    cr_assert_eq(st, 0, "engine did not exit 0 within %d ms (status %d); see %s", STOP_BOUND_MS, st, logp);
+    fprintf(stderr, "lifecycle: SIGTERM while connecting: exit after %lld ms\n", (long long)took);
+    cr_assert(file_wait_for(logp, "stopped before the start completed", 0), "see %s", logp);
+    close(fd);
+}
+
 /* --- operator input --------------------------------------------------------------------------------------- */
 
 static vstatus parse(const char *const *args, verror *e)
