@@ -113,6 +113,12 @@ static natsStatus set_servers(natsOptions *o, const char *list)
  * lock for a whole reconnect attempt, so this also bounds how long closing a reconnecting connection waits:
  * short enough for a shutdown to fit in Docker's stop timeout, long enough for a TLS handshake. */
 #define CONNECT_TIMEOUT_MS 2000
+/* A server that stops answering without closing the TCP connection (frozen, or a partition that drops packets)
+ * is seen only by unanswered pings: nats.c's default (2 minutes, 2 outstanding) kept the engine attached to it,
+ * and /readyz saying ready, for 4-6 minutes. With these it is declared stale within 10-15 s, reconnects (to
+ * another node of a cluster) and /readyz says 503 meanwhile. A ping every 5 s per connection costs nothing. */
+#define PING_INTERVAL_MS 5000
+#define MAX_PINGS_OUT 2
 
 static vstatus connect_with(const config *c, const char *name, bool send_asap, broker_link *link,
                             natsConnection **nc, verror *e)
@@ -131,6 +137,10 @@ static vstatus connect_with(const config *c, const char *name, bool send_asap, b
         s = natsOptions_SetReconnectWait(o, 250);
     if (s == NATS_OK)
         s = natsOptions_SetTimeout(o, CONNECT_TIMEOUT_MS);
+    if (s == NATS_OK)
+        s = natsOptions_SetPingInterval(o, PING_INTERVAL_MS);
+    if (s == NATS_OK)
+        s = natsOptions_SetMaxPingsOut(o, MAX_PINGS_OUT);
     if (s == NATS_OK)
         s = natsOptions_SetDisconnectedCB(o, on_disconnected, link);
     if (s == NATS_OK)

@@ -248,6 +248,42 @@ Test(lifecycle, readyz_answers_at_once_while_nats_does_not)
     close(fd);
 }
 
+/* A server that freezes keeps its TCP connections open: only unanswered pings tell. The engine declares the
+ * connection stale within seconds (nats.c's default took 4-6 minutes, /readyz saying ready all along), says
+ * 503 meanwhile, every answer immediate, and is ready again once the server answers. */
+Test(lifecycle, readyz_says_503_soon_after_the_server_freezes)
+{
+    int port = free_port();
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+    engine_pid = tc_start_engine(srv.url, logp, (const char *const[]){"--metrics-addr", addr, NULL});
+    char body[1024];
+    cr_assert_eq(http_get(port, "/readyz", body, sizeof body), 200, "%s", body);
+    cr_assert_eq(kill(srv.pid, SIGSTOP), 0);
+    srv_frozen = true;
+    int64_t t0 = mono_ms(), worst = 0;
+    int code = 200;
+    while (code == 200 && mono_ms() - t0 < 25000) {
+        int64_t t = mono_ms();
+        code = http_get(port, "/readyz", body, sizeof body);
+        worst = mono_ms() - t > worst ? mono_ms() - t : worst;
+        cr_assert_lt(mono_ms() - t, 1000, "/readyz took %lld ms", (long long)(mono_ms() - t));
+        tc_sleep_ms(200);
+    }
+    cr_assert_eq(code, 503, "still %d %lld ms after the server froze: %s", code, (long long)(mono_ms() - t0), body);
+    fprintf(stderr, "lifecycle: /readyz 503 %lld ms after the server froze (slowest answer %lld ms)\n",
+            (long long)(mono_ms() - t0), (long long)worst);
+    kill(srv.pid, SIGCONT);
+    srv_frozen = false;
+    for (int i = 0; i < 100 && code != 200; i++) {
+        tc_sleep_ms(100);
+        code = http_get(port, "/readyz", body, sizeof body);
+    }
+    cr_assert_eq(code, 200, "not ready again after the server came back: %s", body);
+    int64_t took = 0;
+    cr_assert_eq(sigterm_and_wait(STOP_BOUND_MS, &took), 0);
+}
+
 /* A SIGTERM while the first connection attempt waits on a server that says nothing: the attempt is bounded (2 s
  * connect timeout) and the start is abandoned after it, exit 0 (before: 5 s, then "cannot start", exit 1). */
 Test(lifecycle, sigterm_while_connecting_to_a_frozen_server)
