@@ -5,6 +5,7 @@
 
 #include "log.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,9 +21,35 @@ vstatus broker_err(verror *e, natsStatus s, jsErrCode jerr, const char *what)
     return verror_set(e, V_ENATS, "%s: %s%s%s", what, natsStatus_GetText(s), last ? ": " : "", last ? last : "");
 }
 
+struct broker_link {
+    atomic_bool up;
+    struct broker_link *next;
+};
+
+/* Every link ever made, so that they stay reachable (see broker.h): two per engine start. */
+static broker_link *all_links;
+static pthread_mutex_t links_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static broker_link *link_new(void)
+{
+    broker_link *l = calloc(1, sizeof *l);
+    if (!l)
+        return NULL;
+    atomic_init(&l->up, false);
+    pthread_mutex_lock(&links_mu);
+    l->next = all_links;
+    all_links = l;
+    pthread_mutex_unlock(&links_mu);
+    return l;
+}
+
+bool broker_link_up(const broker_link *link) { return link && atomic_load(&link->up); }
+
+/* nats.c delivers connection events one at a time, in order, on its own thread: these only store and log. */
 static void on_disconnected(natsConnection *nc, void *closure)
 {
-    (void)closure;
+    if (closure)
+        atomic_store(&((broker_link *)closure)->up, false);
     if (natsConnection_IsClosed(nc) || natsConnection_IsDraining(nc))
         return;
     log_warn("disconnected from NATS; reconnecting", NULL);
@@ -31,8 +58,16 @@ static void on_disconnected(natsConnection *nc, void *closure)
 static void on_reconnected(natsConnection *nc, void *closure)
 {
     (void)nc;
-    (void)closure;
+    if (closure)
+        atomic_store(&((broker_link *)closure)->up, true);
     log_info("reconnected to NATS", NULL);
+}
+
+static void on_closed(natsConnection *nc, void *closure)
+{
+    (void)nc;
+    if (closure)
+        atomic_store(&((broker_link *)closure)->up, false);
 }
 
 static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
@@ -74,7 +109,19 @@ static natsStatus set_servers(natsOptions *o, const char *list)
     return natsOptions_SetServers(o, urls, n); /* nats.c copies the strings */
 }
 
-vstatus broker_connect(const config *c, const char *name, bool send_asap, natsConnection **nc, verror *e)
+/* How long one connection attempt (TCP, TLS and the server's INFO) may take. nats.c holds the connection's
+ * lock for a whole reconnect attempt, so this also bounds how long closing a reconnecting connection waits:
+ * short enough for a shutdown to fit in Docker's stop timeout, long enough for a TLS handshake. */
+#define CONNECT_TIMEOUT_MS 2000
+/* A server that stops answering without closing the TCP connection (frozen, or a partition that drops packets)
+ * is seen only by unanswered pings: nats.c's default (2 minutes, 2 outstanding) kept the engine attached to it,
+ * and /readyz saying ready, for 4-6 minutes. With these it is declared stale within 10-15 s, reconnects (to
+ * another node of a cluster) and /readyz says 503 meanwhile. A ping every 5 s per connection costs nothing. */
+#define PING_INTERVAL_MS 5000
+#define MAX_PINGS_OUT 2
+
+static vstatus connect_with(const config *c, const char *name, bool send_asap, broker_link *link,
+                            natsConnection **nc, verror *e)
 {
     natsOptions *o = NULL;
     natsStatus s = natsOptions_Create(&o);
@@ -89,11 +136,17 @@ vstatus broker_connect(const config *c, const char *name, bool send_asap, natsCo
     if (s == NATS_OK)
         s = natsOptions_SetReconnectWait(o, 250);
     if (s == NATS_OK)
-        s = natsOptions_SetTimeout(o, 5000);
+        s = natsOptions_SetTimeout(o, CONNECT_TIMEOUT_MS);
     if (s == NATS_OK)
-        s = natsOptions_SetDisconnectedCB(o, on_disconnected, NULL);
+        s = natsOptions_SetPingInterval(o, PING_INTERVAL_MS);
     if (s == NATS_OK)
-        s = natsOptions_SetReconnectedCB(o, on_reconnected, NULL);
+        s = natsOptions_SetMaxPingsOut(o, MAX_PINGS_OUT);
+    if (s == NATS_OK)
+        s = natsOptions_SetDisconnectedCB(o, on_disconnected, link);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectedCB(o, on_reconnected, link);
+    if (s == NATS_OK && link)
+        s = natsOptions_SetClosedCB(o, on_closed, link);
     if (s == NATS_OK)
         s = natsOptions_SetErrorHandler(o, on_async_error, NULL);
     if (s == NATS_OK && c->inbox_prefix[0])
@@ -125,11 +178,33 @@ vstatus broker_connect(const config *c, const char *name, bool send_asap, natsCo
         natsOptions_Destroy(o);
         return broker_err(e, s, 0, "invalid connection options");
     }
+    if (link) /* before the first event can arrive; events come in order and overwrite it */
+        atomic_store(&link->up, true);
     s = natsConnection_Connect(nc, o);
     natsOptions_Destroy(o);
-    if (s != NATS_OK)
+    if (s != NATS_OK) {
+        if (link)
+            atomic_store(&link->up, false);
         return broker_err(e, s, 0, "cannot connect to NATS (check --nats-url and credentials)");
+    }
     return V_OK;
+}
+
+vstatus broker_connect(const config *c, const char *name, bool send_asap, natsConnection **nc, verror *e)
+{
+    return connect_with(c, name, send_asap, NULL, nc, e);
+}
+
+vstatus broker_connect_linked(const config *c, const char *name, bool send_asap, broker_link **link,
+                              natsConnection **nc, verror *e)
+{
+    broker_link *l = link_new();
+    if (!l)
+        return verror_set(e, V_ENOMEM, "out of memory");
+    vstatus rc = connect_with(c, name, send_asap, l, nc, e);
+    if (rc == V_OK)
+        *link = l;
+    return rc;
 }
 
 vstatus broker_connect_simple(const config *c, natsConnection **nc, verror *e)

@@ -12,10 +12,25 @@
 #include "config.h"
 
 #include <nats/nats.h>
+#include <stdatomic.h>
 
 /* Connects with c's URL, auth and TLS. send_asap trades batch throughput for latency (DESIGN section 8).
  * name is the connection name shown by `nats server report connections`. */
 vstatus broker_connect(const config *c, const char *name, bool send_asap, natsConnection **nc, verror *e);
+
+/* A connection's state as its own event callbacks (disconnected, reconnected, closed) report it, readable at
+ * any time without calling into nats.c: natsConnection_Status waits on the connection's lock, which nats.c
+ * holds for a whole reconnect attempt (up to the connect timeout), so a health check built on it answered in
+ * seconds while NATS was down. A link lives as long as the process (nats.c may deliver a callback after the
+ * connection is destroyed, so its closure must never be freed). */
+typedef struct broker_link broker_link;
+
+/* broker_connect that also keeps *link (set only on success) current. */
+vstatus broker_connect_linked(const config *c, const char *name, bool send_asap, broker_link **link,
+                              natsConnection **nc, verror *e);
+
+/* True while the connection is up: false from a disconnect until the reconnect, and once closed. */
+bool broker_link_up(const broker_link *link);
 
 /* A client connection (send-asap) for tools, the demo and tests. */
 vstatus broker_connect_simple(const config *c, natsConnection **nc, verror *e);

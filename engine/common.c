@@ -20,6 +20,7 @@ const char *vstatus_str(vstatus s)
     case V_ECONFLICT: return "conflicting existing configuration";
     case V_ETIMEOUT: return "timed out";
     case V_ENOTFOUND: return "not found";
+    case V_ESTOPPED: return "stopped";
     }
     return "unknown error";
 }
@@ -55,6 +56,14 @@ int64_t mono_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t i64_mul_sat(int64_t a, int64_t b)
+{
+    int64_t r;
+    if (__builtin_mul_overflow(a, b, &r))
+        return (a < 0) == (b < 0) ? INT64_MAX : INT64_MIN;
+    return r;
 }
 
 uint64_t hash64(const void *data, size_t len)

@@ -21,6 +21,7 @@ typedef enum vstatus {
     V_ECONFLICT = -6, /* an existing stream/consumer/bucket differs from what we need */
     V_ETIMEOUT = -7,  /* a deadline passed */
     V_ENOTFOUND = -8, /* a looked-up thing does not exist */
+    V_ESTOPPED = -9,  /* abandoned because a stop was requested (SIGTERM while starting) */
 } vstatus;
 
 typedef struct verror {
@@ -37,6 +38,9 @@ vstatus verror_set(verror *e, vstatus code, const char *fmt, ...) __attribute__(
 int64_t now_ms(void);
 int64_t now_us(void);
 int64_t mono_ns(void);
+
+/* a * b, clamped to INT64_MIN/INT64_MAX instead of overflowing (counters summed over a long uptime). */
+int64_t i64_mul_sat(int64_t a, int64_t b);
 
 /* 64-bit FNV-1a: stable across runs and machines (used for content versions and key hashing). */
 uint64_t hash64(const void *data, size_t len);

@@ -3,6 +3,7 @@
 
 #include "log.h"
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,59 +25,88 @@ typedef struct opt {
     size_t size;
     const char *def; /* default as text (NULL: empty / derived) */
     int groups;
+    int64_t min, max; /* O_INT: the value; O_DUR, O_DURLIST: milliseconds (each entry); both inclusive */
     const char *help;
 } opt;
 
 #define F(field) offsetof(config, field), sizeof(((config *)0)->field)
 
+/* Every number an operator gives is bounded: durations become nanoseconds (x 1e6) on their way to the
+ * server, and a value out of range would overflow there or make no sense (a zero budget declines everything
+ * to the fallback). */
+#define MS_S 1000LL
+#define MS_D (24LL * 3600 * 1000)
+
 static const opt opts[] = {
-    {"--nats-url", "VERDICT_NATS_URL", O_STR, F(nats_url), "nats://127.0.0.1:4222", G_CONN,
+    {"--nats-url", "VERDICT_NATS_URL", O_STR, F(nats_url), "nats://127.0.0.1:4222", G_CONN, 0, 0,
      "NATS server URL(s), comma-separated"},
-    {"--user", "VERDICT_NATS_USER", O_STR, F(user), NULL, G_CONN, "NATS user name"},
-    {"--password", "VERDICT_NATS_PASSWORD", O_SECRET, F(password), NULL, G_CONN,
+    {"--user", "VERDICT_NATS_USER", O_STR, F(user), NULL, G_CONN, 0, 0, "NATS user name"},
+    {"--password", "VERDICT_NATS_PASSWORD", O_SECRET, F(password), NULL, G_CONN, 0, 0,
      "NATS password (prefer the environment variable)"},
-    {"--token", "VERDICT_NATS_TOKEN", O_SECRET, F(token), NULL, G_CONN, "NATS auth token"},
-    {"--nkey-seed", "VERDICT_NATS_NKEY_SEED", O_STR, F(nkey_seed_file), NULL, G_CONN, "file holding an nkey seed"},
-    {"--creds", "VERDICT_NATS_CREDS", O_STR, F(creds_file), NULL, G_CONN, "NATS credentials file (JWT + seed)"},
-    {"--tls-ca", "VERDICT_TLS_CA", O_STR, F(tls_ca), NULL, G_CONN, "CA certificate file (enables TLS)"},
-    {"--tls-cert", "VERDICT_TLS_CERT", O_STR, F(tls_cert), NULL, G_CONN, "client certificate file"},
-    {"--tls-key", "VERDICT_TLS_KEY", O_STR, F(tls_key), NULL, G_CONN, "client private key file"},
-    {"--inbox-prefix", "VERDICT_INBOX_PREFIX", O_STR, F(inbox_prefix), NULL, G_CONN,
+    {"--token", "VERDICT_NATS_TOKEN", O_SECRET, F(token), NULL, G_CONN, 0, 0, "NATS auth token"},
+    {"--nkey-seed", "VERDICT_NATS_NKEY_SEED", O_STR, F(nkey_seed_file), NULL, G_CONN, 0, 0, "file holding an nkey seed"},
+    {"--creds", "VERDICT_NATS_CREDS", O_STR, F(creds_file), NULL, G_CONN, 0, 0, "NATS credentials file (JWT + seed)"},
+    {"--tls-ca", "VERDICT_TLS_CA", O_STR, F(tls_ca), NULL, G_CONN, 0, 0, "CA certificate file (enables TLS)"},
+    {"--tls-cert", "VERDICT_TLS_CERT", O_STR, F(tls_cert), NULL, G_CONN, 0, 0, "client certificate file"},
+    {"--tls-key", "VERDICT_TLS_KEY", O_STR, F(tls_key), NULL, G_CONN, 0, 0, "client private key file"},
+    {"--inbox-prefix", "VERDICT_INBOX_PREFIX", O_STR, F(inbox_prefix), NULL, G_CONN, 0, 0,
      "reply inbox prefix instead of _INBOX (for least-privilege users)"},
-    {"--reply-prefix", "VERDICT_REPLY_PREFIX", O_STR, F(reply_prefix), "_INBOX", G_SERVE,
+    {"--reply-prefix", "VERDICT_REPLY_PREFIX", O_STR, F(reply_prefix), "_INBOX", G_SERVE, 0, 0,
      "requesters' inbox prefixes (comma-separated) that decisions may be sent to; other reply subjects are refused"},
-    {"--prefix", "VERDICT_PREFIX", O_STR, F(prefix), NULL, G_NAMES,
+    {"--prefix", "VERDICT_PREFIX", O_STR, F(prefix), NULL, G_NAMES, 0, 0,
      "namespace for every stream, subject and consumer (e.g. 'acme' -> ACME_TXN, acme.txn.>)"},
-    {"--workers", "VERDICT_WORKERS", O_INT, F(workers), NULL, G_SERVE, "worker threads (default: number of cores)"},
-    {"--batch", "VERDICT_BATCH", O_INT, F(batch), "64", G_SERVE, "messages per pull request"},
-    {"--budget", "VERDICT_BUDGET", O_DUR, F(budget_ms), "50ms", G_SERVE,
+    {"--workers", "VERDICT_WORKERS", O_INT, F(workers), NULL, G_SERVE, 1, 256, "worker threads (default: number of cores)"},
+    {"--batch", "VERDICT_BATCH", O_INT, F(batch), "64", G_SERVE, 1, 4096, "messages per pull request"},
+    {"--budget", "VERDICT_BUDGET", O_DUR, F(budget_ms), "50ms", G_SERVE, 1, MS_S * 60,
      "latency budget per transaction, measured on this engine's monotonic clock from the moment it takes the "
      "message (docs/architecture.md)"},
-    {"--fallback", "VERDICT_FALLBACK", O_STR, F(fallback), "none", G_SERVE,
+    {"--fallback", "VERDICT_FALLBACK", O_STR, F(fallback), "none", G_SERVE, 0, 0,
      "when the budget is spent: none (decide on rules alone) | approve | review | decline"},
-    {"--max-keys", "VERDICT_MAX_KEYS", O_INT, F(max_keys), "1000000", G_SERVE,
+    {"--max-keys", "VERDICT_MAX_KEYS", O_INT, F(max_keys), "1000000", G_SERVE, 1, 100000000,
      "velocity state: entities (cards, devices, ...) tracked per key field; least recently seen evicted"},
-    {"--rules", "VERDICT_RULES", O_STR, F(rules_file), NULL, G_SERVE,
+    {"--rules", "VERDICT_RULES", O_STR, F(rules_file), NULL, G_SERVE, 0, 0,
      "rules file (default: built-in amount policy until one is given)"},
-    {"--model", "VERDICT_MODEL", O_STR, F(model_file), NULL, G_SERVE, "XGBoost JSON model file"},
-    {"--max-msg-size", "VERDICT_MAX_MSG_SIZE", O_INT, F(max_msg_size), "65536", G_SERVE,
+    {"--model", "VERDICT_MODEL", O_STR, F(model_file), NULL, G_SERVE, 0, 0, "XGBoost JSON model file"},
+    {"--max-msg-size", "VERDICT_MAX_MSG_SIZE", O_INT, F(max_msg_size), "65536", G_SERVE, 64, 8 * 1024 * 1024,
      "larger transactions are dead-lettered as oversize"},
-    {"--engine-id", "VERDICT_ENGINE_ID", O_STR, F(engine_id), NULL, G_SERVE,
+    {"--engine-id", "VERDICT_ENGINE_ID", O_STR, F(engine_id), NULL, G_SERVE, 0, 0,
      "this instance's id (default: hostname-pid)"},
-    {"--metrics-addr", "VERDICT_METRICS_ADDR", O_STR, F(metrics_addr), "off", G_SERVE,
+    {"--metrics-addr", "VERDICT_METRICS_ADDR", O_STR, F(metrics_addr), "off", G_SERVE, 0, 0,
      "host:port for /metrics, /healthz, /readyz, or off"},
-    {"--publish-timeout", "VERDICT_PUBLISH_TIMEOUT", O_DUR, F(publish_timeout_ms), "2s", G_SERVE,
+    {"--publish-timeout", "VERDICT_PUBLISH_TIMEOUT", O_DUR, F(publish_timeout_ms), "2s", G_SERVE, 1, MS_S * 300,
      "wait this long for a decision's PubAck before naking for a retry"},
-    {"--ack-wait", "VERDICT_ACK_WAIT", O_DUR, F(ack_wait_ms), "30s", G_NAMES, "consumer AckWait"},
-    {"--max-deliver", "VERDICT_MAX_DELIVER", O_INT, F(max_deliver), "5", G_NAMES,
+    {"--ack-wait", "VERDICT_ACK_WAIT", O_DUR, F(ack_wait_ms), "30s", G_NAMES, MS_S, MS_D, "consumer AckWait"},
+    {"--max-deliver", "VERDICT_MAX_DELIVER", O_INT, F(max_deliver), "5", G_NAMES, 1, 100,
      "consumer MaxDeliver (then the message is dead-lettered)"},
-    {"--backoff", "VERDICT_BACKOFF", O_DURLIST, F(backoff_ms), "1s,5s,30s,60s", G_NAMES,
+    {"--backoff", "VERDICT_BACKOFF", O_DURLIST, F(backoff_ms), "1s,5s,30s,60s", G_NAMES, 1, MS_D,
      "consumer BackOff delays (fewer entries than --max-deliver)"},
-    {"--dup-window", "VERDICT_DUP_WINDOW", O_DUR, F(dup_window_ms), "10m", G_NAMES,
+    {"--dup-window", "VERDICT_DUP_WINDOW", O_DUR, F(dup_window_ms), "10m", G_NAMES, MS_S, MS_D * 30,
      "duplicate window of TXN and DECISIONS"},
-    {"--txn-max-age", "VERDICT_TXN_MAX_AGE", O_DUR, F(txn_max_age_ms), "7d", G_NAMES, "TXN retention"},
-    {"--replicas", "VERDICT_REPLICAS", O_INT, F(replicas), "1", G_NAMES, "stream replicas (3 on a cluster)"},
+    {"--txn-max-age", "VERDICT_TXN_MAX_AGE", O_DUR, F(txn_max_age_ms), "7d", G_NAMES, 0, MS_D * 3650, "TXN retention"},
+    {"--replicas", "VERDICT_REPLICAS", O_INT, F(replicas), "1", G_NAMES, 1, 5, "stream replicas (3 on a cluster)"},
 };
+
+/* A duration in the largest unit that states it exactly (1500ms, 90s, 60s -> 1m...). */
+static void dur_format(int64_t ms, char *out, size_t cap)
+{
+    static const struct { int64_t ms; const char *unit; } units[] = {
+        {MS_D, "d"}, {3600 * MS_S, "h"}, {60 * MS_S, "m"}, {MS_S, "s"}};
+    for (size_t i = 0; i < ARRAY_LEN(units); i++)
+        if (ms >= units[i].ms && ms % units[i].ms == 0) {
+            snprintf(out, cap, "%lld%s", (long long)(ms / units[i].ms), units[i].unit);
+            return;
+        }
+    snprintf(out, cap, "%lldms", (long long)ms);
+}
+
+static vstatus dur_range_error(verror *e, const char *src, const char *v, int vlen, const opt *o)
+{
+    char lo[32], hi[32];
+    dur_format(o->min, lo, sizeof lo);
+    dur_format(o->max, hi, sizeof hi);
+    return verror_set(e, V_EINVAL, "%s: '%.*s' is out of range: it must be between %s and %s", src, vlen, v, lo,
+                      hi);
+}
 
 static vstatus set_value(config *c, const opt *o, const char *v, const char *src, verror *e)
 {
@@ -89,9 +119,13 @@ static vstatus set_value(config *c, const opt *o, const char *v, const char *src
         return V_OK;
     case O_INT: {
         char *end;
+        errno = 0;
         long long x = strtoll(v, &end, 10);
-        if (*v == 0 || *end != 0 || x < 0 || x > 1000000000)
-            return verror_set(e, V_EINVAL, "%s: '%s' is not a non-negative integer", src, v);
+        if (*v == 0 || *end != 0 || errno == ERANGE)
+            return verror_set(e, V_EINVAL, "%s: '%s' is not an integer", src, v);
+        if (x < o->min || x > o->max)
+            return verror_set(e, V_EINVAL, "%s: %s is out of range: it must be between %lld and %lld", src, v,
+                              (long long)o->min, (long long)o->max);
         if (o->size == sizeof(int))
             *(int *)field = (int)x;
         else
@@ -102,6 +136,8 @@ static vstatus set_value(config *c, const opt *o, const char *v, const char *src
         int64_t ms;
         if (!duration_parse_ms(v, strlen(v), &ms))
             return verror_set(e, V_EINVAL, "%s: '%s' is not a duration (e.g. 250ms, 30s, 10m, 24h, 7d)", src, v);
+        if (ms < o->min || ms > o->max)
+            return dur_range_error(e, src, v, (int)strlen(v), o);
         *(int64_t *)field = ms;
         return V_OK;
     }
@@ -115,6 +151,8 @@ static vstatus set_value(config *c, const opt *o, const char *v, const char *src
             if (n >= (int)ARRAY_LEN(c->backoff_ms) || !duration_parse_ms(p, len, &ms))
                 return verror_set(e, V_EINVAL, "%s: '%s' is not a list of at most %d durations", src, v,
                                   (int)ARRAY_LEN(c->backoff_ms));
+            if (ms < o->min || ms > o->max)
+                return dur_range_error(e, src, p, (int)len, o);
             c->backoff_ms[n++] = ms;
             p = comma ? comma + 1 : p + len;
         }
@@ -157,7 +195,7 @@ void config_defaults(config *c)
         if (opts[i].def)
             set_value(c, &opts[i], opts[i].def, "default", NULL);
     long n = sysconf(_SC_NPROCESSORS_ONLN);
-    c->workers = n > 0 ? (int)n : 2;
+    c->workers = n > 0 ? (n > 256 ? 256 : (int)n) : 2; /* within --workers' bounds on any machine */
     char host[64] = "host";
     gethostname(host, sizeof host - 1);
     host[sizeof host - 1] = 0;
@@ -217,20 +255,17 @@ vstatus config_parse(config *c, int argc, char **argv, bool *help, int *rest, in
             return s;
     }
     derive_names(c);
-    if (c->workers < 1 || c->workers > 256)
+    if (c->workers < 1 || c->workers > 256) /* the default comes from the core count, not the table */
         return verror_set(e, V_EINVAL, "--workers must be between 1 and 256");
-    if (c->batch < 1 || c->batch > 4096)
-        return verror_set(e, V_EINVAL, "--batch must be between 1 and 4096");
-    if (c->max_deliver < 1)
-        return verror_set(e, V_EINVAL, "--max-deliver must be at least 1");
     if (c->backoff_len >= c->max_deliver)
         return verror_set(e, V_EINVAL, "--backoff needs fewer entries (%d) than --max-deliver (%d)",
                           c->backoff_len, c->max_deliver);
     if (strcmp(c->fallback, "none") && strcmp(c->fallback, "approve") && strcmp(c->fallback, "review") &&
         strcmp(c->fallback, "decline"))
         return verror_set(e, V_EINVAL, "--fallback must be none, approve, review or decline");
-    if (c->max_msg_size < 64 || c->max_msg_size > 8 * 1024 * 1024)
-        return verror_set(e, V_EINVAL, "--max-msg-size must be between 64 and 8388608");
+    if (c->txn_max_age_ms && c->dup_window_ms > c->txn_max_age_ms)
+        return verror_set(e, V_EINVAL, "--dup-window (%lld ms) cannot be longer than --txn-max-age (%lld ms)",
+                          (long long)c->dup_window_ms, (long long)c->txn_max_age_ms);
     for (const char *p = c->prefix; *p; p++)
         if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_' || *p == '-'))
             return verror_set(e, V_EINVAL, "--prefix must be lower-case [a-z0-9_-]");

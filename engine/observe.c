@@ -19,6 +19,8 @@
 
 /* Consumer figures, polled every POLL_MS by one thread (never per transaction). */
 #define POLL_MS 2000
+/* How long observe_stop waits for a running $SRV handler before it gives up freeing (never expected). */
+#define SRV_DONE_WAIT_S 2
 
 struct observe {
     engine *en;
@@ -26,6 +28,8 @@ struct observe {
     natsConnection *nc;
     natsSubscription *subs[9];
     int nsubs;
+    int srv_done;            /* subscriptions whose last on_srv has returned (under mu) */
+    pthread_cond_t done_cv;
     struct MHD_Daemon *httpd;
     char started[40]; /* RFC 3339 */
     /* the consumer poller */
@@ -254,6 +258,10 @@ static void on_srv(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
 {
     (void)sub;
     observe *o = closure;
+    if (strcmp(o->cfg.fault, "slow_srv") == 0) { /* tests: a responder still running when the engine stops */
+        struct timespec ts = {0, 300 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     const char *subj = natsMsg_GetSubject(msg);
     const char *reply = natsMsg_GetReply(msg);
     if (!reply) {
@@ -279,7 +287,10 @@ static void on_srv(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
     } else {
         long long decided = atomic_load(&st->decided[1]) + atomic_load(&st->decided[2]) +
                             atomic_load(&st->decided[3]);
-        long long sum_ns = atomic_load(&st->latency_sum_us) * 1000;
+        /* nanoseconds, as the micro protocol wants: saturated, since x1000 overflows after long uptimes */
+        long long sum_us = atomic_load(&st->latency_sum_us);
+        long long sum_ns = i64_mul_sat(sum_us, 1000);
+        long long avg_ns = decided ? i64_mul_sat(sum_us / decided, 1000) : 0;
         char last_error[160];
         engine_last_error(o->en, last_error, sizeof last_error);
         n = srv_common(o, buf, sizeof buf, "stats_response", rv, mv);
@@ -290,14 +301,24 @@ static void on_srv(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
                       "\"average_processing_time\":%lld,\"data\":{\"decisions\":%lld,\"duplicates\":%lld,"
                       "\"dead_letters\":%lld,\"naks\":%lld,\"budget_exceeded\":%lld,\"degraded\":%lld}}]}",
                       (long long)atomic_load(&st->requests), (long long)atomic_load(&st->request_errors),
-                      log_esc(last_error), sum_ns,
-                      decided ? sum_ns / decided : 0, decided, (long long)atomic_load(&st->duplicates),
+                      log_esc(last_error), sum_ns, avg_ns, decided, (long long)atomic_load(&st->duplicates),
                       (long long)atomic_load(&st->dead_letters), (long long)atomic_load(&st->naks),
                       (long long)atomic_load(&st->budget_exceeded), (long long)atomic_load(&st->degraded));
     }
     if (n > 0 && (size_t)n < sizeof buf)
         natsConnection_Publish(nc, reply, buf, n);
     natsMsg_Destroy(msg);
+}
+
+/* nats.c calls this once a subscription is closed and its handler has returned for the last time: only then
+ * may observe_stop free what on_srv reads. */
+static void on_srv_complete(void *closure)
+{
+    observe *o = closure;
+    pthread_mutex_lock(&o->mu);
+    o->srv_done++;
+    pthread_cond_broadcast(&o->done_cv);
+    pthread_mutex_unlock(&o->mu);
 }
 
 static vstatus start_srv(observe *o, verror *e)
@@ -309,10 +330,18 @@ static vstatus start_srv(observe *o, verror *e)
         snprintf(subj[1], sizeof subj[1], "$SRV.%s.verdict", verbs[v]);
         snprintf(subj[2], sizeof subj[2], "$SRV.%s.verdict.%s", verbs[v], o->cfg.engine_id);
         for (int k = 0; k < 3; k++) {
-            natsStatus s = natsConnection_Subscribe(&o->subs[o->nsubs], o->nc, subj[k], on_srv, o);
+            natsSubscription *sub = NULL;
+            natsStatus s = natsConnection_Subscribe(&sub, o->nc, subj[k], on_srv, o);
             if (s != NATS_OK)
                 return verror_set(e, V_ENATS, "cannot subscribe to %s: %s", subj[k], natsStatus_GetText(s));
-            o->nsubs++;
+            s = natsSubscription_SetOnCompleteCB(sub, on_srv_complete, o);
+            if (s != NATS_OK) {
+                /* closed already (the connection was closed under us): no handler runs once it returns */
+                natsSubscription_Unsubscribe(sub);
+                natsSubscription_Destroy(sub);
+                return verror_set(e, V_ENATS, "cannot subscribe to %s: %s", subj[k], natsStatus_GetText(s));
+            }
+            o->subs[o->nsubs++] = sub;
         }
     }
     return V_OK;
@@ -371,6 +400,7 @@ vstatus observe_start(engine *en, const config *c, observe **out, verror *e)
     o->cfg = *c;
     pthread_mutex_init(&o->mu, NULL);
     pthread_cond_init(&o->cv, NULL);
+    pthread_cond_init(&o->done_cv, NULL);
     time_t now = time(NULL);
     struct tm tm;
     gmtime_r(&now, &tm);
@@ -390,7 +420,10 @@ vstatus observe_attach(observe *o, natsConnection *nc, verror *e)
     vstatus rc = start_srv(o, e);
     if (rc != V_OK)
         return rc;
-    natsStatus s = natsConnection_JetStream(&o->js, nc, NULL);
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = POLL_MS / 2; /* a poll in progress never holds up a stop for long */
+    natsStatus s = natsConnection_JetStream(&o->js, nc, &jo);
     if (s != NATS_OK)
         return verror_set(e, V_ENATS, "cannot get a JetStream context: %s", natsStatus_GetText(s));
     if (pthread_create(&o->poller, NULL, poller_main, o) != 0)
@@ -412,11 +445,28 @@ void observe_stop(observe *o)
     }
     if (o->httpd)
         MHD_stop_daemon(o->httpd);
-    for (int i = 0; i < o->nsubs; i++) {
+    /* Unsubscribing does not wait for a handler that is running: wait for each subscription's completion
+     * before freeing what the handlers read. A failed Unsubscribe means the subscription is closed already
+     * (the connection was closed), and its completion comes all the same. */
+    for (int i = 0; i < o->nsubs; i++)
         natsSubscription_Unsubscribe(o->subs[i]);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += SRV_DONE_WAIT_S;
+    pthread_mutex_lock(&o->mu);
+    while (o->srv_done < o->nsubs && pthread_cond_timedwait(&o->done_cv, &o->mu, &until) == 0)
+        ;
+    bool done = o->srv_done >= o->nsubs;
+    pthread_mutex_unlock(&o->mu);
+    for (int i = 0; i < o->nsubs; i++)
         natsSubscription_Destroy(o->subs[i]);
-    }
     jsCtx_Destroy(o->js);
+    if (!done) {
+        /* a handler is stuck (in a publish to a frozen server): leaking beats freeing under it */
+        log_warn("discovery responders did not finish; their state is not freed", NULL);
+        return;
+    }
+    pthread_cond_destroy(&o->done_cv);
     pthread_cond_destroy(&o->cv);
     pthread_mutex_destroy(&o->mu);
     free(o);

@@ -102,6 +102,7 @@ struct engine {
     config cfg;
     natsConnection *nc;  /* workers: send-asap */
     natsConnection *inc; /* ingress: buffered, with async publish */
+    _Atomic(broker_link *) nc_link, inc_link; /* their state, for health checks that never wait on nats.c */
     jsCtx *js;
     jsCtx *ijs;
     natsSubscription *ingress;
@@ -127,6 +128,15 @@ struct engine {
     late_reply late_round[LATE_ROUND];
     atomic_bool stopping;
     atomic_int phase; /* engine_phase */
+    /* stopping within a deadline (see closer_main) */
+    const atomic_bool *start_stop; /* the caller's flag: set to abandon a start (SIGTERM while starting) */
+    atomic_bool started;           /* engine_start returned the engine */
+    atomic_llong stop_deadline_ns; /* mono_ns() by which the stop ends; 0 until one is requested */
+    atomic_llong stop_t0_ns;       /* when it was requested */
+    atomic_bool closer_quit;
+    bool closer_running;
+    pthread_t closer;
+    pthread_mutex_t conn_mu; /* nc and inc as the closer sees them */
     engine_stats stats;
     pthread_mutex_t last_error_mu; /* the last request error, for $SRV.STATS (rare: not on the decide path) */
     char last_error[160];
@@ -998,6 +1008,55 @@ static void ingress_on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr
 
 /* --- lifecycle ---------------------------------------------------------------------------------------- */
 
+#define CLOSER_TICK_MS 20
+
+static bool start_abandoned(const engine *en)
+{
+    return en->start_stop && atomic_load(en->start_stop) && !atomic_load(&en->started);
+}
+
+/* A stop must end within seconds in every state (Docker kills at 10 s), but calls into nats.c block for their
+ * own timeouts (requests 5 s, drains and flushes on a frozen server) and a velocity rebuild as long as the stream
+ * is. One thread per engine bounds them all: it closes both connections, which returns every call blocked on
+ * NATS with an error, when a start is abandoned (nothing is in flight yet), when the stop's deadline passes,
+ * or when a stop is requested while NATS is down (nothing in flight can complete then). The commit protocol
+ * stays intact: a message is acked only after its decision's PubAck, so whatever was cut short is redelivered
+ * and answered from the stored decision. */
+static void *closer_main(void *arg)
+{
+    engine *en = arg;
+    bool nc_closed = false, inc_closed = false;
+    while (!atomic_load(&en->closer_quit)) {
+        int64_t dl = atomic_load(&en->stop_deadline_ns);
+        bool late = dl && mono_ns() >= dl;
+        if (start_abandoned(en) || late || (dl && !engine_connected(en))) {
+            pthread_mutex_lock(&en->conn_mu);
+            if ((en->inc && !inc_closed) || (en->nc && !nc_closed)) {
+                if (late)
+                    log_warn("stop deadline reached: closing the NATS connections; unacknowledged messages are "
+                             "redelivered", NULL);
+                if (en->inc && !inc_closed) {
+                    natsConnection_Close(en->inc);
+                    inc_closed = true;
+                }
+                if (en->nc && !nc_closed) {
+                    natsConnection_Close(en->nc);
+                    nc_closed = true;
+                }
+            }
+            pthread_mutex_unlock(&en->conn_mu);
+        }
+        sleep_ms(CLOSER_TICK_MS);
+    }
+    return NULL;
+}
+
+static int64_t ms_left(int64_t deadline_ns)
+{
+    int64_t left = (deadline_ns - mono_ns()) / 1000000;
+    return left > 0 ? left : 0;
+}
+
 static void free_engine(engine *en)
 {
     if (en->late_started) {
@@ -1007,6 +1066,11 @@ static void free_engine(engine *en)
         pthread_mutex_unlock(&en->late_mu);
         pthread_join(en->late_thread, NULL);
         en->late_started = false;
+    }
+    if (en->closer_running) {
+        atomic_store(&en->closer_quit, true);
+        pthread_join(en->closer, NULL);
+        en->closer_running = false;
     }
     observe_stop(en->observe);
     en->observe = NULL;
@@ -1046,6 +1110,7 @@ static void free_engine(engine *en)
     velref_release(en->vel);
     pthread_mutex_destroy(&en->policy_mu);
     pthread_mutex_destroy(&en->last_error_mu);
+    pthread_mutex_destroy(&en->conn_mu);
     pthread_mutex_destroy(&en->late_mu);
     pthread_cond_destroy(&en->late_cv);
     free(en->late);
@@ -1078,22 +1143,40 @@ static vstatus effective_ack_wait(engine *en, verror *e)
     return V_OK;
 }
 
-vstatus engine_start(const config *c, engine **out, verror *e)
+vstatus engine_start(const config *c, engine **out, verror *e) { return engine_start_until(c, NULL, out, e); }
+
+/* Between phases: a start abandoned by the caller ends here rather than entering the next long phase. */
+#define START_CHECK(en, e)                                                                                     \
+    do {                                                                                                       \
+        if (start_abandoned(en)) {                                                                             \
+            free_engine(en);                                                                                   \
+            return verror_set((e), V_ESTOPPED, "stopped before the start completed");                          \
+        }                                                                                                      \
+    } while (0)
+
+vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **out, verror *e)
 {
     engine *en = calloc(1, sizeof *en);
     if (!en)
         return verror_set(e, V_ENOMEM, "out of memory");
     en->cfg = *c;
+    en->start_stop = stop;
+    pthread_mutex_init(&en->policy_mu, NULL);
+    pthread_mutex_init(&en->last_error_mu, NULL);
+    pthread_mutex_init(&en->conn_mu, NULL);
     vstatus rc = arena_init(&en->ingress_arena, txn_arena_size((size_t)c->max_msg_size));
     if (rc) {
         free_engine(en);
         return verror_set(e, rc, "out of memory");
     }
-    pthread_mutex_init(&en->policy_mu, NULL);
-    pthread_mutex_init(&en->last_error_mu, NULL);
     pthread_mutex_init(&en->late_mu, NULL);
     pthread_cond_init(&en->late_cv, NULL);
     en->heartbeat_ms = 300;
+    if (pthread_create(&en->closer, NULL, closer_main, en) != 0) {
+        free_engine(en);
+        return verror_set(e, V_ENOMEM, "cannot start a thread");
+    }
+    en->closer_running = true;
     rules_diag diag = {0};
     rc = policy_load(c->rules_file, c->model_file, &en->policy, &diag);
     if (rc != V_OK) {
@@ -1110,13 +1193,27 @@ vstatus engine_start(const config *c, engine **out, verror *e)
         free_engine(en);
         return rc;
     }
+    START_CHECK(en, e);
     char name[128];
     snprintf(name, sizeof name, "verdict-%s", c->engine_id);
-    if ((rc = broker_connect(c, name, true, &en->nc, e)) != V_OK ||
-        (rc = broker_connect(c, name, true, &en->inc, e)) != V_OK) {
+    broker_link *nl = NULL, *il = NULL;
+    natsConnection *nc = NULL, *inc = NULL;
+    rc = broker_connect_linked(c, name, true, &nl, &nc, e);
+    pthread_mutex_lock(&en->conn_mu); /* the closer may close them from now on */
+    en->nc = nc;
+    pthread_mutex_unlock(&en->conn_mu);
+    if (rc == V_OK)
+        rc = broker_connect_linked(c, name, true, &il, &inc, e);
+    pthread_mutex_lock(&en->conn_mu);
+    en->inc = inc;
+    pthread_mutex_unlock(&en->conn_mu);
+    if (rc != V_OK) {
         free_engine(en);
         return rc;
     }
+    atomic_store(&en->nc_link, nl); /* /readyz reads them from the HTTP thread */
+    atomic_store(&en->inc_link, il);
+    START_CHECK(en, e);
     jsOptions jo;
     jsOptions_Init(&jo);
     jo.Wait = 5000;
@@ -1130,6 +1227,7 @@ vstatus engine_start(const config *c, engine **out, verror *e)
         free_engine(en);
         return rc;
     }
+    START_CHECK(en, e);
     /* lists and profiles: local replicas kept current by KV watchers; a slow first load does not block the
      * start (decisions are marked degraded until it completes) */
     if ((rc = replica_start(&en->lists, en->nc, c->lists_bucket, REPLICA_LISTS, c->replicas, e)) != V_OK ||
@@ -1137,13 +1235,19 @@ vstatus engine_start(const config *c, engine **out, verror *e)
         free_engine(en);
         return rc;
     }
-    if (!replica_wait_ready(en->lists, 3000) || !replica_wait_ready(en->profiles, 3000))
+    for (int64_t until = mono_ns() + 3000000000LL; mono_ns() < until && !start_abandoned(en) &&
+                                                   !(replica_ready(en->lists) && replica_ready(en->profiles));)
+        sleep_ms(5);
+    START_CHECK(en, e);
+    if (!replica_ready(en->lists) || !replica_ready(en->profiles))
         log_warn("lists/profiles replicas not loaded yet; decisions are marked degraded until they are", NULL);
     /* velocity state before any work: rebuilt from TXN up to what the consumer has delivered, so a restart
      * neither resets nor double-counts (rebuild.h) */
     atomic_store(&en->phase, PHASE_REBUILDING);
     if (en->cfg.fault[0] && strcmp(en->cfg.fault, "slow_rebuild") == 0)
-        sleep_ms(3000); /* tests: hold the start in this phase so /readyz can be seen saying so */
+        for (int i = 0; i < 300 && !start_abandoned(en); i++)
+            sleep_ms(10); /* tests: hold the start in this phase so /readyz can be seen saying so */
+    START_CHECK(en, e);
     uint64_t delivered = 0;
     velref *vel = NULL;
     if ((rc = rebuild_delivered_seq(en->js, c, &delivered, e)) != V_OK ||
@@ -1154,6 +1258,7 @@ vstatus engine_start(const config *c, engine **out, verror *e)
     pthread_mutex_lock(&en->policy_mu); /* /metrics may be reading it already */
     en->vel = vel;
     pthread_mutex_unlock(&en->policy_mu);
+    START_CHECK(en, e);
     atomic_store(&en->phase, PHASE_STARTING);
     jsOptions ijo;
     jsOptions_Init(&ijo);
@@ -1241,12 +1346,12 @@ vstatus engine_start(const config *c, engine **out, verror *e)
             return verror_set(e, V_ENOMEM, "cannot start worker threads");
         }
     }
-    if ((rc = observe_attach(en->observe, en->inc, e)) != V_OK) {
+    if ((rc = observe_attach(en->observe, en->inc, e)) != V_OK || start_abandoned(en)) {
         atomic_store(&en->stopping, true);
         for (int i = 0; i < en->nworkers; i++)
             pthread_join(en->workers[i].thread, NULL);
         free_engine(en);
-        return rc;
+        return rc != V_OK ? rc : verror_set(e, V_ESTOPPED, "stopped before the start completed");
     }
     /* ready means subscribed: the SUBs (decide endpoint, $SRV, pulls) have reached the server, so a request sent
      * the moment this is logged or /readyz says ready is not lost */
@@ -1258,6 +1363,7 @@ vstatus engine_start(const config *c, engine **out, verror *e)
         free_engine(en);
         return broker_err(e, s, 0, "the server did not confirm the engine's subscriptions");
     }
+    atomic_store(&en->started, true);
     atomic_store(&en->phase, PHASE_READY);
     log_info("engine started",
              "\"workers\":%d,\"batch\":%d,\"decide_subject\":\"%s\",\"stream\":\"%s\",\"consumer\":\"%s\","
@@ -1394,23 +1500,37 @@ void engine_current_versions(engine *en, char *rules, char *model, size_t cap)
     pthread_mutex_unlock(&en->policy_mu);
 }
 
-void engine_request_stop(engine *en) { atomic_store(&en->stopping, true); }
+void engine_request_stop(engine *en, int64_t deadline_ns)
+{
+    if (!atomic_exchange(&en->stopping, true)) {
+        atomic_store(&en->stop_t0_ns, mono_ns());
+        atomic_store(&en->phase, PHASE_STOPPING);
+        /* stop taking requests; those already received are still published (engine_stop waits for them).
+         * Before the deadline is set: with NATS down the closer closes the connections as soon as it is. */
+        if (en->ingress && natsSubscription_Drain(en->ingress) != NATS_OK)
+            log_warn("the decide subscription could not be drained", NULL);
+    }
+    int64_t none = 0;
+    atomic_compare_exchange_strong(&en->stop_deadline_ns, &none, deadline_ns); /* the first deadline holds */
+}
 
 void engine_stop(engine *en)
 {
     if (!en)
         return;
-    /* 1. stop taking requests and wait until every accepted request is stored in the stream */
-    if (en->ingress && natsSubscription_Drain(en->ingress) == NATS_OK)
-        natsSubscription_WaitForDrainCompletion(en->ingress, 5000);
+    engine_request_stop(en, mono_ns() + (int64_t)ENGINE_STOP_MS * 1000000);
+    /* One deadline for every step: each waits at most for what is left of it, and the closer ends whatever
+     * still blocks on NATS when it passes. */
+    int64_t dl = atomic_load(&en->stop_deadline_ns);
+    /* 1. every accepted request stored in the stream (or refused) */
+    if (en->ingress && ms_left(dl) > 0)
+        natsSubscription_WaitForDrainCompletion(en->ingress, ms_left(dl));
     jsPubOptions po;
     jsPubOptions_Init(&po);
-    po.MaxWait = 5000;
-    if (en->ijs && js_PublishAsyncComplete(en->ijs, &po) != NATS_OK)
+    po.MaxWait = ms_left(dl); /* 0 would mean no limit */
+    if (en->ijs && (po.MaxWait == 0 || js_PublishAsyncComplete(en->ijs, &po) != NATS_OK))
         log_warn("some ingress publishes were not confirmed before shutdown", NULL);
-    /* 2. stop fetching; each worker finishes the batch it holds (decide, publish, ack) */
-    atomic_store(&en->stopping, true);
-    atomic_store(&en->phase, PHASE_STOPPING);
+    /* 2. no more fetching; each worker finishes the batch it holds (decide, publish, ack) */
     observe_stop(en->observe);
     en->observe = NULL;
     for (int i = 0; i < en->nworkers; i++)
@@ -1419,15 +1539,18 @@ void engine_stop(engine *en)
     en->dlq = NULL;
     reloader_stop(en->reloader);
     en->reloader = NULL;
-    /* 3. flush acks and replies, then close */
-    natsConnection_FlushTimeout(en->nc, 2000);
-    natsConnection_FlushTimeout(en->inc, 2000);
+    /* 3. acks and replies on their way before the connections close */
+    if (ms_left(dl) > 0)
+        natsConnection_FlushTimeout(en->nc, ms_left(dl));
+    if (ms_left(dl) > 0)
+        natsConnection_FlushTimeout(en->inc, ms_left(dl));
     const engine_stats *st = &en->stats;
     log_info("engine stopped",
              "\"approve\":%lld,\"review\":%lld,\"decline\":%lld,\"duplicates\":%lld,\"dead_letters\":%lld,"
-             "\"naks\":%lld",
+             "\"naks\":%lld,\"stop_ms\":%lld",
              (long long)st->decided[1], (long long)st->decided[2], (long long)st->decided[3],
-             (long long)st->duplicates, (long long)st->dead_letters, (long long)st->naks);
+             (long long)st->duplicates, (long long)st->dead_letters, (long long)st->naks,
+             (long long)((mono_ns() - atomic_load(&en->stop_t0_ns)) / 1000000));
     free_engine(en);
 }
 
@@ -1450,8 +1573,7 @@ engine_phase engine_get_phase(const engine *en) { return (engine_phase)atomic_lo
 
 bool engine_connected(const engine *en)
 {
-    return en->nc && en->inc && natsConnection_Status(en->nc) == NATS_CONN_STATUS_CONNECTED &&
-           natsConnection_Status(en->inc) == NATS_CONN_STATUS_CONNECTED;
+    return broker_link_up(atomic_load(&en->nc_link)) && broker_link_up(atomic_load(&en->inc_link));
 }
 
 bool engine_ready(const engine *en)

@@ -43,10 +43,22 @@ typedef struct engine engine;
 /* Connects, sets up streams and consumer, starts the ingress and the workers. */
 vstatus engine_start(const config *c, engine **out, verror *e);
 
-/* Async-signal-safe: asks the engine to stop fetching. */
-void engine_request_stop(engine *en);
+/* The same, abandoned (V_ESTOPPED, or the error of a call cut short) soon after *stop becomes true: the phases
+ * check it, and the connections are closed so that a call blocked on NATS returns. */
+vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **out, verror *e);
 
-/* Stops fetching, finishes in-flight messages, drains connections and frees everything. */
+/* How long engine_stop takes at most when no deadline was requested before it. */
+#define ENGINE_STOP_MS 3000
+
+/* Starts a stop that ends by deadline_ns (mono_ns): stops fetching and taking requests now, and closes the
+ * connections at the deadline (or at once if NATS is down), so that every step of engine_stop and any reload
+ * in progress return by then. Callable from any thread, also while another thread is in engine_reload_now;
+ * the first deadline holds. Work in flight is finished while NATS is up, and never acked before its decision
+ * is stored: what the deadline cuts short is redelivered. */
+void engine_request_stop(engine *en, int64_t deadline_ns);
+
+/* Stops (engine_request_stop with ENGINE_STOP_MS unless a stop was requested), finishes in-flight messages,
+ * flushes and frees everything. No other call on en may be in progress or follow. */
 void engine_stop(engine *en);
 
 const engine_stats *engine_get_stats(const engine *en);

@@ -471,7 +471,8 @@ static void *watch_main(void *arg)
                              "\"bucket\":\"%s\",\"error\":\"%s\"", log_esc(r->bucket),
                              log_esc(natsStatus_GetText(s)));
                 warned = true;
-                sleep_ms(1000);
+                for (int i = 0; i < 1000 / WATCH_TICK_MS && !atomic_load(&r->stop); i++)
+                    sleep_ms(WATCH_TICK_MS); /* a second, but a stop ends it within a tick */
                 continue;
             }
             table_free(&loading, r->kind);

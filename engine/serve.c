@@ -1,13 +1,39 @@
-/* serve.c - `verdict serve`: run the engine until SIGTERM/SIGINT, then shut down gracefully. */
+/* serve.c - `verdict serve`: run the engine until SIGTERM/SIGINT, then shut down gracefully.
+ *
+ * A stop must end within Docker's default stop timeout (10 s) in every state: starting, rebuilding, reloading,
+ * NATS down or frozen. Signals are taken by one thread (sigwait), never by the thread doing the work, so a
+ * SIGTERM is seen at once even while the main thread is in a start or a SIGHUP reload. The first SIGTERM or
+ * SIGINT asks the engine to stop by a deadline (STOP_MS; the engine closes its connections then, which ends
+ * every call blocked on NATS); if the process is still there at EXIT_MS, it exits anyway (exit 1): nothing is
+ * acked before its decision is stored, so what is cut short is redelivered. A second SIGTERM/SIGINT exits at
+ * once. */
 #include "cli.h"
 #include "config.h"
 #include "log.h"
 #include "pipeline.h"
 
+#include <errno.h>
+#include <stdatomic.h>
 #include <nats/nats.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define STOP_MS 2500 /* the engine's deadline: then its connections are closed */
+#define EXIT_MS 4700 /* the process's: then it exits whatever is still running */
+
+/* What the signal thread tells the main thread. */
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    atomic_bool stop;       /* SIGTERM/SIGINT received (also read by the start) */
+    int reloads;            /* SIGHUPs not yet acted on */
+    int64_t stop_at_ns;     /* mono_ns() of the first SIGTERM/SIGINT */
+    _Atomic(engine *) en;   /* the running engine, once started */
+} ctl = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
 void cli_block_signals(void)
 {
@@ -30,6 +56,53 @@ int cli_wait_signal(void)
     int sig = 0;
     sigwait(&set, &sig);
     return sig;
+}
+
+static void *signal_main(void *arg)
+{
+    (void)arg;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
+    for (;;) {
+        int sig = 0;
+        if (!atomic_load(&ctl.stop)) {
+            sigwait(&set, &sig);
+        } else {
+            /* stopping: wait for the process to end by itself, or end it */
+            int64_t left = ctl.stop_at_ns + (int64_t)EXIT_MS * 1000000 - mono_ns();
+            struct timespec ts = {0, 0};
+            if (left > 0)
+                ts = (struct timespec){(time_t)(left / 1000000000), (long)(left % 1000000000)};
+            sig = left > 0 ? sigtimedwait(&set, NULL, &ts) : -1;
+            if (sig < 0 && errno == EINTR)
+                continue;
+            if (sig == SIGHUP)
+                continue;
+            if (sig < 0)
+                log_error("shutdown did not finish in time: exiting now; unacknowledged messages are redelivered",
+                          "\"after_ms\":%d", EXIT_MS);
+            else
+                log_warn("second signal while stopping: exiting now; unacknowledged messages are redelivered", NULL);
+            _exit(1);
+        }
+        pthread_mutex_lock(&ctl.mu);
+        if (sig == SIGHUP) {
+            ctl.reloads++;
+        } else {
+            log_info("shutting down", "\"signal\":\"%s\"", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+            ctl.stop_at_ns = mono_ns();
+            atomic_store(&ctl.stop, true);
+            engine *en = atomic_load(&ctl.en);
+            if (en)
+                engine_request_stop(en, ctl.stop_at_ns + (int64_t)STOP_MS * 1000000);
+        }
+        pthread_cond_signal(&ctl.cv);
+        pthread_mutex_unlock(&ctl.mu);
+    }
+    return NULL;
 }
 
 static void serve_help(void)
@@ -58,26 +131,44 @@ int cmd_serve(int argc, char **argv)
     }
     log_set_component("serve");
     config_log(&cfg);
-    cli_block_signals();
+    cli_block_signals(); /* before any thread starts, so that only the signal thread takes them */
+    pthread_t sigthread;
+    if (pthread_create(&sigthread, NULL, signal_main, NULL) != 0) {
+        log_error("cannot start the signal thread", NULL);
+        return 1;
+    }
+    pthread_detach(sigthread); /* it lives until the process ends */
     engine *en = NULL;
-    if (engine_start(&cfg, &en, &e) != V_OK) {
+    if (engine_start_until(&cfg, &ctl.stop, &en, &e) != V_OK) {
+        if (atomic_load(&ctl.stop)) {
+            log_info("stopped before the start completed", NULL);
+            nats_Close();
+            return 0;
+        }
         log_error("cannot start", "\"error\":\"%s\"", log_esc(e.msg));
         if (e.code == V_EPARSE || e.code == V_EIO)
             fprintf(stderr, "%s", e.msg); /* the compiler's file:line:col report, readable */
         nats_Close();
         return 1;
     }
-    for (;;) {
-        int sig = cli_wait_signal();
-        if (sig == SIGHUP) {
-            log_info("SIGHUP: reloading rules and model", NULL);
-            verror re = {0};
-            engine_reload_now(en, "SIGHUP", &re); /* a refusal is logged; the running policy stays */
+    pthread_mutex_lock(&ctl.mu);
+    atomic_store(&ctl.en, en);
+    if (atomic_load(&ctl.stop)) /* the signal came between the start's last check and here */
+        engine_request_stop(en, ctl.stop_at_ns + (int64_t)STOP_MS * 1000000);
+    while (!atomic_load(&ctl.stop)) {
+        if (ctl.reloads == 0) {
+            pthread_cond_wait(&ctl.cv, &ctl.mu);
             continue;
         }
-        log_info("shutting down", "\"signal\":\"%s\"", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-        break;
+        ctl.reloads = 0;
+        pthread_mutex_unlock(&ctl.mu);
+        /* a SIGTERM meanwhile is taken by the signal thread; the engine's stop deadline ends a long reload */
+        log_info("SIGHUP: reloading rules and model", NULL);
+        verror re = {0};
+        engine_reload_now(en, "SIGHUP", &re); /* a refusal is logged; the running policy stays */
+        pthread_mutex_lock(&ctl.mu);
     }
+    pthread_mutex_unlock(&ctl.mu);
     engine_stop(en);
     nats_Close();
     return 0;

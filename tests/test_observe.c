@@ -308,3 +308,31 @@ Test(observe, a_busy_metrics_port_is_a_clear_refusal)
     cr_assert(file_wait_for(logp, "cannot listen on", 1000));
     close(fd);
 }
+
+/* A discovery request still being answered when the engine stops: the responders' state is freed only after the
+ * handler has returned (it was freed right after Unsubscribe, under the running handler). The slow_srv fault
+ * holds each $SRV handler 300 ms. */
+Test(observe, a_responder_running_at_shutdown_finishes_before_its_state_is_freed)
+{
+    setenv("VERDICT_TEST_FAULT", "slow_srv", 1);
+    pid_t pid = tc_start_engine(srv.url, logp, (const char *const[]){"--engine-id", "e1", NULL});
+    unsetenv("VERDICT_TEST_FAULT");
+    natsInbox *inbox = NULL;
+    natsSubscription *sub = NULL;
+    cr_assert_eq(natsInbox_Create(&inbox), NATS_OK);
+    cr_assert_eq(natsConnection_SubscribeSync(&sub, nc, inbox), NATS_OK);
+    cr_assert_eq(natsConnection_PublishRequestString(nc, "$SRV.PING.verdict.e1", inbox, ""), NATS_OK);
+    cr_assert_eq(natsConnection_Flush(nc), NATS_OK);
+    usleep(100000); /* the handler is inside its 300 ms */
+    kill(pid, SIGTERM);
+    int st = child_wait(pid, 10000);
+    if (st < 0)
+        kill(pid, SIGKILL);
+    cr_assert_eq(st, 0, "engine did not exit 0 (%d); see %s", st, logp);
+    natsMsg *r = NULL;
+    cr_assert_eq(natsSubscription_NextMsg(&r, sub, 1000), NATS_OK, "the running handler's reply was lost");
+    cr_assert(strstr(natsMsg_GetData(r), "ping_response"), "%s", natsMsg_GetData(r));
+    natsMsg_Destroy(r);
+    natsSubscription_Destroy(sub);
+    natsInbox_Destroy(inbox);
+}
