@@ -99,11 +99,20 @@ static size_t metrics(observe *ob, engine *en, char *buf, size_t cap)
             atomic_load(&st->requests));
     counter(&o, "verdict_request_errors_total", "Decide requests refused with an error reply.",
             atomic_load(&st->request_errors));
+    counter(&o, "verdict_reply_to_ignored_total",
+            "Verdict-Reply-To headers not honoured (not stored by the ingress, or not an inbox under --reply-prefix).",
+            atomic_load(&st->reply_to_ignored));
+    counter(&o, "verdict_decisions_restored_total",
+            "Duplicate PubAcks with no stored decision behind them; the decision was stored again under a derived id.",
+            atomic_load(&st->decisions_restored));
+    counter(&o, "verdict_dead_letters_avoided_total",
+            "Transactions at max-deliver whose decision was found stored, so no dead letter was written.",
+            engine_dlq_decided_late(en));
     counter(&o, "verdict_policy_reloads_total", "Rules/model versions swapped in.", atomic_load(&st->reloads));
     counter(&o, "verdict_policy_reload_failures_total", "Rules/model versions refused (the old stayed).",
             atomic_load(&st->reload_failures));
-    put(&o, "# HELP verdict_decision_latency_seconds From the transaction's JetStream store time to its decision "
-            "being stored.\n# TYPE verdict_decision_latency_seconds histogram\n");
+    put(&o, "# HELP verdict_decision_latency_seconds From the engine taking the transaction to its decision "
+            "being stored (monotonic clock).\n# TYPE verdict_decision_latency_seconds histogram\n");
     long long cum = 0;
     for (int b = 0; b <= LATENCY_BUCKETS; b++) {
         cum += atomic_load(&st->latency_bucket[b]);

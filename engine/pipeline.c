@@ -1556,6 +1556,8 @@ void engine_stop(engine *en)
 
 const engine_stats *engine_get_stats(const engine *en) { return &en->stats; }
 
+long long engine_dlq_decided_late(engine *en) { return en->dlq ? dlq_worker_decided_late(en->dlq) : 0; }
+
 const char *engine_phase_str(engine_phase p)
 {
     switch (p) {

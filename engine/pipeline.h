@@ -63,6 +63,9 @@ void engine_stop(engine *en);
 
 const engine_stats *engine_get_stats(const engine *en);
 
+/* Transactions at max-deliver that the DLQ worker found decided (no dead letter written). */
+long long engine_dlq_decided_late(engine *en);
+
 /* Where a start has got to: /readyz reports it. Each phase implies the ones before it completed. */
 typedef enum engine_phase {
     PHASE_CONNECTING = 0, /* rules and model loaded; connecting to NATS */
