@@ -18,6 +18,7 @@
 #define DECIDE_MAX_REASONS RULES_MAX_MATCHES
 
 typedef struct policy policy;
+struct velocity_plan;
 
 typedef struct decide_out {
     Verdict__V1__Outcome outcome;
@@ -52,6 +53,9 @@ const char *policy_rules_version(const policy *p);
 const char *policy_model_version(const policy *p);
 const char *policy_rules_source(const policy *p);
 const featreg *policy_featreg(const policy *p);
+/* The velocity features the policy reads (rules and model), by canonical name with their ids in its registry:
+ * the velocity state used with the policy must be compatible with it (velocity_compatible). */
+const struct velocity_plan *policy_velocity_plan(const policy *p);
 const ruleset *policy_rules(const policy *p); /* NULL for the built-in policy */
 
 struct velocity;
@@ -59,7 +63,7 @@ struct replica;
 
 /* What decide_run reads besides the transaction; any member may be NULL (not configured). */
 typedef struct decide_env {
-    struct velocity *vel;                       /* features from the state before t, then t counted once */
+    struct velocity *vel; /* features from the state before t, then t counted once; must serve p's plan */
     const struct replica *lists, *profiles;     /* local KV replicas; stale or absent -> degraded */
 } decide_env;
 
