@@ -1017,9 +1017,9 @@ static vstatus swap_policy(engine *en, policy *p, const char *why, verror *e)
     pthread_mutex_unlock(&en->policy_mu);
     velref_release(oldv);
     log_info("policy swapped", "\"why\":\"%s\",\"rules_version\":\"%s\",\"rules_source\":\"%s\",\"model_version\":\"%s\","
-             "\"old_rules_version\":\"%s\"",
+             "\"old_rules_version\":\"%s\",\"velocity\":\"%s\"",
              log_esc(why), policy_rules_version(p), log_esc(policy_rules_source(p)), policy_model_version(p),
-             policy_rules_version(old));
+             policy_rules_version(old), nv ? "new" : "kept");
     atomic_fetch_add(&en->stats.reloads, 1);
     policy_release(old);
     return V_OK;
