@@ -596,6 +596,29 @@ Test(velocity, a_state_serves_a_policy_with_other_ids_through_its_plan)
     velocity_free(v);
 }
 
+/* Canonical names identify a plan's features, so two features must never share one: long attribute keys with
+ * a common prefix were cut to the same name and the second rule silently read the first one's count. */
+Test(velocity, features_on_long_keys_with_a_common_prefix_stay_apart)
+{
+    int k1 = attr(&reg, "terminal_fingerprint_primary_value_one");
+    int k2 = attr(&reg, "terminal_fingerprint_primary_value_two");
+    int c1 = vel(VEL_COUNT, -1, k1, HOUR), c2 = vel(VEL_COUNT, -1, k2, HOUR);
+    cr_assert_neq(c1, c2, "%s", reg.defs[c1].name);
+    int d1 = vel(VEL_DISTINCT, k2, k1, HOUR), d2 = vel(VEL_DISTINCT, k1, k2, HOUR);
+    cr_assert_neq(d1, d2);
+    velocity *v = make(10, 10);
+    txn("long-1", "c", NULL, NULL, 1);
+    set_str(k1, "term-a");
+    cr_assert(velocity_add(v, &plan, vals, T0));
+    txn("query", "c", NULL, NULL, 0);
+    set_str(k1, "term-a");
+    set_str(k2, "term-a");
+    velocity_features(v, &plan, vals, T0 + SEC);
+    cr_assert_eq(vals[c1].num, 1);
+    cr_assert_eq(vals[c2].num, 0);
+    velocity_free(v);
+}
+
 /* --- event time (issue 14 item 4) --------------------------------------------------------------------------- */
 
 /* 8 transactions of one card in 8 s, the first from a clock 4 minutes fast: every later one must still see the
