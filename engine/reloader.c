@@ -127,6 +127,39 @@ static void apply_entry(reloader *r, kvEntry *ent)
     }
 }
 
+/* Whether the file at path now holds other bytes than the version in force (a hash64 of the bytes, as rules
+ * and model versions are). An unreadable file counts as unchanged: the file poll reports it. */
+static bool file_differs(const char *path, const char *version)
+{
+    char *buf = NULL;
+    size_t n = 0;
+    verror e = {0};
+    if (!path[0] || file_read(path, (size_t)256 << 20, &buf, &n, &e) != V_OK)
+        return false;
+    char hex[17];
+    hash64_hex(hash64(buf, n), hex);
+    free(buf);
+    return strcmp(hex, version) != 0;
+}
+
+/* The engine loaded the files before it connected and rebuilt its state; the first stamps are taken only now.
+ * A change in between would never be seen by the poll, so the files are compared with what is in force, once,
+ * after the stamps, before the watching thread starts. */
+static void reload_if_changed_since_load(reloader *r)
+{
+    char rules_v[64], model_v[64];
+    engine_current_versions(r->en, rules_v, model_v, sizeof rules_v);
+    bool rules_changed = !r->kv_text && file_differs(r->cfg.rules_file, rules_v);
+    bool model_changed = file_differs(r->cfg.model_file, model_v);
+    if (!rules_changed && !model_changed)
+        return;
+    log_info("rules or model file changed while the engine started; reloading",
+             "\"rules_changed\":%s,\"model_changed\":%s", rules_changed ? "true" : "false",
+             model_changed ? "true" : "false");
+    verror e = {0};
+    reload_locked(r, "file changed during the start", &e);
+}
+
 static void poll_files(reloader *r)
 {
     stamp rs = stamp_of(r->cfg.rules_file), ms = stamp_of(r->cfg.model_file);
@@ -223,6 +256,7 @@ vstatus reloader_start(struct engine *en, const config *c, jsCtx *js, reloader *
         apply_entry(r, ent);
         kvEntry_Destroy(ent);
     }
+    reload_if_changed_since_load(r);
     if (pthread_create(&r->thread, NULL, reloader_main, r) != 0) {
         reloader_stop(r);
         return verror_set(e, V_ENOMEM, "cannot start the reload thread");

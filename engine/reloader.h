@@ -19,8 +19,9 @@ typedef struct reloader reloader;
 
 #define RULES_KV_KEY "rules"
 
-/* Creates or binds the bucket, applies its current value (before the caller starts taking work), then starts
- * the watching thread. */
+/* Takes the first stamps of the files, creates or binds the bucket, applies its current value (before the
+ * caller starts taking work), reloads if the files no longer hold the versions in force (they changed while
+ * the engine connected and rebuilt its state, after it loaded them), then starts the watching thread. */
 vstatus reloader_start(struct engine *en, const config *c, jsCtx *js, reloader **out, verror *e);
 
 /* Reloads now from the active source (SIGHUP). */
