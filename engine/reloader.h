@@ -5,7 +5,10 @@
  * is the fleet-wide truth and wins over the rules file; deleting the key falls back to the file. A file change
  * seen while KV rules are in force reloads the model (if it changed) with the KV rules. Every new version is
  * compiled in full before it is swapped in; a version that fails is logged with its errors, counted, and the
- * running one stays. The bucket keeps history, so `nats kv history verdict_rules rules` is the audit trail. */
+ * running one stays. A version refused only because its velocity state could not be rebuilt from the stream
+ * (a stalled or unreachable server: V_ETIMEOUT, V_ENATS) is tried again every 5 s until it applies or a newer
+ * one arrives; at start, such KV rules fail the start instead of leaving the file's rules in force. The bucket
+ * keeps history, so `nats kv history verdict_rules rules` is the audit trail. */
 #ifndef VERDICT_RELOADER_H
 #define VERDICT_RELOADER_H
 
