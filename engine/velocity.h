@@ -10,8 +10,8 @@
  * a slot that a policy uses for a string, a list flag or a model input.
  * Entities are the values of the key fields those defs name (card_id, account_id, device_id, ip, ...). Each
  * key field has its own table of up to max_keys entities with least-recently-seen eviction, so a flood of new
- * IPs cannot evict card history. Windows are kept in fixed-size buckets keyed by EVENT time (the transaction's
- * time passed in); a window of W covers the bucket holding the event time plus the ceil(W/b)-1 buckets before
+ * IPs cannot evict card history. Windows are kept in fixed-size buckets keyed by EVENT time (the time passed
+ * in; the engine passes the JetStream store time, never the client's created_at: txn_event_ms); a window of W covers the bucket holding the event time plus the ceil(W/b)-1 buckets before
  * it, so it is rounded to its bucket size b: the smallest of 5s .. 2h that spans W in at most 12 buckets
  * (1m: 5s, 10m: 1m, 1h: 5m, 24h: 2h; always b <= W/5). Distinct counts use 10 s stamps the same way.
  *
@@ -27,8 +27,10 @@
  * Exactly once: velocity_add keeps a bounded seen-set of the last seen_cap transaction ids and counts a txn_id
  * at most once while it is remembered. Full design and measured numbers: docs/state.md.
  *
- * Thread-safety: every call takes the velocity's internal mutex, so workers may share one velocity;
- * velocity_features_and_add computes and counts under one lock, which is what exactly-once needs. */
+ * Thread-safety: every call takes the velocity's internal mutex, so workers may share one velocity (also with
+ * different compatible plans: a batch under the old policy and one under the new); velocity_features_and_add
+ * computes and counts under one lock, which is what exactly-once needs. velocity_compatible and
+ * velocity_serves read only what velocity_new fixed, and need no lock. */
 #ifndef VERDICT_VELOCITY_H
 #define VERDICT_VELOCITY_H
 
