@@ -183,7 +183,9 @@ Test(state, a_list_change_put_with_the_kv_api_is_seen_by_the_next_transaction)
     cr_assert_eq(child_wait(pid, 15000), 0);
 }
 
-#define BIG_N 120 /* 4.8 MB: more than the server pushes to an ordered consumer before flow control */
+/* 8 MB: well over what nats-server pushes to an ordered consumer before it waits for flow control (2 MB on
+ * 2.10: its 32 MiB flow-control limit / 16; measured: a paused reader held 53 of these 40 kB messages) */
+#define BIG_N 200
 
 /* Publishes n transactions of tok_card_1 with a 40 kB attribute each and waits until all are decided. */
 static void publish_big(int n)
@@ -214,7 +216,7 @@ static void publish_big(int n)
 
 /* Issue 14 item 6: a read error or a 3 s stall ended the rebuild as if the stream had ended, and the engine
  * started (ready) with counts too low. Here the stream holds more than the server pushes to a reader before it
- * waits for flow control (about 2 MB), the rebuild_pause fault holds the rebuild after its first transaction,
+ * waits for flow control (BIG_N), the rebuild_pause fault holds the rebuild after its first transaction,
  * and the server is stopped (SIGSTOP) meanwhile: the reader gets what was pushed and then nothing. The start
  * must fail, loudly, and the engine must never say it started. */
 Test(state, a_rebuild_that_stalls_fails_the_start)
@@ -249,7 +251,7 @@ Test(state, a_rebuild_that_stalls_fails_the_start)
 
 /* The same stall during a reload (a KV push that needs a new velocity state): the reload is refused and the
  * running rules stay, then the same version is tried again and applies once the stream answers, with the
- * full count. Before, the partial state was swapped in: the rule on the card's 120 transactions did not fire. */
+ * full count. Before, the partial state was swapped in: the rule on the card's 200 transactions did not fire. */
 Test(state, a_rebuild_that_stalls_refuses_the_reload_and_it_is_retried)
 {
     FILE *f = fopen(rulesp, "w");
@@ -261,8 +263,8 @@ Test(state, a_rebuild_that_stalls_refuses_the_reload_and_it_is_retried)
     kvStore *kv = NULL;
     cr_assert_eq(js_KeyValue(&kv, js, "verdict_rules"), NATS_OK, "the engine creates the bucket");
     cr_assert_eq(kvStore_PutString(NULL, kv, "rules",
-                                   "rule many review \"120 or more\" when count(card_id, 24h) >= 120\n"
-                                   "rule few approve \"fewer\" when count(card_id, 24h) < 120\n"),
+                                   "rule many review \"200 or more\" when count(card_id, 24h) >= 200\n"
+                                   "rule few approve \"fewer\" when count(card_id, 24h) < 200\n"),
                  NATS_OK);
     kvStore_Destroy(kv);
     cr_assert(file_wait_for(logp, "test fault: rebuild paused", 20000), "the rebuild did not start; see %s", logp);
