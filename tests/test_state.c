@@ -288,3 +288,28 @@ Test(state, a_rebuild_that_stalls_refuses_the_reload_and_it_is_retried)
     kill(pid, SIGTERM);
     cr_assert_eq(child_wait(pid, 15000), 0);
 }
+
+/* Issue 14 item 4 through the engine: the first of 8 transactions of a card comes from a clock 4 minutes fast
+ * (created_at_ms ahead of the store time). It moved the card's newest bucket forward, every later one was
+ * dropped as late, and count(card_id, 1m) read 0 for all of them. */
+Test(state, a_transaction_dated_ahead_does_not_blind_the_card_short_window)
+{
+    FILE *f = fopen(rulesp, "w");
+    cr_assert_not_null(f);
+    for (int k = 0; k < 10; k++)
+        fprintf(f, "rule seen_%d approve \"%d earlier\" when count(card_id, 1m) == %d\n", k, k, k);
+    fclose(f);
+    pid_t pid = start(NULL);
+    for (int i = 0; i < 8; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "skew-%d", i);
+        Transaction t;
+        tc_txn(&t, id, 1000);
+        if (i == 0)
+            t.created_at_ms += 4 * 60 * 1000;
+        cr_assert(tc_publish(js, "txn.ecom.c", &t));
+        cr_assert_eq(seen_count(id), i, "%s: the card's earlier transactions in the last minute", id);
+    }
+    kill(pid, SIGTERM);
+    cr_assert_eq(child_wait(pid, 15000), 0);
+}
