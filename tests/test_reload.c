@@ -398,7 +398,11 @@ Test(reload, a_restart_with_kv_rules_other_than_the_file_neither_crashes_nor_mis
     version_of(rules_both_c, vc);
     write_file(candp, rules_seg_b);
     const char *push[] = {"verdict", "rules", "push", candp, "--nats-url", srv.url, NULL};
-    cr_assert_eq(child_wait(verdict_spawn(push, outp), 15000), 0, "push failed; see %s", outp);
+    /* the first push may come before the fresh server's JetStream answers: try for a few seconds */
+    int pushed = -1;
+    for (int tries = 0; tries < 20 && (pushed = child_wait(verdict_spawn(push, outp), 15000)) != 0; tries++)
+        tc_sleep_ms(250);
+    cr_assert_eq(pushed, 0, "push failed; see %s", outp);
     write_file(rulesp, rules_vel_a);
     int i = 100, decided = 0;
     for (int round = 0; round < 2; round++) {
