@@ -332,11 +332,16 @@ static bool has_reason(const Decision *d, const char *id)
  * (the engine must not die). *decided counts the decisions made so far. */
 static Decision *decide_vip_until(int *i, int *decided, const char *want, pid_t pid)
 {
-    for (int tries = 0; tries < 100; tries++) {
+    int64_t deadline = now_ms() + 30000;
+    for (int tries = 0; tries < 100 && now_ms() < deadline; tries++) {
         Decision *d = decide_vip((*i)++);
         int status = 0;
-        cr_assert_not_null(d, "no decision: the engine %s; see %s",
-                           waitpid(pid, &status, WNOHANG) == pid ? "died" : "did not answer", logp);
+        cr_assert(d || waitpid(pid, &status, WNOHANG) != pid, "no decision: the engine died (status %d); see %s",
+                  status, logp);
+        if (!d) { /* not answered (not subscribed yet: issue 14 item 18); the transaction may still be decided */
+            tc_sleep_ms(100);
+            continue;
+        }
         (*decided)++;
         if (strcmp(d->rules_version, want) == 0)
             return d;
