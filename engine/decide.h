@@ -1,7 +1,8 @@
 /* decide.h - the decision step: a transaction and its features in, an outcome with reasons out.
  *
  * A policy is an immutable bundle of what decides: the feature registry, the compiled rules and the model,
- * with their versions. It is reference-counted: workers take a reference for a batch, a reload builds a new
+ * with their versions, and the velocity plan of its registry (which velocity features it reads, by canonical
+ * name, at which ids: a velocity state serves the policy only when it keeps exactly those). It is reference-counted: workers take a reference for a batch, a reload builds a new
  * policy and swaps it in, and the old one is freed when its last batch finishes, so a decision is always made
  * by exactly one version and a swap never waits for, or blocks, a transaction. Without a rules file the
  * built-in policy applies (an amount threshold with real reasons). decide_run allocates nothing and knows
