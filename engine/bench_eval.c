@@ -109,7 +109,7 @@ int bench_eval(int argc, char **argv)
     size_t *off = NULL;
     unsigned char *buf = encode_txns(a.count, &off);
     arena ar;
-    if (!buf || velocity_new(policy_featreg(p), &vc, &vel, &e) != V_OK || arena_init(&ar, 1 << 20) != V_OK) {
+    if (!buf || velocity_new(policy_velocity_plan(p), &vc, &vel, &e) != V_OK || arena_init(&ar, 1 << 20) != V_OK) {
         fprintf(stderr, "verdict bench eval: setup failed: %s\n", e.msg);
         return 1;
     }
@@ -182,7 +182,9 @@ int bench_model(int argc, char **argv)
     /* feature rows from the engine's own path (simgen + velocity), kept for both sides */
     velocity *vel = NULL;
     velocity_cfg vc = {.max_keys = 100000};
-    if (velocity_new(&reg, &vc, &vel, &e) != V_OK) {
+    static velocity_plan vp;
+    velocity_plan_init(&vp, &reg);
+    if (velocity_new(&vp, &vc, &vel, &e) != V_OK) {
         fprintf(stderr, "verdict bench model: %s\n", e.msg);
         return 1;
     }
@@ -202,7 +204,7 @@ int bench_model(int argc, char **argv)
         simgen_next(g, &t);
         fval *v = &rows[(size_t)i * FEAT_MAX];
         features_from_txn(&reg, &t, t.created_at_ms, v);
-        velocity_features_and_add(vel, v, t.created_at_ms);
+        velocity_features_and_add(vel, &vp, v, t.created_at_ms);
         for (int c = 0; c < nf; c++) {
             const fval *x = &v[gbdt_feature_id(m, c)];
             fprintf(f, c ? "," : "");

@@ -45,6 +45,7 @@ static const ref_feat reference[] = {
 
 typedef struct world {
     featreg reg;
+    velocity_plan plan;
     size_t per_field; /* distinct values of each key field */
     char *names;      /* NFIELDS * per_field fixed-width key strings */
 } world;
@@ -90,6 +91,7 @@ static int world_init(world *w, size_t keys)
             return -1;
         }
     }
+    velocity_plan_init(&w->plan, &w->reg);
     w->per_field = keys / NFIELDS ? keys / NFIELDS : 1;
     w->names = malloc((size_t)NFIELDS * w->per_field * KEYLEN);
     if (!w->names)
@@ -114,7 +116,7 @@ static velocity *fill(const world *w, uint64_t *n, verror *e)
 {
     velocity *v = NULL;
     velocity_cfg cfg = {.max_keys = w->per_field};
-    if (velocity_new(&w->reg, &cfg, &v, e) != V_OK)
+    if (velocity_new(&w->plan, &cfg, &v, e) != V_OK)
         return NULL;
     static fval vals[FEAT_MAX];
     char id[20];
@@ -123,7 +125,7 @@ static velocity *fill(const world *w, uint64_t *n, verror *e)
         vals[i] = (fval){.type = (uint8_t)w->reg.defs[i].type};
     for (size_t i = 0; i < w->per_field; i++, (*n)++) {
         make_txn(w, vals, *n, (int64_t)i, &rng, id);
-        velocity_add(v, vals, T_START + (int64_t)*n);
+        velocity_add(v, &w->plan, vals, T_START + (int64_t)*n);
     }
     return v;
 }
@@ -149,7 +151,7 @@ static void *mt_worker(void *p)
     while (mono_ns() < end)
         for (int k = 0; k < 1024; k++, n++) {
             make_txn(a->w, vals, n, -1, &rng, id);
-            velocity_features_and_add(a->v, vals, a->t_base + (int64_t)(n - a->first));
+            velocity_features_and_add(a->v, &a->w->plan, vals, a->t_base + (int64_t)(n - a->first));
         }
     a->ops = n - a->first;
     return NULL;
@@ -172,11 +174,11 @@ static double time_op(const world *w, velocity *v, op_kind op, double seconds, u
             make_txn(w, vals, *n, -1, &rng, id);
             int64_t t = T_START + (int64_t)*n;
             if (op == OP_ADD)
-                velocity_add(v, vals, t);
+                velocity_add(v, &w->plan, vals, t);
             else if (op == OP_QUERY)
-                velocity_features(v, vals, t);
+                velocity_features(v, &w->plan, vals, t);
             else if (op == OP_BOTH)
-                velocity_features_and_add(v, vals, t);
+                velocity_features_and_add(v, &w->plan, vals, t);
         }
     return (double)(mono_ns() - t0) / (double)ops;
 }
@@ -270,8 +272,10 @@ int bench_state(int argc, char **argv)
     printf("               at %zu keys %8.1f  (%.1f with the %.1f MB seen-set)\n", (size_t)big.keys,
            big.bytes_per_key, big.bytes_total_per_key, (double)big.bytes_seen / 1e6);
     printf("  record bytes ");
+    static featreg names; /* the key fields are built-ins: their names do not depend on the registry */
+    featreg_init(&names);
     for (int i = 0; i < big.st.n_key_feats; i++)
-        printf(" %s %u", key_prefix[i], big.st.record_bytes[i]);
+        printf(" %s %u", names.defs[big.st.key_feats[i]].name, big.st.record_bytes[i]);
     printf("\n");
     printf("  per txn      update %7.1f ns  query %7.1f ns  features+add %7.1f ns\n", big.update_ns, big.query_ns,
            big.both_ns);

@@ -12,6 +12,7 @@
 struct policy {
     atomic_int refs;
     featreg reg;
+    velocity_plan vplan; /* reg's velocity features by canonical name: what a velocity state must keep */
     ruleset *rules; /* NULL: built-in amount thresholds */
     gbdt *model;    /* NULL: no model (score stays missing) */
     int64_t review_minor, decline_minor;
@@ -28,6 +29,7 @@ policy *policy_builtin(int64_t review_minor, int64_t decline_minor)
         return NULL;
     atomic_init(&p->refs, 1);
     featreg_init(&p->reg);
+    velocity_plan_init(&p->vplan, &p->reg);
     p->review_minor = review_minor;
     p->decline_minor = decline_minor;
     snprintf(p->rules_version, sizeof p->rules_version, "builtin-1");
@@ -76,6 +78,7 @@ vstatus policy_build(const char *rules_src, size_t len, const char *rules_name, 
         policy_release(p);
         return s;
     }
+    velocity_plan_init(&p->vplan, &p->reg); /* after the model: its names may intern velocity features too */
     *out = p;
     return V_OK;
 }
@@ -92,6 +95,7 @@ vstatus policy_load(const char *rules_path, const char *model_path, policy **out
             policy_release(p);
             return s;
         }
+        velocity_plan_init(&p->vplan, &p->reg);
         *out = p;
         return V_OK;
     }
@@ -124,6 +128,7 @@ const char *policy_rules_version(const policy *p) { return p->rules_version; }
 const char *policy_model_version(const policy *p) { return p->model_version; }
 const char *policy_rules_source(const policy *p) { return p->rules_source; }
 const featreg *policy_featreg(const policy *p) { return &p->reg; }
+const velocity_plan *policy_velocity_plan(const policy *p) { return &p->vplan; }
 const ruleset *policy_rules(const policy *p) { return p->rules; }
 
 static const Verdict__V1__Outcome outcome_of[] = {
@@ -141,8 +146,13 @@ void decide_run(const policy *p, const decide_env *env, const Transaction *t, in
     bool fresh = true;
     if (env && (env->lists || env->profiles))
         fresh = replica_fill(env->lists, env->profiles, &p->reg, vals);
-    if (env && env->vel)
-        velocity_features_and_add(env->vel, vals, event_ms);
+    if (env && env->vel) {
+        /* a state kept for other features (never paired so by the engine) leaves the slots missing: degraded */
+        if (velocity_serves(env->vel, &p->vplan))
+            velocity_features_and_add(env->vel, &p->vplan, vals, event_ms);
+        else if (p->vplan.n > 0)
+            fresh = false;
+    }
     out->outcome = VERDICT__V1__OUTCOME__OUTCOME_APPROVE;
     out->score = -1;
     out->n_reasons = 0;

@@ -1,7 +1,8 @@
 /* decide.h - the decision step: a transaction and its features in, an outcome with reasons out.
  *
  * A policy is an immutable bundle of what decides: the feature registry, the compiled rules and the model,
- * with their versions. It is reference-counted: workers take a reference for a batch, a reload builds a new
+ * with their versions, and the velocity plan of its registry (which velocity features it reads, by canonical
+ * name, at which ids: a velocity state serves the policy only when it keeps exactly those). It is reference-counted: workers take a reference for a batch, a reload builds a new
  * policy and swaps it in, and the old one is freed when its last batch finishes, so a decision is always made
  * by exactly one version and a swap never waits for, or blocks, a transaction. Without a rules file the
  * built-in policy applies (an amount threshold with real reasons). decide_run allocates nothing and knows
@@ -18,6 +19,7 @@
 #define DECIDE_MAX_REASONS RULES_MAX_MATCHES
 
 typedef struct policy policy;
+struct velocity_plan;
 
 typedef struct decide_out {
     Verdict__V1__Outcome outcome;
@@ -52,6 +54,9 @@ const char *policy_rules_version(const policy *p);
 const char *policy_model_version(const policy *p);
 const char *policy_rules_source(const policy *p);
 const featreg *policy_featreg(const policy *p);
+/* The velocity features the policy reads (rules and model), by canonical name with their ids in its registry:
+ * the velocity state used with the policy must be compatible with it (velocity_compatible). */
+const struct velocity_plan *policy_velocity_plan(const policy *p);
 const ruleset *policy_rules(const policy *p); /* NULL for the built-in policy */
 
 struct velocity;
@@ -59,7 +64,7 @@ struct replica;
 
 /* What decide_run reads besides the transaction; any member may be NULL (not configured). */
 typedef struct decide_env {
-    struct velocity *vel;                       /* features from the state before t, then t counted once */
+    struct velocity *vel; /* features from the state before t, then t counted once; must serve p's plan */
     const struct replica *lists, *profiles;     /* local KV replicas; stale or absent -> degraded */
 } decide_env;
 

@@ -103,28 +103,32 @@ int featreg_velocity(featreg *r, vel_agg agg, int value_feat, int key_feat, int6
     char w[32];
     window_str(window_ms, w, sizeof w);
     const char *key = r->defs[key_feat].name;
+    int n = 0;
     switch (agg) {
     case VEL_COUNT:
         d.type = FT_NUM;
-        snprintf(d.name, sizeof d.name, "count(%.40s,%.16s)", key, w);
+        n = snprintf(d.name, sizeof d.name, "count(%s,%s)", key, w);
         break;
     case VEL_SUM:
         if (value_feat < 0 || value_feat >= r->n || r->defs[value_feat].type != FT_NUM)
             return verror_set(e, V_EINVAL, "sum() needs a numeric field such as amount_minor");
         d.type = FT_NUM;
         d.value_feat = value_feat;
-        snprintf(d.name, sizeof d.name, "sum(%.30s,%.30s,%.16s)", r->defs[value_feat].name, key, w);
+        n = snprintf(d.name, sizeof d.name, "sum(%s,%s,%s)", r->defs[value_feat].name, key, w);
         break;
     case VEL_DISTINCT:
         if (value_feat < 0 || value_feat >= r->n || r->defs[value_feat].type != FT_STR)
             return verror_set(e, V_EINVAL, "distinct() needs a string field such as device_id");
         d.type = FT_NUM;
         d.value_feat = value_feat;
-        snprintf(d.name, sizeof d.name, "distinct(%.30s,%.30s,%.16s)", key, r->defs[value_feat].name, w);
+        n = snprintf(d.name, sizeof d.name, "distinct(%s,%s,%s)", key, r->defs[value_feat].name, w);
         break;
     default:
         return verror_set(e, V_EINVAL, "unknown velocity aggregate");
     }
+    /* a cut name could equal another feature's and be interned as that one */
+    if (n < 0 || (size_t)n >= sizeof d.name)
+        return verror_set(e, V_EINVAL, "feature name too long: %.60s...", d.name);
     return intern(r, &d, e);
 }
 
@@ -148,7 +152,9 @@ int featreg_list(featreg *r, const char *list, size_t list_len, int key_feat, ve
         return verror_set(e, V_EINVAL, "list membership needs a string field such as card_id");
     feat_def d = {.kind = FK_LIST, .type = FT_BOOL, .key_feat = key_feat, .value_feat = -1};
     memcpy(d.arg, list, list_len);
-    snprintf(d.name, sizeof d.name, "in_list(%.30s,%.50s)", r->defs[key_feat].name, d.arg);
+    int n = snprintf(d.name, sizeof d.name, "in_list(%s,%s)", r->defs[key_feat].name, d.arg);
+    if (n < 0 || (size_t)n >= sizeof d.name)
+        return verror_set(e, V_EINVAL, "feature name too long: %.60s...", d.name);
     return intern(r, &d, e);
 }
 

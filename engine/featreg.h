@@ -83,7 +83,9 @@ enum {
 };
 
 #define FEAT_MAX 256
-#define FEAT_NAME_MAX 96
+/* Room for the longest canonical name, distinct(attributes.<63>,attributes.<63>,<window>): names are never
+ * truncated, so a name identifies its definition. */
+#define FEAT_NAME_MAX 192
 
 typedef struct feat_def {
     char name[FEAT_NAME_MAX]; /* canonical name */

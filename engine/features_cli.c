@@ -106,7 +106,9 @@ int cmd_features(int argc, char **argv)
     velocity *vel = NULL;
     verror e = {0};
     velocity_cfg vc = {.max_keys = 200000};
-    if (velocity_new(&reg, &vc, &vel, &e) != V_OK) {
+    static velocity_plan vp;
+    velocity_plan_init(&vp, &reg);
+    if (velocity_new(&vp, &vc, &vel, &e) != V_OK) {
         fprintf(stderr, "verdict features: %s\n", e.msg);
         return 1;
     }
@@ -129,7 +131,7 @@ int cmd_features(int argc, char **argv)
         Transaction t;
         const char *label = simgen_next(g, &t);
         features_from_txn(&reg, &t, t.created_at_ms, vals);
-        velocity_features_and_add(vel, vals, t.created_at_ms);
+        velocity_features_and_add(vel, &vp, vals, t.created_at_ms);
         for (int i = 0; i < nf; i++) {
             const fval *v = &vals[ids[i]];
             if (i)

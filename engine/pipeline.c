@@ -1385,18 +1385,19 @@ static int64_t longest_window(const policy *p)
     return w;
 }
 
-/* A velocity state for p's registry, filled from TXN up to upto_seq (0 = the stream's end), or left empty. */
+/* A velocity state for p's velocity plan, filled from TXN up to upto_seq (0 = the stream's end), or left empty.
+ * A rebuild that does not reach its end is an error: no state is better than one that counts too low. */
 static vstatus make_velocity(engine *en, const policy *p, uint64_t upto_seq, bool empty, velref **out, verror *e)
 {
     velocity_cfg vc = {.max_keys = (size_t)en->cfg.max_keys};
     velocity *v = NULL;
-    vstatus rc = velocity_new(policy_featreg(p), &vc, &v, e);
+    vstatus rc = velocity_new(policy_velocity_plan(p), &vc, &v, e);
     if (rc != V_OK)
         return rc;
     int64_t window = longest_window(p);
     if (window > 0 && !empty) {
         rebuild_stats st;
-        rc = rebuild_velocity(en->js, &en->cfg, policy_featreg(p), v, upto_seq, window, &st, e);
+        rc = rebuild_velocity(en->js, &en->cfg, policy_velocity_plan(p), v, upto_seq, window, &st, e);
         if (rc != V_OK) {
             velocity_free(v);
             return rc;
@@ -1418,12 +1419,13 @@ static vstatus make_velocity(engine *en, const policy *p, uint64_t upto_seq, boo
     return V_OK;
 }
 
-/* Swaps in p (taking over its reference); workers pick it up at their next batch. When p reads velocity
- * features the running state does not keep, a new state is built and filled from TXN first. */
+/* Swaps in p (taking over its reference); workers pick it up at their next batch. The running velocity state
+ * stays only when it keeps exactly p's velocity features (by name, whatever their ids in p's registry);
+ * otherwise a new state is built and filled from TXN first, and the policy and its state swap together. */
 static vstatus swap_policy(engine *en, policy *p, const char *why, verror *e)
 {
     velref *nv = NULL;
-    if (!en->vel || !velocity_covers(en->vel->v, policy_featreg(p))) {
+    if (!en->vel || !velocity_compatible(en->vel->v, policy_velocity_plan(p))) {
         vstatus rc = make_velocity(en, p, 0, false, &nv, e);
         if (rc != V_OK) {
             atomic_fetch_add(&en->stats.reload_failures, 1);
@@ -1443,9 +1445,9 @@ static vstatus swap_policy(engine *en, policy *p, const char *why, verror *e)
     pthread_mutex_unlock(&en->policy_mu);
     velref_release(oldv);
     log_info("policy swapped", "\"why\":\"%s\",\"rules_version\":\"%s\",\"rules_source\":\"%s\",\"model_version\":\"%s\","
-             "\"old_rules_version\":\"%s\"",
+             "\"old_rules_version\":\"%s\",\"velocity\":\"%s\"",
              log_esc(why), policy_rules_version(p), log_esc(policy_rules_source(p)), policy_model_version(p),
-             policy_rules_version(old));
+             policy_rules_version(old), nv ? "new" : "kept");
     atomic_fetch_add(&en->stats.reloads, 1);
     policy_release(old);
     return V_OK;

@@ -8,13 +8,27 @@
 #include "streamread.h"
 
 #include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+/* How long a read may wait for the next message before the rebuild is declared stalled (and failed). */
+#define STALL_MS 5000
 
 int64_t txn_event_ms(const Verdict__V1__Transaction *t, int64_t store_ms)
 {
-    int64_t c = t->created_at_ms;
-    if (c > 0 && c >= store_ms - 24LL * 3600 * 1000 && c <= store_ms + 5LL * 60 * 1000)
-        return c;
+    (void)t; /* created_at_ms is the client's word: see rebuild.h */
     return store_ms;
+}
+
+/* Test fault (docs/testing.md): hold the rebuild after its first transaction, so a test can stall the server
+ * while the reader still has messages to fetch. */
+static void fault_pause(const config *c)
+{
+    if (strcmp(c->fault, "rebuild_pause") != 0)
+        return;
+    log_warn("test fault: rebuild paused", NULL);
+    struct timespec ts = {3, 0};
+    nanosleep(&ts, NULL);
 }
 
 vstatus rebuild_delivered_seq(jsCtx *js, const config *c, uint64_t *seq, verror *e)
@@ -29,9 +43,10 @@ vstatus rebuild_delivered_seq(jsCtx *js, const config *c, uint64_t *seq, verror 
     return V_OK;
 }
 
-vstatus rebuild_velocity(jsCtx *js, const config *c, const featreg *reg, velocity *v, uint64_t upto_seq,
+vstatus rebuild_velocity(jsCtx *js, const config *c, const velocity_plan *pl, velocity *v, uint64_t upto_seq,
                          int64_t window_ms, rebuild_stats *st, verror *e)
 {
+    const featreg *reg = pl->reg;
     *st = (rebuild_stats){.upto_seq = upto_seq};
     int64_t t0 = mono_ns();
     stream_reader *r = NULL;
@@ -45,12 +60,24 @@ vstatus rebuild_velocity(jsCtx *js, const config *c, const featreg *reg, velocit
         idset_free(&decided);
         return rc;
     }
+    uint64_t dec_end = stream_reader_end(r), dec_seq = 0;
     for (;;) {
         natsMsg *m = NULL;
         uint64_t seq;
         int64_t store_ns;
-        if (stream_reader_next(r, &m, &seq, &store_ns, 3000, e) != V_OK)
-            break;
+        verror re = {0};
+        rc = stream_reader_next(r, &m, &seq, &store_ns, STALL_MS, &re);
+        if (rc == V_ENOTFOUND)
+            break; /* the end of the stream as it was at open */
+        if (rc != V_OK) {
+            /* a partial index would leave decided transactions uncounted: the counts too low, silently */
+            stream_reader_close(r);
+            idset_free(&decided);
+            return verror_set(e, rc, "velocity rebuild incomplete: reading %s stopped after seq %llu of %llu: %s",
+                              c->decisions_stream, (unsigned long long)dec_seq, (unsigned long long)dec_end,
+                              re.msg);
+        }
+        dec_seq = seq;
         const char *id = NULL;
         if (natsMsgHeader_Get(m, "Nats-Msg-Id", &id) == NATS_OK && id && !idset_add(&decided, hash64_str(id))) {
             natsMsg_Destroy(m);
@@ -78,19 +105,27 @@ vstatus rebuild_velocity(jsCtx *js, const config *c, const featreg *reg, velocit
         idset_free(&decided);
         return verror_set(e, V_ENOMEM, "out of memory");
     }
-    static fval vals[FEAT_MAX];
+    fval vals[FEAT_MAX];
     int64_t last_log = mono_ns();
+    uint64_t txn_seq = 0;
     for (;;) {
         natsMsg *m = NULL;
         uint64_t seq;
         int64_t store_ns;
-        rc = stream_reader_next(r, &m, &seq, &store_ns, 3000, e);
-        if (rc == V_ENOTFOUND || rc == V_ETIMEOUT) { /* the end (a deleted tail never arrives) */
+        verror re = {0};
+        rc = stream_reader_next(r, &m, &seq, &store_ns, STALL_MS, &re);
+        if (rc == V_ENOTFOUND) { /* the end (the reader also knows a deleted tail never arrives) */
             rc = V_OK;
             break;
         }
-        if (rc != V_OK)
+        if (rc != V_OK) {
+            verror_set(e, rc, "velocity rebuild incomplete: reading %s stopped after seq %llu of %llu: %s",
+                       c->txn_stream, (unsigned long long)txn_seq, (unsigned long long)upto_seq, re.msg);
             break;
+        }
+        if (st->read == 0)
+            fault_pause(c);
+        txn_seq = seq;
         if (seq > upto_seq) {
             natsMsg_Destroy(m);
             break;
@@ -106,7 +141,7 @@ vstatus rebuild_velocity(jsCtx *js, const config *c, const featreg *reg, velocit
             } else {
                 int64_t ev = txn_event_ms(t, store_ns / 1000000);
                 features_from_txn(reg, t, ev, vals);
-                if (velocity_add(v, vals, ev))
+                if (velocity_add(v, pl, vals, ev))
                     st->counted++;
             }
         } else {

@@ -30,6 +30,11 @@ struct reloader {
     char *kv_text;      /* the rules in the KV key, when in force */
     size_t kv_len;
     uint64_t kv_rev;
+    char *pending_text; /* a KV version refused for want of the stream (see transient): retried */
+    size_t pending_len;
+    uint64_t pending_rev;
+    bool files_pending; /* the same for a file reload */
+    int64_t retry_at;   /* mono_ns of the next retry */
     stamp rules_st, model_st;
     stamp rules_seen, model_seen; /* last observed, to wait one tick for a write to settle */
 };
@@ -70,6 +75,12 @@ vstatus reloader_bucket(const config *c, jsCtx *js, kvStore **kv, verror *e)
     return V_OK;
 }
 
+#define RETRY_NS 5000000000LL
+
+/* A reload refused for want of the stream (the velocity state could not be rebuilt: a stalled or unreachable
+ * server), not for what the rules or model say: the same version is tried again every RETRY_NS. */
+static bool transient(vstatus rc) { return rc == V_ETIMEOUT || rc == V_ENATS; }
+
 /* Reload from whatever is in force. Caller holds mu. */
 static vstatus reload_locked(reloader *r, const char *why, verror *e)
 {
@@ -93,38 +104,121 @@ vstatus reloader_reload(reloader *r, const char *why, verror *e)
     return rc;
 }
 
+static void clear_pending(reloader *r)
+{
+    free(r->pending_text);
+    r->pending_text = NULL;
+    r->pending_len = 0;
+}
+
+/* Applies KV rules text t (taking it over). Caller holds mu. */
+static vstatus apply_text(reloader *r, char *t, size_t len, uint64_t rev, verror *e)
+{
+    char name[160];
+    snprintf(name, sizeof name, "kv:%s/%s@%llu", r->cfg.rules_bucket, RULES_KV_KEY, (unsigned long long)rev);
+    vstatus rc = engine_reload_rules_text(r->en, t, len, name, e);
+    if (rc == V_OK) {
+        if (r->pending_text == t)
+            r->pending_text = NULL; /* t is now the text in force */
+        clear_pending(r);
+        free(r->kv_text);
+        r->kv_text = t;
+        r->kv_len = len;
+        r->kv_rev = rev;
+    } else if (transient(rc)) {
+        log_warn("KV rules not applied yet: the velocity state could not be built; retrying",
+                 "\"source\":\"%s\",\"retry_s\":%d", log_esc(name), (int)(RETRY_NS / 1000000000LL));
+        if (r->pending_text != t) {
+            clear_pending(r);
+            r->pending_text = t;
+        }
+        r->pending_len = len;
+        r->pending_rev = rev;
+        r->retry_at = mono_ns() + RETRY_NS;
+    } else {
+        if (r->pending_text == t)
+            r->pending_text = NULL;
+        free(t); /* refused and logged by the engine; what ran before stays */
+    }
+    return rc;
+}
+
 /* A KV entry (or NULL after a delete): takes effect at once. Caller holds mu. */
-static void apply_entry(reloader *r, kvEntry *ent)
+static vstatus apply_entry(reloader *r, kvEntry *ent, verror *e)
 {
     kvOperation op = kvEntry_Operation(ent);
-    verror e = {0};
     if (op == kvOp_Put) {
         size_t len = (size_t)kvEntry_ValueLen(ent);
         char *t = malloc(len + 1);
         if (!t) {
             log_error("out of memory reading the KV rules", NULL);
-            return;
+            return verror_set(e, V_ENOMEM, "out of memory reading the KV rules");
         }
         memcpy(t, kvEntry_Value(ent), len);
         t[len] = 0;
-        char name[160];
-        snprintf(name, sizeof name, "kv:%s/%s@%llu", r->cfg.rules_bucket, RULES_KV_KEY,
-                 (unsigned long long)kvEntry_Revision(ent));
-        if (engine_reload_rules_text(r->en, t, len, name, &e) == V_OK) {
-            free(r->kv_text);
-            r->kv_text = t;
-            r->kv_len = len;
-            r->kv_rev = kvEntry_Revision(ent);
-        } else {
-            free(t); /* refused and logged by the engine; what ran before stays */
-        }
-    } else if (r->kv_text) {
+        return apply_text(r, t, len, kvEntry_Revision(ent), e);
+    }
+    clear_pending(r);
+    if (r->kv_text) {
         log_info("KV rules deleted; falling back to the rules file", "\"bucket\":\"%s\"", log_esc(r->cfg.rules_bucket));
         free(r->kv_text);
         r->kv_text = NULL;
         r->kv_len = 0;
-        engine_reload(r->en, "kv rules deleted", &e);
+        vstatus rc = engine_reload(r->en, "kv rules deleted", e);
+        r->files_pending = transient(rc);
+        r->retry_at = mono_ns() + RETRY_NS;
+        return rc;
     }
+    return V_OK;
+}
+
+/* Retries a version refused for a transient reason. Caller holds mu. */
+static void retry_pending(reloader *r)
+{
+    if ((!r->pending_text && !r->files_pending) || mono_ns() < r->retry_at)
+        return;
+    verror e = {0};
+    if (r->pending_text) {
+        apply_text(r, r->pending_text, r->pending_len, r->pending_rev, &e);
+        return;
+    }
+    vstatus rc = reload_locked(r, "retry", &e);
+    r->files_pending = transient(rc);
+    r->retry_at = mono_ns() + RETRY_NS;
+}
+
+/* Whether the file at path now holds other bytes than the version in force (a hash64 of the bytes, as rules
+ * and model versions are). An unreadable file counts as unchanged: the file poll reports it. */
+static bool file_differs(const char *path, const char *version)
+{
+    char *buf = NULL;
+    size_t n = 0;
+    verror e = {0};
+    if (!path[0] || file_read(path, (size_t)256 << 20, &buf, &n, &e) != V_OK)
+        return false;
+    char hex[17];
+    hash64_hex(hash64(buf, n), hex);
+    free(buf);
+    return strcmp(hex, version) != 0;
+}
+
+/* The engine loaded the files before it connected and rebuilt its state; the first stamps are taken only now.
+ * A change in between would never be seen by the poll, so the files are compared with what is in force, once,
+ * after the stamps, before the watching thread starts. */
+static void reload_if_changed_since_load(reloader *r)
+{
+    char rules_v[64], model_v[64];
+    engine_current_versions(r->en, rules_v, model_v, sizeof rules_v);
+    bool rules_changed = !r->kv_text && file_differs(r->cfg.rules_file, rules_v);
+    bool model_changed = file_differs(r->cfg.model_file, model_v);
+    if (!rules_changed && !model_changed)
+        return;
+    log_info("rules or model file changed while the engine started; reloading",
+             "\"rules_changed\":%s,\"model_changed\":%s", rules_changed ? "true" : "false",
+             model_changed ? "true" : "false");
+    verror e = {0};
+    r->files_pending = transient(reload_locked(r, "file changed during the start", &e));
+    r->retry_at = mono_ns() + RETRY_NS;
 }
 
 static void poll_files(reloader *r)
@@ -153,7 +247,11 @@ static void poll_files(reloader *r)
         return;
     }
     verror e = {0};
-    reload_locked(r, model_changed ? "model file changed" : "rules file changed", &e);
+    vstatus rc = reload_locked(r, model_changed ? "model file changed" : "rules file changed", &e);
+    if (!r->pending_text) {
+        r->files_pending = transient(rc);
+        r->retry_at = mono_ns() + RETRY_NS;
+    }
 }
 
 static void *reloader_main(void *arg)
@@ -172,8 +270,10 @@ static void *reloader_main(void *arg)
             break;
         }
         pthread_mutex_lock(&r->mu);
+        verror e = {0};
         if (s == NATS_OK && ent)
-            apply_entry(r, ent);
+            apply_entry(r, ent, &e);
+        retry_pending(r);
         if (mono_ns() >= next_poll) {
             poll_files(r);
             next_poll = mono_ns() + 1000000000LL;
@@ -220,9 +320,16 @@ vstatus reloader_start(struct engine *en, const config *c, jsCtx *js, reloader *
         }
         if (!ent)
             break; /* initial state delivered */
-        apply_entry(r, ent);
+        verror ae = {0};
+        vstatus rc = apply_entry(r, ent, &ae);
         kvEntry_Destroy(ent);
+        if (transient(rc)) {
+            /* the fleet's rules cannot be applied for want of the stream: not ready, rather than the file's */
+            reloader_stop(r);
+            return verror_set(e, rc, "the KV rules cannot be applied: %s", ae.msg);
+        }
     }
+    reload_if_changed_since_load(r);
     if (pthread_create(&r->thread, NULL, reloader_main, r) != 0) {
         reloader_stop(r);
         return verror_set(e, V_ENOMEM, "cannot start the reload thread");
@@ -244,6 +351,7 @@ void reloader_stop(reloader *r)
     kvWatcher_Destroy(r->w);
     kvStore_Destroy(r->kv);
     free(r->kv_text);
+    free(r->pending_text);
     pthread_mutex_destroy(&r->mu);
     free(r);
 }

@@ -5,7 +5,10 @@
  * is the fleet-wide truth and wins over the rules file; deleting the key falls back to the file. A file change
  * seen while KV rules are in force reloads the model (if it changed) with the KV rules. Every new version is
  * compiled in full before it is swapped in; a version that fails is logged with its errors, counted, and the
- * running one stays. The bucket keeps history, so `nats kv history verdict_rules rules` is the audit trail. */
+ * running one stays. A version refused only because its velocity state could not be rebuilt from the stream
+ * (a stalled or unreachable server: V_ETIMEOUT, V_ENATS) is tried again every 5 s until it applies or a newer
+ * one arrives; at start, such KV rules fail the start instead of leaving the file's rules in force. The bucket
+ * keeps history, so `nats kv history verdict_rules rules` is the audit trail. */
 #ifndef VERDICT_RELOADER_H
 #define VERDICT_RELOADER_H
 
@@ -19,8 +22,9 @@ typedef struct reloader reloader;
 
 #define RULES_KV_KEY "rules"
 
-/* Creates or binds the bucket, applies its current value (before the caller starts taking work), then starts
- * the watching thread. */
+/* Takes the first stamps of the files, creates or binds the bucket, applies its current value (before the
+ * caller starts taking work), reloads if the files no longer hold the versions in force (they changed while
+ * the engine connected and rebuilt its state, after it loaded them), then starts the watching thread. */
 vstatus reloader_start(struct engine *en, const config *c, jsCtx *js, reloader **out, verror *e);
 
 /* Reloads now from the active source (SIGHUP). */

@@ -223,8 +223,8 @@ static bool table_put(replica *r, table *t, bool shared, const char *key, size_t
     bool was_empty = t->s[i].key == NULL;
     wlock(r, shared);
     t->s[i] = (slot){.h = h, .key = k, .klen = (uint32_t)n, .val = val};
+    t->live++; /* under the lock: replica_stats_get reads it from other threads */
     wunlock(r, shared);
-    t->live++;
     if (was_empty)
         t->filled++;
     return true;
@@ -240,8 +240,8 @@ static void table_del(replica *r, table *t, bool shared, const char *key, size_t
     void *v = s->val;
     s->key = TOMB;
     s->val = NULL;
-    wunlock(r, shared);
     t->live--;
+    wunlock(r, shared);
     free(k);
     if (r->kind == REPLICA_PROFILES)
         profile_free(v);

@@ -63,6 +63,16 @@ static vstatus open_reader(jsCtx *js, const char *stream, const char *filter, ui
         stream_reader_close(r);
         return broker_err(e, s, 0, "cannot size the reader's buffer");
     }
+    /* A range with no message (every message older than start_time) delivers nothing: say so now, so that a
+     * timeout in next() always means a stalled read, never the end. */
+    jsConsumerInfo *ci = NULL;
+    s = natsSubscription_GetConsumerInfo(&ci, r->sub, NULL, &jerr);
+    if (s != NATS_OK) {
+        stream_reader_close(r);
+        return broker_err(e, s, jerr, "cannot read the reader's consumer state");
+    }
+    r->done = ci->NumPending == 0 && ci->Delivered.Consumer == 0;
+    jsConsumerInfo_Destroy(ci);
     *out = r;
     return V_OK;
 }

@@ -11,6 +11,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -50,16 +51,18 @@ typedef struct vdset_hdr {
     uint16_t st[K]; /* last-seen stamps (t / DSTEP, modulo 2^16) */
 } vdset_hdr;
 
+/* Columns, distinct sets and classes name their value or key field by the index of one plan entry that uses
+ * it (a "rep"): the field's id is read from the plan of the caller's registry, never stored in the state. */
 typedef struct vcol {
     uint8_t ring;
     uint8_t is_sum;
-    int16_t value_feat; /* sums */
-    uint32_t off;       /* byte offset in the record */
+    int16_t value_rep; /* sums: plan entry whose value field this column adds up; -1 for counts */
+    uint32_t off;      /* byte offset in the record */
 } vcol;
 
 typedef struct vdset {
-    int value_feat;
-    uint32_t nst; /* longest window on this set, in DSTEP units */
+    int value_rep; /* plan entry whose value field this set holds */
+    uint32_t nst;  /* longest window on this set, in DSTEP units */
     uint32_t off;
 } vdset;
 
@@ -69,7 +72,8 @@ typedef struct vring {
 } vring;
 
 typedef struct vclass {
-    int key_feat;
+    int key_rep;  /* plan entry whose key field this table is keyed by */
+    int key_feat; /* that field's id in the plan the state was built from (velocity_stats only) */
     vring rings[MAX_RINGS];
     int nrings;
     vcol cols[MAX_COLS];
@@ -84,22 +88,24 @@ typedef struct vclass {
     uint64_t evictions;
 } vclass;
 
-/* How one velocity feature id is answered. */
-typedef struct vplan {
-    bool used;
+/* How one velocity feature (plan entry i, canonical order) is answered, and what it is, by name. */
+typedef struct vent {
     uint8_t cls;
     uint8_t is_dset;
     uint8_t idx; /* column or distinct set */
     uint32_t nw; /* window in buckets (of the ring) or in DSTEP units */
-    feat_def def;
-} vplan;
+    vel_agg agg;
+    int64_t window_ms;
+    char name[FEAT_NAME_MAX], key[FEAT_NAME_MAX], value[FEAT_NAME_MAX]; /* value "" for count */
+} vent;
 
 struct velocity {
     pthread_mutex_t mu;
     vclass cls[MAX_CLASSES];
     int ncls;
-    vplan plan[FEAT_MAX];
-    int plan_n; /* ids below this may be velocity features */
+    vent *ent; /* the velocity features kept, in the canonical order of velocity_plan */
+    int nent;
+    uint64_t sig; /* velocity_plan.sig of the plans this state serves */
     /* seen-set: open addressing on 64-bit hashes (0 = empty) plus a FIFO of insertion order */
     uint64_t *seen_tab, *seen_fifo;
     big seen_tab_mem, seen_fifo_mem;
@@ -190,31 +196,32 @@ static int ring_for(vclass *c, int64_t window_ms, uint32_t *nw, verror *e)
     return c->nrings++;
 }
 
-static vstatus plan_def(velocity *v, int id, const feat_def *d, verror *e)
+/* Adds plan entry i (already copied into v->ent[i]) to the layout. Key fields, columns and distinct sets are
+ * matched by field name, so the layout depends only on the canonical definitions, never on feature ids. */
+static vstatus plan_entry(velocity *v, int i, int key_feat, verror *e)
 {
+    vent *p = &v->ent[i];
     int ci = 0;
-    while (ci < v->ncls && v->cls[ci].key_feat != d->key_feat)
+    while (ci < v->ncls && strcmp(v->ent[v->cls[ci].key_rep].key, p->key) != 0)
         ci++;
     if (ci == MAX_CLASSES)
         return verror_set(e, V_ENOMEM, "velocity features use more than %d key fields", MAX_CLASSES);
     vclass *c = &v->cls[ci];
     if (ci == v->ncls) {
         v->ncls++;
-        c->key_feat = d->key_feat;
+        c->key_rep = i;
+        c->key_feat = key_feat;
     }
-    vplan *p = &v->plan[id];
-    p->used = true;
     p->cls = (uint8_t)ci;
-    p->def = *d;
-    if (d->agg == VEL_DISTINCT) {
-        uint32_t nst = (uint32_t)((d->window_ms + DSTEP * 1000 - 1) / (DSTEP * 1000));
+    if (p->agg == VEL_DISTINCT) {
+        uint32_t nst = (uint32_t)((p->window_ms + DSTEP * 1000 - 1) / (DSTEP * 1000));
         int di = 0;
-        while (di < c->ndsets && c->dsets[di].value_feat != d->value_feat)
+        while (di < c->ndsets && strcmp(v->ent[c->dsets[di].value_rep].value, p->value) != 0)
             di++;
         if (di == MAX_DSETS)
             return verror_set(e, V_ENOMEM, "more than %d distinct() fields on one key field", MAX_DSETS);
         if (di == c->ndsets)
-            c->dsets[c->ndsets++] = (vdset){.value_feat = d->value_feat};
+            c->dsets[c->ndsets++] = (vdset){.value_rep = i};
         if (c->dsets[di].nst < nst)
             c->dsets[di].nst = nst;
         p->is_dset = 1;
@@ -222,22 +229,55 @@ static vstatus plan_def(velocity *v, int id, const feat_def *d, verror *e)
         p->nw = nst;
         return V_OK;
     }
-    if (d->agg != VEL_COUNT && d->agg != VEL_SUM)
-        return verror_set(e, V_EINVAL, "unknown velocity aggregate in %s", d->name);
-    int r = ring_for(c, d->window_ms, &p->nw, e);
+    if (p->agg != VEL_COUNT && p->agg != VEL_SUM)
+        return verror_set(e, V_EINVAL, "unknown velocity aggregate in %s", p->name);
+    int r = ring_for(c, p->window_ms, &p->nw, e);
     if (r < 0)
         return (vstatus)r;
-    uint8_t is_sum = d->agg == VEL_SUM;
-    int16_t vf = is_sum ? (int16_t)d->value_feat : -1;
+    uint8_t is_sum = p->agg == VEL_SUM;
     int k = 0;
-    while (k < c->ncols && !(c->cols[k].ring == r && c->cols[k].is_sum == is_sum && c->cols[k].value_feat == vf))
+    while (k < c->ncols && !(c->cols[k].ring == r && c->cols[k].is_sum == is_sum &&
+                             (!is_sum || strcmp(v->ent[c->cols[k].value_rep].value, p->value) == 0)))
         k++;
     if (k == MAX_COLS)
         return verror_set(e, V_ENOMEM, "more than %d window columns on one key field", MAX_COLS);
     if (k == c->ncols)
-        c->cols[c->ncols++] = (vcol){.ring = (uint8_t)r, .is_sum = is_sum, .value_feat = vf};
+        c->cols[c->ncols++] = (vcol){.ring = (uint8_t)r, .is_sum = is_sum, .value_rep = is_sum ? (int16_t)i : -1};
     p->idx = (uint8_t)k;
     return V_OK;
+}
+
+/* --- plans ---------------------------------------------------------------------------------------------- */
+
+static const char *def_name(const featreg *reg, int id) { return id >= 0 && id < reg->n ? reg->defs[id].name : ""; }
+
+void velocity_plan_init(velocity_plan *pl, const featreg *reg)
+{
+    memset(pl, 0, sizeof *pl);
+    pl->reg = reg;
+    for (int id = 0; id < reg->n; id++) {
+        const feat_def *d = &reg->defs[id];
+        if (d->kind != FK_VELOCITY)
+            continue;
+        /* insertion into canonical (name) order: a handful of features, once per load */
+        int i = pl->n++;
+        while (i > 0 && strcmp(reg->defs[pl->f[i - 1].id].name, d->name) > 0) {
+            pl->f[i] = pl->f[i - 1];
+            i--;
+        }
+        pl->f[i].id = (int16_t)id;
+        pl->f[i].key = (int16_t)d->key_feat;
+        pl->f[i].value = (int16_t)(d->agg == VEL_COUNT ? -1 : d->value_feat);
+    }
+    uint64_t h = 0x9e3779b97f4a7c15ULL ^ (uint64_t)pl->n;
+    for (int i = 0; i < pl->n; i++) {
+        const feat_def *d = &reg->defs[pl->f[i].id];
+        char buf[3 * FEAT_NAME_MAX + 48];
+        int n = snprintf(buf, sizeof buf, "%s|%d|%lld|%s|%s", d->name, (int)d->agg, (long long)d->window_ms,
+                         def_name(reg, pl->f[i].key), def_name(reg, pl->f[i].value));
+        h = mix64(h ^ hash64(buf, n > 0 && (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1));
+    }
+    pl->sig = h;
 }
 
 /* Lays out a record: header, then 4-byte columns (sums, distinct sets), then 2-byte count columns. */
@@ -261,7 +301,7 @@ static void layout(vclass *c)
     c->rec_size = (off + 7) & ~7u;
 }
 
-vstatus velocity_new(const featreg *reg, const velocity_cfg *cfg, velocity **out, verror *e)
+vstatus velocity_new(const velocity_plan *pl, const velocity_cfg *cfg, velocity **out, verror *e)
 {
     *out = NULL;
     size_t max_keys = cfg && cfg->max_keys ? cfg->max_keys : 1000000;
@@ -278,11 +318,21 @@ vstatus velocity_new(const featreg *reg, const velocity_cfg *cfg, velocity **out
     pthread_mutex_init(&v->mu, &ma);
     pthread_mutexattr_destroy(&ma);
     vstatus s = V_OK;
-    for (int id = 0; id < reg->n && s == V_OK; id++)
-        if (reg->defs[id].kind == FK_VELOCITY) {
-            s = plan_def(v, id, &reg->defs[id], e);
-            v->plan_n = id + 1;
-        }
+    v->sig = pl->sig;
+    v->nent = pl->n;
+    v->ent = calloc(pl->n > 0 ? (size_t)pl->n : 1, sizeof *v->ent);
+    if (!v->ent)
+        s = verror_set(e, V_ENOMEM, "out of memory");
+    for (int i = 0; i < pl->n && s == V_OK; i++) {
+        const feat_def *d = &pl->reg->defs[pl->f[i].id];
+        vent *p = &v->ent[i];
+        p->agg = d->agg;
+        p->window_ms = d->window_ms;
+        str_copy(p->name, sizeof p->name, d->name);
+        str_copy(p->key, sizeof p->key, def_name(pl->reg, pl->f[i].key));
+        str_copy(p->value, sizeof p->value, def_name(pl->reg, pl->f[i].value));
+        s = plan_entry(v, i, pl->f[i].key, e);
+    }
     if (s != V_OK) {
         velocity_free(v);
         return s;
@@ -324,18 +374,22 @@ void velocity_free(velocity *v)
     big_free(&v->seen_tab_mem);
     big_free(&v->seen_fifo_mem);
     pthread_mutex_destroy(&v->mu);
+    free(v->ent);
     free(v);
 }
 
-bool velocity_covers(const velocity *v, const featreg *reg)
+bool velocity_serves(const velocity *v, const velocity_plan *pl) { return v->sig == pl->sig; }
+
+bool velocity_compatible(const velocity *v, const velocity_plan *pl)
 {
-    for (int id = 0; id < reg->n; id++) {
-        const feat_def *d = &reg->defs[id];
-        if (d->kind != FK_VELOCITY)
-            continue;
-        const vplan *p = &v->plan[id];
-        if (!p->used || p->def.agg != d->agg || p->def.key_feat != d->key_feat ||
-            p->def.value_feat != d->value_feat || p->def.window_ms != d->window_ms)
+    if (v->sig != pl->sig || v->nent != pl->n)
+        return false;
+    for (int i = 0; i < pl->n; i++) {
+        const vent *p = &v->ent[i];
+        const feat_def *d = &pl->reg->defs[pl->f[i].id];
+        if (p->agg != d->agg || p->window_ms != d->window_ms || strcmp(p->name, d->name) != 0 ||
+            strcmp(p->key, def_name(pl->reg, pl->f[i].key)) != 0 ||
+            strcmp(p->value, def_name(pl->reg, pl->f[i].value)) != 0)
             return false;
     }
     return true;
@@ -416,11 +470,12 @@ static void prefetch_rec(const vclass *c, uint32_t i)
 /* Finds the record of every key field in vals (NULL when untracked; have[i] false when the field is missing).
  * The state is far larger than the CPU caches and each lookup is two dependent misses (index slot, record), so
  * the key fields are looked up side by side with prefetches: the misses overlap instead of queueing. */
-static void lookup_all(const velocity *v, const fval *vals, uint64_t *keys, vrec **recs, bool *have)
+static void lookup_all(const velocity *v, const velocity_plan *pl, const fval *vals, uint64_t *keys, vrec **recs,
+                       bool *have)
 {
     for (int i = 0; i < v->ncls; i++) {
         const vclass *c = &v->cls[i];
-        const fval *k = &vals[c->key_feat];
+        const fval *k = &vals[pl->f[c->key_rep].key];
         have[i] = has_str(k);
         keys[i] = have[i] ? str_key(k) : 0;
         if (have[i])
@@ -642,18 +697,16 @@ static void seen_put(velocity *v, uint64_t h)
 
 /* --- per transaction ------------------------------------------------------------------------------------ */
 
-static void features_locked(velocity *v, fval *vals, int64_t event_ms)
+static void features_locked(velocity *v, const velocity_plan *pl, fval *vals, int64_t event_ms)
 {
     uint32_t now = secs_of(event_ms);
     vrec *recs[MAX_CLASSES];
     bool have_key[MAX_CLASSES];
     uint64_t keys[MAX_CLASSES];
-    lookup_all(v, vals, keys, recs, have_key);
-    for (int id = 0; id < v->plan_n; id++) {
-        const vplan *p = &v->plan[id];
-        if (!p->used)
-            continue;
-        fval *f = &vals[id];
+    lookup_all(v, pl, vals, keys, recs, have_key);
+    for (int i = 0; i < v->nent; i++) {
+        const vent *p = &v->ent[i];
+        fval *f = &vals[pl->f[i].id];
         f->type = FT_NUM;
         f->present = have_key[p->cls];
         f->num = 0;
@@ -676,7 +729,7 @@ static void seen_prefetch(const velocity *v, uint64_t th)
         __builtin_prefetch(&v->seen_tab[(uint32_t)v->seen_fifo[v->seen_pos] & v->seen_mask]);
 }
 
-static bool add_locked(velocity *v, const fval *vals, int64_t event_ms, uint64_t th)
+static bool add_locked(velocity *v, const velocity_plan *pl, const fval *vals, int64_t event_ms, uint64_t th)
 {
     if (seen_has(v, th)) {
         v->duplicates++;
@@ -688,7 +741,7 @@ static bool add_locked(velocity *v, const fval *vals, int64_t event_ms, uint64_t
     vrec *recs[MAX_CLASSES];
     bool have_key[MAX_CLASSES];
     uint64_t keys[MAX_CLASSES];
-    lookup_all(v, vals, keys, recs, have_key);
+    lookup_all(v, pl, vals, keys, recs, have_key);
     for (int i = 0; i < v->ncls; i++)
         if (recs[i]) { /* the LRU neighbours that touch will relink */
             if (recs[i]->prev != NIL)
@@ -716,7 +769,7 @@ static bool add_locked(velocity *v, const fval *vals, int64_t event_ms, uint64_t
             }
             if (col->is_sum) {
                 uint32_t *s = &sum_col(r, col)[b % g->n];
-                uint32_t a = sum_value(&vals[col->value_feat]);
+                uint32_t a = sum_value(&vals[pl->f[col->value_rep].value]);
                 *s = a > UINT32_MAX - *s ? UINT32_MAX : *s + a;
             } else {
                 uint16_t *n = &count_col(r, col)[b % g->n];
@@ -732,7 +785,7 @@ static bool add_locked(velocity *v, const fval *vals, int64_t event_ms, uint64_t
                 memset(h, 0, sizeof *h);
             else
                 dset_sweep(d, h, newest);
-            const fval *f = &vals[d->value_feat];
+            const fval *f = &vals[pl->f[d->value_rep].value];
             if (has_str(f))
                 dset_add(v, d, h, value_fp(f), t / DSTEP, newest);
         }
@@ -740,30 +793,36 @@ static bool add_locked(velocity *v, const fval *vals, int64_t event_ms, uint64_t
     return true;
 }
 
-void velocity_features(velocity *v, fval *vals, int64_t event_ms)
+void velocity_features(velocity *v, const velocity_plan *pl, fval *vals, int64_t event_ms)
 {
+    if (!velocity_serves(v, pl))
+        return;
     pthread_mutex_lock(&v->mu);
-    features_locked(v, vals, event_ms);
+    features_locked(v, pl, vals, event_ms);
     pthread_mutex_unlock(&v->mu);
 }
 
-bool velocity_add(velocity *v, const fval *vals, int64_t event_ms)
+bool velocity_add(velocity *v, const velocity_plan *pl, const fval *vals, int64_t event_ms)
 {
+    if (!velocity_serves(v, pl))
+        return false;
     uint64_t th = txn_hash(vals);
     pthread_mutex_lock(&v->mu);
     seen_prefetch(v, th);
-    bool ok = add_locked(v, vals, event_ms, th);
+    bool ok = add_locked(v, pl, vals, event_ms, th);
     pthread_mutex_unlock(&v->mu);
     return ok;
 }
 
-bool velocity_features_and_add(velocity *v, fval *vals, int64_t event_ms)
+bool velocity_features_and_add(velocity *v, const velocity_plan *pl, fval *vals, int64_t event_ms)
 {
+    if (!velocity_serves(v, pl))
+        return false;
     uint64_t th = txn_hash(vals);
     pthread_mutex_lock(&v->mu);
     seen_prefetch(v, th);
-    features_locked(v, vals, event_ms);
-    bool ok = add_locked(v, vals, event_ms, th);
+    features_locked(v, pl, vals, event_ms);
+    bool ok = add_locked(v, pl, vals, event_ms, th);
     pthread_mutex_unlock(&v->mu);
     return ok;
 }

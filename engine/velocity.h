@@ -1,11 +1,17 @@
 /* velocity.h - per-entity velocity state: counts, sums and distinct counts over sliding windows (1m .. 24h).
  *
- * Pure logic, no NATS. The velocity features to maintain come from a feature registry (its FK_VELOCITY defs);
- * the state is bound to them at velocity_new and preallocated there, so a transaction allocates nothing.
+ * Pure logic, no NATS. The velocity features to maintain come from a plan (velocity_plan): a registry's
+ * FK_VELOCITY defs in canonical order, sorted by canonical name. The state knows its features by name only and
+ * is preallocated at velocity_new, so a transaction allocates nothing. Feature ids belong to a registry, and two
+ * policies may give one id to different features, so every call passes the plan of the caller's registry, and
+ * the state reads and writes exactly that plan's ids: the velocity feature slots, and the key and value fields
+ * it reads. A state serves a plan whose definitions are exactly its own (velocity_compatible, both ways), under
+ * whatever ids; any other plan is refused (nothing read or written), so a state can never write a number into
+ * a slot that a policy uses for a string, a list flag or a model input.
  * Entities are the values of the key fields those defs name (card_id, account_id, device_id, ip, ...). Each
  * key field has its own table of up to max_keys entities with least-recently-seen eviction, so a flood of new
- * IPs cannot evict card history. Windows are kept in fixed-size buckets keyed by EVENT time (the transaction's
- * time passed in); a window of W covers the bucket holding the event time plus the ceil(W/b)-1 buckets before
+ * IPs cannot evict card history. Windows are kept in fixed-size buckets keyed by EVENT time (the time passed
+ * in; the engine passes the JetStream store time, never the client's created_at: txn_event_ms); a window of W covers the bucket holding the event time plus the ceil(W/b)-1 buckets before
  * it, so it is rounded to its bucket size b: the smallest of 5s .. 2h that spans W in at most 12 buckets
  * (1m: 5s, 10m: 1m, 1h: 5m, 24h: 2h; always b <= W/5). Distinct counts use 10 s stamps the same way.
  *
@@ -21,8 +27,10 @@
  * Exactly once: velocity_add keeps a bounded seen-set of the last seen_cap transaction ids and counts a txn_id
  * at most once while it is remembered. Full design and measured numbers: docs/state.md.
  *
- * Thread-safety: every call takes the velocity's internal mutex, so workers may share one velocity;
- * velocity_features_and_add computes and counts under one lock, which is what exactly-once needs. */
+ * Thread-safety: every call takes the velocity's internal mutex, so workers may share one velocity (also with
+ * different compatible plans: a batch under the old policy and one under the new); velocity_features_and_add
+ * computes and counts under one lock, which is what exactly-once needs. velocity_compatible and
+ * velocity_serves read only what velocity_new fixed, and need no lock. */
 #ifndef VERDICT_VELOCITY_H
 #define VERDICT_VELOCITY_H
 
@@ -52,33 +60,55 @@ typedef struct velocity_stats_t {
     uint64_t bytes_state; /* entity records and their index, at capacity (allocated up front) */
     uint64_t bytes_seen;  /* the seen-set */
     uint32_t record_bytes[8]; /* bytes per entity record, per key field (in registry order of first use) */
-    int key_feats[8];         /* the key field of each record_bytes entry */
+    int key_feats[8];         /* the key field of each record_bytes entry (its id in the plan v was built from) */
     int n_key_feats;
 } velocity_stats_t;
 
-/* Creates the state for every FK_VELOCITY def of reg (cfg may be NULL for the defaults). Allocates all
- * memory up front. Fails with V_EINVAL/V_ENOMEM and a message if reg has more key fields, bucket sizes or
- * value fields than the fixed limits, or memory is short. A registry without velocity defs is fine. */
-vstatus velocity_new(const featreg *reg, const velocity_cfg *cfg, velocity **out, verror *e);
+/* The velocity features of one registry, in canonical order (by canonical name), with their ids in that
+ * registry. A policy owns the plan of its registry (policy_velocity_plan); reg must outlive the plan. */
+typedef struct velocity_plan_feat {
+    int16_t id;    /* the feature */
+    int16_t key;   /* its key field (card_id, ...) */
+    int16_t value; /* sum: the summed field; distinct: the counted field; count: -1 */
+} velocity_plan_feat;
+
+typedef struct velocity_plan {
+    const featreg *reg;
+    int n;
+    velocity_plan_feat f[FEAT_MAX];
+    uint64_t sig; /* hash of the canonical definitions (name, aggregate, window, key and value field names) */
+} velocity_plan;
+
+/* The plan of reg's FK_VELOCITY defs (none is fine: n = 0). */
+void velocity_plan_init(velocity_plan *pl, const featreg *reg);
+
+/* Creates the state for the features of pl (cfg may be NULL for the defaults). Allocates all memory up front.
+ * Fails with V_EINVAL/V_ENOMEM and a message if pl has more key fields, bucket sizes or value fields than the
+ * fixed limits, or memory is short. Keeps nothing of pl but the definitions (by name). */
+vstatus velocity_new(const velocity_plan *pl, const velocity_cfg *cfg, velocity **out, verror *e);
 void velocity_free(velocity *v);
 
-/* True when every FK_VELOCITY def of reg is maintained by v under the same feature id, so v can serve a
- * policy built on reg. Call it when a new policy is loaded: if false, build a new velocity for reg (and
- * rebuild it from TXN) before deciding with that policy. */
-bool velocity_covers(const velocity *v, const featreg *reg);
+/* True when v keeps exactly the features of pl, no more and no fewer, compared by their full definitions
+ * (names, aggregates, windows, key and value field names), whatever their ids. Call it when a policy is
+ * loaded: if false, build a new velocity for the policy's plan and fill it from TXN before deciding with it. */
+bool velocity_compatible(const velocity *v, const velocity_plan *pl);
 
-/* Fills every velocity slot of vals (ids of the registry v was built from) from the state as it is,
- * i.e. before this transaction: present with the value, or missing when the key field is missing.
- * vals already holds the transaction's fields (features_from_txn). event_ms is the event time. */
-void velocity_features(velocity *v, fval *vals, int64_t event_ms);
+/* The cheap check the per-transaction calls make: pl has the signature of v's definitions (true whenever
+ * velocity_compatible is). The calls below do nothing for a plan v does not serve. */
+bool velocity_serves(const velocity *v, const velocity_plan *pl);
+
+/* Fills the velocity slots of vals (pl's ids) from the state as it is, i.e. before this transaction: present
+ * with the value, or missing when the key field is missing. vals already holds the transaction's fields
+ * (features_from_txn). event_ms is the event time (txn_event_ms). */
+void velocity_features(velocity *v, const velocity_plan *pl, fval *vals, int64_t event_ms);
 
 /* Counts the transaction in vals once: returns false (and changes nothing) when vals[FEAT_TXN_ID] is in the
- * seen-set. A transaction without a txn_id is always counted. */
-bool velocity_add(velocity *v, const fval *vals, int64_t event_ms);
+ * seen-set, or when v does not serve pl. A transaction without a txn_id is always counted. */
+bool velocity_add(velocity *v, const velocity_plan *pl, const fval *vals, int64_t event_ms);
 
 /* velocity_features then velocity_add under one lock. Returns what velocity_add returns; for a duplicate the
  * features are still filled, from a state that already includes the transaction. */
-bool velocity_features_and_add(velocity *v, fval *vals, int64_t event_ms);
+bool velocity_features_and_add(velocity *v, const velocity_plan *pl, fval *vals, int64_t event_ms);
 
 void velocity_stats(velocity *v, velocity_stats_t *out);
 

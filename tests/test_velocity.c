@@ -1,8 +1,10 @@
 /* test_velocity.c - velocity state: window arithmetic at bucket edges, windows of several lengths, late and
  * out-of-order events, eviction order, the distinct-count error bound, seen-set dedupe, hand-computed feature
- * sequences and zero allocations per transaction. */
+ * sequences, zero allocations per transaction, plans (a state serves exactly its features, by name, under any
+ * ids) and the event time (the store time: a client clock cannot move a card's windows). */
 #include "alloccount.h"
 #include "codec.h"
+#include "rebuild.h"
 #include "velocity.h"
 
 #include <criterion/criterion.h>
@@ -17,6 +19,7 @@
 #define HOUR (60 * MIN)
 
 static featreg reg;
+static velocity_plan plan; /* reg's plan, as of the last make() */
 static fval vals[FEAT_MAX];
 
 static int vel(vel_agg agg, int value_feat, int key_feat, int64_t window_ms)
@@ -32,7 +35,8 @@ static velocity *make(size_t max_keys, size_t seen_cap)
     velocity *v = NULL;
     verror e = {0};
     velocity_cfg cfg = {.max_keys = max_keys, .seen_cap = seen_cap};
-    cr_assert_eq(velocity_new(&reg, &cfg, &v, &e), V_OK, "velocity_new: %s", e.msg);
+    velocity_plan_init(&plan, &reg);
+    cr_assert_eq(velocity_new(&plan, &cfg, &v, &e), V_OK, "velocity_new: %s", e.msg);
     return v;
 }
 
@@ -68,14 +72,14 @@ static bool add(velocity *v, const char *card, const char *device, double amount
     char id[32];
     snprintf(id, sizeof id, "t%d", txn_seq++);
     txn(id, card, device, NULL, amount);
-    return velocity_add(v, vals, t);
+    return velocity_add(v, &plan, vals, t);
 }
 
 /* The value of feature id for card (and device) at time t, from the state as it is. */
 static double q(velocity *v, int id, const char *card, int64_t t)
 {
     txn("query", card, NULL, NULL, 0);
-    velocity_features(v, vals, t);
+    velocity_features(v, &plan, vals, t);
     cr_assert(vals[id].present);
     return vals[id].num;
 }
@@ -181,10 +185,10 @@ Test(velocity, missing_key_is_missing_and_unknown_key_is_zero)
     int d24 = vel(VEL_DISTINCT, FEAT_DEVICE_ID, FEAT_CARD_ID, 24 * HOUR);
     velocity *v = make(100, 100);
     txn("x", NULL, "d", NULL, 1);
-    velocity_features(v, vals, T0);
+    velocity_features(v, &plan, vals, T0);
     cr_assert(!vals[c10m].present);
     cr_assert(!vals[d24].present);
-    cr_assert(velocity_add(v, vals, T0));
+    cr_assert(velocity_add(v, &plan, vals, T0));
     velocity_stats_t st;
     velocity_stats(v, &st);
     cr_assert_eq(st.keys, 0);
@@ -342,12 +346,12 @@ Test(velocity, seen_set_counts_a_transaction_once)
     int c = vel(VEL_COUNT, -1, FEAT_CARD_ID, HOUR);
     velocity *v = make(100, 4);
     txn("dup", "c", NULL, NULL, 1);
-    cr_assert(velocity_add(v, vals, T0));
-    cr_assert(!velocity_add(v, vals, T0), "a redelivery is not counted");
-    cr_assert(!velocity_add(v, vals, T0 + MIN), "nor at another time");
+    cr_assert(velocity_add(v, &plan, vals, T0));
+    cr_assert(!velocity_add(v, &plan, vals, T0), "a redelivery is not counted");
+    cr_assert(!velocity_add(v, &plan, vals, T0 + MIN), "nor at another time");
     cr_assert_eq(q(v, c, "c", T0 + MIN), 1);
     txn("dup", "c", NULL, NULL, 1);
-    cr_assert(!velocity_features_and_add(v, vals, T0 + MIN));
+    cr_assert(!velocity_features_and_add(v, &plan, vals, T0 + MIN));
     cr_assert_eq(vals[c].num, 1, "a duplicate's features include itself");
     velocity_stats_t st;
     velocity_stats(v, &st);
@@ -357,7 +361,7 @@ Test(velocity, seen_set_counts_a_transaction_once)
     for (int i = 0; i < 4; i++)
         add(v, "other", NULL, 1, T0);
     txn("dup", "c", NULL, NULL, 1);
-    cr_assert(velocity_add(v, vals, T0 + MIN));
+    cr_assert(velocity_add(v, &plan, vals, T0 + MIN));
     velocity_stats(v, &st);
     cr_assert_eq(st.seen, 4);
     velocity_free(v);
@@ -379,7 +383,7 @@ Test(velocity, seen_set_remembers_exactly_the_last_cap_ids)
             if (fifo[k] == x)
                 expect_new = false;
         txn(id, "c", NULL, NULL, 1);
-        cr_assert_eq(velocity_add(v, vals, T0), expect_new, "step %d id %d", i, x);
+        cr_assert_eq(velocity_add(v, &plan, vals, T0), expect_new, "step %d id %d", i, x);
         if (expect_new) {
             if (n < cap)
                 fifo[n++] = x;
@@ -427,7 +431,7 @@ Test(velocity, features_of_a_hand_computed_sequence)
         t.amount_minor = seq[i].amount;
         t.created_at_ms = seq[i].t;
         features_from_txn(&reg, &t, seq[i].t, vals);
-        bool fresh = velocity_features_and_add(v, vals, seq[i].t);
+        bool fresh = velocity_features_and_add(v, &plan, vals, seq[i].t);
         cr_assert_eq(fresh, i != 5, "step %zu", i);
         cr_assert_eq(vals[c10m].num, seq[i].c10m, "step %zu count(card_id,10m) %g", i, vals[c10m].num);
         cr_assert_eq(vals[s24].num, seq[i].s24, "step %zu sum %g", i, vals[s24].num);
@@ -438,16 +442,229 @@ Test(velocity, features_of_a_hand_computed_sequence)
     velocity_free(v);
 }
 
-Test(velocity, covers_only_the_registry_it_was_built_for)
+/* --- plans: which registry's ids a state reads and writes -------------------------------------------------- */
+
+static int attr(featreg *r, const char *key)
 {
-    vel(VEL_COUNT, -1, FEAT_CARD_ID, HOUR);
+    verror e = {0};
+    int id = featreg_attr(r, key, strlen(key), &e);
+    cr_assert(id >= 0, "featreg_attr: %s", e.msg);
+    return id;
+}
+
+static int vel_in(featreg *r, vel_agg agg, int value_feat, int key_feat, int64_t window_ms)
+{
+    verror e = {0};
+    int id = featreg_velocity(r, agg, value_feat, key_feat, window_ms, &e);
+    cr_assert(id >= 0, "featreg_velocity: %s", e.msg);
+    return id;
+}
+
+Test(velocity, compatible_means_the_same_features_both_ways_whatever_their_ids)
+{
+    int c = vel(VEL_COUNT, -1, FEAT_CARD_ID, HOUR);
+    cr_assert_eq(c, FEAT_BUILTIN_COUNT);
     velocity *v = make(10, 10);
-    cr_assert(velocity_covers(v, &reg));
-    featreg other;
+    cr_assert(velocity_compatible(v, &plan));
+
+    static featreg other;
+    static velocity_plan op;
+    /* the same feature under another id (an attribute interned first): compatible, by name */
     featreg_init(&other);
-    cr_assert(velocity_covers(v, &other), "no velocity features: nothing to cover");
-    vel(VEL_SUM, FEAT_AMOUNT_MINOR, FEAT_CARD_ID, HOUR);
-    cr_assert(!velocity_covers(v, &reg), "a new aggregate needs new state");
+    attr(&other, "segment");
+    cr_assert_eq(vel_in(&other, VEL_COUNT, -1, FEAT_CARD_ID, HOUR), FEAT_BUILTIN_COUNT + 1);
+    velocity_plan_init(&op, &other);
+    cr_assert(velocity_compatible(v, &op));
+    cr_assert(velocity_serves(v, &op));
+
+    /* fewer features than the state keeps: the state would write into ids the policy uses for something else */
+    featreg_init(&other);
+    cr_assert_eq(attr(&other, "segment"), c, "the policy's string lands on the state's id");
+    velocity_plan_init(&op, &other);
+    cr_assert(!velocity_compatible(v, &op), "a state with more features than the policy must not serve it");
+    cr_assert(!velocity_serves(v, &op));
+
+    /* more features than the state keeps */
+    featreg_init(&other);
+    vel_in(&other, VEL_COUNT, -1, FEAT_CARD_ID, HOUR);
+    vel_in(&other, VEL_SUM, FEAT_AMOUNT_MINOR, FEAT_CARD_ID, HOUR);
+    velocity_plan_init(&op, &other);
+    cr_assert(!velocity_compatible(v, &op), "a new aggregate needs new state");
+
+    /* one feature, another window or key */
+    featreg_init(&other);
+    vel_in(&other, VEL_COUNT, -1, FEAT_CARD_ID, 2 * HOUR);
+    velocity_plan_init(&op, &other);
+    cr_assert(!velocity_compatible(v, &op));
+    featreg_init(&other);
+    vel_in(&other, VEL_COUNT, -1, FEAT_DEVICE_ID, HOUR);
+    velocity_plan_init(&op, &other);
+    cr_assert(!velocity_compatible(v, &op));
+    velocity_free(v);
+
+    /* a state without velocity features serves only policies without them */
+    featreg_init(&other);
+    velocity_plan_init(&op, &other);
+    featreg_init(&reg);
+    v = make(10, 10);
+    cr_assert(velocity_compatible(v, &op));
+    vel_in(&other, VEL_COUNT, -1, FEAT_CARD_ID, HOUR);
+    velocity_plan_init(&op, &other);
+    cr_assert(!velocity_compatible(v, &op));
+    velocity_free(v);
+}
+
+/* The crash of issue 14 item 1, in memory: a state built for sum(amount_minor, card_id, 1h) at some id, used
+ * with a policy that has attributes.segment (a string) at that id. The state must not touch that slot. */
+Test(velocity, a_state_never_writes_into_a_slot_another_policy_uses_for_a_string)
+{
+    int s = vel(VEL_SUM, FEAT_AMOUNT_MINOR, FEAT_CARD_ID, HOUR);
+    velocity *v = make(10, 10);
+    add(v, "c", NULL, 1500, T0);
+
+    static featreg other;
+    static velocity_plan op;
+    featreg_init(&other);
+    int seg = attr(&other, "segment");
+    cr_assert_eq(seg, s);
+    velocity_plan_init(&op, &other);
+    static fval ov[FEAT_MAX];
+    Transaction t = VERDICT__V1__TRANSACTION__INIT;
+    Verdict__V1__Transaction__AttributesEntry a = VERDICT__V1__TRANSACTION__ATTRIBUTES_ENTRY__INIT;
+    Verdict__V1__Transaction__AttributesEntry *ap = &a;
+    a.key = "segment";
+    a.value = "vip_gold";
+    t.txn_id = "seg-1";
+    t.card_id = "c";
+    t.amount_minor = 100;
+    t.n_attributes = 1;
+    t.attributes = &ap;
+    features_from_txn(&other, &t, T0 + SEC, ov);
+    cr_assert(!velocity_features_and_add(v, &op, ov, T0 + SEC), "not served, not counted");
+    cr_assert_eq(ov[seg].type, FT_STR, "the string slot is left alone");
+    cr_assert(ov[seg].present);
+    cr_assert_eq(ov[seg].str.len, 8);
+    cr_assert_eq(memcmp(ov[seg].str.ptr, "vip_gold", 8), 0);
+    cr_assert_eq(q(v, s, "c", T0 + SEC), 1500, "and the state is unchanged");
+    velocity_free(v);
+}
+
+/* A state serves a policy whose ids differ: it reads that policy's key and value fields and fills that
+ * policy's slots, and both policies see one state. */
+Test(velocity, a_state_serves_a_policy_with_other_ids_through_its_plan)
+{
+    int c = vel(VEL_COUNT, -1, FEAT_CARD_ID, 10 * MIN);
+    int s = vel(VEL_SUM, FEAT_AMOUNT_MINOR, FEAT_CARD_ID, HOUR);
+    int d = vel(VEL_DISTINCT, FEAT_DEVICE_ID, FEAT_CARD_ID, HOUR);
+    velocity *v = make(100, 100);
+    add(v, "c", "dev1", 100, T0);
+    add(v, "c", "dev2", 200, T0 + MIN);
+
+    /* the other policy interns three attributes first, then the same features in another order: every id moves */
+    static featreg other;
+    static velocity_plan op;
+    featreg_init(&other);
+    attr(&other, "segment");
+    attr(&other, "channel_detail");
+    attr(&other, "tier");
+    int od = vel_in(&other, VEL_DISTINCT, FEAT_DEVICE_ID, FEAT_CARD_ID, HOUR);
+    int os = vel_in(&other, VEL_SUM, FEAT_AMOUNT_MINOR, FEAT_CARD_ID, HOUR);
+    int oc = vel_in(&other, VEL_COUNT, -1, FEAT_CARD_ID, 10 * MIN);
+    cr_assert(oc != c && os != s && od != d);
+    velocity_plan_init(&op, &other);
+    cr_assert(velocity_compatible(v, &op));
+
+    static fval ov[FEAT_MAX];
+    Transaction t = VERDICT__V1__TRANSACTION__INIT;
+    t.txn_id = "other-1";
+    t.card_id = "c";
+    t.device_id = "dev3";
+    t.amount_minor = 400;
+    features_from_txn(&other, &t, T0 + 2 * MIN, ov);
+    cr_assert(velocity_features_and_add(v, &op, ov, T0 + 2 * MIN));
+    cr_assert_eq(ov[oc].num, 2);
+    cr_assert_eq(ov[os].num, 300);
+    cr_assert_eq(ov[od].num, 2);
+    cr_assert_eq(ov[FEAT_BUILTIN_COUNT].type, FT_STR, "the attribute slots stay strings");
+    cr_assert_eq(ov[FEAT_BUILTIN_COUNT + 1].type, FT_STR);
+    /* counted through the other plan: the first one sees it */
+    cr_assert_eq(q(v, c, "c", T0 + 3 * MIN), 3);
+    cr_assert_eq(q(v, s, "c", T0 + 3 * MIN), 700);
+    txn("query", "c", NULL, NULL, 0);
+    velocity_features(v, &plan, vals, T0 + 3 * MIN);
+    cr_assert_eq(vals[d].num, 3);
+    velocity_free(v);
+}
+
+/* Canonical names identify a plan's features, so two features must never share one: long attribute keys with
+ * a common prefix were cut to the same name and the second rule silently read the first one's count. */
+Test(velocity, features_on_long_keys_with_a_common_prefix_stay_apart)
+{
+    int k1 = attr(&reg, "terminal_fingerprint_primary_value_one");
+    int k2 = attr(&reg, "terminal_fingerprint_primary_value_two");
+    int c1 = vel(VEL_COUNT, -1, k1, HOUR), c2 = vel(VEL_COUNT, -1, k2, HOUR);
+    cr_assert_neq(c1, c2, "%s", reg.defs[c1].name);
+    int d1 = vel(VEL_DISTINCT, k2, k1, HOUR), d2 = vel(VEL_DISTINCT, k1, k2, HOUR);
+    cr_assert_neq(d1, d2);
+    velocity *v = make(10, 10);
+    txn("long-1", "c", NULL, NULL, 1);
+    set_str(k1, "term-a");
+    cr_assert(velocity_add(v, &plan, vals, T0));
+    txn("query", "c", NULL, NULL, 0);
+    set_str(k1, "term-a");
+    set_str(k2, "term-a");
+    velocity_features(v, &plan, vals, T0 + SEC);
+    cr_assert_eq(vals[c1].num, 1);
+    cr_assert_eq(vals[c2].num, 0);
+    velocity_free(v);
+}
+
+/* --- event time (issue 14 item 4) --------------------------------------------------------------------------- */
+
+/* 8 transactions of one card in 8 s, the first from a clock 4 minutes fast: every later one must still see the
+ * earlier ones in count(card_id, 1m), and none is dropped as late. The event time comes from txn_event_ms, as in
+ * the engine and the rebuild. */
+Test(velocity, a_transaction_dated_ahead_does_not_blind_the_card_windows)
+{
+    int c1m = vel(VEL_COUNT, -1, FEAT_CARD_ID, MIN);
+    velocity *v = make(100, 100);
+    for (int i = 0; i < 8; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "skew-%d", i);
+        int64_t store = T0 + i * SEC;
+        Transaction t = VERDICT__V1__TRANSACTION__INIT;
+        t.txn_id = id;
+        t.card_id = "c";
+        t.created_at_ms = i == 0 ? store + 4 * MIN : store;
+        int64_t ev = txn_event_ms(&t, store);
+        features_from_txn(&reg, &t, ev, vals);
+        cr_assert(velocity_features_and_add(v, &plan, vals, ev));
+        cr_assert_eq(vals[c1m].num, i, "transaction %d sees %g earlier ones in the last minute", i, vals[c1m].num);
+    }
+    velocity_stats_t st;
+    velocity_stats(v, &st);
+    cr_assert_eq(st.late_drops, 0);
+    velocity_free(v);
+}
+
+/* Dated back, a transaction would hide itself from windows shorter than the back-dating. */
+Test(velocity, a_transaction_dated_back_is_still_seen_by_the_next_one)
+{
+    int c1m = vel(VEL_COUNT, -1, FEAT_CARD_ID, MIN);
+    velocity *v = make(100, 100);
+    Transaction t = VERDICT__V1__TRANSACTION__INIT;
+    t.txn_id = "back-0";
+    t.card_id = "c";
+    t.created_at_ms = T0 - 2 * MIN;
+    int64_t ev = txn_event_ms(&t, T0);
+    features_from_txn(&reg, &t, ev, vals);
+    cr_assert(velocity_features_and_add(v, &plan, vals, ev));
+    t.txn_id = "back-1";
+    t.created_at_ms = T0 + SEC;
+    ev = txn_event_ms(&t, T0 + SEC);
+    features_from_txn(&reg, &t, ev, vals);
+    cr_assert(velocity_features_and_add(v, &plan, vals, ev));
+    cr_assert_eq(vals[c1m].num, 1);
     velocity_free(v);
 }
 
@@ -466,7 +683,7 @@ Test(velocity, no_allocation_per_transaction)
         snprintf(dev, sizeof dev, "dev%d", i % 13);
         snprintf(ip, sizeof ip, "ip%d", i % 300);
         txn(id, card, dev, ip, i);
-        velocity_features_and_add(v, vals, T0 + (int64_t)i * 100);
+        velocity_features_and_add(v, &plan, vals, T0 + (int64_t)i * 100);
     }
     velocity_stats_t st;
     velocity_stats(v, &st);
