@@ -1,6 +1,8 @@
 /* featreg.c - the feature registry and the transaction/derived stage of the feature vector (see featreg.h). */
 #include "featreg.h"
 
+#include "ident.h"
+
 #include "verdict/v1/verdict.pb-c.h"
 
 #include <stdio.h>
@@ -144,10 +146,12 @@ static bool name_ok(const char *s, size_t len, size_t max)
     return true;
 }
 
+_Static_assert(sizeof(((feat_def *)0)->arg) > IDENT_NAME_MAX, "a list name must fit a feature's argument");
+
 int featreg_list(featreg *r, const char *list, size_t list_len, int key_feat, verror *e)
 {
-    if (!name_ok(list, list_len, sizeof(((feat_def *)0)->arg)))
-        return verror_set(e, V_EINVAL, "a list name is 1-63 of [A-Za-z0-9_-]");
+    if (!ident_list_name_valid(list, list_len))
+        return verror_set(e, V_EINVAL, "a list name is 1-%d of [A-Za-z0-9_-]", IDENT_NAME_MAX);
     if (key_feat < 0 || key_feat >= r->n || r->defs[key_feat].type != FT_STR)
         return verror_set(e, V_EINVAL, "list membership needs a string field such as card_id");
     feat_def d = {.kind = FK_LIST, .type = FT_BOOL, .key_feat = key_feat, .value_feat = -1};

@@ -7,6 +7,7 @@
 #include "config.h"
 #include "featreg.h"
 #include "log.h"
+#include "ident.h"
 #include "replica.h"
 
 #include <jansson.h>
@@ -104,7 +105,7 @@ static int lists_ls(conn *c, const char *list)
     if (list) {
         char probe[REPLICA_KEY_MAX + 1];
         if (!replica_list_key(probe, sizeof probe, list, strlen(list), "x", 1)) {
-            fprintf(stderr, "verdict lists ls: invalid list name '%s' (1-63 of [A-Za-z0-9_-])\n", list);
+            fprintf(stderr, "verdict lists ls: invalid list name '%s' (1-%d of [A-Za-z0-9_-])\n", list, IDENT_NAME_MAX);
             return 2;
         }
         snprintf(filter, sizeof filter, "%s.>", list);
@@ -180,8 +181,8 @@ int cmd_lists(int argc, char **argv)
             const char *v = argv[rest[k]];
             char key[REPLICA_KEY_MAX + 1];
             if (!replica_list_key(key, sizeof key, list, strlen(list), v, strlen(v))) {
-                fprintf(stderr, "verdict lists %s: invalid list name '%s' (1-63 of [A-Za-z0-9_-]) or empty value\n",
-                        sub, list);
+                fprintf(stderr, "verdict lists %s: invalid list name '%s' (1-%d of [A-Za-z0-9_-]) or empty value\n",
+                        sub, list, IDENT_NAME_MAX);
                 rc = 2;
                 break;
             }

@@ -11,6 +11,8 @@
  * reloads fill a private table that is swapped in when the watcher's initial-done marker (a NULL entry) comes. */
 #include "replica.h"
 
+#include "ident.h"
+
 #include "broker.h"
 #include "log.h"
 
@@ -282,17 +284,7 @@ size_t replica_key_token(char *out, size_t cap, const char *value, size_t len)
     return 18;
 }
 
-static bool list_name_ok(const char *s, size_t len)
-{
-    if (len == 0 || len > 63)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
-            return false;
-    }
-    return true;
-}
+static bool list_name_ok(const char *s, size_t len) { return ident_list_name_valid(s, len); }
 
 size_t replica_list_key(char *out, size_t cap, const char *list, size_t list_len, const char *value, size_t len)
 {

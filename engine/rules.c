@@ -6,6 +6,8 @@
  * a rule's cost is at most its code length. */
 #include "rules.h"
 
+#include "ident.h"
+
 #include <errno.h>
 #include <math.h>
 #include <setjmp.h>
@@ -960,22 +962,14 @@ static ex logic_chain(cc *c, const char *kw, ex (*sub)(cc *), op jump, op combin
 static ex parse_and(cc *c) { return logic_chain(c, "and", parse_not, OP_JF, OP_AND, "`and`"); }
 static ex parse_or(cc *c) { return logic_chain(c, "or", parse_and, OP_JT, OP_OR, "`or`"); }
 
-static bool valid_id(const tok *t)
-{
-    if (t->k != T_IDENT || t->len >= 64)
-        return false;
-    for (size_t i = 0; i < t->len; i++)
-        if (!(is_ident_char(t->p[i]) && !(t->p[i] >= 'A' && t->p[i] <= 'Z')))
-            return false;
-    return true;
-}
+static bool valid_id(const tok *t) { return t->k == T_IDENT && ident_rule_id_valid(t->p, t->len); }
 
 static void parse_list_decl(cc *c)
 {
     lex(c); /* list */
     tok n = c->t;
-    if (n.k != T_IDENT || is_keyword(&n) || n.len >= 64)
-        FAIL_TOK(c, n, "expected a list name after `list` (letters, digits and _)");
+    if (n.k != T_IDENT || is_keyword(&n) || !ident_list_name_valid(n.p, n.len))
+        FAIL_TOK(c, n, "expected a list name after `list` (1-%d letters, digits and _)", IDENT_NAME_MAX);
     if (list_declared(c, n.p, n.len))
         FAIL_TOK(c, n, "list %.*s is declared twice", (int)n.len, n.p);
     if (c->nlists >= MAX_LISTS)

@@ -8,6 +8,8 @@
 #include "client.h"
 #include "harness.h"
 #include "ident.h"
+#include "replica.h"
+#include "rules.h"
 
 #include <criterion/criterion.h>
 #include <pthread.h>
@@ -71,6 +73,34 @@ Test(ident, one_limit_for_each_identifier)
     cr_assert_not(ident_rule_id_valid("9lives", 6));
     cr_assert_not(ident_txn_id_valid("a.b"));
     cr_assert_not(ident_txn_id_valid(""));
+}
+
+/* Item 21: a list name the compiler accepts is one the replicas store and look up, at the limit and past it. */
+Test(ident, a_list_name_compiles_exactly_when_the_replicas_can_hold_it)
+{
+    for (size_t len = IDENT_NAME_MAX; len <= IDENT_NAME_MAX + 1; len++) {
+        char name[IDENT_NAME_MAX + 2];
+        memset(name, 'l', len);
+        name[len] = 0;
+        char src[512];
+        snprintf(src, sizeof src, "list %s\nrule r decline \"x\" when card_id in list(\"%s\")\n", name, name);
+        featreg reg;
+        featreg_init(&reg);
+        ruleset *rs = NULL;
+        rules_diag d = {0};
+        vstatus s = rules_compile(src, strlen(src), "t.rules", &reg, &rs, &d);
+        char key[REPLICA_KEY_MAX + 1];
+        size_t k = replica_list_key(key, sizeof key, name, len, "tok_card_1", 10);
+        if (len == IDENT_NAME_MAX) {
+            cr_assert_eq(s, V_OK, "%s", d.text ? d.text : "");
+            cr_assert_gt(k, 0, "the replica must hold a list the compiler accepts");
+        } else {
+            cr_assert_eq(s, V_EPARSE);
+            cr_assert_eq(k, 0, "the replica must refuse what the compiler refuses");
+        }
+        rules_free(rs);
+        rules_diag_free(&d);
+    }
 }
 
 /* --- against a real server ------------------------------------------------------------------------------ */
