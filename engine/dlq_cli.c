@@ -191,12 +191,73 @@ int cmd_dlq(int argc, char **argv)
 
 static void audit_help(void)
 {
-    printf("usage: verdict audit [--from SEQ] [--to SEQ]\n\n"
+    printf("usage: verdict audit [--from SEQ] [--to SEQ] [--repair [--min-age DURATION]]\n\n"
            "Reconciles TXN against DECISIONS and DLQ: every transaction stored in TXN (sequence range, default\n"
            "all) must have exactly one decision or one dead letter, never both, never neither. Exits 0 when\n"
            "the books balance, 1 when they do not (listing the offenders), 2 on usage errors.\n\n"
+           "--repair acts on what the consumer has finished with (at or below its ack floor) and is older than\n"
+           "--min-age (default 60s):\n"
+           "  a transaction with neither a decision nor a dead letter (the consumer skipped it, or its\n"
+           "  max-deliver advisory was lost) is re-driven: its bytes are published again to its subject with\n"
+           "  Verdict-Replay-Of naming it, and the engine decides it (a poison message is dead-lettered instead);\n"
+           "  an original whose dead letter is stored but which is still in TXN (its advisory was lost) is\n"
+           "  deleted, as the DLQ worker would have done.\n"
+           "Run it again after the engine has caught up: it then balances.\n\n"
            "options (flag, then its environment variable):\n");
     config_print_help(stdout, "names");
+}
+
+/* --- repair ----------------------------------------------------------------------------------------------
+ * What the server should have driven and did not: a consumer that skipped messages at a leader change
+ * (nats-server before 2.11), advisories that were never captured. Each repair is idempotent: a re-drive has a
+ * Nats-Msg-Id derived from the original's sequence (TXN's dedup window absorbs a second run) and its decision
+ * is deduplicated by txn_id; a dead letter's id is dlq-<stream>-<seq> whoever writes it. */
+
+static bool redrive(cliconn *c, natsMsg *m, uint64_t seq)
+{
+    char msgid[200], lineage[DLQ_LINEAGE_MAX + 1];
+    snprintf(msgid, sizeof msgid, "redrive-%s-%llu", c->cfg.txn_stream, (unsigned long long)seq);
+    dlq_lineage_push(lineage, sizeof lineage, seq, cliconn_hdr(m, DLQ_LINEAGE_HDR));
+    natsMsg *out = NULL;
+    natsStatus s = natsMsg_Create(&out, natsMsg_GetSubject(m), NULL, natsMsg_GetData(m), natsMsg_GetDataLength(m));
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(out, DLQ_LINEAGE_HDR, lineage);
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = msgid;
+    jsPubAck *pa = NULL;
+    if (s == NATS_OK)
+        s = js_PublishMsg(&pa, c->js, out, &po, NULL);
+    natsMsg_Destroy(out);
+    if (s != NATS_OK) {
+        fprintf(stderr, "audit: re-drive of seq %llu failed: %s\n", (unsigned long long)seq, natsStatus_GetText(s));
+        return false;
+    }
+    printf("REDRIVEN seq %llu -> %s seq %llu%s\n", (unsigned long long)seq, natsMsg_GetSubject(m),
+           (unsigned long long)pa->Sequence, pa->Duplicate ? " (already re-driven)" : "");
+    jsPubAck_Destroy(pa);
+    return true;
+}
+
+static bool dead_letter_now(cliconn *c, natsMsg *m, uint64_t seq, poison_reason why, const char *err)
+{
+    natsMsg *dl = NULL;
+    natsStatus s = dlq_letter_new(&dl, &c->cfg, why, err, m, seq, 0, NULL);
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    jsPubAck *pa = NULL;
+    if (s == NATS_OK)
+        s = js_PublishMsg(&pa, c->js, dl, &po, NULL);
+    natsMsg_Destroy(dl);
+    jsPubAck_Destroy(pa);
+    if (s == NATS_OK)
+        s = js_DeleteMsg(c->js, c->cfg.txn_stream, seq, NULL, NULL);
+    if (s != NATS_OK) {
+        fprintf(stderr, "audit: dead letter of seq %llu failed: %s\n", (unsigned long long)seq, natsStatus_GetText(s));
+        return false;
+    }
+    printf("DEADLETTERED seq %llu: %s (%s)\n", (unsigned long long)seq, poison_reason_str(why), err);
+    return true;
 }
 
 int cmd_audit(int argc, char **argv)
@@ -209,10 +270,21 @@ int cmd_audit(int argc, char **argv)
     if (rc)
         return rc < 0 ? 0 : rc;
     uint64_t from = 0, to = UINT64_MAX;
+    bool repair = false;
+    int64_t min_age_ms = 60000;
     for (int k = 0; k < nrest; k++) {
         const char *a = argv[rest[k]];
         const char *v = k + 1 < nrest ? argv[rest[k + 1]] : NULL;
-        if (strcmp(a, "--from") == 0 && v) {
+        if (strcmp(a, "--repair") == 0) {
+            repair = true;
+        } else if (strcmp(a, "--min-age") == 0 && v) {
+            if (!duration_parse_ms(v, strlen(v), &min_age_ms)) {
+                fprintf(stderr, "verdict audit: --min-age '%s' is not a duration (e.g. 30s, 10m)\n", v);
+                cliconn_close(&c);
+                return 2;
+            }
+            k++;
+        } else if (strcmp(a, "--from") == 0 && v) {
             from = strtoull(v, NULL, 10);
             k++;
         } else if (strcmp(a, "--to") == 0 && v) {
@@ -235,6 +307,20 @@ int cmd_audit(int argc, char **argv)
         from = 1;
     if (to > tl)
         to = tl;
+    /* repairs touch only what the consumer has finished with: at or below its ack floor nothing is in flight */
+    uint64_t ack_floor = 0;
+    if (repair) {
+        jsConsumerInfo *ci = NULL;
+        if (js_GetConsumerInfo(&ci, c.js, c.cfg.txn_stream, c.cfg.consumer, NULL, NULL) != NATS_OK) {
+            fprintf(stderr, "verdict audit: --repair needs the consumer %s on %s\n", c.cfg.consumer, c.cfg.txn_stream);
+            cliconn_close(&c);
+            return 1;
+        }
+        ack_floor = ci->AckFloor.Stream;
+        jsConsumerInfo_Destroy(ci);
+    }
+    int64_t now = now_ms();
+    uint64_t nredriven = 0, nswept = 0, nrepair_dead = 0;
     idset decided, twice, dead, dead_decided, replayed;
     bool mem = idset_init(&decided, (size_t)(dl - df + 1)), mem2 = idset_init(&twice, 16),
          mem3 = idset_init(&dead, (size_t)(ll - lf + 1)), mem4 = idset_init(&replayed, 64),
@@ -324,10 +410,29 @@ int cmd_audit(int argc, char **argv)
         }
         total++;
         Transaction *t = NULL;
-        poison_reason why;
-        bool has_dec = txn_decode(&a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 1 << 20, &t, &why,
-                                  NULL) == V_OK &&
-                       idset_has(&decided, hash64_str(t->txn_id));
+        poison_reason why = POISON_NONE;
+        verror derr = {0};
+        bool valid = txn_decode(&a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 1 << 20, &t, &why,
+                                &derr) == V_OK;
+        bool has_dec = valid && idset_has(&decided, hash64_str(t->txn_id));
+        bool finished = repair && s <= ack_floor && now - natsMsg_GetTime(m) / 1000000 >= min_age_ms;
+        if (finished && !has_dec && in_dlq) {
+            /* dead letter stored, original left behind: its advisory was lost */
+            if (js_DeleteMsg(c.js, c.cfg.txn_stream, s, NULL, NULL) == NATS_OK) {
+                nswept++;
+                printf("SWEPT    seq %llu: dead letter stored; original deleted from %s\n", (unsigned long long)s,
+                       c.cfg.txn_stream);
+            }
+        } else if (finished && !has_dec && !idset_has(&replayed, s)) {
+            if (valid ? redrive(&c, m, s) : dead_letter_now(&c, m, s, why, derr.msg)) {
+                if (valid)
+                    nredriven++;
+                else
+                    nrepair_dead++;
+                natsMsg_Destroy(m);
+                continue; /* accounted for by its re-drive or its dead letter, not a mismatch */
+            }
+        }
         if (has_dec && in_dlq) {
             both++;
             printf("BOTH     seq %llu txn %s: a decision and a dead letter\n", (unsigned long long)s, t->txn_id);
@@ -356,6 +461,10 @@ int cmd_audit(int argc, char **argv)
            (unsigned long long)ok_dec, (unsigned long long)ok_dead, (unsigned long long)nreplayed,
            (unsigned long long)both, (unsigned long long)neither, (unsigned long long)ntwice,
            (unsigned long long)ndec, (unsigned long long)nextra, (unsigned long long)ndead);
+    if (repair)
+        printf("repair: %llu re-driven, %llu dead-lettered, %llu originals swept (consumer ack floor %llu)\n",
+               (unsigned long long)nredriven, (unsigned long long)nrepair_dead, (unsigned long long)nswept,
+               (unsigned long long)ack_floor);
     printf("%s\n", balanced ? "OK: every transaction has exactly one decision or one dead letter" : "MISMATCH");
     arena_free(&a);
     idset_free(&decided);

@@ -1,0 +1,164 @@
+/* test_reconcile.c - `verdict audit --repair` against a real nats-server: transactions the consumer passed
+ * without a decision or a dead letter (a consumer that skipped messages at a leader change, an advisory that
+ * was never captured) are found and re-driven, poison among them dead-lettered, and originals whose dead letter
+ * is stored but which stayed in TXN are swept; afterwards the books balance. Issue 21. */
+
+#include "broker.h"
+#include "client.h"
+#include "dlq.h"
+#include "harness.h"
+
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static test_server srv;
+static natsConnection *nc;
+static jsCtx *js;
+static char logp[256], outp[256];
+static config cfg;
+
+static void setup(void)
+{
+    cr_assert(server_start(&srv, NULL), "nats-server did not start");
+    nc = tc_connect(srv.url);
+    cr_assert_eq(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
+    temp_path(logp, sizeof logp, ".log");
+    temp_path(outp, sizeof outp, ".out");
+    config_defaults(&cfg);
+    verror e = {0};
+    cr_assert_eq(broker_setup(&cfg, js, &e), V_OK, "%s", e.msg);
+}
+
+static void teardown(void)
+{
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    server_stop(&srv);
+    unlink(logp);
+    unlink(outp);
+}
+
+TestSuite(reconcile, .init = setup, .fini = teardown, .timeout = 120);
+
+static int audit(const char *extra1, const char *extra2, const char *extra3)
+{
+    unlink(outp);
+    const char *argv[] = {"verdict", "audit", "--nats-url", srv.url, extra1, extra2, extra3, NULL};
+    return child_wait(verdict_spawn(argv, outp), 30000);
+}
+
+static int count_lines(const char *needle)
+{
+    FILE *f = fopen(outp, "r");
+    if (!f)
+        return 0;
+    char line[2048];
+    int n = 0;
+    while (fgets(line, sizeof line, f))
+        if (strstr(line, needle))
+            n++;
+    fclose(f);
+    return n;
+}
+
+/* Takes n messages from the engine's durable consumer and acks (or terms) them: the consumer has passed them,
+ * as one that skipped them at a leader change would have, and no decision or dead letter was written. */
+static void consumer_passes(int n, bool term)
+{
+    natsSubscription *sub = NULL;
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = cfg.txn_stream;
+    so.Consumer = cfg.consumer;
+    so.ManualAck = true;
+    cr_assert_eq(js_PullSubscribe(&sub, js, cfg.txn_subjects, cfg.consumer, NULL, &so, NULL), NATS_OK);
+    natsMsgList list = {0};
+    cr_assert_eq(natsSubscription_Fetch(&list, sub, n, 5000, NULL), NATS_OK);
+    cr_assert_eq(list.Count, n);
+    for (int i = 0; i < list.Count; i++)
+        cr_assert_eq(term ? natsMsg_Term(list.Msgs[i], NULL) : natsMsg_AckSync(list.Msgs[i], NULL, NULL), NATS_OK);
+    natsMsgList_Destroy(&list);
+    cr_assert_eq(natsConnection_Flush(nc), NATS_OK);
+    natsSubscription_Destroy(sub); /* bound, not created: the durable stays */
+    /* any advisory the server emitted is "lost" */
+    cr_assert_eq(js_PurgeStream(js, cfg.adv_stream, NULL, NULL), NATS_OK);
+}
+
+static void publish_raw(const char *subject, const char *id, const void *data, int len)
+{
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = id;
+    jsPubAck *pa = NULL;
+    cr_assert_eq(js_Publish(&pa, js, subject, data, len, &po, NULL), NATS_OK);
+    jsPubAck_Destroy(pa);
+}
+
+Test(reconcile, skipped_transactions_are_found_redriven_and_then_balance)
+{
+    Transaction t;
+    tc_txn(&t, "skip-1", 100);
+    cr_assert(tc_publish(js, "txn.orders", &t));
+    tc_txn(&t, "skip-2", 250000);
+    cr_assert(tc_publish(js, "txn.req", &t)); /* an ingress message: re-driven without any reply header */
+    publish_raw("txn.orders", "skip-p", "\xff\xff\xff", 3);
+    consumer_passes(3, false);
+
+    cr_assert_eq(audit(NULL, NULL, NULL), 1, "three transactions with neither; see %s", outp);
+    cr_assert_eq(count_lines("NEITHER"), 3);
+
+    /* too young to repair: nothing is touched */
+    cr_assert_eq(audit("--repair", NULL, NULL), 1);
+    cr_assert_eq(count_lines("REDRIVEN"), 0);
+    cr_assert_eq(tc_stream_msgs(js, "TXN"), 3);
+
+    cr_assert_eq(audit("--repair", "--min-age", "0s"), 0, "repaired: see %s", outp);
+    cr_assert_eq(count_lines("REDRIVEN"), 2);
+    cr_assert_eq(count_lines("DEADLETTERED"), 1);
+    cr_assert_eq(tc_stream_msgs(js, "DLQ"), 1, "the poison got its dead letter");
+
+    /* a second repair run re-drives nothing twice */
+    cr_assert_eq(audit("--repair", "--min-age", "0s"), 1, "the re-driven copies are still pending");
+    cr_assert_eq(count_lines("REDRIVEN"), 0);
+
+    pid_t pid = tc_start_engine(srv.url, logp, NULL);
+    cr_assert_eq(tc_wait_msgs(js, "DECISIONS", 2, 10000), 2, "the engine decides the re-driven transactions");
+    natsMsg *d = tc_find_decision(js, "skip-2");
+    cr_assert_not_null(d);
+    natsMsg_Destroy(d);
+    uint64_t ackp = 1, pend = 1;
+    for (int i = 0; i < 50 && (ackp || pend); i++) {
+        tc_sleep_ms(100);
+        tc_consumer_counts(js, &ackp, &pend, NULL);
+    }
+    kill(pid, SIGTERM);
+    cr_assert_eq(child_wait(pid, 15000), 0);
+    cr_assert_eq(audit(NULL, NULL, NULL), 0, "the books balance after the repair; see %s", outp);
+    cr_assert_eq(tc_stream_msgs(js, "DECISIONS"), 2, "one decision each");
+}
+
+Test(reconcile, an_original_left_behind_by_a_lost_advisory_is_swept)
+{
+    publish_raw("txn.orders", "lost-adv", "\xff\xfe", 2);
+    consumer_passes(1, true);
+    /* the engine stored the dead letter before terming; the advisory that would have deleted the original is
+     * gone */
+    natsMsg *orig = NULL;
+    cr_assert_eq(js_GetMsg(&orig, js, "TXN", 1, NULL, NULL), NATS_OK);
+    natsMsg *dl = NULL;
+    cr_assert_eq(dlq_letter_new(&dl, &cfg, POISON_DECODE, "not a transaction", orig, 1, 1, NULL), NATS_OK);
+    jsPubAck *pa = NULL;
+    cr_assert_eq(js_PublishMsg(&pa, js, dl, NULL, NULL), NATS_OK);
+    jsPubAck_Destroy(pa);
+    natsMsg_Destroy(dl);
+    natsMsg_Destroy(orig);
+    cr_assert_eq(audit("--repair", "--min-age", "0s"), 0, "see %s", outp);
+    cr_assert_eq(count_lines("SWEPT"), 1);
+    cr_assert_eq(tc_stream_msgs(js, "TXN"), 0, "the original is deleted");
+    cr_assert_eq(tc_stream_msgs(js, "DLQ"), 1, "and its dead letter kept");
+    cr_assert_eq(audit(NULL, NULL, NULL), 0, "see %s", outp);
+}
