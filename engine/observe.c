@@ -105,6 +105,9 @@ static size_t metrics(observe *ob, engine *en, char *buf, size_t cap)
     counter(&o, "verdict_decisions_restored_total",
             "Duplicate PubAcks with no stored decision behind them; the decision was stored again under a derived id.",
             atomic_load(&st->decisions_restored));
+    counter(&o, "verdict_transactions_restored_total",
+            "Retried requests confirmed before whose first copy TXN did not hold; stored again under a derived id.",
+            atomic_load(&st->transactions_restored));
     counter(&o, "verdict_dead_letters_avoided_total",
             "Transactions at max-deliver whose decision was found stored, so no dead letter was written.",
             engine_dlq_decided_late(en));

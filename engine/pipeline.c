@@ -93,6 +93,9 @@ typedef struct late_reply {
     char txn_id[IDENT_TXN_ID_MAX + 1];
     char reply[IDENT_SUBJECT_MAX + 1];
     int64_t deadline_ns; /* monotonic */
+    natsMsg *orig;       /* the retry's publish (owned): stored again if TXN does not hold the first copy */
+    uint64_t seq;        /* the first copy's TXN sequence, as the Duplicate PubAck names it */
+    bool verified;       /* the first copy was looked for */
 } late_reply;
 
 #define LATE_CAP 4096 /* duplicates waiting at once; beyond it a retry is told to come back (503) */
@@ -937,6 +940,63 @@ static bool late_push(engine *en, const late_reply *r)
     return ok;
 }
 
+/* True unless TXN demonstrably does not hold the first copy: the Duplicate PubAck named sequence 0, or one past
+ * the stream's end, or a message that is another transaction's (nats-server before 2.11 could keep the dedup id
+ * of a write that never committed through a leader change). A message deleted on purpose (a dead letter's
+ * original) is not brought back: `verdict audit` accounts for it. */
+static bool first_copy_stored(engine *en, const late_reply *r)
+{
+    if (strcmp(en->cfg.fault, "dup_seq_zero") != 0 && r->seq > 0) {
+        natsMsg *m = NULL;
+        natsStatus s = js_GetMsg(&m, en->ijs, en->cfg.txn_stream, r->seq, NULL, NULL);
+        if (s == NATS_OK) {
+            const char *id = NULL;
+            natsMsgHeader_Get(m, "Nats-Msg-Id", &id);
+            size_t n = strlen(r->txn_id);
+            bool ours = id && strncmp(id, r->txn_id, n) == 0 && (id[n] == 0 || strcmp(id + n, ":restored") == 0);
+            natsMsg_Destroy(m);
+            return ours;
+        }
+        if (s != NATS_NOT_FOUND)
+            return true; /* cannot tell: never store twice on a guess */
+        jsStreamInfo *si = NULL;
+        if (js_GetStreamInfo(&si, en->ijs, en->cfg.txn_stream, NULL, NULL) != NATS_OK)
+            return true;
+        bool beyond = r->seq > si->State.LastSeq;
+        jsStreamInfo_Destroy(si);
+        if (!beyond)
+            return true;
+    }
+    return false;
+}
+
+/* Stores the retry under a derived id (':' never occurs in a txn_id); the worker decides it as usual. */
+static void restore_first_copy(engine *en, late_reply *r)
+{
+    char id[IDENT_TXN_ID_MAX + 16];
+    snprintf(id, sizeof id, "%s:restored", r->txn_id);
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = id;
+    po.MaxWait = en->cfg.publish_timeout_ms;
+    jsPubAck *pa = NULL;
+    natsStatus s = js_PublishMsg(&pa, en->ijs, r->orig, &po, NULL);
+    log_error("a retried transaction was confirmed before but TXN does not hold it; stored again under a "
+              "derived id",
+              "\"txn_id\":\"%s\",\"dup_seq\":%llu,\"stored\":%s,\"seq\":%llu", r->txn_id,
+              (unsigned long long)r->seq, s == NATS_OK ? "true" : "false",
+              (unsigned long long)(pa ? pa->Sequence : 0));
+    if (s == NATS_OK)
+        atomic_fetch_add(&en->stats.transactions_restored, 1);
+    jsPubAck_Destroy(pa);
+}
+
+static void late_done(late_reply *r)
+{
+    natsMsg_Destroy(r->orig);
+    r->orig = NULL;
+}
+
 static void *late_main(void *arg)
 {
     engine *en = arg;
@@ -967,15 +1027,23 @@ static void *late_main(void *arg)
             late_reply *r = &en->late_round[i];
             natsMsg *stored = NULL;
             natsStatus s = stopping ? NATS_NOT_FOUND : find_decision(en, en->ijs, r->txn_id, &stored);
+            if (s == NATS_NOT_FOUND && !stopping && !r->verified) {
+                r->verified = true;
+                if (!first_copy_stored(en, r))
+                    restore_first_copy(en, r);
+            }
             if (s == NATS_OK) {
                 reply_decision(en->inc, r->reply, stored, true);
                 natsMsg_Destroy(stored);
+                late_done(r);
             } else if (stopping) {
                 reply_error(en->inc, r->reply, 503, "engine stopping; retry the request");
+                late_done(r);
             } else if (mono_ns() < r->deadline_ns && (s == NATS_NOT_FOUND || s == NATS_TIMEOUT) && late_push(en, r)) {
                 waiting = true;
             } else {
                 reply_error(en->inc, r->reply, 409, "transaction already accepted and still being decided; retry");
+                late_done(r);
             }
         }
         if (waiting)
@@ -996,12 +1064,12 @@ static void ingress_on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr
         request_failed(en, en->inc, reply, 503, "transaction not accepted: the stream did not confirm it, retry");
     } else if (pa && pa->Duplicate && txn_id && reply) {
         atomic_fetch_add(&en->stats.duplicates, 1);
-        late_reply r;
+        late_reply r = {.deadline_ns = mono_ns() + en->cfg.budget_ms * 1000000LL, .seq = pa->Sequence, .orig = msg};
         str_copy(r.txn_id, sizeof r.txn_id, txn_id);
         str_copy(r.reply, sizeof r.reply, reply);
-        r.deadline_ns = mono_ns() + en->cfg.budget_ms * 1000000LL;
-        if (!late_push(en, &r))
-            request_failed(en, en->inc, reply, 503, "too many retries waiting for their decisions; retry");
+        if (late_push(en, &r))
+            return; /* msg is the resolver's now */
+        request_failed(en, en->inc, reply, 503, "too many retries waiting for their decisions; retry");
     }
     natsMsg_Destroy(msg);
 }
@@ -1113,6 +1181,8 @@ static void free_engine(engine *en)
     pthread_mutex_destroy(&en->conn_mu);
     pthread_mutex_destroy(&en->late_mu);
     pthread_cond_destroy(&en->late_cv);
+    for (int i = 0; en->late && i < en->late_n; i++)
+        late_done(&en->late[(en->late_head + i) % LATE_CAP]);
     free(en->late);
     free(en);
 }

@@ -22,6 +22,7 @@ typedef struct engine_stats {
     atomic_llong decided[4]; /* by Verdict__V1__Outcome */
     atomic_llong duplicates; /* answered from the stored decision */
     atomic_llong decisions_restored; /* Duplicate PubAcks with no stored decision behind them: stored again */
+    atomic_llong transactions_restored; /* retries confirmed before but missing from TXN: stored again */
     atomic_llong dead_letters;
     atomic_llong dead_letters_by[DEAD_REASONS]; /* by poison_reason (codec.h) */
     atomic_llong naks;

@@ -162,3 +162,44 @@ Test(reconcile, an_original_left_behind_by_a_lost_advisory_is_swept)
     cr_assert_eq(tc_stream_msgs(js, "DLQ"), 1, "and its dead letter kept");
     cr_assert_eq(audit(NULL, NULL, NULL), 0, "see %s", outp);
 }
+
+/* A retry answered Duplicate although TXN does not hold the first copy (nats-server before 2.11: a dedup id
+ * surviving a write that never committed; the PubAck names sequence 0). The fault dup_seq_zero makes the
+ * engine read every ingress Duplicate that way. The retry is stored again under <txn_id>:restored, decided,
+ * and answered; the decision stays single. */
+Test(reconcile, a_retry_whose_first_copy_is_missing_is_stored_again)
+{
+    /* the first copy was confirmed to the client, and then TXN does not hold it: its dedup id remains */
+    Transaction t;
+    tc_txn(&t, "zero-1", 250000);
+    cr_assert(tc_publish(js, "txn.req", &t));
+    cr_assert_eq(js_DeleteMsg(js, "TXN", 1, NULL, NULL), NATS_OK);
+    setenv("VERDICT_TEST_FAULT", "dup_seq_zero", 1);
+    pid_t pid = tc_start_engine(srv.url, logp, NULL);
+    unsetenv("VERDICT_TEST_FAULT");
+    unsigned char buf[2048];
+    int n = tc_pack(&t, buf);
+    natsMsg *r = NULL;
+    cr_assert_eq(natsConnection_Request(&r, nc, "verdict.v1.decide", buf, n, 5000), NATS_OK);
+    const char *outcome = NULL;
+    cr_assert_eq(natsMsgHeader_Get(r, "Verdict-Outcome", &outcome), NATS_OK, "the retry gets the decision");
+    cr_assert_str_eq(outcome, "review");
+    natsMsg_Destroy(r);
+    cr_assert(file_wait_for(logp, "stored again under a derived id", 2000), "see %s", logp);
+    cr_assert_eq(tc_wait_msgs(js, "TXN", 1, 5000), 1, "the retry was stored again");
+    natsMsg *m = NULL;
+    cr_assert_eq(js_GetMsg(&m, js, "TXN", 2, NULL, NULL), NATS_OK);
+    const char *id = NULL;
+    cr_assert_eq(natsMsgHeader_Get(m, "Nats-Msg-Id", &id), NATS_OK);
+    cr_assert_str_eq(id, "zero-1:restored");
+    natsMsg_Destroy(m);
+    uint64_t ackp = 1, pend = 1;
+    for (int i = 0; i < 50 && (ackp || pend); i++) {
+        tc_sleep_ms(100);
+        tc_consumer_counts(js, &ackp, &pend, NULL);
+    }
+    cr_assert_eq(tc_stream_msgs(js, "DECISIONS"), 1, "still one decision");
+    kill(pid, SIGTERM);
+    cr_assert_eq(child_wait(pid, 15000), 0);
+    cr_assert_eq(audit(NULL, NULL, NULL), 0, "see %s", outp);
+}
