@@ -273,15 +273,19 @@ Test(hardening, twenty_concurrent_retries_are_answered_within_the_budget)
         cr_assert_eq(natsConnection_PublishRequest(nc, "verdict.v1.decide", inbox, buf, n), NATS_OK);
     }
     cr_assert_eq(natsConnection_Flush(nc), NATS_OK);
-    int64_t last_ms = 0;
+    int64_t last_ms = 0, first_ms = -1;
     for (int i = 0; i < 20; i++) {
-        cr_assert_eq(natsSubscription_NextMsg(&r, sub, 5000), NATS_OK, "retry %d not answered", i);
+        cr_assert_eq(natsSubscription_NextMsg(&r, sub, 20000), NATS_OK, "retry %d not answered", i);
+        if (first_ms < 0)
+            first_ms = (mono_ns() - t0) / 1000000;
         const char *code = NULL;
         cr_assert_eq(natsMsgHeader_Get(r, "Nats-Service-Error-Code", &code), NATS_OK);
         cr_assert_str_eq(code, "409");
         natsMsg_Destroy(r);
         last_ms = (mono_ns() - t0) / 1000000;
     }
+    fprintf(stderr, "20 concurrent retries: first answered after %lld ms, last after %lld ms\n",
+            (long long)first_ms, (long long)last_ms);
     /* 200 ms budget; 1 s leaves room for a loaded CI box and is a fifth of what serial polling took */
     cr_assert_lt(last_ms, 1000, "the last of 20 retries was answered after %lld ms", (long long)last_ms);
     natsSubscription_Destroy(sub);
