@@ -415,10 +415,23 @@ bool http_get_local(int port, const char *path, char *out, size_t cap)
 
 pid_t verdict_spawn(const char *const argv[], const char *log_path)
 {
+    /* everything that allocates happens before the fork: the child of a threaded process runs only
+     * async-signal-safe calls until exec */
+    int n = 0;
+    while (argv[n])
+        n++;
+    char **args = calloc((size_t)n + 1, sizeof *args);
+    if (!args)
+        return -1;
+    args[0] = (char *)VERDICT_BIN;
+    for (int i = 1; i < n; i++)
+        args[i] = (char *)argv[i];
     pid_t parent = getpid();
     pid_t pid = fork();
-    if (pid != 0)
+    if (pid != 0) {
+        free(args);
         return pid;
+    }
     die_with_parent(parent);
     int fd = open(log_path ? log_path : "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (fd >= 0) {
@@ -426,13 +439,6 @@ pid_t verdict_spawn(const char *const argv[], const char *log_path)
         dup2(fd, 1);
         close(fd);
     }
-    int n = 0;
-    while (argv[n])
-        n++;
-    char **args = calloc((size_t)n + 1, sizeof *args);
-    args[0] = (char *)VERDICT_BIN;
-    for (int i = 1; i < n; i++)
-        args[i] = (char *)argv[i];
     execv(VERDICT_BIN, args);
     _exit(127);
 }
