@@ -90,18 +90,22 @@ int main(int argc, char **argv)
         }
         const struct crs_params *sp = suite_params(t->suite);
         double timeout = t->p.timeout > 0 ? t->p.timeout : sp ? sp->timeout : 0;
-        void (*init)(void) = t->p.init ? t->p.init : sp ? sp->init : NULL;
-        void (*fini)(void) = t->p.fini ? t->p.fini : sp ? sp->fini : NULL;
+        /* as Criterion: the suite's init, then the test's; the test's fini, then the suite's */
+        void (*sinit)(void) = sp ? sp->init : NULL, (*sfini)(void) = sp ? sp->fini : NULL;
         current = t;
         fprintf(stderr, "[RUN ] %s::%s\n", t->suite, t->name);
         double start = mono_s();
         /* ThreadSanitizer slows everything down; the alarm only stops a test that hangs */
         alarm(timeout > 0 ? (unsigned)(timeout * 3) : 0);
-        if (init)
-            init();
+        if (sinit)
+            sinit();
+        if (t->p.init)
+            t->p.init();
         t->fn();
-        if (fini)
-            fini();
+        if (t->p.fini)
+            t->p.fini();
+        if (sfini)
+            sfini();
         alarm(0);
         fprintf(stderr, "[PASS] %s::%s: (%.2fs)\n", t->suite, t->name, mono_s() - start);
         ran++;
