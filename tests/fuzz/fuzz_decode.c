@@ -258,6 +258,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (rc != V_OK && why == POISON_DECODE && exhausted && fuzz_known(9))
         return 0; /* [item 9] tagged: VERDICT_FUZZ_KNOWN=9 steps over arena exhaustion */
     if (rc != V_OK && why == POISON_DECODE)
+        fprintf(stderr, "fuzz_decode: %zu-byte message, %zu attributes, --max-msg-size %zu, arena %zu bytes\n", len,
+                in.n_attributes, max_msg, production_arena(max_msg));
+    if (rc != V_OK && why == POISON_DECODE)
         fail(exhausted ? "a well-formed message within the size limit ran out of decode arena"
                        : "a well-formed message did not decode",
              why, want);
