@@ -1,9 +1,10 @@
-# Thin wrapper over CMake: `make`, `make demo`, `make test`, `make asan`, `make bench`.
+# Thin wrapper over CMake: `make`, `make demo`, `make test`, `make asan`, `make tsan`, `make bench`, `make fuzz`.
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
+TSAN_BUILD ?= build-tsan
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all build deps demo test asan bench fuzz model format clean
+.PHONY: all build deps demo test asan tsan bench fuzz model format clean
 
 all: build
 
@@ -30,6 +31,10 @@ asan: deps
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 		ctest --output-on-failure
 
+# the concurrency tests under ThreadSanitizer (tools/tsan says how)
+tsan: deps
+	TSAN_BUILD=$(abspath $(TSAN_BUILD)) JOBS=$(JOBS) tools/tsan
+
 bench: deps
 	@$(MAKE) --no-print-directory build
 	$(BUILD)/verdict bench all
@@ -41,11 +46,12 @@ model: deps
 	@$(MAKE) --no-print-directory build
 	/usr/bin/python3 tools/train_model.py --verdict $(BUILD)/verdict
 
+# every libFuzzer target for SECONDS each (default 60); TARGETS="decode gbdt" picks some
 fuzz: deps
-	tools/fuzz $(or $(SECONDS),60)
+	tools/fuzz $(or $(SECONDS),60) $(TARGETS)
 
 format:
 	clang-format -i engine/*.c engine/*.h tests/*.c tests/support/*.c tests/support/*.h
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) build-fuzz
+	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) build-fuzz

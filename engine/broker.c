@@ -394,7 +394,10 @@ static bool parse_u64(const char *s, size_t len, uint64_t *out)
     for (size_t i = 0; i < len; i++) {
         if (s[i] < '0' || s[i] > '9')
             return false;
-        v = v * 10 + (uint64_t)(s[i] - '0');
+        uint64_t d = (uint64_t)(s[i] - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return false; /* beyond uint64: refused, never wrapped */
+        v = v * 10 + d;
     }
     *out = v;
     return true;

@@ -218,6 +218,11 @@ static vstatus load_tree(loader *l, json_t *tree, int t, gbdt *m, int cap)
         }
         g->value = (float)json_number_value(cv);
         if (lc == -1 && rc == -1) {
+            /* a leaf of +inf in one tree and -inf in another would sum to NaN, a score no rule matches */
+            if (!isfinite(g->value)) {
+                st = refuse(l, "tree %d node %d: the leaf value is not a finite float32 number", t, src);
+                break;
+            }
             m->leaf_value[base + (int)head - 1] = g->value;
             g->value = INFINITY;
             g->left = base + (int)head - 1;
@@ -293,6 +298,8 @@ static vstatus load_json(loader *l, json_t *root, featreg *reg, gbdt *m)
         return refuse(l, "base_score %g is not a probability strictly between 0 and 1", (double)base_score);
     /* xgboost's ProbToMargin for binary:logistic, in float */
     m->base_margin = -logf(1.0f / base_score - 1.0f);
+    if (!isfinite(m->base_margin))
+        return refuse(l, "base_score %g is too close to 0 or 1 for a finite margin in float32", (double)base_score);
 
     vstatus st = load_features(l, learner, reg, m);
     if (st != V_OK)

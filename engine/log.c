@@ -17,20 +17,49 @@ void log_set_level(log_level min) { min_level = min; }
 void log_set_component(const char *name) { component = name; }
 void log_set_quiet(int q) { quiet = q; }
 
+/* The length of the valid UTF-8 sequence at p (RFC 3629: no overlongs, no surrogates, at most U+10FFFF),
+ * or 0 when the bytes there are not one. */
+static size_t utf8_len(const unsigned char *p)
+{
+    unsigned char c = p[0];
+    if (c < 0x80)
+        return 1;
+    size_t n = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+    for (size_t i = 1; i < n; i++)
+        if ((p[i] & 0xc0) != 0x80) /* also stops at the terminating NUL */
+            return 0;
+    if ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] > 0x9f) || (c == 0xf0 && p[1] < 0x90) ||
+        (c == 0xf4 && p[1] > 0x8f))
+        return 0;
+    return n;
+}
+
 const char *log_esc(const char *s)
 {
     static _Thread_local char bufs[8][512];
     static _Thread_local int next;
     char *out = bufs[next++ & 7];
     size_t o = 0;
+    /* 7 bytes of room for the longest step (a \u escape or a 4-byte character) and the NUL */
     for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p && o < sizeof bufs[0] - 7; p++) {
         if (*p == '"' || *p == '\\') {
             out[o++] = '\\';
             out[o++] = (char)*p;
         } else if (*p < 0x20) {
             o += (size_t)snprintf(out + o, 7, "\\u%04x", *p);
-        } else {
+        } else if (*p < 0x80) {
             out[o++] = (char)*p;
+        } else {
+            /* a log line must stay valid JSON: a byte that is not part of UTF-8 becomes U+FFFD */
+            size_t n = utf8_len(p);
+            if (n == 0) {
+                memcpy(out + o, "\xef\xbf\xbd", 3);
+                o += 3;
+            } else {
+                memcpy(out + o, p, n);
+                o += n;
+                p += n - 1;
+            }
         }
     }
     out[o] = 0;

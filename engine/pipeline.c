@@ -1435,11 +1435,14 @@ vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **ou
     }
     atomic_store(&en->started, true);
     atomic_store(&en->phase, PHASE_READY);
+    /* the reloader runs already and may swap (and free) the policy: read it under the lock */
+    char rules_version[64], model_version[64];
+    engine_current_versions(en, rules_version, model_version, sizeof rules_version);
     log_info("engine started",
              "\"workers\":%d,\"batch\":%d,\"decide_subject\":\"%s\",\"stream\":\"%s\",\"consumer\":\"%s\","
              "\"rules_version\":\"%s\",\"model_version\":\"%s\",\"effective_ack_wait_ms\":%lld",
-             c->workers, c->batch, c->decide_subject, c->txn_stream, c->consumer,
-             policy_rules_version(en->policy), policy_model_version(en->policy), (long long)en->ack_wait_ms);
+             c->workers, c->batch, c->decide_subject, c->txn_stream, c->consumer, rules_version, model_version,
+             (long long)en->ack_wait_ms);
     *out = en;
     return V_OK;
 }

@@ -63,7 +63,8 @@ static int stream_replicas(const char *stream, char *leader, size_t cap)
     jsErrCode jerr = 0;
     natsStatus s = js_GetStreamInfo(&si, js, stream, NULL, &jerr);
     cr_assert_eq(s, NATS_OK, "stream info %s: %s (%d)", stream, natsStatus_GetText(s), (int)jerr);
-    cr_assert_eq(si->Config->Replicas, 3, "stream %s configured with %d replicas", stream, si->Config->Replicas);
+    cr_assert_eq(si->Config->Replicas, 3, "stream %s configured with %lld replicas", stream,
+                 (long long)si->Config->Replicas);
     int n = si->Cluster && si->Cluster->Leader ? 1 + si->Cluster->ReplicasLen : 0;
     if (leader)
         snprintf(leader, cap, "%s", si->Cluster && si->Cluster->Leader ? si->Cluster->Leader : "");

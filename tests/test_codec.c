@@ -156,6 +156,18 @@ Test(codec, ack_subject_parsing)
     cr_assert_not(broker_parse_ack_subject("$JS.ACK.TXN.verdict.x.1.1.1.1", &m));
 }
 
+/* Found by tests/fuzz/fuzz_ack.c: a number token longer than uint64 wrapped around instead of being refused,
+ * so a subject with stream sequence 18446744073709551617 parsed as sequence 1. */
+Test(codec, ack_subject_numbers_beyond_uint64_are_refused)
+{
+    js_meta m;
+    cr_assert(broker_parse_ack_subject("$JS.ACK.TXN.verdict.1.18446744073709551615.1.1700000000000000000.0", &m));
+    cr_assert_eq(m.stream_seq, UINT64_MAX);
+    cr_assert_not(broker_parse_ack_subject("$JS.ACK.TXN.verdict.1.18446744073709551617.1.1700000000000000000.0", &m));
+    cr_assert_not(broker_parse_ack_subject("$JS.ACK.TXN.verdict.1.2.1.1700000000000000000.100000000000000000000", &m));
+    cr_assert_not(broker_parse_ack_subject("$JS.ACK.TXN.verdict.99999999999999999999999.2.1.1.0", &m));
+}
+
 Test(config, flags_override_environment_and_bad_values_are_refused)
 {
     config c;

@@ -154,3 +154,26 @@ Test(gbdt, refusals_say_why)
     cr_assert_eq(gbdt_load_file("/nonexistent/m.json", &reg, &m, &e), V_EIO);
     cr_assert(strstr(e.msg, "/nonexistent/m.json: cannot open"));
 }
+
+/* Found while writing tests/fuzz/fuzz_gbdt.c (its oracle: every prediction is a probability): a leaf value
+ * that is finite in JSON but overflows float32 (1e39) loaded as infinity, and one tree at +inf with another
+ * at -inf scored NaN, which no rule threshold matches. A base_score that leaves no finite margin (1e-45) made
+ * the margin infinite the same way. Both are refused now. */
+Test(gbdt, leaves_and_base_score_beyond_float32_are_refused)
+{
+    char b[2048];
+    const char *two_trees =
+        "{\"learner\":{\"feature_names\":[\"amount\"],\"gradient_booster\":{\"name\":\"gbtree\",\"model\":{"
+        "\"trees\":[{\"left_children\":[1,-1,-1],\"right_children\":[2,-1,-1],\"split_indices\":[0,0,0],"
+        "\"split_conditions\":[10,1e39,1e39],\"default_left\":[1,0,0]},"
+        "{\"left_children\":[1,-1,-1],\"right_children\":[2,-1,-1],\"split_indices\":[0,0,0],"
+        "\"split_conditions\":[10,-1e39,-1e39],\"default_left\":[1,0,0]}]}},"
+        "\"learner_model_param\":{\"base_score\":\"0.5\"},\"objective\":{\"name\":\"binary:logistic\"}}}";
+    refused(two_trees, "leaf value is not a finite float32 number");
+    tiny(b, sizeof b, "binary:logistic", "gbtree", "[\"amount\"]", 1);
+    char *bs = strstr(b, "5E-1");
+    cr_assert_not_null(bs);
+    char tiny_base[2100];
+    snprintf(tiny_base, sizeof tiny_base, "%.*s1E-45%s", (int)(bs - b), b, bs + 4);
+    refused(tiny_base, "base_score");
+}

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -24,6 +25,16 @@ static void sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
+}
+
+/* In a freshly forked child, before exec: the kernel sends SIGKILL when the thread that forked it ends, so a
+ * server or engine never outlives its test, however the test ends (a failed assertion skips the test's own
+ * clean-up; a timeout or crash kills the test process). parent is the forking process's pid from before the
+ * fork: if it is already gone, the signal will never come, so the child gives up at once. */
+static void die_with_parent(pid_t parent)
+{
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+        _exit(127);
 }
 
 int free_port(void)
@@ -59,10 +70,12 @@ static bool spawn_server(test_server *s)
     snprintf(port, sizeof port, "%d", s->port);
     char log[300];
     snprintf(log, sizeof log, "%s.log", s->store);
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0)
         return false;
     if (pid == 0) {
+        die_with_parent(parent);
         int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) {
             dup2(fd, 1);
@@ -402,22 +415,30 @@ bool http_get_local(int port, const char *path, char *out, size_t cap)
 
 pid_t verdict_spawn(const char *const argv[], const char *log_path)
 {
+    /* everything that allocates happens before the fork: the child of a threaded process runs only
+     * async-signal-safe calls until exec */
+    int n = 0;
+    while (argv[n])
+        n++;
+    char **args = calloc((size_t)n + 1, sizeof *args);
+    if (!args)
+        return -1;
+    args[0] = (char *)VERDICT_BIN;
+    for (int i = 1; i < n; i++)
+        args[i] = (char *)argv[i];
+    pid_t parent = getpid();
     pid_t pid = fork();
-    if (pid != 0)
+    if (pid != 0) {
+        free(args);
         return pid;
+    }
+    die_with_parent(parent);
     int fd = open(log_path ? log_path : "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (fd >= 0) {
         dup2(fd, 2);
         dup2(fd, 1);
         close(fd);
     }
-    int n = 0;
-    while (argv[n])
-        n++;
-    char **args = calloc((size_t)n + 1, sizeof *args);
-    args[0] = (char *)VERDICT_BIN;
-    for (int i = 1; i < n; i++)
-        args[i] = (char *)argv[i];
     execv(VERDICT_BIN, args);
     _exit(127);
 }

@@ -1,5 +1,11 @@
 /* harness.h - test support: a real nats-server on a free loopback port with a temporary store (or a cluster of
- * them), and helpers to run the verdict binary as a child process. Never a mock of NATS. */
+ * them), and helpers to run the verdict binary as a child process. Never a mock of NATS.
+ *
+ * Every process started here (server_start, cluster_start, server_restart, verdict_spawn) gets
+ * PR_SET_PDEATHSIG = SIGKILL: it dies when the thread that started it ends, so a test that fails an assertion
+ * (which skips its own clean-up), times out or crashes takes its servers and engines with it; Criterion's
+ * worker itself dies with the runner the same way. Start them from the test's own thread, never from a helper
+ * thread that ends before them. A stopped test's temporary store may stay in /tmp; its processes do not. */
 #ifndef VERDICT_TEST_HARNESS_H
 #define VERDICT_TEST_HARNESS_H
 
