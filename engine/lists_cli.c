@@ -44,6 +44,22 @@ static int open_bucket(conn *c, int argc, char **argv, int *rest, int *nrest, co
     }
     verror e = {0};
     const char *bucket = profiles ? c->cc.cfg.profiles_bucket : c->cc.cfg.lists_bucket;
+    const char *sub = argv[rest[0]];
+    if (!profiles && strcmp(sub, "ls") == 0) {
+        /* reading creates nothing: an absent bucket simply holds no values */
+        natsStatus s = js_KeyValue(&c->kv, c->cc.js, bucket);
+        if (s == NATS_NOT_FOUND) {
+            printf("no bucket %s yet: no list holds a value (the first `verdict lists add` creates it)\n", bucket);
+            close_conn(c);
+            return -1;
+        }
+        if (s != NATS_OK) {
+            fprintf(stderr, "verdict %s: bucket %s: %s\n", cmd, bucket, natsStatus_GetText(s));
+            close_conn(c);
+            return 1;
+        }
+        return 0;
+    }
     if (replica_bucket_open(c->cc.js, bucket, c->cc.cfg.replicas, &c->kv, &e) != V_OK) {
         fprintf(stderr, "verdict %s: bucket %s: %s\n", cmd, bucket, e.msg);
         close_conn(c);
