@@ -7,6 +7,7 @@
 #include "reloader.h"
 #include "rules.h"
 
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,6 +70,52 @@ int cmd_check(int argc, char **argv)
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
+
+/* The rules version each running engine reports through $SRV (nats micro PING, metadata.rules_version), after
+ * `rules show`: the bucket holds what was pushed, and an engine that refused it (a feature it cannot serve, a
+ * rebuild that failed) runs the previous version. Engines answer within PING_WAIT_MS or are not listed. */
+#define PING_WAIT_MS 500
+
+static void print_engines(cliconn *c, const char *bucket_version)
+{
+    natsInbox *tmp = NULL;
+    natsSubscription *sub = NULL;
+    char inbox[NAME_MAX_LEN + 64];
+    if (natsInbox_Create(&tmp) != NATS_OK)
+        return;
+    const char *tok = strrchr(tmp, '.');
+    snprintf(inbox, sizeof inbox, "%s.%s", c->cfg.inbox_prefix[0] ? c->cfg.inbox_prefix : "_INBOX",
+             tok ? tok + 1 : tmp);
+    natsInbox_Destroy(tmp);
+    int n = 0, differ = 0;
+    if (natsConnection_SubscribeSync(&sub, c->nc, inbox) == NATS_OK &&
+        natsConnection_PublishRequestString(c->nc, "$SRV.PING.verdict", inbox, "") == NATS_OK) {
+        int64_t deadline = now_ms() + PING_WAIT_MS;
+        for (int64_t left; (left = deadline - now_ms()) > 0;) {
+            natsMsg *m = NULL;
+            if (natsSubscription_NextMsg(&m, sub, left) != NATS_OK)
+                break;
+            json_t *j = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, NULL);
+            const char *id = json_string_value(json_object_get(j, "id"));
+            const char *rv = json_string_value(json_object_get(json_object_get(j, "metadata"), "rules_version"));
+            if (id && rv) {
+                bool same = bucket_version && strcmp(rv, bucket_version) == 0;
+                differ += !same;
+                printf("# engine %s runs rules version %s%s\n", id, rv,
+                       !bucket_version ? "" : same ? " (this one)"
+                                               : " (NOT this one: it refused it or is still loading; see its log)");
+                n++;
+            }
+            json_decref(j);
+            natsMsg_Destroy(m);
+        }
+    }
+    natsSubscription_Destroy(sub);
+    if (n == 0)
+        printf("# no engine answered $SRV.PING.verdict within %d ms\n", PING_WAIT_MS);
+    else if (differ && bucket_version)
+        fprintf(stderr, "verdict rules: %d of %d engines do not run the version in the bucket\n", differ, n);
+}
 
 static void rules_help(void)
 {
@@ -181,16 +228,21 @@ int cmd_rules(int argc, char **argv)
         natsStatus s = kvStore_Get(&ent, kv, RULES_KV_KEY);
         if (s == NATS_NOT_FOUND) {
             printf("no rules in %s: engines run their --rules file\n", c.cfg.rules_bucket);
+            print_engines(&c, NULL);
         } else if (s != NATS_OK) {
             fprintf(stderr, "verdict rules: get failed: %s\n", natsStatus_GetText(s));
             rc = 1;
         } else {
             char v[17];
             hash64_hex(hash64(kvEntry_Value(ent), (size_t)kvEntry_ValueLen(ent)), v);
-            printf("# %s/%s revision %llu, version %s\n%.*s", c.cfg.rules_bucket, RULES_KV_KEY,
-                   (unsigned long long)kvEntry_Revision(ent), v, kvEntry_ValueLen(ent),
-                   (const char *)kvEntry_Value(ent));
+            printf("# %s/%s revision %llu, version %s (what was pushed; what engines run is below)\n%.*s",
+                   c.cfg.rules_bucket, RULES_KV_KEY, (unsigned long long)kvEntry_Revision(ent), v,
+                   kvEntry_ValueLen(ent), (const char *)kvEntry_Value(ent));
+            int len = kvEntry_ValueLen(ent);
+            if (len > 0 && ((const char *)kvEntry_Value(ent))[len - 1] != '\n')
+                putchar('\n');
             kvEntry_Destroy(ent);
+            print_engines(&c, v);
         }
     } else {
         natsStatus s = kvStore_Delete(kv, RULES_KV_KEY);

@@ -277,3 +277,23 @@ Test(cli, a_metrics_port_in_use_fails_with_json_lines_only, .init = setup, .fini
         if (*line != '\n')
             cr_expect_eq(*line, '{', "a line that is not JSON:\n%s", out);
 }
+
+/* The bucket holds what was pushed; an engine that refused it runs the previous version, and `rules show`
+ * says so instead of presenting the refused text as what is in force. */
+Test(cli, rules_show_says_which_version_each_engine_runs, .init = setup, .fini = teardown)
+{
+    char rp[256];
+    temp_path(rp, sizeof rp, ".rules");
+    write_file(rp, "rule big decline \"amount over 100\" when amount > 100\n");
+    pid_t pid = tc_start_engine(srv.url, logp, (const char *const[]){"--rules", rp, "--engine-id", "eng-show", NULL});
+    /* a text that does not compile, put past `rules push`'s check: the engine refuses it */
+    kvStore *kv = NULL;
+    cr_assert_eq(js_KeyValue(&kv, js, "verdict_rules"), NATS_OK);
+    cr_assert_eq(kvStore_PutString(NULL, kv, "rules", "rule x decline \"x\" when amount >\n"), NATS_OK);
+    kvStore_Destroy(kv);
+    cr_assert(file_wait_for(logp, "refused", 10000), "the engine did not refuse; see %s", logp);
+    EXPECT(0, "engine eng-show runs rules version", "rules", "show", "--nats-url", srv.url);
+    cr_expect(strstr(out, "NOT this one"), "%s", out);
+    stop_engine(pid);
+    unlink(rp);
+}
