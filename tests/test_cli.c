@@ -76,6 +76,13 @@ Test(cli, usage_errors_exit_2_and_name_the_mistake)
     EXPECT(2, "unknown option '--frob'", "decision", "t1", "--frob");
     EXPECT(2, "is not HOST:PORT", "serve", "--metrics-addr", "localhost");
     EXPECT(2, "is not HOST:PORT", "serve", "--metrics-addr", "localhost:99999");
+    /* found before connecting: the URL names a port nothing listens on */
+    char closed[64];
+    snprintf(closed, sizeof closed, "nats://127.0.0.1:%d", free_port());
+    EXPECT(2, "unknown subcommand 'bogus'", "lists", "bogus", "--nats-url", closed);
+    EXPECT(2, "unknown subcommand 'bogus'", "profiles", "bogus", "--nats-url", closed);
+    EXPECT(2, "unknown argument '--frob'", "replay", "--frob", "--nats-url", closed);
+    EXPECT(2, "unknown subcommand 'bogus'", "rules", "bogus", "--nats-url", closed);
 }
 
 /* A usage error is found before anything is started: no private nats-server for a demo that cannot run. */
