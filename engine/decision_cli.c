@@ -144,8 +144,14 @@ int cmd_decision(int argc, char **argv)
         fprintf(stderr, "unknown: no decision stored for %s\n", id);
         rc = 1;
     } else if (s != NATS_OK) {
-        fprintf(stderr, "verdict decision: cannot read %s: %s (does the stream exist, with direct get?)\n",
-                c.cfg.decisions_stream, natsStatus_GetText(s));
+        /* a direct get on a stream that does not exist has no responder: say which it is */
+        uint64_t f, l;
+        if (!cliconn_stream_range(c.js, c.cfg.decisions_stream, &f, &l))
+            fprintf(stderr, "verdict decision: stream %s not found (has the engine run with this --prefix?)\n",
+                    c.cfg.decisions_stream);
+        else
+            fprintf(stderr, "verdict decision: cannot read %s: %s (is direct get allowed on it?)\n",
+                    c.cfg.decisions_stream, natsStatus_GetText(s));
         rc = 1;
     } else {
         arena a = {0};

@@ -172,6 +172,7 @@ static bool bucket_exists(const char *name)
 
 Test(cli, read_only_commands_create_no_bucket, .init = setup, .fini = teardown)
 {
+    EXPECT(1, "stream DECISIONS not found", "decision", "t1", "--nats-url", srv.url);
     EXPECT(0, "no rules bucket verdict_rules", "rules", "show", "--nats-url", srv.url);
     EXPECT(0, "nothing to clear", "rules", "clear", "--nats-url", srv.url);
     EXPECT(0, "no bucket verdict_lists yet", "lists", "ls", "--nats-url", srv.url);
