@@ -5,10 +5,15 @@
 
 #include "log.h"
 
+#include <errno.h>
+#include <netdb.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #define NS_PER_MS 1000000LL
 
@@ -19,6 +24,122 @@ vstatus broker_err(verror *e, natsStatus s, jsErrCode jerr, const char *what)
         return verror_set(e, V_ENATS, "%s: %s (JetStream error %d%s%s)", what, natsStatus_GetText(s), (int)jerr,
                           last ? ": " : "", last ? last : "");
     return verror_set(e, V_ENATS, "%s: %s%s%s", what, natsStatus_GetText(s), last ? ": " : "", last ? last : "");
+}
+
+/* Why a connection to the URL list failed, in the operator's words: nats.c says "No server available" for a
+ * malformed URL, a name that does not resolve and a closed port alike. Called on the error path only: each URL
+ * is parsed, resolved and tried with a bounded TCP connect. User and password in a URL are never printed. */
+static void explain_connect_failure(const char *urls, natsStatus s, char *out, size_t cap)
+{
+    char list[1024];
+    size_t used = 0;
+    out[0] = 0;
+    if (!str_copy(list, sizeof list, urls))
+        list[sizeof list - 1] = 0;
+    char *save = NULL;
+    for (char *u = strtok_r(list, ",", &save); u; u = strtok_r(NULL, ",", &save)) {
+        while (*u == ' ' || *u == '\t')
+            u++;
+        size_t ul = strlen(u);
+        while (ul && (u[ul - 1] == ' ' || u[ul - 1] == '\t'))
+            u[--ul] = 0;
+        char why[1024];
+        const char *hostport = u;
+        const char *sep = strstr(u, "://");
+        char scheme[16] = "nats";
+        if (sep) {
+            size_t sl = (size_t)(sep - u);
+            if (sl == 0 || sl >= sizeof scheme) {
+                snprintf(why, sizeof why, "'%.60s' is not a NATS URL (nats://HOST:PORT)", u);
+                goto add;
+            }
+            memcpy(scheme, u, sl);
+            scheme[sl] = 0;
+            hostport = sep + 3;
+        }
+        if (strcmp(scheme, "nats") && strcmp(scheme, "tls") && strcmp(scheme, "ws") && strcmp(scheme, "wss")) {
+            snprintf(why, sizeof why, "'%.16s://' is not a NATS URL scheme (nats://, tls://, ws://, wss://)", scheme);
+            goto add;
+        }
+        const char *at = strrchr(hostport, '@'); /* credentials: skipped, never shown */
+        if (at)
+            hostport = at + 1;
+        char host[256], port[16] = "4222";
+        const char *end = hostport + strcspn(hostport, "/?");
+        const char *colon = NULL;
+        const char *hs = hostport, *he;
+        if (*hostport == '[') { /* [IPv6]:port */
+            const char *rb = memchr(hostport, ']', (size_t)(end - hostport));
+            if (!rb) {
+                snprintf(why, sizeof why, "'%.60s' is not a NATS URL (unclosed '[')", hostport);
+                goto add;
+            }
+            hs = hostport + 1;
+            he = rb;
+            colon = rb + 1 < end && rb[1] == ':' ? rb + 1 : NULL;
+        } else {
+            colon = memchr(hostport, ':', (size_t)(end - hostport));
+            he = colon ? colon : end;
+        }
+        if (he == hs || (size_t)(he - hs) >= sizeof host) {
+            snprintf(why, sizeof why, "'%.60s' has no host (nats://HOST:PORT)", u);
+            goto add;
+        }
+        memcpy(host, hs, (size_t)(he - hs));
+        host[he - hs] = 0;
+        if (colon) {
+            size_t pl = (size_t)(end - colon - 1);
+            bool digits = pl > 0 && pl < 6;
+            for (size_t i = 0; digits && i < pl; i++)
+                digits = colon[1 + i] >= '0' && colon[1 + i] <= '9';
+            if (!digits || atoi(colon + 1) < 1 || atoi(colon + 1) > 65535) {
+                snprintf(why, sizeof why, "%s: the port '%.*s' is not a number 1-65535", host, (int)(pl > 16 ? 16 : pl),
+                         colon + 1);
+                goto add;
+            }
+            memcpy(port, colon + 1, pl);
+            port[pl] = 0;
+        }
+        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai = NULL;
+        int gai = getaddrinfo(host, port, &hints, &ai);
+        if (gai != 0 || !ai) {
+            snprintf(why, sizeof why, "unknown host '%s' (%s)", host, gai_strerror(gai));
+            goto add;
+        }
+        /* one bounded TCP connect to the first address: refused, unanswered or open */
+        int err = ETIMEDOUT;
+        int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd >= 0) {
+            if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+                err = 0;
+            } else if (errno == EINPROGRESS) {
+                struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+                if (poll(&pfd, 1, 1000) == 1) {
+                    socklen_t el = sizeof err;
+                    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0)
+                        err = errno;
+                }
+            } else {
+                err = errno;
+            }
+            close(fd);
+        }
+        freeaddrinfo(ai);
+        if (err == ECONNREFUSED)
+            snprintf(why, sizeof why, "nothing listens on %s:%s (connection refused)", host, port);
+        else if (err == ETIMEDOUT)
+            snprintf(why, sizeof why, "%s:%s does not answer (timed out)", host, port);
+        else if (err)
+            snprintf(why, sizeof why, "%s:%s: %s", host, port, strerror(err));
+        else
+            snprintf(why, sizeof why, "%s:%s accepts connections, but the NATS handshake failed (%s: TLS, "
+                     "credentials, or not a NATS server?)", host, port, natsStatus_GetText(s));
+    add:;
+        int w = snprintf(out + used, cap - used, "%s%s", used ? "; " : "", why);
+        if (w < 0 || (size_t)w >= cap - used)
+            break;
+        used += (size_t)w;
+    }
 }
 
 struct broker_link {
@@ -185,6 +306,14 @@ static vstatus connect_with(const config *c, const char *name, bool send_asap, b
     if (s != NATS_OK) {
         if (link)
             atomic_store(&link->up, false);
+        const char *last = nats_GetLastError(NULL);
+        /* a refusal by the server (authorization, TLS) names itself; only nats.c's generic answer is explained */
+        if (s == NATS_NO_SERVER || s == NATS_ADDRESS_MISSING || s == NATS_INVALID_ARG || !last) {
+            char why[2048];
+            explain_connect_failure(c->nats_url, s, why, sizeof why);
+            if (why[0])
+                return verror_set(e, V_ENATS, "cannot connect to NATS at --nats-url: %s", why);
+        }
         return broker_err(e, s, 0, "cannot connect to NATS (check --nats-url and credentials)");
     }
     return V_OK;

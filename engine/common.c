@@ -157,7 +157,7 @@ vstatus file_read(const char *path, size_t max, char **buf, size_t *len, verror 
     if (!b)
         rc = verror_set(e, V_ENOMEM, "out of memory");
     else if (rc == V_OK && ferror(f))
-        rc = verror_set(e, V_EIO, "read failed");
+        rc = verror_set(e, V_EIO, "read failed: %s", errno == EISDIR ? "it is a directory, not a file" : strerror(errno));
     fclose(f);
     if (rc != V_OK) {
         free(b);

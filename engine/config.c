@@ -72,7 +72,7 @@ static const opt opts[] = {
     {"--engine-id", "VERDICT_ENGINE_ID", O_STR, F(engine_id), NULL, G_SERVE, 0, 0,
      "this instance's id (default: hostname-pid)"},
     {"--metrics-addr", "VERDICT_METRICS_ADDR", O_STR, F(metrics_addr), "off", G_SERVE, 0, 0,
-     "host:port for /metrics, /healthz, /readyz, or off"},
+     "HOST:PORT for /metrics, /healthz, /readyz (HOST an IPv4 address or a name, e.g. localhost), or off"},
     {"--publish-timeout", "VERDICT_PUBLISH_TIMEOUT", O_DUR, F(publish_timeout_ms), "2s", G_SERVE, 1, MS_S * 300,
      "wait this long for a decision's PubAck before naking for a retry"},
     {"--ack-wait", "VERDICT_ACK_WAIT", O_DUR, F(ack_wait_ms), "30s", G_NAMES, MS_S, MS_D, "consumer AckWait"},
@@ -266,6 +266,15 @@ vstatus config_parse(config *c, int argc, char **argv, bool *help, int *rest, in
     if (c->txn_max_age_ms && c->dup_window_ms > c->txn_max_age_ms)
         return verror_set(e, V_EINVAL, "--dup-window (%lld ms) cannot be longer than --txn-max-age (%lld ms)",
                           (long long)c->dup_window_ms, (long long)c->txn_max_age_ms);
+    if (c->metrics_addr[0] && strcmp(c->metrics_addr, "off") != 0) {
+        /* the form only; the host is resolved when the listener starts (observe.c) */
+        const char *colon = strrchr(c->metrics_addr, ':');
+        char *end = NULL;
+        long port = colon ? strtol(colon + 1, &end, 10) : 0;
+        if (!colon || !colon[1] || *end || port < 1 || port > 65535)
+            return verror_set(e, V_EINVAL, "--metrics-addr '%s' is not HOST:PORT (e.g. localhost:9464, "
+                              "0.0.0.0:9464, :9464 for 127.0.0.1) or off", c->metrics_addr);
+    }
     for (const char *p = c->prefix; *p; p++)
         if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_' || *p == '-'))
             return verror_set(e, V_EINVAL, "--prefix must be lower-case [a-z0-9_-]");

@@ -437,6 +437,11 @@ int cmd_demo(int argc, char **argv)
         demo_help();
         return 0;
     }
+    /* before anything is started: without a URL there is no server the engines could be on */
+    if (no_engine && !url_given) {
+        fprintf(stderr, "verdict demo: --no-engine needs --nats-url (the server the engines use)\n");
+        return 2;
+    }
     log_set_component("demo");
     log_set_quiet(1);
 
@@ -477,10 +482,6 @@ int cmd_demo(int argc, char **argv)
         str_copy(d.cfg.rules_file, sizeof d.cfg.rules_file, VERDICT_SOURCE_DIR "/rules/default.rules");
     if (!d.cfg.model_file[0] && access(VERDICT_SOURCE_DIR "/models/verdict-gbdt.json", R_OK) == 0)
         str_copy(d.cfg.model_file, sizeof d.cfg.model_file, VERDICT_SOURCE_DIR "/models/verdict-gbdt.json");
-    if (no_engine && !url_given) {
-        fprintf(stderr, "verdict demo: --no-engine needs --nats-url (the server the engines use)\n");
-        goto out;
-    }
     if (!no_engine)
         fprintf(stderr, "[demo] starting the engine (%d workers, rules %s, model %s)...\n", d.cfg.workers,
                 d.cfg.rules_file[0] ? d.cfg.rules_file : "built-in", d.cfg.model_file[0] ? d.cfg.model_file : "none");

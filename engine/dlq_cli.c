@@ -89,17 +89,61 @@ int cmd_dlq(int argc, char **argv)
     cliconn c = {0};
     if (argc > 64)
         return 2;
-    int rc = cliconn_open(&c, argc, argv, rest, &nrest, "dlq", dlq_help);
+    int rc = cliconn_parse(&c, argc, argv, rest, &nrest, "dlq", dlq_help);
     if (rc)
         return rc < 0 ? 0 : rc;
     const char *sub = nrest ? argv[rest[0]] : "ls";
     const char *reason = NULL, *arg = NULL;
     for (int k = 1; k < nrest; k++) {
-        if (strcmp(argv[rest[k]], "--reason") == 0 && k + 1 < nrest)
+        if (strcmp(argv[rest[k]], "--reason") == 0) {
+            if (k + 1 >= nrest) {
+                fprintf(stderr, "verdict dlq: --reason needs a value (see --help)\n");
+                return 2;
+            }
             reason = argv[rest[++k]];
-        else
+        } else if (argv[rest[k]][0] == '-') {
+            fprintf(stderr, "verdict dlq: unknown option '%s' (see --help)\n", argv[rest[k]]);
+            return 2;
+        } else {
             arg = argv[rest[k]];
+        }
     }
+    /* usage errors are found before connecting, and a reason no writer uses would only ever list nothing */
+    static const char *const reasons[] = {"decode_error", "oversize", "invalid_txn_id", "missing_field",
+                                          "max_deliveries", "terminated"};
+    if (reason) {
+        bool known = false;
+        for (size_t i = 0; i < sizeof reasons / sizeof reasons[0]; i++)
+            known |= strcmp(reason, reasons[i]) == 0;
+        if (!known) {
+            fprintf(stderr, "verdict dlq: unknown reason '%s': one of decode_error, invalid_txn_id, missing_field, "
+                    "oversize, max_deliveries, terminated\n", reason);
+            return 2;
+        }
+    }
+    uint64_t arg_seq = 0;
+    if (arg) {
+        char *end;
+        arg_seq = strtoull(arg, &end, 10);
+        if (!*arg || *end || arg[0] == '-' || arg_seq == 0) {
+            fprintf(stderr, "verdict dlq %s: '%s' is not a sequence number (a positive integer, the SEQ of "
+                    "`verdict dlq ls`)\n", sub, arg);
+            return 2;
+        }
+    }
+    bool sub_ok = (strcmp(sub, "ls") == 0 && !arg) || (strcmp(sub, "show") == 0 && arg && !reason) ||
+                  (strcmp(sub, "replay") == 0 && (arg != NULL) != (reason != NULL));
+    if (!sub_ok) {
+        if (strcmp(sub, "ls") && strcmp(sub, "show") && strcmp(sub, "replay"))
+            fprintf(stderr, "verdict dlq: unknown subcommand '%s': ls, show or replay (see --help)\n", sub);
+        else
+            fprintf(stderr, "verdict dlq %s: wrong arguments; usage: dlq ls [--reason R], dlq show SEQ, "
+                    "dlq replay SEQ | --reason R\n", sub);
+        return 2;
+    }
+    rc = cliconn_connect(&c, "dlq");
+    if (rc)
+        return rc;
     uint64_t first = 0, last = 0;
     if (!cliconn_stream_range(c.js, c.cfg.dlq_stream, &first, &last)) {
         fprintf(stderr, "verdict dlq: stream %s not found (has the engine run?)\n", c.cfg.dlq_stream);
@@ -150,9 +194,10 @@ int cmd_dlq(int argc, char **argv)
             printf("%d dead letter%s replayed\n", n, n == 1 ? "" : "s");
     } else if (strcmp(sub, "show") == 0 && arg) {
         natsMsg *m = NULL;
-        uint64_t seq = strtoull(arg, NULL, 10);
+        uint64_t seq = arg_seq;
         if (js_GetMsg(&m, c.js, c.cfg.dlq_stream, seq, NULL, NULL) != NATS_OK) {
-            fprintf(stderr, "verdict dlq show: no dead letter at sequence %s\n", arg);
+            fprintf(stderr, "verdict dlq show: no dead letter at sequence %llu (%s holds %llu..%llu)\n",
+                    (unsigned long long)seq, c.cfg.dlq_stream, (unsigned long long)first, (unsigned long long)last);
             rc = 1;
         } else {
             printf("dead letter %llu on %s (%d bytes)\n", (unsigned long long)seq, natsMsg_GetSubject(m),
@@ -171,16 +216,22 @@ int cmd_dlq(int argc, char **argv)
                 V_OK) {
                 printf("decoded transaction:\n");
                 print_txn(t);
+            } else if (why == POISON_MISSING_FIELD || why == POISON_INVALID_TXN_ID) {
+                /* the bytes are a Transaction that fails validation: show what it holds beside why */
+                Transaction *raw = verdict__v1__transaction__unpack(NULL, (size_t)natsMsg_GetDataLength(m),
+                                                                    (const uint8_t *)natsMsg_GetData(m));
+                printf("payload decodes, but is not a valid transaction: %s\n", e.msg);
+                if (raw) {
+                    print_txn(raw);
+                    verdict__v1__transaction__free_unpacked(raw, NULL);
+                }
             } else {
                 printf("payload does not decode as a valid transaction: %s\n", e.msg);
             }
             natsMsg_Destroy(m);
         }
-    } else if (strcmp(sub, "replay") == 0 && arg) {
-        rc = replay_one(&c, strtoull(arg, NULL, 10));
     } else {
-        dlq_help();
-        rc = 2;
+        rc = replay_one(&c, arg_seq);
     }
     arena_free(&a);
     cliconn_close(&c);
@@ -266,7 +317,7 @@ int cmd_audit(int argc, char **argv)
     cliconn c = {0};
     if (argc > 64)
         return 2;
-    int rc = cliconn_open(&c, argc, argv, rest, &nrest, "audit", audit_help);
+    int rc = cliconn_parse(&c, argc, argv, rest, &nrest, "audit", audit_help);
     if (rc)
         return rc < 0 ? 0 : rc;
     uint64_t from = 0, to = UINT64_MAX;
@@ -291,10 +342,15 @@ int cmd_audit(int argc, char **argv)
             to = strtoull(v, NULL, 10);
             k++;
         } else {
-            fprintf(stderr, "verdict audit: unknown option '%s'\n", a);
+            fprintf(stderr, "verdict audit: unknown option '%s' (see --help)\n", a);
             cliconn_close(&c);
             return 2;
         }
+    }
+    rc = cliconn_connect(&c, "audit");
+    if (rc) {
+        cliconn_close(&c);
+        return rc;
     }
     uint64_t tf, tl, df, dl, lf, ll;
     if (!cliconn_stream_range(c.js, c.cfg.txn_stream, &tf, &tl) || !cliconn_stream_range(c.js, c.cfg.decisions_stream, &df, &dl) ||

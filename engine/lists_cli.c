@@ -38,12 +38,47 @@ static int open_bucket(conn *c, int argc, char **argv, int *rest, int *nrest, co
         fprintf(stderr, "verdict %s: missing subcommand (see `verdict %s --help`)\n", cmd, cmd);
         return 2;
     }
+    /* the subcommand and its argument count are checked before connecting: a usage error needs no server */
+    const char *word = argv[rest[0]];
+    bool known, arity;
+    if (profiles) {
+        known = strcmp(word, "put") == 0 || strcmp(word, "get") == 0;
+        arity = *nrest == (strcmp(word, "put") == 0 ? 3 : 2);
+    } else {
+        known = strcmp(word, "add") == 0 || strcmp(word, "rm") == 0 || strcmp(word, "ls") == 0;
+        arity = strcmp(word, "ls") == 0 ? *nrest <= 2 : *nrest >= 3;
+    }
+    if (!known || !arity) {
+        if (!known)
+            fprintf(stderr, "verdict %s: unknown subcommand '%s': ", cmd, word);
+        else
+            fprintf(stderr, "verdict %s %s: wrong number of arguments: ", cmd, word);
+        fprintf(stderr, "%s (see --help)\n",
+                profiles ? "put ACCOUNT JSON or get ACCOUNT" : "add LIST VALUE..., rm LIST VALUE... or ls [LIST]");
+        return 2;
+    }
     if ((rc = cliconn_connect(&c->cc, cmd)) != 0) {
         close_conn(c);
         return rc;
     }
     verror e = {0};
     const char *bucket = profiles ? c->cc.cfg.profiles_bucket : c->cc.cfg.lists_bucket;
+    const char *sub = argv[rest[0]];
+    if (!profiles && strcmp(sub, "ls") == 0) {
+        /* reading creates nothing: an absent bucket simply holds no values */
+        natsStatus s = js_KeyValue(&c->kv, c->cc.js, bucket);
+        if (s == NATS_NOT_FOUND) {
+            printf("no bucket %s yet: no list holds a value (the first `verdict lists add` creates it)\n", bucket);
+            close_conn(c);
+            return -1;
+        }
+        if (s != NATS_OK) {
+            fprintf(stderr, "verdict %s: bucket %s: %s\n", cmd, bucket, natsStatus_GetText(s));
+            close_conn(c);
+            return 1;
+        }
+        return 0;
+    }
     if (replica_bucket_open(c->cc.js, bucket, c->cc.cfg.replicas, &c->kv, &e) != V_OK) {
         fprintf(stderr, "verdict %s: bucket %s: %s\n", cmd, bucket, e.msg);
         close_conn(c);

@@ -4,6 +4,8 @@
 #include "log.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
 #include <microhttpd.h>
 #include <pthread.h>
 #include <netinet/in.h>
@@ -12,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #ifndef VERDICT_VERSION
 #define VERDICT_VERSION "0.1.0"
@@ -142,8 +145,24 @@ static size_t metrics(observe *ob, engine *en, char *buf, size_t cap)
         counter(&o, "verdict_state_evicted_keys_total",
                 "Entities evicted from the velocity state to make room (least recently seen first).",
                 (long long)vs.evictions);
-        gauge(&o, "verdict_state_memory_bytes", "Memory held by the velocity state (allocated up front).",
+        gauge(&o, "verdict_state_memory_bytes",
+              "Address space reserved by the velocity state up front (virtual: pages count towards the resident "
+              "size only once touched); see process_resident_memory_bytes for what the process holds in RAM.",
               (long long)vs.bytes);
+    }
+    /* the process's resident and virtual size (the standard Prometheus names), so a dashboard can tell the
+     * state's reservation from the RAM actually used */
+    FILE *statm = fopen("/proc/self/statm", "r");
+    if (statm) {
+        unsigned long long pages_virt = 0, pages_res = 0;
+        long page = sysconf(_SC_PAGESIZE);
+        if (fscanf(statm, "%llu %llu", &pages_virt, &pages_res) == 2 && page > 0) {
+            gauge(&o, "process_resident_memory_bytes", "Resident memory of the engine process (RSS).",
+                  (long long)(pages_res * (unsigned long long)page));
+            gauge(&o, "process_virtual_memory_bytes", "Virtual memory of the engine process.",
+                  (long long)(pages_virt * (unsigned long long)page));
+        }
+        fclose(statm);
     }
 
     char rv[40], mv[40];
@@ -224,6 +243,17 @@ static enum MHD_Result on_http(void *cls, struct MHD_Connection *c, const char *
     return respond(c, 404, "text/plain", "not found: try /metrics, /healthz, /readyz\n", 44);
 }
 
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char msg[256];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = 0;
+    log_warn("metrics http server", "\"error\":\"%s\"", log_esc(msg));
+}
+
 static vstatus start_http(observe *o, verror *e)
 {
     const char *addr = o->cfg.metrics_addr;
@@ -244,14 +274,27 @@ static vstatus start_http(observe *o, verror *e)
     long port = strtol(colon + 1, &end, 10);
     if (*end || port < 1 || port > 65535)
         return verror_set(e, V_EINVAL, "--metrics-addr '%s': bad port", addr);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1)
-        return verror_set(e, V_EINVAL, "--metrics-addr '%s': the host must be an IPv4 address", addr);
+    /* a name (localhost, a pod's hostname) is resolved here, once; the listener is IPv4 */
+    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *ai = NULL;
+    int gai = getaddrinfo(host, NULL, &hints, &ai);
+    if (gai != 0 || !ai)
+        return verror_set(e, V_EINVAL, "--metrics-addr '%s': cannot resolve '%s' to an IPv4 address: %s", addr,
+                          host, gai_strerror(gai));
+    struct sockaddr_in sa;
+    memcpy(&sa, ai->ai_addr, sizeof sa);
+    freeaddrinfo(ai);
+    sa.sin_port = htons((uint16_t)port);
+    errno = 0;
+    /* libmicrohttpd's own messages ("Failed to bind to port ...") go through the JSON log, not bare to stderr */
     o->httpd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, (uint16_t)port, NULL, NULL,
                                 on_http, o, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+                                MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
-    if (!o->httpd)
-        return verror_set(e, V_EIO, "cannot listen on %s for metrics (in use?)", addr);
+    if (!o->httpd) {
+        int err = errno;
+        return verror_set(e, V_ECONFLICT, "cannot listen on %s for metrics: %s", addr,
+                          err == EADDRINUSE ? "the port is in use" : err ? strerror(err) : "failed");
+    }
     log_info("metrics listening", "\"addr\":\"%s\"", log_esc(addr));
     return V_OK;
 }

@@ -857,8 +857,8 @@ static void *worker_main(void *arg)
             continue;
         if (s != NATS_OK) {
             if (!atomic_load(&en->stopping))
-                log_warn("fetch failed; retrying", "\"worker\":%d,\"error\":\"%s\"", w->id,
-                         log_esc(natsStatus_GetText(s)));
+                log_warn("fetch failed; retrying", "\"worker\":%d,\"error\":\"%s\",\"js_code\":%d,\"detail\":\"%s\"",
+                         w->id, log_esc(natsStatus_GetText(s)), (int)jerr, log_esc(nats_GetLastError(NULL)));
             natsMsgList_Destroy(&list);
             sleep_ms(200);
             continue;

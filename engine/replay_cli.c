@@ -106,7 +106,7 @@ int cmd_replay(int argc, char **argv)
         return 2;
     }
     cliconn c = {0};
-    int rc = cliconn_open(&c, argc, argv, rest, &nrest, "replay", replay_help);
+    int rc = cliconn_parse(&c, argc, argv, rest, &nrest, "replay", replay_help);
     if (rc)
         return rc < 0 ? 0 : rc;
     uint64_t from = 0, to = 0, last = 10000;
@@ -146,6 +146,9 @@ int cmd_replay(int argc, char **argv)
         cliconn_close(&c);
         return 2;
     }
+    /* connected only once the arguments are known good: a usage error needs no server */
+    if ((rc = cliconn_connect(&c, "replay")) != 0)
+        return rc;
     policy *p = NULL;
     rules_diag diag = {0};
     if (policy_load(c.cfg.rules_file, c.cfg.model_file, &p, &diag) != V_OK) {

@@ -559,9 +559,29 @@ static int field_arg(cc *c, ty want, const char *role)
     }
     int id = featreg_find(c->reg, t.p, t.len);
     if (id < 0 || c->reg->defs[id].kind != FK_TXN) {
-        const char *s = suggest(c, t.p, t.len);
-        FAIL_TOK(c, t, "unknown transaction field '%.*s' for %s%s%s%s", (int)t.len, t.p, role, s ? " (did you mean '" : "",
-                 s ? s : "", s ? "'?)" : "");
+        /* Only a transaction field of the wanted type is a useful suggestion: the general one could name the
+         * very word typed (`amount` is a derived feature, not a field) or one of another type. */
+        const char *s = NULL;
+        size_t bd = 3;
+        char fields[512] = "";
+        size_t fl = 0;
+        for (int i = 0; i < FEAT_BUILTIN_COUNT; i++) {
+            const feat_def *d = &c->reg->defs[i];
+            if (d->kind != FK_TXN || (ty)d->type != want)
+                continue;
+            size_t dist = edit_distance(t.p, t.len, d->name, strlen(d->name));
+            if (dist < bd) {
+                bd = dist;
+                s = d->name;
+            }
+            int w = snprintf(fields + fl, sizeof fields - fl, "%s%s", fl ? ", " : "", d->name);
+            if (w > 0 && (size_t)w < sizeof fields - fl)
+                fl += (size_t)w;
+        }
+        if (s)
+            FAIL_TOK(c, t, "unknown transaction field '%.*s' for %s (did you mean '%s'?)", (int)t.len, t.p, role, s);
+        FAIL_TOK(c, t, "%s must be a %s field of the transaction, and '%.*s' is %s; one of: %s", role,
+                 ty_name(want), (int)t.len, t.p, id < 0 ? "not one" : "computed by the engine, not one", fields);
     }
     if ((ty)c->reg->defs[id].type != want)
         FAIL_TOK(c, t, "%s must be a %s field, but '%.*s' is a %s", role, ty_name(want), (int)t.len, t.p,

@@ -7,6 +7,7 @@
 #include "reloader.h"
 #include "rules.h"
 
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,14 @@ int cmd_check(int argc, char **argv)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             check_help();
             return 0;
+        }
+    }
+    /* check takes no options: a word starting with '-' is a mistyped flag, not a file (write ./-name for one) */
+    for (int i = 1; i < argc; i++) {
+        if (argv[i][0] == '-') {
+            fprintf(stderr, "verdict check: unknown option '%s' (see --help; a file named so: ./%s)\n", argv[i],
+                    argv[i]);
+            return 2;
         }
     }
     for (int i = 1; i < argc; i++) {
@@ -62,6 +71,52 @@ int cmd_check(int argc, char **argv)
 
 /* ------------------------------------------------------------------------------------------------------ */
 
+/* The rules version each running engine reports through $SRV (nats micro PING, metadata.rules_version), after
+ * `rules show`: the bucket holds what was pushed, and an engine that refused it (a feature it cannot serve, a
+ * rebuild that failed) runs the previous version. Engines answer within PING_WAIT_MS or are not listed. */
+#define PING_WAIT_MS 500
+
+static void print_engines(cliconn *c, const char *bucket_version)
+{
+    natsInbox *tmp = NULL;
+    natsSubscription *sub = NULL;
+    char inbox[NAME_MAX_LEN + 64];
+    if (natsInbox_Create(&tmp) != NATS_OK)
+        return;
+    const char *tok = strrchr(tmp, '.');
+    snprintf(inbox, sizeof inbox, "%s.%s", c->cfg.inbox_prefix[0] ? c->cfg.inbox_prefix : "_INBOX",
+             tok ? tok + 1 : tmp);
+    natsInbox_Destroy(tmp);
+    int n = 0, differ = 0;
+    if (natsConnection_SubscribeSync(&sub, c->nc, inbox) == NATS_OK &&
+        natsConnection_PublishRequestString(c->nc, "$SRV.PING.verdict", inbox, "") == NATS_OK) {
+        int64_t deadline = now_ms() + PING_WAIT_MS;
+        for (int64_t left; (left = deadline - now_ms()) > 0;) {
+            natsMsg *m = NULL;
+            if (natsSubscription_NextMsg(&m, sub, left) != NATS_OK)
+                break;
+            json_t *j = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, NULL);
+            const char *id = json_string_value(json_object_get(j, "id"));
+            const char *rv = json_string_value(json_object_get(json_object_get(j, "metadata"), "rules_version"));
+            if (id && rv) {
+                bool same = bucket_version && strcmp(rv, bucket_version) == 0;
+                differ += !same;
+                printf("# engine %s runs rules version %s%s\n", id, rv,
+                       !bucket_version ? "" : same ? " (this one)"
+                                               : " (NOT this one: it refused it or is still loading; see its log)");
+                n++;
+            }
+            json_decref(j);
+            natsMsg_Destroy(m);
+        }
+    }
+    natsSubscription_Destroy(sub);
+    if (n == 0)
+        printf("# no engine answered $SRV.PING.verdict within %d ms\n", PING_WAIT_MS);
+    else if (differ && bucket_version)
+        fprintf(stderr, "verdict rules: %d of %d engines do not run the version in the bucket\n", differ, n);
+}
+
 static void rules_help(void)
 {
     printf("usage: verdict rules push FILE   check FILE, then put it into the rules KV bucket (key 'rules'):\n"
@@ -75,19 +130,58 @@ static void rules_help(void)
 int cmd_rules(int argc, char **argv)
 {
     int rest[64], nrest = 0;
-    if (argc > 60)
+    if (argc > 60) {
+        fprintf(stderr, "verdict rules: too many arguments\n");
         return 2;
+    }
     cliconn c = {0};
-    int rc = cliconn_open(&c, argc, argv, rest, &nrest, "rules", rules_help);
+    int rc = cliconn_parse(&c, argc, argv, rest, &nrest, "rules", rules_help);
     if (rc)
         return rc < 0 ? 0 : rc;
+    /* the subcommand and its arguments are checked before connecting: a usage error needs no server */
     const char *sub = nrest > 0 ? argv[rest[0]] : "";
+    int want = strcmp(sub, "push") == 0 ? 2 : strcmp(sub, "show") == 0 || strcmp(sub, "clear") == 0 ? 1 : 0;
+    if (!sub[0]) {
+        fprintf(stderr, "verdict rules: which subcommand? push FILE, show or clear (see --help)\n");
+        return 2;
+    }
+    if (!want) {
+        fprintf(stderr, "verdict rules: unknown subcommand '%s': push FILE, show or clear (see --help)\n", sub);
+        return 2;
+    }
+    if (nrest != want) {
+        fprintf(stderr, "verdict rules %s: %s (see --help)\n", sub,
+                want == 2 ? (nrest < 2 ? "needs a FILE" : "takes one FILE") : "takes no arguments");
+        return 2;
+    }
+    rc = cliconn_connect(&c, "rules");
+    if (rc)
+        return rc;
     kvStore *kv = NULL;
     verror e = {0};
-    if (reloader_bucket(&c.cfg, c.js, &kv, &e) != V_OK) {
-        fprintf(stderr, "verdict rules: %s\n", e.msg);
-        cliconn_close(&c);
-        return 1;
+    if (want == 2) {
+        /* only push creates the bucket; show and clear read what exists and leave the server as it is */
+        if (reloader_bucket(&c.cfg, c.js, &kv, &e) != V_OK) {
+            fprintf(stderr, "verdict rules: %s\n", e.msg);
+            cliconn_close(&c);
+            return 1;
+        }
+    } else {
+        natsStatus s = js_KeyValue(&kv, c.js, c.cfg.rules_bucket);
+        if (s == NATS_NOT_FOUND) {
+            if (strcmp(sub, "show") == 0)
+                printf("no rules bucket %s: engines run their --rules file\n", c.cfg.rules_bucket);
+            else
+                printf("no rules bucket %s: nothing to clear\n", c.cfg.rules_bucket);
+            cliconn_close(&c);
+            return 0;
+        }
+        if (s != NATS_OK) {
+            fprintf(stderr, "verdict rules: cannot open the bucket %s: %s\n", c.cfg.rules_bucket,
+                    natsStatus_GetText(s));
+            cliconn_close(&c);
+            return 1;
+        }
     }
     rc = 0;
     if (strcmp(sub, "push") == 0 && nrest == 2) {
@@ -116,28 +210,41 @@ int cmd_rules(int argc, char **argv)
             } else {
                 printf("pushed %s: %d rules, version %s, %s/%s revision %llu\n", path, rules_count(rs),
                        rules_version(rs), c.cfg.rules_bucket, RULES_KV_KEY, (unsigned long long)rev);
+                /* every engine creates its TXN stream on start: without it no engine has ever run under this
+                 * --prefix and the push reached nobody yet (a mistyped prefix, or rules staged before the first
+                 * deployment, which is legitimate: hence a warning, not a failure) */
+                uint64_t f, l;
+                if (!cliconn_stream_range(c.js, c.cfg.txn_stream, &f, &l))
+                    fprintf(stderr, "verdict rules: warning: no stream %s: no engine has run with --prefix '%s' on "
+                            "this server; engines started with it will load these rules (a mistyped --prefix?)\n",
+                            c.cfg.txn_stream, c.cfg.prefix);
             }
         }
         rules_free(rs);
         rules_diag_free(&d);
         free(text);
-    } else if (strcmp(sub, "show") == 0 && nrest == 1) {
+    } else if (strcmp(sub, "show") == 0) {
         kvEntry *ent = NULL;
         natsStatus s = kvStore_Get(&ent, kv, RULES_KV_KEY);
         if (s == NATS_NOT_FOUND) {
             printf("no rules in %s: engines run their --rules file\n", c.cfg.rules_bucket);
+            print_engines(&c, NULL);
         } else if (s != NATS_OK) {
             fprintf(stderr, "verdict rules: get failed: %s\n", natsStatus_GetText(s));
             rc = 1;
         } else {
             char v[17];
             hash64_hex(hash64(kvEntry_Value(ent), (size_t)kvEntry_ValueLen(ent)), v);
-            printf("# %s/%s revision %llu, version %s\n%.*s", c.cfg.rules_bucket, RULES_KV_KEY,
-                   (unsigned long long)kvEntry_Revision(ent), v, kvEntry_ValueLen(ent),
-                   (const char *)kvEntry_Value(ent));
+            printf("# %s/%s revision %llu, version %s (what was pushed; what engines run is below)\n%.*s",
+                   c.cfg.rules_bucket, RULES_KV_KEY, (unsigned long long)kvEntry_Revision(ent), v,
+                   kvEntry_ValueLen(ent), (const char *)kvEntry_Value(ent));
+            int len = kvEntry_ValueLen(ent);
+            if (len > 0 && ((const char *)kvEntry_Value(ent))[len - 1] != '\n')
+                putchar('\n');
             kvEntry_Destroy(ent);
+            print_engines(&c, v);
         }
-    } else if (strcmp(sub, "clear") == 0 && nrest == 1) {
+    } else {
         natsStatus s = kvStore_Delete(kv, RULES_KV_KEY);
         if (s != NATS_OK) {
             fprintf(stderr, "verdict rules: delete failed: %s\n", natsStatus_GetText(s));
@@ -145,9 +252,6 @@ int cmd_rules(int argc, char **argv)
         } else {
             printf("cleared %s/%s: engines fall back to their --rules file\n", c.cfg.rules_bucket, RULES_KV_KEY);
         }
-    } else {
-        rules_help();
-        rc = 2;
     }
     kvStore_Destroy(kv);
     cliconn_close(&c);

@@ -108,6 +108,7 @@ Test(reconcile, skipped_transactions_are_found_redriven_and_then_balance)
     publish_raw("txn.orders", "skip-p", "\xff\xff\xff", 3);
     consumer_passes(3, false);
 
+    cr_assert_eq(audit("--frob", NULL, NULL), 2, "a usage error, named, before connecting");
     cr_assert_eq(audit(NULL, NULL, NULL), 1, "three transactions with neither; see %s", outp);
     cr_assert_eq(count_lines("NEITHER"), 3);
 

@@ -1,0 +1,307 @@
+/* test_cli.c - the `verdict` binary as a new user meets it: usage errors exit 2 and name what was wrong,
+ * runtime failures exit 1 and say why (an unreachable server in its own words), read-only commands create
+ * nothing, and `verdict decision` prints a stored decision. Runs the built binary; where a server is needed,
+ * a real nats-server from the harness. */
+
+#include "client.h"
+#include "harness.h"
+
+#include <criterion/criterion.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char outp[256];
+static char out[65536];
+
+/* Runs verdict with argv (NULL-terminated; argv[0] ignored), stdout and stderr into out; its exit status. */
+static int run(const char *const argv[], int timeout_ms)
+{
+    if (!outp[0])
+        temp_path(outp, sizeof outp, ".out");
+    unlink(outp);
+    pid_t pid = verdict_spawn(argv, outp);
+    int rc = child_wait(pid, timeout_ms);
+    if (rc == -1) {
+        kill(pid, SIGKILL);
+        child_wait(pid, 5000);
+    }
+    out[0] = 0;
+    FILE *f = fopen(outp, "r");
+    if (f) {
+        size_t n = fread(out, 1, sizeof out - 1, f);
+        out[n] = 0;
+        fclose(f);
+    }
+    unlink(outp);
+    return rc;
+}
+
+#define EXPECT(rc_, needle, ...)                                                                                  \
+    do {                                                                                                          \
+        const char *const a_[] = {"verdict", __VA_ARGS__, NULL};                                                  \
+        int r_ = run(a_, 20000);                                                                                  \
+        cr_expect_eq(r_, (rc_), "`%s %s`: exit %d, want %d; output:\n%s", a_[1], a_[2] ? a_[2] : "", r_, (rc_),   \
+                     out);                                                                                        \
+        cr_expect(strstr(out, (needle)) != NULL, "`%s %s`: output lacks \"%s\":\n%s", a_[1], a_[2] ? a_[2] : "", \
+                  (needle), out);                                                                                 \
+    } while (0)
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* --- usage errors: exit 2, the bad word named, nothing connected or started ------------------------------ */
+
+Test(cli, usage_errors_exit_2_and_name_the_mistake)
+{
+    EXPECT(2, "unknown option '--frob'", "check", "--frob");
+    EXPECT(2, "unknown subcommand 'bogus'", "rules", "bogus");
+    EXPECT(2, "needs a FILE", "rules", "push");
+    EXPECT(2, "'abc' is not a sequence number", "dlq", "show", "abc");
+    EXPECT(2, "unknown reason 'bogus'", "dlq", "ls", "--reason", "bogus");
+    EXPECT(2, "unknown subcommand 'frob'", "dlq", "frob");
+    EXPECT(2, "is not a transaction id", "decision", "no.dots");
+    EXPECT(2, "usage: verdict decision", "decision");
+    EXPECT(2, "unknown option '--frob'", "decision", "t1", "--frob");
+    EXPECT(2, "is not HOST:PORT", "serve", "--metrics-addr", "localhost");
+    EXPECT(2, "is not HOST:PORT", "serve", "--metrics-addr", "localhost:99999");
+    /* found before connecting: the URL names a port nothing listens on */
+    char closed[64];
+    snprintf(closed, sizeof closed, "nats://127.0.0.1:%d", free_port());
+    EXPECT(2, "unknown subcommand 'bogus'", "lists", "bogus", "--nats-url", closed);
+    EXPECT(2, "unknown subcommand 'bogus'", "profiles", "bogus", "--nats-url", closed);
+    EXPECT(2, "unknown argument '--frob'", "replay", "--frob", "--nats-url", closed);
+    EXPECT(2, "unknown subcommand 'bogus'", "rules", "bogus", "--nats-url", closed);
+}
+
+/* A usage error is found before anything is started: no private nats-server for a demo that cannot run. */
+Test(cli, demo_no_engine_without_a_url_refuses_before_starting_a_server)
+{
+    unsetenv("VERDICT_NATS_URL");
+    EXPECT(2, "--no-engine needs --nats-url", "demo", "--no-engine");
+    cr_expect(strstr(out, "starting a private nats-server") == NULL, "a server was started first:\n%s", out);
+}
+
+/* count()'s key must be a transaction field: `amount` is one the engine computes, and the message must not
+ * suggest the very word typed. */
+Test(cli, check_count_of_a_derived_feature_names_the_fields_it_takes)
+{
+    char p[256];
+    temp_path(p, sizeof p, ".rules");
+    write_file(p, "rule r1 decline \"x\" when count(amount, 1h) > 3\n");
+    EXPECT(1, "computed by the engine", "check", p);
+    cr_expect(strstr(out, "did you mean 'amount'") == NULL, "%s", out);
+    cr_expect(strstr(out, "card_id") != NULL, "the message lists the fields count() takes:\n%s", out);
+    write_file(p, "rule r1 decline \"x\" when count(card_idd, 1h) > 3\n");
+    EXPECT(1, "did you mean 'card_id'?", "check", p);
+    unlink(p);
+}
+
+Test(cli, a_directory_given_as_a_rules_file_says_so)
+{
+    char d[256];
+    temp_path(d, sizeof d, ".dir");
+    cr_assert_eq(mkdir(d, 0700), 0);
+    EXPECT(1, "is a directory", "check", d);
+    rmdir(d);
+}
+
+/* --- connection failures: exit 1, in the operator's words ----------------------------------------------- */
+
+Test(cli, connection_failures_say_which_url_and_why)
+{
+    char closed[64];
+    snprintf(closed, sizeof closed, "nats://127.0.0.1:%d", free_port());
+    EXPECT(1, "connection refused", "decision", "t1", "--nats-url", closed);
+    EXPECT(1, "unknown host 'no-such-host.invalid'", "decision", "t1", "--nats-url", "nats://no-such-host.invalid:4222");
+    EXPECT(1, "is not a NATS URL scheme", "rules", "show", "--nats-url", "http://127.0.0.1:4222");
+    EXPECT(1, "is not a number", "dlq", "ls", "--nats-url", "nats://u:s3cret@127.0.0.1:abc");
+    cr_expect(strstr(out, "s3cret") == NULL, "a password in the URL is printed:\n%s", out);
+}
+
+/* --- against a server ------------------------------------------------------------------------------------- */
+
+static test_server srv;
+static natsConnection *nc;
+static jsCtx *js;
+static char logp[256];
+
+static void setup(void)
+{
+    cr_assert(server_start(&srv, NULL), "nats-server did not start");
+    nc = tc_connect(srv.url);
+    cr_assert_eq(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
+    temp_path(logp, sizeof logp, ".log");
+}
+
+static void teardown(void)
+{
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    server_stop(&srv);
+    unlink(logp);
+}
+
+static void stop_engine(pid_t pid)
+{
+    kill(pid, SIGTERM);
+    if (child_wait(pid, 15000) == -1) {
+        kill(pid, SIGKILL);
+        child_wait(pid, 5000);
+    }
+}
+
+static bool bucket_exists(const char *name)
+{
+    kvStore *kv = NULL;
+    natsStatus s = js_KeyValue(&kv, js, name);
+    kvStore_Destroy(kv);
+    return s == NATS_OK;
+}
+
+Test(cli, read_only_commands_create_no_bucket, .init = setup, .fini = teardown)
+{
+    EXPECT(1, "stream DECISIONS not found", "decision", "t1", "--nats-url", srv.url);
+    EXPECT(0, "no rules bucket verdict_rules", "rules", "show", "--nats-url", srv.url);
+    EXPECT(0, "nothing to clear", "rules", "clear", "--nats-url", srv.url);
+    EXPECT(0, "no bucket verdict_lists yet", "lists", "ls", "--nats-url", srv.url);
+    cr_expect(!bucket_exists("verdict_rules"), "rules show/clear created the rules bucket");
+    cr_expect(!bucket_exists("verdict_lists"), "lists ls created the lists bucket");
+}
+
+Test(cli, rules_push_to_a_prefix_no_engine_uses_warns, .init = setup, .fini = teardown)
+{
+    char p[256];
+    temp_path(p, sizeof p, ".rules");
+    write_file(p, "rule big decline \"amount over 100\" when amount > 100\n");
+    EXPECT(0, "no engine has run with --prefix 'acme'", "rules", "push", p, "--prefix", "acme", "--nats-url", srv.url);
+    unlink(p);
+}
+
+Test(cli, decision_prints_the_stored_decision_readably_and_as_json, .init = setup, .fini = teardown)
+{
+    char rp[256];
+    temp_path(rp, sizeof rp, ".rules");
+    write_file(rp, "rule big decline \"amount over 100\" when amount > 100\n");
+    pid_t pid = tc_start_engine(srv.url, logp, (const char *const[]){"--rules", rp, "--engine-id", "eng-cli-1", NULL});
+    Transaction t;
+    tc_txn(&t, "cli-dec-1", 50000);
+    cr_assert(tc_publish(js, "txn.ecom.x", &t));
+    natsMsg *m = NULL;
+    for (int i = 0; i < 500 && !(m = tc_find_decision(js, "cli-dec-1")); i++)
+        tc_sleep_ms(20);
+    cr_assert(m, "no decision within 10 s; see %s", logp);
+    natsMsg_Destroy(m);
+
+    EXPECT(0, "DECLINE", "decision", "cli-dec-1", "--nats-url", srv.url);
+    cr_expect(strstr(out, "big: amount over 100"), "reason with its text:\n%s", out);
+    cr_expect(strstr(out, "eng-cli-1"), "engine id:\n%s", out);
+    cr_expect(strstr(out, "queued") && strstr(out, "latency") && strstr(out, "decided_at") &&
+                  strstr(out, "rules_version") && strstr(out, "budget_exceeded") && strstr(out, "degraded"),
+              "%s", out);
+
+    EXPECT(0, "\"outcome\":\"decline\"", "decision", "cli-dec-1", "--json", "--nats-url", srv.url);
+    json_error_t je;
+    json_t *j = json_loads(out, 0, &je);
+    cr_assert(j, "not JSON (%s): %s", je.text, out);
+    cr_expect_str_eq(json_string_value(json_object_get(j, "txn_id")), "cli-dec-1");
+    cr_expect_str_eq(json_string_value(json_object_get(j, "engine_id")), "eng-cli-1");
+    json_t *r0 = json_array_get(json_object_get(j, "reasons"), 0);
+    cr_expect_str_eq(json_string_value(json_object_get(r0, "rule_id")), "big");
+    cr_expect_str_eq(json_string_value(json_object_get(r0, "text")), "amount over 100");
+    cr_expect(json_is_integer(json_object_get(j, "latency_us")) && json_is_integer(json_object_get(j, "queued_us")));
+    cr_expect(json_is_boolean(json_object_get(j, "budget_exceeded")) && json_is_boolean(json_object_get(j, "degraded")));
+    json_decref(j);
+
+    EXPECT(1, "unknown: no decision stored for cli-nope", "decision", "cli-nope", "--nats-url", srv.url);
+    stop_engine(pid);
+    unlink(rp);
+}
+
+/* A transaction without a card_id is dead-lettered as missing_field: its bytes decode, and `dlq show` shows
+ * the transaction beside what is missing instead of calling the payload undecodable. */
+Test(cli, dlq_show_of_a_missing_field_letter_shows_the_transaction, .init = setup, .fini = teardown)
+{
+    pid_t pid = tc_start_engine(srv.url, logp, NULL);
+    Transaction t;
+    tc_txn(&t, "cli-nocard", 1000);
+    t.card_id = "";
+    cr_assert(tc_publish(js, "txn.ecom.x", &t));
+    cr_assert(tc_wait_msgs(js, "DLQ", 1, 10000) >= 1, "no dead letter; see %s", logp);
+    EXPECT(0, "card_id is required", "dlq", "show", "1", "--nats-url", srv.url);
+    cr_expect(strstr(out, "does not decode") == NULL, "%s", out);
+    cr_expect(strstr(out, "cli-nocard"), "the decoded transaction is shown:\n%s", out);
+    EXPECT(1, "no dead letter at sequence 99", "dlq", "show", "99", "--nats-url", srv.url);
+    stop_engine(pid);
+}
+
+/* --metrics-addr takes a host name as the docs' examples do, and /metrics tells the process's resident size
+ * from the state's reservation. */
+Test(cli, metrics_addr_accepts_localhost_and_exports_resident_memory, .init = setup, .fini = teardown)
+{
+    int port = free_port();
+    char addr[64];
+    snprintf(addr, sizeof addr, "localhost:%d", port);
+    pid_t pid = tc_start_engine(srv.url, logp, (const char *const[]){"--metrics-addr", addr, NULL});
+    static char body[65536];
+    cr_assert(http_get_local(port, "/metrics", body, sizeof body), "no /metrics on %s; see %s", addr, logp);
+    cr_expect(strstr(body, "\nprocess_resident_memory_bytes "), "%s", body);
+    cr_expect(strstr(body, "\nverdict_state_memory_bytes "), "%s", body);
+    stop_engine(pid);
+}
+
+/* A metrics port in use: exit 1, and every line on the engine's output is JSON (libmicrohttpd's own message
+ * "Failed to bind to port" used to come first, bare). */
+Test(cli, a_metrics_port_in_use_fails_with_json_lines_only, .init = setup, .fini = teardown)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert(fd >= 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof sa;
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    cr_assert_eq(listen(fd, 1), 0);
+    cr_assert_eq(getsockname(fd, (struct sockaddr *)&sa, &sl), 0);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", ntohs(sa.sin_port));
+    const char *const a[] = {"verdict", "serve", "--nats-url", srv.url, "--metrics-addr", addr, NULL};
+    int rc = run(a, 20000);
+    close(fd);
+    cr_expect_eq(rc, 1, "exit %d:\n%s", rc, out);
+    cr_expect(strstr(out, "in use"), "%s", out);
+    for (char *line = out; *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : line + strlen(line))
+        if (*line != '\n')
+            cr_expect_eq(*line, '{', "a line that is not JSON:\n%s", out);
+}
+
+/* The bucket holds what was pushed; an engine that refused it runs the previous version, and `rules show`
+ * says so instead of presenting the refused text as what is in force. */
+Test(cli, rules_show_says_which_version_each_engine_runs, .init = setup, .fini = teardown)
+{
+    char rp[256];
+    temp_path(rp, sizeof rp, ".rules");
+    write_file(rp, "rule big decline \"amount over 100\" when amount > 100\n");
+    pid_t pid = tc_start_engine(srv.url, logp, (const char *const[]){"--rules", rp, "--engine-id", "eng-show", NULL});
+    /* a text that does not compile, put past `rules push`'s check: the engine refuses it */
+    kvStore *kv = NULL;
+    cr_assert_eq(js_KeyValue(&kv, js, "verdict_rules"), NATS_OK);
+    cr_assert_eq(kvStore_PutString(NULL, kv, "rules", "rule x decline \"x\" when amount >\n"), NATS_OK);
+    kvStore_Destroy(kv);
+    cr_assert(file_wait_for(logp, "refused", 10000), "the engine did not refuse; see %s", logp);
+    EXPECT(0, "engine eng-show runs rules version", "rules", "show", "--nats-url", srv.url);
+    cr_expect(strstr(out, "NOT this one"), "%s", out);
+    stop_engine(pid);
+    unlink(rp);
+}
