@@ -108,6 +108,7 @@ struct engine {
     _Atomic(broker_link *) nc_link, inc_link; /* their state, for health checks that never wait on nats.c */
     jsCtx *js;
     jsCtx *ijs;
+    jsCtx *gjs; /* look-ups of stored decisions on the worker connection: 1 s per request */
     natsSubscription *ingress;
     arena ingress_arena; /* ingress callbacks are serialised per subscription */
     worker *workers;
@@ -301,10 +302,20 @@ static natsStatus find_decision(engine *en, jsCtx *js, const char *txn_id, natsM
     return NATS_NOT_FOUND;
 }
 
-/* The stored decision behind a Duplicate PubAck: by the sequence the PubAck names when that message is this
- * transaction's decision, else by subject. NATS_NOT_FOUND means the stream answered Duplicate for a write it
- * does not hold (sequence 0, or a deleted message: nats-server before 2.11 could keep the dedup id of a write
- * that never committed through a leader change), so the decision is NOT stored. */
+static bool decision_of(natsMsg *m, const char *txn_id)
+{
+    const char *subj = natsMsg_GetSubject(m);
+    size_t sl = strlen(subj), tl = strlen(txn_id);
+    return sl > tl && subj[sl - tl - 1] == '.' && strcmp(subj + sl - tl, txn_id) == 0;
+}
+
+/* The stored decision behind a Duplicate PubAck. The fast path is a Direct Get (by the sequence the PubAck
+ * names, then by subject), which any replica may answer; a replica still catching up after a heal answers "not
+ * found" for a decision the stream holds, so absence is only ever concluded from the stream leader (Get, not
+ * Direct Get). NATS_NOT_FOUND then means the stream answered Duplicate for a write it does not hold (sequence
+ * 0, or a write that never committed: nats-server before 2.11 could keep its dedup id through a leader change),
+ * so the decision is NOT stored. Lookups use gjs (1 s per request), so a replica on a cut node costs a worker a
+ * second, not five. */
 static natsStatus stored_decision(engine *en, const char *txn_id, uint64_t seq, natsMsg **out)
 {
     *out = NULL;
@@ -312,19 +323,36 @@ static natsStatus stored_decision(engine *en, const char *txn_id, uint64_t seq, 
         jsDirectGetMsgOptions dgo;
         jsDirectGetMsgOptions_Init(&dgo);
         dgo.Sequence = seq;
-        natsStatus s = js_DirectGetMsg(out, en->js, en->cfg.decisions_stream, NULL, &dgo);
-        if (s != NATS_OK && s != NATS_NOT_FOUND)
-            return s;
-        if (s == NATS_OK) {
-            const char *subj = natsMsg_GetSubject(*out);
-            size_t sl = strlen(subj), tl = strlen(txn_id);
-            if (sl > tl && subj[sl - tl - 1] == '.' && strcmp(subj + sl - tl, txn_id) == 0)
+        if (js_DirectGetMsg(out, en->gjs, en->cfg.decisions_stream, NULL, &dgo) == NATS_OK) {
+            if (decision_of(*out, txn_id))
                 return NATS_OK;
             natsMsg_Destroy(*out);
             *out = NULL;
         }
     }
-    return find_decision(en, en->js, txn_id, out);
+    if (find_decision(en, en->gjs, txn_id, out) == NATS_OK)
+        return NATS_OK;
+    /* not seen through Direct Get: ask the leader before believing it */
+    jsErrCode jerr = 0;
+    natsStatus s;
+    if (seq > 0) {
+        s = js_GetMsg(out, en->gjs, en->cfg.decisions_stream, seq, NULL, &jerr);
+        if (s == NATS_OK && decision_of(*out, txn_id))
+            return NATS_OK;
+        natsMsg_Destroy(*out);
+        *out = NULL;
+        if (s != NATS_OK && s != NATS_NOT_FOUND)
+            return s;
+    }
+    static const char *outcomes[] = {"approve", "review", "decline"};
+    for (size_t i = 0; i < ARRAY_LEN(outcomes); i++) {
+        char subj[NAME_MAX_LEN + 96];
+        snprintf(subj, sizeof subj, "%s.%s.%s", en->cfg.decision_prefix, outcomes[i], txn_id);
+        s = js_GetLastMsg(out, en->gjs, en->cfg.decisions_stream, subj, NULL, &jerr);
+        if (s == NATS_OK || s != NATS_NOT_FOUND)
+            return s;
+    }
+    return NATS_NOT_FOUND;
 }
 
 /* --- the commit protocol ------------------------------------------------------------------------------ */
@@ -1171,6 +1199,7 @@ static void free_engine(engine *en)
     natsSubscription_Destroy(en->ingress);
     jsCtx_Destroy(en->js);
     jsCtx_Destroy(en->ijs);
+    jsCtx_Destroy(en->gjs);
     natsConnection_Destroy(en->nc);
     natsConnection_Destroy(en->inc);
     arena_free(&en->ingress_arena);
@@ -1288,6 +1317,11 @@ vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **ou
     jsOptions_Init(&jo);
     jo.Wait = 5000;
     natsStatus s = natsConnection_JetStream(&en->js, en->nc, &jo);
+    jsOptions gjo;
+    jsOptions_Init(&gjo);
+    gjo.Wait = 1000;
+    if (s == NATS_OK)
+        s = natsConnection_JetStream(&en->gjs, en->nc, &gjo);
     if (s != NATS_OK) {
         free_engine(en);
         return broker_err(e, s, 0, "cannot get a JetStream context");
