@@ -1,0 +1,602 @@
+/* test_partition.c - network partitions of a three-node cluster under load lose nothing and stall no longer than
+ * the fault.
+ *
+ * Three nats-server nodes, each in its own network namespace, joined by veth pairs to a bridge (tests/support/
+ * netns.h); the engine in a fourth namespace, this test's clients in a fifth. `verdict serve --replicas 3`
+ * creates R3 streams; publisher threads, as payment services, send a few hundred transactions/s with
+ * Nats-Msg-Id and retry each until the cluster confirms it. Under that load three nodes are black-holed in
+ * turn, CUT_MS each, then healed: a follower (leading none of TXN, DECISIONS or the consumer, and not carrying
+ * the engine), the TXN stream's leader, and the node the engine is connected to. Then:
+ *  - every confirmed transaction has exactly one decision or one dead letter, never both, never two;
+ *  - the engine is alive, its /readyz always answered (a frozen process does not), and it said 503 while it
+ *    could not decide and 200 again afterwards;
+ *  - the longest stall (work pending and no decision stored) is printed, per phase, and must be shorter than
+ *    the fault itself.
+ * The server binary comes from VERDICT_NATS_SERVER (default: nats-server on PATH), to run the same test against
+ * several versions. Needs root for the namespaces; skips, saying why, only when it is not root. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "broker.h"
+#include "client.h"
+#include "harness.h"
+#include "netns.h"
+
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NODES 3
+#define ENGINE_HOST 3
+#define CLIENT_HOST 4
+#define CUT_MS 20000
+#define AFTER_HEAL_MS 10000
+#define PUBLISHERS 4
+#define PUB_PERIOD_MS 13 /* per publisher: 4 x ~75/s, about 300 transactions/s */
+#define MAX_PER_PUB 40000
+#define METRICS_PORT 9090
+
+static netns_lab lab;
+static pid_t server_pid[NODES];
+static pid_t engine_pid;
+static char store[NODES][64];
+static char urls[256];
+static char engine_log[256];
+static bool passed;
+static const char *server_bin = "nats-server";
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* --- cluster in namespaces ------------------------------------------------------------------------------ */
+
+static bool start_node(int i)
+{
+    char conf[160], log[160];
+    snprintf(conf, sizeof conf, "%s.conf", store[i]);
+    snprintf(log, sizeof log, "%s.log", store[i]);
+    FILE *f = fopen(conf, "w");
+    if (!f)
+        return false;
+    fprintf(f, "server_name: n%d\nlisten: \"%s:4222\"\nhttp: \"%s:8222\"\n", i, lab.addr[i], lab.addr[i]);
+    fprintf(f, "jetstream { store_dir: \"%s\" }\n", store[i]);
+    fprintf(f, "cluster {\n  name: verdict-partition\n  listen: \"%s:6222\"\n  routes: [\n", lab.addr[i]);
+    for (int j = 0; j < NODES; j++)
+        if (j != i)
+            fprintf(f, "    \"nats-route://%s:6222\"\n", lab.addr[j]);
+    fprintf(f, "  ]\n}\n");
+    if (fclose(f) != 0)
+        return false;
+    const char *argv[] = {server_bin, "-c", conf, NULL};
+    server_pid[i] = netns_spawn(&lab, i, argv, log);
+    return server_pid[i] > 0;
+}
+
+/* Waits until JetStream can place an R3 stream (a meta leader that knows every peer). */
+static bool cluster_ready(int timeout_ms)
+{
+    int64_t deadline = mono_ms() + timeout_ms;
+    while (mono_ms() < deadline) {
+        natsConnection *c = NULL;
+        jsCtx *j = NULL;
+        jsStreamInfo *si = NULL;
+        config cc;
+        config_defaults(&cc);
+        str_copy(cc.nats_url, sizeof cc.nats_url, urls);
+        verror e = {0};
+        bool ok = false;
+        if (broker_connect_simple(&cc, &c, &e) == V_OK) {
+            jsOptions jo;
+            jsOptions_Init(&jo);
+            jo.Wait = 2000;
+            const char *subjects[] = {"partition.probe"};
+            jsStreamConfig sc;
+            jsStreamConfig_Init(&sc);
+            sc.Name = "PARTITION_PROBE";
+            sc.Subjects = subjects;
+            sc.SubjectsLen = 1;
+            sc.Storage = js_MemoryStorage;
+            sc.Replicas = NODES;
+            ok = natsConnection_JetStream(&j, c, &jo) == NATS_OK && js_AddStream(&si, j, &sc, NULL, NULL) == NATS_OK &&
+                 js_DeleteStream(j, "PARTITION_PROBE", NULL, NULL) == NATS_OK;
+        }
+        else if (mono_ms() + 300 >= deadline)
+            fprintf(stderr, "test_partition: cannot connect to %s: %s\n", urls, e.msg);
+        jsStreamInfo_Destroy(si);
+        jsCtx_Destroy(j);
+        natsConnection_Destroy(c);
+        if (ok)
+            return true;
+        tc_sleep_ms(250);
+    }
+    return false;
+}
+
+/* --- load, observation ---------------------------------------------------------------------------------- */
+
+static atomic_bool stop_pub, stop_obs;
+static atomic_int confirmed_total, given_up_total;
+static atomic_uint_fast64_t stored_max; /* most DECISIONS + DLQ messages any node reported */
+static unsigned char confirmed[PUBLISHERS][MAX_PER_PUB];
+static int published[PUBLISHERS];
+
+static void txn_id(char *out, size_t cap, int p, int k) { snprintf(out, cap, "pt-%d-%d", p, k); }
+
+static void *publisher(void *arg)
+{
+    int p = (int)(intptr_t)arg;
+    config cc;
+    config_defaults(&cc);
+    str_copy(cc.nats_url, sizeof cc.nats_url, urls);
+    natsConnection *c = NULL;
+    verror e = {0};
+    if (broker_connect_simple(&cc, &c, &e) != V_OK) {
+        fprintf(stderr, "test_partition: publisher %d cannot connect: %s\n", p, e.msg);
+        return NULL;
+    }
+    jsCtx *j = NULL;
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    if (natsConnection_JetStream(&j, c, &jo) != NATS_OK) {
+        natsConnection_Destroy(c);
+        return NULL;
+    }
+    int64_t next = mono_ms();
+    for (int k = 0; k < MAX_PER_PUB && !atomic_load(&stop_pub); k++) {
+        char id[32];
+        txn_id(id, sizeof id, p, k);
+        Transaction t;
+        tc_txn(&t, id, k % 25 == 0 ? 1500000 : k % 10 == 0 ? 300000 : 1000 + k);
+        unsigned char buf[2048];
+        int n = tc_pack(&t, buf);
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MsgId = id;
+        po.MaxWait = 2000;
+        published[p] = k + 1;
+        /* a payment service retries the same id until the cluster confirms it (the duplicate window makes the
+         * retries safe); it gives up only after a minute */
+        int64_t give_up = mono_ms() + 60000;
+        bool ok = false;
+        while (!ok && mono_ms() < give_up) {
+            jsPubAck *pa = NULL;
+            ok = js_Publish(&pa, j, "txn.partition", buf, n, &po, NULL) == NATS_OK;
+            jsPubAck_Destroy(pa);
+            if (!ok)
+                tc_sleep_ms(100);
+        }
+        if (ok) {
+            confirmed[p][k] = 1;
+            atomic_fetch_add(&confirmed_total, 1);
+        } else {
+            atomic_fetch_add(&given_up_total, 1);
+        }
+        next += PUB_PERIOD_MS;
+        int64_t now = mono_ms();
+        if (next > now)
+            tc_sleep_ms((int)(next - now));
+        else
+            next = now; /* no catch-up burst after a stall: the rate stays a few hundred a second */
+    }
+    jsCtx_Destroy(j);
+    natsConnection_Destroy(c);
+    return NULL;
+}
+
+static uint64_t msgs_of(jsCtx *j, const char *stream, bool *ok)
+{
+    jsStreamInfo *si = NULL;
+    uint64_t n = 0;
+    if (js_GetStreamInfo(&si, j, stream, NULL, NULL) == NATS_OK) {
+        n = si->State.Msgs;
+        jsStreamInfo_Destroy(si);
+    } else {
+        *ok = false;
+    }
+    return n;
+}
+
+/* One per node, connected to that node only: what is stored, as whichever node can answer sees it. A monitor
+ * on a single connection would stall with its own node when that node is cut. */
+static void *store_monitor(void *arg)
+{
+    int i = (int)(intptr_t)arg;
+    config cc;
+    config_defaults(&cc);
+    snprintf(cc.nats_url, sizeof cc.nats_url, "nats://%s:4222", lab.addr[i]);
+    natsConnection *c = NULL;
+    verror e = {0};
+    if (broker_connect_simple(&cc, &c, &e) != V_OK)
+        return NULL;
+    jsCtx *j = NULL;
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = 500;
+    if (natsConnection_JetStream(&j, c, &jo) != NATS_OK) {
+        natsConnection_Destroy(c);
+        return NULL;
+    }
+    while (!atomic_load(&stop_obs)) {
+        bool ok = true;
+        uint64_t n = msgs_of(j, "DECISIONS", &ok) + msgs_of(j, "DLQ", &ok);
+        uint64_t cur = atomic_load(&stored_max);
+        while (ok && n > cur && !atomic_compare_exchange_weak(&stored_max, &cur, n))
+            ;
+        tc_sleep_ms(100);
+    }
+    jsCtx_Destroy(j);
+    natsConnection_Destroy(c);
+    return NULL;
+}
+
+#define PHASES 7
+static const char *phase_name[PHASES] = {"load",          "follower cut",    "follower healed",   "leader cut",
+                                         "leader healed", "engine node cut", "engine node healed"};
+static atomic_int phase;
+static int64_t phase_stall[PHASES]; /* longest stall seen in each phase, ms (sampler thread only until joined) */
+static int64_t longest_stall;
+static int readyz_503[PHASES], readyz_200[PHASES], readyz_noanswer;
+static int64_t readyz_slowest_ms;
+
+/* Every 100 ms: is work pending (confirmed > stored), and how long since the stored count last grew. Also asks
+ * the engine's /readyz each time: a process frozen on a nats.c lock would not answer. */
+static void *sampler(void *arg)
+{
+    (void)arg;
+    uint64_t last_stored = 0;
+    int64_t stall_from = mono_ms();
+    while (!atomic_load(&stop_obs)) {
+        int64_t now = mono_ms();
+        uint64_t st = atomic_load(&stored_max);
+        uint64_t conf = (uint64_t)atomic_load(&confirmed_total);
+        int ph = atomic_load(&phase);
+        if (st > last_stored || conf <= st) {
+            last_stored = st > last_stored ? st : last_stored;
+            stall_from = now;
+        } else {
+            int64_t stall = now - stall_from;
+            if (stall > phase_stall[ph])
+                phase_stall[ph] = stall;
+            if (stall > longest_stall)
+                longest_stall = stall;
+        }
+        int64_t t0 = mono_ms();
+        int code = netns_http_get(lab.addr[ENGINE_HOST], METRICS_PORT, "/readyz", 3000, NULL, 0);
+        int64_t took = mono_ms() - t0;
+        if (took > readyz_slowest_ms)
+            readyz_slowest_ms = took;
+        if (code == 200)
+            readyz_200[ph]++;
+        else if (code == 503)
+            readyz_503[ph]++;
+        else
+            readyz_noanswer++;
+        tc_sleep_ms(100);
+    }
+    return NULL;
+}
+
+/* --- who leads what -------------------------------------------------------------------------------------- */
+
+static natsConnection *nc;
+static jsCtx *js;
+
+static int node_of(const char *server_name)
+{
+    if (!server_name || server_name[0] != 'n')
+        return -1;
+    int i = atoi(server_name + 1);
+    return i >= 0 && i < NODES ? i : -1;
+}
+
+static int stream_leader(const char *stream)
+{
+    jsStreamInfo *si = NULL;
+    int i = -1;
+    if (js_GetStreamInfo(&si, js, stream, NULL, NULL) == NATS_OK) {
+        i = si->Cluster ? node_of(si->Cluster->Leader) : -1;
+        jsStreamInfo_Destroy(si);
+    }
+    return i;
+}
+
+static int consumer_leader(void)
+{
+    jsConsumerInfo *ci = NULL;
+    int i = -1;
+    if (js_GetConsumerInfo(&ci, js, "TXN", "verdict", NULL, NULL) == NATS_OK) {
+        i = ci->Cluster ? node_of(ci->Cluster->Leader) : -1;
+        jsConsumerInfo_Destroy(ci);
+    }
+    return i;
+}
+
+/* The engine's connections on node i, from the node's /connz. */
+static int engine_conns_on(int i)
+{
+    static char body[1 << 18];
+    if (netns_http_get(lab.addr[i], 8222, "/connz", 3000, body, sizeof body) != 200)
+        return 0;
+    int n = 0;
+    for (const char *p = body; (p = strstr(p, "\"name\": \"verdict-pt-engine")) != NULL; p++)
+        n++;
+    return n;
+}
+
+static bool engine_alive(void)
+{
+    int st;
+    return engine_pid > 0 && waitpid(engine_pid, &st, WNOHANG) == 0;
+}
+
+/* --- suite ----------------------------------------------------------------------------------------------- */
+
+static void teardown(void)
+{
+    atomic_store(&stop_pub, true);
+    atomic_store(&stop_obs, true);
+    if (engine_pid > 0) {
+        kill(engine_pid, SIGKILL);
+        child_wait(engine_pid, 5000);
+        engine_pid = 0;
+    }
+    jsCtx_Destroy(js);
+    js = NULL;
+    natsConnection_Destroy(nc);
+    nc = NULL;
+    for (int i = 0; i < NODES; i++)
+        if (server_pid[i] > 0) {
+            kill(server_pid[i], SIGKILL);
+            child_wait(server_pid[i], 5000);
+            server_pid[i] = 0;
+        }
+    netns_lab_destroy(&lab);
+    if (getenv("VERDICT_PARTITION_KEEP_LOGS"))
+        passed = false; /* keep the logs of a passing run too, to study it */
+    for (int i = 0; i < NODES; i++)
+        if (store[i][0]) {
+            char cmd[600];
+            if (passed)
+                snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s.conf' '%s.log'", store[i], store[i], store[i]);
+            else
+                snprintf(cmd, sizeof cmd, "rm -rf '%s'", store[i]); /* logs kept for a failed run */
+            if (system(cmd) != 0)
+                fprintf(stderr, "test_partition: could not remove %s\n", store[i]);
+        }
+    if (engine_log[0] && passed)
+        unlink(engine_log);
+    else if (engine_log[0])
+        fprintf(stderr, "test_partition: engine log kept: %s; server logs: %s.log ...\n", engine_log, store[0]);
+}
+
+static void setup(void)
+{
+    const char *why = netns_unavailable();
+    if (why)
+        cr_skip_test("partition test skipped: %s", why);
+    const char *bin = getenv("VERDICT_NATS_SERVER");
+    if (bin && bin[0])
+        server_bin = bin;
+    /* before any nats.c call: nats.c's own threads must be created in the client namespace too */
+    cr_assert(netns_lab_create(&lab, 5), "cannot create the network namespaces (root is available)");
+    cr_assert(netns_enter(&lab, CLIENT_HOST));
+    size_t o = 0;
+    for (int i = 0; i < NODES; i++) {
+        snprintf(store[i], sizeof store[i], "/tmp/verdict-pt-XXXXXX");
+        cr_assert_not_null(mkdtemp(store[i]));
+        o += (size_t)snprintf(urls + o, sizeof urls - o, "%snats://%s:4222", i ? "," : "", lab.addr[i]);
+    }
+    for (int i = 0; i < NODES; i++)
+        cr_assert(start_node(i), "cannot start %s for node n%d", server_bin, i);
+    cr_assert(cluster_ready(45000), "the cluster did not become ready; see %s.log", store[0]);
+    temp_path(engine_log, sizeof engine_log, ".log");
+}
+
+TestSuite(partition, .init = setup, .fini = teardown, .timeout = 420);
+
+static int64_t t_start;
+
+static void set_phase(int ph, int node)
+{
+    atomic_store(&phase, ph);
+    fprintf(stderr, "test_partition: %6.1f s  %s%s%d (stored %llu, confirmed %d)\n",
+            (mono_ms() - t_start) / 1000.0, phase_name[ph],
+            node >= 0 ? ": n" : "", node >= 0 ? node : 0, (unsigned long long)atomic_load(&stored_max),
+            atomic_load(&confirmed_total));
+}
+
+/* Cuts node, waits CUT_MS, heals it, waits AFTER_HEAL_MS; phases ph (cut) and ph+1 (healed). */
+static void fault(int ph, int node)
+{
+    cr_assert(node >= 0 && node < NODES);
+    set_phase(ph, node);
+    cr_assert(netns_cut(&lab, node));
+    tc_sleep_ms(CUT_MS);
+    cr_assert(netns_heal(&lab, node));
+    set_phase(ph + 1, node);
+    tc_sleep_ms(AFTER_HEAL_MS);
+    cr_assert(engine_alive(), "the engine died during '%s' (status in %s)", phase_name[ph], engine_log);
+}
+
+Test(partition, cuts_of_follower_leader_and_engine_node_lose_nothing_and_stall_less_than_the_fault)
+{
+    char version[128] = "";
+    {
+        char cmd[300];
+        snprintf(cmd, sizeof cmd, "'%s' --version 2>&1", server_bin);
+        FILE *p = popen(cmd, "r");
+        if (p) {
+            if (!fgets(version, sizeof version, p))
+                version[0] = 0;
+            pclose(p);
+        }
+        version[strcspn(version, "\n")] = 0;
+    }
+    fprintf(stderr, "test_partition: %s, cuts of %d s\n", version, CUT_MS / 1000);
+
+    config cc;
+    config_defaults(&cc);
+    cr_assert(str_copy(cc.nats_url, sizeof cc.nats_url, urls));
+    verror e = {0};
+    cr_assert_eq(broker_connect_simple(&cc, &nc, &e), V_OK, "connect: %s", e.msg);
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = 3000;
+    cr_assert_eq(natsConnection_JetStream(&js, nc, &jo), NATS_OK);
+
+    char metrics[64];
+    snprintf(metrics, sizeof metrics, "%s:%d", lab.addr[ENGINE_HOST], METRICS_PORT);
+    const char *argv[] = {VERDICT_BIN, "serve",   "--nats-url",     urls,    "--replicas", "3", "--engine-id",
+                          "pt-engine", "--workers", "2", "--metrics-addr", metrics, NULL};
+    engine_pid = netns_spawn(&lab, ENGINE_HOST, argv, engine_log);
+    cr_assert(engine_pid > 0);
+    cr_assert(file_wait_for(engine_log, "engine started", 30000), "engine did not start; see %s", engine_log);
+
+    t_start = mono_ms();
+    pthread_t pub[PUBLISHERS], mon[NODES], samp;
+    for (int p = 0; p < PUBLISHERS; p++)
+        cr_assert_eq(pthread_create(&pub[p], NULL, publisher, (void *)(intptr_t)p), 0);
+    for (int i = 0; i < NODES; i++)
+        cr_assert_eq(pthread_create(&mon[i], NULL, store_monitor, (void *)(intptr_t)i), 0);
+    cr_assert_eq(pthread_create(&samp, NULL, sampler, NULL), 0);
+    set_phase(0, -1); /* "load" */
+    tc_sleep_ms(8000);
+    cr_assert(atomic_load(&stored_max) > 0, "nothing decided under load before any fault; see %s", engine_log);
+
+    /* 1. a follower: leads none of TXN, DECISIONS, the consumer, and carries fewest engine connections */
+    int lt = stream_leader("TXN"), ld = stream_leader("DECISIONS"), lc = consumer_leader();
+    int follower = -1, best = 1 << 30;
+    for (int i = 0; i < NODES; i++) {
+        int score = 100 * ((i == lt) + (i == ld) + (i == lc)) + engine_conns_on(i);
+        if (score < best) {
+            best = score;
+            follower = i;
+        }
+    }
+    fprintf(stderr, "test_partition: leaders TXN n%d DECISIONS n%d consumer n%d; follower n%d\n", lt, ld, lc,
+            follower);
+    fault(1, follower);
+
+    /* 2. the TXN stream's leader, as it is now */
+    int leader = stream_leader("TXN");
+    cr_assert(leader >= 0, "TXN has no leader after the follower's heal");
+    fault(3, leader);
+
+    /* 3. the node carrying most of the engine's connections */
+    int en = -1, most = -1;
+    for (int i = 0; i < NODES; i++) {
+        int k = engine_conns_on(i);
+        if (k > most) {
+            most = k;
+            en = i;
+        }
+    }
+    cr_assert(most > 0, "no node reports the engine's connections");
+    fprintf(stderr, "test_partition: engine has %d connections on n%d\n", most, en);
+    fault(5, en);
+
+    atomic_store(&stop_pub, true);
+    for (int p = 0; p < PUBLISHERS; p++)
+        pthread_join(pub[p], NULL);
+    int conf = atomic_load(&confirmed_total);
+    /* everything confirmed is decided (or dead-lettered) in bounded time, and the consumer is empty */
+    int64_t deadline = mono_ms() + 90000;
+    uint64_t ack_pending = 1, pending = 1;
+    while (mono_ms() < deadline) {
+        if (atomic_load(&stored_max) >= (uint64_t)conf && tc_consumer_counts(js, &ack_pending, &pending, NULL) &&
+            ack_pending == 0 && pending == 0)
+            break;
+        tc_sleep_ms(250);
+    }
+    atomic_store(&stop_obs, true);
+    for (int i = 0; i < NODES; i++)
+        pthread_join(mon[i], NULL);
+    pthread_join(samp, NULL);
+
+    fprintf(stderr, "test_partition: %s: %d confirmed, %d given up by the publishers, %llu stored\n", version, conf,
+            atomic_load(&given_up_total), (unsigned long long)atomic_load(&stored_max));
+    for (int ph = 0; ph < PHASES; ph++)
+        fprintf(stderr, "test_partition:   %-19s longest stall %5.1f s; /readyz 200 x%d, 503 x%d\n", phase_name[ph],
+                phase_stall[ph] / 1000.0, readyz_200[ph], readyz_503[ph]);
+    fprintf(stderr, "test_partition: longest stall %.1f s; /readyz unanswered %d times, slowest answer %lld ms\n",
+            longest_stall / 1000.0, readyz_noanswer, (long long)readyz_slowest_ms);
+
+    /* read every decision and dead letter back: one per confirmed transaction */
+    static unsigned char seen[PUBLISHERS][MAX_PER_PUB];
+    memset(seen, 0, sizeof seen);
+    const char *streams[] = {"DECISIONS", "DLQ"};
+    int dlq = 0;
+    for (int k = 0; k < 2; k++) {
+        jsStreamInfo *si = NULL;
+        cr_assert_eq(js_GetStreamInfo(&si, js, streams[k], NULL, NULL), NATS_OK);
+        uint64_t total = si->State.Msgs;
+        jsStreamInfo_Destroy(si);
+        if (total == 0)
+            continue;
+        natsSubscription *sub = NULL;
+        jsSubOptions so;
+        jsSubOptions_Init(&so);
+        so.Stream = streams[k];
+        so.Ordered = true;
+        cr_assert_eq(js_SubscribeSync(&sub, js, k == 0 ? "decision.>" : "dlq.>", &jo, &so, NULL), NATS_OK);
+        for (uint64_t got = 0; got < total; got++) {
+            natsMsg *m = NULL;
+            natsStatus s = natsSubscription_NextMsg(&m, sub, 10000);
+            cr_assert_eq(s, NATS_OK, "reading %s: %s after %llu of %llu", streams[k], natsStatus_GetText(s),
+                         (unsigned long long)got, (unsigned long long)total);
+            int p = -1, idx = -1;
+            if (k == 0) {
+                const char *id = NULL;
+                cr_assert_eq(natsMsgHeader_Get(m, "Nats-Msg-Id", &id), NATS_OK);
+                cr_assert(sscanf(id, "pt-%d-%d", &p, &idx) == 2, "unknown decision %s", id);
+            } else {
+                Transaction *t = verdict__v1__transaction__unpack(NULL, (size_t)natsMsg_GetDataLength(m),
+                                                                  (const uint8_t *)natsMsg_GetData(m));
+                cr_assert_not_null(t, "a dead letter that is not a transaction");
+                cr_assert(sscanf(t->txn_id, "pt-%d-%d", &p, &idx) == 2, "unknown dead letter %s", t->txn_id);
+                verdict__v1__transaction__free_unpacked(t, NULL);
+                dlq++;
+            }
+            cr_assert(p >= 0 && p < PUBLISHERS && idx >= 0 && idx < MAX_PER_PUB);
+            seen[p][idx]++;
+            natsMsg_Destroy(m);
+        }
+        natsSubscription_Destroy(sub);
+    }
+    int missing = 0, doubled = 0;
+    for (int p = 0; p < PUBLISHERS; p++)
+        for (int k = 0; k < published[p]; k++) {
+            if (seen[p][k] > 1 && doubled++ < 5)
+                fprintf(stderr, "test_partition: pt-%d-%d has %d decisions/dead letters\n", p, k, seen[p][k]);
+            if (confirmed[p][k] && !seen[p][k] && missing++ < 5)
+                fprintf(stderr, "test_partition: pt-%d-%d confirmed but never decided\n", p, k);
+        }
+    fprintf(stderr, "test_partition: %d dead letters, %d confirmed without decision, %d with more than one\n", dlq,
+            missing, doubled);
+    cr_assert_eq(missing, 0, "%d confirmed transactions without a decision or dead letter (%s); see %s", missing,
+                 version, engine_log);
+    cr_assert_eq(doubled, 0, "%d transactions decided or dead-lettered more than once (%s)", doubled, version);
+
+    /* the process never froze: /readyz answered every time; it said 503 while the engine's node was cut off
+     * (at least until the engine moved) and 200 at the end */
+    cr_assert_eq(readyz_noanswer, 0, "/readyz did not answer %d times: the process froze", readyz_noanswer);
+    cr_assert(readyz_200[PHASES - 1] > 0, "/readyz never said ready after the last heal");
+    cr_assert(longest_stall < CUT_MS, "a stall of %.1f s is longer than the %d s fault (%s); see %s",
+              longest_stall / 1000.0, CUT_MS / 1000, version, engine_log);
+    cr_assert(engine_alive(), "the engine died; see %s", engine_log);
+    kill(engine_pid, SIGTERM);
+    cr_assert_eq(child_wait(engine_pid, 15000), 0, "engine did not exit 0 on SIGTERM; see %s", engine_log);
+    engine_pid = 0;
+    passed = true;
+}
