@@ -190,6 +190,32 @@ pid_t netns_spawn(const netns_lab *l, int i, const char *const argv[], const cha
     _exit(127);
 }
 
+bool netns_sysctl(const netns_lab *l, int i, const char *key, const char *value)
+{
+    if (i < 0 || i >= l->n || strstr(key, ".."))
+        return false;
+    pid_t pid = fork();
+    if (pid < 0)
+        return false;
+    if (pid == 0) { /* a child, so that this process stays where it is */
+        char path[256];
+        snprintf(path, sizeof path, "/proc/sys/%s", key);
+        if (!enter(l->host[i]))
+            _exit(1);
+        FILE *f = fopen(path, "w");
+        if (!f)
+            _exit(2);
+        bool ok = fputs(value, f) >= 0;
+        _exit(fclose(f) == 0 && ok ? 0 : 3);
+    }
+    int st;
+    if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        fprintf(stderr, "netns: cannot set %s to '%s' in host %d\n", key, value, i);
+        return false;
+    }
+    return true;
+}
+
 int netns_http_get(const char *addr, int port, const char *path, int timeout_ms, char *out, size_t cap)
 {
     if (out && cap)

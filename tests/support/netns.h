@@ -49,6 +49,10 @@ bool netns_enter(const netns_lab *l, int i);
  * stderr go to log_path (appended). Returns the child's pid, or -1. */
 pid_t netns_spawn(const netns_lab *l, int i, const char *const argv[], const char *log_path);
 
+/* Writes value to /proc/sys/<key> (key as a path: "net/ipv4/tcp_wmem") inside host i's namespace; only
+ * per-namespace settings (most of net/) make sense. */
+bool netns_sysctl(const netns_lab *l, int i, const char *key, const char *value);
+
 /* GET http://addr:port/path with a timeout_ms socket timeout. Returns the HTTP status (200, 503, ...), or -1
  * when no answer arrived in time. The body (NUL-terminated, truncated to cap) goes to out if not NULL. */
 int netns_http_get(const char *addr, int port, const char *path, int timeout_ms, char *out, size_t cap);
