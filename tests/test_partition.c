@@ -82,6 +82,9 @@ static bool start_node(int i)
         if (j != i)
             fprintf(f, "    \"nats-route://%s:6222\"\n", lab.addr[j]);
     fprintf(f, "  ]\n}\n");
+    const char *extra = getenv("VERDICT_PARTITION_SERVER_CONF"); /* experiments: more server settings */
+    if (extra && extra[0])
+        fprintf(f, "%s\n", extra);
     if (fclose(f) != 0)
         return false;
     const char *argv[] = {server_bin, "-c", conf, NULL};
