@@ -43,7 +43,7 @@
 #define PUBLISHERS 4
 #define SOURCES (PUBLISHERS + 1) /* transaction ids pt-<source>-<n>: the publishers, then the burst */
 #define BURST 6000               /* a backlog the engine is working through when its node is cut */
-#define PUB_PERIOD_MS 13 /* per publisher: 4 x ~75/s, about 300 transactions/s */
+#define PUB_PERIOD_MS 13         /* per publisher: 4 x ~75/s, about 300 transactions/s */
 #define MAX_PER_PUB 40000
 #define METRICS_PORT 9090
 
@@ -119,8 +119,7 @@ static bool cluster_ready(int timeout_ms)
             sc.Replicas = NODES;
             ok = natsConnection_JetStream(&j, c, &jo) == NATS_OK && js_AddStream(&si, j, &sc, NULL, NULL) == NATS_OK &&
                  js_DeleteStream(j, "PARTITION_PROBE", NULL, NULL) == NATS_OK;
-        }
-        else if (mono_ms() + 300 >= deadline)
+        } else if (mono_ms() + 300 >= deadline)
             fprintf(stderr, "test_partition: cannot connect to %s: %s\n", urls, e.msg);
         jsStreamInfo_Destroy(si);
         jsCtx_Destroy(j);
@@ -136,9 +135,9 @@ static bool cluster_ready(int timeout_ms)
 
 static atomic_bool stop_pub, stop_obs;
 static atomic_int confirmed_total, given_up_total;
-static atomic_uint_fast64_t stored_max; /* most DECISIONS + DLQ messages any node reported */
+static atomic_uint_fast64_t stored_max;               /* most DECISIONS + DLQ messages any node reported */
 static unsigned char confirmed[SOURCES][MAX_PER_PUB]; /* 1 stored, 2 answered Duplicate */
-static uint64_t pub_seq[SOURCES][MAX_PER_PUB];            /* TXN sequence the PubAck named */
+static uint64_t pub_seq[SOURCES][MAX_PER_PUB];        /* TXN sequence the PubAck named */
 static int published[SOURCES];
 
 static void txn_id(char *out, size_t cap, int p, int k) { snprintf(out, cap, "pt-%d-%d", p, k); }
@@ -367,7 +366,6 @@ static void *sampler(void *arg)
 }
 
 /* --- who leads what -------------------------------------------------------------------------------------- */
-
 
 static int node_of(const char *server_name)
 {
@@ -655,8 +653,9 @@ Test(partition, cuts_of_follower_leader_and_engine_node_lose_nothing_and_stall_l
 
     char metrics[64];
     snprintf(metrics, sizeof metrics, "%s:%d", lab.addr[ENGINE_HOST], METRICS_PORT);
-    const char *argv[] = {VERDICT_BIN, "serve",   "--nats-url",     urls,    "--replicas", "3", "--engine-id",
-                          "pt-engine", "--workers", "2", "--metrics-addr", metrics, NULL};
+    const char *argv[] = {VERDICT_BIN,   "serve",     "--nats-url", urls, "--replicas",     "3",
+                          "--engine-id", "pt-engine", "--workers",  "2",  "--metrics-addr", metrics,
+                          NULL};
     engine_pid = netns_spawn(&lab, ENGINE_HOST, argv, engine_log);
     cr_assert(engine_pid > 0);
     cr_assert(file_wait_for(engine_log, "engine started", 30000), "engine did not start; see %s", engine_log);
@@ -683,8 +682,7 @@ Test(partition, cuts_of_follower_leader_and_engine_node_lose_nothing_and_stall_l
             follower = i;
         }
     }
-    fprintf(stderr, "test_partition: leaders TXN n%d DECISIONS n%d consumer n%d; follower n%d\n", lt, ld, lc,
-            follower);
+    fprintf(stderr, "test_partition: leaders TXN n%d DECISIONS n%d consumer n%d; follower n%d\n", lt, ld, lc, follower);
     fault(1, follower);
 
     /* 2. the TXN stream's leader, as it is now */
@@ -730,8 +728,7 @@ Test(partition, cuts_of_follower_leader_and_engine_node_lose_nothing_and_stall_l
             atomic_load(&given_up_total), (unsigned long long)atomic_load(&stored_max));
     for (int ph = 0; ph < PHASES; ph++)
         fprintf(stderr, "test_partition:   %-19s longest stall %5.1f s (from %5.1f s); /readyz 200 x%d, 503 x%d\n",
-                phase_name[ph], phase_stall[ph] / 1000.0, phase_stall_at[ph] / 1000.0, readyz_200[ph],
-                readyz_503[ph]);
+                phase_name[ph], phase_stall[ph] / 1000.0, phase_stall_at[ph] / 1000.0, readyz_200[ph], readyz_503[ph]);
     fprintf(stderr, "test_partition: longest stall %.1f s; /readyz unanswered %d times, slowest answer %lld ms\n",
             longest_stall / 1000.0, readyz_noanswer, (long long)readyz_slowest_ms);
 
@@ -750,8 +747,8 @@ Test(partition, cuts_of_follower_leader_and_engine_node_lose_nothing_and_stall_l
     for (int p = 0; p < SOURCES; p++)
         for (int k = 0; k < published[p]; k++) {
             if (seen[p][k] > 1 && doubled++ < 5)
-                fprintf(stderr, "test_partition: pt-%d-%d has %d decisions/dead letters (derived ids included)\n",
-                        p, k, seen[p][k]);
+                fprintf(stderr, "test_partition: pt-%d-%d has %d decisions/dead letters (derived ids included)\n", p, k,
+                        seen[p][k]);
             if (confirmed[p][k] && !seen[p][k] && missing++ < 5) {
                 /* which loss: never stored (a Duplicate answer for a write that did not commit), or stored and
                  * skipped by the consumer */
@@ -763,7 +760,9 @@ Test(partition, cuts_of_follower_leader_and_engine_node_lose_nothing_and_stall_l
                         "test_partition: pt-%d-%d confirmed (%s, TXN seq %llu) but never decided; TXN %s "
                         "(seq %llu)\n",
                         p, k, confirmed[p][k] == 2 ? "as a Duplicate" : "stored", (unsigned long long)pub_seq[p][k],
-                        s == NATS_OK ? "holds it" : s == NATS_NOT_FOUND ? "does NOT hold it" : natsStatus_GetText(s),
+                        s == NATS_OK          ? "holds it"
+                        : s == NATS_NOT_FOUND ? "does NOT hold it"
+                                              : natsStatus_GetText(s),
                         s == NATS_OK ? (unsigned long long)natsMsg_GetSequence(m) : 0ULL);
                 natsMsg_Destroy(m);
             }

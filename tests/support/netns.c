@@ -108,8 +108,7 @@ bool netns_lab_create(netns_lab *l, int n)
     snprintf(l->hub, sizeof l->hub, "%s-hub", l->prefix);
     l->created = true; /* from here on, destroy removes whatever exists */
     if (!run(false, "ip netns add '%s'", l->hub) || !run(false, "ip -n '%s' link set lo up", l->hub) ||
-        !run(false, "ip -n '%s' link add br0 type bridge", l->hub) ||
-        !run(false, "ip -n '%s' link set br0 up", l->hub))
+        !run(false, "ip -n '%s' link add br0 type bridge", l->hub) || !run(false, "ip -n '%s' link set br0 up", l->hub))
         goto fail;
     for (int i = 0; i < n; i++) {
         snprintf(l->host[i], sizeof l->host[i], "%s-h%d", l->prefix, i);
@@ -231,8 +230,8 @@ int netns_http_get(const char *addr, int port, const char *path, int timeout_ms,
     size_t bufcap = 256 * 1024; /* /connz of a busy node */
     char *buf = malloc(bufcap);
     int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, addr);
-    if (!buf || inet_pton(AF_INET, addr, &a.sin_addr) != 1 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0 || n <= 0 ||
-        (size_t)n >= sizeof req || write(fd, req, (size_t)n) != n) {
+    if (!buf || inet_pton(AF_INET, addr, &a.sin_addr) != 1 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+        n <= 0 || (size_t)n >= sizeof req || write(fd, req, (size_t)n) != n) {
         close(fd);
         free(buf);
         return -1;

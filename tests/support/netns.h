@@ -17,11 +17,11 @@
 #define NETNS_MAX_HOSTS 8
 
 typedef struct netns_lab {
-    int n;                             /* hosts */
-    char prefix[48];                   /* verdict-pt-<pid> */
-    char hub[64];                      /* the bridge's namespace */
-    char host[NETNS_MAX_HOSTS][64];    /* host namespaces */
-    char addr[NETNS_MAX_HOSTS][16];    /* host i's IPv4 address */
+    int n;                          /* hosts */
+    char prefix[48];                /* verdict-pt-<pid> */
+    char hub[64];                   /* the bridge's namespace */
+    char host[NETNS_MAX_HOSTS][64]; /* host namespaces */
+    char addr[NETNS_MAX_HOSTS][16]; /* host i's IPv4 address */
     bool created;
 } netns_lab;
 
