@@ -570,6 +570,15 @@ static void teardown(void)
         fprintf(stderr, "test_partition: engine log kept: %s; server logs: %s.log ...\n", engine_log, store[0]);
 }
 
+/* Criterion does not run .fini when .init fails: clean up (namespaces, servers, stores) before failing. */
+#define SETUP_REQUIRE(cond, ...)                                                                                       \
+    do {                                                                                                               \
+        if (!(cond)) {                                                                                                 \
+            teardown();                                                                                                \
+            cr_assert_fail(__VA_ARGS__);                                                                               \
+        }                                                                                                              \
+    } while (0)
+
 static void setup(void)
 {
     const char *why = netns_unavailable();
@@ -579,25 +588,25 @@ static void setup(void)
     if (bin && bin[0])
         server_bin = bin;
     /* before any nats.c call: nats.c's own threads must be created in the client namespace too */
-    cr_assert(netns_lab_create(&lab, 5), "cannot create the network namespaces (root is available)");
-    cr_assert(netns_enter(&lab, CLIENT_HOST));
+    SETUP_REQUIRE(netns_lab_create(&lab, 5), "cannot create the network namespaces (root is available)");
+    SETUP_REQUIRE(netns_enter(&lab, CLIENT_HOST), "cannot enter the client namespace");
     /* A small TCP send queue for the engine (its namespace only): a cut then fills it within a fraction of a
      * second, the situation in which issue 21's engine froze in send() while holding nats.c's connection lock
      * (1.2 MB were queued there, at a higher rate). Without a write deadline this test then stalls until TCP
      * gives up. */
-    cr_assert(netns_sysctl(&lab, ENGINE_HOST, "net/ipv4/tcp_wmem", "4096 16384 16384"));
+    SETUP_REQUIRE(netns_sysctl(&lab, ENGINE_HOST, "net/ipv4/tcp_wmem", "4096 16384 16384"), "cannot set tcp_wmem");
     const char *retries = getenv("VERDICT_PARTITION_TCP_RETRIES2"); /* to shorten such a freeze, experiments */
     if (retries && retries[0])
-        cr_assert(netns_sysctl(&lab, ENGINE_HOST, "net/ipv4/tcp_retries2", retries));
+        SETUP_REQUIRE(netns_sysctl(&lab, ENGINE_HOST, "net/ipv4/tcp_retries2", retries), "cannot set tcp_retries2");
     size_t o = 0;
     for (int i = 0; i < NODES; i++) {
         snprintf(store[i], sizeof store[i], "/tmp/verdict-pt-XXXXXX");
-        cr_assert_not_null(mkdtemp(store[i]));
+        SETUP_REQUIRE(mkdtemp(store[i]) != NULL, "cannot make a temporary directory");
         o += (size_t)snprintf(urls + o, sizeof urls - o, "%snats://%s:4222", i ? "," : "", lab.addr[i]);
     }
     for (int i = 0; i < NODES; i++)
-        cr_assert(start_node(i), "cannot start %s for node n%d", server_bin, i);
-    cr_assert(cluster_ready(45000), "the cluster did not become ready; see %s.log", store[0]);
+        SETUP_REQUIRE(start_node(i), "cannot start %s for node n%d", server_bin, i);
+    SETUP_REQUIRE(cluster_ready(45000), "the cluster did not become ready; see %s.log", store[0]);
     temp_path(engine_log, sizeof engine_log, ".log");
 }
 
