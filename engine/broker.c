@@ -236,10 +236,22 @@ static natsStatus set_servers(natsOptions *o, const char *list)
 #define CONNECT_TIMEOUT_MS 2000
 /* A server that stops answering without closing the TCP connection (frozen, or a partition that drops packets)
  * is seen only by unanswered pings: nats.c's default (2 minutes, 2 outstanding) kept the engine attached to it,
- * and /readyz saying ready, for 4-6 minutes. With these it is declared stale within 10-15 s, reconnects (to
- * another node of a cluster) and /readyz says 503 meanwhile. A ping every 5 s per connection costs nothing. */
-#define PING_INTERVAL_MS 5000
+ * and /readyz saying ready, for 4-6 minutes. nats.c declares the connection stale when a ping timer fires with
+ * MAX_PINGS_OUT pings unanswered, i.e. 2-3 intervals after the last PONG: at 1 s that is 2-3 s, which leaves
+ * room in the 5 s target (issue 21) for the reconnect to another node and the next fetch. A PING/PONG per
+ * second per connection costs nothing; a server that cannot answer a PING for 2 s is not deciding anything.
+ * (With 5 s pings the engine noticed a black-holed node after 12 s in tests/test_partition.c.) */
+#define PING_INTERVAL_MS 1000
 #define MAX_PINGS_OUT 2
+/* The longest one socket write may block. Without it the socket is blocking: against a black-holed node, once
+ * the kernel's send queue is full (1.2 MB seen), send() blocks inside natsConn_bufferFlush while holding the
+ * connection's lock until TCP gives up (about 15 minutes), and every thread touching the connection waits with
+ * it, the ping timer included, so the stale-connection check above never runs either. With a deadline nats.c
+ * sets the socket non-blocking, fails the write at the deadline and shuts the socket down, which starts the
+ * reconnect; what was buffered is lost, as in any disconnect, and every publish of ours waits for its PubAck
+ * and is retried. A write only waits when the send queue (hundreds of KB) is full, i.e. the server has read
+ * nothing for a while; 1 s of that on a LAN is a dead server, and it bounds how long a lock is held. */
+#define WRITE_DEADLINE_MS 1000
 
 static vstatus connect_with(const config *c, const char *name, bool send_asap, broker_link *link,
                             natsConnection **nc, verror *e)
@@ -262,6 +274,8 @@ static vstatus connect_with(const config *c, const char *name, bool send_asap, b
         s = natsOptions_SetPingInterval(o, PING_INTERVAL_MS);
     if (s == NATS_OK)
         s = natsOptions_SetMaxPingsOut(o, MAX_PINGS_OUT);
+    if (s == NATS_OK)
+        s = natsOptions_SetWriteDeadline(o, WRITE_DEADLINE_MS);
     if (s == NATS_OK)
         s = natsOptions_SetDisconnectedCB(o, on_disconnected, link);
     if (s == NATS_OK)
