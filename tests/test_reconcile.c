@@ -51,19 +51,7 @@ static int audit(const char *extra1, const char *extra2, const char *extra3)
     return child_wait(verdict_spawn(argv, outp), 30000);
 }
 
-static int count_lines(const char *needle)
-{
-    FILE *f = fopen(outp, "r");
-    if (!f)
-        return 0;
-    char line[2048];
-    int n = 0;
-    while (fgets(line, sizeof line, f))
-        if (strstr(line, needle))
-            n++;
-    fclose(f);
-    return n;
-}
+static int count_lines(const char *needle) { return tc_count_lines(outp, needle); }
 
 /* Takes n messages from the engine's durable consumer and acks (or terms) them: the consumer has passed them,
  * as one that skipped them at a leader change would have, and no decision or dead letter was written. */

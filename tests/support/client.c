@@ -125,3 +125,28 @@ pid_t tc_start_engine(const char *url, const char *log_path, const char *const e
     cr_assert(file_wait_for(log_path, "engine started", 15000), "engine did not start; see %s", log_path);
     return pid;
 }
+
+bool tc_wait_consumer_idle(jsCtx *js, int timeout_ms)
+{
+    uint64_t ackp = 1, pend = 1;
+    for (int waited = 0; waited <= timeout_ms; waited += 100) {
+        if (tc_consumer_counts(js, &ackp, &pend, NULL) && ackp == 0 && pend == 0)
+            return true;
+        tc_sleep_ms(100);
+    }
+    return false;
+}
+
+int tc_count_lines(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    char line[8192];
+    int n = 0;
+    while (fgets(line, sizeof line, f))
+        if (strstr(line, needle))
+            n++;
+    fclose(f);
+    return n;
+}

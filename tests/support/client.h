@@ -19,6 +19,10 @@ uint64_t tc_stream_msgs(jsCtx *js, const char *stream);
 uint64_t tc_wait_msgs(jsCtx *js, const char *stream, uint64_t n, int timeout_ms);
 /* The stored decision for txn_id (any outcome), or NULL. Caller destroys. */
 natsMsg *tc_find_decision(jsCtx *js, const char *txn_id);
+/* Waits (bounded) until the engine's consumer has nothing pending or unacknowledged; true when it got there. */
+bool tc_wait_consumer_idle(jsCtx *js, int timeout_ms);
+/* Lines of the file at path that contain needle (0 if it cannot be read). */
+int tc_count_lines(const char *path, const char *needle);
 /* Consumer ack-pending and pending counts. */
 bool tc_consumer_counts(jsCtx *js, uint64_t *ack_pending, uint64_t *pending, uint64_t *redelivered);
 /* Spawns `verdict serve` against url with extra args (NULL-terminated) and waits until it is started. */
