@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 void tc_sleep_ms(int ms)
 {
@@ -149,4 +150,20 @@ int tc_count_lines(const char *path, const char *needle)
             n++;
     fclose(f);
     return n;
+}
+
+void tc_fixture_up(test_server *srv, natsConnection **nc, jsCtx **js, char *logp, size_t cap)
+{
+    cr_assert(server_start(srv, NULL), "nats-server did not start");
+    *nc = tc_connect(srv->url);
+    cr_assert_eq(natsConnection_JetStream(js, *nc, NULL), NATS_OK);
+    temp_path(logp, cap, ".log");
+}
+
+void tc_fixture_down(test_server *srv, natsConnection *nc, jsCtx *js, const char *logp)
+{
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    server_stop(srv);
+    unlink(logp);
 }

@@ -3,10 +3,15 @@
 #define VERDICT_TEST_CLIENT_H
 
 #include "codec.h"
+#include "harness.h"
 
 #include <nats/nats.h>
 
 natsConnection *tc_connect(const char *url);
+/* The usual suite fixture: a server from the harness, a connection with a JetStream context, a temporary log
+ * path (cap bytes); and its teardown, which also removes the log. */
+void tc_fixture_up(test_server *srv, natsConnection **nc, jsCtx **js, char *logp, size_t cap);
+void tc_fixture_down(test_server *srv, natsConnection *nc, jsCtx *js, const char *logp);
 /* A valid transaction with the given id and amount (strings static). */
 void tc_txn(Transaction *t, const char *txn_id, int64_t amount_minor);
 /* Packs t into buf; returns the length. */
