@@ -64,6 +64,9 @@ static const opt opts[] = {
      "when the budget is spent: none (decide on rules alone) | approve | review | decline"},
     {"--max-keys", "VERDICT_MAX_KEYS", O_INT, F(max_keys), "1000000", G_SERVE, 1, 100000000,
      "velocity state: entities (cards, devices, ...) tracked per key field; least recently seen evicted"},
+    {"--feature-ring", "VERDICT_FEATURE_RING", O_INT, F(feature_ring), "262144", G_SERVE, 0, 1 << 26,
+     "velocity features remembered for redeliveries, in transactions (rounded up to a power of two; 0 = none): "
+     "cover your rate x the longest redelivery delay (docs/state.md)"},
     {"--rules", "VERDICT_RULES", O_STR, F(rules_file), NULL, G_SERVE, 0, 0,
      "rules file (default: built-in amount policy until one is given)"},
     {"--model", "VERDICT_MODEL", O_STR, F(model_file), NULL, G_SERVE, 0, 0, "XGBoost JSON model file"},

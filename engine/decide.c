@@ -3,6 +3,7 @@
 
 #include "gbdt.h"
 #include "replica.h"
+#include "sequencer.h"
 #include "velocity.h"
 
 #include <stdio.h>
@@ -146,7 +147,11 @@ void decide_run(const policy *p, const decide_env *env, const Transaction *t, in
     bool fresh = true;
     if (env && (env->lists || env->profiles))
         fresh = replica_fill(env->lists, env->profiles, &p->reg, vals);
-    if (env && env->vel) {
+    if (env && env->vel_pre) {
+        velvals_load(&p->vplan, env->vel_pre, vals);
+        if (env->vel_pre->n != p->vplan.n || env->vel_inexact)
+            fresh = false;
+    } else if (env && env->vel) {
         /* a state kept for other features (never paired so by the engine) leaves the slots missing: degraded */
         if (velocity_serves(env->vel, &p->vplan))
             velocity_features_and_add(env->vel, &p->vplan, vals, event_ms);

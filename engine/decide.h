@@ -61,10 +61,15 @@ const ruleset *policy_rules(const policy *p); /* NULL for the built-in policy */
 
 struct velocity;
 struct replica;
+struct velvals;
 
 /* What decide_run reads besides the transaction; any member may be NULL (not configured). */
 typedef struct decide_env {
     struct velocity *vel; /* features from the state before t, then t counted once; must serve p's plan */
+    /* or: the velocity features the sequencing stage computed for t (sequencer.h), in p's plan order; the
+     * state is not touched. vel_inexact marks them as not t's own (a redelivery older than the ring): degraded */
+    const struct velvals *vel_pre;
+    bool vel_inexact;
     const struct replica *lists, *profiles;     /* local KV replicas; stale or absent -> degraded */
 } decide_env;
 

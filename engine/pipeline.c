@@ -13,6 +13,7 @@
 #include "log.h"
 #include "observe.h"
 #include "rebuild.h"
+#include "sequencer.h"
 #include "reloader.h"
 #include "replica.h"
 #include "velocity.h"
@@ -35,23 +36,29 @@
 struct slot;
 struct engine;
 struct velref;
-static vstatus make_velocity(struct engine *en, const struct policy *p, uint64_t upto_seq, bool empty,
-                             struct velref **out, verror *e);
+static vstatus make_velocity(struct engine *en, const struct policy *p, bool at_start, struct velref **out,
+                             verror *e);
+static int64_t longest_window(const struct policy *p);
 
-/* Velocity state shared by the workers, reference-counted like policies: a reload that needs new velocity
- * features swaps in a rebuilt state, and the old one is freed when its last batch is done. */
+/* Velocity state, reference-counted like policies: a reload that needs new velocity features swaps in a rebuilt
+ * state, and the old one is freed when its last batch is done. Only the sequencing stage writes it (and its
+ * ring and position); batches hold it so that a swap never frees it under them. */
 typedef struct velref {
     atomic_int refs;
     velocity *v;
+    featring *ring;  /* the features of recent sequences, for redeliveries */
+    uint64_t pos;    /* the state counts every transaction of TXN up to this sequence */
 } velref;
 
-static velref *velref_new(velocity *v)
+static velref *velref_new(velocity *v, featring *ring, uint64_t pos)
 {
     velref *r = calloc(1, sizeof *r);
     if (!r)
         return NULL;
     atomic_init(&r->refs, 1);
     r->v = v;
+    r->ring = ring;
+    r->pos = pos;
     return r;
 }
 
@@ -59,15 +66,31 @@ static void velref_release(velref *r)
 {
     if (r && atomic_fetch_sub(&r->refs, 1) == 1) {
         velocity_free(r->v);
+        featring_free(r->ring);
         free(r);
     }
 }
+
+/* What the sequencing stage hands a worker: a fetched batch, the policy and state it was sequenced with (held),
+ * and each message's velocity features. Preallocated (workers + 1 of them) and recycled. */
+enum { VS_NONE = 0, VS_EXACT, VS_INEXACT };
+typedef struct batch {
+    natsMsgList list;
+    int64_t recv_ns; /* monotonic time the batch was taken: the budget's start */
+    int64_t recv_wall_us;
+    policy *policy;
+    velref *vel;
+    velvals *vv;       /* per message */
+    unsigned char *vs; /* per message: VS_* */
+    struct batch *next;
+} batch;
 
 typedef struct worker {
     struct engine *en;
     int id;
     pthread_t thread;
-    natsSubscription *sub;
+    bool running; /* thread started and not joined */
+    batch *b;     /* the batch in hand */
     jsCtx *js;           /* async decision publishes; its PubAck handler fills slots */
     struct slot *slots;  /* one per message of the batch in hand */
     int nslots;
@@ -113,6 +136,20 @@ struct engine {
     arena ingress_arena; /* ingress callbacks are serialised per subscription */
     worker *workers;
     int nworkers;
+    /* the sequencing stage: the only puller of the durable consumer and the only writer of the velocity state */
+    natsSubscription *sub;
+    pthread_t seq_thread;
+    bool seq_started;
+    arena seq_arena;
+    fval seq_vals[FEAT_MAX];
+    batch *batches; /* nbatches, preallocated */
+    int nbatches;
+    pthread_mutex_t q_mu;
+    pthread_cond_t q_cv;  /* a batch became ready or free */
+    batch *free_b;        /* free batches */
+    batch *ready_head, *ready_tail;
+    policy *next_policy;  /* a reload with a new state, waiting for the sequencer to reach its position (policy_mu) */
+    velref *next_vel;
     int64_t ack_wait_ms;  /* the consumer's effective AckWait for a first delivery */
     int64_t heartbeat_ms; /* InProgress interval for held messages: a third of it */
     policy *policy;          /* the policy in force; swapped under policy_mu, held by workers per batch */
@@ -395,8 +432,9 @@ typedef struct slot {
 
 /* Step 1, per message: decode, validate, decide, encode. Poison gets its dead letter, published with the
  * batch. */
-static void prepare(worker *w, natsMsg *msg, slot *sl)
+static void prepare(worker *w, int idx, slot *sl)
 {
+    natsMsg *msg = w->b->list.Msgs[idx];
     engine *en = w->en;
     const config *cfg = &en->cfg;
     memset(sl, 0, sizeof *sl);
@@ -465,7 +503,13 @@ static void prepare(worker *w, natsMsg *msg, slot *sl)
     bool skip_model = elapsed_us * 5 >= budget_us * 4;
     decide_out out;
     const policy *p = w->policy;
-    decide_env env = {.vel = w->vel ? w->vel->v : NULL, .lists = en->lists, .profiles = en->profiles};
+    /* the velocity features come from the sequencing stage (the state before this transaction in stream order),
+     * never from the state as it is now */
+    int vs = w->b->vs[idx];
+    decide_env env = {.vel_pre = vs != VS_NONE ? &w->b->vv[idx] : NULL,
+                      .vel_inexact = vs == VS_INEXACT,
+                      .lists = en->lists,
+                      .profiles = en->profiles};
     int64_t store_us = m->timestamp_ns / 1000;
     decide_run(p, &env, t, txn_event_ms(t, store_us / 1000), skip_model, w->vals, &out);
     atomic_fetch_add_explicit(&en->stats.stage_ns[0], out.features_ns, memory_order_relaxed);
@@ -777,26 +821,22 @@ static bool slot_retrying(slot *sl)
 
 /* A batch: decide every message, publish every decision asynchronously (at most one batch in flight per
  * worker), wait for all PubAcks, then reply and ack. One round trip per batch instead of per message. */
-static void process_batch(worker *w, natsMsgList *list)
+static void process_batch(worker *w, batch *b)
 {
     engine *en = w->en;
-    int count = list->Count;
+    int count = b->list.Count;
     pthread_mutex_lock(&w->pub_mu);
     w->nslots = count;
     pthread_mutex_unlock(&w->pub_mu);
-    /* one policy for the whole batch: a reload takes effect between batches, never inside a decision */
-    pthread_mutex_lock(&en->policy_mu);
-    w->policy = en->policy;
-    policy_retain(w->policy);
-    w->vel = en->vel;
-    if (w->vel)
-        atomic_fetch_add(&w->vel->refs, 1);
-    pthread_mutex_unlock(&en->policy_mu);
+    /* one policy for the whole batch, the one it was sequenced with: a reload takes effect between batches */
+    w->b = b;
+    w->policy = b->policy;
+    w->vel = b->vel;
+    w->recv_ns = b->recv_ns;
+    w->recv_wall_us = b->recv_wall_us;
     for (int i = 0; i < count; i++)
-        prepare(w, list->Msgs[i], &w->slots[i]);
-    policy_release(w->policy);
+        prepare(w, i, &w->slots[i]);
     w->policy = NULL;
-    velref_release(w->vel);
     w->vel = NULL;
     fault_point(en, "crash_before_publish");
     for (int i = 0; i < count; i++) {
@@ -868,33 +908,242 @@ static void process_batch(worker *w, natsMsgList *list)
     pthread_mutex_unlock(&w->pub_mu);
 }
 
-static void *worker_main(void *arg)
+/* --- the sequencing stage ------------------------------------------------------------------------------- */
+
+/* Hands b back to the free list (its messages and references released). */
+static void batch_recycle(engine *en, batch *b)
 {
-    worker *w = arg;
-    engine *en = w->en;
+    natsMsgList_Destroy(&b->list);
+    b->list = (natsMsgList){0};
+    policy_release(b->policy);
+    b->policy = NULL;
+    velref_release(b->vel);
+    b->vel = NULL;
+    pthread_mutex_lock(&en->q_mu);
+    b->next = en->free_b;
+    en->free_b = b;
+    pthread_cond_broadcast(&en->q_cv);
+    pthread_mutex_unlock(&en->q_mu);
+}
+
+/* Counts TXN's sequences from..to into the state (their features go into its ring): sequences the consumer did
+ * not hand this engine, or that a new state has not seen yet. Failing leaves the position where it got to. */
+static void seq_catch_up(engine *en, velref *r, const policy *p, uint64_t to)
+{
+    if (to <= r->pos)
+        return;
+    rebuild_range rr = {.from_seq = r->pos + 1, .upto_seq = to, .ring = r->ring, .quiet = to - r->pos < 100000};
+    if (r->pos == 0) { /* a state that has seen nothing: the window before, not the whole stream */
+        rr.from_seq = 0;
+        rr.from_ns = (now_ms() - longest_window(p)) * 1000000LL;
+    }
+    rebuild_stats st;
+    verror e = {0};
+    atomic_fetch_add(&en->stats.sequence_catch_ups, 1);
+    vstatus rc = rebuild_velocity(en->js, &en->cfg, policy_velocity_plan(p), r->v, &rr, &st, &e);
+    if (rc != V_OK) {
+        /* the state misses these transactions; what follows is decided with it rather than not at all */
+        atomic_fetch_add(&en->stats.sequence_gap_failures, 1);
+        log_error("velocity state could not read sequences the consumer skipped; they are not counted",
+                  "\"from\":%llu,\"to\":%llu,\"reached\":%llu,\"error\":\"%s\"", (unsigned long long)rr.from_seq,
+                  (unsigned long long)to, (unsigned long long)st.upto_seq, log_esc(e.msg));
+        r->pos = to;
+        return;
+    }
+    atomic_fetch_add(&en->stats.sequence_gap_msgs, (long long)st.read);
+    r->pos = to;
+}
+
+/* One message: its velocity features, exactly once per stream sequence and in stream order. */
+static void sequence_one(engine *en, batch *b, int i)
+{
+    b->vs[i] = VS_NONE;
+    velref *r = b->vel;
+    const policy *p = b->policy;
+    const velocity_plan *pl = policy_velocity_plan(p);
+    js_meta m;
+    if (!r || en->cfg.passthrough || !broker_parse_ack_subject(natsMsg_GetReply(b->list.Msgs[i]), &m))
+        return;
+    natsMsg *msg = b->list.Msgs[i];
+    uint64_t seq = m.stream_seq;
+    if (pl->n == 0) {
+        if (seq > r->pos)
+            r->pos = seq; /* nothing to count, but a reload's new state must know where the stream is */
+        return;
+    }
+    velvals *vv = &b->vv[i];
+    if (seq <= r->pos) {
+        /* a redelivery (nak, AckWait, restart): the features it was given the first time */
+        if (featring_get(r->ring, seq, vv) && vv->n == pl->n) {
+            b->vs[i] = VS_EXACT;
+            return;
+        }
+    }
+    arena_reset(&en->seq_arena);
+    Transaction *t = NULL;
+    poison_reason why;
+    if (txn_decode(&en->seq_arena, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg),
+                   (size_t)en->cfg.max_msg_size, &t, &why, NULL) != V_OK) {
+        if (seq > r->pos)
+            r->pos = seq; /* poison counts toward nothing; the worker dead-letters it */
+        return;
+    }
+    int64_t ev = txn_event_ms(t, m.timestamp_ns / 1000000);
+    if (seq <= r->pos) {
+        /* older than the ring: the state as it is now (it has moved on), marked degraded */
+        atomic_fetch_add(&en->stats.features_inexact, 1);
+        features_from_txn(pl->reg, t, ev, en->seq_vals);
+        velocity_features(r->v, pl, en->seq_vals, ev);
+        velvals_save(pl, en->seq_vals, vv);
+        b->vs[i] = VS_INEXACT;
+        return;
+    }
+    if (seq > r->pos + 1)
+        seq_catch_up(en, r, p, seq - 1);
+    seq_step(r->v, pl, t, ev, en->seq_vals);
+    velvals_save(pl, en->seq_vals, vv);
+    featring_put(r->ring, seq, vv);
+    r->pos = seq;
+    b->vs[i] = VS_EXACT;
+}
+
+/* The policy and state for the next batch. A reload that brought a new state (built up to its own position)
+ * takes effect once the sequencer has reached that position, so no transaction is sequenced twice or by a
+ * state that has counted transactions after it; the new state then catches up over what came since. */
+static void seq_switch(engine *en)
+{
+    policy *drop_p = NULL;
+    velref *drop_v = NULL, *nv = NULL;
+    policy *np = NULL;
+    pthread_mutex_lock(&en->policy_mu);
+    if (en->next_vel && (!en->vel || en->vel->pos >= en->next_vel->pos)) {
+        drop_p = en->policy;
+        drop_v = en->vel;
+        en->policy = np = en->next_policy;
+        en->vel = nv = en->next_vel;
+        en->next_policy = NULL;
+        en->next_vel = NULL;
+        policy_retain(np);
+        atomic_fetch_add(&nv->refs, 1);
+    }
+    pthread_mutex_unlock(&en->policy_mu);
+    if (!nv)
+        return;
+    /* only this thread writes a state in force: the catch-up may run outside the lock */
+    uint64_t from = nv->pos + 1;
+    if (drop_v && nv->pos < drop_v->pos)
+        seq_catch_up(en, nv, np, drop_v->pos);
+    log_info("new velocity state in force", "\"rules_version\":\"%s\",\"from_seq\":%llu,\"caught_up_to\":%llu",
+             policy_rules_version(np), (unsigned long long)from, (unsigned long long)nv->pos);
+    policy_release(drop_p);
+    velref_release(drop_v);
+    policy_release(np);
+    velref_release(nv);
+}
+
+static void batch_take_policy(engine *en, batch *b)
+{
+    seq_switch(en);
+    pthread_mutex_lock(&en->policy_mu);
+    b->policy = en->policy;
+    policy_retain(b->policy);
+    b->vel = en->vel;
+    if (b->vel)
+        atomic_fetch_add(&b->vel->refs, 1);
+    pthread_mutex_unlock(&en->policy_mu);
+}
+
+static void *seq_main(void *arg)
+{
+    engine *en = arg;
     while (!atomic_load(&en->stopping)) {
-        natsMsgList list = {0};
+        pthread_mutex_lock(&en->q_mu);
+        while (!en->free_b && !atomic_load(&en->stopping)) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 100000000;
+            if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&en->q_cv, &en->q_mu, &ts);
+        }
+        batch *b = en->free_b;
+        if (b)
+            en->free_b = b->next;
+        pthread_mutex_unlock(&en->q_mu);
+        if (!b)
+            break;
         int pending = 0;
         jsErrCode jerr = 0;
         /* nats.c 3.4.1 overflows the heap in a batched Fetch when messages are already queued on the
          * subscription (late deliveries after a timed-out Fetch): take those one at a time first. */
-        if (natsSubscription_GetPending(w->sub, &pending, NULL) != NATS_OK)
+        if (natsSubscription_GetPending(en->sub, &pending, NULL) != NATS_OK)
             pending = 0;
-        natsStatus s = natsSubscription_Fetch(&list, w->sub, pending > 0 ? 1 : en->cfg.batch, 500, &jerr);
-        if (s == NATS_TIMEOUT || (s == NATS_OK && list.Count == 0))
+        natsStatus s = natsSubscription_Fetch(&b->list, en->sub, pending > 0 ? 1 : en->cfg.batch, 500, &jerr);
+        if (s == NATS_TIMEOUT || (s == NATS_OK && b->list.Count == 0)) {
+            batch_recycle(en, b);
+            seq_switch(en); /* idle: a reload's new state need not wait for traffic */
             continue;
+        }
         if (s != NATS_OK) {
             if (!atomic_load(&en->stopping))
-                log_warn("fetch failed; retrying", "\"worker\":%d,\"error\":\"%s\",\"js_code\":%d,\"detail\":\"%s\"",
-                         w->id, log_esc(natsStatus_GetText(s)), (int)jerr, log_esc(nats_GetLastError(NULL)));
-            natsMsgList_Destroy(&list);
+                log_warn("fetch failed; retrying", "\"error\":\"%s\",\"js_code\":%d,\"detail\":\"%s\"",
+                         log_esc(natsStatus_GetText(s)), (int)jerr, log_esc(nats_GetLastError(NULL)));
+            batch_recycle(en, b);
             sleep_ms(200);
             continue;
         }
-        w->recv_ns = mono_ns();
-        w->recv_wall_us = now_us();
-        process_batch(w, &list);
-        natsMsgList_Destroy(&list);
+        b->recv_ns = mono_ns();
+        b->recv_wall_us = now_us();
+        batch_take_policy(en, b);
+        for (int i = 0; i < b->list.Count; i++)
+            sequence_one(en, b, i);
+        pthread_mutex_lock(&en->q_mu);
+        b->next = NULL;
+        if (en->ready_tail)
+            en->ready_tail->next = b;
+        else
+            en->ready_head = b;
+        en->ready_tail = b;
+        pthread_cond_broadcast(&en->q_cv);
+        pthread_mutex_unlock(&en->q_mu);
+    }
+    pthread_mutex_lock(&en->q_mu);
+    pthread_cond_broadcast(&en->q_cv);
+    pthread_mutex_unlock(&en->q_mu);
+    return NULL;
+}
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    engine *en = w->en;
+    for (;;) {
+        pthread_mutex_lock(&en->q_mu);
+        while (!en->ready_head && !atomic_load(&en->stopping)) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 100000000;
+            if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&en->q_cv, &en->q_mu, &ts);
+        }
+        /* stopping: batches not taken yet are left unacked (redelivered to whoever runs next) */
+        batch *b = atomic_load(&en->stopping) ? NULL : en->ready_head;
+        if (b) {
+            en->ready_head = b->next;
+            if (!en->ready_head)
+                en->ready_tail = NULL;
+        }
+        pthread_mutex_unlock(&en->q_mu);
+        if (!b)
+            break;
+        process_batch(w, b);
+        w->b = NULL;
+        batch_recycle(en, b);
     }
     /* late PubAck handlers hold w: let them return before the engine frees it. nats.c answers every publish
      * within its MaxWait (a PubAck or a timeout), so this ends; free_engine keeps w if it has not. */
@@ -1153,6 +1402,24 @@ static int64_t ms_left(int64_t deadline_ns)
     return left > 0 ? left : 0;
 }
 
+/* The sequencing stage and the workers, once stopping is set. */
+static void join_threads(engine *en)
+{
+    if (en->seq_started) {
+        pthread_join(en->seq_thread, NULL);
+        en->seq_started = false;
+    }
+    pthread_mutex_lock(&en->q_mu);
+    pthread_cond_broadcast(&en->q_cv);
+    pthread_mutex_unlock(&en->q_mu);
+    for (int i = 0; i < en->nworkers; i++) {
+        if (en->workers[i].running) {
+            pthread_join(en->workers[i].thread, NULL);
+            en->workers[i].running = false;
+        }
+    }
+}
+
 static void free_engine(engine *en)
 {
     if (en->late_started) {
@@ -1186,7 +1453,6 @@ static void free_engine(engine *en)
     } else if (en->workers) {
         for (int i = 0; i < en->nworkers; i++) {
             worker *w = &en->workers[i];
-            natsSubscription_Destroy(w->sub);
             jsCtx_Destroy(w->js);
             free(w->slots);
             pthread_mutex_destroy(&w->pub_mu);
@@ -1196,6 +1462,21 @@ static void free_engine(engine *en)
         }
         free(en->workers);
     }
+    for (int i = 0; en->batches && i < en->nbatches; i++) {
+        batch *b = &en->batches[i];
+        natsMsgList_Destroy(&b->list);
+        policy_release(b->policy);
+        velref_release(b->vel);
+        free(b->vv);
+        free(b->vs);
+    }
+    free(en->batches);
+    arena_free(&en->seq_arena);
+    natsSubscription_Destroy(en->sub);
+    policy_release(en->next_policy);
+    velref_release(en->next_vel);
+    pthread_mutex_destroy(&en->q_mu);
+    pthread_cond_destroy(&en->q_cv);
     natsSubscription_Destroy(en->ingress);
     jsCtx_Destroy(en->js);
     jsCtx_Destroy(en->ijs);
@@ -1261,6 +1542,8 @@ vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **ou
     en->cfg = *c;
     en->start_stop = stop;
     pthread_mutex_init(&en->policy_mu, NULL);
+    pthread_mutex_init(&en->q_mu, NULL);
+    pthread_cond_init(&en->q_cv, NULL);
     pthread_mutex_init(&en->last_error_mu, NULL);
     pthread_mutex_init(&en->conn_mu, NULL);
     vstatus rc = arena_init(&en->ingress_arena, txn_arena_size((size_t)c->max_msg_size));
@@ -1352,10 +1635,8 @@ vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **ou
         for (int i = 0; i < 300 && !start_abandoned(en); i++)
             sleep_ms(10); /* tests: hold the start in this phase so /readyz can be seen saying so */
     START_CHECK(en, e);
-    uint64_t delivered = 0;
     velref *vel = NULL;
-    if ((rc = rebuild_delivered_seq(en->js, c, &delivered, e)) != V_OK ||
-        (rc = make_velocity(en, en->policy, 0, delivered == 0, &vel, e)) != V_OK) {
+    if ((rc = make_velocity(en, en->policy, true, &vel, e)) != V_OK) {
         free_engine(en);
         return rc;
     }
@@ -1410,13 +1691,33 @@ vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **ou
             free_engine(en);
             return verror_set(e, V_ENOMEM, "cannot set up worker %d", i);
         }
+    }
+    /* the sequencing stage: one pull subscription, and a batch for each worker plus one being filled */
+    en->nbatches = en->nworkers + 1;
+    en->batches = calloc((size_t)en->nbatches, sizeof *en->batches);
+    if (!en->batches || arena_init(&en->seq_arena, txn_arena_size((size_t)c->max_msg_size)) != V_OK) {
+        free_engine(en);
+        return verror_set(e, V_ENOMEM, "out of memory");
+    }
+    for (int i = 0; i < en->nbatches; i++) {
+        batch *b = &en->batches[i];
+        b->vv = malloc((size_t)c->batch * sizeof *b->vv);
+        b->vs = calloc((size_t)c->batch, 1);
+        if (!b->vv || !b->vs) {
+            free_engine(en);
+            return verror_set(e, V_ENOMEM, "out of memory");
+        }
+        b->next = en->free_b;
+        en->free_b = b;
+    }
+    {
         jsSubOptions so;
         jsSubOptions_Init(&so);
         so.Stream = c->txn_stream;
         so.Consumer = c->consumer; /* bind: never create, so unsubscribing never deletes the durable */
         so.ManualAck = true;
         jsErrCode jerr = 0;
-        s = js_PullSubscribe(&w->sub, en->js, c->txn_subjects, c->consumer, NULL, &so, &jerr);
+        s = js_PullSubscribe(&en->sub, en->js, c->txn_subjects, c->consumer, NULL, &so, &jerr);
         if (s != NATS_OK) {
             free_engine(en);
             return broker_err(e, s, jerr, "cannot bind a pull subscription to the durable consumer");
@@ -1444,16 +1745,22 @@ vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **ou
     for (int i = 0; i < en->nworkers; i++) {
         if (pthread_create(&en->workers[i].thread, NULL, worker_main, &en->workers[i]) != 0) {
             atomic_store(&en->stopping, true);
-            for (int j = 0; j < i; j++)
-                pthread_join(en->workers[j].thread, NULL);
+            join_threads(en);
             free_engine(en);
             return verror_set(e, V_ENOMEM, "cannot start worker threads");
         }
+        en->workers[i].running = true;
     }
+    if (pthread_create(&en->seq_thread, NULL, seq_main, en) != 0) {
+        atomic_store(&en->stopping, true);
+        join_threads(en);
+        free_engine(en);
+        return verror_set(e, V_ENOMEM, "cannot start the sequencing thread");
+    }
+    en->seq_started = true;
     if ((rc = observe_attach(en->observe, en->inc, e)) != V_OK || start_abandoned(en)) {
         atomic_store(&en->stopping, true);
-        for (int i = 0; i < en->nworkers; i++)
-            pthread_join(en->workers[i].thread, NULL);
+        join_threads(en);
         free_engine(en);
         return rc != V_OK ? rc : verror_set(e, V_ESTOPPED, "stopped before the start completed");
     }
@@ -1462,8 +1769,7 @@ vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **ou
     if ((s = natsConnection_FlushTimeout(en->inc, 5000)) != NATS_OK ||
         (s = natsConnection_FlushTimeout(en->nc, 5000)) != NATS_OK) {
         atomic_store(&en->stopping, true);
-        for (int i = 0; i < en->nworkers; i++)
-            pthread_join(en->workers[i].thread, NULL);
+        join_threads(en);
         free_engine(en);
         return broker_err(e, s, 0, "the server did not confirm the engine's subscriptions");
     }
@@ -1492,48 +1798,88 @@ static int64_t longest_window(const policy *p)
     return w;
 }
 
-/* A velocity state for p's velocity plan, filled from TXN up to upto_seq (0 = the stream's end), or left empty.
- * A rebuild that does not reach its end is an error: no state is better than one that counts too low. */
-static vstatus make_velocity(engine *en, const policy *p, uint64_t upto_seq, bool empty, velref **out, verror *e)
+/* A velocity state for p's velocity plan, at the position the sequencing stage needs: at a start, every
+ * transaction up to what the consumer has delivered (the redeliveries of the unacked ones then find their own
+ * features in the ring); on a reload, up to the stream's end (the sequencer switches to it once it gets there).
+ * The read starts a window before the oldest unacked transaction, so its features are complete too. A rebuild
+ * that does not reach its end is an error: no state is better than one that counts too low. */
+static vstatus make_velocity(engine *en, const policy *p, bool at_start, velref **out, verror *e)
 {
+    const velocity_plan *pl = policy_velocity_plan(p);
     velocity_cfg vc = {.max_keys = (size_t)en->cfg.max_keys};
     velocity *v = NULL;
-    vstatus rc = velocity_new(policy_velocity_plan(p), &vc, &v, e);
+    featring *ring = NULL;
+    vstatus rc = velocity_new(pl, &vc, &v, e);
     if (rc != V_OK)
         return rc;
+    size_t cap = 0;
+    if (en->cfg.feature_ring > 0)
+        for (cap = 1; cap < (size_t)en->cfg.feature_ring; cap <<= 1)
+            ;
+    if ((rc = featring_new(cap, pl->n, &ring, e)) != V_OK) {
+        velocity_free(v);
+        return rc;
+    }
+    uint64_t delivered = 0, ack_floor = 0, pos = 0;
+    if ((rc = rebuild_consumer_seqs(en->js, &en->cfg, &delivered, &ack_floor, e)) != V_OK)
+        goto fail;
+    pos = at_start ? delivered : 0;
     int64_t window = longest_window(p);
-    if (window > 0 && !empty) {
+    if (window > 0 && !(at_start && delivered == 0)) {
+        int64_t oldest_ns = ack_floor < delivered ? rebuild_store_ns(en->js, &en->cfg, ack_floor + 1) : 0;
+        int64_t now_ns = now_ms() * 1000000LL;
+        if (!oldest_ns || oldest_ns > now_ns)
+            oldest_ns = now_ns;
+        rebuild_range rr = {.from_ns = oldest_ns - window * 1000000LL, .upto_seq = pos, .ring = ring};
         rebuild_stats st;
-        rc = rebuild_velocity(en->js, &en->cfg, policy_velocity_plan(p), v, upto_seq, window, &st, e);
-        if (rc != V_OK) {
-            velocity_free(v);
-            return rc;
-        }
+        if ((rc = rebuild_velocity(en->js, &en->cfg, pl, v, &rr, &st, e)) != V_OK)
+            goto fail;
+        pos = st.upto_seq;
         velocity_stats_t vs;
         velocity_stats(v, &vs);
         log_info("velocity state rebuilt from the stream",
-                 "\"stream\":\"%s\",\"upto_seq\":%llu,\"read\":%llu,\"counted\":%llu,\"undecided\":%llu,\"skipped\":%llu,"
-                 "\"keys\":%llu,\"seconds\":%.3f,\"per_s\":%.0f",
+                 "\"stream\":\"%s\",\"upto_seq\":%llu,\"read\":%llu,\"counted\":%llu,\"duplicates\":%llu,"
+                 "\"skipped\":%llu,\"keys\":%llu,\"seconds\":%.3f,\"per_s\":%.0f",
                  en->cfg.txn_stream, (unsigned long long)st.upto_seq, (unsigned long long)st.read,
-                 (unsigned long long)st.counted, (unsigned long long)st.undecided, (unsigned long long)st.skipped, (unsigned long long)vs.keys,
-                 st.seconds, st.seconds > 0 ? (double)st.read / st.seconds : 0.0);
+                 (unsigned long long)st.counted, (unsigned long long)st.duplicates, (unsigned long long)st.skipped,
+                 (unsigned long long)vs.keys, st.seconds, st.seconds > 0 ? (double)st.read / st.seconds : 0.0);
+    } else if (!at_start) {
+        /* nothing to count: the new state starts where the stream ends */
+        jsStreamInfo *si = NULL;
+        jsErrCode jerr = 0;
+        natsStatus s = js_GetStreamInfo(&si, en->js, en->cfg.txn_stream, NULL, &jerr);
+        if (s != NATS_OK) {
+            rc = broker_err(e, s, jerr, "cannot read the transactions stream");
+            goto fail;
+        }
+        pos = si->State.LastSeq;
+        jsStreamInfo_Destroy(si);
     }
-    *out = velref_new(v);
+    *out = velref_new(v, ring, pos);
     if (!*out) {
-        velocity_free(v);
-        return verror_set(e, V_ENOMEM, "out of memory");
+        rc = verror_set(e, V_ENOMEM, "out of memory");
+        goto fail;
     }
     return V_OK;
+fail:
+    velocity_free(v);
+    featring_free(ring);
+    return rc;
 }
 
-/* Swaps in p (taking over its reference); workers pick it up at their next batch. The running velocity state
- * stays only when it keeps exactly p's velocity features (by name, whatever their ids in p's registry);
- * otherwise a new state is built and filled from TXN first, and the policy and its state swap together. */
+/* Swaps in p (taking over its reference). The running velocity state stays when it keeps exactly p's velocity
+ * features (by name, whatever their ids in p's registry): the sequencing stage picks p up at its next batch.
+ * Otherwise a new state is built from TXN first and p waits with it until the sequencer reaches the state's
+ * position (batch_take_policy), so the two always swap together and no transaction is counted twice. */
 static vstatus swap_policy(engine *en, policy *p, const char *why, verror *e)
 {
     velref *nv = NULL;
-    if (!en->vel || !velocity_compatible(en->vel->v, policy_velocity_plan(p))) {
-        vstatus rc = make_velocity(en, p, 0, false, &nv, e);
+    pthread_mutex_lock(&en->policy_mu);
+    bool keep_running = en->vel && velocity_compatible(en->vel->v, policy_velocity_plan(p));
+    bool keep_next = !keep_running && en->next_vel && velocity_compatible(en->next_vel->v, policy_velocity_plan(p));
+    pthread_mutex_unlock(&en->policy_mu);
+    if (!keep_running && !keep_next) {
+        vstatus rc = make_velocity(en, p, false, &nv, e);
         if (rc != V_OK) {
             atomic_fetch_add(&en->stats.reload_failures, 1);
             log_error("reload refused: velocity state could not be built", "\"error\":\"%s\"", log_esc(e->msg));
@@ -1541,22 +1887,37 @@ static vstatus swap_policy(engine *en, policy *p, const char *why, verror *e)
             return rc;
         }
     }
+    policy *drop_p = NULL, *drop_next_p = NULL;
+    velref *drop_next_v = NULL;
+    char old_version[64];
     pthread_mutex_lock(&en->policy_mu);
-    policy *old = en->policy;
-    en->policy = p;
-    velref *oldv = NULL;
-    if (nv) {
-        oldv = en->vel;
-        en->vel = nv;
+    str_copy(old_version, sizeof old_version, policy_rules_version(en->next_policy ? en->next_policy : en->policy));
+    if (keep_running) {
+        drop_p = en->policy;
+        en->policy = p;
+        drop_next_p = en->next_policy; /* a pending state for an older reload is not wanted any more */
+        drop_next_v = en->next_vel;
+        en->next_policy = NULL;
+        en->next_vel = NULL;
+    } else {
+        drop_next_p = en->next_policy;
+        en->next_policy = p;
+        if (nv) {
+            drop_next_v = en->next_vel;
+            en->next_vel = nv;
+        }
     }
+    policy_retain(p); /* for the log line: the sequencer may swap it in and a next reload out */
     pthread_mutex_unlock(&en->policy_mu);
-    velref_release(oldv);
     log_info("policy swapped", "\"why\":\"%s\",\"rules_version\":\"%s\",\"rules_source\":\"%s\",\"model_version\":\"%s\","
              "\"old_rules_version\":\"%s\",\"velocity\":\"%s\"",
              log_esc(why), policy_rules_version(p), log_esc(policy_rules_source(p)), policy_model_version(p),
-             policy_rules_version(old), nv ? "new" : "kept");
+             old_version, keep_running ? "kept" : "new");
     atomic_fetch_add(&en->stats.reloads, 1);
-    policy_release(old);
+    policy_release(p);
+    policy_release(drop_p);
+    policy_release(drop_next_p);
+    velref_release(drop_next_v);
     return V_OK;
 }
 
@@ -1642,8 +2003,7 @@ void engine_stop(engine *en)
     /* 2. no more fetching; each worker finishes the batch it holds (decide, publish, ack) */
     observe_stop(en->observe);
     en->observe = NULL;
-    for (int i = 0; i < en->nworkers; i++)
-        pthread_join(en->workers[i].thread, NULL);
+    join_threads(en);
     dlq_worker_stop(en->dlq);
     en->dlq = NULL;
     reloader_stop(en->reloader);

@@ -37,6 +37,11 @@ typedef struct engine_stats {
     atomic_llong latency_bucket[LATENCY_BUCKETS + 1]; /* decisions by latency (non-cumulative), last = +Inf */
     atomic_llong latency_sum_us;
     atomic_llong stage_ns[3]; /* features, model, rules: summed over decisions */
+    /* the sequencing stage (sequencer.h) */
+    atomic_llong features_inexact;      /* redeliveries older than the feature ring: decided with today's state */
+    atomic_llong sequence_catch_ups;    /* reads of TXN for sequences the consumer did not hand over */
+    atomic_llong sequence_gap_msgs;     /* transactions counted by those reads */
+    atomic_llong sequence_gap_failures; /* reads that failed: those transactions are not counted */
 } engine_stats;
 
 typedef struct engine engine;

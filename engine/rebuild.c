@@ -3,7 +3,7 @@
 
 #include "broker.h"
 #include "codec.h"
-#include "idset.h"
+#include "sequencer.h"
 #include "log.h"
 #include "streamread.h"
 
@@ -31,83 +31,57 @@ static void fault_pause(const config *c)
     nanosleep(&ts, NULL);
 }
 
-vstatus rebuild_delivered_seq(jsCtx *js, const config *c, uint64_t *seq, verror *e)
+vstatus rebuild_consumer_seqs(jsCtx *js, const config *c, uint64_t *delivered, uint64_t *ack_floor, verror *e)
 {
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
     natsStatus s = js_GetConsumerInfo(&ci, js, c->txn_stream, c->consumer, NULL, &jerr);
     if (s != NATS_OK)
         return broker_err(e, s, jerr, "cannot read the consumer's state");
-    *seq = ci->Delivered.Stream;
+    *delivered = ci->Delivered.Stream;
+    *ack_floor = ci->AckFloor.Stream;
     jsConsumerInfo_Destroy(ci);
     return V_OK;
 }
 
-vstatus rebuild_velocity(jsCtx *js, const config *c, const velocity_plan *pl, velocity *v, uint64_t upto_seq,
-                         int64_t window_ms, rebuild_stats *st, verror *e)
+int64_t rebuild_store_ns(jsCtx *js, const config *c, uint64_t seq)
 {
-    const featreg *reg = pl->reg;
-    *st = (rebuild_stats){.upto_seq = upto_seq};
+    natsMsg *m = NULL;
+    jsErrCode jerr = 0;
+    if (!seq || js_GetMsg(&m, js, c->txn_stream, seq, NULL, &jerr) != NATS_OK)
+        return 0;
+    int64_t t = natsMsg_GetTime(m);
+    natsMsg_Destroy(m);
+    return t;
+}
+
+vstatus rebuild_velocity(jsCtx *js, const config *c, const velocity_plan *pl, velocity *v, const rebuild_range *rr,
+                         rebuild_stats *st, verror *e)
+{
+    *st = (rebuild_stats){.upto_seq = rr->from_seq ? rr->from_seq - 1 : 0};
     int64_t t0 = mono_ns();
+    uint64_t upto_seq = rr->upto_seq;
+    if (rr->from_seq && upto_seq && upto_seq < rr->from_seq) {
+        st->upto_seq = upto_seq;
+        return V_OK; /* nothing to read */
+    }
     stream_reader *r = NULL;
-    int64_t from_ns = (now_ms() - window_ms) * 1000000LL;
-    /* 1. which transactions were decided: Nats-Msg-Id of DECISIONS is the txn_id */
-    idset decided;
-    if (!idset_init(&decided, 1 << 16))
-        return verror_set(e, V_ENOMEM, "out of memory");
-    vstatus rc = stream_reader_open_headers(js, c->decisions_stream, 0, from_ns, &r, e);
-    if (rc != V_OK) {
-        idset_free(&decided);
+    vstatus rc = stream_reader_open(js, c->txn_stream, NULL, rr->from_seq, rr->from_seq ? 0 : rr->from_ns, &r, e);
+    if (rc != V_OK)
         return rc;
-    }
-    uint64_t dec_end = stream_reader_end(r), dec_seq = 0;
-    for (;;) {
-        natsMsg *m = NULL;
-        uint64_t seq;
-        int64_t store_ns;
-        verror re = {0};
-        rc = stream_reader_next(r, &m, &seq, &store_ns, STALL_MS, &re);
-        if (rc == V_ENOTFOUND)
-            break; /* the end of the stream as it was at open */
-        if (rc != V_OK) {
-            /* a partial index would leave decided transactions uncounted: the counts too low, silently */
-            stream_reader_close(r);
-            idset_free(&decided);
-            return verror_set(e, rc, "velocity rebuild incomplete: reading %s stopped after seq %llu of %llu: %s",
-                              c->decisions_stream, (unsigned long long)dec_seq, (unsigned long long)dec_end,
-                              re.msg);
-        }
-        dec_seq = seq;
-        const char *id = NULL;
-        if (natsMsgHeader_Get(m, "Nats-Msg-Id", &id) == NATS_OK && id && !idset_add(&decided, hash64_str(id))) {
-            natsMsg_Destroy(m);
-            stream_reader_close(r);
-            idset_free(&decided);
-            return verror_set(e, V_ENOMEM, "out of memory indexing decisions");
-        }
-        st->decisions++;
-        natsMsg_Destroy(m);
-    }
-    stream_reader_close(r);
-    r = NULL;
-    /* 2. replay the transactions of the window */
-    rc = stream_reader_open(js, c->txn_stream, NULL, 0, from_ns, &r, e);
-    if (rc != V_OK) {
-        idset_free(&decided);
-        return rc;
-    }
     if (!upto_seq || upto_seq > stream_reader_end(r))
         upto_seq = stream_reader_end(r);
-    st->upto_seq = upto_seq;
     arena a;
-    if (arena_init(&a, (size_t)c->max_msg_size * 4 + 4096) != V_OK) {
+    if (arena_init(&a, txn_arena_size((size_t)c->max_msg_size)) != V_OK) {
         stream_reader_close(r);
-        idset_free(&decided);
         return verror_set(e, V_ENOMEM, "out of memory");
     }
     fval vals[FEAT_MAX];
+    velvals vv;
     int64_t last_log = mono_ns();
-    uint64_t txn_seq = 0;
+    uint64_t txn_seq = st->upto_seq;
+    velocity_stats_t before;
+    velocity_stats(v, &before);
     for (;;) {
         natsMsg *m = NULL;
         uint64_t seq;
@@ -116,6 +90,7 @@ vstatus rebuild_velocity(jsCtx *js, const config *c, const velocity_plan *pl, ve
         rc = stream_reader_next(r, &m, &seq, &store_ns, STALL_MS, &re);
         if (rc == V_ENOTFOUND) { /* the end (the reader also knows a deleted tail never arrives) */
             rc = V_OK;
+            txn_seq = upto_seq;
             break;
         }
         if (rc != V_OK) {
@@ -125,30 +100,30 @@ vstatus rebuild_velocity(jsCtx *js, const config *c, const velocity_plan *pl, ve
         }
         if (st->read == 0)
             fault_pause(c);
-        txn_seq = seq;
         if (seq > upto_seq) {
             natsMsg_Destroy(m);
+            txn_seq = upto_seq;
             break;
         }
+        txn_seq = seq;
         st->read++;
         arena_reset(&a);
         Transaction *t = NULL;
         poison_reason why;
         if (txn_decode(&a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), (size_t)c->max_msg_size, &t, &why,
                        NULL) == V_OK) {
-            if (!idset_has(&decided, hash64_str(t->txn_id))) {
-                st->undecided++;
-            } else {
-                int64_t ev = txn_event_ms(t, store_ns / 1000000);
-                features_from_txn(reg, t, ev, vals);
-                if (velocity_add(v, pl, vals, ev))
-                    st->counted++;
+            seq_step(v, pl, t, txn_event_ms(t, store_ns / 1000000), vals);
+            if (rr->ring && seq > rr->ring_after) {
+                velvals_save(pl, vals, &vv);
+                featring_put(rr->ring, seq, &vv);
+                st->ringed++;
             }
+            st->counted++;
         } else {
             st->skipped++;
         }
         natsMsg_Destroy(m);
-        if (mono_ns() - last_log > 2000000000LL) {
+        if (!rr->quiet && mono_ns() - last_log > 2000000000LL) {
             last_log = mono_ns();
             log_info("rebuilding velocity state", "\"seq\":%llu,\"upto\":%llu,\"counted\":%llu",
                      (unsigned long long)seq, (unsigned long long)upto_seq, (unsigned long long)st->counted);
@@ -158,7 +133,11 @@ vstatus rebuild_velocity(jsCtx *js, const config *c, const velocity_plan *pl, ve
     }
     stream_reader_close(r);
     arena_free(&a);
-    idset_free(&decided);
+    velocity_stats_t after;
+    velocity_stats(v, &after);
+    st->duplicates = after.duplicates - before.duplicates;
+    st->counted -= st->duplicates;
+    st->upto_seq = txn_seq;
     st->seconds = (double)(mono_ns() - t0) / 1e9;
     return rc;
 }

@@ -1,19 +1,18 @@
-/* rebuild.h - filling velocity state from the TXN stream: on restart before any new work is taken, and when a
- * reload brings velocity features the running state does not keep.
+/* rebuild.h - filling velocity state from the TXN stream: on restart before any new work is taken, when a
+ * reload brings velocity features the running state does not keep, and when the sequencing stage must catch up
+ * over sequences the consumer did not hand it.
  *
- * The state must neither reset nor double-count across a restart (DESIGN section 5), and the features of a
- * transaction must come from the state before it. The rule that gives both: the state counts exactly the
- * transactions that have a stored decision. The rebuild first indexes the txn ids of DECISIONS (headers only)
- * over the longest window, then replays TXN over the same window with an ordered ephemeral consumer and counts
- * each transaction with a decision once (velocity_add also refills the seen-set). A transaction delivered but
- * not decided before the crash has no decision: it is not counted now, and is counted (with features from the
- * state before it) when its redelivery is decided. One decided but not acked is counted now; its redelivery is
- * answered from the stored decision and the seen-set keeps it from counting twice. Poison is skipped, as live.
+ * The state at stream position P counts, in stream order, every transaction of TXN with sequence <= P that
+ * decodes (each txn_id once), at event time = store time: the same step as serving (seq_step in sequencer.h),
+ * so a rebuilt state equals the state of a process that never stopped. Whether a transaction was decided does
+ * not matter: what is counted is a function of the stream alone (docs/state.md, "Deterministic features"). The
+ * features of the sequences the caller names (ring_after < seq) are recorded in the ring on the way, so the
+ * redeliveries of messages delivered before a crash but not acked are decided with their own features.
  *
- * Complete or failed: both streams are read to their last sequence at open (TXN only up to upto_seq when it is
- * lower). A read that stalls (no message for 5 s: a stopped or electing server), or fails, fails the rebuild
- * with "velocity rebuild incomplete" and the sequence reached: a state built from part of the window would
- * count too low while the engine says it is ready. The caller refuses the start or the reload. */
+ * Complete or failed: TXN is read to upto_seq (or its last sequence at open). A read that stalls (no message
+ * for 5 s: a stopped or electing server), or fails, fails the rebuild with "velocity rebuild incomplete" and the
+ * sequence reached: a state built from part of the window would count too low while the engine says it is
+ * ready. The caller refuses the start or the reload. */
 #ifndef VERDICT_REBUILD_H
 #define VERDICT_REBUILD_H
 
@@ -27,21 +26,35 @@
 
 typedef struct rebuild_stats {
     uint64_t read, counted, skipped; /* messages read, transactions counted, undecodable */
-    uint64_t undecided;              /* decodable but without a stored decision (not counted) */
-    uint64_t decisions;              /* decisions indexed */
-    uint64_t upto_seq;
+    uint64_t duplicates;             /* decodable, txn_id already counted (not counted again) */
+    uint64_t ringed;                 /* features recorded in the ring */
+    uint64_t upto_seq;               /* the position reached: every sequence up to it is counted */
     double seconds;
 } rebuild_stats;
 
-/* Replays c->txn_stream from (now - window_ms) up to upto_seq (0 = the stream's last sequence) into v, which
- * must be compatible with pl (the plan of the policy it is built for; transactions are read into pl->reg's
- * ids), counting transactions that have a decision in c->decisions_stream. Logs a progress line every 2 s.
- * Returns V_OK only when both reads reached their end; otherwise an error, with v partly filled (discard it). */
-vstatus rebuild_velocity(jsCtx *js, const config *c, const velocity_plan *pl, velocity *v, uint64_t upto_seq,
-                         int64_t window_ms, rebuild_stats *st, verror *e);
+struct featring;
 
-/* The highest stream sequence the durable consumer has delivered (0 if it has delivered nothing). */
-vstatus rebuild_delivered_seq(jsCtx *js, const config *c, uint64_t *seq, verror *e);
+/* Which part of TXN a rebuild reads. */
+typedef struct rebuild_range {
+    uint64_t from_seq;      /* first sequence (0: the first stored at or after from_ns) */
+    int64_t from_ns;        /* used when from_seq is 0 */
+    uint64_t upto_seq;      /* last sequence (0: the stream's last sequence at open) */
+    struct featring *ring;  /* optional: features of sequences above ring_after are recorded there */
+    uint64_t ring_after;
+    bool quiet;             /* no progress lines (a catch-up of a few sequences) */
+} rebuild_range;
+
+/* Counts TXN's transactions of rr into v, which must be compatible with pl (transactions are read into
+ * pl->reg's ids). Logs a progress line every 2 s. Returns V_OK only when the read reached its end (then
+ * st->upto_seq is the position the state is at); otherwise an error, with v partly filled (discard it). */
+vstatus rebuild_velocity(jsCtx *js, const config *c, const velocity_plan *pl, velocity *v, const rebuild_range *rr,
+                         rebuild_stats *st, verror *e);
+
+/* The store time (ns) of TXN's message at seq, or 0 when there is none. */
+int64_t rebuild_store_ns(jsCtx *js, const config *c, uint64_t seq);
+
+/* The consumer's position: the highest sequence it has delivered and its ack floor (0 if none). */
+vstatus rebuild_consumer_seqs(jsCtx *js, const config *c, uint64_t *delivered, uint64_t *ack_floor, verror *e);
 
 /* Event time of a transaction for its velocity windows and time-of-day features: the JetStream store time.
  * created_at_ms is not used: it is the client's word, and one transaction dated ahead moved its card's newest
