@@ -96,6 +96,15 @@ static size_t metrics(observe *ob, engine *en, char *buf, size_t cap)
     counter(&o, "verdict_redeliveries_total", "Messages delivered more than once.", atomic_load(&st->redeliveries));
     counter(&o, "verdict_budget_exceeded_total", "Decisions made after the latency budget was spent.",
             atomic_load(&st->budget_exceeded));
+    counter(&o, "verdict_features_inexact_total",
+            "Redeliveries older than the feature ring (--feature-ring), decided with the state as it is (degraded).",
+            atomic_load(&st->features_inexact));
+    counter(&o, "verdict_sequence_catch_ups_total",
+            "Reads of the transactions stream for sequences the consumer did not hand over (or a new state's).",
+            atomic_load(&st->sequence_catch_ups));
+    counter(&o, "verdict_sequence_gap_failures_total",
+            "Such reads that failed: the transactions they were to count are missing from the velocity state.",
+            atomic_load(&st->sequence_gap_failures));
     counter(&o, "verdict_degraded_total", "Decisions made without some input (model, state, replicas).",
             atomic_load(&st->degraded));
     counter(&o, "verdict_requests_total", "Decide requests received on the ingress subject.",

@@ -789,7 +789,8 @@ static void publish_slots(worker *w, int count)
         sl->to_send = NULL;
         natsStatus s;
         atomic_fetch_add(&w->in_flight, 1);
-        if (strcmp(cfg->fault, "publish_fail") == 0)
+        if (strcmp(cfg->fault, "publish_fail") == 0 ||
+            (strcmp(cfg->fault, "publish_fail_some") == 0 && sl->meta.delivered == 1 && sl->meta.stream_seq % 7 == 0))
             s = NATS_TIMEOUT;
         else if (fault_retry(w->en, sl))
             s = NATS_NO_RESPONDERS;
