@@ -180,9 +180,11 @@ static vstatus load_features(loader *l, json_t *learner, featreg *reg, gbdt *m)
         verror fe = {0};
         int id = featreg_resolve(reg, name, strlen(name), &fe);
         if (id == V_ENOMEM)
-            return refuse(l, "feature '%s' does not fit: the feature registry holds %d features in all, the %d "
-                             "built-ins and every velocity, list, profile and attribute feature of the rules and the "
-                             "model (this model names %zu)", name, FEAT_MAX, FEAT_BUILTIN_COUNT, n);
+            return refuse(l,
+                          "feature '%s' does not fit: the feature registry holds %d features in all, the %d "
+                          "built-ins and every velocity, list, profile and attribute feature of the rules and the "
+                          "model (this model names %zu)",
+                          name, FEAT_MAX, FEAT_BUILTIN_COUNT, n);
         if (id < 0)
             return refuse(l, "feature '%s' is not in the feature registry (%s)", name, fe.msg);
         const feat_def *d = &reg->defs[id];
@@ -253,8 +255,10 @@ static vstatus load_tree(loader *l, json_t *tree, int t, gbdt *m, int cap)
         }
         bool is_leaf = lc == -1 && rc == -1;
         if (json_is_null(cv)) { /* NaN in the file (see nonfinite_rewrite) */
-            st = refuse(l, "tree %d node %d: the %s is NaN (or null); xgboost writes NaN only as the threshold of a "
-                           "categorical split", t, src, is_leaf ? "leaf value" : "split threshold");
+            st = refuse(l,
+                        "tree %d node %d: the %s is NaN (or null); xgboost writes NaN only as the threshold of a "
+                        "categorical split",
+                        t, src, is_leaf ? "leaf value" : "split threshold");
             break;
         }
         if (!json_is_number(cv)) {
@@ -345,13 +349,17 @@ static vstatus load_json(loader *l, json_t *root, featreg *reg, gbdt *m)
         return refuse(l, "learner.learner_model_param.base_score is missing or not a number (xgboost writes "
                          "\"5E-1\", or \"[5E-1]\" since 3.1)");
     if (nbase > 1)
-        return refuse(l, "learner.learner_model_param.base_score holds %d values, one per output: a multi-output "
-                         "model; only single-output binary:logistic models are supported", nbase);
+        return refuse(l,
+                      "learner.learner_model_param.base_score holds %d values, one per output: a multi-output "
+                      "model; only single-output binary:logistic models are supported",
+                      nbase);
     static const char *const target_path[] = {"learner_model_param", "num_target"};
     float ntarget;
     if (param_float(dig(learner, target_path, 2), &ntarget) && ntarget != 1.0f)
-        return refuse(l, "learner.learner_model_param.num_target is %g: a multi-output model; only single-output "
-                         "binary:logistic models are supported", (double)ntarget);
+        return refuse(l,
+                      "learner.learner_model_param.num_target is %g: a multi-output model; only single-output "
+                      "binary:logistic models are supported",
+                      (double)ntarget);
     if (!(base_score > 0.0f && base_score < 1.0f))
         return refuse(l, "base_score %g is not a probability strictly between 0 and 1", (double)base_score);
     /* xgboost's ProbToMargin for binary:logistic, in float */
@@ -413,7 +421,8 @@ static vstatus load_json(loader *l, json_t *root, featreg *reg, gbdt *m)
  * every number), so that the checks can say what such a value is for (a categorical split, a NaN threshold, a
  * non-finite leaf) instead of "not valid JSON: invalid token near 'NaN'", and so that xgboost's training
  * statistics, which the evaluator never reads, may hold them. Anything else that is not JSON is left for jansson
- * to refuse (its column may then be off by the rewrites earlier on that line). Returns the length of the word at s[i] (0 if none) and its replacement in *to. */
+ * to refuse (its column may then be off by the rewrites earlier on that line). Returns the length of the word at s[i]
+ * (0 if none) and its replacement in *to. */
 static size_t nonfinite_at(const char *s, size_t i, size_t len, const char **to)
 {
     static const char *const words[][2] = {{"NaN", "null"}, {"Infinity", "1e308"}, {"-Infinity", "-1e308"}};

@@ -246,7 +246,8 @@ Test(gbdt, nan_and_infinity_tokens_get_a_clear_message)
     tiny(t, sizeof t, "binary:logistic", "gbtree", "[\"amount\"]", 1);
     refused(subst(b, sizeof b, t, "[10,-1,2]", "[NaN,-1,2]"), "tree 0 node 0: the split threshold is NaN");
     refused(subst(b, sizeof b, t, "[10,-1,2]", "[10,NaN,2]"), "tree 0 node 1: the leaf value is NaN");
-    refused(subst(b, sizeof b, t, "[10,-1,2]", "[Infinity,-1,2]"), "tree 0 node 0: the split threshold is not a finite");
+    refused(subst(b, sizeof b, t, "[10,-1,2]", "[Infinity,-1,2]"),
+            "tree 0 node 0: the split threshold is not a finite");
     refused(subst(b, sizeof b, t, "[10,-1,2]", "[10,-1,-Infinity]"), "tree 0 node 2: the leaf value is not a finite");
     refused(subst(b, sizeof b, t, "\"5E-1\"", "NaN"), "base_score is NaN");
     refused(subst(b, sizeof b, t, "\"5E-1\"", "\"NaN\""), "base_score nan is not a probability");
@@ -255,7 +256,8 @@ Test(gbdt, nan_and_infinity_tokens_get_a_clear_message)
     refused(subst(b, sizeof b, t, "[10,-1,2]", "[NaNa,-1,2]"), "not valid JSON");
     refused(subst(b, sizeof b, t, "[10,-1,2]", "[-Inf,-1,2]"), "not valid JSON");
     /* NaN in a field the evaluator does not read (xgboost's training statistics) does not matter */
-    gbdt *m = accepted(subst(b, sizeof b, t, "\"split_type\"", "\"loss_changes\":[NaN,Infinity,-Infinity],\"split_type\""));
+    gbdt *m =
+        accepted(subst(b, sizeof b, t, "\"split_type\"", "\"loss_changes\":[NaN,Infinity,-Infinity],\"split_type\""));
     static fval vals[FEAT_MAX];
     vals[FEAT_AMOUNT] = (fval){.type = FT_NUM, .present = true, .num = 12};
     cr_assert_float_eq(gbdt_margin(m, vals), 2.0, 1e-9);
@@ -345,8 +347,9 @@ Test(gbdt, depth_limit_is_64_exactly)
  * score), then count(card_id,1m) .. count(card_id,<n - 9>m); one split on the last. */
 static char *wide(int n)
 {
-    static const char *const builtin[] = {"created_at_ms", "amount_minor", "mcc", "amount", "hour_of_day",
-                                          "day_of_week", "cross_border", "ip_country_mismatch", "channel_code"};
+    static const char *const builtin[] = {"created_at_ms", "amount_minor",        "mcc",
+                                          "amount",        "hour_of_day",         "day_of_week",
+                                          "cross_border",  "ip_country_mismatch", "channel_code"};
     size_t cap = (size_t)n * 32 + 1024;
     char *json = malloc(cap);
     cr_assert_not_null(json);
