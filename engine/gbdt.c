@@ -16,6 +16,7 @@
  * scores are bit-identical to xgboost's. docs/model.md has the measured effect of each choice. */
 #include "gbdt.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
@@ -40,6 +41,7 @@ _Static_assert(sizeof(gnode) == 12, "gnode is 12 bytes");
 #define GBDT_LANES 8
 #endif
 #define GBDT_MAX_DEPTH 64
+_Static_assert(GBDT_MAX_DEPTH <= UINT8_MAX, "a group's step count (steps[]) is a uint8_t");
 
 struct gbdt {
     gnode *nodes;
@@ -99,6 +101,35 @@ static bool param_float(json_t *v, float *out)
     return true;
 }
 
+/* base_score as xgboost writes it: a string holding a number ("5E-1", xgboost < 3.1), or, since xgboost 3.1's
+ * vector-valued intercept, a string holding a list with one value per output ("[5E-1]"); older files may hold a
+ * plain number. Returns how many values it holds (the first in *out), or 0 when it is none of these. */
+static int param_base_score(json_t *v, float *out)
+{
+    const char *s = json_string_value(v);
+    if (!s || s[0] != '[')
+        return param_float(v, out) ? 1 : 0;
+    const char *p = s + 1;
+    int n = 0;
+    for (;;) {
+        char *end;
+        errno = 0;
+        float f = strtof(p, &end);
+        if (end == p || errno != 0)
+            return 0;
+        if (n++ == 0)
+            *out = f;
+        p = end;
+        while (*p == ' ')
+            p++;
+        if (*p == ']')
+            return p[1] == '\0' ? n : 0;
+        if (*p != ',')
+            return 0;
+        p++;
+    }
+}
+
 /* Checks that tree t has an array called key with exactly n entries. */
 static json_t *tree_array(loader *l, json_t *tree, int t, const char *key, size_t n, vstatus *st)
 {
@@ -137,7 +168,7 @@ static vstatus load_features(loader *l, json_t *learner, featreg *reg, gbdt *m)
                          "such as amount_minor or count(card_id,10m))");
     size_t n = json_array_size(names);
     if (n > FEAT_MAX)
-        return refuse(l, "%zu features, at most %d are supported", n, FEAT_MAX);
+        return refuse(l, "the model names %zu features; the feature registry holds at most %d in all", n, FEAT_MAX);
     json_t *types = json_object_get(learner, "feature_types");
     for (size_t i = 0; i < n; i++) {
         const char *name = json_string_value(json_array_get(names, i));
@@ -148,6 +179,12 @@ static vstatus load_features(loader *l, json_t *learner, featreg *reg, gbdt *m)
             return refuse(l, "feature '%s' is categorical; only numeric features are supported", name);
         verror fe = {0};
         int id = featreg_resolve(reg, name, strlen(name), &fe);
+        if (id == V_ENOMEM)
+            return refuse(l,
+                          "feature '%s' does not fit: the feature registry holds %d features in all, the %d "
+                          "built-ins and every velocity, list, profile and attribute feature of the rules and the "
+                          "model (this model names %zu)",
+                          name, FEAT_MAX, FEAT_BUILTIN_COUNT, n);
         if (id < 0)
             return refuse(l, "feature '%s' is not in the feature registry (%s)", name, fe.msg);
         const feat_def *d = &reg->defs[id];
@@ -206,8 +243,8 @@ static vstatus load_tree(loader *l, json_t *tree, int t, gbdt *m, int cap)
         head++;
         long long lc, rc, fi, dl;
         json_t *cv = json_array_get(cond, (size_t)src);
-        if (!int_at(left, (size_t)src, &lc) || !int_at(right, (size_t)src, &rc) || !json_is_number(cv) ||
-            !int_at(feat, (size_t)src, &fi) || !int_at(dleft, (size_t)src, &dl)) {
+        if (!int_at(left, (size_t)src, &lc) || !int_at(right, (size_t)src, &rc) || !int_at(feat, (size_t)src, &fi) ||
+            !int_at(dleft, (size_t)src, &dl)) {
             st = refuse(l, "tree %d node %d: a node array holds a value of the wrong type", t, src);
             break;
         }
@@ -216,8 +253,20 @@ static vstatus load_tree(loader *l, json_t *tree, int t, gbdt *m, int cap)
             st = refuse(l, "tree %d node %d: split_type %lld; only numeric splits (0) are supported", t, src, sty);
             break;
         }
+        bool is_leaf = lc == -1 && rc == -1;
+        if (json_is_null(cv)) { /* NaN in the file (see nonfinite_rewrite) */
+            st = refuse(l,
+                        "tree %d node %d: the %s is NaN (or null); xgboost writes NaN only as the threshold of a "
+                        "categorical split",
+                        t, src, is_leaf ? "leaf value" : "split threshold");
+            break;
+        }
+        if (!json_is_number(cv)) {
+            st = refuse(l, "tree %d node %d: a node array holds a value of the wrong type", t, src);
+            break;
+        }
         g->value = (float)json_number_value(cv);
-        if (lc == -1 && rc == -1) {
+        if (is_leaf) {
             /* a leaf of +inf in one tree and -inf in another would sum to NaN, a score no rule matches */
             if (!isfinite(g->value)) {
                 st = refuse(l, "tree %d node %d: the leaf value is not a finite float32 number", t, src);
@@ -291,9 +340,26 @@ static vstatus load_json(loader *l, json_t *root, featreg *reg, gbdt *m)
         return refuse(l, "booster '%s' is not supported; only gbtree", booster);
 
     static const char *const base_path[] = {"learner_model_param", "base_score"};
-    float base_score;
-    if (!param_float(dig(learner, base_path, 2), &base_score))
-        return refuse(l, "learner.learner_model_param.base_score is missing or not a number");
+    json_t *bsv = dig(learner, base_path, 2);
+    float base_score = 0;
+    int nbase = param_base_score(bsv, &base_score);
+    if (json_is_null(bsv))
+        return refuse(l, "learner.learner_model_param.base_score is NaN (or null)");
+    if (nbase == 0)
+        return refuse(l, "learner.learner_model_param.base_score is missing or not a number (xgboost writes "
+                         "\"5E-1\", or \"[5E-1]\" since 3.1)");
+    if (nbase > 1)
+        return refuse(l,
+                      "learner.learner_model_param.base_score holds %d values, one per output: a multi-output "
+                      "model; only single-output binary:logistic models are supported",
+                      nbase);
+    static const char *const target_path[] = {"learner_model_param", "num_target"};
+    float ntarget;
+    if (param_float(dig(learner, target_path, 2), &ntarget) && ntarget != 1.0f)
+        return refuse(l,
+                      "learner.learner_model_param.num_target is %g: a multi-output model; only single-output "
+                      "binary:logistic models are supported",
+                      (double)ntarget);
     if (!(base_score > 0.0f && base_score < 1.0f))
         return refuse(l, "base_score %g is not a probability strictly between 0 and 1", (double)base_score);
     /* xgboost's ProbToMargin for binary:logistic, in float */
@@ -349,12 +415,93 @@ static vstatus load_json(loader *l, json_t *root, featreg *reg, gbdt *m)
     return V_OK;
 }
 
+/* xgboost writes a non-finite float as the bare word NaN, Infinity or -Infinity (a categorical split's threshold
+ * is NaN), which is not JSON, and jansson has no option to accept them. Outside strings they are rewritten before
+ * parsing, NaN to null and the infinities to +-1e308 (a double that is infinite in float32, as the evaluator reads
+ * every number), so that the checks can say what such a value is for (a categorical split, a NaN threshold, a
+ * non-finite leaf) instead of "not valid JSON: invalid token near 'NaN'", and so that xgboost's training
+ * statistics, which the evaluator never reads, may hold them. Anything else that is not JSON is left for jansson
+ * to refuse (its column may then be off by the rewrites earlier on that line). Returns the length of the word at s[i]
+ * (0 if none) and its replacement in *to. */
+static size_t nonfinite_at(const char *s, size_t i, size_t len, const char **to)
+{
+    static const char *const words[][2] = {{"NaN", "null"}, {"Infinity", "1e308"}, {"-Infinity", "-1e308"}};
+    for (size_t w = 0; w < ARRAY_LEN(words); w++) {
+        size_t n = strlen(words[w][0]);
+        if (len - i >= n && memcmp(s + i, words[w][0], n) == 0 &&
+            (i + n == len || !(isalnum((unsigned char)s[i + n]) || s[i + n] == '_' || s[i + n] == '.'))) {
+            *to = words[w][1];
+            return n;
+        }
+    }
+    return 0;
+}
+
+/* The rewritten copy (its length in *out_len), or NULL when there is nothing to rewrite (or, with *oom set, when
+ * the copy cannot be allocated). */
+static char *nonfinite_rewrite(const char *s, size_t len, size_t *out_len, bool *oom)
+{
+    size_t count = 0;
+    bool in_str = false;
+    for (size_t i = 0; i < len; i++) {
+        if (in_str) {
+            if (s[i] == '\\')
+                i++;
+            else if (s[i] == '"')
+                in_str = false;
+        } else if (s[i] == '"') {
+            in_str = true;
+        } else if (s[i] == 'N' || s[i] == 'I' || s[i] == '-') {
+            const char *to;
+            size_t n = nonfinite_at(s, i, len, &to);
+            count += n > 0;
+            i += n ? n - 1 : 0;
+        }
+    }
+    if (count == 0)
+        return NULL;
+    char *out = malloc(len + count); /* "NaN" -> "null" grows by one; the infinities shrink */
+    if (!out) {
+        *oom = true;
+        return NULL;
+    }
+    size_t k = 0;
+    in_str = false;
+    for (size_t i = 0; i < len; i++) {
+        size_t n = 0;
+        const char *to;
+        if (in_str) {
+            if (s[i] == '\\' && i + 1 < len)
+                out[k++] = s[i++];
+            else if (s[i] == '"')
+                in_str = false;
+        } else if (s[i] == '"') {
+            in_str = true;
+        } else if ((n = nonfinite_at(s, i, len, &to)) > 0) {
+            memcpy(out + k, to, strlen(to));
+            k += strlen(to);
+            i += n - 1;
+            continue;
+        }
+        out[k++] = s[i];
+    }
+    *out_len = k;
+    return out;
+}
+
 vstatus gbdt_load_buffer(const char *json, size_t len, const char *name, featreg *reg, gbdt **out, verror *e)
 {
     *out = NULL;
     loader l = {.name = name ? name : "model", .e = e};
+    size_t rlen = 0;
+    bool oom = false;
+    char *rewritten = nonfinite_rewrite(json, len, &rlen, &oom);
+    if (oom)
+        return verror_set(e, V_ENOMEM, "%s: out of memory", l.name);
     json_error_t jerr;
-    json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = rewritten ? json_loadb(rewritten, rlen, JSON_REJECT_DUPLICATES, &jerr)
+                             : json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
+    free(rewritten);
     if (!root)
         return verror_set(e, V_EPARSE, "%s:%d:%d: model refused: not valid JSON: %s", l.name, jerr.line,
                           jerr.column, jerr.text);

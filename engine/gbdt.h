@@ -5,10 +5,12 @@
  * so a prediction is a plain loop with no pointer chasing and no allocation. Results equal xgboost 1.7's own
  * predictions: features are rounded to float32, `x < split` goes left, a missing value (fval.present false, or
  * a NaN number) follows the node's default direction, booleans are 0/1, the base score is turned into a margin
- * and the leaves are summed in float32 in tree order before the logistic sigmoid. Only binary:logistic gbtree
- * models with numeric splits and named features are accepted; anything else is refused at load with a message
- * that says why (and names the feature when a name is unknown), so a running engine never scores with a model
- * it does not understand. docs/model.md has the format, the semantics and how to retrain. */
+ * and the leaves are summed in float32 in tree order before the logistic sigmoid. Only single-output
+ * binary:logistic gbtree models with numeric splits and named features are accepted (any num_parallel_tree:
+ * xgboost sums every tree; base_score as a number, "5E-1" or xgboost 3.1's "[5E-1]"; trees at most 64 deep;
+ * features within the registry's FEAT_MAX); anything else is refused at load with a message that says why (and
+ * names the feature when a name is unknown, the categorical split when one is found), so a running engine never
+ * scores with a model it does not understand. docs/model.md has the format, the semantics and how to retrain. */
 #ifndef VERDICT_GBDT_H
 #define VERDICT_GBDT_H
 
