@@ -1,0 +1,207 @@
+/* test_replay.c - `verdict replay` and `verdict features` against a real nats-server: both compute a
+ * transaction's features as serving does (velocity state in TXN stream order, warmed over the window before
+ * the range), so replaying the running policy over a decided range changes no decision, no score and no rule
+ * firing, and the training table of stream-read transactions gives the scores the engine served. Also the
+ * range flags (--from/--to, --last) and strict parsing.
+ *
+ * Engines run with --workers 1: until serving's single sequencing stage lands (issue 15 item 1), two workers
+ * may count a card's transactions out of stream order, and these tests compare against serving exactly. */
+#include "client.h"
+#include "gbdt.h"
+#include "harness.h"
+#include "simgen.h"
+
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static test_server srv;
+static natsConnection *nc;
+static jsCtx *js;
+static char logp[256], rulesp[256], outp[256];
+
+static void setup(void)
+{
+    tc_fixture_up(&srv, &nc, &js, logp, sizeof logp);
+    temp_path(rulesp, sizeof rulesp, ".rules");
+    temp_path(outp, sizeof outp, ".out");
+}
+
+static void teardown(void)
+{
+    tc_fixture_down(&srv, nc, js, logp);
+    unlink(rulesp);
+    unlink(outp);
+}
+
+TestSuite(replay, .init = setup, .fini = teardown, .timeout = 240);
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static const char *model_path = VERDICT_SOURCE_DIR "/models/verdict-gbdt.json";
+
+/* A velocity rule that starts firing for a card from its 30th transaction in 10 minutes, and an amount rule. */
+static const char *rules_velocity = "rule card_burst review \"30 or more on the card in 10 minutes\"\n"
+                                    "  when count(card_id, 10m) >= 30\n"
+                                    "rule big decline \"big\" when amount >= 800\n"
+                                    "rule elevated review \"model\" when score >= 0.6\n";
+
+/* Publishes n transactions over 5 cards (card k = i % 5), amounts varying, with one undecodable message at
+ * position poison_at (if >= 0). */
+static void publish_txns(int n, int poison_at)
+{
+    for (int i = 0; i < n; i++) {
+        if (i == poison_at) {
+            jsPubAck *pa = NULL;
+            cr_assert_eq(js_Publish(&pa, js, "txn.poison", "\xff\xff\xff", 3, NULL, NULL), NATS_OK);
+            jsPubAck_Destroy(pa);
+        }
+        char id[32], card[32];
+        snprintf(id, sizeof id, "rp-%04d", i);
+        snprintf(card, sizeof card, "tok_card_%d", i % 5);
+        Transaction t;
+        tc_txn(&t, id, 1000 + (i * 7919) % 95000);
+        t.card_id = card;
+        cr_assert(tc_publish(js, "txn.ecom.x", &t));
+    }
+}
+
+/* Runs verdict with argv (NULL-terminated, argv[0] ignored) into outp (truncated first); returns the status. */
+static int run(const char *const argv[])
+{
+    unlink(outp);
+    pid_t pid = verdict_spawn(argv, outp);
+    return child_wait(pid, 120000);
+}
+
+static char *slurp(const char *path)
+{
+    static char buf[1 << 20];
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f);
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    return buf;
+}
+
+/* The live / replay / both counts of a rule in replay's rule table. */
+static void rule_counts(const char *out, const char *rule, long *live, long *rep, long *both)
+{
+    char want[64];
+    snprintf(want, sizeof want, "\n%s ", rule);
+    const char *l = strstr(out, want);
+    cr_assert_not_null(l, "no line for rule %s in:\n%s", rule, out);
+    cr_assert_eq(sscanf(l + strlen(want), "%ld %ld %ld", live, rep, both), 3, "%s", out);
+}
+
+/* Serves n transactions (one poison among them) with the rules and the shipped model, one worker, then stops. */
+static void serve_decided(int n, const char *rules)
+{
+    write_file(rulesp, rules);
+    pid_t pid = tc_start_engine(srv.url, logp,
+                                (const char *const[]){"--workers", "1", "--rules", rulesp, "--model", model_path,
+                                                      "--budget", "60s", NULL});
+    publish_txns(n, n / 2);
+    cr_assert_eq(tc_wait_msgs(js, "DECISIONS", (uint64_t)n, 60000), (uint64_t)n, "see %s", logp);
+    cr_assert(tc_wait_consumer_idle(js, 30000));
+    kill(pid, SIGTERM);
+    cr_assert_eq(child_wait(pid, 15000), 0);
+}
+
+Test(replay, the_running_policy_replays_unchanged_and_its_velocity_rule_fires_as_it_did_live)
+{
+    serve_decided(300, rules_velocity);
+    /* seq 151 was the poison (dead-lettered and deleted from TXN); the range starts mid-history, where each
+     * card already has ~20 transactions */
+    const char *argv[] = {"verdict", "replay", "--nats-url", srv.url, "--rules", rulesp, "--model", model_path,
+                          "--from", "102", "--to", "301", NULL};
+    cr_assert_eq(run(argv), 0, "see %s", outp);
+    char *out = slurp(outp);
+    cr_assert(strstr(out, "199 transactions"), "%s", out);
+    cr_assert(strstr(out, "199 with a stored decision"), "%s", out);
+    cr_assert(strstr(out, "0 of 199 decided transactions would change (0.00%)"), "%s", out);
+    cr_assert(strstr(out, "model scores: 0 of 199 differ"), "%s", out);
+    long live, rep, both;
+    rule_counts(out, "card_burst", &live, &rep, &both);
+    /* a card's 31st transaction is at seq 152: the rule fires from there on only because the ~20 transactions
+     * per card before seq 102 were counted first (from the range alone it would fire from about seq 252) */
+    cr_assert_gt(live, 50, "%s", out);
+    cr_assert_eq(rep, live, "%s", out);
+    cr_assert_eq(both, live, "%s", out);
+    long burst = live;
+    rule_counts(out, "big", &live, &rep, &both);
+    cr_assert(live > 0 && rep == live && both == live, "%s", out);
+
+    /* the candidate declines the burst: it fires on exactly the transactions it fired on live, and no
+     * transaction it did not flag changes */
+    char candp[300];
+    snprintf(candp, sizeof candp, "%s.cand", rulesp);
+    write_file(candp, "rule card_burst decline \"30 or more on the card in 10 minutes\"\n"
+                      "  when count(card_id, 10m) >= 30\n"
+                      "rule big decline \"big\" when amount >= 800\n"
+                      "rule elevated review \"model\" when score >= 0.6\n");
+    const char *cargv[] = {"verdict", "replay", "--nats-url", srv.url, "--rules", candp, "--model", model_path,
+                           "--from", "102", "--json", NULL};
+    cr_assert_eq(run(cargv), 0, "see %s", outp);
+    out = slurp(outp);
+    cr_assert(strstr(out, "\"transactions\":199,"), "%s", out);
+    cr_assert_null(strstr(out, "\"approve->decline\""), "a transaction the burst rule did not flag changed: %s", out);
+    cr_assert(strstr(out, "\"review->decline\""), "%s", out);
+    char want[96];
+    snprintf(want, sizeof want, "\"card_burst\":{\"live\":%ld,\"replay\":%ld,\"both\":%ld}", burst, burst, burst);
+    cr_assert(strstr(out, want), "want %s in %s", want, out);
+    unlink(candp);
+}
+
+Test(replay, from_and_to_select_exactly_that_range)
+{
+    /* more decisions than --to: the old code compared --to with DECISIONS' last sequence and replayed 0 */
+    serve_decided(150, "rule big decline \"big\" when amount >= 800\n");
+    const char *argv[] = {"verdict", "replay", "--nats-url", srv.url, "--rules", rulesp, "--from", "1", "--to", "40",
+                          NULL};
+    cr_assert_eq(run(argv), 0, "see %s", outp);
+    char *out = slurp(outp);
+    cr_assert(strstr(out, "seq 1..40: 40 transactions"), "%s", out);
+    cr_assert(strstr(out, "0 of 40 decided transactions would change"), "%s", out);
+    const char *argv2[] = {"verdict", "replay", "--nats-url", srv.url, "--rules", rulesp, "--from=130", NULL};
+    cr_assert_eq(run(argv2), 0, "see %s", outp);
+    out = slurp(outp);
+    /* seq 76 is the poison: 130..151 holds 22 transactions */
+    cr_assert(strstr(out, "seq 130..151: 22 transactions"), "%s", out);
+    const char *argv3[] = {"verdict", "replay", "--nats-url", srv.url, "--rules", rulesp, "--last", "5", NULL};
+    cr_assert_eq(run(argv3), 0, "see %s", outp);
+    cr_assert(strstr(slurp(outp), "seq 147..151: 5 transactions"), "%s", slurp(outp));
+}
+
+/* Usage errors: exit 2 with a message naming the flag, before any connection (the URL is never dialled). */
+static void refused(const char *want, const char *a1, const char *a2, const char *a3, const char *a4)
+{
+    const char *argv[] = {"verdict", "replay", "--nats-url", "nats://127.0.0.1:1", "--rules", rulesp, a1, a2, a3,
+                          a4, NULL};
+    cr_assert_eq(run(argv), 2, "%s %s %s %s: see %s", a1, a2, a3 ? a3 : "", a4 ? a4 : "", outp);
+    cr_assert(strstr(slurp(outp), want), "want '%s', got: %s", want, slurp(outp));
+}
+
+Test(replay, bad_ranges_and_numbers_are_refused)
+{
+    write_file(rulesp, "rule big decline \"big\" when amount >= 800\n");
+    refused("--last must be between 1 and", "--last", "0", NULL, NULL);
+    refused("--last needs a whole number, got '-5'", "--last", "-5", NULL, NULL);
+    refused("--from needs a whole number, got '1x'", "--from", "1x", NULL, NULL);
+    refused("--to (5) is before --from (10)", "--from", "10", "--to", "5");
+    refused("--last cannot be combined with --from or --to", "--last", "10", "--from", "1");
+    refused("--to needs --from", "--to", "5", NULL, NULL);
+    refused("--samples must be between 0 and 10", "--samples", "11", NULL, NULL);
+    refused("--from needs a value", "--from", NULL, NULL, NULL);
+    refused("--from needs a whole number, got ''", "--from=", NULL, NULL, NULL);
+}
