@@ -205,3 +205,217 @@ Test(replay, bad_ranges_and_numbers_are_refused)
     refused("--from needs a value", "--from", NULL, NULL, NULL);
     refused("--from needs a whole number, got ''", "--from=", NULL, NULL, NULL);
 }
+
+/* ---- verdict features ------------------------------------------------------------------------------------ */
+
+TestSuite(features, .init = setup, .fini = teardown, .timeout = 240);
+
+/* One row of a --txn-ids table whose columns are the model's features: txn_id, values, label, is_fraud. */
+typedef struct row {
+    char txn_id[72], label[72], is_fraud[8];
+    fval vals[FEAT_MAX]; /* by the test registry's ids */
+} row;
+
+/* Parses a line into r (ids[i] = the test registry's id of column i); false on a malformed line. */
+static bool parse_row(char *line, const int *ids, int nf, row *r)
+{
+    for (int i = 0; i < FEAT_MAX; i++)
+        r->vals[i] = (fval){.type = FT_NUM, .present = false};
+    int col = 0;
+    /* strsep keeps empty fields, which are missing values */
+    char *cur = line;
+    char *f;
+    while ((f = strsep(&cur, ",\n")) != NULL && col < nf + 3) {
+        if (col == 0)
+            snprintf(r->txn_id, sizeof r->txn_id, "%s", f);
+        else if (col <= nf) {
+            if (f[0])
+                r->vals[ids[col - 1]] = (fval){.type = FT_NUM, .present = true, .num = strtod(f, NULL)};
+        } else if (col == nf + 1)
+            snprintf(r->label, sizeof r->label, "%s", f);
+        else
+            snprintf(r->is_fraud, sizeof r->is_fraud, "%s", f);
+        col++;
+    }
+    return col == nf + 3;
+}
+
+Test(features, a_stream_range_gives_the_features_serving_used_and_joins_labels_from_a_stream)
+{
+    write_file(rulesp, "rule elevated review \"model\" when score >= 0.6\n");
+    pid_t pid = tc_start_engine(srv.url, logp,
+                                (const char *const[]){"--workers", "1", "--rules", rulesp, "--model", model_path,
+                                                      "--budget", "60s", NULL});
+    /* a small population, so cards, devices and accounts come back within the windows */
+    simgen_cfg gc = {.seed = 7, .cards = 40, .fraud_rate = 0.05};
+    simgen *g = simgen_create(&gc);
+    cr_assert_not_null(g);
+    enum { N = 600, FROM = 201 };
+    static char labels_of[N][32];
+    jsStreamConfig sc;
+    jsStreamConfig_Init(&sc);
+    sc.Name = "LABELS";
+    const char *subjects[] = {"labels.>"};
+    sc.Subjects = subjects;
+    sc.SubjectsLen = 1;
+    jsStreamInfo *si = NULL;
+    cr_assert_eq(js_AddStream(&si, js, &sc, NULL, NULL), NATS_OK);
+    jsStreamInfo_Destroy(si);
+    for (int i = 0; i < N; i++) {
+        Transaction t;
+        const char *label = simgen_next(g, &t);
+        snprintf(labels_of[i], sizeof labels_of[i], "%s", label);
+        cr_assert(tc_publish(js, "txn.ecom.sim", &t));
+        if (i % 3 == 0) { /* every third one labelled, a wrong label first and then corrected */
+            char subj[96];
+            snprintf(subj, sizeof subj, "labels.%s", t.txn_id);
+            cr_assert_eq(js_Publish(NULL, js, subj, "legit", 5, NULL, NULL), NATS_OK);
+            cr_assert_eq(js_Publish(NULL, js, subj, label, (int)strlen(label), NULL, NULL), NATS_OK);
+        }
+    }
+    simgen_destroy(g);
+    /* not a label (ignored and counted): the second transaction stays unlabelled */
+    cr_assert_eq(js_Publish(NULL, js, "labels.t7-00000002", "not a label!", 12, NULL, NULL), NATS_OK);
+    cr_assert_eq(tc_wait_msgs(js, "DECISIONS", N, 60000), (uint64_t)N, "see %s", logp);
+    cr_assert(tc_wait_consumer_idle(js, 30000));
+    kill(pid, SIGTERM);
+    cr_assert_eq(child_wait(pid, 15000), 0);
+
+    char tablep[300];
+    snprintf(tablep, sizeof tablep, "%s.csv", outp);
+    char from[16];
+    snprintf(from, sizeof from, "%d", FROM);
+    const char *argv[] = {"verdict", "features", "--nats-url", srv.url, "--from", from, "--model", model_path,
+                          "--txn-ids", "--labels-stream", "LABELS", "--out", tablep, NULL};
+    cr_assert_eq(run(argv), 0, "see %s", outp);
+    cr_assert(strstr(slurp(outp), "1 messages of LABELS are not labels"), "%s", slurp(outp));
+
+    static featreg reg;
+    featreg_init(&reg);
+    gbdt *m = NULL;
+    verror e = {0};
+    cr_assert_eq(gbdt_load_file(model_path, &reg, &m, &e), V_OK, "%s", e.msg);
+    int nf = gbdt_num_features(m), ids[FEAT_MAX];
+    for (int i = 0; i < nf; i++)
+        ids[i] = gbdt_feature_id(m, i);
+    int c10m = featreg_find(&reg, "count(card_id,10m)", strlen("count(card_id,10m)"));
+    int c24h = featreg_find(&reg, "count(account_id,24h)", strlen("count(account_id,24h)"));
+    cr_assert(c10m >= 0 && c24h >= 0);
+
+    FILE *f = fopen(tablep, "r");
+    cr_assert_not_null(f);
+    static char line[8192];
+    cr_assert_not_null(fgets(line, sizeof line, f));
+    cr_assert(strncmp(line, "txn_id,\"amount\"", 15) == 0, "header: %s", line);
+    static row r;
+    arena a;
+    cr_assert_eq(arena_init(&a, 1 << 16), V_OK);
+    int rows = 0, with_count = 0, labelled = 0;
+    double first_c24h = -1;
+    while (fgets(line, sizeof line, f)) {
+        cr_assert(parse_row(line, ids, nf, &r), "malformed row %d: %s", rows, line);
+        int i = atoi(strrchr(r.txn_id, '-') + 1) - 1; /* simgen ids count from 1 */
+        cr_assert_eq(i, FROM - 1 + rows, "rows are in stream order");
+        natsMsg *dm = tc_find_decision(js, r.txn_id);
+        cr_assert_not_null(dm, "no decision for %s", r.txn_id);
+        arena_reset(&a);
+        Decision *d = decision_decode(&a, natsMsg_GetData(dm), (size_t)natsMsg_GetDataLength(dm));
+        cr_assert_not_null(d);
+        float want = gbdt_predict(m, r.vals);
+        cr_assert_eq(d->score, (double)want, "%s: served %.9g, the table's row gives %.9g", r.txn_id, d->score,
+                     (double)want);
+        natsMsg_Destroy(dm);
+        if (r.vals[c10m].present && r.vals[c10m].num > 0)
+            with_count++;
+        if (rows == 0)
+            first_c24h = r.vals[c24h].num;
+        if (i % 3 == 0) {
+            cr_assert_str_eq(r.label, labels_of[i], "%s", r.txn_id);
+            cr_assert_str_eq(r.is_fraud, strcmp(labels_of[i], "legit") ? "1" : "0");
+            labelled++;
+        } else {
+            cr_assert_str_eq(r.label, "", "%s is not labelled", r.txn_id);
+            cr_assert_str_eq(r.is_fraud, "");
+        }
+        rows++;
+    }
+    fclose(f);
+    arena_free(&a);
+    gbdt_free(m);
+    unlink(tablep);
+    cr_assert_eq(rows, N - FROM + 1);
+    int want_labelled = 0;
+    for (int i = FROM - 1; i < N; i++)
+        want_labelled += i % 3 == 0;
+    cr_assert_eq(labelled, want_labelled);
+    cr_assert_gt(with_count, rows / 4, "velocity features take part (%d rows with a card count)", with_count);
+    cr_assert_gt(first_c24h, 0, "the range's first row counts the transactions before the range");
+}
+
+Test(features, a_file_of_the_simulator_s_transactions_with_its_labels_gives_the_simulator_s_table)
+{
+    char txnsp[300], ap[300], bp[300], labp[300];
+    snprintf(txnsp, sizeof txnsp, "%s.pb", outp);
+    snprintf(ap, sizeof ap, "%s.a", outp);
+    snprintf(bp, sizeof bp, "%s.b", outp);
+    snprintf(labp, sizeof labp, "%s.labels", outp);
+    const char *sim[] = {"verdict", "features", "--count", "3000", "--seed", "3", "--fraud-rate", "0.1", "--txn-ids",
+                         "--txns-out", txnsp, "--out", ap, NULL};
+    cr_assert_eq(run(sim), 0, "see %s", outp);
+    /* labels from the table: txn_id,label */
+    FILE *in = fopen(ap, "r"), *lf = fopen(labp, "w");
+    cr_assert(in && lf);
+    static char line[8192];
+    cr_assert_not_null(fgets(line, sizeof line, in));
+    fputs("txn_id,label\n", lf);
+    while (fgets(line, sizeof line, in)) {
+        char *id_end = strchr(line, ','), *lab = line + strlen(line) - 1;
+        *lab = 0; /* the newline */
+        char *is_fraud = strrchr(line, ',');
+        *is_fraud = 0;
+        lab = strrchr(line, ',') + 1;
+        *id_end = 0;
+        fprintf(lf, "%s,%s\n", line, lab);
+    }
+    fclose(in);
+    fclose(lf);
+    const char *file[] = {"verdict", "features", "--input", txnsp, "--labels", labp, "--txn-ids", "--out", bp, NULL};
+    cr_assert_eq(run(file), 0, "see %s", outp);
+    char *a = strdup(slurp(ap));
+    cr_assert_gt(strlen(a), 3000 * 20);
+    cr_assert_str_eq(slurp(bp), a, "the file and the simulator give different tables");
+    free(a);
+    unlink(txnsp);
+    unlink(ap);
+    unlink(bp);
+    unlink(labp);
+}
+
+static void features_refused(const char *want, const char *const args[])
+{
+    const char *argv[16] = {"verdict", "features", "--nats-url", "nats://127.0.0.1:1"};
+    int n = 4;
+    while (*args && n < 15)
+        argv[n++] = *args++;
+    argv[n] = NULL;
+    cr_assert_eq(run(argv), 2, "%s: see %s", want, outp);
+    cr_assert(strstr(slurp(outp), want), "want '%s', got: %s", want, slurp(outp));
+}
+
+Test(features, bad_flags_are_refused)
+{
+    features_refused("--count must be between 1 and", (const char *const[]){"--count", "0", NULL});
+    features_refused("--count needs a whole number, got '12k'", (const char *const[]){"--count", "12k", NULL});
+    features_refused("--seed needs a whole number, got '-1'", (const char *const[]){"--seed", "-1", NULL});
+    features_refused("--fraud-rate needs a number between 0 and 1", (const char *const[]){"--fraud-rate", "1.5", NULL});
+    features_refused("--to needs --from", (const char *const[]){"--to", "9", NULL});
+    features_refused("--to (1) is before --from (9)", (const char *const[]){"--from", "9", "--to", "1", NULL});
+    features_refused("are for the simulator", (const char *const[]){"--input", "x.pb", "--count", "5", NULL});
+    features_refused("the simulator labels its own", (const char *const[]){"--labels", "l.csv", NULL});
+    features_refused("--since needs a duration", (const char *const[]){"--since", "yesterday", NULL});
+    features_refused("--unlabelled must be keep, legit or skip", (const char *const[]){"--unlabelled", "drop", NULL});
+    features_refused("--features and --model both", (const char *const[]){"--features", "amount", "--model", "m.json",
+                                                                          NULL});
+    features_refused("unknown argument '--frob'", (const char *const[]){"--frob", NULL});
+    features_refused("--out needs a value", (const char *const[]){"--out", NULL});
+}
