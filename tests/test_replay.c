@@ -391,6 +391,50 @@ Test(features, a_file_of_the_simulator_s_transactions_with_its_labels_gives_the_
     unlink(labp);
 }
 
+Test(features, train_model_reads_the_table_and_its_model_reads_the_same_columns)
+{
+    if (system("/usr/bin/python3 -c 'import xgboost, sklearn' 2>/dev/null") != 0)
+        cr_skip_test("python3-xgboost or python3-sklearn is not installed");
+    char tablep[300], modelp[300], cmd[2048];
+    snprintf(tablep, sizeof tablep, "%s.csv", outp);
+    snprintf(modelp, sizeof modelp, "%s.model.json", outp);
+    /* a table as from real history: txn ids, and a fifth of the rows unlabelled */
+    const char *sim[] = {"verdict", "features", "--count", "2000", "--seed", "5", "--fraud-rate", "0.2", "--txn-ids",
+                         "--features", "amount,mcc,cross_border,count(card_id,1h),distinct(card_id,device_id,24h)",
+                         "--out", tablep, NULL};
+    cr_assert_eq(run(sim), 0, "see %s", outp);
+    snprintf(cmd, sizeof cmd,
+             "awk -F, 'NR > 1 && NR %% 5 == 0 {$(NF-1) = \"\"; $NF = \"\"} {print}' OFS=, %s > %s.u && mv %s.u %s",
+             tablep, tablep, tablep, tablep);
+    cr_assert_eq(system(cmd), 0);
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/tools/train_model.py --table %s --trees 5 --out %s > %s 2>&1",
+             VERDICT_SOURCE_DIR, tablep, modelp, outp);
+    cr_assert_eq(system(cmd), 0, "train_model.py failed: %s", slurp(outp));
+    cr_assert(strstr(slurp(outp), "rows without a label left out"), "%s", slurp(outp));
+    cr_assert(strstr(slurp(outp), "5 features"), "%s", slurp(outp));
+    /* the engine loads the model, and a table for it has the training table's columns */
+    static featreg reg;
+    featreg_init(&reg);
+    gbdt *m = NULL;
+    verror e = {0};
+    cr_assert_eq(gbdt_load_file(modelp, &reg, &m, &e), V_OK, "%s", e.msg);
+    cr_assert_eq(gbdt_num_features(m), 5);
+    gbdt_free(m);
+    const char *again[] = {"verdict", "features", "--count", "1", "--model", modelp, "--txn-ids", NULL};
+    cr_assert_eq(run(again), 0, "see %s", outp);
+    FILE *f = fopen(tablep, "r");
+    static char header[4096];
+    cr_assert_not_null(fgets(header, sizeof header, f));
+    fclose(f);
+    cr_assert(strstr(slurp(outp), header), "the model's table header differs from %s", header);
+    unlink(tablep);
+    unlink(modelp);
+    snprintf(cmd, sizeof cmd, "%s", modelp);
+    char *dot = strrchr(cmd, '.');
+    strcpy(dot, ".metrics.txt");
+    unlink(cmd);
+}
+
 static void features_refused(const char *want, const char *const args[])
 {
     const char *argv[16] = {"verdict", "features", "--nats-url", "nats://127.0.0.1:1"};
