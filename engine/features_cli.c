@@ -104,8 +104,8 @@ static bool parse_u64(const char *flag, const char *v, uint64_t min, uint64_t ma
         return false;
     }
     if (x < min || x > max) {
-        fprintf(stderr, "verdict features: %s must be between %llu and %llu, got %s\n", flag,
-                (unsigned long long)min, (unsigned long long)max, v);
+        fprintf(stderr, "verdict features: %s must be between %llu and %llu, got %s\n", flag, (unsigned long long)min,
+                (unsigned long long)max, v);
         return false;
     }
     *out = x;
@@ -126,8 +126,10 @@ static bool parse_since(const char *v, int64_t *out_ns)
         *out_ns = (int64_t)timegm(&tm) * 1000000000LL;
         return true;
     }
-    fprintf(stderr, "verdict features: --since needs a duration (24h, 90m) or an RFC 3339 UTC time "
-                    "(2026-11-30T08:00:00Z), got '%s'\n", v);
+    fprintf(stderr,
+            "verdict features: --since needs a duration (24h, 90m) or an RFC 3339 UTC time "
+            "(2026-11-30T08:00:00Z), got '%s'\n",
+            v);
     return false;
 }
 
@@ -269,8 +271,10 @@ static bool labels_read_file(labels *l, const char *path)
             *comma = 0;
         const char *lab = comma ? comma + 1 : "";
         if (!comma || !txn_id_valid(line) || !label_valid(lab, strlen(lab))) {
-            fprintf(stderr, "verdict features: %s:%ld: expected txn_id,label (txn_id 1-64 of [A-Za-z0-9_-], "
-                            "label 1-%d of [A-Za-z0-9_-])\n", path, no, LABEL_MAX);
+            fprintf(stderr,
+                    "verdict features: %s:%ld: expected txn_id,label (txn_id 1-64 of [A-Za-z0-9_-], "
+                    "label 1-%d of [A-Za-z0-9_-])\n",
+                    path, no, LABEL_MAX);
             ok = false;
             break;
         }
@@ -339,8 +343,9 @@ static bool labels_read_stream(labels *l, jsCtx *js, const char *stream)
     }
     stream_reader_close(r);
     if (bad)
-        fprintf(stderr, "features: %llu messages of %s are not labels (subject's last token a txn_id, payload a "
-                        "label), ignored; the first at seq %llu\n",
+        fprintf(stderr,
+                "features: %llu messages of %s are not labels (subject's last token a txn_id, payload a "
+                "label), ignored; the first at seq %llu\n",
                 (unsigned long long)bad, stream, (unsigned long long)first_bad);
     if (ok)
         fprintf(stderr, "features: %llu labels read from stream %s\n", (unsigned long long)n, stream);
@@ -596,9 +601,9 @@ static int parse_args(fopts *o, int argc, char **argv, const int *rest, int nres
             o->txn_ids = true;
             continue;
         }
-        static const char *valued[] = {"--count", "--seed", "--fraud-rate", "--features", "--out", "--from", "--to",
-                                       "--since", "--input", "--labels", "--labels-stream", "--unlabelled",
-                                       "--txns-out"};
+        static const char *valued[] = {"--count",         "--seed",       "--fraud-rate", "--features", "--out",
+                                       "--from",          "--to",         "--since",      "--input",    "--labels",
+                                       "--labels-stream", "--unlabelled", "--txns-out"};
         bool known = false;
         for (size_t i = 0; i < ARRAY_LEN(valued); i++)
             known |= strcmp(flag, valued[i]) == 0;
@@ -627,8 +632,10 @@ static int parse_args(fopts *o, int argc, char **argv, const int *rest, int nres
             errno = 0;
             double r = strtod(v, &end);
             if (!v[0] || *end || errno || !(r > 0 && r < 1)) {
-                fprintf(stderr, "verdict features: --fraud-rate needs a number between 0 and 1 (exclusive), got "
-                                "'%s'\n", v);
+                fprintf(stderr,
+                        "verdict features: --fraud-rate needs a number between 0 and 1 (exclusive), got "
+                        "'%s'\n",
+                        v);
                 return 2;
             }
             o->fraud_rate = r;
@@ -690,8 +697,10 @@ static int parse_args(fopts *o, int argc, char **argv, const int *rest, int nres
         return 2;
     }
     if ((stream || o->input) && o->sim_flags) {
-        fprintf(stderr, "verdict features: --count, --seed, --fraud-rate and --txns-out are for the simulator, not "
-                        "for --%s\n", o->input ? "input" : "from/--since");
+        fprintf(stderr,
+                "verdict features: --count, --seed, --fraud-rate and --txns-out are for the simulator, not "
+                "for --%s\n",
+                o->input ? "input" : "from/--since");
         return 2;
     }
     if (!stream && !o->input && (o->labels_file || o->labels_stream)) {
@@ -852,8 +861,9 @@ int cmd_features(int argc, char **argv)
         else if (!hs.read)
             fprintf(stderr, "features: no transaction in %s in the range\n", c.cfg.txn_stream);
         else
-            fprintf(stderr, "features: %s seq %llu..%llu, %llu undecodable (skipped); velocity state warmed with %llu "
-                            "transactions stored before the range\n",
+            fprintf(stderr,
+                    "features: %s seq %llu..%llu, %llu undecodable (skipped); velocity state warmed with %llu "
+                    "transactions stored before the range\n",
                     c.cfg.txn_stream, (unsigned long long)hs.first_seq, (unsigned long long)hs.last_seq,
                     (unsigned long long)hs.skipped, (unsigned long long)hs.warm_counted);
     } else if (o.input) {
@@ -868,8 +878,10 @@ int cmd_features(int argc, char **argv)
     fprintf(stderr, "features: %llu rows, %llu fraud (%.2f%%), %llu without a label%s, %d features, %.1f s\n",
             (unsigned long long)tb->rows, (unsigned long long)tb->fraud,
             tb->rows ? 100.0 * (double)tb->fraud / (double)tb->rows : 0.0, (unsigned long long)tb->unlabelled,
-            tb->unl == UNL_SKIP ? " (skipped)" : tb->unl == UNL_LEGIT ? " (written as legit)" : "", tb->nf,
-            (double)(mono_ns() - t0) / 1e9);
+            tb->unl == UNL_SKIP    ? " (skipped)"
+            : tb->unl == UNL_LEGIT ? " (written as legit)"
+                                   : "",
+            tb->nf, (double)(mono_ns() - t0) / 1e9);
     status = ok ? 0 : 1;
 done:
     if (tb->out && tb->out != stdout && fclose(tb->out) != 0 && status == 0) {

@@ -21,10 +21,7 @@ int64_t history_longest_window(const featreg *reg)
     return w;
 }
 
-int64_t history_warmup_ms(int64_t window_ms)
-{
-    return window_ms > 0 ? window_ms + window_ms / 5 + 10000 : 0;
-}
+int64_t history_warmup_ms(int64_t window_ms) { return window_ms > 0 ? window_ms + window_ms / 5 + 10000 : 0; }
 
 static vstatus open_at(jsCtx *js, const config *c, uint64_t seq, int64_t time_ns, stream_reader **r, verror *e)
 {
@@ -33,8 +30,8 @@ static vstatus open_at(jsCtx *js, const config *c, uint64_t seq, int64_t time_ns
     return stream_reader_open(js, c->txn_stream, NULL, seq, seq ? 0 : time_ns, r, e);
 }
 
-vstatus history_find_first(jsCtx *js, const config *c, const history_range *range, uint64_t *seq,
-                           int64_t *store_ns, verror *e)
+vstatus history_find_first(jsCtx *js, const config *c, const history_range *range, uint64_t *seq, int64_t *store_ns,
+                           verror *e)
 {
     stream_reader *r = NULL;
     vstatus rc = open_at(js, c, range->from_seq, range->from_time_ns, &r, e);
@@ -182,8 +179,8 @@ static vstatus open_one(natsConnection *nc, jsCtx *js, const config *c, const ch
     return V_OK;
 }
 
-vstatus history_open_replicas(natsConnection *nc, jsCtx *js, const config *c, const featreg *reg,
-                              replica **lists, replica **profiles, verror *e)
+vstatus history_open_replicas(natsConnection *nc, jsCtx *js, const config *c, const featreg *reg, replica **lists,
+                              replica **profiles, verror *e)
 {
     *lists = *profiles = NULL;
     vstatus rc = V_OK;

@@ -37,10 +37,10 @@ typedef struct history_range {
 
 typedef struct history_stats {
     uint64_t warm_read, warm_counted, warm_skipped; /* before the range: read, counted, undecodable */
-    uint64_t read, skipped;                        /* in the range: messages read, undecodable */
-    uint64_t first_seq, last_seq;                  /* the range as read (0 and 0 when it is empty) */
-    int64_t first_store_ns;                        /* store time of the range's first message */
-    int64_t warm_from_ns;                          /* where the warm-up read started (0: no warm-up) */
+    uint64_t read, skipped;                         /* in the range: messages read, undecodable */
+    uint64_t first_seq, last_seq;                   /* the range as read (0 and 0 when it is empty) */
+    int64_t first_store_ns;                         /* store time of the range's first message */
+    int64_t warm_from_ns;                           /* where the warm-up read started (0: no warm-up) */
     double seconds;
 } history_stats;
 
@@ -56,8 +56,8 @@ int64_t history_longest_window(const featreg *reg);
 int64_t history_warmup_ms(int64_t window_ms);
 
 /* The first message of the range (its sequence and store time); V_ENOTFOUND when the range is empty. */
-vstatus history_find_first(jsCtx *js, const config *c, const history_range *range, uint64_t *seq,
-                           int64_t *store_ns, verror *e);
+vstatus history_find_first(jsCtx *js, const config *c, const history_range *range, uint64_t *seq, int64_t *store_ns,
+                           verror *e);
 
 /* Runs the range as described above. pl and v may be NULL (no velocity features: no warm-up); otherwise v
  * must be a fresh state for pl (velocity_new). label prefixes the progress lines ("replay: ..."). */

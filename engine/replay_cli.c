@@ -28,7 +28,7 @@
 
 /* What DECISIONS says about a transaction. */
 typedef struct stored {
-    uint8_t outcome; /* 1..3; 0: none stored */
+    uint8_t outcome;  /* 1..3; 0: none stored */
     bool rules_alone; /* Verdict-Budget-Exceeded or Verdict-Degraded: the live decision may have skipped the model */
     float score;      /* -1: none */
     uint64_t fired;   /* bit i: the candidate's rule i was among the stored reasons */
@@ -164,8 +164,8 @@ static int rule_index(const ruleset *rs, int n, const char *id, size_t len)
 }
 
 /* Reads DECISIONS from from_ns on into om: outcome, score, rules alone, and which candidate rules fired. */
-static vstatus index_decisions(jsCtx *js, const config *c, int64_t from_ns, const ruleset *rs, int nrules,
-                               outmap *om, uint64_t *ndec, verror *e)
+static vstatus index_decisions(jsCtx *js, const config *c, int64_t from_ns, const ruleset *rs, int nrules, outmap *om,
+                               uint64_t *ndec, verror *e)
 {
     stream_reader *dr = NULL;
     vstatus rc = stream_reader_open(js, c->decisions_stream, NULL, 0, from_ns, &dr, e);
@@ -184,8 +184,8 @@ static vstatus index_decisions(jsCtx *js, const config *c, int64_t from_ns, cons
         }
         if (rc != V_OK) {
             /* a partial index would show decided transactions as undecided: fail rather than mislead */
-            verror_set(e, rc, "reading %s stopped after seq %llu: %s", c->decisions_stream,
-                       (unsigned long long)seq, re.msg);
+            verror_set(e, rc, "reading %s stopped after seq %llu: %s", c->decisions_stream, (unsigned long long)seq,
+                       re.msg);
             break;
         }
         const char *o = cliconn_hdr(m, "Verdict-Outcome");
@@ -301,9 +301,9 @@ static void print_report(const replay_run *r, const config *c, const history_sta
                "\"warmup\":{\"window_ms\":%lld,\"read\":%llu,\"counted\":%llu},\"transitions\":{",
                policy_rules_version(p), policy_model_version(p), (unsigned long long)from, (unsigned long long)to,
                (unsigned long long)r->total, (unsigned long long)with_dec, (unsigned long long)hs->skipped,
-               (unsigned long long)changed, (unsigned long long)r->changed_rules_alone,
-               (unsigned long long)r->scored, (unsigned long long)r->score_diff, r->score_maxdiff,
-               (long long)window_ms, (unsigned long long)hs->warm_read, (unsigned long long)hs->warm_counted);
+               (unsigned long long)changed, (unsigned long long)r->changed_rules_alone, (unsigned long long)r->scored,
+               (unsigned long long)r->score_diff, r->score_maxdiff, (long long)window_ms,
+               (unsigned long long)hs->warm_read, (unsigned long long)hs->warm_counted);
         bool first = true;
         for (int i = 0; i < 4; i++)
             for (int j = 1; j < 4; j++)
@@ -339,9 +339,8 @@ static void print_report(const replay_run *r, const config *c, const history_sta
         uint64_t rowsum = r->table[row][1] + r->table[row][2] + r->table[row][3];
         if (row == 0 && rowsum == 0)
             continue;
-        printf("%-16s %12llu %12llu %12llu\n", row ? oname(row) : "(no decision)",
-               (unsigned long long)r->table[row][1], (unsigned long long)r->table[row][2],
-               (unsigned long long)r->table[row][3]);
+        printf("%-16s %12llu %12llu %12llu\n", row ? oname(row) : "(no decision)", (unsigned long long)r->table[row][1],
+               (unsigned long long)r->table[row][2], (unsigned long long)r->table[row][3]);
     }
     printf("\n%llu of %llu decided transactions would change (%.2f%%)\n", (unsigned long long)changed,
            (unsigned long long)with_dec, with_dec ? 100.0 * (double)changed / (double)with_dec : 0.0);
@@ -357,7 +356,8 @@ static void print_report(const replay_run *r, const config *c, const history_sta
                 printf("\n");
             }
     if (r->scored)
-        printf("model scores: %llu of %llu differ by more than 1e-6 (largest difference %.6f)\n",
+        printf("model scores: %llu of %llu differ by more than 1e-6 (largest difference %.7f; stored with 6 "
+               "decimals)\n",
                (unsigned long long)r->score_diff, (unsigned long long)r->scored, r->score_maxdiff);
     bool any = false;
     for (int k = 0; k < r->nrules; k++)

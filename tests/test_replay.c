@@ -108,9 +108,9 @@ static void rule_counts(const char *out, const char *rule, long *live, long *rep
 static void serve_decided(int n, const char *rules)
 {
     write_file(rulesp, rules);
-    pid_t pid = tc_start_engine(srv.url, logp,
-                                (const char *const[]){"--workers", "1", "--rules", rulesp, "--model", model_path,
-                                                      "--budget", "60s", NULL});
+    pid_t pid = tc_start_engine(
+        srv.url, logp,
+        (const char *const[]){"--workers", "1", "--rules", rulesp, "--model", model_path, "--budget", "60s", NULL});
     publish_txns(n, n / 2);
     cr_assert_eq(tc_wait_msgs(js, "DECISIONS", (uint64_t)n, 60000), (uint64_t)n, "see %s", logp);
     cr_assert(tc_wait_consumer_idle(js, 30000));
@@ -123,8 +123,8 @@ Test(replay, the_running_policy_replays_unchanged_and_its_velocity_rule_fires_as
     serve_decided(300, rules_velocity);
     /* seq 151 was the poison (dead-lettered and deleted from TXN); the range starts mid-history, where each
      * card already has ~20 transactions */
-    const char *argv[] = {"verdict", "replay", "--nats-url", srv.url, "--rules", rulesp, "--model", model_path,
-                          "--from", "102", "--to", "301", NULL};
+    const char *argv[] = {"verdict",  "replay", "--nats-url", srv.url, "--rules", rulesp, "--model",
+                          model_path, "--from", "102",        "--to",  "301",     NULL};
     cr_assert_eq(run(argv), 0, "see %s", outp);
     char *out = slurp(outp);
     cr_assert(strstr(out, "199 transactions"), "%s", out);
@@ -150,8 +150,8 @@ Test(replay, the_running_policy_replays_unchanged_and_its_velocity_rule_fires_as
                       "  when count(card_id, 10m) >= 30\n"
                       "rule big decline \"big\" when amount >= 800\n"
                       "rule elevated review \"model\" when score >= 0.6\n");
-    const char *cargv[] = {"verdict", "replay", "--nats-url", srv.url, "--rules", candp, "--model", model_path,
-                           "--from", "102", "--json", NULL};
+    const char *cargv[] = {"verdict", "replay",   "--nats-url", srv.url, "--rules", candp,
+                           "--model", model_path, "--from",     "102",   "--json",  NULL};
     cr_assert_eq(run(cargv), 0, "see %s", outp);
     out = slurp(outp);
     cr_assert(strstr(out, "\"transactions\":199,"), "%s", out);
@@ -167,8 +167,8 @@ Test(replay, from_and_to_select_exactly_that_range)
 {
     /* more decisions than --to: the old code compared --to with DECISIONS' last sequence and replayed 0 */
     serve_decided(150, "rule big decline \"big\" when amount >= 800\n");
-    const char *argv[] = {"verdict", "replay", "--nats-url", srv.url, "--rules", rulesp, "--from", "1", "--to", "40",
-                          NULL};
+    const char *argv[] = {"verdict", "replay", "--nats-url", srv.url, "--rules", rulesp,
+                          "--from",  "1",      "--to",       "40",    NULL};
     cr_assert_eq(run(argv), 0, "see %s", outp);
     char *out = slurp(outp);
     cr_assert(strstr(out, "seq 1..40: 40 transactions"), "%s", out);
@@ -186,8 +186,8 @@ Test(replay, from_and_to_select_exactly_that_range)
 /* Usage errors: exit 2 with a message naming the flag, before any connection (the URL is never dialled). */
 static void refused(const char *want, const char *a1, const char *a2, const char *a3, const char *a4)
 {
-    const char *argv[] = {"verdict", "replay", "--nats-url", "nats://127.0.0.1:1", "--rules", rulesp, a1, a2, a3,
-                          a4, NULL};
+    const char *argv[] = {"verdict", "replay", "--nats-url", "nats://127.0.0.1:1", "--rules", rulesp, a1, a2,
+                          a3,        a4,       NULL};
     cr_assert_eq(run(argv), 2, "%s %s %s %s: see %s", a1, a2, a3 ? a3 : "", a4 ? a4 : "", outp);
     cr_assert(strstr(slurp(outp), want), "want '%s', got: %s", want, slurp(outp));
 }
@@ -243,9 +243,9 @@ static bool parse_row(char *line, const int *ids, int nf, row *r)
 Test(features, a_stream_range_gives_the_features_serving_used_and_joins_labels_from_a_stream)
 {
     write_file(rulesp, "rule elevated review \"model\" when score >= 0.6\n");
-    pid_t pid = tc_start_engine(srv.url, logp,
-                                (const char *const[]){"--workers", "1", "--rules", rulesp, "--model", model_path,
-                                                      "--budget", "60s", NULL});
+    pid_t pid = tc_start_engine(
+        srv.url, logp,
+        (const char *const[]){"--workers", "1", "--rules", rulesp, "--model", model_path, "--budget", "60s", NULL});
     /* a small population, so cards, devices and accounts come back within the windows */
     simgen_cfg gc = {.seed = 7, .cards = 40, .fraud_rate = 0.05};
     simgen *g = simgen_create(&gc);
@@ -285,8 +285,8 @@ Test(features, a_stream_range_gives_the_features_serving_used_and_joins_labels_f
     snprintf(tablep, sizeof tablep, "%s.csv", outp);
     char from[16];
     snprintf(from, sizeof from, "%d", FROM);
-    const char *argv[] = {"verdict", "features", "--nats-url", srv.url, "--from", from, "--model", model_path,
-                          "--txn-ids", "--labels-stream", "LABELS", "--out", tablep, NULL};
+    const char *argv[] = {"verdict",  "features",  "--nats-url",      srv.url,  "--from", from,   "--model",
+                          model_path, "--txn-ids", "--labels-stream", "LABELS", "--out",  tablep, NULL};
     cr_assert_eq(run(argv), 0, "see %s", outp);
     cr_assert(strstr(slurp(outp), "1 messages of LABELS are not labels"), "%s", slurp(outp));
 
@@ -359,8 +359,8 @@ Test(features, a_file_of_the_simulator_s_transactions_with_its_labels_gives_the_
     snprintf(ap, sizeof ap, "%s.a", outp);
     snprintf(bp, sizeof bp, "%s.b", outp);
     snprintf(labp, sizeof labp, "%s.labels", outp);
-    const char *sim[] = {"verdict", "features", "--count", "3000", "--seed", "3", "--fraud-rate", "0.1", "--txn-ids",
-                         "--txns-out", txnsp, "--out", ap, NULL};
+    const char *sim[] = {"verdict", "features",  "--count",    "3000", "--seed", "3", "--fraud-rate",
+                         "0.1",     "--txn-ids", "--txns-out", txnsp,  "--out",  ap,  NULL};
     cr_assert_eq(run(sim), 0, "see %s", outp);
     /* labels from the table: txn_id,label */
     FILE *in = fopen(ap, "r"), *lf = fopen(labp, "w");
@@ -399,9 +399,20 @@ Test(features, train_model_reads_the_table_and_its_model_reads_the_same_columns)
     snprintf(tablep, sizeof tablep, "%s.csv", outp);
     snprintf(modelp, sizeof modelp, "%s.model.json", outp);
     /* a table as from real history: txn ids, and a fifth of the rows unlabelled */
-    const char *sim[] = {"verdict", "features", "--count", "2000", "--seed", "5", "--fraud-rate", "0.2", "--txn-ids",
-                         "--features", "amount,mcc,cross_border,count(card_id,1h),distinct(card_id,device_id,24h)",
-                         "--out", tablep, NULL};
+    const char *sim[] = {"verdict",
+                         "features",
+                         "--count",
+                         "2000",
+                         "--seed",
+                         "5",
+                         "--fraud-rate",
+                         "0.2",
+                         "--txn-ids",
+                         "--features",
+                         "amount,mcc,cross_border,count(card_id,1h),distinct(card_id,device_id,24h)",
+                         "--out",
+                         tablep,
+                         NULL};
     cr_assert_eq(run(sim), 0, "see %s", outp);
     snprintf(cmd, sizeof cmd,
              "awk -F, 'NR > 1 && NR %% 5 == 0 {$(NF-1) = \"\"; $NF = \"\"} {print}' OFS=, %s > %s.u && mv %s.u %s",
@@ -458,8 +469,8 @@ Test(features, bad_flags_are_refused)
     features_refused("the simulator labels its own", (const char *const[]){"--labels", "l.csv", NULL});
     features_refused("--since needs a duration", (const char *const[]){"--since", "yesterday", NULL});
     features_refused("--unlabelled must be keep, legit or skip", (const char *const[]){"--unlabelled", "drop", NULL});
-    features_refused("--features and --model both", (const char *const[]){"--features", "amount", "--model", "m.json",
-                                                                          NULL});
+    features_refused("--features and --model both",
+                     (const char *const[]){"--features", "amount", "--model", "m.json", NULL});
     features_refused("unknown argument '--frob'", (const char *const[]){"--frob", NULL});
     features_refused("--out needs a value", (const char *const[]){"--out", NULL});
 }
