@@ -64,6 +64,7 @@ static void features_help(void)
            "  --unlabelled MODE      rows without a label: keep (empty label and is_fraud; default), legit, skip\n"
            "  --txn-ids              a first column txn_id\n"
            "  --out FILE             write there instead of stdout\n"
+           "  --max-keys N, --max-msg-size N   as for `verdict serve` (give the engine's values)\n"
            "Progress goes to stderr. Exit status: 0 done, 1 failure (input, server), 2 usage.\n\n"
            "connection options for --from/--since, --labels-stream and list/profile features (flag, env):\n");
     config_print_help(stdout, "names");
@@ -775,6 +776,13 @@ int cmd_features(int argc, char **argv)
     free(rest);
     if (rc)
         return rc < 0 ? 0 : rc;
+    /* only a --model on the command line names the columns: VERDICT_MODEL, set for the engine, must not
+     * silently change the table's */
+    bool model_flag = false;
+    for (int i = 1; i < argc; i++)
+        model_flag |= strcmp(argv[i], "--model") == 0 || strncmp(argv[i], "--model=", 8) == 0;
+    if (!model_flag)
+        c.cfg.model_file[0] = 0;
     bool list_given = o.list != default_features;
     if (list_given && c.cfg.model_file[0]) {
         fprintf(stderr, "verdict features: --features and --model both name the columns; give one\n");

@@ -116,7 +116,7 @@ static void replay_help(void)
            "verdict_lists / verdict_profiles buckets, not the values at decision time (docs/replay.md).\n"
            "Read-only: ephemeral ordered consumers, never the engine's durable one; publishes nothing.\n"
            "Progress goes to stderr. Exit status: 0 done, 1 failure (server, stream, candidate), 2 usage.\n\n"
-           "  --last N          the last N transactions of TXN (N >= 1; default 10000)\n"
+           "  --last N          the last N sequences of TXN (N >= 1; default 10000)\n"
            "  --from SEQ        the first TXN sequence to replay (>= 1)\n"
            "  --to SEQ          the last TXN sequence to replay (>= --from; default the stream's last)\n"
            "  --samples K       sample txn ids per transition (0..10)\n"
