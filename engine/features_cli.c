@@ -864,16 +864,23 @@ int cmd_features(int argc, char **argv)
         history_stats hs;
         ok = history_run(c.js, &c.cfg, tb->vel ? &vp : NULL, tb->vel, &range, "features", stream_row, tb, &hs, &e) ==
              V_OK;
-        if (!ok)
+        if (!ok) {
             fprintf(stderr, "verdict features: %s; the table is incomplete\n", e.msg);
-        else if (!hs.read)
-            fprintf(stderr, "features: no transaction in %s in the range\n", c.cfg.txn_stream);
-        else
-            fprintf(stderr,
-                    "features: %s seq %llu..%llu, %llu undecodable (skipped); velocity state warmed with %llu "
-                    "transactions stored before the range\n",
-                    c.cfg.txn_stream, (unsigned long long)hs.first_seq, (unsigned long long)hs.last_seq,
-                    (unsigned long long)hs.skipped, (unsigned long long)hs.warm_counted);
+        } else {
+            if (hs.warm_truncated)
+                fprintf(stderr,
+                        "features: warning: %s no longer holds the whole window before the range: velocity "
+                        "features of the first rows may count too low\n",
+                        c.cfg.txn_stream);
+            if (!hs.read)
+                fprintf(stderr, "features: no transaction in %s in the range\n", c.cfg.txn_stream);
+            else
+                fprintf(stderr,
+                        "features: %s seq %llu..%llu, %llu undecodable (skipped); velocity state warmed with %llu "
+                        "transactions stored before the range\n",
+                        c.cfg.txn_stream, (unsigned long long)hs.first_seq, (unsigned long long)hs.last_seq,
+                        (unsigned long long)hs.skipped, (unsigned long long)hs.warm_counted);
+        }
     } else if (o.input) {
         ok = run_file(tb, o.input, &c.cfg);
     } else {

@@ -103,6 +103,11 @@ vstatus history_run(jsCtx *js, const config *c, const velocity_plan *pl, velocit
             natsMsg_Destroy(m);
             break;
         }
+        /* the warm-up begins at the stream's first message, which is younger than the window, and messages
+         * were removed before it: some of the window is gone, and the first features may count too low */
+        if (window > 0 && st->warm_read == 0 && st->read == 0 && seq == stream_reader_first(r) && seq > 1 &&
+            store_ns > st->warm_from_ns)
+            st->warm_truncated = true;
         bool in_range = seq >= first_seq;
         arena_reset(&a);
         Transaction *t = NULL;

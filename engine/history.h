@@ -41,6 +41,7 @@ typedef struct history_stats {
     uint64_t first_seq, last_seq;                   /* the range as read (0 and 0 when it is empty) */
     int64_t first_store_ns;                         /* store time of the range's first message */
     int64_t warm_from_ns;                           /* where the warm-up read started (0: no warm-up) */
+    bool warm_truncated; /* TXN no longer holds the start of the warm-up (retention removed messages before it) */
     double seconds;
 } history_stats;
 

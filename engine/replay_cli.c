@@ -513,6 +513,12 @@ int cmd_replay(int argc, char **argv)
         fprintf(stderr, "verdict replay: %s; nothing reported\n", e.msg);
         goto done;
     }
+    if (hs.warm_truncated)
+        fprintf(stderr,
+                "replay: warning: %s no longer holds the whole window before the range (its first message is "
+                "younger than the warm-up start): velocity features of the first transactions may count too "
+                "low\n",
+                c.cfg.txn_stream);
     print_report(run, &c.cfg, &hs, from, to, vel ? window : 0, json);
     status = 0;
 done:

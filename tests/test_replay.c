@@ -213,6 +213,22 @@ Test(replay, from_and_to_select_exactly_that_range)
     cr_assert(strstr(slurp(outp), "seq 147..151: 5 transactions"), "%s", slurp(outp));
 }
 
+Test(replay, a_window_cut_by_retention_is_reported)
+{
+    serve_decided(60, rules_velocity);
+    const char *argv[] = {"verdict", "replay", "--nats-url", srv.url, "--rules", rulesp, "--from", "40", NULL};
+    cr_assert_eq(run(argv), 0, "see %s", outp);
+    cr_assert_null(strstr(slurp(outp), "no longer holds"), "%s", slurp(outp));
+    /* what retention does to the oldest messages: TXN now starts at seq 21, inside the window before seq 40 */
+    jsOptions o;
+    jsOptions_Init(&o);
+    o.Stream.Purge.Sequence = 21;
+    cr_assert_eq(js_PurgeStream(js, "TXN", &o, NULL), NATS_OK);
+    cr_assert_eq(run(argv), 0, "see %s", outp);
+    cr_assert(strstr(slurp(outp), "warning: TXN no longer holds the whole window before the range"), "%s",
+              slurp(outp));
+}
+
 /* Usage errors: exit 2 with a message naming the flag, before any connection (the URL is never dialled). */
 static void refused(const char *want, const char *a1, const char *a2, const char *a3, const char *a4)
 {
