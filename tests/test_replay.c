@@ -225,8 +225,7 @@ Test(replay, a_window_cut_by_retention_is_reported)
     o.Stream.Purge.Sequence = 21;
     cr_assert_eq(js_PurgeStream(js, "TXN", &o, NULL), NATS_OK);
     cr_assert_eq(run(argv), 0, "see %s", outp);
-    cr_assert(strstr(slurp(outp), "warning: TXN no longer holds the whole window before the range"), "%s",
-              slurp(outp));
+    cr_assert(strstr(slurp(outp), "warning: TXN no longer holds the whole window before the range"), "%s", slurp(outp));
 }
 
 /* Usage errors: exit 2 with a message naming the flag, before any connection (the URL is never dialled). */
