@@ -155,6 +155,9 @@ Test(replay, the_running_policy_replays_unchanged_and_its_velocity_rule_fires_as
     cr_assert_eq(run(cargv), 0, "see %s", outp);
     out = slurp(outp);
     cr_assert(strstr(out, "\"transactions\":199,"), "%s", out);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 -c 'import json, sys; json.load(open(sys.argv[1]))' %s", outp);
+    cr_assert_eq(system(cmd), 0, "--json is not one JSON object: %s", out);
     cr_assert_null(strstr(out, "\"approve->decline\""), "a transaction the burst rule did not flag changed: %s", out);
     cr_assert(strstr(out, "\"review->decline\""), "%s", out);
     char want[96];
