@@ -486,8 +486,11 @@ int cmd_replay(int argc, char **argv)
     const ruleset *rs = policy_rules(p);
     run->nrules = rs ? (rules_count(rs) < RULES_TRACKED ? rules_count(rs) : RULES_TRACKED) : 0;
     /* a decision is stored after its transaction: from a minute before the first one (clock skew) on */
-    uint64_t ndec = 0;
-    if (index_decisions(c.js, &c.cfg, first_ns - 60LL * 1000000000, rs, run->nrules, &om, &ndec, &e) != V_OK) {
+    uint64_t ndec = 0, df, dl;
+    if (!cliconn_stream_range(c.js, c.cfg.decisions_stream, &df, &dl))
+        fprintf(stderr, "replay: stream %s does not exist: no stored decisions to compare with\n",
+                c.cfg.decisions_stream);
+    else if (index_decisions(c.js, &c.cfg, first_ns - 60LL * 1000000000, rs, run->nrules, &om, &ndec, &e) != V_OK) {
         fprintf(stderr, "verdict replay: %s\n", e.msg);
         goto done;
     }
