@@ -9,6 +9,7 @@
 #include "codec.h"
 #include "decide.h"
 #include "dlq.h"
+#include "history.h"
 #include "ident.h"
 #include "log.h"
 #include "observe.h"
@@ -936,7 +937,7 @@ static void seq_catch_up(engine *en, velref *r, const policy *p, uint64_t to)
     rebuild_range rr = {.from_seq = r->pos + 1, .upto_seq = to, .ring = r->ring, .quiet = to - r->pos < 100000};
     if (r->pos == 0) { /* a state that has seen nothing: the window before, not the whole stream */
         rr.from_seq = 0;
-        rr.from_ns = (now_ms() - longest_window(p)) * 1000000LL;
+        rr.from_ns = (now_ms() - history_warmup_ms(longest_window(p))) * 1000000LL;
     }
     rebuild_stats st;
     verror e = {0};
@@ -1831,7 +1832,8 @@ static vstatus make_velocity(engine *en, const policy *p, bool at_start, velref 
         int64_t now_ns = now_ms() * 1000000LL;
         if (!oldest_ns || oldest_ns > now_ns)
             oldest_ns = now_ns;
-        rebuild_range rr = {.from_ns = oldest_ns - window * 1000000LL, .upto_seq = pos, .ring = ring};
+        /* a window's buckets reach back a little past it: the span replay and features warm up over too */
+        rebuild_range rr = {.from_ns = oldest_ns - history_warmup_ms(window) * 1000000LL, .upto_seq = pos, .ring = ring};
         rebuild_stats st;
         if ((rc = rebuild_velocity(en->js, &en->cfg, pl, v, &rr, &st, e)) != V_OK)
             goto fail;
