@@ -26,7 +26,7 @@
 #define SRV_DONE_WAIT_S 2
 
 struct observe {
-    engine *en;
+    observe_source src;
     config cfg;
     natsConnection *nc;
     natsSubscription *subs[9];
@@ -77,9 +77,9 @@ static void gauge(out *o, const char *name, const char *help, long long v)
     put(o, "# HELP %s %s\n# TYPE %s gauge\n%s %lld\n", name, help, name, name, v);
 }
 
-static size_t metrics(observe *ob, engine *en, char *buf, size_t cap)
+static size_t metrics(observe *ob, char *buf, size_t cap)
 {
-    const engine_stats *st = engine_get_stats(en);
+    const engine_stats *st = ob->src.stats;
     out o = {buf, cap, 0};
     put(&o, "# HELP verdict_decisions_total Decisions stored, by outcome.\n# TYPE verdict_decisions_total counter\n");
     static const char *names[] = {"", "approve", "review", "decline"};
@@ -122,7 +122,7 @@ static size_t metrics(observe *ob, engine *en, char *buf, size_t cap)
             atomic_load(&st->transactions_restored));
     counter(&o, "verdict_dead_letters_avoided_total",
             "Transactions at max-deliver whose decision was found stored, so no dead letter was written.",
-            engine_dlq_decided_late(en));
+            ob->src.dlq_decided_late(ob->src.ctx));
     counter(&o, "verdict_policy_reloads_total", "Rules/model versions swapped in.", atomic_load(&st->reloads));
     counter(&o, "verdict_policy_reload_failures_total", "Rules/model versions refused (the old stayed).",
             atomic_load(&st->reload_failures));
@@ -145,10 +145,10 @@ static size_t metrics(observe *ob, engine *en, char *buf, size_t cap)
     for (int i = 0; i < 3; i++)
         put(&o, "verdict_stage_seconds_total{stage=\"%s\"} %.9f\n", stages[i], (double)atomic_load(&st->stage_ns[i]) / 1e9);
     put(&o, "# HELP verdict_ready 1 when the engine is connected and taking work.\n# TYPE verdict_ready gauge\n"
-            "verdict_ready %d\n", engine_ready(en) ? 1 : 0);
+            "verdict_ready %d\n", ob->src.ready(ob->src.ctx) ? 1 : 0);
 
     velocity_stats_t vs;
-    if (engine_state_stats(en, &vs)) {
+    if (ob->src.state_stats(ob->src.ctx, &vs)) {
         gauge(&o, "verdict_state_keys", "Entities (cards, devices, IPs...) held in the velocity state.",
               (long long)vs.keys);
         counter(&o, "verdict_state_evicted_keys_total",
@@ -175,7 +175,7 @@ static size_t metrics(observe *ob, engine *en, char *buf, size_t cap)
     }
 
     char rv[40], mv[40];
-    engine_current_versions(en, rv, mv, sizeof rv);
+    ob->src.versions(ob->src.ctx, rv, mv, sizeof rv);
     put(&o, "# HELP verdict_build_info The engine's version.\n# TYPE verdict_build_info gauge\n"
             "verdict_build_info{version=\"%s\"} 1\n", VERDICT_VERSION);
     put(&o, "# HELP verdict_rules_info The rules version in force (a content hash, as `verdict check` prints it).\n"
@@ -201,11 +201,11 @@ static size_t metrics(observe *ob, engine *en, char *buf, size_t cap)
 /* /readyz: one JSON object naming each condition, 200 when all hold, 503 otherwise. */
 static size_t readiness(observe *o, char *buf, size_t cap, bool *ready)
 {
-    engine_phase ph = engine_get_phase(o->en);
-    bool connected = engine_connected(o->en);
-    *ready = engine_ready(o->en);
+    engine_phase ph = o->src.phase(o->src.ctx);
+    bool connected = o->src.connected(o->src.ctx);
+    *ready = o->src.ready(o->src.ctx);
     char rv[40], mv[40];
-    engine_current_versions(o->en, rv, mv, sizeof rv);
+    o->src.versions(o->src.ctx, rv, mv, sizeof rv);
     int n = snprintf(buf, cap,
                      "{\"ready\":%s,\"phase\":\"%s\",\"nats_connected\":%s,\"streams_verified\":%s,"
                      "\"state_rebuilt\":%s,\"rules_version\":\"%s\",\"model_version\":\"%s\"}\n",
@@ -238,7 +238,7 @@ static enum MHD_Result on_http(void *cls, struct MHD_Connection *c, const char *
         return respond(c, 405, "text/plain", "method not allowed\n", 19);
     if (strcmp(url, "/metrics") == 0) {
         static __thread char buf[65536];
-        size_t n = metrics(o, o->en, buf, sizeof buf);
+        size_t n = metrics(o, buf, sizeof buf);
         return respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", buf, n);
     }
     if (strcmp(url, "/healthz") == 0)
@@ -335,8 +335,8 @@ static void on_srv(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
     char buf[4096];
     int n;
     char rv[40], mv[40];
-    engine_current_versions(o->en, rv, mv, sizeof rv);
-    const engine_stats *st = engine_get_stats(o->en);
+    o->src.versions(o->src.ctx, rv, mv, sizeof rv);
+    const engine_stats *st = o->src.stats;
     const char *ep = "{\"name\":\"decide\",\"subject\":\"%s\",\"queue_group\":\"%s\"";
     if (strncmp(subj, "$SRV.PING", 9) == 0) {
         n = srv_common(o, buf, sizeof buf, "ping_response", rv, mv);
@@ -356,7 +356,7 @@ static void on_srv(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
         long long sum_ns = i64_mul_sat(sum_us, 1000);
         long long avg_ns = decided ? i64_mul_sat(sum_us / decided, 1000) : 0;
         char last_error[160];
-        engine_last_error(o->en, last_error, sizeof last_error);
+        o->src.last_error(o->src.ctx, last_error, sizeof last_error);
         n = srv_common(o, buf, sizeof buf, "stats_response", rv, mv);
         n += snprintf(buf + n, sizeof buf - (size_t)n, ",\"started\":\"%s\",\"endpoints\":[", o->started);
         n += snprintf(buf + n, sizeof buf - (size_t)n, ep, o->cfg.decide_subject, o->cfg.queue_group);
@@ -455,12 +455,12 @@ static void *poller_main(void *arg)
 
 /* -------------------------------------------------------------------------------------------- lifecycle */
 
-vstatus observe_start(engine *en, const config *c, observe **out, verror *e)
+vstatus observe_start(const observe_source *src, const config *c, observe **out, verror *e)
 {
     observe *o = calloc(1, sizeof *o);
     if (!o)
         return verror_set(e, V_ENOMEM, "out of memory");
-    o->en = en;
+    o->src = *src;
     o->cfg = *c;
     pthread_mutex_init(&o->mu, NULL);
     pthread_cond_init(&o->cv, NULL);

@@ -9,15 +9,31 @@
 #define VERDICT_OBSERVE_H
 
 #include "common.h"
-#include "pipeline.h"
+#include "config.h"
+#include "engine_stats.h"
+#include "velocity.h"
 
 #include <nats/nats.h>
 
 typedef struct observe observe;
 
+/* What observe reads of the engine: counters and a few questions, all answered without waiting on nats.c. The
+ * engine fills it (engine.c); observe knows nothing else of it. */
+typedef struct observe_source {
+    void *ctx;
+    const engine_stats *stats;
+    engine_phase (*phase)(void *ctx);
+    bool (*ready)(void *ctx);     /* started, connected, not stopping */
+    bool (*connected)(void *ctx); /* both connections up */
+    void (*versions)(void *ctx, char *rules, char *model, size_t cap);
+    bool (*state_stats)(void *ctx, velocity_stats_t *out); /* false before the state exists */
+    void (*last_error)(void *ctx, char *out, size_t cap);
+    long long (*dlq_decided_late)(void *ctx);
+} observe_source;
+
 /* Starts the HTTP endpoint (unless c->metrics_addr is "off"). Called before the engine connects, so that
  * /healthz answers and /readyz reports the start's progress (connecting, verifying streams, rebuilding state). */
-vstatus observe_start(engine *en, const config *c, observe **out, verror *e);
+vstatus observe_start(const observe_source *src, const config *c, observe **out, verror *e);
 /* Once the engine is connected: starts the $SRV responders on nc and the consumer poller (pending, ack pending
  * and redelivered counts, every 2 s). */
 vstatus observe_attach(observe *o, natsConnection *nc, verror *e);

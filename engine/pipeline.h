@@ -1,48 +1,21 @@
-/* pipeline.h - the running engine: ingress responder, worker threads, and the commit protocol.
+/* pipeline.h - the running engine's API: start, stop, reload, and what it reports.
  *
- * Each worker owns one pull subscription bound to the durable consumer, one decode arena and one encode
- * buffer, and takes a message through: decode -> validate -> decide -> publish decision (Nats-Msg-Id = txn_id)
- * -> wait for PubAck -> reply to Verdict-Reply-To -> ack. A PubAck marked Duplicate means the transaction was
- * decided before: the stored decision is read back by sequence and replayed, never a second one. Poison goes
- * to dlq.<reason> and is termed; a failed publish is naked with the consumer's BackOff. */
+ * Inside (engine_int.h): one sequencing thread pulls the durable consumer and computes each transaction's
+ * velocity features in stream order (seqstage.c); workers take whole batches through decode -> validate ->
+ * decide -> publish decision (Nats-Msg-Id = txn_id) -> wait for PubAck -> reply to Verdict-Reply-To -> ack
+ * (commit.c). A PubAck marked Duplicate means the transaction was decided before: the stored decision is read
+ * back and replayed, never a second one (decisions.c). Poison goes to dlq.<reason> and is termed; a failed
+ * publish is naked with the consumer's BackOff. The ingress and its duplicate resolver are ingress.c, reloads
+ * policyswap.c, the lifecycle engine.c. */
 #ifndef VERDICT_PIPELINE_H
 #define VERDICT_PIPELINE_H
 
 #include "codec.h"
 #include "config.h"
+#include "engine_stats.h"
 #include "velocity.h"
 
 #include <stdatomic.h>
-
-/* Upper bounds (µs) of the decision latency histogram buckets (store time -> decision stored); +Inf follows. */
-#define LATENCY_BUCKETS 12
-extern const int64_t latency_bounds_us[LATENCY_BUCKETS];
-
-typedef struct engine_stats {
-    atomic_llong decided[4]; /* by Verdict__V1__Outcome */
-    atomic_llong duplicates; /* answered from the stored decision */
-    atomic_llong decisions_restored; /* Duplicate PubAcks with no stored decision behind them: stored again */
-    atomic_llong transactions_restored; /* retries confirmed before but missing from TXN: stored again */
-    atomic_llong dead_letters;
-    atomic_llong dead_letters_by[DEAD_REASONS]; /* by poison_reason (codec.h) */
-    atomic_llong naks;
-    atomic_llong redeliveries;
-    atomic_llong budget_exceeded;
-    atomic_llong degraded;
-    atomic_llong requests;       /* ingress requests */
-    atomic_llong request_errors; /* ingress requests refused */
-    atomic_llong reply_to_ignored; /* Verdict-Reply-To headers not honoured (not the ingress's, or not an inbox) */
-    atomic_llong reloads;         /* policies swapped in */
-    atomic_llong reload_failures; /* rules or models refused */
-    atomic_llong latency_bucket[LATENCY_BUCKETS + 1]; /* decisions by latency (non-cumulative), last = +Inf */
-    atomic_llong latency_sum_us;
-    atomic_llong stage_ns[3]; /* features, model, rules: summed over decisions */
-    /* the sequencing stage (sequencer.h) */
-    atomic_llong features_inexact;      /* redeliveries older than the feature ring: decided with today's state */
-    atomic_llong sequence_catch_ups;    /* reads of TXN for sequences the consumer did not hand over */
-    atomic_llong sequence_gap_msgs;     /* transactions counted by those reads */
-    atomic_llong sequence_gap_failures; /* reads that failed: those transactions are not counted */
-} engine_stats;
 
 typedef struct engine engine;
 
@@ -72,16 +45,6 @@ const engine_stats *engine_get_stats(const engine *en);
 /* Transactions at max-deliver that the DLQ worker found decided (no dead letter written). */
 long long engine_dlq_decided_late(engine *en);
 
-/* Where a start has got to: /readyz reports it. Each phase implies the ones before it completed. */
-typedef enum engine_phase {
-    PHASE_CONNECTING = 0, /* rules and model loaded; connecting to NATS */
-    PHASE_VERIFYING,      /* connected; creating or verifying streams, consumers and buckets */
-    PHASE_REBUILDING,     /* streams verified; rebuilding the velocity state from the stream */
-    PHASE_STARTING,       /* state rebuilt; starting workers and responders */
-    PHASE_READY,          /* taking work */
-    PHASE_STOPPING,
-} engine_phase;
-const char *engine_phase_str(engine_phase p);
 engine_phase engine_get_phase(const engine *en);
 
 /* Ready to decide: started (streams verified, state rebuilt, rules and model loaded), connected to NATS and

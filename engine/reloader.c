@@ -3,7 +3,6 @@
 
 #include "broker.h"
 #include "log.h"
-#include "pipeline.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -19,7 +18,7 @@ typedef struct stamp {
 } stamp;
 
 struct reloader {
-    struct engine *en;
+    reload_target t;
     config cfg;
     kvStore *kv;
     kvWatcher *w;
@@ -89,9 +88,9 @@ static vstatus reload_locked(reloader *r, const char *why, verror *e)
         snprintf(name, sizeof name, "kv:%s/%s@%llu", r->cfg.rules_bucket, RULES_KV_KEY,
                  (unsigned long long)r->kv_rev);
         (void)why;
-        return engine_reload_rules_text(r->en, r->kv_text, r->kv_len, name, e);
+        return r->t.reload_text(r->t.ctx, r->kv_text, r->kv_len, name, e);
     }
-    return engine_reload(r->en, why, e);
+    return r->t.reload_files(r->t.ctx, why, e);
 }
 
 vstatus reloader_reload(reloader *r, const char *why, verror *e)
@@ -116,7 +115,7 @@ static vstatus apply_text(reloader *r, char *t, size_t len, uint64_t rev, verror
 {
     char name[160];
     snprintf(name, sizeof name, "kv:%s/%s@%llu", r->cfg.rules_bucket, RULES_KV_KEY, (unsigned long long)rev);
-    vstatus rc = engine_reload_rules_text(r->en, t, len, name, e);
+    vstatus rc = r->t.reload_text(r->t.ctx, t, len, name, e);
     if (rc == V_OK) {
         if (r->pending_text == t)
             r->pending_text = NULL; /* t is now the text in force */
@@ -164,7 +163,7 @@ static vstatus apply_entry(reloader *r, kvEntry *ent, verror *e)
         free(r->kv_text);
         r->kv_text = NULL;
         r->kv_len = 0;
-        vstatus rc = engine_reload(r->en, "kv rules deleted", e);
+        vstatus rc = r->t.reload_files(r->t.ctx, "kv rules deleted", e);
         r->files_pending = transient(rc);
         r->retry_at = mono_ns() + RETRY_NS;
         return rc;
@@ -208,7 +207,7 @@ static bool file_differs(const char *path, const char *version)
 static void reload_if_changed_since_load(reloader *r)
 {
     char rules_v[64], model_v[64];
-    engine_current_versions(r->en, rules_v, model_v, sizeof rules_v);
+    r->t.versions(r->t.ctx, rules_v, model_v, sizeof rules_v);
     bool rules_changed = !r->kv_text && file_differs(r->cfg.rules_file, rules_v);
     bool model_changed = file_differs(r->cfg.model_file, model_v);
     if (!rules_changed && !model_changed)
@@ -288,12 +287,12 @@ static void *reloader_main(void *arg)
     return NULL;
 }
 
-vstatus reloader_start(struct engine *en, const config *c, jsCtx *js, reloader **out, verror *e)
+vstatus reloader_start(const reload_target *t, const config *c, jsCtx *js, reloader **out, verror *e)
 {
     reloader *r = calloc(1, sizeof *r);
     if (!r)
         return verror_set(e, V_ENOMEM, "out of memory");
-    r->en = en;
+    r->t = *t;
     r->cfg = *c;
     pthread_mutex_init(&r->mu, NULL);
     r->rules_st = r->rules_seen = stamp_of(c->rules_file);

@@ -17,15 +17,24 @@
 
 #include <nats/nats.h>
 
-struct engine;
 typedef struct reloader reloader;
+
+/* What the reloader drives: the engine fills it (policyswap.c); the reloader knows nothing else of it. */
+typedef struct reload_target {
+    void *ctx;
+    /* rebuild the policy from the configured rules and model files and swap it in */
+    vstatus (*reload_files)(void *ctx, const char *why, verror *e);
+    /* the same with rules text from elsewhere (the KV bucket); name labels messages */
+    vstatus (*reload_text)(void *ctx, const char *src, size_t len, const char *name, verror *e);
+    void (*versions)(void *ctx, char *rules, char *model, size_t cap); /* in force */
+} reload_target;
 
 #define RULES_KV_KEY "rules"
 
 /* Takes the first stamps of the files, creates or binds the bucket, applies its current value (before the
  * caller starts taking work), reloads if the files no longer hold the versions in force (they changed while
  * the engine connected and rebuilt its state, after it loaded them), then starts the watching thread. */
-vstatus reloader_start(struct engine *en, const config *c, jsCtx *js, reloader **out, verror *e);
+vstatus reloader_start(const reload_target *t, const config *c, jsCtx *js, reloader **out, verror *e);
 
 /* Reloads now from the active source (SIGHUP). */
 vstatus reloader_reload(reloader *r, const char *why, verror *e);

@@ -1,0 +1,215 @@
+/* engine_int.h - what the engine's own files share (seqstage.c, commit.c, ingress.c, decisions.c, policyswap.c,
+ * engine.c): the engine, its workers, batches and velocity state references. Not for other modules: they use
+ * pipeline.h (the engine's API), and observe.c and reloader.c only the narrow interfaces in their own headers.
+ *
+ * Threads: nats.c's own threads deliver ingress requests and PubAcks; one sequencing thread Fetches from the
+ * durable consumer (one Fetch at a time, DESIGN section 8) and computes velocity features in stream order; N
+ * workers decide and commit whole batches. */
+#ifndef VERDICT_ENGINE_INT_H
+#define VERDICT_ENGINE_INT_H
+
+#include "pipeline.h"
+
+#include "broker.h"
+#include "codec.h"
+#include "decide.h"
+#include "dlq.h"
+#include "history.h"
+#include "ident.h"
+#include "log.h"
+#include "observe.h"
+#include "rebuild.h"
+#include "sequencer.h"
+#include "reloader.h"
+#include "replica.h"
+#include "velocity.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* The largest decision a policy can produce: every reported match at the longest rule id and reason text the
+ * compiler accepts (ident.h, rules.h), ids and versions at their limits, protobuf framing on each; so a decision
+ * always fits and the most suspicious transactions (the most matches) are never the ones lost. */
+#define DECISION_BUF (DECIDE_MAX_REASONS * (IDENT_NAME_MAX + RULES_REASON_MAX + 16) + 4 * NAME_MAX_LEN + 1024)
+/* how long a batch retries decisions the stream could not take (no leader), before naking them */
+#define DECISION_RETRY_MS 30000
+
+/* Velocity state, reference-counted like policies: a reload that needs new velocity features swaps in a rebuilt
+ * state, and the old one is freed when its last batch is done. Only the sequencing stage writes it (and its
+ * ring and position); batches hold it so that a swap never frees it under them. */
+typedef struct velref {
+    atomic_int refs;
+    velocity *v;
+    featring *ring;  /* the features of recent sequences, for redeliveries */
+    uint64_t pos;    /* the state counts every transaction of TXN up to this sequence */
+} velref;
+
+/* What the sequencing stage hands a worker: a fetched batch, the policy and state it was sequenced with (held),
+ * and each message's velocity features. Preallocated (workers + 1 of them) and recycled. */
+enum { VS_NONE = 0, VS_EXACT, VS_INEXACT };
+typedef struct batch {
+    natsMsgList list;
+    int64_t recv_ns; /* monotonic time the batch was taken: the budget's start */
+    int64_t recv_wall_us;
+    policy *policy;
+    velref *vel;
+    velvals *vv;       /* per message */
+    unsigned char *vs; /* per message: VS_* */
+    struct batch *next;
+} batch;
+
+typedef struct worker {
+    struct engine *en;
+    int id;
+    pthread_t thread;
+    bool running; /* thread started and not joined */
+    batch *b;     /* the batch in hand */
+    jsCtx *js;           /* async decision publishes; its PubAck handler fills slots */
+    struct slot *slots;  /* one per message of the batch in hand */
+    int nslots;
+    /* PubAcks come on nats.c's thread. pub_mu guards the pairing of an in-flight message with its slot
+     * (slot.sent); in_flight counts publishes whose handler has not returned yet, so no slot is reused or freed
+     * while a late PubAck may still look at it. */
+    pthread_mutex_t pub_mu;
+    atomic_int in_flight;
+    int64_t recv_ns;     /* monotonic time the batch in hand was taken: the budget's start */
+    int64_t recv_wall_us;
+    arena arena;       /* decode arena, reset per message */
+    arena dup_arena;   /* decoding stored decisions on the duplicate path */
+    unsigned char *enc; /* encoded decision */
+    fval vals[FEAT_MAX];
+    policy *policy; /* held for the batch in hand */
+    velref *vel;    /* held with it */
+    Reason reasons[DECIDE_MAX_REASONS];
+    Reason *reason_ptrs[DECIDE_MAX_REASONS];
+} worker;
+
+/* A duplicate request waiting for the first copy's decision to be stored (see the resolver below). */
+typedef struct late_reply {
+    char txn_id[IDENT_TXN_ID_MAX + 1];
+    char reply[IDENT_SUBJECT_MAX + 1];
+    int64_t deadline_ns; /* monotonic */
+    natsMsg *orig;       /* the retry's publish (owned): stored again if TXN does not hold the first copy */
+    uint64_t seq;        /* the first copy's TXN sequence, as the Duplicate PubAck names it */
+    bool verified;       /* the first copy was looked for */
+} late_reply;
+
+#define LATE_CAP 4096 /* duplicates waiting at once; beyond it a retry is told to come back (503) */
+#define LATE_ROUND 64 /* looked up per round, outside the lock */
+
+struct engine {
+    config cfg;
+    natsConnection *nc;  /* workers: send-asap */
+    natsConnection *inc; /* ingress: buffered, with async publish */
+    _Atomic(broker_link *) nc_link, inc_link; /* their state, for health checks that never wait on nats.c */
+    jsCtx *js;
+    jsCtx *ijs;
+    jsCtx *gjs; /* look-ups of stored decisions on the worker connection: 1 s per request */
+    natsSubscription *ingress;
+    arena ingress_arena; /* ingress callbacks are serialised per subscription */
+    worker *workers;
+    int nworkers;
+    /* the sequencing stage: the only puller of the durable consumer and the only writer of the velocity state */
+    natsSubscription *sub;
+    pthread_t seq_thread;
+    bool seq_started;
+    arena seq_arena;
+    fval seq_vals[FEAT_MAX];
+    batch *batches; /* nbatches, preallocated */
+    int nbatches;
+    pthread_mutex_t q_mu;
+    pthread_cond_t q_cv;  /* a batch became ready or free */
+    batch *free_b;        /* free batches */
+    batch *ready_head, *ready_tail;
+    policy *next_policy;  /* a reload with a new state, waiting for the sequencer to reach its position (policy_mu) */
+    velref *next_vel;
+    int64_t ack_wait_ms;  /* the consumer's effective AckWait for a first delivery */
+    int64_t heartbeat_ms; /* InProgress interval for held messages: a third of it */
+    policy *policy;          /* the policy in force; swapped under policy_mu, held by workers per batch */
+    pthread_mutex_t policy_mu;
+    velref *vel; /* the velocity state matching policy's registry; swapped with it */
+    replica *lists, *profiles; /* local replicas of verdict_lists and verdict_profiles */
+    reloader *reloader;
+    observe *observe;
+    dlq_worker *dlq;
+    /* the duplicate resolver: a ring of late_reply served by its own thread, never by a nats.c callback */
+    pthread_t late_thread;
+    bool late_started;
+    pthread_mutex_t late_mu;
+    pthread_cond_t late_cv;
+    late_reply *late;
+    int late_head, late_n;
+    late_reply late_round[LATE_ROUND];
+    atomic_bool stopping;
+    atomic_int phase; /* engine_phase */
+    /* stopping within a deadline (see closer_main) */
+    const atomic_bool *start_stop; /* the caller's flag: set to abandon a start (SIGTERM while starting) */
+    atomic_bool started;           /* engine_start returned the engine */
+    atomic_llong stop_deadline_ns; /* mono_ns() by which the stop ends; 0 until one is requested */
+    atomic_llong stop_t0_ns;       /* when it was requested */
+    atomic_bool closer_quit;
+    bool closer_running;
+    pthread_t closer;
+    pthread_mutex_t conn_mu; /* nc and inc as the closer sees them */
+    engine_stats stats;
+    pthread_mutex_t last_error_mu; /* the last request error, for $SRV.STATS (rare: not on the decide path) */
+    char last_error[160];
+};
+
+/* One message of a batch between its decision and its ack. */
+enum slot_state { SLOT_DONE = 0, SLOT_PENDING, SLOT_STORED, SLOT_DUPLICATE, SLOT_FAILED };
+enum slot_kind { SLOT_DECISION = 0, SLOT_DEAD_LETTER };
+
+typedef struct slot {
+    natsMsg *in;      /* the TXN message (owned by the fetched list) */
+    natsMsg *dm;      /* the decision or dead letter; ours until published, then handed back by the PubAck handler */
+    natsMsg *to_send; /* to publish in the next round */
+    natsMsg *sent;    /* in flight: identity only, never dereferenced; pairs a PubAck with this slot (pub_mu) */
+    js_meta meta;
+    const char *reply_to; /* validated (reply_subject_ok); points into in's headers */
+    char msg_id[NAME_MAX_LEN + 40]; /* txn_id for a decision, dlq-<stream>-<seq> for a dead letter */
+    char txn_id[IDENT_TXN_ID_MAX + 1];
+    int kind;
+    poison_reason why;
+    int64_t latency_us;
+    int outcome;
+    bool budget_exceeded, degraded;
+    _Atomic int state;
+    bool retryable; /* failed because the stream had no leader for a moment (see process_batch) */
+    bool finished;  /* replied/acked/naked: nothing more to do for this message */
+    bool restoring; /* published again under a derived id (stored_decision found nothing) */
+    uint64_t dup_seq;
+    char err[192];
+} slot;
+
+/* shared between the engine's files */
+velref *velref_new(velocity *v, featring *ring, uint64_t pos);
+void velref_release(velref *r);
+void batch_recycle(engine *en, batch *b);
+void *seq_main(void *arg);
+void sleep_ms(int ms);
+void fault_point(const engine *en, const char *point);
+void reply_error(natsConnection *nc, const char *reply_to, int code, const char *text);
+void request_failed(engine *en, natsConnection *nc, const char *reply_to, int code, const char *text);
+bool reply_subject_ok(const config *c, const char *s);
+natsStatus set_decision_headers(natsMsg *m, const Decision *d);
+void reply_decision(natsConnection *nc, const char *reply_to, natsMsg *decision, bool duplicate);
+natsStatus build_dead_letter(const engine *en, natsMsg *msg, const js_meta *m, poison_reason why, const char *err,
+                             natsMsg **out);
+natsStatus find_decision(engine *en, jsCtx *js, const char *txn_id, natsMsg **out);
+natsStatus stored_decision(engine *en, const char *txn_id, uint64_t seq, natsMsg **out);
+void on_decision_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure);
+void *worker_main(void *arg);
+void ingress_on_request(natsConnection *nc, natsSubscription *sub, natsMsg *req, void *closure);
+void late_done(late_reply *r);
+void *late_main(void *arg);
+void ingress_on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure);
+int64_t longest_window(const policy *p);
+vstatus make_velocity(engine *en, const policy *p, bool at_start, velref **out, verror *e);
+
+#endif

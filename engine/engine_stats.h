@@ -1,0 +1,52 @@
+/* engine_stats.h - what a running engine counts and which phase of its start it is in: plain data, read by
+ * observe.c (metrics, /readyz, $SRV) through observe_source without depending on the engine itself. */
+#ifndef VERDICT_ENGINE_STATS_H
+#define VERDICT_ENGINE_STATS_H
+
+#include "codec.h"
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+/* Upper bounds (µs) of the decision latency histogram buckets (store time -> decision stored); +Inf follows. */
+#define LATENCY_BUCKETS 12
+extern const int64_t latency_bounds_us[LATENCY_BUCKETS];
+
+typedef struct engine_stats {
+    atomic_llong decided[4]; /* by Verdict__V1__Outcome */
+    atomic_llong duplicates; /* answered from the stored decision */
+    atomic_llong decisions_restored; /* Duplicate PubAcks with no stored decision behind them: stored again */
+    atomic_llong transactions_restored; /* retries confirmed before but missing from TXN: stored again */
+    atomic_llong dead_letters;
+    atomic_llong dead_letters_by[DEAD_REASONS]; /* by poison_reason (codec.h) */
+    atomic_llong naks;
+    atomic_llong redeliveries;
+    atomic_llong budget_exceeded;
+    atomic_llong degraded;
+    atomic_llong requests;       /* ingress requests */
+    atomic_llong request_errors; /* ingress requests refused */
+    atomic_llong reply_to_ignored; /* Verdict-Reply-To headers not honoured (not the ingress's, or not an inbox) */
+    atomic_llong reloads;         /* policies swapped in */
+    atomic_llong reload_failures; /* rules or models refused */
+    atomic_llong latency_bucket[LATENCY_BUCKETS + 1]; /* decisions by latency (non-cumulative), last = +Inf */
+    atomic_llong latency_sum_us;
+    atomic_llong stage_ns[3]; /* features, model, rules: summed over decisions */
+    /* the sequencing stage (sequencer.h) */
+    atomic_llong features_inexact;      /* redeliveries older than the feature ring: decided with today's state */
+    atomic_llong sequence_catch_ups;    /* reads of TXN for sequences the consumer did not hand over */
+    atomic_llong sequence_gap_msgs;     /* transactions counted by those reads */
+    atomic_llong sequence_gap_failures; /* reads that failed: those transactions are not counted */
+} engine_stats;
+
+/* Where a start has got to: /readyz reports it. Each phase implies the ones before it completed. */
+typedef enum engine_phase {
+    PHASE_CONNECTING = 0, /* rules and model loaded; connecting to NATS */
+    PHASE_VERIFYING,      /* connected; creating or verifying streams, consumers and buckets */
+    PHASE_REBUILDING,     /* streams verified; rebuilding the velocity state from the stream */
+    PHASE_STARTING,       /* state rebuilt; starting workers and responders */
+    PHASE_READY,          /* taking work */
+    PHASE_STOPPING,
+} engine_phase;
+const char *engine_phase_str(engine_phase p);
+
+#endif

@@ -1,0 +1,258 @@
+/* seqstage.c - the sequencing stage: the one puller of the durable consumer and the only writer of the velocity
+ * state; computes each transaction's velocity features in stream order and hands batches to the workers
+ * (docs/state.md, "Deterministic features"). */
+#include "engine_int.h"
+
+#include "broker.h"
+#include "codec.h"
+#include "decide.h"
+#include "dlq.h"
+#include "history.h"
+#include "ident.h"
+#include "log.h"
+#include "observe.h"
+#include "rebuild.h"
+#include "sequencer.h"
+#include "reloader.h"
+#include "replica.h"
+#include "velocity.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+velref *velref_new(velocity *v, featring *ring, uint64_t pos)
+{
+    velref *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    atomic_init(&r->refs, 1);
+    r->v = v;
+    r->ring = ring;
+    r->pos = pos;
+    return r;
+}
+
+void velref_release(velref *r)
+{
+    if (r && atomic_fetch_sub(&r->refs, 1) == 1) {
+        velocity_free(r->v);
+        featring_free(r->ring);
+        free(r);
+    }
+}
+
+/* Hands b back to the free list (its messages and references released). */
+void batch_recycle(engine *en, batch *b)
+{
+    natsMsgList_Destroy(&b->list);
+    b->list = (natsMsgList){0};
+    policy_release(b->policy);
+    b->policy = NULL;
+    velref_release(b->vel);
+    b->vel = NULL;
+    pthread_mutex_lock(&en->q_mu);
+    b->next = en->free_b;
+    en->free_b = b;
+    pthread_cond_broadcast(&en->q_cv);
+    pthread_mutex_unlock(&en->q_mu);
+}
+
+/* Counts TXN's sequences from..to into the state (their features go into its ring): sequences the consumer did
+ * not hand this engine, or that a new state has not seen yet. Failing leaves the position where it got to. */
+static void seq_catch_up(engine *en, velref *r, const policy *p, uint64_t to)
+{
+    if (to <= r->pos)
+        return;
+    rebuild_range rr = {.from_seq = r->pos + 1, .upto_seq = to, .ring = r->ring, .quiet = to - r->pos < 100000};
+    if (r->pos == 0) { /* a state that has seen nothing: the window before, not the whole stream */
+        rr.from_seq = 0;
+        rr.from_ns = (now_ms() - history_warmup_ms(longest_window(p))) * 1000000LL;
+    }
+    rebuild_stats st;
+    verror e = {0};
+    atomic_fetch_add(&en->stats.sequence_catch_ups, 1);
+    vstatus rc = rebuild_velocity(en->js, &en->cfg, policy_velocity_plan(p), r->v, &rr, &st, &e);
+    if (rc != V_OK) {
+        /* the state misses these transactions; what follows is decided with it rather than not at all */
+        atomic_fetch_add(&en->stats.sequence_gap_failures, 1);
+        log_error("velocity state could not read sequences the consumer skipped; they are not counted",
+                  "\"from\":%llu,\"to\":%llu,\"reached\":%llu,\"error\":\"%s\"", (unsigned long long)rr.from_seq,
+                  (unsigned long long)to, (unsigned long long)st.upto_seq, log_esc(e.msg));
+        r->pos = to;
+        return;
+    }
+    atomic_fetch_add(&en->stats.sequence_gap_msgs, (long long)st.read);
+    r->pos = to;
+}
+
+/* One message: its velocity features, exactly once per stream sequence and in stream order. */
+static void sequence_one(engine *en, batch *b, int i)
+{
+    b->vs[i] = VS_NONE;
+    velref *r = b->vel;
+    const policy *p = b->policy;
+    const velocity_plan *pl = policy_velocity_plan(p);
+    js_meta m;
+    if (!r || en->cfg.passthrough || !broker_parse_ack_subject(natsMsg_GetReply(b->list.Msgs[i]), &m))
+        return;
+    natsMsg *msg = b->list.Msgs[i];
+    uint64_t seq = m.stream_seq;
+    if (pl->n == 0) {
+        if (seq > r->pos)
+            r->pos = seq; /* nothing to count, but a reload's new state must know where the stream is */
+        return;
+    }
+    if (!velocity_serves(r->v, pl)) {
+        /* never paired so (a policy swaps with its state): no slot is filled, and the decision says degraded */
+        b->vv[i].n = 0;
+        b->vs[i] = VS_INEXACT;
+        return;
+    }
+    velvals *vv = &b->vv[i];
+    if (seq <= r->pos) {
+        /* a redelivery (nak, AckWait, restart): the features it was given the first time */
+        if (featring_get(r->ring, seq, vv) && vv->n == pl->n) {
+            b->vs[i] = VS_EXACT;
+            return;
+        }
+    }
+    arena_reset(&en->seq_arena);
+    Transaction *t = NULL;
+    poison_reason why;
+    if (txn_decode(&en->seq_arena, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg),
+                   (size_t)en->cfg.max_msg_size, &t, &why, NULL) != V_OK) {
+        if (seq > r->pos)
+            r->pos = seq; /* poison counts toward nothing; the worker dead-letters it */
+        return;
+    }
+    int64_t ev = txn_event_ms(t, m.timestamp_ns / 1000000);
+    if (seq <= r->pos) {
+        /* older than the ring: the state as it is now (it has moved on), marked degraded */
+        atomic_fetch_add(&en->stats.features_inexact, 1);
+        features_from_txn(pl->reg, t, ev, en->seq_vals);
+        velocity_features(r->v, pl, en->seq_vals, ev);
+        velvals_save(pl, en->seq_vals, vv);
+        b->vs[i] = VS_INEXACT;
+        return;
+    }
+    if (seq > r->pos + 1)
+        seq_catch_up(en, r, p, seq - 1);
+    seq_step(r->v, pl, t, ev, en->seq_vals);
+    velvals_save(pl, en->seq_vals, vv);
+    featring_put(r->ring, seq, vv);
+    r->pos = seq;
+    b->vs[i] = VS_EXACT;
+}
+
+/* The policy and state for the next batch. A reload that brought a new state (built up to its own position)
+ * takes effect once the sequencer has reached that position, so no transaction is sequenced twice or by a
+ * state that has counted transactions after it; the new state then catches up over what came since. */
+static void seq_switch(engine *en)
+{
+    policy *drop_p = NULL;
+    velref *drop_v = NULL, *nv = NULL;
+    policy *np = NULL;
+    pthread_mutex_lock(&en->policy_mu);
+    if (en->next_vel && (!en->vel || en->vel->pos >= en->next_vel->pos)) {
+        drop_p = en->policy;
+        drop_v = en->vel;
+        en->policy = np = en->next_policy;
+        en->vel = nv = en->next_vel;
+        en->next_policy = NULL;
+        en->next_vel = NULL;
+        policy_retain(np);
+        atomic_fetch_add(&nv->refs, 1);
+    }
+    pthread_mutex_unlock(&en->policy_mu);
+    if (!nv)
+        return;
+    /* only this thread writes a state in force: the catch-up may run outside the lock */
+    uint64_t from = nv->pos + 1;
+    if (drop_v && nv->pos < drop_v->pos)
+        seq_catch_up(en, nv, np, drop_v->pos);
+    log_info("new velocity state in force", "\"rules_version\":\"%s\",\"from_seq\":%llu,\"caught_up_to\":%llu",
+             policy_rules_version(np), (unsigned long long)from, (unsigned long long)nv->pos);
+    policy_release(drop_p);
+    velref_release(drop_v);
+    policy_release(np);
+    velref_release(nv);
+}
+
+static void batch_take_policy(engine *en, batch *b)
+{
+    seq_switch(en);
+    pthread_mutex_lock(&en->policy_mu);
+    b->policy = en->policy;
+    policy_retain(b->policy);
+    b->vel = en->vel;
+    if (b->vel)
+        atomic_fetch_add(&b->vel->refs, 1);
+    pthread_mutex_unlock(&en->policy_mu);
+}
+
+void *seq_main(void *arg)
+{
+    engine *en = arg;
+    while (!atomic_load(&en->stopping)) {
+        pthread_mutex_lock(&en->q_mu);
+        while (!en->free_b && !atomic_load(&en->stopping)) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 100000000;
+            if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&en->q_cv, &en->q_mu, &ts);
+        }
+        batch *b = en->free_b;
+        if (b)
+            en->free_b = b->next;
+        pthread_mutex_unlock(&en->q_mu);
+        if (!b)
+            break;
+        int pending = 0;
+        jsErrCode jerr = 0;
+        /* nats.c 3.4.1 overflows the heap in a batched Fetch when messages are already queued on the
+         * subscription (late deliveries after a timed-out Fetch): take those one at a time first. */
+        if (natsSubscription_GetPending(en->sub, &pending, NULL) != NATS_OK)
+            pending = 0;
+        natsStatus s = natsSubscription_Fetch(&b->list, en->sub, pending > 0 ? 1 : en->cfg.batch, 500, &jerr);
+        if (s == NATS_TIMEOUT || (s == NATS_OK && b->list.Count == 0)) {
+            batch_recycle(en, b);
+            seq_switch(en); /* idle: a reload's new state need not wait for traffic */
+            continue;
+        }
+        if (s != NATS_OK) {
+            if (!atomic_load(&en->stopping))
+                log_warn("fetch failed; retrying", "\"error\":\"%s\",\"js_code\":%d,\"detail\":\"%s\"",
+                         log_esc(natsStatus_GetText(s)), (int)jerr, log_esc(nats_GetLastError(NULL)));
+            batch_recycle(en, b);
+            sleep_ms(200);
+            continue;
+        }
+        b->recv_ns = mono_ns();
+        b->recv_wall_us = now_us();
+        batch_take_policy(en, b);
+        for (int i = 0; i < b->list.Count; i++)
+            sequence_one(en, b, i);
+        pthread_mutex_lock(&en->q_mu);
+        b->next = NULL;
+        if (en->ready_tail)
+            en->ready_tail->next = b;
+        else
+            en->ready_head = b;
+        en->ready_tail = b;
+        pthread_cond_broadcast(&en->q_cv);
+        pthread_mutex_unlock(&en->q_mu);
+    }
+    pthread_mutex_lock(&en->q_mu);
+    pthread_cond_broadcast(&en->q_cv);
+    pthread_mutex_unlock(&en->q_mu);
+    return NULL;
+}
