@@ -279,7 +279,8 @@ static vstatus list_ours(jsCtx *js, const names *n, meta **out, int *count, verr
     for (int i = 0; i < na; i++)
         if (all[i].ours)
             all[k++] = all[i];
-    qsort(all, (size_t)k, sizeof *all, by_position_desc);
+    if (k > 1)
+        qsort(all, (size_t)k, sizeof *all, by_position_desc);
     *out = all;
     *count = k;
     return V_OK;
