@@ -1040,8 +1040,8 @@ size_t velocity_snapshot_bound(const velocity *v)
     return n;
 }
 
-vstatus velocity_snapshot_write(const velocity *v, uint64_t position, int64_t taken_ms, unsigned char *buf,
-                                size_t cap, size_t *len, verror *e)
+vstatus velocity_snapshot_copy(const velocity *v, uint64_t position, int64_t taken_ms, unsigned char *buf,
+                               size_t cap, size_t *len, verror *e)
 {
     pthread_mutex_t *mu = (pthread_mutex_t *)&v->mu;
     pthread_mutex_lock(mu);
@@ -1078,13 +1078,30 @@ vstatus velocity_snapshot_write(const velocity *v, uint64_t position, int64_t ta
     w_bytes(&w, v->seen_fifo + start, (size_t)first * sizeof(uint64_t));
     w_bytes(&w, v->seen_fifo, (size_t)(v->seen_n - first) * sizeof(uint64_t));
     pthread_mutex_unlock(mu);
-    /* the copy is private now: the checksum does not hold the state */
-    uint32_t crc = crc32c(buf, w.n);
-    w_u32(&w, crc);
-    w_u32(&w, SNAP_END);
+    uint32_t zero = 0;
+    w_u32(&w, zero); /* the checksum, written by velocity_snapshot_seal */
+    w_u32(&w, zero);
     if (w.over || w.n != total)
         return verror_set(e, V_EINVAL, "velocity snapshot: internal size mismatch (%zu of %zu)", w.n, total);
     return V_OK;
+}
+
+void velocity_snapshot_seal(unsigned char *buf, size_t len)
+{
+    if (len < SNAP_FIXED + SNAP_TRAILER)
+        return;
+    uint32_t crc = crc32c(buf, len - SNAP_TRAILER), end = SNAP_END;
+    memcpy(buf + len - 8, &crc, 4);
+    memcpy(buf + len - 4, &end, 4);
+}
+
+vstatus velocity_snapshot_write(const velocity *v, uint64_t position, int64_t taken_ms, unsigned char *buf,
+                                size_t cap, size_t *len, verror *e)
+{
+    vstatus s = velocity_snapshot_copy(v, position, taken_ms, buf, cap, len, e);
+    if (s == V_OK) /* the copy is private now: the checksum does not hold the state */
+        velocity_snapshot_seal(buf, *len);
+    return s;
 }
 
 /* The first difference between the definitions in the snapshot and those of v (built from the caller's plan),

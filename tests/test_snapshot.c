@@ -397,6 +397,23 @@ Test(snapshot_format, a_state_read_back_allocates_nothing_per_transaction)
     velocity_free(a);
 }
 
+Test(snapshot_format, copy_then_seal_is_write_and_an_unsealed_copy_is_refused)
+{
+    size_t len, len2;
+    unsigned char *buf;
+    velocity *a = filled(&len, &buf);
+    unsigned char *two = malloc(len);
+    verror e = {0};
+    cr_assert_eq(velocity_snapshot_copy(a, 1500, T0, two, len, &len2, &e), V_OK, "%s", e.msg);
+    cr_assert_eq(len2, len);
+    assert_refused(two, len, "checksum", "unsealed");
+    velocity_snapshot_seal(two, len);
+    cr_assert_eq(memcmp(buf, two, len), 0, "copy + seal writes the same bytes as write");
+    free(two);
+    free(buf);
+    velocity_free(a);
+}
+
 Test(snapshot_format, a_short_buffer_is_refused_with_the_size_needed)
 {
     velocity *a = make(&plan, 60, 500);
@@ -707,5 +724,30 @@ Test(snapshot_store, the_prune_keeps_the_newest_n)
     cr_assert_eq(snapshot_list(js, &other, &list, &n, &e), V_OK);
     cr_assert_eq(n, 1);
     free(list);
+    velocity_free(v);
+}
+
+Test(snapshot_store, a_stream_of_that_name_that_is_not_a_bucket_is_refused_not_rewritten)
+{
+    jsStreamConfig sc;
+    jsStreamConfig_Init(&sc);
+    sc.Name = "OBJ_verdict_state";
+    const char *subjects[] = {"elsewhere.>"};
+    sc.Subjects = subjects;
+    sc.SubjectsLen = 1;
+    jsErrCode jerr = 0;
+    cr_assert_eq(js_AddStream(NULL, js, &sc, NULL, &jerr), NATS_OK);
+    velocity *v = big_state(100, 8);
+    size_t len;
+    unsigned char *buf = snap(v, 10, &len);
+    verror e = {0};
+    cr_assert_eq(snapshot_save(js, &cfg, buf, len, 10, &e), V_ECONFLICT, "%s", e.msg);
+    cr_assert(strstr(e.msg, "not an object store bucket"), "%s", e.msg);
+    jsStreamInfo *si = NULL;
+    cr_assert_eq(js_GetStreamInfo(&si, js, "OBJ_verdict_state", NULL, &jerr), NATS_OK);
+    cr_assert_str_eq(si->Config->Subjects[0], "elsewhere.>", "the operator's stream is left as it was");
+    cr_assert_eq(si->State.Msgs, 0);
+    jsStreamInfo_Destroy(si);
+    free(buf);
     velocity_free(v);
 }
