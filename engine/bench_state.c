@@ -372,7 +372,8 @@ static int snap_run(size_t keys, jsCtx *js, const config *cfg, snap_result *r)
     r->read_ms = ms_since(t0);
     velocity_free(back);
     back = NULL;
-    fprintf(stderr, "[bench snapshot] %llu keys, %llu seen: %zu bytes, write %.1f ms (fresh buffer %.1f), read %.1f ms\n",
+    fprintf(stderr,
+            "[bench snapshot] %llu keys, %llu seen: %zu bytes, write %.1f ms (fresh buffer %.1f), read %.1f ms\n",
             (unsigned long long)r->keys, (unsigned long long)r->seen, len, r->write_ms, r->write_fresh_ms, r->read_ms);
     if (js) {
         t0 = mono_ns();
@@ -480,8 +481,8 @@ int bench_snapshot(int argc, char **argv)
     printf("\n  verdict bench snapshot (%zu velocity features, reference rule set)\n",
            sizeof reference / sizeof reference[0]);
     printf("  --------------------------------------------------------------------------------------\n");
-    printf("  %9s %8s %9s %8s %9s %8s %8s %8s %8s\n", "keys", "seen", "MB", "write", "(copy)", "fresh", "read",
-           "save", "load");
+    printf("  %9s %8s %9s %8s %9s %8s %8s %8s %8s\n", "keys", "seen", "MB", "write", "(copy)", "fresh", "read", "save",
+           "load");
     const snap_result *rs[2] = {&small, &big};
     for (int i = 0; i < 2; i++)
         printf("  %9llu %8llu %9.1f %6.1fms %7.1fms %6.1fms %6.1fms %6.0fms %6.0fms\n", (unsigned long long)rs[i]->keys,
@@ -497,7 +498,7 @@ int bench_snapshot(int argc, char **argv)
                "\"save_ms\":%.0f,\"load_ms\":%.0f}]}\n",
                (unsigned long long)small.keys, (unsigned long long)small.bytes, small.write_ms, small.copy_ms,
                small.write_fresh_ms, small.read_ms, small.save_ms, small.load_ms, (unsigned long long)big.keys,
-               (unsigned long long)big.bytes, big.write_ms, big.copy_ms, big.write_fresh_ms, big.read_ms,
-               big.save_ms, big.load_ms);
+               (unsigned long long)big.bytes, big.write_ms, big.copy_ms, big.write_fresh_ms, big.read_ms, big.save_ms,
+               big.load_ms);
     return 0;
 }

@@ -109,8 +109,7 @@ static vstatus ensure_bucket(jsCtx *js, const config *c, const names *n, verror 
     natsStatus s = js_GetStreamInfo(&si, js, n->stream, NULL, &jerr);
     if (s == NATS_OK) {
         vstatus rc = V_OK;
-        if (!has_subject(si->Config, n->meta_all) || !has_subject(si->Config, n->chunk_all) ||
-            !si->Config->AllowRollup)
+        if (!has_subject(si->Config, n->meta_all) || !has_subject(si->Config, n->chunk_all) || !si->Config->AllowRollup)
             rc = verror_set(e, V_ECONFLICT,
                             "stream %s exists but is not an object store bucket (subjects %s and %s, rollups "
                             "allowed); remove it or choose another --prefix",
@@ -153,8 +152,7 @@ static vstatus purge_subject(jsCtx *js, const names *n, const char *subject, ver
 
 /* The subjects of the bucket matching filter, with their message counts (caller destroys si). NULL list when
  * the stream does not exist (*missing set). */
-static vstatus subjects_of(jsCtx *js, const names *n, const char *filter, jsStreamInfo **si, bool *missing,
-                           verror *e)
+static vstatus subjects_of(jsCtx *js, const names *n, const char *filter, jsStreamInfo **si, bool *missing, verror *e)
 {
     *si = NULL;
     *missing = false;
@@ -334,8 +332,7 @@ static vstatus publish_meta(jsCtx *js, const names *n, const char *subject, cons
     return s == NATS_OK ? V_OK : broker_err(e, s, jerr, "cannot store the snapshot description");
 }
 
-vstatus snapshot_save(jsCtx *js, const config *c, const unsigned char *buf, size_t len, uint64_t position,
-                      verror *e)
+vstatus snapshot_save(jsCtx *js, const config *c, const unsigned char *buf, size_t len, uint64_t position, verror *e)
 {
     int64_t t0 = mono_ns();
     names n;
@@ -379,15 +376,14 @@ vstatus snapshot_save(jsCtx *js, const config *c, const unsigned char *buf, size
             return rc;
         }
     }
-    json_t *j = json_pack("{s:s, s:s, s:{s:[s], s:[s]}, s:{s:i}, s:s, s:s, s:I, s:i, s:s}", "name", name,
-                          "description", "Verdict velocity state", "headers", "Verdict-Position",
-                          "", "Verdict-Format", "1", "options", "max_chunk_size", SNAPSHOT_CHUNK, "bucket",
-                          n.bucket, "nuid", nuid, "size", (json_int_t)len, "chunks", (int)chunks, "digest", digest);
+    json_t *j = json_pack("{s:s, s:s, s:{s:[s], s:[s]}, s:{s:i}, s:s, s:s, s:I, s:i, s:s}", "name", name, "description",
+                          "Verdict velocity state", "headers", "Verdict-Position", "", "Verdict-Format", "1", "options",
+                          "max_chunk_size", SNAPSHOT_CHUNK, "bucket", n.bucket, "nuid", nuid, "size", (json_int_t)len,
+                          "chunks", (int)chunks, "digest", digest);
     char posbuf[24];
     snprintf(posbuf, sizeof posbuf, "%" PRIu64, position);
     if (j)
-        json_array_set_new(json_object_get(json_object_get(j, "headers"), "Verdict-Position"), 0,
-                           json_string(posbuf));
+        json_array_set_new(json_object_get(json_object_get(j, "headers"), "Verdict-Position"), 0, json_string(posbuf));
     char *json = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
     if (!json) {
@@ -472,8 +468,8 @@ static vstatus fetch_object(jsCtx *js, const names *n, const meta *m, unsigned c
     }
     stream_reader_close(r);
     if (rc == V_OK && (got != m->info.size || nmsg != m->info.chunks))
-        rc = verror_set(e, V_EINVAL, "chunks hold %" PRIu64 " bytes in %" PRIu64 " chunks, described %" PRIu64
-                        " in %u", got, nmsg, m->info.size, m->info.chunks);
+        rc = verror_set(e, V_EINVAL, "chunks hold %" PRIu64 " bytes in %" PRIu64 " chunks, described %" PRIu64 " in %u",
+                        got, nmsg, m->info.size, m->info.chunks);
     if (rc == V_OK) {
         unsigned char d[32];
         unsigned int dl = 0;
@@ -526,8 +522,8 @@ vstatus snapshot_load_newest(jsCtx *js, const config *c, const velocity_plan *pl
         if (s == V_OK && pos != m->info.position) {
             velocity_free(v);
             v = NULL;
-            s = verror_set(&why, V_EINVAL, "its bytes are for position %" PRIu64 ", its description says %" PRIu64,
-                           pos, m->info.position);
+            s = verror_set(&why, V_EINVAL, "its bytes are for position %" PRIu64 ", its description says %" PRIu64, pos,
+                           m->info.position);
         }
         if (s == V_OK) {
             log_info("velocity snapshot loaded",
@@ -591,8 +587,8 @@ vstatus snapshot_prune_orphans(jsCtx *js, const config *c, int64_t older_than_ms
     jsStreamInfo_Destroy(si);
     free(all);
     if (removed)
-        log_info("snapshot chunks without a description removed", "\"bucket\":\"%s\",\"objects\":%d",
-                 log_esc(n.bucket), removed);
+        log_info("snapshot chunks without a description removed", "\"bucket\":\"%s\",\"objects\":%d", log_esc(n.bucket),
+                 removed);
     return rc;
 }
 

@@ -24,8 +24,8 @@
 
 #include <nats/nats.h>
 
-#define SNAPSHOT_CHUNK (128 * 1024)                    /* ADR-20's default chunk size */
-#define SNAPSHOT_ORPHAN_AGE_MS (10 * 60 * 1000LL)      /* unnamed chunks older than this are removed by the prune */
+#define SNAPSHOT_CHUNK (128 * 1024)               /* ADR-20's default chunk size */
+#define SNAPSHOT_ORPHAN_AGE_MS (10 * 60 * 1000LL) /* unnamed chunks older than this are removed by the prune */
 
 /* The bucket's name for c: "verdict_state", or "<prefix>_verdict_state". */
 void snapshot_bucket(const config *c, char *out, size_t cap);
@@ -33,8 +33,7 @@ void snapshot_bucket(const config *c, char *out, size_t cap);
 /* Stores buf (velocity_snapshot_write's bytes for position) as the object velocity/<consumer>/<position>,
  * creating the bucket when it does not exist (an existing stream without the subjects or rollups it needs is
  * refused, never rewritten). Replacing an object of the same name removes the old one's chunks after. */
-vstatus snapshot_save(jsCtx *js, const config *c, const unsigned char *buf, size_t len, uint64_t position,
-                      verror *e);
+vstatus snapshot_save(jsCtx *js, const config *c, const unsigned char *buf, size_t len, uint64_t position, verror *e);
 
 /* Loads the newest usable snapshot of c's consumer for pl into *out (a new state, cfg as velocity_new) and its
  * position. Tries the snapshots newest first and logs why each one is skipped. V_ENOTFOUND when none is usable

@@ -861,8 +861,8 @@ void velocity_stats(velocity *v, velocity_stats_t *out)
 #define SNAP_MAGIC "VRDSNAP\n"
 #define SNAP_VERSION 1u
 #define SNAP_BYTE_ORDER 0x01020304u
-#define SNAP_FIXED 88     /* bytes of the fixed part of the header */
-#define SNAP_TRAILER 8    /* CRC-32C and SNAP_END */
+#define SNAP_FIXED 88        /* bytes of the fixed part of the header */
+#define SNAP_TRAILER 8       /* CRC-32C and SNAP_END */
 #define SNAP_END 0x444e4556u /* "VEND" */
 
 /* CRC-32C (Castagnoli, reflected 0x82F63B78), with the SSE4.2 instruction where the CPU has it: about 8 bytes
@@ -1040,8 +1040,8 @@ size_t velocity_snapshot_bound(const velocity *v)
     return n;
 }
 
-vstatus velocity_snapshot_copy(const velocity *v, uint64_t position, int64_t taken_ms, unsigned char *buf,
-                               size_t cap, size_t *len, verror *e)
+vstatus velocity_snapshot_copy(const velocity *v, uint64_t position, int64_t taken_ms, unsigned char *buf, size_t cap,
+                               size_t *len, verror *e)
 {
     pthread_mutex_t *mu = (pthread_mutex_t *)&v->mu;
     pthread_mutex_lock(mu);
@@ -1095,8 +1095,8 @@ void velocity_snapshot_seal(unsigned char *buf, size_t len)
     memcpy(buf + len - 4, &end, 4);
 }
 
-vstatus velocity_snapshot_write(const velocity *v, uint64_t position, int64_t taken_ms, unsigned char *buf,
-                                size_t cap, size_t *len, verror *e)
+vstatus velocity_snapshot_write(const velocity *v, uint64_t position, int64_t taken_ms, unsigned char *buf, size_t cap,
+                                size_t *len, verror *e)
 {
     vstatus s = velocity_snapshot_copy(v, position, taken_ms, buf, cap, len, e);
     if (s == V_OK) /* the copy is private now: the checksum does not hold the state */
@@ -1146,8 +1146,8 @@ static bool read_layout(snapr *r, velocity *v, uint32_t ncls, uint32_t *used, ch
     }
     for (int i = 0; i < v->ncls; i++) {
         vclass *c = &v->cls[i];
-        bool same = r_uint(r, 4) == (uint32_t)c->key_rep && r_uint(r, 4) == c->rec_size &&
-                    r_uint(r, 4) == (uint32_t)c->nrings;
+        bool same =
+            r_uint(r, 4) == (uint32_t)c->key_rep && r_uint(r, 4) == c->rec_size && r_uint(r, 4) == (uint32_t)c->nrings;
         for (int k = 0; same && k < c->nrings; k++)
             same = r_uint(r, 4) == c->rings[k].step && r_uint(r, 4) == c->rings[k].n;
         same = same && r_uint(r, 4) == (uint32_t)c->ncols;
@@ -1168,12 +1168,12 @@ static bool read_layout(snapr *r, velocity *v, uint32_t ncls, uint32_t *used, ch
         c->lru_tail = (uint32_t)r_uint(r, 4);
         c->evictions = r_uint(r, 8);
         if (used[i] > c->cap) {
-            snprintf(why, cap, "snapshot holds %u keys of %s, more than max_keys %u", used[i],
-                     v->ent[c->key_rep].key, c->cap);
+            snprintf(why, cap, "snapshot holds %u keys of %s, more than max_keys %u", used[i], v->ent[c->key_rep].key,
+                     c->cap);
             return false;
         }
-        bool ends_ok = used[i] == 0 ? c->lru_head == NIL && c->lru_tail == NIL
-                                    : c->lru_head < used[i] && c->lru_tail < used[i];
+        bool ends_ok =
+            used[i] == 0 ? c->lru_head == NIL && c->lru_tail == NIL : c->lru_head < used[i] && c->lru_tail < used[i];
         if (!ends_ok) {
             snprintf(why, cap, "snapshot LRU list of %s is malformed", v->ent[c->key_rep].key);
             return false;
@@ -1201,8 +1201,8 @@ static bool load_records(vclass *c, const unsigned char *src, uint32_t used)
     return true;
 }
 
-vstatus velocity_snapshot_read(const velocity_plan *pl, const velocity_cfg *cfg, const unsigned char *buf,
-                               size_t len, velocity **out, uint64_t *position, int64_t *taken_ms, verror *e)
+vstatus velocity_snapshot_read(const velocity_plan *pl, const velocity_cfg *cfg, const unsigned char *buf, size_t len,
+                               velocity **out, uint64_t *position, int64_t *taken_ms, verror *e)
 {
     *out = NULL;
     if (len < SNAP_FIXED + SNAP_TRAILER)

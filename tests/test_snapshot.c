@@ -169,9 +169,9 @@ Test(snapshot_format, a_state_read_back_continues_exactly_as_the_uninterrupted_o
     uint64_t pos = 0;
     int64_t taken = 0;
     verror e = {0};
-    cr_assert_eq(velocity_snapshot_read(&plan, &(velocity_cfg){.max_keys = 60, .seen_cap = 500}, buf, len, &b,
-                                        &pos, &taken, &e),
-                 V_OK, "read: %s", e.msg);
+    cr_assert_eq(
+        velocity_snapshot_read(&plan, &(velocity_cfg){.max_keys = 60, .seen_cap = 500}, buf, len, &b, &pos, &taken, &e),
+        V_OK, "read: %s", e.msg);
     cr_assert_eq(pos, 3000);
     cr_assert_eq(taken, T0);
     velocity_stats_t sa, sb;
@@ -242,8 +242,8 @@ static void assert_refused(const unsigned char *buf, size_t len, const char *nee
 {
     velocity *b = (velocity *)1;
     verror e = {0};
-    vstatus s = velocity_snapshot_read(&plan, &(velocity_cfg){.max_keys = 60, .seen_cap = 500}, buf, len, &b, NULL,
-                                       NULL, &e);
+    vstatus s =
+        velocity_snapshot_read(&plan, &(velocity_cfg){.max_keys = 60, .seen_cap = 500}, buf, len, &b, NULL, NULL, &e);
     cr_assert_neq(s, V_OK, "%s: loaded", what);
     cr_assert_null(b, "%s: a state was returned", what);
     if (needle)
@@ -298,9 +298,9 @@ Test(snapshot_format, another_format_version_is_refused)
     reseal(buf, len);
     velocity *b = NULL;
     verror e = {0};
-    cr_assert_eq(velocity_snapshot_read(&plan, &(velocity_cfg){.max_keys = 60, .seen_cap = 500}, buf, len, &b, NULL,
-                                        NULL, &e),
-                 V_OK, "%s", e.msg);
+    cr_assert_eq(
+        velocity_snapshot_read(&plan, &(velocity_cfg){.max_keys = 60, .seen_cap = 500}, buf, len, &b, NULL, NULL, &e),
+        V_OK, "%s", e.msg);
     velocity_free(b);
     uint32_t version = 2;
     memcpy(buf + 8, &version, 4);
@@ -343,9 +343,9 @@ Test(snapshot_format, a_snapshot_of_another_plan_is_refused)
     vel_in(&other, VEL_DISTINCT, FEAT_CARD_ID, FEAT_IP, HOUR);
     reference_features(&other);
     velocity_plan_init(&pother, &other);
-    cr_assert_eq(velocity_snapshot_read(&pother, &(velocity_cfg){.max_keys = 60, .seen_cap = 500}, buf, len, &b,
-                                        NULL, NULL, &e),
-                 V_OK, "%s", e.msg);
+    cr_assert_eq(
+        velocity_snapshot_read(&pother, &(velocity_cfg){.max_keys = 60, .seen_cap = 500}, buf, len, &b, NULL, NULL, &e),
+        V_OK, "%s", e.msg);
     velocity_free(b);
     free(buf);
     velocity_free(a);
@@ -358,15 +358,15 @@ Test(snapshot_format, more_keys_than_max_keys_is_refused_and_fewer_loads)
     velocity *a = filled(&len, &buf);
     velocity *b = NULL;
     verror e = {0};
-    cr_assert_neq(velocity_snapshot_read(&plan, &(velocity_cfg){.max_keys = 59, .seen_cap = 500}, buf, len, &b, NULL,
-                                         NULL, &e),
-                  V_OK);
+    cr_assert_neq(
+        velocity_snapshot_read(&plan, &(velocity_cfg){.max_keys = 59, .seen_cap = 500}, buf, len, &b, NULL, NULL, &e),
+        V_OK);
     cr_assert_null(b);
     cr_assert(strstr(e.msg, "more than max_keys 59"), "%s", e.msg);
     /* a larger cap and a smaller seen-set load; the seen-set keeps the newest ids */
-    cr_assert_eq(velocity_snapshot_read(&plan, &(velocity_cfg){.max_keys = 1000, .seen_cap = 100}, buf, len, &b,
-                                        NULL, NULL, &e),
-                 V_OK, "%s", e.msg);
+    cr_assert_eq(
+        velocity_snapshot_read(&plan, &(velocity_cfg){.max_keys = 1000, .seen_cap = 100}, buf, len, &b, NULL, NULL, &e),
+        V_OK, "%s", e.msg);
     velocity_stats_t st;
     velocity_stats(b, &st);
     cr_assert_eq(st.seen, 100);
@@ -385,9 +385,9 @@ Test(snapshot_format, a_state_read_back_allocates_nothing_per_transaction)
     velocity *a = filled(&len, &buf);
     velocity *b = NULL;
     verror e = {0};
-    cr_assert_eq(velocity_snapshot_read(&plan, &(velocity_cfg){.max_keys = 60, .seen_cap = 500}, buf, len, &b, NULL,
-                                        NULL, &e),
-                 V_OK, "%s", e.msg);
+    cr_assert_eq(
+        velocity_snapshot_read(&plan, &(velocity_cfg){.max_keys = 60, .seen_cap = 500}, buf, len, &b, NULL, NULL, &e),
+        V_OK, "%s", e.msg);
     gen g = {.rng = 777, .t = T0 + 2 * HOUR};
     uint64_t before = alloc_count();
     run(b, &g, 1500, 6000);
