@@ -751,3 +751,21 @@ Test(snapshot_store, a_stream_of_that_name_that_is_not_a_bucket_is_refused_not_r
     free(buf);
     velocity_free(v);
 }
+
+Test(snapshot_store, bytes_saved_under_another_position_are_refused)
+{
+    velocity *v = big_state(500, 9);
+    size_t len;
+    unsigned char *buf = snap(v, 1, &len);
+    verror e = {0};
+    cr_assert_eq(snapshot_save(js, &cfg, buf, len, 1, &e), V_OK, "%s", e.msg);
+    cr_assert_eq(snapshot_save(js, &cfg, buf, len, 2, &e), V_OK, "%s", e.msg); /* a caller's mistake */
+    velocity *w = NULL;
+    uint64_t pos = 0;
+    cr_assert_eq(load(&plan, &w, &pos, &e), V_OK, "%s", e.msg);
+    cr_assert_eq(pos, 1);
+    cr_assert_eq(tc_count_lines(logp, "its bytes are for position 1, its description says 2"), 1);
+    velocity_free(w);
+    free(buf);
+    velocity_free(v);
+}
