@@ -198,9 +198,10 @@ static bool parse_meta(natsMsg *m, const names *n, meta *out)
     const char *digest = json_string_value(json_object_get(root, "digest"));
     json_t *size = json_object_get(root, "size"), *chunks = json_object_get(root, "chunks");
     json_t *pos = json_array_get(json_object_get(json_object_get(root, "headers"), "Verdict-Position"), 0);
-    bool ok = name && nuid && strlen(nuid) < sizeof out->info.nuid && strlen(name) < sizeof out->info.name;
+    /* a name too long for info.name (not one of ours) still counts for its nuid: the sweep must see it */
+    bool ok = name && nuid && strlen(nuid) < sizeof out->info.nuid;
     if (ok) {
-        str_copy(out->info.name, sizeof out->info.name, name);
+        bool fits = str_copy(out->info.name, sizeof out->info.name, name);
         str_copy(out->info.nuid, sizeof out->info.nuid, nuid);
         str_copy(out->digest, sizeof out->digest, digest ? digest : "");
         out->deleted = json_is_true(json_object_get(root, "deleted"));
@@ -211,17 +212,20 @@ static bool parse_meta(natsMsg *m, const names *n, meta *out)
         const char *ps = json_string_value(pos);
         unsigned long long p = ps ? strtoull(ps, &end, 10) : 0;
         out->info.position = p;
-        out->ours = ps && end && *end == 0 && strncmp(name, n->scope, strlen(n->scope)) == 0;
+        out->ours = fits && ps && end && *end == 0 && strncmp(name, n->scope, strlen(n->scope)) == 0;
     }
     json_decref(root);
     return ok;
 }
 
-/* Every live description in the bucket (deleted ones left out), in no order. */
-static vstatus list_all(jsCtx *js, const names *n, meta **out, int *count, verror *e)
+/* Every live description in the bucket (deleted ones left out), in no order; *unreadable (may be NULL) counts
+ * the descriptions that do not parse (another tool's, or damaged): nobody can tell which chunks they name. */
+static vstatus list_all(jsCtx *js, const names *n, meta **out, int *count, int *unreadable, verror *e)
 {
     *out = NULL;
     *count = 0;
+    if (unreadable)
+        *unreadable = 0;
     jsStreamInfo *si = NULL;
     bool missing;
     vstatus rc = subjects_of(js, n, n->meta_all, &si, &missing, e);
@@ -243,7 +247,10 @@ static vstatus list_all(jsCtx *js, const names *n, meta **out, int *count, verro
             rc = broker_err(e, s, jerr, "cannot read a snapshot description");
             break;
         }
-        if (parse_meta(m, n, &list[*count]) && !list[*count].deleted)
+        if (!parse_meta(m, n, &list[*count])) {
+            if (unreadable)
+                (*unreadable)++;
+        } else if (!list[*count].deleted)
             (*count)++;
         natsMsg_Destroy(m);
     }
@@ -270,7 +277,7 @@ static vstatus list_ours(jsCtx *js, const names *n, meta **out, int *count, verr
 {
     meta *all = NULL;
     int na = 0;
-    vstatus rc = list_all(js, n, &all, &na, e);
+    vstatus rc = list_all(js, n, &all, &na, NULL, e);
     if (rc != V_OK)
         return rc;
     int k = 0;
@@ -551,10 +558,16 @@ vstatus snapshot_prune_orphans(jsCtx *js, const config *c, int64_t older_than_ms
     names n;
     names_of(c, &n);
     meta *all = NULL;
-    int na = 0;
-    vstatus rc = list_all(js, &n, &all, &na, e);
+    int na = 0, unreadable = 0;
+    vstatus rc = list_all(js, &n, &all, &na, &unreadable, e);
     if (rc != V_OK)
         return rc;
+    if (unreadable) {
+        free(all);
+        log_warn("snapshot chunk sweep skipped: a description in the bucket does not parse",
+                 "\"bucket\":\"%s\",\"unreadable\":%d", log_esc(n.bucket), unreadable);
+        return V_OK;
+    }
     jsStreamInfo *si = NULL;
     bool missing;
     if ((rc = subjects_of(js, &n, n.chunk_all, &si, &missing, e)) != V_OK || missing) {

@@ -769,3 +769,38 @@ Test(snapshot_store, bytes_saved_under_another_position_are_refused)
     free(buf);
     velocity_free(v);
 }
+
+/* Another tool's objects in the bucket: the load ignores them, and the sweep never takes their chunks for
+ * orphans (a long name is still read for its nuid; a description that does not parse stops the sweep). */
+Test(snapshot_store, the_sweep_never_removes_chunks_another_description_may_name)
+{
+    velocity *v = big_state(500, 10);
+    save(v, 100);
+    jsErrCode jerr = 0;
+    static const char fchunks[] = "$O.verdict_state.C.foreignforeignforeign1";
+    cr_assert_eq(js_Publish(NULL, js, fchunks, "data", 4, NULL, &jerr), NATS_OK);
+    char longname[251], json[1024];
+    memset(longname, 'n', 250);
+    longname[250] = 0;
+    snprintf(
+        json, sizeof json,
+        "{\"name\":\"%s\",\"bucket\":\"verdict_state\",\"nuid\":\"foreignforeignforeign1\",\"size\":4,\"chunks\":1}",
+        longname);
+    cr_assert_eq(js_Publish(NULL, js, "$O.verdict_state.M.bG9uZw==", json, (int)strlen(json), NULL, &jerr), NATS_OK);
+    verror e = {0};
+    cr_assert_eq(snapshot_prune_orphans(js, &cfg, 0, &e), V_OK, "%s", e.msg);
+    cr_assert_eq(subject_msgs(fchunks), 1, "a foreign object's chunks were swept");
+
+    static const char orphan[] = "$O.verdict_state.C.orphanorphanorphanorph";
+    cr_assert_eq(js_Publish(NULL, js, orphan, "xx", 2, NULL, &jerr), NATS_OK);
+    cr_assert_eq(js_Publish(NULL, js, "$O.verdict_state.M.Z2FyYmFnZQ==", "not json", 8, NULL, &jerr), NATS_OK);
+    cr_assert_eq(snapshot_prune_orphans(js, &cfg, 0, &e), V_OK, "%s", e.msg);
+    cr_assert_eq(subject_msgs(orphan), 1, "with an unreadable description nothing may be swept");
+
+    velocity *w = NULL;
+    uint64_t pos = 0;
+    cr_assert_eq(load(&plan, &w, &pos, &e), V_OK, "%s", e.msg);
+    cr_assert_eq(pos, 100);
+    velocity_free(w);
+    velocity_free(v);
+}
