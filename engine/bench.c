@@ -39,6 +39,7 @@ static void sleep_us(int64_t us)
 }
 
 int bench_state(int argc, char **argv);
+int bench_snapshot(int argc, char **argv);
 int bench_eval(int argc, char **argv);
 int bench_model(int argc, char **argv);
 
@@ -266,6 +267,8 @@ int cmd_bench(int argc, char **argv)
     for (int i = 1; i < argc && argv[i][0] != '-'; i++) { /* broker-free benches have their own options */
         if (!strcmp(argv[i], "state"))
             return bench_state(argc, argv);
+        if (!strcmp(argv[i], "snapshot"))
+            return bench_snapshot(argc, argv);
         if (!strcmp(argv[i], "eval"))
             return bench_eval(argc, argv);
         if (!strcmp(argv[i], "model"))
