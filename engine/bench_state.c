@@ -382,7 +382,7 @@ static int snap_run(size_t keys, jsCtx *js, const config *cfg, snap_result *r)
         r->save_ms = ms_since(t0);
         uint64_t pos = 0;
         t0 = mono_ns();
-        if (snapshot_load_newest(js, cfg, &w.plan, &vc, &back, &pos, &e) != V_OK)
+        if (snapshot_load_newest(js, cfg, &w.plan, &vc, &back, &pos, NULL, NULL, &e) != V_OK)
             goto fail;
         r->load_ms = ms_since(t0);
         if (pos != n) {

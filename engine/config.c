@@ -64,6 +64,11 @@ static const opt opts[] = {
      "when the budget is spent: none (decide on rules alone) | approve | review | decline"},
     {"--max-keys", "VERDICT_MAX_KEYS", O_INT, F(max_keys), "1000000", G_SERVE, 1, 100000000,
      "velocity state: entities (cards, devices, ...) tracked per key field; least recently seen evicted"},
+    {"--snapshot-interval", "VERDICT_SNAPSHOT_INTERVAL", O_DUR, F(snapshot_interval_ms), "60s", G_SERVE, 0, MS_D,
+     "how often the velocity state is checkpointed into the verdict_state bucket (and at a stop), so a restart "
+     "replays only what came after; 0 = never (docs/state.md, Checkpoints)"},
+    {"--snapshot-keep", "VERDICT_SNAPSHOT_KEEP", O_INT, F(snapshot_keep), "3", G_SERVE, 1, 100,
+     "velocity snapshots kept; older ones are deleted after each save"},
     {"--feature-ring", "VERDICT_FEATURE_RING", O_INT, F(feature_ring), "262144", G_SERVE, 0, 1 << 26,
      "velocity features remembered for redeliveries, in transactions (rounded up to a power of two; 0 = none): "
      "cover your rate x the longest redelivery delay (docs/state.md)"},

@@ -43,6 +43,8 @@ typedef struct config {
     int64_t budget_ms;
     int64_t max_keys; /* velocity: entities tracked per key field */
     int64_t feature_ring; /* features of recent sequences kept for redeliveries (sequencer.h) */
+    int64_t snapshot_interval_ms; /* velocity checkpoints (checkpoint.c); 0 = off */
+    int64_t snapshot_keep;
     char fallback[16]; /* "none" (rules only), "approve", "review", "decline" */
     int64_t max_msg_size;
     char rules_file[512];

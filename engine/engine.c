@@ -77,7 +77,7 @@ static bool start_abandoned(const engine *en)
 static void *closer_main(void *arg)
 {
     engine *en = arg;
-    bool nc_closed = false, inc_closed = false;
+    bool nc_closed = false, inc_closed = false, snc_closed = false;
     while (!atomic_load(&en->closer_quit)) {
         int64_t dl = atomic_load(&en->stop_deadline_ns);
         bool late = dl && mono_ns() >= dl;
@@ -95,6 +95,10 @@ static void *closer_main(void *arg)
                     natsConnection_Close(en->nc);
                     nc_closed = true;
                 }
+            }
+            if (en->snc && !snc_closed) {
+                natsConnection_Close(en->snc); /* a snapshot being stored */
+                snc_closed = true;
             }
             pthread_mutex_unlock(&en->conn_mu);
         }
@@ -146,6 +150,8 @@ static void free_engine(engine *en)
     en->observe = NULL;
     reloader_stop(en->reloader);
     en->reloader = NULL;
+    checkpoint_stop(en->ckpt);
+    en->ckpt = NULL;
     dlq_worker_stop(en->dlq);
     replica_stop(en->lists); /* workers are joined by now; the watchers use en->nc */
     replica_stop(en->profiles);
@@ -441,6 +447,10 @@ vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **ou
     }
     reload_target tgt = {
         .ctx = en, .reload_files = tgt_reload_files, .reload_text = tgt_reload_text, .versions = src_versions};
+    if ((rc = checkpoint_start(en, &en->ckpt, e)) != V_OK) {
+        free_engine(en);
+        return rc;
+    }
     if ((rc = reloader_start(&tgt, c, en->js, &en->reloader, e)) != V_OK) {
         free_engine(en);
         return rc;
@@ -539,6 +549,8 @@ void engine_stop(engine *en)
     observe_stop(en->observe);
     en->observe = NULL;
     join_threads(en);
+    /* the state no longer moves: checkpoint it, so the next start replays only what comes after */
+    checkpoint_final(en->ckpt, dl);
     dlq_worker_stop(en->dlq);
     en->dlq = NULL;
     reloader_stop(en->reloader);

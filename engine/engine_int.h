@@ -19,6 +19,7 @@
 #include "log.h"
 #include "observe.h"
 #include "rebuild.h"
+#include "checkpoint.h"
 #include "sequencer.h"
 #include "reloader.h"
 #include "replica.h"
@@ -145,6 +146,8 @@ struct engine {
     late_reply *late;
     int late_head, late_n;
     late_reply late_round[LATE_ROUND];
+    struct checkpoint *ckpt; /* velocity checkpoints (checkpoint.c); NULL when off */
+    natsConnection *snc;     /* its connection, closed by the closer at the stop deadline (conn_mu) */
     atomic_bool stopping;
     atomic_int phase; /* engine_phase */
     /* stopping within a deadline (see closer_main) */

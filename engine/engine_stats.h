@@ -36,6 +36,10 @@ typedef struct engine_stats {
     atomic_llong sequence_catch_ups;    /* reads of TXN for sequences the consumer did not hand over */
     atomic_llong sequence_gap_msgs;     /* transactions counted by those reads */
     atomic_llong sequence_gap_failures; /* reads that failed: those transactions are not counted */
+    /* checkpoints (checkpoint.c) */
+    atomic_llong snapshots, snapshot_failures;
+    atomic_llong snapshot_position; /* of the last saved */
+    atomic_llong snapshot_unix_ms;  /* when it was saved */
 } engine_stats;
 
 /* Where a start has got to: /readyz reports it. Each phase implies the ones before it completed. */

@@ -105,6 +105,16 @@ static size_t metrics(observe *ob, char *buf, size_t cap)
     counter(&o, "verdict_sequence_gap_failures_total",
             "Such reads that failed: the transactions they were to count are missing from the velocity state.",
             atomic_load(&st->sequence_gap_failures));
+    counter(&o, "verdict_snapshots_total", "Velocity checkpoints saved into the verdict_state bucket.",
+            atomic_load(&st->snapshots));
+    counter(&o, "verdict_snapshot_failures_total", "Velocity checkpoints that could not be taken or saved.",
+            atomic_load(&st->snapshot_failures));
+    if (atomic_load(&st->snapshots) > 0) {
+        gauge(&o, "verdict_snapshot_position", "TXN sequence up to which the last saved checkpoint counts.",
+              atomic_load(&st->snapshot_position));
+        gauge(&o, "verdict_snapshot_age_seconds", "Seconds since the last checkpoint was saved.",
+              (now_ms() - atomic_load(&st->snapshot_unix_ms)) / 1000);
+    }
     counter(&o, "verdict_degraded_total", "Decisions made without some input (model, state, replicas).",
             atomic_load(&st->degraded));
     counter(&o, "verdict_requests_total", "Decide requests received on the ingress subject.",

@@ -43,6 +43,34 @@ int64_t longest_window(const policy *p)
 vstatus make_velocity(engine *en, const policy *p, bool at_start, velref **out, verror *e)
 {
     const velocity_plan *pl = policy_velocity_plan(p);
+    if (at_start) {
+        verror se = {0};
+        velref *r = NULL;
+        vstatus sr = checkpoint_load(en, p, &r, &se);
+        if (sr == V_OK) {
+            /* continue it over what the consumer delivered since (the ring gets their features) */
+            uint64_t delivered = 0, af = 0;
+            rebuild_stats st;
+            rebuild_range rr = {.from_seq = r->pos + 1, .ring = r->ring};
+            sr = rebuild_consumer_seqs(en->js, &en->cfg, &delivered, &af, &se);
+            rr.upto_seq = delivered;
+            if (sr == V_OK && delivered > r->pos)
+                sr = rebuild_velocity(en->js, &en->cfg, pl, r->v, &rr, &st, &se);
+            if (sr == V_OK) {
+                if (delivered > r->pos)
+                    log_info("velocity state continued from the snapshot",
+                             "\"from_seq\":%llu,\"upto_seq\":%llu,\"read\":%llu,\"seconds\":%.3f",
+                             (unsigned long long)rr.from_seq, (unsigned long long)st.upto_seq,
+                             (unsigned long long)st.read, st.seconds);
+                r->pos = delivered > r->pos ? st.upto_seq : r->pos;
+                *out = r;
+                return V_OK;
+            }
+            velref_release(r);
+        }
+        if (sr != V_ENOTFOUND || en->cfg.snapshot_interval_ms > 0)
+            log_info("velocity state: full rebuild", "\"why\":\"%s\"", log_esc(se.msg));
+    }
     velocity_cfg vc = {.max_keys = (size_t)en->cfg.max_keys};
     velocity *v = NULL;
     featring *ring = NULL;

@@ -226,6 +226,7 @@ void *seq_main(void *arg)
         if (s == NATS_TIMEOUT || (s == NATS_OK && b->list.Count == 0)) {
             batch_recycle(en, b);
             seq_switch(en); /* idle: a reload's new state need not wait for traffic */
+            checkpoint_serve(en->ckpt);
             continue;
         }
         if (s != NATS_OK) {
@@ -250,6 +251,7 @@ void *seq_main(void *arg)
         en->ready_tail = b;
         pthread_cond_broadcast(&en->q_cv);
         pthread_mutex_unlock(&en->q_mu);
+        checkpoint_serve(en->ckpt); /* between two batches: the state is at a sequence boundary */
     }
     pthread_mutex_lock(&en->q_mu);
     pthread_cond_broadcast(&en->q_cv);

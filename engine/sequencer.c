@@ -99,3 +99,58 @@ bool featring_get(const featring *r, uint64_t seq, velvals *vv)
     memcpy(vv->num, p + 1 + r->words, (size_t)r->nvel * sizeof(double));
     return true;
 }
+
+#define RING_MAGIC "VRDRING1"
+#define RING_HDR 24 /* magic, uint32 features, uint32 zero, uint64 entries */
+
+size_t featring_export_bound(const featring *r) { return RING_HDR + featring_bytes(r); }
+
+size_t featring_export(const featring *r, uint64_t after, uint64_t upto, unsigned char *buf, size_t cap)
+{
+    if (cap < RING_HDR)
+        return 0;
+    uint64_t n = 0;
+    size_t off = RING_HDR, esz = r ? r->stride * sizeof *r->e : 0;
+    if (r && r->cap && upto > after) {
+        uint64_t from = upto - after > r->cap ? upto - r->cap + 1 : after + 1;
+        for (uint64_t seq = from; seq <= upto && off + esz <= cap; seq++) {
+            const uint64_t *p = &r->e[(seq & (r->cap - 1)) * r->stride];
+            if (p[0] != seq)
+                continue;
+            memcpy(buf + off, p, esz);
+            off += esz;
+            n++;
+        }
+    }
+    uint32_t nvel = r ? (uint32_t)r->nvel : 0, zero = 0;
+    memcpy(buf, RING_MAGIC, 8);
+    memcpy(buf + 8, &nvel, 4);
+    memcpy(buf + 12, &zero, 4);
+    memcpy(buf + 16, &n, 8);
+    return off;
+}
+
+bool featring_import(featring *r, const unsigned char *buf, size_t len, size_t *entries)
+{
+    *entries = 0;
+    if (!r || len < RING_HDR || memcmp(buf, RING_MAGIC, 8) != 0)
+        return false;
+    uint32_t nvel;
+    uint64_t n;
+    memcpy(&nvel, buf + 8, 4);
+    memcpy(&n, buf + 16, 8);
+    size_t esz = r->stride * sizeof *r->e;
+    if ((int)nvel != r->nvel || (esz && n > (len - RING_HDR) / esz) || RING_HDR + n * esz != len)
+        return false;
+    if (!r->cap)
+        return true;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t seq;
+        memcpy(&seq, buf + RING_HDR + i * esz, 8);
+        if (!seq)
+            continue;
+        memcpy(&r->e[(seq & (r->cap - 1)) * r->stride], buf + RING_HDR + i * esz, esz);
+        (*entries)++;
+    }
+    return true;
+}

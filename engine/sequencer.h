@@ -45,4 +45,12 @@ void featring_put(featring *r, uint64_t seq, const velvals *vv);
 bool featring_get(const featring *r, uint64_t seq, velvals *vv);
 size_t featring_bytes(const featring *r);
 
+/* The entries of sequences in (after, upto] that the ring holds, as bytes to keep with a snapshot (the
+ * redeliveries of messages not yet acknowledged when it was taken need them after a restart): magic, feature
+ * count, entry count, entries. featring_export_bound is the most it can take. Import refuses (false) bytes that
+ * do not fit this ring (another feature count, a bad length) and leaves it unchanged. */
+size_t featring_export_bound(const featring *r);
+size_t featring_export(const featring *r, uint64_t after, uint64_t upto, unsigned char *buf, size_t cap);
+bool featring_import(featring *r, const unsigned char *buf, size_t len, size_t *entries);
+
 #endif

@@ -9,6 +9,7 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <openssl/evp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -383,6 +384,11 @@ vstatus snapshot_save(jsCtx *js, const config *c, const unsigned char *buf, size
             return rc;
         }
     }
+    if (strcmp(c->fault, "crash_in_snapshot") == 0) {
+        /* tests: die with the chunks stored and the description not */
+        log_warn("test fault: killing the process in the middle of a snapshot", NULL);
+        raise(SIGKILL);
+    }
     json_t *j = json_pack("{s:s, s:s, s:{s:[s], s:[s]}, s:{s:i}, s:s, s:s, s:I, s:i, s:s}", "name", name, "description",
                           "Verdict velocity state", "headers", "Verdict-Position", "", "Verdict-Format", "1", "options",
                           "max_chunk_size", SNAPSHOT_CHUNK, "bucket", n.bucket, "nuid", nuid, "size", (json_int_t)len,
@@ -497,9 +503,13 @@ static vstatus fetch_object(jsCtx *js, const names *n, const meta *m, unsigned c
 }
 
 vstatus snapshot_load_newest(jsCtx *js, const config *c, const velocity_plan *pl, const velocity_cfg *cfg,
-                             velocity **out, uint64_t *position, verror *e)
+                             velocity **out, uint64_t *position, unsigned char **extra, size_t *extra_len, verror *e)
 {
     *out = NULL;
+    if (extra) {
+        *extra = NULL;
+        *extra_len = 0;
+    }
     names n;
     names_of(c, &n);
     meta *list = NULL;
@@ -523,7 +533,20 @@ vstatus snapshot_load_newest(jsCtx *js, const config *c, const velocity_plan *pl
         uint64_t pos = 0;
         vstatus s = fetch_object(js, &n, m, &buf, &why);
         if (s == V_OK) {
-            s = velocity_snapshot_read(pl, cfg, buf, (size_t)m->info.size, &v, &pos, NULL, &why);
+            /* the state's bytes, then whatever the engine stored after them (returned as extra) */
+            size_t vlen = velocity_snapshot_length(buf, (size_t)m->info.size);
+            s = velocity_snapshot_read(pl, cfg, buf, vlen ? vlen : (size_t)m->info.size, &v, &pos, NULL, &why);
+            if (s == V_OK && extra) {
+                *extra_len = (size_t)m->info.size - vlen;
+                *extra = malloc(*extra_len ? *extra_len : 1);
+                if (!*extra) {
+                    velocity_free(v);
+                    v = NULL;
+                    s = verror_set(&why, V_ENOMEM, "out of memory");
+                } else {
+                    memcpy(*extra, buf + vlen, *extra_len);
+                }
+            }
             free(buf);
         }
         if (s == V_OK && pos != m->info.position) {

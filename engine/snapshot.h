@@ -36,11 +36,12 @@ void snapshot_bucket(const config *c, char *out, size_t cap);
 vstatus snapshot_save(jsCtx *js, const config *c, const unsigned char *buf, size_t len, uint64_t position, verror *e);
 
 /* Loads the newest usable snapshot of c's consumer for pl into *out (a new state, cfg as velocity_new) and its
- * position. Tries the snapshots newest first and logs why each one is skipped. V_ENOTFOUND when none is usable
+ * position. The object may hold more after the state's bytes (velocity_snapshot_length): when extra is not
+ * NULL, those bytes are returned in *extra (malloc'd, caller frees; *extra_len may be 0). Tries the snapshots newest first and logs why each one is skipped. V_ENOTFOUND when none is usable
  * (no bucket, no snapshot, or every one refused: e says how many and the last reason): rebuild from scratch.
  * Any other failure (the broker) is an error as well; the caller rebuilds from scratch in every case but V_OK. */
 vstatus snapshot_load_newest(jsCtx *js, const config *c, const velocity_plan *pl, const velocity_cfg *cfg,
-                             velocity **out, uint64_t *position, verror *e);
+                             velocity **out, uint64_t *position, unsigned char **extra, size_t *extra_len, verror *e);
 
 /* Keeps the newest keep snapshots of c's consumer and deletes the others (the description first, then the
  * chunks), then removes chunks that no description names and that are older than SNAPSHOT_ORPHAN_AGE_MS

@@ -1201,6 +1201,15 @@ static bool load_records(vclass *c, const unsigned char *src, uint32_t used)
     return true;
 }
 
+size_t velocity_snapshot_length(const unsigned char *buf, size_t len)
+{
+    if (len < SNAP_FIXED + SNAP_TRAILER || memcmp(buf, SNAP_MAGIC, 8) != 0)
+        return 0;
+    uint64_t total;
+    memcpy(&total, buf + 16, 8); /* magic, version, header length, then the total */
+    return total <= len ? (size_t)total : 0;
+}
+
 vstatus velocity_snapshot_read(const velocity_plan *pl, const velocity_cfg *cfg, const unsigned char *buf, size_t len,
                                velocity **out, uint64_t *position, int64_t *taken_ms, verror *e)
 {

@@ -137,6 +137,10 @@ vstatus velocity_snapshot_copy(const velocity *v, uint64_t position, int64_t tak
                                size_t *len, verror *e);
 void velocity_snapshot_seal(unsigned char *buf, size_t len);
 
+/* The length of the snapshot that starts buf (its header's total), or 0 when buf does not start with one or is
+ * shorter: lets a caller store more after the state's bytes (the engine stores the feature ring's entries). */
+size_t velocity_snapshot_length(const unsigned char *buf, size_t len);
+
 /* Creates a state for pl (with cfg, as velocity_new) from a snapshot, and gives its position and taken_ms
  * (either may be NULL). Refuses, with V_EINVAL and the reason, and never a partly right state: a truncated or
  * padded buffer, a checksum mismatch, another format version or byte order, a plan with other definitions (by

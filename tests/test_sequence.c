@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define N_TXN 3000
@@ -46,7 +47,14 @@ static void setup(void)
     cr_assert_eq(broker_setup(&c, js, &e), V_OK, "%s", e.msg);
 }
 
-static void teardown(void) { tc_fixture_down(&srv, nc, js, logp); }
+static simgen *gen; /* the payments world, continued across publish_world calls of a test */
+
+static void teardown(void)
+{
+    simgen_destroy(gen);
+    gen = NULL;
+    tc_fixture_down(&srv, nc, js, logp);
+}
 
 TestSuite(sequence, .init = setup, .fini = teardown, .timeout = 240);
 
@@ -72,20 +80,23 @@ static entry *slot_of(const char *id)
 
 /* --- publishing ----------------------------------------------------------------------------------------- */
 
-/* Publishes N_TXN transactions of the simulator in order; per_ms > 0 paces them (that many per millisecond). */
-static void publish_world(int per_ms)
+/* Publishes the next count transactions of the simulator in order; per_ms > 0 paces them (that many per ms). */
+static void publish_some(int count, int per_ms)
 {
-    simgen_cfg gc = {.seed = 1, .cards = 200, .fraud_rate = 0.05};
-    simgen_defaults(&gc);
-    simgen *g = simgen_create(&gc);
-    cr_assert_not_null(g);
+    if (!gen) {
+        simgen_cfg gc = {.seed = 1, .cards = 200, .fraud_rate = 0.05};
+        simgen_defaults(&gc);
+        gen = simgen_create(&gc);
+        cr_assert_not_null(gen);
+    }
+    simgen *g = gen;
     jsCtx *pjs = NULL;
     jsOptions o;
     jsOptions_Init(&o);
     o.PublishAsync.MaxPending = 512;
     cr_assert_eq(natsConnection_JetStream(&pjs, nc, &o), NATS_OK);
     static unsigned char buf[4096];
-    for (int i = 0; i < N_TXN; i++) {
+    for (int i = 0; i < count; i++) {
         Transaction t;
         simgen_next(g, &t);
         size_t n = verdict__v1__transaction__pack(&t, buf);
@@ -103,8 +114,9 @@ static void publish_world(int per_ms)
     po.MaxWait = 30000;
     cr_assert_eq(js_PublishAsyncComplete(pjs, &po), NATS_OK);
     jsCtx_Destroy(pjs);
-    simgen_destroy(g);
 }
+
+static void publish_world(int per_ms) { publish_some(N_TXN, per_ms); }
 
 static pid_t start_engine(const char *workers, const char *batch, const char *fault, const char *const more[])
 {
@@ -116,15 +128,33 @@ static pid_t start_engine(const char *workers, const char *batch, const char *fa
     for (int i = 0; more && more[i] && n < 23; i++)
         argv[n++] = more[i];
     argv[n] = NULL;
-    pid_t pid = tc_start_engine(srv.url, logp, argv);
+    /* the log is shared by every engine of a test: wait for this one's "engine started" */
+    int before = tc_count_lines(logp, "\"engine started\"");
+    const char *full[32] = {"verdict", "serve", "--nats-url", srv.url};
+    for (int i = 0; i <= n; i++)
+        full[4 + i] = argv[i];
+    pid_t pid = verdict_spawn(full, logp);
     unsetenv("VERDICT_TEST_FAULT");
+    cr_assert(pid > 0);
+    for (int waited = 0; tc_count_lines(logp, "\"engine started\"") <= before; waited += 50) {
+        cr_assert(waited < 20000, "the engine did not start; see %s", logp);
+        cr_assert_eq(waitpid(pid, NULL, WNOHANG), 0, "the engine exited while starting; see %s", logp);
+        tc_sleep_ms(50);
+    }
     return pid;
 }
 
 static void stop_engine(pid_t pid)
 {
     kill(pid, SIGTERM);
-    cr_assert_eq(child_wait(pid, 15000), 0, "the engine did not exit cleanly; see %s", logp);
+    int rc = child_wait(pid, 15000);
+    if (rc != 0) {
+        char cmd[800];
+        snprintf(cmd, sizeof cmd, "cp '%s' /tmp/seqfail.log; tail -5 '%s' | cut -c1-400 >&2", logp, logp);
+        if (system(cmd) != 0)
+            fprintf(stderr, "(no log)\n");
+    }
+    cr_assert_eq(rc, 0, "the engine did not exit cleanly (%d); see %s", rc, logp);
 }
 
 /* --- the reference and the comparison ------------------------------------------------------------------- */
@@ -223,17 +253,19 @@ static void wait_all_decided(int n)
     cr_assert(tc_wait_consumer_idle(js, 30000), "the consumer did not drain; see %s", logp);
 }
 
-static void assert_served_equals_reference(const char *what)
+static void assert_served_equals_reference_n(const char *what, int total)
 {
     int n = reference_scores();
-    cr_assert_eq(n, N_TXN);
+    cr_assert_eq(n, total);
     int decisions, degraded;
     int diff = compare_decisions(&decisions, &degraded);
-    cr_assert_eq(decisions, N_TXN, "%s: %d decisions for %d transactions", what, decisions, N_TXN);
+    cr_assert_eq(decisions, total, "%s: %d decisions for %d transactions", what, decisions, total);
     cr_assert_eq(diff, 0, "%s: %d of %d served scores differ from the stream-order reference; see %s", what, diff,
-                 N_TXN, logp);
+                 total, logp);
     cr_assert_eq(degraded, 0, "%s: %d decisions degraded", what, degraded);
 }
+
+static void assert_served_equals_reference(const char *what) { assert_served_equals_reference_n(what, N_TXN); }
 
 Test(sequence, four_workers_draining_a_backlog_serve_the_stream_order_features)
 {
@@ -302,4 +334,82 @@ Test(sequence, a_redelivery_older_than_the_ring_is_decided_degraded_and_counted)
     cr_assert_gt(inexact, 0, "the redeliveries should have missed a one-entry ring");
     cr_assert_eq(degraded, inexact, "every inexact decision is marked degraded (%d degraded, %lld inexact)", degraded,
                  inexact);
+}
+
+/* --- checkpoints ------------------------------------------------------------------------------------------ */
+
+static const char *const snap_args[] = {"--snapshot-interval", "1s", NULL};
+
+/* A first engine decides 1,000 and is stopped (its stop saves a checkpoint). */
+static void decide_first_thousand(void)
+{
+    pid_t pid = start_engine("2", "32", NULL, snap_args);
+    publish_some(1000, 2);
+    wait_all_decided(1000);
+    cr_assert(file_wait_for(logp, "velocity checkpoint", 10000), "no checkpoint was saved; see %s", logp);
+    stop_engine(pid);
+}
+
+Test(sequence, kill_9_at_every_crash_point_with_checkpoints_serves_the_stream_order_features)
+{
+    decide_first_thousand();
+    int total = 1000;
+    /* each fault kills the engine in its first batch (or its first checkpoint); the next start loads the newest
+     * checkpoint, continues it over TXN, and decides the redeliveries with their own features */
+    static const char *points[] = {"crash_before_publish", "crash_after_publish", "crash_after_ack",
+                                   "crash_in_snapshot"};
+    for (int p = 0; p < 4; p++) {
+        pid_t pid = start_engine("2", "32", points[p], snap_args);
+        publish_some(300, 2);
+        total += 300;
+        cr_assert_eq(child_wait(pid, 20000), -1, "the fault %s should have killed the engine; see %s", points[p],
+                     logp);
+    }
+    pid_t pid = start_engine("4", "8", NULL, snap_args);
+    wait_all_decided(total);
+    stop_engine(pid);
+    cr_assert_gt(tc_count_lines(logp, "velocity state from a snapshot"), 3, "the starts did not load checkpoints; see %s",
+                 logp);
+    cr_assert_gt(tc_count_lines(logp, "test fault: killing the process in the middle of a snapshot"), 0);
+    assert_served_equals_reference_n("kill -9 at every crash point, with checkpoints", total);
+}
+
+Test(sequence, corrupt_checkpoints_mean_a_full_rebuild_and_the_right_state)
+{
+    decide_first_thousand();
+    /* every chunk of every checkpoint gone: each description names chunks that are missing */
+    jsErrCode jerr = 0;
+    jsOptions po;
+    jsOptions_Init(&po);
+    po.Stream.Purge.Subject = "$O.verdict_state.C.>";
+    cr_assert_eq(js_PurgeStream(js, "OBJ_verdict_state", &po, &jerr), NATS_OK);
+    pid_t pid = start_engine("2", "32", NULL, snap_args);
+    publish_some(1000, 2);
+    wait_all_decided(2000);
+    stop_engine(pid);
+    cr_assert_gt(tc_count_lines(logp, "velocity snapshot skipped"), 0, "see %s", logp);
+    cr_assert_gt(tc_count_lines(logp, "velocity state: full rebuild"), 0, "see %s", logp);
+    assert_served_equals_reference_n("corrupt checkpoints", 2000);
+}
+
+Test(sequence, an_incompatible_checkpoint_means_a_full_rebuild_and_the_right_state)
+{
+    decide_first_thousand();
+    /* the same rules and model plus one velocity feature: the checkpoint's plan is not this policy's */
+    char more[300];
+    temp_path(more, sizeof more, ".rules");
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s' && printf 'rule ip_burst review \"many from one IP\" when count(ip, 1m) > 50\n' >> '%s'",
+             rulesp, more, more);
+    cr_assert_eq(system(cmd), 0);
+    const char *args[] = {"--snapshot-interval", "1s", "--rules", more, NULL};
+    pid_t pid = start_engine("2", "32", NULL, args);
+    publish_some(1000, 2);
+    wait_all_decided(2000);
+    stop_engine(pid);
+    unlink(more);
+    cr_assert_gt(tc_count_lines(logp, "velocity snapshot skipped"), 0, "see %s", logp);
+    cr_assert_gt(tc_count_lines(logp, "velocity state: full rebuild"), 0, "see %s", logp);
+    /* the model's inputs are the same: the scores must still equal the stream-order computation */
+    assert_served_equals_reference_n("incompatible checkpoint", 2000);
 }

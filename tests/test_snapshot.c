@@ -490,7 +490,7 @@ static vstatus load(const velocity_plan *pl, velocity **out, uint64_t *pos, verr
     FILE *f = fopen(logp, "a");
     cr_assert(f);
     dup2(fileno(f), 2);
-    vstatus s = snapshot_load_newest(js, &cfg, pl, &(velocity_cfg){.max_keys = 4000, .seen_cap = 5000}, out, pos, e);
+    vstatus s = snapshot_load_newest(js, &cfg, pl, &(velocity_cfg){.max_keys = 4000, .seen_cap = 5000}, out, pos, NULL, NULL, e);
     dup2(saved, 2);
     close(saved);
     fclose(f);

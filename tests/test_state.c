@@ -52,7 +52,7 @@ static pid_t start(const char *fault)
         setenv("VERDICT_TEST_FAULT", fault, 1);
     pid_t pid = tc_start_engine(srv.url, logp,
                                 (const char *const[]){"--rules", rulesp, "--ack-wait", "2s", "--backoff", "",
-                                                      "--max-keys", "10000", NULL});
+                                                      "--max-keys", "10000", "--snapshot-interval", "0", NULL});
     unsetenv("VERDICT_TEST_FAULT");
     return pid;
 }
@@ -228,7 +228,8 @@ Test(state, a_rebuild_that_stalls_fails_the_start)
     unlink(logp);
 
     setenv("VERDICT_TEST_FAULT", "rebuild_pause", 1);
-    const char *argv[] = {"verdict", "serve", "--nats-url", srv.url, "--rules", rulesp, "--workers", "2", NULL};
+    const char *argv[] = {"verdict", "serve", "--nats-url", srv.url, "--rules", rulesp, "--workers", "2",
+                          "--snapshot-interval", "0", NULL};
     pid = verdict_spawn(argv, logp);
     unsetenv("VERDICT_TEST_FAULT");
     cr_assert(file_wait_for(logp, "test fault: rebuild paused", 20000), "the rebuild did not start; see %s", logp);
