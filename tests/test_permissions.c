@@ -142,11 +142,13 @@ Test(permissions, engine_and_payment_service_work_with_exactly_these_permissions
     cr_assert_not_null(d);
     natsMsg_Destroy(d);
 
-    /* a restart rebuilds the velocity state from both streams as user verdict */
+    /* the stop saves a velocity checkpoint into the verdict_state Object Store bucket and the restart loads it
+     * and continues it over TXN, all as user verdict */
     stop_engine(pid);
     cr_assert_eq(truncate(logp, 0), 0);
     pid = start_engine();
-    cr_assert(file_wait_for(logp, "velocity state rebuilt", 1000), "no rebuild on restart; see %s", logp);
+    cr_assert(file_wait_for(logp, "velocity state from a snapshot", 1000), "no checkpoint loaded on restart; see %s",
+              logp);
     tc_txn(&t, "perm-req-2", 1300);
     n = tc_pack(&t, buf);
     cr_assert_eq(natsConnection_Request(&r, pay, "verdict.v1.decide", buf, n, 5000), NATS_OK);
