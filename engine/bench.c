@@ -13,6 +13,7 @@
 #include "log.h"
 #include "pipeline.h"
 #include "simgen.h"
+#include "snapshot.h"
 
 #include <nats/nats.h>
 #include <pthread.h>
@@ -59,18 +60,23 @@ static void with_prefix(config *c, const char *prefix, bool passthrough)
 
 /* --- throughput ------------------------------------------------------------------------------------- */
 
-static vstatus preload(jsCtx *js, const config *c, int count, uint64_t seed, verror *e)
+static vstatus preload_cards(jsCtx *js, const config *c, int count, uint64_t seed, int cards, verror *e)
 {
-    simgen_cfg gc = {.seed = seed, .start_ms = now_ms() - 3600 * 1000};
+    simgen_cfg gc = {.seed = seed, .start_ms = now_ms() - 3600 * 1000, .cards = cards};
     simgen *g = simgen_create(&gc);
     if (!g)
         return verror_set(e, V_ENOMEM, "out of memory");
     char subj[NAME_MAX_LEN + 16];
     snprintf(subj, sizeof subj, "%.*s.bench", (int)(strlen(c->txn_subjects) - 2), c->txn_subjects);
     unsigned char buf[2048];
+    int64_t last = now_ms();
     for (int i = 0; i < count; i++) {
         Transaction t;
         simgen_next(g, &t);
+        if (count >= 200000 && now_ms() - last > 2000) {
+            fprintf(stderr, "[bench] preloading %d/%d\n", i, count);
+            last = now_ms();
+        }
         size_t n = verdict__v1__transaction__pack(&t, buf);
         jsPubOptions po;
         jsPubOptions_Init(&po);
@@ -87,6 +93,11 @@ static vstatus preload(jsCtx *js, const config *c, int count, uint64_t seed, ver
     po.MaxWait = 60000;
     natsStatus s = js_PublishAsyncComplete(js, &po);
     return s == NATS_OK ? V_OK : broker_err(e, s, 0, "preload not confirmed");
+}
+
+static vstatus preload(jsCtx *js, const config *c, int count, uint64_t seed, verror *e)
+{
+    return preload_cards(js, c, count, seed, 0, e);
 }
 
 /* Runs one engine over a preloaded stream and returns decisions per second. */
@@ -242,17 +253,158 @@ static int latency_run(const bench_opts *o, const config *c, natsConnection *nc,
     return 0;
 }
 
+/* --- restart ------------------------------------------------------------------------------------------ */
+
+/* The consumer as an engine leaves it after deciding everything up to seq: delivered and acked to there. */
+static vstatus consumer_at(jsCtx *js, const config *c, uint64_t seq, verror *e)
+{
+    jsErrCode jerr = 0;
+    natsStatus s = js_DeleteConsumer(js, c->txn_stream, c->consumer, NULL, &jerr);
+    if (s != NATS_OK && s != NATS_NOT_FOUND)
+        return broker_err(e, s, jerr, "cannot reset the bench consumer");
+    return broker_consumer_create(c, js, seq + 1, e);
+}
+
+/* Seconds from engine_start to ready (engine_start returns ready), or -1. */
+static double time_to_ready(const config *c, bool keep, engine **out)
+{
+    engine *en = NULL;
+    verror e = {0};
+    int64_t t0 = now_us();
+    if (engine_start(c, &en, &e) != V_OK) {
+        fprintf(stderr, "bench: %s\n", e.msg);
+        return -1;
+    }
+    double s = (double)(now_us() - t0) / 1e6;
+    if (keep)
+        *out = en;
+    else
+        engine_stop(en);
+    return s;
+}
+
+typedef struct restart_row {
+    int count;
+    double full_s, snap_s;
+    long long snap_bytes, keys;
+    int after;
+} restart_row;
+
+/* Time to ready after a restart with `count` transactions in the window: without a snapshot (the full rebuild),
+ * and from a snapshot followed by a minute of traffic at 1,000/s (what an engine with the default 60 s interval
+ * replays at worst). */
+static int restart_one(const bench_opts *o, jsCtx *js, int idx, int count, restart_row *row)
+{
+    char prefix[16];
+    snprintf(prefix, sizeof prefix, "rs%d", idx);
+    config c = o->cfg;
+    with_prefix(&c, prefix, false);
+    c.max_keys = o->cfg.max_keys > 0 ? o->cfg.max_keys : 1000000;
+    c.snapshot_interval_ms = 0;
+    int cards = count / 10 < 2000 ? 2000 : count / 10;
+    verror e = {0};
+    *row = (restart_row){.count = count, .after = 60000};
+    if (broker_setup(&c, js, &e) != V_OK || preload_cards(js, &c, count, 21 + (uint64_t)idx, cards, &e) != V_OK ||
+        consumer_at(js, &c, (uint64_t)count, &e) != V_OK) {
+        fprintf(stderr, "bench: %s\n", e.msg);
+        return 1;
+    }
+    fprintf(stderr, "[bench] %d transactions in the window; restarting without a snapshot\n", count);
+    if ((row->full_s = time_to_ready(&c, false, NULL)) < 0)
+        return 1;
+    /* an engine that checkpoints: its start rebuilds (no snapshot yet), then it saves one */
+    c.snapshot_interval_ms = 1000;
+    engine *en = NULL;
+    if (time_to_ready(&c, true, &en) < 0)
+        return 1;
+    const engine_stats *st = engine_get_stats(en);
+    for (int i = 0; i < 600 && atomic_load(&st->snapshots) == 0; i++)
+        sleep_us(100000);
+    long long saved = atomic_load(&st->snapshots);
+    velocity_stats_t vs;
+    if (engine_state_stats(en, &vs))
+        row->keys = (long long)vs.keys;
+    engine_stop(en);
+    if (!saved) {
+        fprintf(stderr, "bench: no snapshot was saved\n");
+        return 1;
+    }
+    snapshot_info *list = NULL;
+    int n = 0;
+    if (snapshot_list(js, &c, &list, &n, &e) == V_OK && n > 0)
+        row->snap_bytes = (long long)list[0].size;
+    free(list);
+    /* a minute of traffic after the snapshot, delivered before the restart */
+    if (preload_cards(js, &c, row->after, 99 + (uint64_t)idx, cards, &e) != V_OK ||
+        consumer_at(js, &c, (uint64_t)count + (uint64_t)row->after, &e) != V_OK) {
+        fprintf(stderr, "bench: %s\n", e.msg);
+        return 1;
+    }
+    fprintf(stderr, "[bench] restarting from the snapshot (+%d transactions after it)\n", row->after);
+    c.snapshot_interval_ms = 60000;
+    if ((row->snap_s = time_to_ready(&c, false, NULL)) < 0)
+        return 1;
+    return 0;
+}
+
+static int bench_restart(const bench_opts *o, natsConnection *nc, const char *counts)
+{
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.PublishAsync.MaxPending = 4096;
+    jsCtx *js = NULL;
+    if (natsConnection_JetStream(&js, nc, &jo) != NATS_OK)
+        return 1;
+    restart_row rows[8];
+    int nrows = 0, rc = 0;
+    char list[128];
+    str_copy(list, sizeof list, counts);
+    for (char *save = NULL, *t = strtok_r(list, ",", &save); t && nrows < 8; t = strtok_r(NULL, ",", &save)) {
+        char *end;
+        long n = strtol(t, &end, 10);
+        if (*end || n <= 0 || n > 100000000) {
+            fprintf(stderr, "verdict bench restart: '%s' is not a transaction count\n", t);
+            rc = 2;
+            break;
+        }
+        if ((rc = restart_one(o, js, nrows, (int)n, &rows[nrows])) != 0)
+            break;
+        nrows++;
+    }
+    jsCtx_Destroy(js);
+    printf("\n  verdict bench restart: time to ready after a restart (%d workers)\n", o->cfg.workers);
+    printf("  ------------------------------------------------------------------------------------\n");
+    printf("  %12s %10s %16s %12s %14s\n", "in window", "keys", "no snapshot (s)", "snapshot (s)", "snapshot MB");
+    for (int i = 0; i < nrows; i++)
+        printf("  %12d %10lld %16.2f %12.2f %14.1f\n", rows[i].count, rows[i].keys, rows[i].full_s, rows[i].snap_s,
+               (double)rows[i].snap_bytes / 1e6);
+    printf("  (snapshot: the newest, then %d transactions after it replayed)\n", nrows ? rows[0].after : 0);
+    if (o->json) {
+        printf("{\"bench\":\"restart\",\"runs\":[");
+        for (int i = 0; i < nrows; i++)
+            printf("%s{\"in_window\":%d,\"keys\":%lld,\"no_snapshot_s\":%.3f,\"snapshot_s\":%.3f,\"snapshot_bytes\":%lld,"
+                   "\"after_snapshot\":%d}",
+                   i ? "," : "", rows[i].count, rows[i].keys, rows[i].full_s, rows[i].snap_s, rows[i].snap_bytes,
+                   rows[i].after);
+        printf("]}\n");
+    }
+    return rc;
+}
+
 /* --- command ------------------------------------------------------------------------------------------ */
 
 static void bench_help(void)
 {
-    printf("usage: verdict bench [throughput|latency|all] [--seconds N] [--count N] [--rate R] [--json] [options]\n\n"
+    printf("usage: verdict bench [throughput|latency|all|restart] [--seconds N] [--count N] [--rate R] [--json] [options]\n"
+           "       verdict bench state|snapshot|eval|model [--help]   (no broker)\n\n"
            "Measures the engine against a bare JetStream baseline in the same run (docs/benchmarks.md):\n"
            "  throughput  decisions/s draining a preloaded stream, vs a pass-through (same pull, republish\n"
            "              with msg-id, ack; no decision logic). Keys: decisions_per_s, passthrough_per_s, ratio\n"
            "  latency     open-loop decide requests at --rate per second, measured from each request's intended\n"
            "              send time, vs the same round trip through the pass-through. Keys: decide_p50_us,\n"
            "              decide_p99_us, decide_p999_us, baseline_p50_us, baseline_p99_us, ratio_p99\n"
+           "  restart     seconds from start to ready with N transactions in the window (--counts, default\n"
+           "              100000,1000000): a full rebuild, and from a snapshot plus a minute (60,000) after it\n"
            "Starts a private nats-server unless --nats-url is given. --seconds bounds each bench (default 20).\n\n"
            "  --count N       transactions preloaded for throughput (default 20000)\n"
            "  --rate R        requests per second for latency (default 500)\n"
@@ -264,6 +416,7 @@ static void bench_help(void)
 int cmd_bench(int argc, char **argv)
 {
     bench_opts o = {.seconds = 20, .count = 20000, .rate = 500};
+    const char *counts = "100000,1000000";
     for (int i = 1; i < argc && argv[i][0] != '-'; i++) { /* broker-free benches have their own options */
         if (!strcmp(argv[i], "state"))
             return bench_state(argc, argv);
@@ -301,7 +454,11 @@ int cmd_bench(int argc, char **argv)
         } else if (strcmp(a, "--rate") == 0 && v && atoi(v) > 0) {
             o.rate = atoi(v);
             k++;
-        } else if (a[0] != '-' && (!strcmp(a, "throughput") || !strcmp(a, "latency") || !strcmp(a, "all")))
+        } else if (strcmp(a, "--counts") == 0 && v) {
+            counts = v;
+            k++;
+        } else if (a[0] != '-' && (!strcmp(a, "throughput") || !strcmp(a, "latency") || !strcmp(a, "all") ||
+                                   !strcmp(a, "restart")))
             what = a;
         else {
             fprintf(stderr, "verdict bench: unknown option or bench '%s' (see --help)\n", a);
@@ -330,6 +487,14 @@ int cmd_bench(int argc, char **argv)
         return 1;
     }
     int rc = 0;
+    if (!strcmp(what, "restart")) {
+        rc = bench_restart(&o, nc, counts);
+        natsConnection_Destroy(nc);
+        nats_Close();
+        if (!url_given)
+            localserver_stop(&ls);
+        return rc;
+    }
     bool do_tp = !strcmp(what, "throughput") || !strcmp(what, "all");
     bool do_lat = !strcmp(what, "latency") || !strcmp(what, "all");
     double full = 0, pt = 0;

@@ -442,9 +442,6 @@ static vstatus ensure_stream(const config *c, jsCtx *js, const stream_want *w, v
 
 static vstatus ensure_consumer(const config *c, jsCtx *js, verror *e)
 {
-    int64_t backoff_ns[8];
-    for (int i = 0; i < c->backoff_len; i++)
-        backoff_ns[i] = c->backoff_ms[i] * NS_PER_MS;
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
     natsStatus s = js_GetConsumerInfo(&ci, js, c->txn_stream, c->consumer, NULL, &jerr);
@@ -479,12 +476,23 @@ static vstatus ensure_consumer(const config *c, jsCtx *js, verror *e)
     if (s != NATS_NOT_FOUND && jerr != JSConsumerNotFoundErr)
         return broker_err(e, s, jerr, "cannot look up consumer");
 
+    return broker_consumer_create(c, js, 0, e);
+}
+
+vstatus broker_consumer_create(const config *c, jsCtx *js, uint64_t start_seq, verror *e)
+{
+    int64_t backoff_ns[8];
+    for (int i = 0; i < c->backoff_len; i++)
+        backoff_ns[i] = c->backoff_ms[i] * NS_PER_MS;
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
     jsConsumerConfig cc;
     jsConsumerConfig_Init(&cc);
     cc.Durable = c->consumer;
     cc.Description = "Verdict decision engine";
     cc.AckPolicy = js_AckExplicit;
-    cc.DeliverPolicy = js_DeliverAll;
+    cc.DeliverPolicy = start_seq ? js_DeliverByStartSequence : js_DeliverAll;
+    cc.OptStartSeq = start_seq;
     cc.AckWait = c->ack_wait_ms * NS_PER_MS;
     cc.MaxDeliver = c->max_deliver;
     cc.BackOff = c->backoff_len ? backoff_ns : NULL;
@@ -493,7 +501,7 @@ static vstatus ensure_consumer(const config *c, jsCtx *js, verror *e)
     /* room for every worker's batch plus retries in flight */
     cc.MaxAckPending = (int64_t)c->workers * c->batch * 4 > 1000 ? (int64_t)c->workers * c->batch * 4 : 1000;
     cc.MaxWaiting = 512;
-    s = js_AddConsumer(&ci, js, c->txn_stream, &cc, NULL, &jerr);
+    natsStatus s = js_AddConsumer(&ci, js, c->txn_stream, &cc, NULL, &jerr);
     if (s != NATS_OK)
         return broker_err(e, s, jerr, "cannot create the durable consumer");
     jsConsumerInfo_Destroy(ci);

@@ -39,6 +39,10 @@ vstatus broker_connect_simple(const config *c, natsConnection **nc, verror *e);
  * and the durable pull consumer. */
 vstatus broker_setup(const config *c, jsCtx *js, verror *e);
 
+/* Creates the durable consumer on TXN as broker_setup does; start_seq > 0 starts it there (benchmarks: an
+ * engine that has delivered everything before it), 0 delivers all. */
+vstatus broker_consumer_create(const config *c, jsCtx *js, uint64_t start_seq, verror *e);
+
 /* Formats a nats.c failure: the status text plus nats.c's last error detail. */
 vstatus broker_err(verror *e, natsStatus s, jsErrCode jerr, const char *what);
 
