@@ -142,7 +142,9 @@ static vstatus set_value(config *c, const opt *o, const char *v, const char *src
     }
     case O_DUR: {
         int64_t ms;
-        if (!duration_parse_ms(v, strlen(v), &ms))
+        if (o->min == 0 && strcmp(v, "0") == 0)
+            ms = 0; /* "off" where 0 is allowed (--snapshot-interval 0, --txn-max-age 0) */
+        else if (!duration_parse_ms(v, strlen(v), &ms))
             return verror_set(e, V_EINVAL, "%s: '%s' is not a duration (e.g. 250ms, 30s, 10m, 24h, 7d)", src, v);
         if (ms < o->min || ms > o->max)
             return dur_range_error(e, src, v, (int)strlen(v), o);

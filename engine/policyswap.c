@@ -54,6 +54,7 @@ vstatus make_velocity(engine *en, const policy *p, bool at_start, velref **out, 
             rebuild_range rr = {.from_seq = r->pos + 1, .ring = r->ring};
             sr = rebuild_consumer_seqs(en->js, &en->cfg, &delivered, &af, &se);
             rr.upto_seq = delivered;
+            rr.ring_after = af; /* features where a redelivery may need them */
             if (sr == V_OK && delivered > r->pos)
                 sr = rebuild_velocity(en->js, &en->cfg, pl, r->v, &rr, &st, &se);
             if (sr == V_OK) {
@@ -96,7 +97,14 @@ vstatus make_velocity(engine *en, const policy *p, bool at_start, velref **out, 
         if (!oldest_ns || oldest_ns > now_ns)
             oldest_ns = now_ns;
         /* a window's buckets reach back a little past it: the span replay and features warm up over too */
-        rebuild_range rr = {.from_ns = oldest_ns - history_warmup_ms(window) * 1000000LL, .upto_seq = pos, .ring = ring};
+        /* features are recorded only where a redelivery may need them: above the ack floor */
+        uint64_t ring_after = delivered > cap ? delivered - cap : 0;
+        if (ack_floor > ring_after)
+            ring_after = ack_floor;
+        rebuild_range rr = {.from_ns = oldest_ns - history_warmup_ms(window) * 1000000LL,
+                            .upto_seq = pos,
+                            .ring = ring,
+                            .ring_after = ring_after};
         rebuild_stats st;
         if ((rc = rebuild_velocity(en->js, &en->cfg, pl, v, &rr, &st, e)) != V_OK)
             goto fail;

@@ -112,11 +112,17 @@ vstatus rebuild_velocity(jsCtx *js, const config *c, const velocity_plan *pl, ve
         poison_reason why;
         if (txn_decode(&a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), (size_t)c->max_msg_size, &t, &why,
                        NULL) == V_OK) {
-            seq_step(v, pl, t, txn_event_ms(t, store_ns / 1000000), vals);
+            int64_t ev = txn_event_ms(t, store_ns / 1000000);
             if (rr->ring && seq > rr->ring_after) {
+                seq_step(v, pl, t, ev, vals);
                 velvals_save(pl, vals, &vv);
                 featring_put(rr->ring, seq, &vv);
                 st->ringed++;
+            } else {
+                /* the same count as seq_step, without computing features nobody will read */
+                features_from_txn(pl->reg, t, ev, vals);
+                if (pl->n > 0)
+                    velocity_add(v, pl, vals, ev);
             }
             st->counted++;
         } else {

@@ -58,7 +58,7 @@ static vstatus open_reader(jsCtx *js, const char *stream, const char *filter, ui
         free(r);
         return broker_err(e, s, jerr, "cannot open an ordered consumer on the stream");
     }
-    s = natsSubscription_SetPendingLimits(r->sub, 65536, 256 << 20);
+    s = natsSubscription_SetPendingLimits(r->sub, 1 << 20, 256 << 20);
     if (s != NATS_OK) {
         stream_reader_close(r);
         return broker_err(e, s, 0, "cannot size the reader's buffer");
