@@ -20,8 +20,15 @@
 #define VERDICT_VERSION "0.1.0"
 #endif
 
-/* Consumer figures, polled every POLL_MS by one thread (never per transaction). */
-#define POLL_MS 2000
+/* Consumer figures and the decisions stream's leader, polled every POLL_MS by one thread (never per
+ * transaction); each poll waits at most POLL_MS. */
+#define POLL_MS 1000
+/* /readyz says 503 when the consumer or the decisions stream has not answered for this long (no leader, no
+ * route to it), or when decision publishes have been failing or timing out for this long, the last failure
+ * less than PUB_FAIL_RECENT_MS ago (a failure streak with nothing tried since is no evidence: a retry, or a
+ * redelivery within the consumer's BackOff, comes sooner while work is pending). */
+#define UNAVAILABLE_MS 3000
+#define PUB_FAIL_RECENT_MS 10000
 /* How long observe_stop waits for a running $SRV handler before it gives up freeing (never expected). */
 #define SRV_DONE_WAIT_S 2
 
@@ -44,7 +51,32 @@ struct observe {
     bool stopping;
     atomic_llong pending, ack_pending, redelivered, waiting, poll_errors;
     atomic_bool polled; /* at least one poll succeeded */
+    /* mono_ns of the last answer from the consumer (its info) and from the decisions stream's leader (its
+     * info); set to the attach time first. Written by the poller, read by /readyz: never a nats.c call there. */
+    atomic_llong consumer_ok_ns, decisions_ok_ns;
+    atomic_bool attached;
 };
+
+/* What /readyz judges. The engine's own conditions (phase, connections) come from engine_ready; the others say
+ * whether it can decide: the consumer answers, the decisions stream has a leader, decisions get stored. */
+typedef struct readiness_t {
+    bool ready, engine, consumer, decisions_stream, publishing;
+} readiness_t;
+
+static readiness_t judge(observe *o)
+{
+    readiness_t r = {.engine = engine_ready(o->en), .consumer = true, .decisions_stream = true, .publishing = true};
+    int64_t now = mono_ns();
+    if (atomic_load(&o->attached)) {
+        r.consumer = now - atomic_load(&o->consumer_ok_ns) < UNAVAILABLE_MS * 1000000LL;
+        r.decisions_stream = now - atomic_load(&o->decisions_ok_ns) < UNAVAILABLE_MS * 1000000LL;
+    }
+    const engine_stats *st = engine_get_stats(o->en);
+    int64_t since = atomic_load(&st->decision_failing_since_ns), last = atomic_load(&st->decision_fail_ns);
+    r.publishing = !(since && now - since >= UNAVAILABLE_MS * 1000000LL && now - last < PUB_FAIL_RECENT_MS * 1000000LL);
+    r.ready = r.engine && r.consumer && r.decisions_stream && r.publishing;
+    return r;
+}
 
 /* ------------------------------------------------------------------------------------------- metrics */
 
@@ -135,8 +167,8 @@ static size_t metrics(observe *ob, engine *en, char *buf, size_t cap)
     static const char *stages[] = {"features", "model", "rules"};
     for (int i = 0; i < 3; i++)
         put(&o, "verdict_stage_seconds_total{stage=\"%s\"} %.9f\n", stages[i], (double)atomic_load(&st->stage_ns[i]) / 1e9);
-    put(&o, "# HELP verdict_ready 1 when the engine is connected and taking work.\n# TYPE verdict_ready gauge\n"
-            "verdict_ready %d\n", engine_ready(en) ? 1 : 0);
+    put(&o, "# HELP verdict_ready 1 when /readyz says 200: started, connected, and able to decide.\n"
+            "# TYPE verdict_ready gauge\nverdict_ready %d\n", judge(ob).ready ? 1 : 0);
 
     velocity_stats_t vs;
     if (engine_state_stats(en, &vs)) {
@@ -194,15 +226,19 @@ static size_t readiness(observe *o, char *buf, size_t cap, bool *ready)
 {
     engine_phase ph = engine_get_phase(o->en);
     bool connected = engine_connected(o->en);
-    *ready = engine_ready(o->en);
+    readiness_t r = judge(o);
+    *ready = r.ready;
     char rv[40], mv[40];
     engine_current_versions(o->en, rv, mv, sizeof rv);
+#define TF(b) ((b) ? "true" : "false")
     int n = snprintf(buf, cap,
                      "{\"ready\":%s,\"phase\":\"%s\",\"nats_connected\":%s,\"streams_verified\":%s,"
-                     "\"state_rebuilt\":%s,\"rules_version\":\"%s\",\"model_version\":\"%s\"}\n",
-                     *ready ? "true" : "false", engine_phase_str(ph), connected ? "true" : "false",
-                     ph > PHASE_VERIFYING && ph != PHASE_STOPPING ? "true" : "false",
-                     ph > PHASE_REBUILDING && ph != PHASE_STOPPING ? "true" : "false", rv, mv);
+                     "\"state_rebuilt\":%s,\"consumer_reachable\":%s,\"decisions_stream_available\":%s,"
+                     "\"decisions_stored\":%s,\"rules_version\":\"%s\",\"model_version\":\"%s\"}\n",
+                     TF(r.ready), engine_phase_str(ph), TF(connected),
+                     TF(ph > PHASE_VERIFYING && ph != PHASE_STOPPING), TF(ph > PHASE_REBUILDING && ph != PHASE_STOPPING),
+                     TF(r.consumer), TF(r.decisions_stream), TF(r.publishing), rv, mv);
+#undef TF
     return n > 0 && (size_t)n < cap ? (size_t)n : 0;
 }
 
@@ -408,11 +444,17 @@ static void poll_once(observe *o)
 {
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
+    /* Stream info is answered by the stream's leader: no answer means no leader, or none reachable */
+    jsStreamInfo *si = NULL;
+    if (js_GetStreamInfo(&si, o->js, o->cfg.decisions_stream, NULL, &jerr) == NATS_OK)
+        atomic_store(&o->decisions_ok_ns, mono_ns());
+    jsStreamInfo_Destroy(si);
     natsStatus s = js_GetConsumerInfo(&ci, o->js, o->cfg.txn_stream, o->cfg.consumer, NULL, &jerr);
     if (s != NATS_OK) {
         atomic_fetch_add(&o->poll_errors, 1);
         return;
     }
+    atomic_store(&o->consumer_ok_ns, mono_ns());
     atomic_store(&o->pending, (long long)ci->NumPending);
     atomic_store(&o->ack_pending, (long long)ci->NumAckPending);
     atomic_store(&o->redelivered, (long long)ci->NumRedelivered);
@@ -477,10 +519,13 @@ vstatus observe_attach(observe *o, natsConnection *nc, verror *e)
         return rc;
     jsOptions jo;
     jsOptions_Init(&jo);
-    jo.Wait = POLL_MS / 2; /* a poll in progress never holds up a stop for long */
+    jo.Wait = POLL_MS; /* a poll in progress never holds up a stop for long */
     natsStatus s = natsConnection_JetStream(&o->js, nc, &jo);
     if (s != NATS_OK)
         return verror_set(e, V_ENATS, "cannot get a JetStream context: %s", natsStatus_GetText(s));
+    atomic_store(&o->consumer_ok_ns, mono_ns());
+    atomic_store(&o->decisions_ok_ns, mono_ns());
+    atomic_store(&o->attached, true);
     if (pthread_create(&o->poller, NULL, poller_main, o) != 0)
         return verror_set(e, V_ENOMEM, "cannot start the consumer poller");
     o->poller_running = true;

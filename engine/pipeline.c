@@ -556,6 +556,8 @@ static void on_decision_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckEr
         } else {
             atomic_store(&sl->state, SLOT_STORED);
         }
+        if (sl->kind != SLOT_DEAD_LETTER)
+            engine_stats_decision_published(&w->en->stats, !pae, pae ? mono_ns() : 0);
         matched = true;
         break;
     }
@@ -758,6 +760,8 @@ static void publish_slots(worker *w, int count)
             sl->sent = NULL;
             pthread_mutex_unlock(&w->pub_mu);
             str_copy(sl->err, sizeof sl->err, natsStatus_GetText(s));
+            if (sl->kind != SLOT_DEAD_LETTER)
+                engine_stats_decision_published(&w->en->stats, false, mono_ns());
             if (s == NATS_NO_RESPONDERS) {
                 sl->retryable = true;
                 sl->dm = dm; /* kept to publish again */

@@ -37,7 +37,24 @@ typedef struct engine_stats {
     atomic_llong latency_bucket[LATENCY_BUCKETS + 1]; /* decisions by latency (non-cumulative), last = +Inf */
     atomic_llong latency_sum_us;
     atomic_llong stage_ns[3]; /* features, model, rules: summed over decisions */
+    /* Decision publishes, for /readyz (observe.c): mono_ns of the last one that failed or timed out, and of the
+     * first failure since the last success (0 once one succeeds). Plain atomics: readiness never takes a lock. */
+    atomic_llong decision_fail_ns;
+    atomic_llong decision_failing_since_ns;
 } engine_stats;
+
+/* Records the outcome of one decision publish (a PubAck stored or Duplicate: ok; an error or timeout: not). */
+static inline void engine_stats_decision_published(engine_stats *st, bool ok, int64_t now_ns)
+{
+    if (ok) {
+        if (atomic_load_explicit(&st->decision_failing_since_ns, memory_order_relaxed))
+            atomic_store(&st->decision_failing_since_ns, 0);
+        return;
+    }
+    long long zero = 0;
+    atomic_store(&st->decision_fail_ns, now_ns);
+    atomic_compare_exchange_strong(&st->decision_failing_since_ns, &zero, now_ns);
+}
 
 typedef struct engine engine;
 
