@@ -146,6 +146,18 @@ static size_t metrics(observe *ob, engine *en, char *buf, size_t cap)
     counter(&o, "verdict_dead_letters_avoided_total",
             "Transactions at max-deliver whose decision was found stored, so no dead letter was written.",
             engine_dlq_decided_late(en));
+    counter(&o, "verdict_sweep_passes_total", "Passes of the sweep for what the server's advisories missed.",
+            atomic_load(&st->sweep.passes));
+    counter(&o, "verdict_sweep_examined_total", "TXN messages the sweep looked at.", atomic_load(&st->sweep.examined));
+    counter(&o, "verdict_sweep_dead_lettered_total",
+            "Dead letters the sweep stored for messages finished without a decision or a dead letter (also in "
+            "verdict_dead_letters_total).",
+            atomic_load(&st->sweep.dead_lettered));
+    counter(&o, "verdict_sweep_originals_deleted_total",
+            "Originals the sweep deleted because their dead letter was stored already (a lost advisory).",
+            atomic_load(&st->sweep.originals_deleted));
+    counter(&o, "verdict_sweep_errors_total", "Sweep passes or messages cut short by a failure (retried next pass).",
+            atomic_load(&st->sweep.errors));
     counter(&o, "verdict_policy_reloads_total", "Rules/model versions swapped in.", atomic_load(&st->reloads));
     counter(&o, "verdict_policy_reload_failures_total", "Rules/model versions refused (the old stayed).",
             atomic_load(&st->reload_failures));

@@ -10,6 +10,7 @@
 
 #include "codec.h"
 #include "config.h"
+#include "dlq.h"
 #include "velocity.h"
 
 #include <stdatomic.h>
@@ -41,6 +42,7 @@ typedef struct engine_stats {
      * first failure since the last success (0 once one succeeds). Plain atomics: readiness never takes a lock. */
     atomic_llong decision_fail_ns;
     atomic_llong decision_failing_since_ns;
+    dlq_sweep_stats sweep; /* the DLQ worker's sweep (dlq.h) */
 } engine_stats;
 
 /* Records the outcome of one decision publish (a PubAck stored or Duplicate: ok; an error or timeout: not). */
