@@ -452,13 +452,35 @@ static vstatus start_srv(observe *o, verror *e)
 
 /* ------------------------------------------------------------------------------------- consumer poller */
 
+/* Whether a stream's or consumer's group can commit: its leader and enough replicas heard from lately for a
+ * majority. A leader cut off from its followers keeps answering info requests from its own state until it
+ * notices the lost quorum and steps down (about 20 s measured on 2.10.27), while every write it takes waits. */
+static bool has_quorum(const jsClusterInfo *ci, int64_t replicas)
+{
+    if (!ci)
+        return true; /* not clustered */
+    int64_t total = replicas > 0 ? replicas : 1 + ci->ReplicasLen;
+    if (total <= 1)
+        return true;
+    if (!ci->Leader || !ci->Leader[0])
+        return false;
+    int64_t up = 1;
+    for (int i = 0; i < ci->ReplicasLen; i++) {
+        const jsPeerInfo *p = ci->Replicas[i];
+        if (p && !p->Offline && p->Active <= UNAVAILABLE_MS * 1000000LL)
+            up++;
+    }
+    return 2 * up > total;
+}
+
 static void poll_once(observe *o)
 {
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
     /* Stream info is answered by the stream's leader: no answer means no leader, or none reachable */
     jsStreamInfo *si = NULL;
-    if (js_GetStreamInfo(&si, o->js, o->cfg.decisions_stream, NULL, &jerr) == NATS_OK)
+    if (js_GetStreamInfo(&si, o->js, o->cfg.decisions_stream, NULL, &jerr) == NATS_OK &&
+        has_quorum(si->Cluster, si->Config ? si->Config->Replicas : 0))
         atomic_store(&o->decisions_ok_ns, mono_ns());
     jsStreamInfo_Destroy(si);
     natsStatus s = js_GetConsumerInfo(&ci, o->js, o->cfg.txn_stream, o->cfg.consumer, NULL, &jerr);
@@ -466,7 +488,8 @@ static void poll_once(observe *o)
         atomic_fetch_add(&o->poll_errors, 1);
         return;
     }
-    atomic_store(&o->consumer_ok_ns, mono_ns());
+    if (has_quorum(ci->Cluster, ci->Config ? ci->Config->Replicas : 0))
+        atomic_store(&o->consumer_ok_ns, mono_ns());
     atomic_store(&o->pending, (long long)ci->NumPending);
     atomic_store(&o->ack_pending, (long long)ci->NumAckPending);
     atomic_store(&o->redelivered, (long long)ci->NumRedelivered);
