@@ -64,8 +64,8 @@ static natsStatus lookup(cliconn *c, const char *txn_id, natsMsg **out)
 /* Reads stream from start_seq (headers only unless decode) to its end at open, at most max messages, and
  * returns in *seq the sequence of the first message naming txn_id (0: none): TXN messages by their decoded
  * txn_id, DLQ letters by Verdict-Txn-Id. False (with the reason in why) when the read failed or hit max. */
-static bool scan_for(cliconn *c, const char *stream, uint64_t start_seq, bool decode, const char *txn_id,
-                     uint64_t max, uint64_t *seq, char *reason, size_t reason_cap, char *why, size_t why_cap)
+static bool scan_for(cliconn *c, const char *stream, uint64_t start_seq, bool decode, const char *txn_id, uint64_t max,
+                     uint64_t *seq, char *reason, size_t reason_cap, char *why, size_t why_cap)
 {
     *seq = 0;
     stream_reader *r = NULL;
@@ -97,8 +97,7 @@ static bool scan_for(cliconn *c, const char *stream, uint64_t start_seq, bool de
         }
         if (n == max) {
             natsMsg_Destroy(m);
-            snprintf(why, why_cap, "more than --scan-max %llu messages to read in %s", (unsigned long long)max,
-                     stream);
+            snprintf(why, why_cap, "more than --scan-max %llu messages to read in %s", (unsigned long long)max, stream);
             ok = false;
             break;
         }
@@ -106,9 +105,9 @@ static bool scan_for(cliconn *c, const char *stream, uint64_t start_seq, bool de
         if (decode) {
             Transaction *t = NULL;
             poison_reason pr;
-            hit = txn_decode(&a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 1 << 20, &t, &pr, NULL) ==
-                      V_OK &&
-                  strcmp(t->txn_id, txn_id) == 0;
+            hit =
+                txn_decode(&a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 1 << 20, &t, &pr, NULL) == V_OK &&
+                strcmp(t->txn_id, txn_id) == 0;
         } else {
             hit = strcmp(cliconn_hdr(m, "Verdict-Txn-Id"), txn_id) == 0;
             if (hit && reason)
@@ -135,8 +134,7 @@ static int where_undecided(cliconn *c, const char *id, uint64_t floor, uint64_t 
         fprintf(stderr, "verdict decision: stream %s not found\n", c->cfg.txn_stream);
         return EXIT_CANNOT_TELL;
     }
-    if (!scan_for(c, c->cfg.txn_stream, floor + 1 > f ? floor + 1 : f, true, id, max, &seq, NULL, 0, why,
-                  sizeof why)) {
+    if (!scan_for(c, c->cfg.txn_stream, floor + 1 > f ? floor + 1 : f, true, id, max, &seq, NULL, 0, why, sizeof why)) {
         fprintf(stderr, "verdict decision: cannot tell whether %s is pending: %s\n", id, why);
         return EXIT_CANNOT_TELL;
     }
@@ -191,12 +189,13 @@ static int print_json(const Decision *d, uint64_t seq)
                                                  d->reasons[i]->text));
     char at[40];
     utc(d->decided_at_ms, at, sizeof at);
-    json_t *o = json_pack("{s:s, s:s, s:s, s:f, s:o, s:s, s:s, s:I, s:s, s:I, s:I, s:b, s:b, s:s, s:I}", "txn_id",
-                          d->txn_id, "status", "decided", "outcome", outcome_str(d->outcome), "score", d->score, "reasons", reasons,
-                          "rules_version", d->rules_version, "model_version", d->model_version, "decided_at_ms",
-                          (json_int_t)d->decided_at_ms, "decided_at", at, "latency_us", (json_int_t)d->latency_us,
-                          "queued_us", (json_int_t)d->queued_us, "budget_exceeded", d->budget_exceeded,
-                          "degraded", d->degraded, "engine_id", d->engine_id, "stream_seq", (json_int_t)seq);
+    json_t *o =
+        json_pack("{s:s, s:s, s:s, s:f, s:o, s:s, s:s, s:I, s:s, s:I, s:I, s:b, s:b, s:s, s:I}", "txn_id", d->txn_id,
+                  "status", "decided", "outcome", outcome_str(d->outcome), "score", d->score, "reasons", reasons,
+                  "rules_version", d->rules_version, "model_version", d->model_version, "decided_at_ms",
+                  (json_int_t)d->decided_at_ms, "decided_at", at, "latency_us", (json_int_t)d->latency_us, "queued_us",
+                  (json_int_t)d->queued_us, "budget_exceeded", d->budget_exceeded, "degraded", d->degraded, "engine_id",
+                  d->engine_id, "stream_seq", (json_int_t)seq);
     if (!o) {
         fprintf(stderr, "verdict decision: out of memory\n");
         return 1;

@@ -179,8 +179,10 @@ static size_t metrics(observe *ob, engine *en, char *buf, size_t cap)
     static const char *stages[] = {"features", "model", "rules"};
     for (int i = 0; i < 3; i++)
         put(&o, "verdict_stage_seconds_total{stage=\"%s\"} %.9f\n", stages[i], (double)atomic_load(&st->stage_ns[i]) / 1e9);
-    put(&o, "# HELP verdict_ready 1 when /readyz says 200: started, connected, and able to decide.\n"
-            "# TYPE verdict_ready gauge\nverdict_ready %d\n", judge(ob).ready ? 1 : 0);
+    put(&o,
+        "# HELP verdict_ready 1 when /readyz says 200: started, connected, and able to decide.\n"
+        "# TYPE verdict_ready gauge\nverdict_ready %d\n",
+        judge(ob).ready ? 1 : 0);
 
     velocity_stats_t vs;
     if (engine_state_stats(en, &vs)) {
@@ -247,9 +249,9 @@ static size_t readiness(observe *o, char *buf, size_t cap, bool *ready)
                      "{\"ready\":%s,\"phase\":\"%s\",\"nats_connected\":%s,\"streams_verified\":%s,"
                      "\"state_rebuilt\":%s,\"consumer_reachable\":%s,\"decisions_stream_available\":%s,"
                      "\"decisions_stored\":%s,\"rules_version\":\"%s\",\"model_version\":\"%s\"}\n",
-                     TF(r.ready), engine_phase_str(ph), TF(connected),
-                     TF(ph > PHASE_VERIFYING && ph != PHASE_STOPPING), TF(ph > PHASE_REBUILDING && ph != PHASE_STOPPING),
-                     TF(r.consumer), TF(r.decisions_stream), TF(r.publishing), rv, mv);
+                     TF(r.ready), engine_phase_str(ph), TF(connected), TF(ph > PHASE_VERIFYING && ph != PHASE_STOPPING),
+                     TF(ph > PHASE_REBUILDING && ph != PHASE_STOPPING), TF(r.consumer), TF(r.decisions_stream),
+                     TF(r.publishing), rv, mv);
 #undef TF
     return n > 0 && (size_t)n < cap ? (size_t)n : 0;
 }

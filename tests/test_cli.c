@@ -250,8 +250,8 @@ Test(cli, decision_tells_pending_dead_lettered_and_unknown_apart, .init = setup,
     EXPECT(0, "APPROVE", "decision", "cli-done", "--nats-url", srv.url);
     EXPECT(4, "pending: cli-pend-1 is in TXN at sequence 4", "decision", "cli-pend-1", "--nats-url", srv.url);
     EXPECT(4, "\"status\":\"pending\"", "decision", "cli-pend-0", "--json", "--nats-url", srv.url);
-    EXPECT(5, "dead-lettered: cli-dead is in DLQ at sequence 1 (decode_error)", "decision", "cli-dead",
-           "--nats-url", srv.url);
+    EXPECT(5, "dead-lettered: cli-dead is in DLQ at sequence 1 (decode_error)", "decision", "cli-dead", "--nats-url",
+           srv.url);
     EXPECT(5, "\"status\":\"dead_lettered\"", "decision", "cli-dead", "--json", "--nats-url", srv.url);
     EXPECT(3, "unknown: no decision stored for cli-nope", "decision", "cli-nope", "--nats-url", srv.url);
     EXPECT(3, "\"status\":\"unknown\"", "decision", "cli-nope", "--json", "--nats-url", srv.url);

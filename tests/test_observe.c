@@ -369,8 +369,8 @@ Test(observe, readyz_says_503_while_the_decisions_stream_is_unavailable)
     cr_assert(tc_publish(js, "txn.obs", &t));
     long long took = readyz_until(port, 503, 8000, body, sizeof body);
     cr_assert(took >= 0, "/readyz still 200 8 s after the decisions stream went: %s", body);
-    cr_assert(strstr(body, "\"decisions_stream_available\":false") && strstr(body, "\"nats_connected\":true"),
-              "%s", body);
+    cr_assert(strstr(body, "\"decisions_stream_available\":false") && strstr(body, "\"nats_connected\":true"), "%s",
+              body);
     fprintf(stderr, "observe: /readyz 503 %lld ms after the decisions stream went\n", took);
     cr_assert_lt(took, 5000);
     jsStreamInfo *back = NULL;

@@ -238,9 +238,9 @@ Test(reconcile, a_max_deliver_transaction_whose_advisory_was_lost_is_dead_letter
     int port = free_port();
     char addr[64];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
-    pid_t pid = tc_start_engine(srv.url, logp, (const char *const[]){"--sweep-interval", "1s", "--max-deliver", "2",
-                                                                      "--backoff", "300ms", "--metrics-addr", addr,
-                                                                      NULL});
+    pid_t pid = tc_start_engine(srv.url, logp,
+                                (const char *const[]){"--sweep-interval", "1s", "--max-deliver", "2", "--backoff",
+                                                      "300ms", "--metrics-addr", addr, NULL});
     cr_assert_eq(tc_wait_msgs(js, "DECISIONS", 1, 10000), 1, "the other transaction is decided");
     for (int i = 0; i < 100 && tc_stream_msgs(js, "DLQ") == 0; i++)
         tc_sleep_ms(100);
