@@ -83,6 +83,8 @@ static const opt opts[] = {
      "HOST:PORT for /metrics, /healthz, /readyz (HOST an IPv4 address or a name, e.g. localhost), or off"},
     {"--publish-timeout", "VERDICT_PUBLISH_TIMEOUT", O_DUR, F(publish_timeout_ms), "2s", G_SERVE, 1, MS_S * 300,
      "wait this long for a decision's PubAck before naking for a retry"},
+    {"--sweep-interval", "VERDICT_SWEEP_INTERVAL", O_DUR, F(sweep_interval_ms), "5m", G_SERVE, 0, MS_D,
+     "dead-letter what the server's advisories missed, this often (bounded work per pass); 0 = off"},
     {"--ack-wait", "VERDICT_ACK_WAIT", O_DUR, F(ack_wait_ms), "30s", G_NAMES, MS_S, MS_D, "consumer AckWait"},
     {"--max-deliver", "VERDICT_MAX_DELIVER", O_INT, F(max_deliver), "5", G_NAMES, 1, 100,
      "consumer MaxDeliver (then the message is dead-lettered)"},
@@ -142,8 +144,8 @@ static vstatus set_value(config *c, const opt *o, const char *v, const char *src
     }
     case O_DUR: {
         int64_t ms;
-        if (o->min == 0 && strcmp(v, "0") == 0)
-            ms = 0; /* "off" where 0 is allowed (--snapshot-interval 0, --txn-max-age 0) */
+        if (strcmp(v, "0") == 0)
+            ms = 0; /* zero in any unit (then the range decides: "--sweep-interval 0" is off) */
         else if (!duration_parse_ms(v, strlen(v), &ms))
             return verror_set(e, V_EINVAL, "%s: '%s' is not a duration (e.g. 250ms, 30s, 10m, 24h, 7d)", src, v);
         if (ms < o->min || ms > o->max)

@@ -1,10 +1,20 @@
-/* decision_cli.c - `verdict decision TXN_ID [--json]`: the decision stored in DECISIONS for one transaction,
- * looked up by subject (decision.<outcome>.<txn_id>, one direct get per outcome) and printed readably or as
- * JSON. The operator's equivalent of `nats stream get DECISIONS --last-for 'decision.*.<id>'`. */
+/* decision_cli.c - `verdict decision TXN_ID [--json]`: where one transaction stands, for an operator or a
+ * payment service: decided (the decision stored in DECISIONS, looked up by subject decision.<outcome>.<txn_id>,
+ * one direct get per outcome, printed readably or as JSON), pending (in TXN, not yet finished by the engine's
+ * consumer), dead-lettered (a letter in DLQ names it) or unknown (none of these: never stored, or aged out).
+ *
+ * TXN is not indexed by txn id (publishers choose their subjects), so "pending" is found by reading the part of
+ * TXN the consumer has not finished: everything after its ack floor. The engine acks only after a decision is
+ * stored, so an undecided transaction that is still to be decided is there and nowhere else; that range is the
+ * backlog, small while the engine keeps up, and bounded by --scan-max. The ack floor is read before the
+ * decision is looked up, so a transaction decided meanwhile is still inside the range read (docs/operations.md,
+ * "Where a transaction stands"). */
 #include "cli.h"
 #include "cliconn.h"
 #include "codec.h"
 #include "ident.h"
+#include "log.h"
+#include "streamread.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -14,16 +24,26 @@
 
 static void decision_help(void)
 {
-    printf("usage: verdict decision TXN_ID [--json]\n\n"
-           "Prints the decision stored in DECISIONS for the transaction TXN_ID: outcome, score, the reasons with\n"
-           "their texts, rules and model versions, latency, time queued, when and by which engine it was decided,\n"
-           "and whether the budget was exceeded or the engine degraded. --json prints one JSON object instead.\n"
-           "Exit status: 0 found, 1 no decision stored (or the server cannot be reached), 2 usage errors.\n\n"
+    printf("usage: verdict decision TXN_ID [--json] [--scan-max N]\n\n"
+           "Says where the transaction TXN_ID stands. Decided: prints the decision stored in DECISIONS (outcome,\n"
+           "score, the reasons with their texts, rules and model versions, latency, time queued, when and by which\n"
+           "engine it was decided, budget exceeded, degraded). Pending: it is in TXN and the engine has not finished\n"
+           "with it. Dead-lettered: a dead letter in DLQ names it. Unknown: none of these (never stored, or aged\n"
+           "out): a payment service sends it again. --json prints one JSON object with a \"status\" field instead.\n"
+           "Pending is found by reading what the engine's consumer has not finished (the backlog), at most\n"
+           "--scan-max messages (default 1000000), and DLQ likewise.\n"
+           "Exit status: 0 decided, 3 unknown, 4 pending, 5 dead-lettered, 1 the answer cannot be told (no server,\n"
+           "a read failed, the backlog is larger than --scan-max), 2 usage errors.\n\n"
            "options (flag, then its environment variable):\n");
     config_print_help(stdout, "names");
 }
 
 static const char *const outcomes[] = {"approve", "review", "decline"};
+
+/* Exit statuses: a payment service's script tells "send it again" from "wait" from "ask a person". */
+enum { EXIT_DECIDED = 0, EXIT_CANNOT_TELL = 1, EXIT_UNKNOWN = 3, EXIT_PENDING = 4, EXIT_DEAD_LETTERED = 5 };
+
+#define SCAN_READ_MS 5000
 
 /* The stored decision of txn_id under any outcome: NATS_OK with *out, NATS_NOT_FOUND, or the failure. */
 static natsStatus lookup(cliconn *c, const char *txn_id, natsMsg **out)
@@ -39,6 +59,113 @@ static natsStatus lookup(cliconn *c, const char *txn_id, natsMsg **out)
             return s;
     }
     return NATS_NOT_FOUND;
+}
+
+/* Reads stream from start_seq (headers only unless decode) to its end at open, at most max messages, and
+ * returns in *seq the sequence of the first message naming txn_id (0: none): TXN messages by their decoded
+ * txn_id, DLQ letters by Verdict-Txn-Id. False (with the reason in why) when the read failed or hit max. */
+static bool scan_for(cliconn *c, const char *stream, uint64_t start_seq, bool decode, const char *txn_id, uint64_t max,
+                     uint64_t *seq, char *reason, size_t reason_cap, char *why, size_t why_cap)
+{
+    *seq = 0;
+    stream_reader *r = NULL;
+    verror e = {0};
+    vstatus st = decode ? stream_reader_open(c->js, stream, NULL, start_seq, 0, &r, &e)
+                        : stream_reader_open_headers(c->js, stream, start_seq, 0, &r, &e);
+    if (st != V_OK) {
+        snprintf(why, why_cap, "cannot read %s: %s", stream, e.msg);
+        return false;
+    }
+    arena a = {0};
+    if (decode && arena_init(&a, 1 << 20) != V_OK) {
+        stream_reader_close(r);
+        snprintf(why, why_cap, "out of memory");
+        return false;
+    }
+    bool ok = true;
+    for (uint64_t n = 0;; n++) {
+        natsMsg *m = NULL;
+        uint64_t s;
+        int64_t ts;
+        st = stream_reader_next(r, &m, &s, &ts, SCAN_READ_MS, &e);
+        if (st == V_ENOTFOUND)
+            break;
+        if (st != V_OK) {
+            snprintf(why, why_cap, "reading %s failed: %s", stream, e.msg);
+            ok = false;
+            break;
+        }
+        if (n == max) {
+            natsMsg_Destroy(m);
+            snprintf(why, why_cap, "more than --scan-max %llu messages to read in %s", (unsigned long long)max, stream);
+            ok = false;
+            break;
+        }
+        bool hit;
+        if (decode) {
+            Transaction *t = NULL;
+            poison_reason pr;
+            hit =
+                txn_decode(&a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 1 << 20, &t, &pr, NULL) == V_OK &&
+                strcmp(t->txn_id, txn_id) == 0;
+        } else {
+            hit = strcmp(cliconn_hdr(m, "Verdict-Txn-Id"), txn_id) == 0;
+            if (hit && reason)
+                snprintf(reason, reason_cap, "%s", cliconn_hdr(m, "Verdict-Dlq-Reason"));
+        }
+        natsMsg_Destroy(m);
+        if (hit) {
+            *seq = s;
+            break;
+        }
+    }
+    arena_free(&a);
+    stream_reader_close(r);
+    return ok;
+}
+
+/* Not decided: pending, dead-lettered or unknown (or cannot tell). floor is the consumer's ack floor read
+ * before the decision was looked up. */
+static int where_undecided(cliconn *c, const char *id, uint64_t floor, uint64_t max, bool json)
+{
+    char why[1200] = "", reason[64] = "";
+    uint64_t seq = 0, f, l;
+    if (!cliconn_stream_range(c->js, c->cfg.txn_stream, &f, &l)) {
+        fprintf(stderr, "verdict decision: stream %s not found\n", c->cfg.txn_stream);
+        return EXIT_CANNOT_TELL;
+    }
+    if (!scan_for(c, c->cfg.txn_stream, floor + 1 > f ? floor + 1 : f, true, id, max, &seq, NULL, 0, why, sizeof why)) {
+        fprintf(stderr, "verdict decision: cannot tell whether %s is pending: %s\n", id, why);
+        return EXIT_CANNOT_TELL;
+    }
+    if (seq) {
+        if (json)
+            printf("{\"txn_id\":\"%s\",\"status\":\"pending\",\"stream\":\"%s\",\"stream_seq\":%llu}\n", id,
+                   c->cfg.txn_stream, (unsigned long long)seq);
+        else
+            printf("pending: %s is in %s at sequence %llu and not decided yet\n", id, c->cfg.txn_stream,
+                   (unsigned long long)seq);
+        return EXIT_PENDING;
+    }
+    if (cliconn_stream_range(c->js, c->cfg.dlq_stream, &f, &l) && l > 0 &&
+        !scan_for(c, c->cfg.dlq_stream, 0, false, id, max, &seq, reason, sizeof reason, why, sizeof why)) {
+        fprintf(stderr, "verdict decision: cannot tell whether %s was dead-lettered: %s\n", id, why);
+        return EXIT_CANNOT_TELL;
+    }
+    if (seq) {
+        if (json)
+            printf("{\"txn_id\":\"%s\",\"status\":\"dead_lettered\",\"stream\":\"%s\",\"stream_seq\":%llu,"
+                   "\"reason\":\"%s\"}\n",
+                   id, c->cfg.dlq_stream, (unsigned long long)seq, log_esc(reason));
+        else
+            printf("dead-lettered: %s is in %s at sequence %llu (%s); see verdict dlq show %llu\n", id,
+                   c->cfg.dlq_stream, (unsigned long long)seq, reason, (unsigned long long)seq);
+        return EXIT_DEAD_LETTERED;
+    }
+    if (json)
+        printf("{\"txn_id\":\"%s\",\"status\":\"unknown\"}\n", id);
+    fprintf(stderr, "unknown: no decision stored for %s, and it is neither pending nor dead-lettered\n", id);
+    return EXIT_UNKNOWN;
 }
 
 static void utc(int64_t ms, char *out, size_t cap)
@@ -62,12 +189,13 @@ static int print_json(const Decision *d, uint64_t seq)
                                                  d->reasons[i]->text));
     char at[40];
     utc(d->decided_at_ms, at, sizeof at);
-    json_t *o = json_pack("{s:s, s:s, s:f, s:o, s:s, s:s, s:I, s:s, s:I, s:I, s:b, s:b, s:s, s:I}", "txn_id",
-                          d->txn_id, "outcome", outcome_str(d->outcome), "score", d->score, "reasons", reasons,
-                          "rules_version", d->rules_version, "model_version", d->model_version, "decided_at_ms",
-                          (json_int_t)d->decided_at_ms, "decided_at", at, "latency_us", (json_int_t)d->latency_us,
-                          "queued_us", (json_int_t)d->queued_us, "budget_exceeded", d->budget_exceeded,
-                          "degraded", d->degraded, "engine_id", d->engine_id, "stream_seq", (json_int_t)seq);
+    json_t *o =
+        json_pack("{s:s, s:s, s:s, s:f, s:o, s:s, s:s, s:I, s:s, s:I, s:I, s:b, s:b, s:s, s:I}", "txn_id", d->txn_id,
+                  "status", "decided", "outcome", outcome_str(d->outcome), "score", d->score, "reasons", reasons,
+                  "rules_version", d->rules_version, "model_version", d->model_version, "decided_at_ms",
+                  (json_int_t)d->decided_at_ms, "decided_at", at, "latency_us", (json_int_t)d->latency_us, "queued_us",
+                  (json_int_t)d->queued_us, "budget_exceeded", d->budget_exceeded, "degraded", d->degraded, "engine_id",
+                  d->engine_id, "stream_seq", (json_int_t)seq);
     if (!o) {
         fprintf(stderr, "verdict decision: out of memory\n");
         return 1;
@@ -112,10 +240,21 @@ int cmd_decision(int argc, char **argv)
         return rc < 0 ? 0 : rc;
     bool json = false;
     const char *id = NULL;
+    uint64_t scan_max = 1000000;
     for (int k = 0; k < nrest; k++) {
         const char *a = argv[rest[k]];
         if (strcmp(a, "--json") == 0) {
             json = true;
+        } else if (strcmp(a, "--scan-max") == 0) {
+            char *end = NULL;
+            const char *v = k + 1 < nrest ? argv[rest[k + 1]] : "";
+            unsigned long long n = strtoull(v, &end, 10);
+            if (!v[0] || *end || v[0] == '-' || n == 0) {
+                fprintf(stderr, "verdict decision: --scan-max needs a count of messages (1 or more)\n");
+                return 2;
+            }
+            scan_max = n;
+            k++;
         } else if (a[0] == '-') {
             fprintf(stderr, "verdict decision: unknown option '%s' (see --help)\n", a);
             return 2;
@@ -138,11 +277,16 @@ int cmd_decision(int argc, char **argv)
     rc = cliconn_connect(&c, "decision");
     if (rc)
         return rc;
+    /* the floor first: a transaction decided after it was read is still after it */
+    uint64_t floor = 0;
+    jsConsumerInfo *ci = NULL;
+    if (js_GetConsumerInfo(&ci, c.js, c.cfg.txn_stream, c.cfg.consumer, NULL, NULL) == NATS_OK)
+        floor = ci->AckFloor.Stream; /* no consumer yet: nothing finished, all of TXN is pending */
+    jsConsumerInfo_Destroy(ci);
     natsMsg *m = NULL;
     natsStatus s = lookup(&c, id, &m);
     if (s == NATS_NOT_FOUND) {
-        fprintf(stderr, "unknown: no decision stored for %s\n", id);
-        rc = 1;
+        rc = where_undecided(&c, id, floor, scan_max, json);
     } else if (s != NATS_OK) {
         /* a direct get on a stream that does not exist has no responder: say which it is */
         uint64_t f, l;

@@ -2,7 +2,9 @@
 #include "dlq.h"
 
 #include "broker.h"
+#include "idset.h"
 #include "log.h"
+#include "streamread.h"
 
 #include <jansson.h>
 #include <pthread.h>
@@ -19,6 +21,13 @@ struct dlq_worker {
     atomic_bool stopping;
     atomic_llong *total, *by_reason;
     atomic_llong decided_late;
+    /* the sweep (only this thread touches these) */
+    dlq_sweep_stats *sweep;
+    int64_t next_sweep_ns; /* mono_ns */
+    uint64_t cursor;       /* the next TXN sequence to examine; 0 before the first pass (then by time) */
+    int64_t cursor_ns;     /* store time (the stream's clock) of the last message examined */
+    uint64_t prev_floor;   /* the consumer's ack floor at the previous pass: this pass examines up to it */
+    arena arena;
 };
 
 /* --- building a dead letter ------------------------------------------------------------------------------ */
@@ -278,10 +287,261 @@ vstatus dlq_handle_advisory(const config *c, jsCtx *js, const char *json, int le
     return V_OK;
 }
 
+/* --- the sweep (see dlq.h) --------------------------------------------------------------------------------- */
+
+/* Bounds of one pass: it examines at most SWEEP_MAX_EXAMINED TXN messages and acts on at most SWEEP_MAX_ACTIONS;
+ * a pass cut short by a bound is followed by the next after SWEEP_CATCHUP_MS (not a whole interval), so the
+ * sweep keeps up with any traffic while no pass holds the advisories up for long. */
+#define SWEEP_MAX_EXAMINED 50000
+#define SWEEP_MAX_ACTIONS 256
+#define SWEEP_CATCHUP_MS 1000
+/* The first pass after a start begins this far back in TXN (older gaps: `verdict audit --repair`). */
+#define SWEEP_LOOKBACK_MS (3600LL * 1000)
+/* Decisions are read from this long before the oldest transaction examined: the streams' leaders may be
+ * different nodes, with different clocks. */
+#define SWEEP_CLOCK_SLACK_MS (60LL * 1000)
+/* A read of a stream that delivers nothing for this long ends the pass (tried again at the next). */
+#define SWEEP_READ_MS 5000
+
+typedef struct sweep_counts {
+    long long examined, dead_lettered, deleted, decided, errors;
+} sweep_counts;
+
+static bool ack_floor(dlq_worker *w, uint64_t *floor, verror *e)
+{
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetConsumerInfo(&ci, w->js, w->cfg.txn_stream, w->cfg.consumer, NULL, &jerr);
+    if (s != NATS_OK) {
+        broker_err(e, s, jerr, "cannot read the consumer's ack floor");
+        return false;
+    }
+    *floor = ci->AckFloor.Stream;
+    jsConsumerInfo_Destroy(ci);
+    return true;
+}
+
+/* The txn ids (hashed) of every decision stored since since_ns, from the decision subjects
+ * (decision.<outcome>.<txn_id>, which a decision restored under a derived msg-id keeps), headers only. */
+static bool decided_since(dlq_worker *w, int64_t since_ns, idset *out, verror *e)
+{
+    stream_reader *r = NULL;
+    if (stream_reader_open_headers(w->js, w->cfg.decisions_stream, 0, since_ns, &r, e) != V_OK)
+        return false;
+    for (;;) {
+        natsMsg *m = NULL;
+        uint64_t seq;
+        int64_t ts;
+        vstatus st = stream_reader_next(r, &m, &seq, &ts, SWEEP_READ_MS, e);
+        if (st == V_ENOTFOUND)
+            break;
+        if (st != V_OK || atomic_load(&w->stopping)) {
+            natsMsg_Destroy(m);
+            stream_reader_close(r);
+            return false;
+        }
+        const char *dot = strrchr(natsMsg_GetSubject(m), '.');
+        bool ok = !dot || idset_add(out, hash64_str(dot + 1));
+        natsMsg_Destroy(m);
+        if (!ok) {
+            stream_reader_close(r);
+            verror_set(e, V_ENOMEM, "out of memory for the decided set");
+            return false;
+        }
+    }
+    stream_reader_close(r);
+    return true;
+}
+
+/* One TXN message the consumer has finished with and that has no decision: its dead letter is stored (a
+ * Duplicate PubAck means a letter with its id, dlq-<stream>-<seq>, is there already: the original was left
+ * behind by a lost advisory) and the original deleted. Looked up again first, as the advisory path does: another
+ * DLQ worker may have finished it, and a decision stored late counts. */
+static void sweep_one(dlq_worker *w, uint64_t seq, sweep_counts *n)
+{
+    const config *c = &w->cfg;
+    natsMsg *orig = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetMsg(&orig, w->js, c->txn_stream, seq, NULL, &jerr);
+    if (s == NATS_NOT_FOUND || jerr == JSNoMessageFoundErr)
+        return;
+    if (s != NATS_OK) {
+        n->errors++;
+        return;
+    }
+    arena_reset(&w->arena);
+    Transaction *t = NULL;
+    poison_reason why = POISON_NONE;
+    verror derr = {0};
+    bool valid = w->arena.buf && txn_decode(&w->arena, natsMsg_GetData(orig), (size_t)natsMsg_GetDataLength(orig),
+                                            (size_t)c->max_msg_size, &t, &why, &derr) == V_OK;
+    const char *txn_id = valid ? t->txn_id : NULL;
+    if (valid) {
+        bool found = false;
+        if (decision_stored(c, w->js, txn_id, &found) != NATS_OK) {
+            n->errors++;
+            natsMsg_Destroy(orig);
+            return;
+        }
+        if (found) {
+            n->decided++;
+            natsMsg_Destroy(orig);
+            return;
+        }
+    }
+    /* A valid transaction the consumer finished with undecided reached MaxDeliver (or, on a server before 2.11,
+     * was skipped): a max_deliveries letter, which `verdict dlq replay` re-drives. Poison keeps its reason. */
+    poison_reason r = valid ? DEAD_MAX_DELIVERIES : why != POISON_NONE ? why : POISON_DECODE;
+    natsMsg *dl = NULL;
+    s = dlq_letter_new(&dl, c, r,
+                       valid ? "swept: finished by the consumer without a decision or a dead letter (a lost "
+                               "max-deliver advisory)"
+                             : derr.msg,
+                       orig, seq, 0, txn_id);
+    natsMsg_Destroy(orig);
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = c->publish_timeout_ms;
+    jsPubAck *pa = NULL;
+    if (s == NATS_OK)
+        s = js_PublishMsg(&pa, w->js, dl, &po, &jerr);
+    natsMsg_Destroy(dl);
+    if (s != NATS_OK) {
+        jsPubAck_Destroy(pa);
+        n->errors++;
+        log_warn("sweep: cannot store a dead letter; tried again at the next pass",
+                 "\"stream\":\"%s\",\"seq\":%llu,\"error\":\"%s\"", c->txn_stream, (unsigned long long)seq,
+                 natsStatus_GetText(s));
+        return;
+    }
+    bool existed = pa->Duplicate;
+    jsPubAck_Destroy(pa);
+    jerr = 0;
+    s = js_DeleteMsg(w->js, c->txn_stream, seq, NULL, &jerr);
+    if (s == NATS_NOT_FOUND || jerr == JSNoMessageFoundErr || jerr == JSSequenceNotFoundErr)
+        return; /* another DLQ worker finished it meanwhile, and counted it */
+    if (s != NATS_OK) {
+        n->errors++;
+        return;
+    }
+    if (existed) {
+        n->deleted++;
+        log_warn("sweep: original deleted, its dead letter was stored (its advisory was lost)",
+                 "\"stream\":\"%s\",\"seq\":%llu", c->txn_stream, (unsigned long long)seq);
+        return;
+    }
+    n->dead_lettered++;
+    if (w->total)
+        atomic_fetch_add(w->total, 1);
+    if (w->by_reason)
+        atomic_fetch_add(&w->by_reason[r], 1);
+    log_warn("dead-lettered by the sweep", "\"stream\":\"%s\",\"seq\":%llu,\"reason\":\"%s\"", c->txn_stream,
+             (unsigned long long)seq, poison_reason_str(r));
+}
+
+/* One pass; true when a bound cut it short (more to examine). */
+static bool sweep_pass(dlq_worker *w)
+{
+    const config *c = &w->cfg;
+    int64_t t0 = mono_ns();
+    sweep_counts n = {0};
+    verror e = {0};
+    uint64_t floor = 0;
+    if (!ack_floor(w, &floor, &e)) {
+        if (w->sweep)
+            atomic_fetch_add(&w->sweep->errors, 1);
+        log_warn("sweep skipped", "\"error\":\"%s\"", log_esc(e.msg));
+        return false;
+    }
+    /* Only what was finished a whole interval ago: its advisory has had that long to be handled */
+    uint64_t hi = w->prev_floor;
+    w->prev_floor = floor;
+    uint64_t from = w->cursor;
+    bool more = false, failed = false;
+    uint64_t cands[SWEEP_MAX_ACTIONS];
+    int ncand = 0;
+    if (hi > 0 && (w->cursor == 0 || w->cursor <= hi)) {
+        int64_t since_ns = w->cursor_ns ? w->cursor_ns : (now_ms() - SWEEP_LOOKBACK_MS) * 1000000LL;
+        idset decided;
+        stream_reader *r = NULL;
+        if (!idset_init(&decided, 4096)) {
+            verror_set(&e, V_ENOMEM, "out of memory for the decided set");
+            failed = true;
+        } else if (!decided_since(w, since_ns - SWEEP_CLOCK_SLACK_MS * 1000000LL, &decided, &e) ||
+                   stream_reader_open(w->js, c->txn_stream, NULL, w->cursor, w->cursor ? 0 : since_ns, &r, &e) !=
+                       V_OK) {
+            failed = true;
+        }
+        while (!failed && r) {
+            natsMsg *m = NULL;
+            uint64_t seq;
+            int64_t ts;
+            vstatus st = stream_reader_next(r, &m, &seq, &ts, SWEEP_READ_MS, &e);
+            if (st == V_ENOTFOUND || (st == V_OK && seq > hi)) {
+                natsMsg_Destroy(m);
+                w->cursor = hi + 1; /* everything up to hi examined */
+                break;
+            }
+            if (st != V_OK || atomic_load(&w->stopping)) {
+                natsMsg_Destroy(m);
+                failed = st != V_OK;
+                break;
+            }
+            if (n.examined == SWEEP_MAX_EXAMINED || ncand == SWEEP_MAX_ACTIONS) {
+                natsMsg_Destroy(m);
+                w->cursor = seq; /* the next pass starts here */
+                more = true;
+                break;
+            }
+            n.examined++;
+            arena_reset(&w->arena);
+            Transaction *t = NULL;
+            poison_reason why;
+            bool valid = w->arena.buf && txn_decode(&w->arena, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m),
+                                                    (size_t)c->max_msg_size, &t, &why, NULL) == V_OK;
+            if (!valid || !idset_has(&decided, hash64_str(t->txn_id)))
+                cands[ncand++] = seq;
+            w->cursor = seq + 1;
+            w->cursor_ns = ts;
+            natsMsg_Destroy(m);
+        }
+        stream_reader_close(r);
+        idset_free(&decided);
+    }
+    for (int i = 0; i < ncand && !atomic_load(&w->stopping); i++)
+        sweep_one(w, cands[i], &n);
+    if (failed)
+        n.errors++;
+    if (w->sweep) {
+        atomic_fetch_add(&w->sweep->passes, 1);
+        atomic_fetch_add(&w->sweep->examined, n.examined);
+        atomic_fetch_add(&w->sweep->dead_lettered, n.dead_lettered);
+        atomic_fetch_add(&w->sweep->originals_deleted, n.deleted);
+        atomic_fetch_add(&w->sweep->errors, n.errors);
+    }
+    log_info("sweep",
+             "\"from_seq\":%llu,\"to_seq\":%llu,\"examined\":%lld,\"dead_lettered\":%lld,\"originals_deleted\":%lld,"
+             "\"decided_meanwhile\":%lld,\"errors\":%lld,\"more\":%s,\"took_ms\":%lld%s%s%s",
+             (unsigned long long)from, (unsigned long long)hi, n.examined, n.dead_lettered, n.deleted, n.decided,
+             n.errors, more ? "true" : "false", (long long)((mono_ns() - t0) / 1000000), failed ? ",\"error\":\"" : "",
+             failed ? log_esc(e.msg) : "", failed ? "\"" : "");
+    return more;
+}
+
 static void *dlq_main(void *arg)
 {
     dlq_worker *w = arg;
+    if (w->cfg.sweep_interval_ms > 0) {
+        verror e = {0};
+        if (!ack_floor(w, &w->prev_floor, &e))
+            w->prev_floor = 0; /* the first pass only notes the floor */
+        w->next_sweep_ns = mono_ns() + w->cfg.sweep_interval_ms * 1000000LL;
+    }
     while (!atomic_load(&w->stopping)) {
+        if (w->cfg.sweep_interval_ms > 0 && mono_ns() >= w->next_sweep_ns) {
+            bool more = sweep_pass(w);
+            w->next_sweep_ns = mono_ns() + (more ? SWEEP_CATCHUP_MS : w->cfg.sweep_interval_ms) * 1000000LL;
+        }
         natsMsgList list = {0};
         int pending = 0;
         if (natsSubscription_GetPending(w->sub, &pending, NULL) != NATS_OK)
@@ -322,7 +582,7 @@ static void *dlq_main(void *arg)
 }
 
 vstatus dlq_worker_start(const config *c, natsConnection *nc, atomic_llong *total, atomic_llong *by_reason,
-                         dlq_worker **out, verror *e)
+                         dlq_sweep_stats *sweep, dlq_worker **out, verror *e)
 {
     dlq_worker *w = calloc(1, sizeof *w);
     if (!w)
@@ -330,8 +590,19 @@ vstatus dlq_worker_start(const config *c, natsConnection *nc, atomic_llong *tota
     w->cfg = *c;
     w->total = total;
     w->by_reason = by_reason;
+    w->sweep = sweep;
+    if (c->sweep_interval_ms > 0 && c->sweep_interval_ms * 2 > c->dup_window_ms)
+        log_warn("--sweep-interval is longer than half of --dup-window: a poison original whose advisory was lost "
+                 "may get a second dead letter (docs/operations.md, \"The sweep\")",
+                 "\"sweep_interval_ms\":%lld,\"dup_window_ms\":%lld", (long long)c->sweep_interval_ms,
+                 (long long)c->dup_window_ms);
+    if (c->sweep_interval_ms > 0 && arena_init(&w->arena, txn_arena_size((size_t)c->max_msg_size)) != V_OK) {
+        free(w);
+        return verror_set(e, V_ENOMEM, "out of memory for the sweep's decode arena");
+    }
     natsStatus s = natsConnection_JetStream(&w->js, nc, NULL);
     if (s != NATS_OK) {
+        arena_free(&w->arena);
         free(w);
         return broker_err(e, s, 0, "cannot get a JetStream context");
     }
@@ -353,6 +624,7 @@ vstatus dlq_worker_start(const config *c, natsConnection *nc, atomic_llong *tota
     jsConsumerInfo_Destroy(ci);
     if (s != NATS_OK) {
         jsCtx_Destroy(w->js);
+        arena_free(&w->arena);
         free(w);
         return broker_err(e, s, jerr, "cannot create the DLQ worker's consumer");
     }
@@ -364,12 +636,14 @@ vstatus dlq_worker_start(const config *c, natsConnection *nc, atomic_llong *tota
     s = js_PullSubscribe(&w->sub, w->js, "", durable, NULL, &so, &jerr);
     if (s != NATS_OK) {
         jsCtx_Destroy(w->js);
+        arena_free(&w->arena);
         free(w);
         return broker_err(e, s, jerr, "cannot bind the DLQ worker");
     }
     if (pthread_create(&w->thread, NULL, dlq_main, w) != 0) {
         natsSubscription_Destroy(w->sub);
         jsCtx_Destroy(w->js);
+        arena_free(&w->arena);
         free(w);
         return verror_set(e, V_ENOMEM, "cannot start the DLQ worker thread");
     }
@@ -390,5 +664,6 @@ void dlq_worker_stop(dlq_worker *w)
     pthread_join(w->thread, NULL);
     natsSubscription_Destroy(w->sub);
     jsCtx_Destroy(w->js);
+    arena_free(&w->arena);
     free(w);
 }

@@ -49,10 +49,25 @@ bool dlq_lineage_next(const char **p, uint64_t *seq);
 
 typedef struct dlq_worker dlq_worker;
 
+/* The sweep: advisories are best effort (a server can fail to publish one, or the capture miss it during a
+ * cluster fault: issue 21), so every c->sweep_interval_ms the DLQ worker's thread also looks at what the
+ * consumer has finished with (TXN messages at or below its ack floor of the previous pass, so advisories had a
+ * whole interval to arrive) and that is still in TXN without a decision: the dead letter is written if it is
+ * not stored yet, and the original deleted, as the advisory would have had done. What `verdict audit --repair`
+ * does by hand, minus the re-drive; bounded per pass (docs/operations.md, "The sweep"). */
+typedef struct dlq_sweep_stats {
+    atomic_llong passes;            /* passes that ran to their end (or to their bound) */
+    atomic_llong examined;          /* TXN messages looked at */
+    atomic_llong dead_lettered;     /* dead letters the sweep stored (also counted in the dead-letter totals) */
+    atomic_llong originals_deleted; /* originals whose dead letter was stored already (a lost advisory), deleted */
+    atomic_llong errors;            /* passes or messages cut short by a failure: tried again at the next pass */
+} dlq_sweep_stats;
+
 /* Creates (or binds to) the durable consumer "<consumer>_dlq" on VERDICT_ADVISORIES and starts the thread.
- * Per dead letter it stores it increments *total and by_reason[reason] (either may be NULL). */
+ * Per dead letter it stores it increments *total and by_reason[reason] (either may be NULL); the sweep counts
+ * into *sweep (may be NULL). */
 vstatus dlq_worker_start(const config *c, natsConnection *nc, atomic_llong *total, atomic_llong *by_reason,
-                         dlq_worker **out, verror *e);
+                         dlq_sweep_stats *sweep, dlq_worker **out, verror *e);
 /* Stops after the advisory in hand is finished. */
 void dlq_worker_stop(dlq_worker *w);
 /* MAX_DELIVERIES advisories whose transaction had a stored decision after all (no dead letter written). */

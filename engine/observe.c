@@ -20,8 +20,15 @@
 #define VERDICT_VERSION "0.1.0"
 #endif
 
-/* Consumer figures, polled every POLL_MS by one thread (never per transaction). */
-#define POLL_MS 2000
+/* Consumer figures and the decisions stream's leader, polled every POLL_MS by one thread (never per
+ * transaction); each poll waits at most POLL_MS. */
+#define POLL_MS 1000
+/* /readyz says 503 when the consumer or the decisions stream has not answered for this long (no leader, no
+ * route to it), or when decision publishes have been failing or timing out for this long, the last failure
+ * less than PUB_FAIL_RECENT_MS ago (a failure streak with nothing tried since is no evidence: a retry, or a
+ * redelivery within the consumer's BackOff, comes sooner while work is pending). */
+#define UNAVAILABLE_MS 3000
+#define PUB_FAIL_RECENT_MS 10000
 /* How long observe_stop waits for a running $SRV handler before it gives up freeing (never expected). */
 #define SRV_DONE_WAIT_S 2
 
@@ -44,7 +51,32 @@ struct observe {
     bool stopping;
     atomic_llong pending, ack_pending, redelivered, waiting, poll_errors;
     atomic_bool polled; /* at least one poll succeeded */
+    /* mono_ns of the last answer from the consumer (its info) and from the decisions stream's leader (its
+     * info); set to the attach time first. Written by the poller, read by /readyz: never a nats.c call there. */
+    atomic_llong consumer_ok_ns, decisions_ok_ns;
+    atomic_bool attached;
 };
+
+/* What /readyz judges. The engine's own conditions (phase, connections) come from the engine (observe_source.ready); the others say
+ * whether it can decide: the consumer answers, the decisions stream has a leader, decisions get stored. */
+typedef struct readiness_t {
+    bool ready, engine, consumer, decisions_stream, publishing;
+} readiness_t;
+
+static readiness_t judge(observe *o)
+{
+    readiness_t r = {.engine = o->src.ready(o->src.ctx), .consumer = true, .decisions_stream = true, .publishing = true};
+    int64_t now = mono_ns();
+    if (atomic_load(&o->attached)) {
+        r.consumer = now - atomic_load(&o->consumer_ok_ns) < UNAVAILABLE_MS * 1000000LL;
+        r.decisions_stream = now - atomic_load(&o->decisions_ok_ns) < UNAVAILABLE_MS * 1000000LL;
+    }
+    const engine_stats *st = o->src.stats;
+    int64_t since = atomic_load(&st->decision_failing_since_ns), last = atomic_load(&st->decision_fail_ns);
+    r.publishing = !(since && now - since >= UNAVAILABLE_MS * 1000000LL && now - last < PUB_FAIL_RECENT_MS * 1000000LL);
+    r.ready = r.engine && r.consumer && r.decisions_stream && r.publishing;
+    return r;
+}
 
 /* ------------------------------------------------------------------------------------------- metrics */
 
@@ -133,6 +165,18 @@ static size_t metrics(observe *ob, char *buf, size_t cap)
     counter(&o, "verdict_dead_letters_avoided_total",
             "Transactions at max-deliver whose decision was found stored, so no dead letter was written.",
             ob->src.dlq_decided_late(ob->src.ctx));
+    counter(&o, "verdict_sweep_passes_total", "Passes of the sweep for what the server's advisories missed.",
+            atomic_load(&st->sweep.passes));
+    counter(&o, "verdict_sweep_examined_total", "TXN messages the sweep looked at.", atomic_load(&st->sweep.examined));
+    counter(&o, "verdict_sweep_dead_lettered_total",
+            "Dead letters the sweep stored for messages finished without a decision or a dead letter (also in "
+            "verdict_dead_letters_total).",
+            atomic_load(&st->sweep.dead_lettered));
+    counter(&o, "verdict_sweep_originals_deleted_total",
+            "Originals the sweep deleted because their dead letter was stored already (a lost advisory).",
+            atomic_load(&st->sweep.originals_deleted));
+    counter(&o, "verdict_sweep_errors_total", "Sweep passes or messages cut short by a failure (retried next pass).",
+            atomic_load(&st->sweep.errors));
     counter(&o, "verdict_policy_reloads_total", "Rules/model versions swapped in.", atomic_load(&st->reloads));
     counter(&o, "verdict_policy_reload_failures_total", "Rules/model versions refused (the old stayed).",
             atomic_load(&st->reload_failures));
@@ -154,8 +198,10 @@ static size_t metrics(observe *ob, char *buf, size_t cap)
     static const char *stages[] = {"features", "model", "rules"};
     for (int i = 0; i < 3; i++)
         put(&o, "verdict_stage_seconds_total{stage=\"%s\"} %.9f\n", stages[i], (double)atomic_load(&st->stage_ns[i]) / 1e9);
-    put(&o, "# HELP verdict_ready 1 when the engine is connected and taking work.\n# TYPE verdict_ready gauge\n"
-            "verdict_ready %d\n", ob->src.ready(ob->src.ctx) ? 1 : 0);
+    put(&o,
+        "# HELP verdict_ready 1 when /readyz says 200: started, connected, and able to decide.\n"
+        "# TYPE verdict_ready gauge\nverdict_ready %d\n",
+        judge(ob).ready ? 1 : 0);
 
     velocity_stats_t vs;
     if (ob->src.state_stats(ob->src.ctx, &vs)) {
@@ -213,15 +259,19 @@ static size_t readiness(observe *o, char *buf, size_t cap, bool *ready)
 {
     engine_phase ph = o->src.phase(o->src.ctx);
     bool connected = o->src.connected(o->src.ctx);
-    *ready = o->src.ready(o->src.ctx);
+    readiness_t r = judge(o);
+    *ready = r.ready;
     char rv[40], mv[40];
     o->src.versions(o->src.ctx, rv, mv, sizeof rv);
+#define TF(b) ((b) ? "true" : "false")
     int n = snprintf(buf, cap,
                      "{\"ready\":%s,\"phase\":\"%s\",\"nats_connected\":%s,\"streams_verified\":%s,"
-                     "\"state_rebuilt\":%s,\"rules_version\":\"%s\",\"model_version\":\"%s\"}\n",
-                     *ready ? "true" : "false", engine_phase_str(ph), connected ? "true" : "false",
-                     ph > PHASE_VERIFYING && ph != PHASE_STOPPING ? "true" : "false",
-                     ph > PHASE_REBUILDING && ph != PHASE_STOPPING ? "true" : "false", rv, mv);
+                     "\"state_rebuilt\":%s,\"consumer_reachable\":%s,\"decisions_stream_available\":%s,"
+                     "\"decisions_stored\":%s,\"rules_version\":\"%s\",\"model_version\":\"%s\"}\n",
+                     TF(r.ready), engine_phase_str(ph), TF(connected), TF(ph > PHASE_VERIFYING && ph != PHASE_STOPPING),
+                     TF(ph > PHASE_REBUILDING && ph != PHASE_STOPPING), TF(r.consumer), TF(r.decisions_stream),
+                     TF(r.publishing), rv, mv);
+#undef TF
     return n > 0 && (size_t)n < cap ? (size_t)n : 0;
 }
 
@@ -423,15 +473,44 @@ static vstatus start_srv(observe *o, verror *e)
 
 /* ------------------------------------------------------------------------------------- consumer poller */
 
+/* Whether a stream's or consumer's group can commit: its leader and enough replicas heard from lately for a
+ * majority. A leader cut off from its followers keeps answering info requests from its own state until it
+ * notices the lost quorum and steps down (about 20 s measured on 2.10.27), while every write it takes waits. */
+static bool has_quorum(const jsClusterInfo *ci, int64_t replicas)
+{
+    if (!ci)
+        return true; /* not clustered */
+    int64_t total = replicas > 0 ? replicas : 1 + ci->ReplicasLen;
+    if (total <= 1)
+        return true;
+    if (!ci->Leader || !ci->Leader[0])
+        return false;
+    int64_t up = 1;
+    for (int i = 0; i < ci->ReplicasLen; i++) {
+        const jsPeerInfo *p = ci->Replicas[i];
+        if (p && !p->Offline && p->Active <= UNAVAILABLE_MS * 1000000LL)
+            up++;
+    }
+    return 2 * up > total;
+}
+
 static void poll_once(observe *o)
 {
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
+    /* Stream info is answered by the stream's leader: no answer means no leader, or none reachable */
+    jsStreamInfo *si = NULL;
+    if (js_GetStreamInfo(&si, o->js, o->cfg.decisions_stream, NULL, &jerr) == NATS_OK &&
+        has_quorum(si->Cluster, si->Config ? si->Config->Replicas : 0))
+        atomic_store(&o->decisions_ok_ns, mono_ns());
+    jsStreamInfo_Destroy(si);
     natsStatus s = js_GetConsumerInfo(&ci, o->js, o->cfg.txn_stream, o->cfg.consumer, NULL, &jerr);
     if (s != NATS_OK) {
         atomic_fetch_add(&o->poll_errors, 1);
         return;
     }
+    if (has_quorum(ci->Cluster, ci->Config ? ci->Config->Replicas : 0))
+        atomic_store(&o->consumer_ok_ns, mono_ns());
     atomic_store(&o->pending, (long long)ci->NumPending);
     atomic_store(&o->ack_pending, (long long)ci->NumAckPending);
     atomic_store(&o->redelivered, (long long)ci->NumRedelivered);
@@ -496,10 +575,13 @@ vstatus observe_attach(observe *o, natsConnection *nc, verror *e)
         return rc;
     jsOptions jo;
     jsOptions_Init(&jo);
-    jo.Wait = POLL_MS / 2; /* a poll in progress never holds up a stop for long */
+    jo.Wait = POLL_MS; /* a poll in progress never holds up a stop for long */
     natsStatus s = natsConnection_JetStream(&o->js, nc, &jo);
     if (s != NATS_OK)
         return verror_set(e, V_ENATS, "cannot get a JetStream context: %s", natsStatus_GetText(s));
+    atomic_store(&o->consumer_ok_ns, mono_ns());
+    atomic_store(&o->decisions_ok_ns, mono_ns());
+    atomic_store(&o->attached, true);
     if (pthread_create(&o->poller, NULL, poller_main, o) != 0)
         return verror_set(e, V_ENOMEM, "cannot start the consumer poller");
     o->poller_running = true;

@@ -34,8 +34,9 @@ typedef struct observe_source {
 /* Starts the HTTP endpoint (unless c->metrics_addr is "off"). Called before the engine connects, so that
  * /healthz answers and /readyz reports the start's progress (connecting, verifying streams, rebuilding state). */
 vstatus observe_start(const observe_source *src, const config *c, observe **out, verror *e);
-/* Once the engine is connected: starts the $SRV responders on nc and the consumer poller (pending, ack pending
- * and redelivered counts, every 2 s). */
+/* Once the engine is connected: starts the $SRV responders on nc and the poller (every second: the consumer's
+ * pending, ack pending and redelivered counts, and whether the consumer and the decisions stream's leader
+ * answer, which /readyz judges with the decision publishes' outcomes). */
 vstatus observe_attach(observe *o, natsConnection *nc, verror *e);
 void observe_stop(observe *o);
 

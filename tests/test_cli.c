@@ -218,9 +218,45 @@ Test(cli, decision_prints_the_stored_decision_readably_and_as_json, .init = setu
     cr_expect(json_is_boolean(json_object_get(j, "budget_exceeded")) && json_is_boolean(json_object_get(j, "degraded")));
     json_decref(j);
 
-    EXPECT(1, "unknown: no decision stored for cli-nope", "decision", "cli-nope", "--nats-url", srv.url);
+    EXPECT(3, "unknown: no decision stored for cli-nope", "decision", "cli-nope", "--nats-url", srv.url);
     stop_engine(pid);
     unlink(rp);
+}
+
+/* Issue 21: a payment service asks where its transaction stands. Each answer has its own exit status: decided
+ * 0, unknown 3, pending 4 (in TXN, the engine has not finished with it), dead-lettered 5; a backlog larger than
+ * --scan-max cannot be told (1). */
+Test(cli, decision_tells_pending_dead_lettered_and_unknown_apart, .init = setup, .fini = teardown)
+{
+    pid_t pid = tc_start_engine(srv.url, logp, NULL);
+    Transaction t;
+    tc_txn(&t, "cli-done", 1000);
+    cr_assert(tc_publish(js, "txn.ecom.x", &t));
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = "cli-dead";
+    jsPubAck *pa = NULL;
+    cr_assert_eq(js_Publish(&pa, js, "txn.ecom.x", "\xff\xfe", 2, &po, NULL), NATS_OK);
+    jsPubAck_Destroy(pa);
+    cr_assert(tc_wait_consumer_idle(js, 10000), "see %s", logp);
+    cr_assert_eq(tc_wait_msgs(js, "DLQ", 1, 5000), 1, "see %s", logp);
+    stop_engine(pid);
+    /* the engine is down: these stay pending */
+    tc_txn(&t, "cli-pend-0", 1000);
+    cr_assert(tc_publish(js, "txn.ecom.x", &t));
+    tc_txn(&t, "cli-pend-1", 1000);
+    cr_assert(tc_publish(js, "txn.ecom.y", &t));
+
+    EXPECT(0, "APPROVE", "decision", "cli-done", "--nats-url", srv.url);
+    EXPECT(4, "pending: cli-pend-1 is in TXN at sequence 4", "decision", "cli-pend-1", "--nats-url", srv.url);
+    EXPECT(4, "\"status\":\"pending\"", "decision", "cli-pend-0", "--json", "--nats-url", srv.url);
+    EXPECT(5, "dead-lettered: cli-dead is in DLQ at sequence 1 (decode_error)", "decision", "cli-dead", "--nats-url",
+           srv.url);
+    EXPECT(5, "\"status\":\"dead_lettered\"", "decision", "cli-dead", "--json", "--nats-url", srv.url);
+    EXPECT(3, "unknown: no decision stored for cli-nope", "decision", "cli-nope", "--nats-url", srv.url);
+    EXPECT(3, "\"status\":\"unknown\"", "decision", "cli-nope", "--json", "--nats-url", srv.url);
+    EXPECT(1, "more than --scan-max 1 messages", "decision", "cli-pend-1", "--scan-max", "1", "--nats-url", srv.url);
+    EXPECT(2, "--scan-max needs a count", "decision", "cli-pend-1", "--scan-max", "0", "--nats-url", srv.url);
 }
 
 /* A transaction without a card_id is dead-lettered as missing_field: its bytes decode, and `dlq show` shows

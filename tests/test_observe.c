@@ -277,7 +277,7 @@ Test(observe, consumer_pending_is_polled)
     jsCtx_Destroy(js);
     static char body[131072];
     long long pending = -1, ack_pending = -1;
-    for (int i = 0; i < 60; i++) { /* the poller runs every 2 s */
+    for (int i = 0; i < 60; i++) { /* the poller runs every second */
         cr_assert_eq(http_get(port, "/metrics", body, sizeof body), 200);
         pending = metric(body, "verdict_consumer_pending_messages");
         ack_pending = metric(body, "verdict_consumer_ack_pending_messages");
@@ -335,4 +335,83 @@ Test(observe, a_responder_running_at_shutdown_finishes_before_its_state_is_freed
     natsMsg_Destroy(r);
     natsSubscription_Destroy(sub);
     natsInbox_Destroy(inbox);
+}
+
+/* Polls /readyz every 100 ms until it answers want (bounded); returns the ms it took, or -1. */
+static long long readyz_until(int port, int want, int timeout_ms, char *body, size_t cap)
+{
+    for (int waited = 0; waited <= timeout_ms; waited += 100) {
+        if (http_get(port, "/readyz", body, cap) == want)
+            return waited;
+        usleep(100000);
+    }
+    return -1;
+}
+
+/* Issue 21: connected is not enough. With the decisions stream gone (as with no leader for it on a cluster),
+ * the engine cannot store a decision: /readyz says 503 within seconds, naming the condition, and 200 again once
+ * the stream is back. A transaction taken meanwhile is decided after. */
+Test(observe, readyz_says_503_while_the_decisions_stream_is_unavailable)
+{
+    int port = free_port();
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+    pid_t pid = tc_start_engine(srv.url, logp, (const char *const[]){"--metrics-addr", addr, NULL});
+    jsCtx *js = NULL;
+    cr_assert_eq(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
+    static char body[4096];
+    cr_assert_eq(readyz_until(port, 200, 5000, body, sizeof body), 0, "%s", body);
+    jsStreamInfo *si = NULL;
+    cr_assert_eq(js_GetStreamInfo(&si, js, "DECISIONS", NULL, NULL), NATS_OK);
+    cr_assert_eq(js_DeleteStream(js, "DECISIONS", NULL, NULL), NATS_OK);
+    Transaction t;
+    tc_txn(&t, "while-gone", 1000);
+    cr_assert(tc_publish(js, "txn.obs", &t));
+    long long took = readyz_until(port, 503, 8000, body, sizeof body);
+    cr_assert(took >= 0, "/readyz still 200 8 s after the decisions stream went: %s", body);
+    cr_assert(strstr(body, "\"decisions_stream_available\":false") && strstr(body, "\"nats_connected\":true"), "%s",
+              body);
+    fprintf(stderr, "observe: /readyz 503 %lld ms after the decisions stream went\n", took);
+    cr_assert_lt(took, 5000);
+    jsStreamInfo *back = NULL;
+    cr_assert_eq(js_AddStream(&back, js, si->Config, NULL, NULL), NATS_OK);
+    jsStreamInfo_Destroy(back);
+    jsStreamInfo_Destroy(si);
+    took = readyz_until(port, 200, 5000, body, sizeof body);
+    cr_assert(took >= 0, "not ready 5 s after the stream came back: %s", body);
+    fprintf(stderr, "observe: /readyz 200 %lld ms after the decisions stream came back\n", took);
+    cr_assert_eq(tc_wait_msgs(js, "DECISIONS", 1, 40000), 1, "the transaction taken meanwhile is decided");
+    jsCtx_Destroy(js);
+    kill(pid, SIGTERM);
+    cr_assert_eq(child_wait(pid, 15000), 0);
+}
+
+/* Decisions that cannot be stored (every publish fails: the fault publish_fail) while work is pending: 503
+ * with "decisions_stored":false within seconds, though the connection and the streams answer. */
+Test(observe, readyz_says_503_while_decisions_are_not_stored)
+{
+    int port = free_port();
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+    setenv("VERDICT_TEST_FAULT", "publish_fail", 1);
+    pid_t pid = tc_start_engine(srv.url, logp, (const char *const[]){"--metrics-addr", addr, NULL});
+    unsetenv("VERDICT_TEST_FAULT");
+    static char body[131072];
+    cr_assert_eq(readyz_until(port, 200, 5000, body, sizeof body), 0, "idle, nothing failed yet: %s", body);
+    jsCtx *js = NULL;
+    cr_assert_eq(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
+    Transaction t;
+    tc_txn(&t, "not-stored", 1000);
+    cr_assert(tc_publish(js, "txn.obs", &t));
+    jsCtx_Destroy(js);
+    long long took = readyz_until(port, 503, 8000, body, sizeof body);
+    cr_assert(took >= 0, "/readyz still 200 8 s into failing publishes: %s", body);
+    cr_assert(strstr(body, "\"decisions_stored\":false") && strstr(body, "\"decisions_stream_available\":true") &&
+                  strstr(body, "\"consumer_reachable\":true"),
+              "%s", body);
+    fprintf(stderr, "observe: /readyz 503 %lld ms after the first failing publish\n", took);
+    cr_assert_eq(http_get(port, "/metrics", body, sizeof body), 200);
+    cr_assert_eq(metric(body, "verdict_ready"), 0, "the gauge agrees with /readyz");
+    kill(pid, SIGTERM);
+    cr_assert_eq(child_wait(pid, 15000), 0);
 }

@@ -186,3 +186,81 @@ Test(reconcile, a_retry_whose_first_copy_is_missing_is_stored_again)
     cr_assert_eq(child_wait(pid, 15000), 0);
     cr_assert_eq(audit(NULL, NULL, NULL), 0, "see %s", outp);
 }
+
+/* Issue 21: dead letters must not rest on advisories alone. A transaction that reaches MaxDeliver undecided
+ * (naked by a stand-in for a failing engine) while its advisory is lost (VERDICT_ADVISORIES purged before any
+ * DLQ worker runs) is dead-lettered by the engine's own sweep, without an operator, and the books balance. */
+Test(reconcile, a_max_deliver_transaction_whose_advisory_was_lost_is_dead_lettered_by_the_sweep)
+{
+    /* a consumer that gives up after two deliveries 300 ms apart (the engine below is started with the same) */
+    cr_assert_eq(js_DeleteConsumer(js, cfg.txn_stream, cfg.consumer, NULL, NULL), NATS_OK);
+    cfg.max_deliver = 2;
+    cfg.backoff_ms[0] = 300;
+    cfg.backoff_len = 1;
+    verror e = {0};
+    cr_assert_eq(broker_setup(&cfg, js, &e), V_OK, "%s", e.msg);
+    Transaction t;
+    tc_txn(&t, "lost-maxdeliver", 1000);
+    cr_assert(tc_publish(js, "txn.orders", &t));
+    natsSubscription *sub = NULL;
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = cfg.txn_stream;
+    so.Consumer = cfg.consumer;
+    so.ManualAck = true;
+    cr_assert_eq(js_PullSubscribe(&sub, js, cfg.txn_subjects, cfg.consumer, NULL, &so, NULL), NATS_OK);
+    int deliveries = 0;
+    for (int i = 0; i < 40 && deliveries < cfg.max_deliver; i++) {
+        natsMsgList list = {0};
+        if (natsSubscription_Fetch(&list, sub, 1, 1000, NULL) != NATS_OK)
+            continue;
+        for (int k = 0; k < list.Count; k++) {
+            js_meta m;
+            cr_assert(broker_parse_ack_subject(natsMsg_GetReply(list.Msgs[k]), &m));
+            cr_assert_eq(m.stream_seq, 1);
+            deliveries++;
+            cr_assert_eq(natsMsg_NakWithDelay(list.Msgs[k], 10, NULL), NATS_OK);
+        }
+        natsMsgList_Destroy(&list);
+    }
+    cr_assert_eq(deliveries, cfg.max_deliver);
+    /* the server sends the advisory when it next tries to deliver (a pull) */
+    for (int i = 0; i < 50 && tc_stream_msgs(js, cfg.adv_stream) == 0; i++) {
+        natsMsgList list = {0};
+        cr_assert_neq(natsSubscription_Fetch(&list, sub, 1, 100, NULL), NATS_OK, "no delivery after MaxDeliver");
+    }
+    natsSubscription_Destroy(sub); /* bound, not created: the durable stays */
+    cr_assert_eq(tc_stream_msgs(js, cfg.adv_stream), 1, "the MAX_DELIVERIES advisory was captured");
+    cr_assert_eq(js_PurgeStream(js, cfg.adv_stream, NULL, NULL), NATS_OK, "and is lost");
+    tc_txn(&t, "decided-fine", 1000);
+    cr_assert(tc_publish(js, "txn.orders", &t));
+
+    int port = free_port();
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+    pid_t pid = tc_start_engine(srv.url, logp,
+                                (const char *const[]){"--sweep-interval", "1s", "--max-deliver", "2", "--backoff",
+                                                      "300ms", "--metrics-addr", addr, NULL});
+    cr_assert_eq(tc_wait_msgs(js, "DECISIONS", 1, 10000), 1, "the other transaction is decided");
+    for (int i = 0; i < 100 && tc_stream_msgs(js, "DLQ") == 0; i++)
+        tc_sleep_ms(100);
+    cr_assert_eq(tc_stream_msgs(js, "DLQ"), 1, "the sweep dead-lettered it; see %s", logp);
+    cr_assert(file_wait_for(logp, "dead-lettered by the sweep", 1000), "see %s", logp);
+    natsMsg *dl = NULL;
+    cr_assert_eq(js_GetLastMsg(&dl, js, "DLQ", "dlq.max_deliveries", NULL, NULL), NATS_OK);
+    const char *v = NULL;
+    cr_assert_eq(natsMsgHeader_Get(dl, "Verdict-Txn-Id", &v), NATS_OK);
+    cr_assert_str_eq(v, "lost-maxdeliver");
+    cr_assert_eq(natsMsgHeader_Get(dl, "Verdict-Original-Seq", &v), NATS_OK);
+    cr_assert_str_eq(v, "1");
+    natsMsg_Destroy(dl);
+    natsMsg *orig = NULL;
+    cr_assert_neq(js_GetMsg(&orig, js, "TXN", 1, NULL, NULL), NATS_OK, "the original is deleted");
+    char body[65536];
+    cr_assert(http_get_local(port, "/metrics", body, sizeof body));
+    cr_assert(strstr(body, "\nverdict_sweep_dead_lettered_total 1\n"), "%s", body);
+    cr_assert(strstr(body, "\nverdict_dead_letters_total{reason=\"max_deliveries\"} 1\n"), "%s", body);
+    kill(pid, SIGTERM);
+    cr_assert_eq(child_wait(pid, 15000), 0);
+    cr_assert_eq(audit(NULL, NULL, NULL), 0, "the books balance; see %s", outp);
+}
