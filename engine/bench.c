@@ -352,6 +352,7 @@ static int bench_restart(const bench_opts *o, natsConnection *nc, const char *co
     jsOptions jo;
     jsOptions_Init(&jo);
     jo.PublishAsync.MaxPending = 4096;
+    jo.PublishAsync.StallWait = 30000; /* millions preloaded: a busy server may pause the PubAcks for seconds */
     jsCtx *js = NULL;
     if (natsConnection_JetStream(&js, nc, &jo) != NATS_OK)
         return 1;
