@@ -10,6 +10,7 @@
 #include "decide.h"
 #include "dlq.h"
 #include "ident.h"
+#include "jsoncodec.h"
 #include "log.h"
 #include "observe.h"
 #include "rebuild.h"
@@ -253,10 +254,10 @@ static natsStatus set_decision_headers(natsMsg *m, const Decision *d)
 
 /* The one way a decision reaches a requester: the decision message's bytes and Verdict headers (copied from
  * the message just stored, or from the stored copy read back for a duplicate). */
-static void reply_decision(natsConnection *nc, const char *reply_to, natsMsg *decision, bool duplicate)
+static void reply_decision(natsConnection *nc, const char *reply_to, natsMsg *decision, bool duplicate, natsMsg *in)
 {
     natsMsg *r = NULL;
-    natsStatus s = natsMsg_Create(&r, reply_to, NULL, natsMsg_GetData(decision), natsMsg_GetDataLength(decision));
+    natsStatus s = json_reply_create(&r, reply_to, decision, in); /* JSON when the request asked for it */
     for (size_t i = 0; s == NATS_OK && i < ARRAY_LEN(decision_header_keys); i++) {
         const char *v = NULL;
         if (natsMsgHeader_Get(decision, decision_header_keys[i], &v) == NATS_OK && v)
@@ -661,7 +662,7 @@ static void finish(worker *w, slot *sl)
         }
         atomic_fetch_add(&en->stats.duplicates, 1);
         if (sl->reply_to)
-            reply_decision(en->nc, sl->reply_to, stored, true);
+            reply_decision(en->nc, sl->reply_to, stored, true, sl->in);
         natsMsg_Destroy(stored);
     } else {
         atomic_fetch_add(&en->stats.decided[sl->outcome], 1);
@@ -676,7 +677,7 @@ static void finish(worker *w, slot *sl)
         if (sl->degraded)
             atomic_fetch_add(&en->stats.degraded, 1);
         if (sl->reply_to && sl->dm)
-            reply_decision(en->nc, sl->reply_to, sl->dm, false);
+            reply_decision(en->nc, sl->reply_to, sl->dm, false, sl->in);
     }
     if (sl->meta.delivered == 1 && strcmp(cfg->fault, "skip_first_ack") == 0)
         return; /* test fault: behave as if the ack was lost, so AckWait redelivers */
@@ -926,17 +927,21 @@ static void ingress_on_request(natsConnection *nc, natsSubscription *sub, natsMs
     Transaction *t = NULL;
     poison_reason why;
     verror err = {0};
-    if (txn_decode(&en->ingress_arena, natsMsg_GetData(req), (size_t)natsMsg_GetDataLength(req),
-                   (size_t)en->cfg.max_msg_size, &t, &why, &err) != V_OK) {
-        request_failed(en, nc, reply, 400, err.msg);
+    json_request jr; /* the body as protobuf (a JSON one converted) and the reply format (jsoncodec.h) */
+    if (json_request_read(req, &jr, &err) != V_OK ||
+        txn_decode(&en->ingress_arena, jr.data, (size_t)jr.len, (size_t)en->cfg.max_msg_size, &t, &why, &err) != V_OK) {
+        request_failed(en, nc, reply, jr.code ? jr.code : 400, err.msg);
+        json_request_done(&jr);
         natsMsg_Destroy(req);
         return;
     }
     natsMsg *m = NULL;
-    natsStatus s = natsMsg_Create(&m, en->cfg.ingress_subject, NULL, natsMsg_GetData(req),
-                                  natsMsg_GetDataLength(req));
+    natsStatus s = natsMsg_Create(&m, en->cfg.ingress_subject, NULL, jr.data, jr.len);
+    json_request_done(&jr);
     if (s == NATS_OK)
         s = natsMsgHeader_Set(m, "Verdict-Reply-To", reply);
+    if (s == NATS_OK && jr.reply_json)
+        s = natsMsgHeader_Set(m, JSON_REPLY_HEADER, "json");
     jsPubOptions po;
     jsPubOptions_Init(&po);
     po.MsgId = t->txn_id; /* nats.c sets Nats-Msg-Id from it */
@@ -1061,7 +1066,7 @@ static void *late_main(void *arg)
                     restore_first_copy(en, r);
             }
             if (s == NATS_OK) {
-                reply_decision(en->inc, r->reply, stored, true);
+                reply_decision(en->inc, r->reply, stored, true, r->orig);
                 natsMsg_Destroy(stored);
                 late_done(r);
             } else if (stopping) {
