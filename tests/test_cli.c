@@ -237,6 +237,14 @@ Test(cli, dlq_show_of_a_missing_field_letter_shows_the_transaction, .init = setu
     cr_expect(strstr(out, "does not decode") == NULL, "%s", out);
     cr_expect(strstr(out, "cli-nocard"), "the decoded transaction is shown:\n%s", out);
     EXPECT(1, "no dead letter at sequence 99", "dlq", "show", "99", "--nats-url", srv.url);
+    /* card data is masked as `decision --txn` masks it (log_mask), never shown in clear */
+    tc_txn(&t, "cli-lowercur", 1000);
+    t.currency = "eur";
+    cr_assert(tc_publish(js, "txn.ecom.x", &t));
+    cr_assert(tc_wait_msgs(js, "DLQ", 2, 10000) >= 2, "no dead letter; see %s", logp);
+    EXPECT(0, "cli-lowercur", "dlq", "show", "2", "--nats-url", srv.url);
+    cr_expect(!strstr(out, "tok_card_1") && !strstr(out, "dev_1"), "card data in clear:\n%s", out);
+    cr_expect(strstr(out, "******rd_1"), "the card id masked to its last four:\n%s", out);
     stop_engine(pid);
 }
 
