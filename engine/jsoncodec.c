@@ -149,8 +149,8 @@ static json_t *enc_msg(const ProtobufCMessage *m, int depth)
                     }
                 }
             }
-        } else if (f->label == PROTOBUF_C_LABEL_OPTIONAL && f->quantifier_offset &&
-                   f->type != PROTOBUF_C_TYPE_STRING && f->type != PROTOBUF_C_TYPE_MESSAGE &&
+        } else if (f->label == PROTOBUF_C_LABEL_OPTIONAL && f->quantifier_offset && f->type != PROTOBUF_C_TYPE_STRING &&
+                   f->type != PROTOBUF_C_TYPE_MESSAGE &&
                    !*(const protobuf_c_boolean *)((const char *)m + f->quantifier_offset)) {
             continue; /* an absent optional scalar */
         } else {
@@ -239,13 +239,11 @@ static bool dec_int(const json_t *v, bool is_unsigned, int64_t lo, uint64_t hi, 
             verror_set(e, V_EINVAL, "field '%s': \"%.40s\" is not a decimal integer in range", field, s);
         return ok;
     }
-    verror_set(e, V_EINVAL, "field '%s': expected an integer (a number or a decimal string), got %s", field,
-               jtype(v));
+    verror_set(e, V_EINVAL, "field '%s': expected an integer (a number or a decimal string), got %s", field, jtype(v));
     return false;
 }
 
-static bool dec_msg(const ProtobufCMessageDescriptor *d, const json_t *obj, ProtobufCMessage *m, int depth,
-                    verror *e);
+static bool dec_msg(const ProtobufCMessageDescriptor *d, const json_t *obj, ProtobufCMessage *m, int depth, verror *e);
 
 /* Sets the value at p (a field of type f->type) from v. Strings and sub-messages are malloc'd: the message is
  * freed with protobuf_c_message_free_unpacked, which frees exactly those. */
@@ -320,8 +318,7 @@ static bool dec_value(const ProtobufCFieldDescriptor *f, const json_t *v, void *
             json_int_t n = json_integer_value(v);
             ev = n >= INT32_MIN && n <= INT32_MAX ? protobuf_c_enum_descriptor_get_value(ed, (int)n) : NULL;
         } else {
-            return verror_set(e, V_EINVAL, "field '%s': expected a %s name, got %s", field, ed->short_name,
-                              jtype(v)),
+            return verror_set(e, V_EINVAL, "field '%s': expected a %s name, got %s", field, ed->short_name, jtype(v)),
                    false;
         }
         if (!ev) {
@@ -402,8 +399,8 @@ static bool dec_map(const ProtobufCFieldDescriptor *f, const json_t *v, Protobuf
     return true;
 }
 
-static bool dec_repeated(const ProtobufCFieldDescriptor *f, const json_t *v, ProtobufCMessage *m,
-                         const char *field, int depth, verror *e)
+static bool dec_repeated(const ProtobufCFieldDescriptor *f, const json_t *v, ProtobufCMessage *m, const char *field,
+                         int depth, verror *e)
 {
     if (!json_is_array(v))
         return verror_set(e, V_EINVAL, "field '%s': expected an array, got %s", field, jtype(v)), false;
@@ -425,8 +422,7 @@ static bool dec_repeated(const ProtobufCFieldDescriptor *f, const json_t *v, Pro
     return true;
 }
 
-static bool dec_msg(const ProtobufCMessageDescriptor *d, const json_t *obj, ProtobufCMessage *m, int depth,
-                    verror *e)
+static bool dec_msg(const ProtobufCMessageDescriptor *d, const json_t *obj, ProtobufCMessage *m, int depth, verror *e)
 {
     if (depth > MAX_DEPTH)
         return verror_set(e, V_EINVAL, "nested too deeply"), false;
@@ -582,8 +578,8 @@ vstatus json_request_read(natsMsg *req, json_request *r, verror *e)
         char q[48];
         printable(ct, q, sizeof q);
         r->code = 415;
-        return verror_set(e, V_EINVAL,
-                          "unsupported Content-Type '%s': send application/json or a protobuf Transaction", q);
+        return verror_set(e, V_EINVAL, "unsupported Content-Type '%s': send application/json or a protobuf Transaction",
+                          q);
     }
     bool json = in == MEDIA_JSON || (in == MEDIA_NONE && r->len > 0 && ((const char *)r->data)[0] == '{');
     enum media want = acc ? accept_of(acc) : MEDIA_NONE;

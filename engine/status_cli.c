@@ -53,12 +53,12 @@ static json_t *stream_json(cliconn *c, const char *name)
     char ft[40], lt[40];
     cliconn_time_ns(si->State.FirstTime, ft, sizeof ft);
     cliconn_time_ns(si->State.LastTime, lt, sizeof lt);
-    json_t *o = json_pack("{s:s, s:b, s:I, s:I, s:I, s:s, s:I, s:s, s:I, s:i, s:s?, s:o}", "name", name, "exists",
-                          true, "messages", (json_int_t)si->State.Msgs, "bytes", (json_int_t)si->State.Bytes,
-                          "first_seq", (json_int_t)si->State.FirstSeq, "first_time", ft, "last_seq",
-                          (json_int_t)si->State.LastSeq, "last_time", lt, "deleted",
-                          (json_int_t)si->State.NumDeleted, "replicas", si->Config ? (int)si->Config->Replicas : 0,
-                          "leader", si->Cluster ? si->Cluster->Leader : NULL, "peers", peers_json(si->Cluster));
+    json_t *o = json_pack("{s:s, s:b, s:I, s:I, s:I, s:s, s:I, s:s, s:I, s:i, s:s?, s:o}", "name", name, "exists", true,
+                          "messages", (json_int_t)si->State.Msgs, "bytes", (json_int_t)si->State.Bytes, "first_seq",
+                          (json_int_t)si->State.FirstSeq, "first_time", ft, "last_seq", (json_int_t)si->State.LastSeq,
+                          "last_time", lt, "deleted", (json_int_t)si->State.NumDeleted, "replicas",
+                          si->Config ? (int)si->Config->Replicas : 0, "leader",
+                          si->Cluster ? si->Cluster->Leader : NULL, "peers", peers_json(si->Cluster));
     jsStreamInfo_Destroy(si);
     return o;
 }
@@ -69,16 +69,15 @@ static json_t *consumer_json(cliconn *c)
     jsErrCode jerr = 0;
     natsStatus s = js_GetConsumerInfo(&ci, c->js, c->cfg.txn_stream, c->cfg.consumer, NULL, &jerr);
     if (s != NATS_OK)
-        return json_pack("{s:s, s:s, s:b, s:s}", "stream", c->cfg.txn_stream, "name", c->cfg.consumer, "exists",
-                         false, "error", s == NATS_NOT_FOUND ? "not found" : natsStatus_GetText(s));
+        return json_pack("{s:s, s:s, s:b, s:s}", "stream", c->cfg.txn_stream, "name", c->cfg.consumer, "exists", false,
+                         "error", s == NATS_NOT_FOUND ? "not found" : natsStatus_GetText(s));
     char last[40];
     cliconn_time_ns(ci->Delivered.Last, last, sizeof last);
     json_t *o = json_pack("{s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:s?}", "stream", c->cfg.txn_stream,
-                          "name", c->cfg.consumer, "exists", true, "pending", (json_int_t)ci->NumPending,
-                          "ack_pending", (json_int_t)ci->NumAckPending, "redelivered",
-                          (json_int_t)ci->NumRedelivered, "waiting_pulls", (json_int_t)ci->NumWaiting,
-                          "delivered_stream_seq", (json_int_t)ci->Delivered.Stream, "ack_floor_stream_seq",
-                          (json_int_t)ci->AckFloor.Stream, "last_delivered", last, "leader",
+                          "name", c->cfg.consumer, "exists", true, "pending", (json_int_t)ci->NumPending, "ack_pending",
+                          (json_int_t)ci->NumAckPending, "redelivered", (json_int_t)ci->NumRedelivered, "waiting_pulls",
+                          (json_int_t)ci->NumWaiting, "delivered_stream_seq", (json_int_t)ci->Delivered.Stream,
+                          "ack_floor_stream_seq", (json_int_t)ci->AckFloor.Stream, "last_delivered", last, "leader",
                           ci->Cluster ? ci->Cluster->Leader : NULL);
     jsConsumerInfo_Destroy(ci);
     return o;
@@ -106,8 +105,8 @@ static json_t *engine_json(const json_t *r)
                      nz(json_string_value(json_object_get(r, "id"))), "version",
                      nz(json_string_value(json_object_get(r, "version"))), "rules_version",
                      nz(json_string_value(json_object_get(md, "rules_version"))), "model_version",
-                     nz(json_string_value(json_object_get(md, "model_version"))), "started", nz(started),
-                     "uptime_s", (json_int_t)(st > 0 ? now_ms() / 1000 - st : -1), "decisions",
+                     nz(json_string_value(json_object_get(md, "model_version"))), "started", nz(started), "uptime_s",
+                     (json_int_t)(st > 0 ? now_ms() / 1000 - st : -1), "decisions",
                      (json_int_t)json_integer_value(json_object_get(data, "decisions")), "requests",
                      (json_int_t)json_integer_value(json_object_get(ep, "num_requests")), "errors",
                      (json_int_t)json_integer_value(json_object_get(ep, "num_errors")), "dead_letters",
@@ -190,8 +189,8 @@ static void print_text(const json_t *st, int wait_ms)
             snprintf(f, sizeof f, "%lld %s", I(s, "first_seq"), S(s, "first_time"));
             snprintf(l, sizeof l, "%lld %s", I(s, "last_seq"), S(s, "last_time"));
         }
-        printf("%-18s %10lld %10s  %-34s  %-34s  %lld  %s\n", S(s, "name"), I(s, "messages"), b, f, l,
-               I(s, "replicas"), json_is_string(json_object_get(s, "leader")) ? S(s, "leader") : "-");
+        printf("%-18s %10lld %10s  %-34s  %-34s  %lld  %s\n", S(s, "name"), I(s, "messages"), b, f, l, I(s, "replicas"),
+               json_is_string(json_object_get(s, "leader")) ? S(s, "leader") : "-");
     }
     const json_t *c = json_object_get(st, "consumer");
     printf("\nCONSUMER %s/%s", S(c, "stream"), S(c, "name"));
@@ -213,9 +212,9 @@ static void print_text(const json_t *st, int wait_ms)
     {
         char up[32];
         human_uptime(I(s, "uptime_s"), up, sizeof up);
-        printf("  %-20s %-8s %-16s %-16s %-8s %10lld %9lld %7lld\n", S(s, "id"), S(s, "version"),
-               S(s, "rules_version"), S(s, "model_version")[0] ? S(s, "model_version") : "none", up,
-               I(s, "decisions"), I(s, "requests"), I(s, "errors"));
+        printf("  %-20s %-8s %-16s %-16s %-8s %10lld %9lld %7lld\n", S(s, "id"), S(s, "version"), S(s, "rules_version"),
+               S(s, "model_version")[0] ? S(s, "model_version") : "none", up, I(s, "decisions"), I(s, "requests"),
+               I(s, "errors"));
         if (S(s, "last_error")[0])
             printf("  %-20s last error: %s\n", "", S(s, "last_error"));
     }
@@ -248,8 +247,7 @@ int cmd_status(int argc, char **argv)
             wait_ms = (int)v;
             k++;
         } else {
-            fprintf(stderr, "verdict status: unknown %s '%s' (see --help)\n", a[0] == '-' ? "option" : "argument",
-                    a);
+            fprintf(stderr, "verdict status: unknown %s '%s' (see --help)\n", a[0] == '-' ? "option" : "argument", a);
             return 2;
         }
     }

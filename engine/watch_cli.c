@@ -110,8 +110,10 @@ static int parse_args(watch_opts *o, char **argv, const int *rest, int nrest)
         } else {
             if (!duration_parse_ms(v, strlen(v), &o->timeout_ms) || o->timeout_ms < 1 ||
                 o->timeout_ms > 7LL * 86400 * 1000) {
-                fprintf(stderr, "verdict watch: --timeout takes a duration from 1ms to 7d (250ms, 30s, 10m), not "
-                                "'%s'\n", v);
+                fprintf(stderr,
+                        "verdict watch: --timeout takes a duration from 1ms to 7d (250ms, 30s, 10m), not "
+                        "'%s'\n",
+                        v);
                 return 2;
             }
         }
@@ -138,14 +140,13 @@ static void print_line(const watch_opts *o, const Decision *d)
     if (o->json) {
         json_t *reasons = json_array();
         for (size_t i = 0; i < d->n_reasons; i++)
-            json_array_append_new(reasons, json_pack("{s:s, s:s}", "rule_id", d->reasons[i]->rule_id, "text",
-                                                     d->reasons[i]->text));
+            json_array_append_new(
+                reasons, json_pack("{s:s, s:s}", "rule_id", d->reasons[i]->rule_id, "text", d->reasons[i]->text));
         json_t *j = json_pack("{s:s, s:s, s:s, s:f, s:o, s:I, s:I, s:b, s:b, s:s, s:s, s:s}", "decided_at", at,
                               "txn_id", d->txn_id, "outcome", outcome_str(d->outcome), "score", d->score, "reasons",
-                              reasons, "latency_us", (json_int_t)d->latency_us, "queued_us",
-                              (json_int_t)d->queued_us, "budget_exceeded", d->budget_exceeded, "degraded",
-                              d->degraded, "rules_version", d->rules_version, "model_version", d->model_version,
-                              "engine_id", d->engine_id);
+                              reasons, "latency_us", (json_int_t)d->latency_us, "queued_us", (json_int_t)d->queued_us,
+                              "budget_exceeded", d->budget_exceeded, "degraded", d->degraded, "rules_version",
+                              d->rules_version, "model_version", d->model_version, "engine_id", d->engine_id);
         char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
         if (s)
             puts(s);
@@ -233,8 +234,8 @@ int cmd_watch(int argc, char **argv)
             }
             /* several subscriptions (one per outcome): take from each in turn, waiting briefly on each */
             natsMsg *m = NULL;
-            natsStatus s =
-                natsSubscription_NextMsg(&m, subs[turn], nsubs > 1 ? (left < 50 ? left : 50) : (left < 1000 ? left : 1000));
+            natsStatus s = natsSubscription_NextMsg(&m, subs[turn],
+                                                    nsubs > 1 ? (left < 50 ? left : 50) : (left < 1000 ? left : 1000));
             turn = (turn + 1) % nsubs;
             if (s == NATS_TIMEOUT)
                 continue;

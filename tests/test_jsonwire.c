@@ -62,14 +62,14 @@ Test(jsoncodec, a_transaction_in_either_spelling_packs_to_the_same_protobuf)
     verdict__v1__transaction__free_unpacked(t, NULL);
 }
 
-#define REFUSED(json, needle)                                                                                      \
-    do {                                                                                                           \
-        verror e_ = {0};                                                                                           \
-        Transaction *t_ = parse((json), &e_);                                                                      \
-        cr_expect(t_ == NULL, "accepted: %s", (json));                                                             \
-        if (t_)                                                                                                    \
-            verdict__v1__transaction__free_unpacked(t_, NULL);                                                     \
-        cr_expect(strstr(e_.msg, (needle)) != NULL, "%s: message \"%s\" lacks \"%s\"", (json), e_.msg, (needle)); \
+#define REFUSED(json, needle)                                                                                          \
+    do {                                                                                                               \
+        verror e_ = {0};                                                                                               \
+        Transaction *t_ = parse((json), &e_);                                                                          \
+        cr_expect(t_ == NULL, "accepted: %s", (json));                                                                 \
+        if (t_)                                                                                                        \
+            verdict__v1__transaction__free_unpacked(t_, NULL);                                                         \
+        cr_expect(strstr(e_.msg, (needle)) != NULL, "%s: message \"%s\" lacks \"%s\"", (json), e_.msg, (needle));      \
     } while (0)
 
 Test(jsoncodec, strict_refusals_name_the_field)
@@ -184,8 +184,8 @@ static json_t *reply_json(natsMsg *r)
     return j;
 }
 
-#define TXN_JSON(id, amount)                                                                                       \
-    "{\"txnId\":\"" id "\",\"amountMinor\":\"" amount "\",\"currency\":\"EUR\",\"cardId\":\"tok_j\","            \
+#define TXN_JSON(id, amount)                                                                                           \
+    "{\"txnId\":\"" id "\",\"amountMinor\":\"" amount "\",\"currency\":\"EUR\",\"cardId\":\"tok_j\","                  \
     "\"channel\":\"CHANNEL_ECOM\",\"attributes\":{\"source\":\"shell\"}}"
 
 Test(jsonwire, a_json_request_is_decided_and_answered_in_json, .init = setup, .fini = teardown)
@@ -228,8 +228,8 @@ Test(jsonwire, accept_chooses_the_reply_format, .init = setup, .fini = teardown)
     /* JSON in, protobuf out */
     const char *body = TXN_JSON("jw-2", "50");
     natsMsg *r = request(body, (int)strlen(body), "application/json; charset=utf-8", "application/protobuf");
-    Decision *d = verdict__v1__decision__unpack(NULL, (size_t)natsMsg_GetDataLength(r),
-                                                (const uint8_t *)natsMsg_GetData(r));
+    Decision *d =
+        verdict__v1__decision__unpack(NULL, (size_t)natsMsg_GetDataLength(r), (const uint8_t *)natsMsg_GetData(r));
     cr_assert(d, "not a protobuf Decision: %.*s", natsMsg_GetDataLength(r), natsMsg_GetData(r));
     cr_expect_str_eq(d->txn_id, "jw-2");
     cr_expect_eq(d->outcome, VERDICT__V1__OUTCOME__OUTCOME_APPROVE);
