@@ -62,7 +62,6 @@ static void utc(int64_t ms, char *out, size_t cap)
     snprintf(out, cap, "%s.%03dZ", b, (int)(ms % 1000));
 }
 
-
 /* "ecom", "pos", ... as the rules write channels; "unspecified" for 0 or an unknown value */
 static const char *channel_str(int v)
 {
@@ -114,8 +113,10 @@ static natsMsg *find_txn(cliconn *c, const Decision *d)
     stream_reader_close(r);
     natsMsg *m = NULL;
     if (!found || js_GetMsg(&m, c->js, c->cfg.txn_stream, found, NULL, NULL) != NATS_OK) {
-        fprintf(stderr, "verdict decision: the transaction is no longer in %s (older than its max age, or removed "
-                "as a dead letter's original)\n", c->cfg.txn_stream);
+        fprintf(stderr,
+                "verdict decision: the transaction is no longer in %s (older than its max age, or removed "
+                "as a dead letter's original)\n",
+                c->cfg.txn_stream);
         return NULL;
     }
     return m;
@@ -135,10 +136,10 @@ static json_t *txn_json(const Transaction *t, uint64_t seq, const char *subject)
                      (json_int_t)t->amount_minor, "currency", t->currency, "card_id",
                      log_mask(t->card_id, card, sizeof card), "card_bin", t->card_bin, "account_id", t->account_id,
                      "mcc", (int)t->mcc, "merchant_id", t->merchant_id, "merchant_country", t->merchant_country,
-                     "card_country", t->card_country, "ip", log_mask(t->ip, ip, sizeof ip), "ip_country",
-                     t->ip_country, "device_id", log_mask(t->device_id, dev, sizeof dev), "email_hash",
-                     log_mask(t->email_hash, email, sizeof email), "channel", channel_str((int)t->channel), "attributes",
-                     attrs, "stream_seq", (json_int_t)seq, "subject", subject);
+                     "card_country", t->card_country, "ip", log_mask(t->ip, ip, sizeof ip), "ip_country", t->ip_country,
+                     "device_id", log_mask(t->device_id, dev, sizeof dev), "email_hash",
+                     log_mask(t->email_hash, email, sizeof email), "channel", channel_str((int)t->channel),
+                     "attributes", attrs, "stream_seq", (json_int_t)seq, "subject", subject);
 }
 
 static void print_txn_text(const Transaction *t, uint64_t seq, const char *subject)
@@ -150,9 +151,9 @@ static void print_txn_text(const Transaction *t, uint64_t seq, const char *subje
            "card_id          %s\ncard_bin         %s\ncard_country     %s\naccount_id       %s\n"
            "merchant         %s (mcc %u, %s)\nip               %s (%s)\ndevice_id        %s\nemail_hash       %s\n",
            subject, (unsigned long long)seq, (long long)t->amount_minor, t->currency, at, channel_str((int)t->channel),
-           dash(log_mask(t->card_id, card, sizeof card)), dash(t->card_bin), dash(t->card_country),
-           dash(t->account_id), dash(t->merchant_id), t->mcc, dash(t->merchant_country),
-           dash(log_mask(t->ip, ip, sizeof ip)), dash(t->ip_country), dash(log_mask(t->device_id, dev, sizeof dev)),
+           dash(log_mask(t->card_id, card, sizeof card)), dash(t->card_bin), dash(t->card_country), dash(t->account_id),
+           dash(t->merchant_id), t->mcc, dash(t->merchant_country), dash(log_mask(t->ip, ip, sizeof ip)),
+           dash(t->ip_country), dash(log_mask(t->device_id, dev, sizeof dev)),
            dash(log_mask(t->email_hash, email, sizeof email)));
     for (size_t i = 0; i < t->n_attributes; i++) {
         char v[128];

@@ -119,7 +119,6 @@ static void print_engines(cliconn *c, const char *bucket_version)
         fprintf(stderr, "verdict rules: %d of %d engines do not run the version in the bucket\n", differ, n);
 }
 
-
 /* One revision of the rules key as a period: from its own time to the next revision's (or "now"). A text that
  * does not compile was refused by every engine, which kept the version before it: said as much. */
 static json_t *history_entry(kvEntry *e, kvEntry *next)
@@ -129,9 +128,9 @@ static json_t *history_entry(kvEntry *e, kvEntry *next)
     if (next)
         cliconn_time_ns(kvEntry_Created(next), to, sizeof to);
     kvOperation op = kvEntry_Operation(e);
-    json_t *o = json_pack("{s:I, s:s, s:s, s:s?}", "revision", (json_int_t)kvEntry_Revision(e), "operation",
-                          op == kvOp_Put ? "put" : op == kvOp_Delete ? "delete" : "purge", "from", from, "to",
-                          next ? to : NULL);
+    const char *ops = op == kvOp_Put ? "put" : op == kvOp_Delete ? "delete" : "purge";
+    json_t *o = json_pack("{s:I, s:s, s:s, s:s?}", "revision", (json_int_t)kvEntry_Revision(e), "operation", ops,
+                          "from", from, "to", next ? to : NULL);
     if (!o || op != kvOp_Put)
         return o;
     const char *text = kvEntry_Value(e);
@@ -247,9 +246,11 @@ int cmd_rules(int argc, char **argv)
         }
         nrest = k;
     }
-    int want = strcmp(sub, "push") == 0 ? 2
-               : strcmp(sub, "show") == 0 || strcmp(sub, "clear") == 0 || strcmp(sub, "history") == 0 ? 1
-                                                                                                     : 0;
+    int want = 0; /* the words the subcommand takes, itself included */
+    if (strcmp(sub, "push") == 0)
+        want = 2;
+    else if (strcmp(sub, "show") == 0 || strcmp(sub, "clear") == 0 || strcmp(sub, "history") == 0)
+        want = 1;
     if (!sub[0]) {
         fprintf(stderr, "verdict rules: which subcommand? push FILE, show, clear or history (see --help)\n");
         return 2;
