@@ -132,7 +132,8 @@ static json_t *engines_json(cliconn *c, int wait_ms)
         if (strcmp(nz(json_string_value(json_object_get(r, "type"))), "io.nats.micro.v1.stats_response") == 0)
             v[k++] = engine_json(r);
     }
-    qsort(v, k, sizeof *v, by_id);
+    if (k > 1)
+        qsort(v, k, sizeof *v, by_id);
     json_t *out = json_array();
     for (size_t i = 0; i < k; i++)
         json_array_append_new(out, v[i]);
