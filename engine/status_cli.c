@@ -1,8 +1,9 @@
 /* status_cli.c - `verdict status [--json] [--wait MS]`: one look at a deployment without the nats CLI. The
- * streams (messages, bytes, first and last, replicas, leader), the engines' durable consumer (pending, ack
- * pending, redelivered, waiting pulls, ack floor) and every engine that answers $SRV.STATS.verdict (id,
- * version, rules and model versions, uptime, decisions, requests, errors). Read-only: stream and consumer info
- * and one service request; nothing is created. One JSON model is built and printed as a table or as JSON. */
+ * streams (messages, bytes, first and last, replicas, leader), the engines' durable consumer and the DLQ
+ * worker's (pending, ack pending, redelivered, waiting pulls, ack floor) and every engine that answers
+ * $SRV.STATS.verdict (id, version, rules and model versions, uptime, decisions, requests, errors). Read-only: stream
+ * and consumer info and one service request; nothing is created. One JSON model is built and printed as a table or as
+ * JSON. */
 #include "cli.h"
 #include "cliconn.h"
 
@@ -20,9 +21,10 @@ static void status_help(void)
 {
     printf("usage: verdict status [--json] [--wait MS]\n\n"
            "Prints the streams (TXN, DECISIONS, DLQ, VERDICT_ADVISORIES: messages, bytes, first and last sequence\n"
-           "and time, replicas, leader), the engines' consumer on TXN (pending, ack pending, redelivered, waiting\n"
-           "pulls, ack floor) and every engine that answers $SRV.STATS.verdict within --wait (default %d ms,\n"
-           "50-10000): id, version, rules and model versions, uptime, decisions, requests and errors.\n"
+           "and time, replicas, leader), the engines' consumer on TXN and the DLQ worker's on VERDICT_ADVISORIES\n"
+           "(pending, ack pending, redelivered, waiting pulls, ack floor), and every engine that answers\n"
+           "$SRV.STATS.verdict within --wait (default %d ms, 50-10000): id, version, rules and model versions,\n"
+           "uptime, decisions, requests and errors.\n"
            "--json prints one JSON object instead. Creates nothing.\n"
            "Exit status: 0 read (a missing stream or consumer is reported, not an error), 1 the server cannot be\n"
            "reached, 2 usage errors.\n\n"
@@ -63,18 +65,18 @@ static json_t *stream_json(cliconn *c, const char *name)
     return o;
 }
 
-static json_t *consumer_json(cliconn *c)
+static json_t *consumer_json(cliconn *c, const char *stream, const char *name)
 {
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
-    natsStatus s = js_GetConsumerInfo(&ci, c->js, c->cfg.txn_stream, c->cfg.consumer, NULL, &jerr);
+    natsStatus s = js_GetConsumerInfo(&ci, c->js, stream, name, NULL, &jerr);
     if (s != NATS_OK)
-        return json_pack("{s:s, s:s, s:b, s:s}", "stream", c->cfg.txn_stream, "name", c->cfg.consumer, "exists", false,
-                         "error", s == NATS_NOT_FOUND ? "not found" : natsStatus_GetText(s));
+        return json_pack("{s:s, s:s, s:b, s:s}", "stream", stream, "name", name, "exists", false, "error",
+                         s == NATS_NOT_FOUND ? "not found" : natsStatus_GetText(s));
     char last[40];
     cliconn_time_ns(ci->Delivered.Last, last, sizeof last);
-    json_t *o = json_pack("{s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:s?}", "stream", c->cfg.txn_stream,
-                          "name", c->cfg.consumer, "exists", true, "pending", (json_int_t)ci->NumPending, "ack_pending",
+    json_t *o = json_pack("{s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:s?}", "stream", stream, "name", name,
+                          "exists", true, "pending", (json_int_t)ci->NumPending, "ack_pending",
                           (json_int_t)ci->NumAckPending, "redelivered", (json_int_t)ci->NumRedelivered, "waiting_pulls",
                           (json_int_t)ci->NumWaiting, "delivered_stream_seq", (json_int_t)ci->Delivered.Stream,
                           "ack_floor_stream_seq", (json_int_t)ci->AckFloor.Stream, "last_delivered", last, "leader",
@@ -193,11 +195,15 @@ static void print_text(const json_t *st, int wait_ms)
         printf("%-18s %10lld %10s  %-34s  %-34s  %lld  %s\n", S(s, "name"), I(s, "messages"), b, f, l, I(s, "replicas"),
                json_is_string(json_object_get(s, "leader")) ? S(s, "leader") : "-");
     }
-    const json_t *c = json_object_get(st, "consumer");
-    printf("\nCONSUMER %s/%s", S(c, "stream"), S(c, "name"));
-    if (!json_is_true(json_object_get(c, "exists"))) {
-        printf("  (%s: no engine has started with these names)\n", S(c, "error"));
-    } else {
+    static const char *const which[] = {"consumer", "dlq_consumer"};
+    static const char *const what[] = {"the engines' work", "the DLQ worker's advisories"};
+    for (size_t k = 0; k < 2; k++) {
+        const json_t *c = json_object_get(st, which[k]);
+        printf("\nCONSUMER %s/%s (%s)", S(c, "stream"), S(c, "name"), what[k]);
+        if (!json_is_true(json_object_get(c, "exists"))) {
+            printf("  %s: no engine has started with these names\n", S(c, "error"));
+            continue;
+        }
         printf("\n  pending %lld   ack pending %lld   redelivered %lld   waiting pulls %lld\n"
                "  delivered up to stream seq %lld (last %s), acked up to %lld\n",
                I(c, "pending"), I(c, "ack_pending"), I(c, "redelivered"), I(c, "waiting_pulls"),
@@ -259,8 +265,12 @@ int cmd_status(int argc, char **argv)
     json_t *streams = json_array();
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         json_array_append_new(streams, stream_json(&c, names[i]));
-    json_t *st = json_pack("{s:o, s:o, s:o}", "streams", streams, "consumer", consumer_json(&c), "engines",
-                           engines_json(&c, wait_ms));
+    /* the DLQ worker's durable is the engines' name with _dlq (engine/dlq.c) */
+    char dlq_consumer[NAME_MAX_LEN + 8];
+    snprintf(dlq_consumer, sizeof dlq_consumer, "%s_dlq", c.cfg.consumer);
+    json_t *st = json_pack("{s:o, s:o, s:o, s:o}", "streams", streams, "consumer",
+                           consumer_json(&c, c.cfg.txn_stream, c.cfg.consumer), "dlq_consumer",
+                           consumer_json(&c, c.cfg.adv_stream, dlq_consumer), "engines", engines_json(&c, wait_ms));
     if (!st) {
         fprintf(stderr, "verdict status: out of memory\n");
         cliconn_close(&c);

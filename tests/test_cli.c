@@ -369,6 +369,7 @@ Test(cli, status_shows_streams_consumer_and_engines, .init = setup, .fini = tear
     cr_assert(tc_wait_consumer_idle(js, 10000));
 
     EXPECT(0, "CONSUMER TXN/verdict", "status", "--nats-url", srv.url);
+    cr_expect(strstr(out, "CONSUMER VERDICT_ADVISORIES/verdict_dlq"), "%s", out);
     cr_expect(strstr(out, "eng-st") && strstr(out, "DECISIONS") && strstr(out, "VERDICT_ADVISORIES") &&
                   strstr(out, "pending 0") && strstr(out, "ENGINES (1 answered"),
               "%s", out);
@@ -388,6 +389,10 @@ Test(cli, status_shows_streams_consumer_and_engines, .init = setup, .fini = tear
     cr_expect_eq(json_integer_value(json_object_get(con, "ack_pending")), 0);
     cr_expect_eq(json_integer_value(json_object_get(con, "ack_floor_stream_seq")), 3);
     cr_expect(json_integer_value(json_object_get(con, "waiting_pulls")) >= 1, "the engine's workers pull: %s", out);
+    json_t *dc = json_object_get(j, "dlq_consumer");
+    cr_expect_str_eq(json_string_value(json_object_get(dc, "name")), "verdict_dlq");
+    cr_expect_str_eq(json_string_value(json_object_get(dc, "stream")), "VERDICT_ADVISORIES");
+    cr_expect(json_is_true(json_object_get(dc, "exists")), "%s", out);
     json_t *e0 = json_array_get(json_object_get(j, "engines"), 0);
     cr_expect_str_eq(json_string_value(json_object_get(e0, "id")), "eng-st");
     cr_expect_eq(json_integer_value(json_object_get(e0, "decisions")), 3);
