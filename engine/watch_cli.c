@@ -20,9 +20,10 @@ static void watch_help(void)
            "                     [--count N] [--timeout DURATION] [--json]\n\n"
            "Prints each decision as it is stored: decision time (UTC), txn id, outcome, score, latency and the\n"
            "ids of the rules that matched, with [budget_exceeded] and [degraded] when set; --json prints one JSON\n"
-           "object a line (the fields of `verdict decision --json`). A core subscription on the decision subjects:\n"
-           "no consumer is created and nothing is acknowledged, so watching never disturbs the engines; it shows\n"
-           "what is decided from the moment it starts (use `verdict decision` for the past).\n"
+           "object a line (the fields of `verdict decision --json` but stream_seq, which a plain subscription\n"
+           "does not see). A core subscription on the decision subjects: no consumer is created and nothing is\n"
+           "acknowledged, so watching never disturbs the engines; it shows what is decided from the moment it\n"
+           "starts (use `verdict decision` for the past).\n"
            "  --outcome   only these outcomes (comma-separated)\n"
            "  --rule      only decisions where this rule matched\n"
            "  --txn       only this transaction (e.g. while sending it by hand)\n"
@@ -142,11 +143,12 @@ static void print_line(const watch_opts *o, const Decision *d)
         for (size_t i = 0; i < d->n_reasons; i++)
             json_array_append_new(
                 reasons, json_pack("{s:s, s:s}", "rule_id", d->reasons[i]->rule_id, "text", d->reasons[i]->text));
-        json_t *j = json_pack("{s:s, s:s, s:s, s:f, s:o, s:I, s:I, s:b, s:b, s:s, s:s, s:s}", "decided_at", at,
-                              "txn_id", d->txn_id, "outcome", outcome_str(d->outcome), "score", d->score, "reasons",
-                              reasons, "latency_us", (json_int_t)d->latency_us, "queued_us", (json_int_t)d->queued_us,
-                              "budget_exceeded", d->budget_exceeded, "degraded", d->degraded, "rules_version",
-                              d->rules_version, "model_version", d->model_version, "engine_id", d->engine_id);
+        json_t *j = json_pack("{s:s, s:I, s:s, s:s, s:f, s:o, s:I, s:I, s:b, s:b, s:s, s:s, s:s}", "decided_at", at,
+                              "decided_at_ms", (json_int_t)d->decided_at_ms, "txn_id", d->txn_id, "outcome",
+                              outcome_str(d->outcome), "score", d->score, "reasons", reasons, "latency_us",
+                              (json_int_t)d->latency_us, "queued_us", (json_int_t)d->queued_us, "budget_exceeded",
+                              d->budget_exceeded, "degraded", d->degraded, "rules_version", d->rules_version,
+                              "model_version", d->model_version, "engine_id", d->engine_id);
         char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
         if (s)
             puts(s);
