@@ -80,39 +80,24 @@ int cmd_check(int argc, char **argv)
 
 static void print_engines(cliconn *c, const char *bucket_version)
 {
-    natsInbox *tmp = NULL;
-    natsSubscription *sub = NULL;
-    char inbox[NAME_MAX_LEN + 64];
-    if (natsInbox_Create(&tmp) != NATS_OK)
-        return;
-    const char *tok = strrchr(tmp, '.');
-    snprintf(inbox, sizeof inbox, "%s.%s", c->cfg.inbox_prefix[0] ? c->cfg.inbox_prefix : "_INBOX",
-             tok ? tok + 1 : tmp);
-    natsInbox_Destroy(tmp);
+    json_t *replies = cliconn_collect_json(c, "$SRV.PING.verdict", PING_WAIT_MS);
     int n = 0, differ = 0;
-    if (natsConnection_SubscribeSync(&sub, c->nc, inbox) == NATS_OK &&
-        natsConnection_PublishRequestString(c->nc, "$SRV.PING.verdict", inbox, "") == NATS_OK) {
-        int64_t deadline = now_ms() + PING_WAIT_MS;
-        for (int64_t left; (left = deadline - now_ms()) > 0;) {
-            natsMsg *m = NULL;
-            if (natsSubscription_NextMsg(&m, sub, left) != NATS_OK)
-                break;
-            json_t *j = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, NULL);
-            const char *id = json_string_value(json_object_get(j, "id"));
-            const char *rv = json_string_value(json_object_get(json_object_get(j, "metadata"), "rules_version"));
-            if (id && rv) {
-                bool same = bucket_version && strcmp(rv, bucket_version) == 0;
-                differ += !same;
-                printf("# engine %s runs rules version %s%s\n", id, rv,
-                       !bucket_version ? "" : same ? " (this one)"
-                                               : " (NOT this one: it refused it or is still loading; see its log)");
-                n++;
-            }
-            json_decref(j);
-            natsMsg_Destroy(m);
-        }
+    size_t i;
+    json_t *j;
+    json_array_foreach(replies, i, j)
+    {
+        const char *id = json_string_value(json_object_get(j, "id"));
+        const char *rv = json_string_value(json_object_get(json_object_get(j, "metadata"), "rules_version"));
+        if (!id || !rv)
+            continue;
+        bool same = bucket_version && strcmp(rv, bucket_version) == 0;
+        differ += !same;
+        printf("# engine %s runs rules version %s%s\n", id, rv,
+               !bucket_version ? "" : same ? " (this one)"
+                                           : " (NOT this one: it refused it or is still loading; see its log)");
+        n++;
     }
-    natsSubscription_Destroy(sub);
+    json_decref(replies);
     if (n == 0)
         printf("# no engine answered $SRV.PING.verdict within %d ms\n", PING_WAIT_MS);
     else if (differ && bucket_version)
