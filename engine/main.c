@@ -21,7 +21,7 @@ static const command commands[] = {
     {"replay", cmd_replay, "run candidate rules over stored transactions; show how outcomes would change"},
     {"features", cmd_features, "write the model's training table, computed by the engine from synthetic payments"},
     {"status", cmd_status, "streams, the consumer and every running engine at a glance (readable or --json)"},
-    {"watch", cmd_watch, "follow decisions live, one line each, filtered by outcome, rule or txn id"},
+    {"watch", cmd_watch, "follow decisions live, one line each, filtered by outcome, rule, card or txn id"},
     {"decision", cmd_decision, "print the decision stored for one transaction id (readable or --json)"},
     {"dlq", cmd_dlq, "list, show and replay dead letters"},
     {"audit", cmd_audit, "prove every transaction has exactly one decision or one dead letter"},

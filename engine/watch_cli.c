@@ -1,12 +1,16 @@
 /* watch_cli.c - `verdict watch`: decisions as they are stored, one readable line each (time, txn id, outcome,
  * score, latency, reasons), or one JSON object a line with --json. A plain core subscription on the decision
  * subjects: no consumer is created and nothing is acknowledged, so it disturbs nothing (the nats CLI's `nats
- * sub 'decision.>'`, decoded). --outcome and --txn narrow the subscription itself; --rule filters here.
+ * sub 'decision.>'`, decoded). --outcome and --txn narrow the subscription itself; --rule filters here. --card
+ * needs the transactions, which decisions do not carry: a second plain subscription on the TXN subjects sees
+ * each transaction as it is stored and remembers the ids of the card's; a decision always comes after its
+ * transaction on this one connection, so draining that subscription before each decision is enough.
  * --count and --timeout bound it for scripts and tests. */
 #include "cli.h"
 #include "cliconn.h"
 #include "codec.h"
 #include "ident.h"
+#include "log.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -17,7 +21,7 @@
 static void watch_help(void)
 {
     printf("usage: verdict watch [--outcome approve|review|decline[,...]] [--rule ID] [--txn TXN_ID]\n"
-           "                     [--count N] [--timeout DURATION] [--json]\n\n"
+           "                     [--card CARD_ID] [--count N] [--timeout DURATION] [--json]\n\n"
            "Prints each decision as it is stored: decision time (UTC), txn id, outcome, score, latency and the\n"
            "ids of the rules that matched, with [budget_exceeded] and [degraded] when set; --json prints one JSON\n"
            "object a line (the fields of `verdict decision --json` but stream_seq, which a plain subscription\n"
@@ -27,6 +31,8 @@ static void watch_help(void)
            "  --outcome   only these outcomes (comma-separated)\n"
            "  --rule      only decisions where this rule matched\n"
            "  --txn       only this transaction (e.g. while sending it by hand)\n"
+           "  --card      only transactions of this card token (read from the TXN subjects as they are stored;\n"
+           "              the token is never printed)\n"
            "  --count N   stop after N decisions printed (1-1000000)\n"
            "  --timeout   stop after this long (250ms, 30s, 10m, 24h); with --count, exit 1 if fewer came\n"
            "Ctrl-C stops it. Exit status: 0 stopped as asked, 1 --count not reached or the server lost,\n"
@@ -42,6 +48,7 @@ typedef struct watch_opts {
     bool any_outcome;
     const char *rule;
     const char *txn;
+    const char *card;
     long count;
     int64_t timeout_ms;
     bool json;
@@ -71,7 +78,7 @@ static int parse_args(watch_opts *o, char **argv, const int *rest, int nrest)
         const char *a = argv[rest[k]];
         const char *v = k + 1 < nrest ? argv[rest[k + 1]] : NULL;
         bool takes = strcmp(a, "--outcome") == 0 || strcmp(a, "--rule") == 0 || strcmp(a, "--txn") == 0 ||
-                     strcmp(a, "--count") == 0 || strcmp(a, "--timeout") == 0;
+                     strcmp(a, "--card") == 0 || strcmp(a, "--count") == 0 || strcmp(a, "--timeout") == 0;
         if (strcmp(a, "--json") == 0) {
             o->json = true;
             continue;
@@ -101,6 +108,12 @@ static int parse_args(watch_opts *o, char **argv, const int *rest, int nrest)
                 return 2;
             }
             o->txn = v;
+        } else if (strcmp(a, "--card") == 0) {
+            if (!v[0] || strlen(v) > 256) {
+                fprintf(stderr, "verdict watch: --card takes a card token of 1-256 characters\n");
+                return 2;
+            }
+            o->card = v;
         } else if (strcmp(a, "--count") == 0) {
             char *end = NULL;
             o->count = strtol(v, &end, 10);
@@ -124,8 +137,52 @@ static int parse_args(watch_opts *o, char **argv, const int *rest, int nrest)
 
 static void utc_ms(int64_t ms, char *out, size_t cap) { cliconn_time_ns(ms * 1000000LL, out, cap); }
 
-static bool matches(const watch_opts *o, const Decision *d)
+/* The ids of the card's transactions seen on the TXN subjects, most recent CARD_IDS. */
+#define CARD_IDS 4096
+
+typedef struct card_seen {
+    natsSubscription *sub;
+    arena a;
+    char (*ids)[IDENT_TXN_ID_MAX + 1];
+    size_t n, next;
+} card_seen;
+
+static bool card_has(const card_seen *cs, const char *txn_id)
 {
+    for (size_t i = 0; i < cs->n; i++)
+        if (strcmp(cs->ids[i], txn_id) == 0)
+            return true;
+    return false;
+}
+
+/* Takes every transaction already delivered to the TXN subscription (never waits for more). */
+static void card_drain(card_seen *cs, const char *card)
+{
+    int pending = 0;
+    if (natsSubscription_GetPending(cs->sub, &pending, NULL) != NATS_OK)
+        return;
+    for (; pending > 0; pending--) {
+        natsMsg *m = NULL;
+        if (natsSubscription_NextMsg(&m, cs->sub, 1) != NATS_OK)
+            return;
+        arena_reset(&cs->a);
+        Transaction *t = verdict__v1__transaction__unpack(&cs->a.pa, (size_t)natsMsg_GetDataLength(m),
+                                                          (const uint8_t *)natsMsg_GetData(m));
+        if (t && t->card_id && strcmp(t->card_id, card) == 0 && ident_txn_id_valid(t->txn_id) &&
+            !card_has(cs, t->txn_id)) {
+            str_copy(cs->ids[cs->next], sizeof cs->ids[cs->next], t->txn_id);
+            cs->next = (cs->next + 1) % CARD_IDS;
+            if (cs->n < CARD_IDS)
+                cs->n++;
+        }
+        natsMsg_Destroy(m);
+    }
+}
+
+static bool matches(const watch_opts *o, const Decision *d, const card_seen *cs)
+{
+    if (o->card && !card_has(cs, d->txn_id))
+        return false;
     if (!o->rule)
         return true;
     for (size_t i = 0; i < d->n_reasons; i++)
@@ -210,13 +267,29 @@ int cmd_watch(int argc, char **argv)
         size_t l = strlen(shown);
         snprintf(shown + l, sizeof shown - l, "%s%s", l ? ", " : "", subj);
     }
+    card_seen cs = {0};
+    if (rc == 0 && o.card) {
+        natsStatus s = natsConnection_SubscribeSync(&cs.sub, c.nc, c.cfg.txn_subjects);
+        cs.ids = calloc(CARD_IDS, sizeof *cs.ids);
+        if (s != NATS_OK || !cs.ids || arena_init(&cs.a, txn_arena_size((size_t)c.cfg.max_msg_size)) != V_OK) {
+            fprintf(stderr, "verdict watch: cannot subscribe to %s: %s\n", c.cfg.txn_subjects,
+                    s != NATS_OK ? natsStatus_GetText(s) : "out of memory");
+            rc = 1;
+        } else {
+            natsSubscription_SetPendingLimits(cs.sub, 65536, 256 << 20);
+        }
+    }
     if (rc == 0 && natsConnection_FlushTimeout(c.nc, 5000) != NATS_OK) {
         fprintf(stderr, "verdict watch: the server did not confirm the subscription\n");
         rc = 1;
     }
     if (rc == 0) {
         /* on stderr, so stdout holds decisions only; printed once the server has the subscription */
-        fprintf(stderr, "watching %s%s%s (Ctrl-C to stop)\n", shown, o.rule ? " for rule " : "", o.rule ? o.rule : "");
+        char masked[300] = "";
+        if (o.card)
+            log_mask(o.card, masked, sizeof masked);
+        fprintf(stderr, "watching %s%s%s%s%s (Ctrl-C to stop)\n", shown, o.rule ? " for rule " : "",
+                o.rule ? o.rule : "", o.card ? " for card " : "", masked);
         arena a = {0};
         if (arena_init(&a, 1 << 16) != V_OK) {
             fprintf(stderr, "verdict watch: out of memory\n");
@@ -250,13 +323,15 @@ int cmd_watch(int argc, char **argv)
                 rc = 1;
                 break;
             }
+            if (o.card)
+                card_drain(&cs, o.card);
             arena_reset(&a);
             Decision *d = decision_decode(&a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
             if (!d) {
                 if (undecodable++ == 0)
                     fprintf(stderr, "verdict watch: %s is not a Decision (a pass-through benchmark?); skipped\n",
                             natsMsg_GetSubject(m));
-            } else if (matches(&o, d)) {
+            } else if (matches(&o, d, &cs)) {
                 print_line(&o, d);
                 printed++;
             }
@@ -270,6 +345,9 @@ int cmd_watch(int argc, char **argv)
     }
     for (int i = 0; i < nsubs; i++)
         natsSubscription_Destroy(subs[i]);
+    natsSubscription_Destroy(cs.sub);
+    arena_free(&cs.a);
+    free(cs.ids);
     cliconn_close(&c);
     return rc;
 }

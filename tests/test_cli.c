@@ -320,6 +320,7 @@ Test(cli, toolbox_usage_errors_exit_2_before_connecting)
     EXPECT(2, "--count takes 1-1000000", "watch", "--count", "0", "--nats-url", closed);
     EXPECT(2, "--timeout takes a duration", "watch", "--timeout", "soon", "--nats-url", closed);
     EXPECT(2, "is not a transaction id", "watch", "--txn", "a.b", "--nats-url", closed);
+    EXPECT(2, "--card takes a card token", "watch", "--card", "", "--nats-url", closed);
     EXPECT(2, "--rule needs a value", "watch", "--rule");
     EXPECT(2, "takes no arguments", "rules", "history", "extra", "--nats-url", closed);
 }
@@ -425,10 +426,11 @@ static void read_file(const char *path)
 
 Test(cli, watch_prints_live_decisions_filtered_and_disturbs_nothing, .init = setup, .fini = teardown)
 {
-    char rp[256], wp[256], wp2[256];
+    char rp[256], wp[256], wp2[256], wp3[256];
     temp_path(rp, sizeof rp, ".rules");
     temp_path(wp, sizeof wp, ".watch");
     temp_path(wp2, sizeof wp2, ".watch");
+    temp_path(wp3, sizeof wp3, ".watch");
     write_file(rp, "rule big decline \"amount over 100\" when amount > 100\n"
                    "rule mid review \"amount over 50\" when amount > 50 and amount <= 100\n");
     pid_t pid = tc_start_engine(srv.url, logp, (const char *const[]){"--rules", rp, NULL});
@@ -438,8 +440,15 @@ Test(cli, watch_prints_live_decisions_filtered_and_disturbs_nothing, .init = set
     pid_t w2 = watch_start((const char *const[]){"verdict", "watch", "--rule", "mid", "--json", "--count", "1",
                                                  "--timeout", "20s", "--nats-url", srv.url, NULL},
                            wp2);
+    pid_t w3 = watch_start((const char *const[]){"verdict", "watch", "--card", "tok_card_other", "--count", "1",
+                                                 "--timeout", "20s", "--nats-url", srv.url, NULL},
+                           wp3);
     decide("w-approve", 10);
     decide("w-review", 7000); /* 70.00: rules read amount in major units */
+    Transaction t;
+    tc_txn(&t, "w-other-card", 20);
+    t.card_id = "tok_card_other";
+    cr_assert(tc_publish(js, "txn.ecom.x", &t));
     decide("w-decline-1", 50000);
     decide("w-decline-2", 60000);
     cr_expect_eq(child_wait(w1, 20000), 0);
@@ -457,6 +466,12 @@ Test(cli, watch_prints_live_decisions_filtered_and_disturbs_nothing, .init = set
     cr_expect_str_eq(json_string_value(json_object_get(j, "txn_id")), "w-review");
     cr_expect_str_eq(json_string_value(json_object_get(j, "outcome")), "review");
     json_decref(j);
+    cr_expect_eq(child_wait(w3, 20000), 0);
+    read_file(wp3);
+    cr_expect(strstr(out, "w-other-card") && !strstr(out, "w-approve") && !strstr(out, "w-decline"),
+              "--card shows that card's decisions only:\n%s", out);
+    cr_expect(!strstr(out, "tok_card_other") && strstr(out, "for card **********ther"), "the card token in clear:\n%s",
+              out);
 
     /* --txn narrows the subscription; a --count not reached within --timeout exits 1 */
     const char *const a[] = {"verdict",   "watch", "--txn",      "w-never", "--count", "1",
@@ -474,6 +489,7 @@ Test(cli, watch_prints_live_decisions_filtered_and_disturbs_nothing, .init = set
     unlink(rp);
     unlink(wp);
     unlink(wp2);
+    unlink(wp3);
 }
 
 Test(cli, decision_txn_shows_the_transaction_with_card_data_masked, .init = setup, .fini = teardown)
