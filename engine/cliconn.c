@@ -5,6 +5,8 @@
 #include "log.h"
 
 #include <stdio.h>
+#include <string.h>
+#include <time.h>
 
 const char *cliconn_hdr(natsMsg *m, const char *k)
 {
@@ -67,4 +69,47 @@ bool cliconn_stream_range(jsCtx *js, const char *stream, uint64_t *first, uint64
     *last = si->State.LastSeq;
     jsStreamInfo_Destroy(si);
     return true;
+}
+
+json_t *cliconn_collect_json(cliconn *c, const char *subject, int wait_ms)
+{
+    json_t *all = json_array();
+    natsInbox *tmp = NULL;
+    natsSubscription *sub = NULL;
+    char inbox[NAME_MAX_LEN + 64];
+    if (!all || natsInbox_Create(&tmp) != NATS_OK)
+        return all;
+    /* under --inbox-prefix, so a payment-style user whose replies are confined to its prefix can run it */
+    const char *tok = strrchr(tmp, '.');
+    snprintf(inbox, sizeof inbox, "%s.%s", c->cfg.inbox_prefix[0] ? c->cfg.inbox_prefix : "_INBOX",
+             tok ? tok + 1 : tmp);
+    natsInbox_Destroy(tmp);
+    if (natsConnection_SubscribeSync(&sub, c->nc, inbox) == NATS_OK &&
+        natsConnection_PublishRequestString(c->nc, subject, inbox, "") == NATS_OK) {
+        int64_t deadline = now_ms() + wait_ms;
+        for (int64_t left; (left = deadline - now_ms()) > 0;) {
+            natsMsg *m = NULL;
+            if (natsSubscription_NextMsg(&m, sub, left) != NATS_OK)
+                break;
+            json_t *j = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, NULL);
+            if (j)
+                json_array_append_new(all, j);
+            natsMsg_Destroy(m);
+        }
+    }
+    natsSubscription_Destroy(sub);
+    return all;
+}
+
+void cliconn_time_ns(int64_t ns, char *out, size_t cap)
+{
+    time_t t = (time_t)(ns / 1000000000LL);
+    struct tm tm;
+    if (ns <= 0 || !gmtime_r(&t, &tm)) {
+        snprintf(out, cap, "-");
+        return;
+    }
+    char b[32];
+    strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out, cap, "%s.%03dZ", b, (int)(ns / 1000000LL % 1000));
 }

@@ -5,6 +5,7 @@
 
 #include "config.h"
 
+#include <jansson.h>
 #include <nats/nats.h>
 
 typedef struct cliconn {
@@ -25,6 +26,13 @@ int cliconn_connect(cliconn *c, const char *cmd);
 
 /* A header's value or "" (never NULL). */
 const char *cliconn_hdr(natsMsg *m, const char *key);
+
+/* Every JSON reply to a request on subject (e.g. "$SRV.STATS.verdict") that arrives within wait_ms, as a new
+ * array (empty when none answered; NULL only when out of memory). Replies that are not JSON are skipped. */
+json_t *cliconn_collect_json(cliconn *c, const char *subject, int wait_ms);
+
+/* ns since the epoch (nats.c's times) as RFC 3339 UTC with milliseconds, or "-" for 0. */
+void cliconn_time_ns(int64_t ns, char *out, size_t cap);
 
 /* The first and last sequence of a stream; false if it does not exist. */
 bool cliconn_stream_range(jsCtx *js, const char *stream, uint64_t *first, uint64_t *last);

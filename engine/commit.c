@@ -205,6 +205,8 @@ void on_decision_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae,
         } else {
             atomic_store(&sl->state, SLOT_STORED);
         }
+        if (sl->kind != SLOT_DEAD_LETTER)
+            engine_stats_decision_published(&w->en->stats, !pae, pae ? mono_ns() : 0);
         matched = true;
         break;
     }
@@ -310,7 +312,7 @@ static void finish(worker *w, slot *sl)
         }
         atomic_fetch_add(&en->stats.duplicates, 1);
         if (sl->reply_to)
-            reply_decision(en->nc, sl->reply_to, stored, true);
+            reply_decision(en->nc, sl->reply_to, stored, true, sl->in);
         natsMsg_Destroy(stored);
     } else {
         atomic_fetch_add(&en->stats.decided[sl->outcome], 1);
@@ -325,7 +327,7 @@ static void finish(worker *w, slot *sl)
         if (sl->degraded)
             atomic_fetch_add(&en->stats.degraded, 1);
         if (sl->reply_to && sl->dm)
-            reply_decision(en->nc, sl->reply_to, sl->dm, false);
+            reply_decision(en->nc, sl->reply_to, sl->dm, false, sl->in);
     }
     if (sl->meta.delivered == 1 && strcmp(cfg->fault, "skip_first_ack") == 0)
         return; /* test fault: behave as if the ack was lost, so AckWait redelivers */
@@ -408,6 +410,8 @@ static void publish_slots(worker *w, int count)
             sl->sent = NULL;
             pthread_mutex_unlock(&w->pub_mu);
             str_copy(sl->err, sizeof sl->err, natsStatus_GetText(s));
+            if (sl->kind != SLOT_DEAD_LETTER)
+                engine_stats_decision_published(&w->en->stats, false, mono_ns());
             if (s == NATS_NO_RESPONDERS) {
                 sl->retryable = true;
                 sl->dm = dm; /* kept to publish again */

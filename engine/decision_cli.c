@@ -1,5 +1,5 @@
-/* decision_cli.c - `verdict decision TXN_ID [--json]`: where one transaction stands, for an operator or a
- * payment service: decided (the decision stored in DECISIONS, looked up by subject decision.<outcome>.<txn_id>,
+/* decision_cli.c - `verdict decision TXN_ID [--txn] [--json]`: where one transaction stands, for an operator or
+ * a payment service: decided (the decision stored in DECISIONS, looked up by subject decision.<outcome>.<txn_id>,
  * one direct get per outcome, printed readably or as JSON), pending (in TXN, not yet finished by the engine's
  * consumer), dead-lettered (a letter in DLQ names it) or unknown (none of these: never stored, or aged out).
  *
@@ -8,7 +8,11 @@
  * stored, so an undecided transaction that is still to be decided is there and nowhere else; that range is the
  * backlog, small while the engine keeps up, and bounded by --scan-max. The ack floor is read before the
  * decision is looked up, so a transaction decided meanwhile is still inside the range read (docs/operations.md,
- * "Where a transaction stands"). */
+ * "Where a transaction stands").
+ *
+ * With --txn, a decided transaction is also shown from TXN, card data masked (log_mask). It is found by time: the
+ * decision says when it was stored (decided_at - latency - queued, all on the engine's clock, so the server's
+ * clock cancels out), and a headers-only ordered read from a little before that time looks for its Nats-Msg-Id. */
 #include "cli.h"
 #include "cliconn.h"
 #include "codec.h"
@@ -24,16 +28,19 @@
 
 static void decision_help(void)
 {
-    printf("usage: verdict decision TXN_ID [--json] [--scan-max N]\n\n"
+    printf("usage: verdict decision TXN_ID [--txn] [--json] [--scan-max N]\n\n"
            "Says where the transaction TXN_ID stands. Decided: prints the decision stored in DECISIONS (outcome,\n"
            "score, the reasons with their texts, rules and model versions, latency, time queued, when and by which\n"
            "engine it was decided, budget exceeded, degraded). Pending: it is in TXN and the engine has not finished\n"
            "with it. Dead-lettered: a dead letter in DLQ names it. Unknown: none of these (never stored, or aged\n"
            "out): a payment service sends it again. --json prints one JSON object with a \"status\" field instead.\n"
+           "--txn also prints a decided transaction from TXN (in --json, as \"transaction\"), with card_id, ip,\n"
+           "device_id, email_hash and attribute values masked to their last four characters.\n"
            "Pending is found by reading what the engine's consumer has not finished (the backlog), at most\n"
            "--scan-max messages (default 1000000), and DLQ likewise.\n"
            "Exit status: 0 decided, 3 unknown, 4 pending, 5 dead-lettered, 1 the answer cannot be told (no server,\n"
-           "a read failed, the backlog is larger than --scan-max), 2 usage errors.\n\n"
+           "a read failed, the backlog is larger than --scan-max, --txn and the transaction cannot be shown),\n"
+           "2 usage errors.\n\n"
            "options (flag, then its environment variable):\n");
     config_print_help(stdout, "names");
 }
@@ -181,7 +188,107 @@ static void utc(int64_t ms, char *out, size_t cap)
     snprintf(out, cap, "%s.%03dZ", b, (int)(ms % 1000));
 }
 
-static int print_json(const Decision *d, uint64_t seq)
+/* "ecom", "pos", ... as the rules write channels; "unspecified" for 0 or an unknown value */
+static const char *channel_str(int v)
+{
+    switch (v) {
+    case VERDICT__V1__CHANNEL__CHANNEL_ECOM: return "ecom";
+    case VERDICT__V1__CHANNEL__CHANNEL_POS: return "pos";
+    case VERDICT__V1__CHANNEL__CHANNEL_ATM: return "atm";
+    case VERDICT__V1__CHANNEL__CHANNEL_MOTO: return "moto";
+    default: return "unspecified";
+    }
+}
+
+/* an absent field, readably */
+static const char *dash(const char *s) { return s && s[0] ? s : "-"; }
+
+/* How far around the estimated store time the transaction is looked for. */
+#define TXN_SEARCH_MARGIN_NS (10LL * 1000000000LL)
+
+/* The TXN message of txn_id near the decision's time, or NULL (with a reason on stderr). */
+static natsMsg *find_txn(cliconn *c, const Decision *d)
+{
+    int64_t stored_ns = d->decided_at_ms * 1000000LL - (d->latency_us + d->queued_us) * 1000LL;
+    stream_reader *r = NULL;
+    verror e = {0};
+    if (stream_reader_open_headers(c->js, c->cfg.txn_stream, 0, stored_ns - TXN_SEARCH_MARGIN_NS, &r, &e) != V_OK) {
+        fprintf(stderr, "verdict decision: cannot read %s: %s\n", c->cfg.txn_stream, e.msg);
+        return NULL;
+    }
+    char restored[IDENT_TXN_ID_MAX + 16];
+    snprintf(restored, sizeof restored, "%s:restored", d->txn_id);
+    uint64_t found = 0;
+    for (;;) {
+        natsMsg *m = NULL;
+        uint64_t seq = 0;
+        int64_t ns = 0;
+        vstatus rc = stream_reader_next(r, &m, &seq, &ns, 2000, &e);
+        if (rc != V_OK)
+            break;
+        const char *id = cliconn_hdr(m, "Nats-Msg-Id");
+        bool mine = strcmp(id, d->txn_id) == 0 || strcmp(id, restored) == 0;
+        natsMsg_Destroy(m);
+        if (mine) {
+            found = seq;
+            break;
+        }
+        if (ns > stored_ns + TXN_SEARCH_MARGIN_NS)
+            break;
+    }
+    stream_reader_close(r);
+    natsMsg *m = NULL;
+    if (!found || js_GetMsg(&m, c->js, c->cfg.txn_stream, found, NULL, NULL) != NATS_OK) {
+        fprintf(stderr,
+                "verdict decision: the transaction is no longer in %s (older than its max age, or removed "
+                "as a dead letter's original)\n",
+                c->cfg.txn_stream);
+        return NULL;
+    }
+    return m;
+}
+
+static json_t *txn_json(const Transaction *t, uint64_t seq, const char *subject)
+{
+    char card[128], ip[128], dev[128], email[128];
+    json_t *attrs = json_object();
+    for (size_t i = 0; attrs && i < t->n_attributes; i++) {
+        char v[128];
+        json_object_set_new(attrs, t->attributes[i]->key, json_string(log_mask(t->attributes[i]->value, v, sizeof v)));
+    }
+    return json_pack("{s:s, s:I, s:I, s:s, s:s, s:s, s:s, s:i, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:o, s:I, "
+                     "s:s}",
+                     "txn_id", t->txn_id, "created_at_ms", (json_int_t)t->created_at_ms, "amount_minor",
+                     (json_int_t)t->amount_minor, "currency", t->currency, "card_id",
+                     log_mask(t->card_id, card, sizeof card), "card_bin", t->card_bin, "account_id", t->account_id,
+                     "mcc", (int)t->mcc, "merchant_id", t->merchant_id, "merchant_country", t->merchant_country,
+                     "card_country", t->card_country, "ip", log_mask(t->ip, ip, sizeof ip), "ip_country", t->ip_country,
+                     "device_id", log_mask(t->device_id, dev, sizeof dev), "email_hash",
+                     log_mask(t->email_hash, email, sizeof email), "channel", channel_str((int)t->channel),
+                     "attributes", attrs, "stream_seq", (json_int_t)seq, "subject", subject);
+}
+
+static void print_txn_text(const Transaction *t, uint64_t seq, const char *subject)
+{
+    char card[128], ip[128], dev[128], email[128], at[40];
+    utc(t->created_at_ms, at, sizeof at);
+    printf("\ntransaction      %s seq %llu (card data masked)\n"
+           "amount           %lld %s (minor units)\ncreated_at       %s (client clock)\nchannel          %s\n"
+           "card_id          %s\ncard_bin         %s\ncard_country     %s\naccount_id       %s\n"
+           "merchant         %s (mcc %u, %s)\nip               %s (%s)\ndevice_id        %s\nemail_hash       %s\n",
+           subject, (unsigned long long)seq, (long long)t->amount_minor, t->currency, at, channel_str((int)t->channel),
+           dash(log_mask(t->card_id, card, sizeof card)), dash(t->card_bin), dash(t->card_country), dash(t->account_id),
+           dash(t->merchant_id), t->mcc, dash(t->merchant_country), dash(log_mask(t->ip, ip, sizeof ip)),
+           dash(t->ip_country), dash(log_mask(t->device_id, dev, sizeof dev)),
+           dash(log_mask(t->email_hash, email, sizeof email)));
+    for (size_t i = 0; i < t->n_attributes; i++) {
+        char v[128];
+        printf("%-16s %s = %s\n", i == 0 ? "attributes" : "", t->attributes[i]->key,
+               log_mask(t->attributes[i]->value, v, sizeof v));
+    }
+}
+
+static int print_json(const Decision *d, uint64_t seq, json_t *txn)
 {
     json_t *reasons = json_array();
     for (size_t i = 0; i < d->n_reasons; i++)
@@ -196,6 +303,10 @@ static int print_json(const Decision *d, uint64_t seq)
                   (json_int_t)d->decided_at_ms, "decided_at", at, "latency_us", (json_int_t)d->latency_us, "queued_us",
                   (json_int_t)d->queued_us, "budget_exceeded", d->budget_exceeded, "degraded", d->degraded, "engine_id",
                   d->engine_id, "stream_seq", (json_int_t)seq);
+    if (o && txn)
+        json_object_set_new(o, "transaction", txn);
+    else
+        json_decref(txn);
     if (!o) {
         fprintf(stderr, "verdict decision: out of memory\n");
         return 1;
@@ -238,7 +349,7 @@ int cmd_decision(int argc, char **argv)
     int rc = cliconn_parse(&c, argc, argv, rest, &nrest, "decision", decision_help);
     if (rc)
         return rc < 0 ? 0 : rc;
-    bool json = false;
+    bool json = false, with_txn = false;
     const char *id = NULL;
     uint64_t scan_max = 1000000;
     for (int k = 0; k < nrest; k++) {
@@ -255,6 +366,8 @@ int cmd_decision(int argc, char **argv)
             }
             scan_max = n;
             k++;
+        } else if (strcmp(a, "--txn") == 0) {
+            with_txn = true;
         } else if (a[0] == '-') {
             fprintf(stderr, "verdict decision: unknown option '%s' (see --help)\n", a);
             return 2;
@@ -306,10 +419,27 @@ int cmd_decision(int argc, char **argv)
             fprintf(stderr, "verdict decision: the message on %s does not decode as a Decision\n",
                     natsMsg_GetSubject(m));
             rc = 1;
-        } else if (json) {
-            rc = print_json(d, natsMsg_GetSequence(m));
         } else {
-            print_text(d, natsMsg_GetSequence(m));
+            natsMsg *tm = with_txn ? find_txn(&c, d) : NULL;
+            Transaction *t = tm ? verdict__v1__transaction__unpack(NULL, (size_t)natsMsg_GetDataLength(tm),
+                                                                   (const uint8_t *)natsMsg_GetData(tm))
+                                : NULL;
+            if (tm && !t)
+                fprintf(stderr, "verdict decision: the message in %s does not decode as a Transaction\n",
+                        c.cfg.txn_stream);
+            if (json) {
+                rc = print_json(d, natsMsg_GetSequence(m),
+                                t ? txn_json(t, natsMsg_GetSequence(tm), natsMsg_GetSubject(tm)) : NULL);
+            } else {
+                print_text(d, natsMsg_GetSequence(m));
+                if (t)
+                    print_txn_text(t, natsMsg_GetSequence(tm), natsMsg_GetSubject(tm));
+            }
+            if (with_txn && !t && rc == 0)
+                rc = 1; /* asked for the transaction and could not show it (said why above) */
+            if (t)
+                verdict__v1__transaction__free_unpacked(t, NULL);
+            natsMsg_Destroy(tm);
         }
         arena_free(&a);
         natsMsg_Destroy(m);

@@ -110,10 +110,10 @@ natsStatus set_decision_headers(natsMsg *m, const Decision *d)
 
 /* The one way a decision reaches a requester: the decision message's bytes and Verdict headers (copied from
  * the message just stored, or from the stored copy read back for a duplicate). */
-void reply_decision(natsConnection *nc, const char *reply_to, natsMsg *decision, bool duplicate)
+void reply_decision(natsConnection *nc, const char *reply_to, natsMsg *decision, bool duplicate, natsMsg *in)
 {
     natsMsg *r = NULL;
-    natsStatus s = natsMsg_Create(&r, reply_to, NULL, natsMsg_GetData(decision), natsMsg_GetDataLength(decision));
+    natsStatus s = json_reply_create(&r, reply_to, decision, in); /* JSON when the request asked for it */
     for (size_t i = 0; s == NATS_OK && i < ARRAY_LEN(decision_header_keys); i++) {
         const char *v = NULL;
         if (natsMsgHeader_Get(decision, decision_header_keys[i], &v) == NATS_OK && v)

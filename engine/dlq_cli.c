@@ -25,14 +25,16 @@ static void dlq_help(void)
     config_print_help(stdout, "names");
 }
 
+/* card data masked as everywhere the tools show it (log_mask); the logs leave it out */
 static void print_txn(const Transaction *t)
 {
+    char card[128], dev[128];
     printf("  txn_id            %s\n  amount_minor      %lld %s\n  created_at_ms     %lld\n  card_id           %s\n"
            "  account_id        %s\n  merchant_id       %s (mcc %u, %s)\n  card_country      %s\n"
            "  ip_country        %s\n  device_id         %s\n",
-           t->txn_id, (long long)t->amount_minor, t->currency, (long long)t->created_at_ms, t->card_id,
-           t->account_id, t->merchant_id, t->mcc, t->merchant_country, t->card_country, t->ip_country,
-           t->device_id);
+           t->txn_id, (long long)t->amount_minor, t->currency, (long long)t->created_at_ms,
+           log_mask(t->card_id, card, sizeof card), t->account_id, t->merchant_id, t->mcc, t->merchant_country,
+           t->card_country, t->ip_country, log_mask(t->device_id, dev, sizeof dev));
 }
 
 static int replay_one(cliconn *c, uint64_t seq)

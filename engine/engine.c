@@ -455,7 +455,8 @@ vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **ou
         free_engine(en);
         return rc;
     }
-    if ((rc = dlq_worker_start(c, en->nc, &en->stats.dead_letters, en->stats.dead_letters_by, &en->dlq, e)) != V_OK) {
+    if ((rc = dlq_worker_start(c, en->nc, &en->stats.dead_letters, en->stats.dead_letters_by, &en->stats.sweep,
+                               &en->dlq, e)) != V_OK) {
         free_engine(en);
         return rc;
     }

@@ -16,6 +16,7 @@
 #include "dlq.h"
 #include "history.h"
 #include "ident.h"
+#include "jsoncodec.h"
 #include "log.h"
 #include "observe.h"
 #include "rebuild.h"
@@ -201,7 +202,7 @@ void reply_error(natsConnection *nc, const char *reply_to, int code, const char 
 void request_failed(engine *en, natsConnection *nc, const char *reply_to, int code, const char *text);
 bool reply_subject_ok(const config *c, const char *s);
 natsStatus set_decision_headers(natsMsg *m, const Decision *d);
-void reply_decision(natsConnection *nc, const char *reply_to, natsMsg *decision, bool duplicate);
+void reply_decision(natsConnection *nc, const char *reply_to, natsMsg *decision, bool duplicate, natsMsg *in);
 natsStatus build_dead_letter(const engine *en, natsMsg *msg, const js_meta *m, poison_reason why, const char *err,
                              natsMsg **out);
 natsStatus find_decision(engine *en, jsCtx *js, const char *txn_id, natsMsg **out);

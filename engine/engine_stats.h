@@ -4,6 +4,7 @@
 #define VERDICT_ENGINE_STATS_H
 
 #include "codec.h"
+#include "dlq.h"
 
 #include <stdatomic.h>
 #include <stdint.h>
@@ -40,7 +41,25 @@ typedef struct engine_stats {
     atomic_llong snapshots, snapshot_failures;
     atomic_llong snapshot_position; /* of the last saved */
     atomic_llong snapshot_unix_ms;  /* when it was saved */
+    /* Decision publishes, for /readyz (observe.c): mono_ns of the last one that failed or timed out, and of the
+     * first failure since the last success (0 once one succeeds). Plain atomics: readiness never takes a lock. */
+    atomic_llong decision_fail_ns;
+    atomic_llong decision_failing_since_ns;
+    dlq_sweep_stats sweep; /* the DLQ worker's sweep (dlq.h) */
 } engine_stats;
+
+/* Records the outcome of one decision publish (a PubAck stored or Duplicate: ok; an error or timeout: not). */
+static inline void engine_stats_decision_published(engine_stats *st, bool ok, int64_t now_ns)
+{
+    if (ok) {
+        if (atomic_load_explicit(&st->decision_failing_since_ns, memory_order_relaxed))
+            atomic_store(&st->decision_failing_since_ns, 0);
+        return;
+    }
+    long long zero = 0;
+    atomic_store(&st->decision_fail_ns, now_ns);
+    atomic_compare_exchange_strong(&st->decision_failing_since_ns, &zero, now_ns);
+}
 
 /* Where a start has got to: /readyz reports it. Each phase implies the ones before it completed. */
 typedef enum engine_phase {

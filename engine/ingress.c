@@ -44,17 +44,21 @@ void ingress_on_request(natsConnection *nc, natsSubscription *sub, natsMsg *req,
     Transaction *t = NULL;
     poison_reason why;
     verror err = {0};
-    if (txn_decode(&en->ingress_arena, natsMsg_GetData(req), (size_t)natsMsg_GetDataLength(req),
-                   (size_t)en->cfg.max_msg_size, &t, &why, &err) != V_OK) {
-        request_failed(en, nc, reply, 400, err.msg);
+    json_request jr; /* the body as protobuf (a JSON one converted) and the reply format (jsoncodec.h) */
+    if (json_request_read(req, &jr, &err) != V_OK ||
+        txn_decode(&en->ingress_arena, jr.data, (size_t)jr.len, (size_t)en->cfg.max_msg_size, &t, &why, &err) != V_OK) {
+        request_failed(en, nc, reply, jr.code ? jr.code : 400, err.msg);
+        json_request_done(&jr);
         natsMsg_Destroy(req);
         return;
     }
     natsMsg *m = NULL;
-    natsStatus s = natsMsg_Create(&m, en->cfg.ingress_subject, NULL, natsMsg_GetData(req),
-                                  natsMsg_GetDataLength(req));
+    natsStatus s = natsMsg_Create(&m, en->cfg.ingress_subject, NULL, jr.data, jr.len);
+    json_request_done(&jr);
     if (s == NATS_OK)
         s = natsMsgHeader_Set(m, "Verdict-Reply-To", reply);
+    if (s == NATS_OK && jr.reply_json)
+        s = natsMsgHeader_Set(m, JSON_REPLY_HEADER, "json");
     jsPubOptions po;
     jsPubOptions_Init(&po);
     po.MsgId = t->txn_id; /* nats.c sets Nats-Msg-Id from it */
@@ -179,7 +183,7 @@ void *late_main(void *arg)
                     restore_first_copy(en, r);
             }
             if (s == NATS_OK) {
-                reply_decision(en->inc, r->reply, stored, true);
+                reply_decision(en->inc, r->reply, stored, true, r->orig);
                 natsMsg_Destroy(stored);
                 late_done(r);
             } else if (stopping) {

@@ -97,3 +97,14 @@ void log_event(log_level lvl, const char *msg, const char *fields_fmt, ...)
     ssize_t w = write(2, line, (size_t)n);
     (void)w;
 }
+
+const char *log_mask(const char *v, char *out, unsigned cap)
+{
+    if (cap == 0)
+        return "";
+    size_t n = v ? strlen(v) : 0, show = n >= 8 ? 4 : 0, o = 0;
+    for (size_t i = 0; i < n && o + 1 < cap; i++)
+        out[o++] = i + show >= n ? v[i] : '*';
+    out[o] = 0;
+    return out;
+}

@@ -20,6 +20,11 @@ void log_event(log_level lvl, const char *msg, const char *fields_fmt, ...)
 /* JSON-escapes s into one of a few rotating thread-local buffers (valid for the next few calls). */
 const char *log_esc(const char *s);
 
+/* Card data as the operator tools show it (the logs leave it out altogether): every character '*' but the
+ * last four, and all of them '*' when the value is shorter than eight, so a token can be recognised, never
+ * read back. Writes into out (cap bytes; longer values are cut to cap-1) and returns out; "" stays "". */
+const char *log_mask(const char *v, char *out, unsigned cap);
+
 #define log_info(msg, ...) log_event(LOG_INFO, msg, __VA_ARGS__)
 #define log_warn(msg, ...) log_event(LOG_WARN, msg, __VA_ARGS__)
 #define log_error(msg, ...) log_event(LOG_ERROR, msg, __VA_ARGS__)

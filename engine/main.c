@@ -17,9 +17,11 @@ typedef struct command {
 static const command commands[] = {
     {"serve", cmd_serve, "run the decision engine (the production process)"},
     {"check", cmd_check, "validate rules files: rule count, or every error with file:line:col"},
-    {"rules", cmd_rules, "push a checked rules file to every engine (KV bucket), show or clear it"},
+    {"rules", cmd_rules, "push a checked rules file to every engine (KV bucket), show, clear or trace its history"},
     {"replay", cmd_replay, "run candidate rules over stored transactions; show how outcomes would change"},
     {"features", cmd_features, "write the model's training table, computed by the engine from synthetic payments"},
+    {"status", cmd_status, "streams, the consumer and every running engine at a glance (readable or --json)"},
+    {"watch", cmd_watch, "follow decisions live, one line each, filtered by outcome, rule, card or txn id"},
     {"decision", cmd_decision, "print the decision stored for one transaction id (readable or --json)"},
     {"dlq", cmd_dlq, "list, show and replay dead letters"},
     {"audit", cmd_audit, "prove every transaction has exactly one decision or one dead letter"},

@@ -1,6 +1,7 @@
 /* rules_cli.c - `verdict check FILE...`: compile rules files exactly as the engine would, print what they
  * contain or every error with file:line:col and a caret; the exit status says which (0 ok, 1 errors).
- * `verdict rules push|show|clear`: the verdict_rules KV bucket, checked before anything is pushed. */
+ * `verdict rules push|show|clear|history`: the verdict_rules KV bucket, checked before anything is pushed;
+ * history reads the key's revisions (the bucket keeps 64) as periods: which text was pushed from when to when. */
 #include "cli.h"
 #include "cliconn.h"
 #include "featreg.h"
@@ -11,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static void check_help(void)
 {
@@ -78,43 +80,114 @@ int cmd_check(int argc, char **argv)
 
 static void print_engines(cliconn *c, const char *bucket_version)
 {
-    natsInbox *tmp = NULL;
-    natsSubscription *sub = NULL;
-    char inbox[NAME_MAX_LEN + 64];
-    if (natsInbox_Create(&tmp) != NATS_OK)
-        return;
-    const char *tok = strrchr(tmp, '.');
-    snprintf(inbox, sizeof inbox, "%s.%s", c->cfg.inbox_prefix[0] ? c->cfg.inbox_prefix : "_INBOX",
-             tok ? tok + 1 : tmp);
-    natsInbox_Destroy(tmp);
+    json_t *replies = cliconn_collect_json(c, "$SRV.PING.verdict", PING_WAIT_MS);
     int n = 0, differ = 0;
-    if (natsConnection_SubscribeSync(&sub, c->nc, inbox) == NATS_OK &&
-        natsConnection_PublishRequestString(c->nc, "$SRV.PING.verdict", inbox, "") == NATS_OK) {
-        int64_t deadline = now_ms() + PING_WAIT_MS;
-        for (int64_t left; (left = deadline - now_ms()) > 0;) {
-            natsMsg *m = NULL;
-            if (natsSubscription_NextMsg(&m, sub, left) != NATS_OK)
-                break;
-            json_t *j = json_loadb(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 0, NULL);
-            const char *id = json_string_value(json_object_get(j, "id"));
-            const char *rv = json_string_value(json_object_get(json_object_get(j, "metadata"), "rules_version"));
-            if (id && rv) {
-                bool same = bucket_version && strcmp(rv, bucket_version) == 0;
-                differ += !same;
-                printf("# engine %s runs rules version %s%s\n", id, rv,
-                       !bucket_version ? "" : same ? " (this one)"
-                                               : " (NOT this one: it refused it or is still loading; see its log)");
-                n++;
-            }
-            json_decref(j);
-            natsMsg_Destroy(m);
-        }
+    size_t i;
+    json_t *j;
+    json_array_foreach(replies, i, j)
+    {
+        const char *id = json_string_value(json_object_get(j, "id"));
+        const char *rv = json_string_value(json_object_get(json_object_get(j, "metadata"), "rules_version"));
+        if (!id || !rv)
+            continue;
+        bool same = bucket_version && strcmp(rv, bucket_version) == 0;
+        differ += !same;
+        printf("# engine %s runs rules version %s%s\n", id, rv,
+               !bucket_version ? "" : same ? " (this one)"
+                                           : " (NOT this one: it refused it or is still loading; see its log)");
+        n++;
     }
-    natsSubscription_Destroy(sub);
+    json_decref(replies);
     if (n == 0)
         printf("# no engine answered $SRV.PING.verdict within %d ms\n", PING_WAIT_MS);
     else if (differ && bucket_version)
         fprintf(stderr, "verdict rules: %d of %d engines do not run the version in the bucket\n", differ, n);
+}
+
+/* One revision of the rules key as a period: from its own time to the next revision's (or "now"). A text that
+ * does not compile was refused by every engine, which kept the version before it: said as much. */
+static json_t *history_entry(kvEntry *e, kvEntry *next)
+{
+    char from[40], to[40], v[17] = "";
+    cliconn_time_ns(kvEntry_Created(e), from, sizeof from);
+    if (next)
+        cliconn_time_ns(kvEntry_Created(next), to, sizeof to);
+    kvOperation op = kvEntry_Operation(e);
+    const char *ops = op == kvOp_Put ? "put" : op == kvOp_Delete ? "delete" : "purge";
+    json_t *o = json_pack("{s:I, s:s, s:s, s:s?}", "revision", (json_int_t)kvEntry_Revision(e), "operation", ops,
+                          "from", from, "to", next ? to : NULL);
+    if (!o || op != kvOp_Put)
+        return o;
+    const char *text = kvEntry_Value(e);
+    size_t len = (size_t)kvEntry_ValueLen(e);
+    hash64_hex(hash64(text, len), v);
+    featreg reg;
+    featreg_init(&reg);
+    ruleset *rs = NULL;
+    rules_diag d = {0};
+    bool ok = rules_compile(text, len, "kv", &reg, &rs, &d) == V_OK;
+    json_object_set_new(o, "version", json_string(v));
+    json_object_set_new(o, "compiles", json_boolean(ok));
+    json_object_set_new(o, "rules", json_integer(ok ? rules_count(rs) : 0));
+    json_object_set_new(o, "text", json_stringn(text, len));
+    rules_free(rs);
+    rules_diag_free(&d);
+    return o;
+}
+
+static int rules_history(cliconn *c, kvStore *kv, bool json, bool text)
+{
+    kvEntryList l = {0};
+    kvWatchOptions wo;
+    kvWatchOptions_Init(&wo);
+    natsStatus s = kvStore_History(&l, kv, RULES_KV_KEY, &wo);
+    if (s == NATS_NOT_FOUND) {
+        printf("no rules were ever pushed to %s: engines run their --rules file\n", c->cfg.rules_bucket);
+        return 0;
+    }
+    if (s != NATS_OK) {
+        fprintf(stderr, "verdict rules history: %s\n", natsStatus_GetText(s));
+        return 1;
+    }
+    if (!json)
+        printf("%-9s %-24s %-24s %-16s %s\n", "REVISION", "FROM", "TO", "VERSION", "RULES");
+    for (int i = 0; i < l.Count; i++) {
+        json_t *o = history_entry(l.Entries[i], i + 1 < l.Count ? l.Entries[i + 1] : NULL);
+        if (!o)
+            continue;
+        if (json) {
+            if (!text)
+                json_object_del(o, "text");
+            char *js = json_dumps(o, JSON_COMPACT);
+            if (js)
+                puts(js);
+            free(js);
+        } else {
+            const char *to = json_string_value(json_object_get(o, "to"));
+            const char *op = json_string_value(json_object_get(o, "operation"));
+            printf("%-9lld %-24s %-24s ", (long long)json_integer_value(json_object_get(o, "revision")),
+                   json_string_value(json_object_get(o, "from")), to ? to : "now");
+            if (strcmp(op, "put") != 0)
+                printf("%-16s engines run their --rules file\n", op);
+            else if (!json_is_true(json_object_get(o, "compiles")))
+                printf("%-16s does not compile: refused, the version before stayed in force\n",
+                       json_string_value(json_object_get(o, "version")));
+            else
+                printf("%-16s %lld\n", json_string_value(json_object_get(o, "version")),
+                       (long long)json_integer_value(json_object_get(o, "rules")));
+            const char *t = json_string_value(json_object_get(o, "text"));
+            if (text && t) {
+                size_t n = strlen(t);
+                printf("%s%s", t, n && t[n - 1] != '\n' ? "\n" : "");
+            }
+        }
+        json_decref(o);
+    }
+    if (!json)
+        printf("# times are when each revision was stored; an engine switches within a second of it, unless it\n"
+               "# refused the text (see `verdict rules show` for what each engine runs now)\n");
+    kvEntryList_Destroy(&l);
+    return 0;
 }
 
 static void rules_help(void)
@@ -122,7 +195,12 @@ static void rules_help(void)
     printf("usage: verdict rules push FILE   check FILE, then put it into the rules KV bucket (key 'rules'):\n"
            "                                 every engine switches to it; a file with errors is not pushed\n"
            "       verdict rules show        print the rules in the bucket, with revision and version\n"
-           "       verdict rules clear       delete the key: engines fall back to their --rules file\n\n"
+           "       verdict rules clear       delete the key: engines fall back to their --rules file\n"
+           "       verdict rules history [--text] [--json]\n"
+           "                                 which rules text the bucket held from when to when (oldest first;\n"
+           "                                 the bucket keeps 64 revisions): revision, version, rule count, and\n"
+           "                                 the deletes (engines ran their --rules file then); --text prints each\n"
+           "                                 text, --json one JSON object a line\n\n"
            "options (flag, then its environment variable):\n");
     config_print_help(stdout, "names");
 }
@@ -140,13 +218,31 @@ int cmd_rules(int argc, char **argv)
         return rc < 0 ? 0 : rc;
     /* the subcommand and its arguments are checked before connecting: a usage error needs no server */
     const char *sub = nrest > 0 ? argv[rest[0]] : "";
-    int want = strcmp(sub, "push") == 0 ? 2 : strcmp(sub, "show") == 0 || strcmp(sub, "clear") == 0 ? 1 : 0;
+    bool hjson = false, htext = false;
+    if (strcmp(sub, "history") == 0) {
+        int k = 1;
+        for (int i = 1; i < nrest; i++) {
+            if (strcmp(argv[rest[i]], "--json") == 0)
+                hjson = true;
+            else if (strcmp(argv[rest[i]], "--text") == 0)
+                htext = true;
+            else
+                rest[k++] = rest[i];
+        }
+        nrest = k;
+    }
+    int want = 0; /* the words the subcommand takes, itself included */
+    if (strcmp(sub, "push") == 0)
+        want = 2;
+    else if (strcmp(sub, "show") == 0 || strcmp(sub, "clear") == 0 || strcmp(sub, "history") == 0)
+        want = 1;
     if (!sub[0]) {
-        fprintf(stderr, "verdict rules: which subcommand? push FILE, show or clear (see --help)\n");
+        fprintf(stderr, "verdict rules: which subcommand? push FILE, show, clear or history (see --help)\n");
         return 2;
     }
     if (!want) {
-        fprintf(stderr, "verdict rules: unknown subcommand '%s': push FILE, show or clear (see --help)\n", sub);
+        fprintf(stderr, "verdict rules: unknown subcommand '%s': push FILE, show, clear or history (see --help)\n",
+                sub);
         return 2;
     }
     if (nrest != want) {
@@ -169,7 +265,7 @@ int cmd_rules(int argc, char **argv)
     } else {
         natsStatus s = js_KeyValue(&kv, c.js, c.cfg.rules_bucket);
         if (s == NATS_NOT_FOUND) {
-            if (strcmp(sub, "show") == 0)
+            if (strcmp(sub, "show") == 0 || strcmp(sub, "history") == 0)
                 printf("no rules bucket %s: engines run their --rules file\n", c.cfg.rules_bucket);
             else
                 printf("no rules bucket %s: nothing to clear\n", c.cfg.rules_bucket);
@@ -223,6 +319,8 @@ int cmd_rules(int argc, char **argv)
         rules_free(rs);
         rules_diag_free(&d);
         free(text);
+    } else if (strcmp(sub, "history") == 0) {
+        rc = rules_history(&c, kv, hjson, htext);
     } else if (strcmp(sub, "show") == 0) {
         kvEntry *ent = NULL;
         natsStatus s = kvStore_Get(&ent, kv, RULES_KV_KEY);

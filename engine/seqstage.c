@@ -231,8 +231,13 @@ void *seq_main(void *arg)
         }
         if (s != NATS_OK) {
             if (!atomic_load(&en->stopping))
-                log_warn("fetch failed; retrying", "\"error\":\"%s\",\"js_code\":%d,\"detail\":\"%s\"",
-                         log_esc(natsStatus_GetText(s)), (int)jerr, log_esc(nats_GetLastError(NULL)));
+            {
+                /* NATS_ERR's own text is "Error": the library's last error says what it was */
+                const char *detail = nats_GetLastError(NULL);
+                log_warn("fetch failed; retrying", "\"error\":\"%s\",\"status\":\"%s\",\"js_code\":%d",
+                         log_esc(s == NATS_ERR && detail && detail[0] ? detail : natsStatus_GetText(s)),
+                         log_esc(natsStatus_GetText(s)), (int)jerr);
+            }
             batch_recycle(en, b);
             sleep_ms(200);
             continue;

@@ -273,6 +273,14 @@ Test(cli, dlq_show_of_a_missing_field_letter_shows_the_transaction, .init = setu
     cr_expect(strstr(out, "does not decode") == NULL, "%s", out);
     cr_expect(strstr(out, "cli-nocard"), "the decoded transaction is shown:\n%s", out);
     EXPECT(1, "no dead letter at sequence 99", "dlq", "show", "99", "--nats-url", srv.url);
+    /* card data is masked as `decision --txn` masks it (log_mask), never shown in clear */
+    tc_txn(&t, "cli-lowercur", 1000);
+    t.currency = "eur";
+    cr_assert(tc_publish(js, "txn.ecom.x", &t));
+    cr_assert(tc_wait_msgs(js, "DLQ", 2, 10000) >= 2, "no dead letter; see %s", logp);
+    EXPECT(0, "cli-lowercur", "dlq", "show", "2", "--nats-url", srv.url);
+    cr_expect(!strstr(out, "tok_card_1") && !strstr(out, "dev_1"), "card data in clear:\n%s", out);
+    cr_expect(strstr(out, "******rd_1"), "the card id masked to its last four:\n%s", out);
     stop_engine(pid);
 }
 
@@ -334,4 +342,272 @@ Test(cli, rules_show_says_which_version_each_engine_runs, .init = setup, .fini =
     cr_expect(strstr(out, "NOT this one"), "%s", out);
     stop_engine(pid);
     unlink(rp);
+}
+
+/* --- the operator's toolbox without the nats CLI: status, watch, decision --txn, rules history ---------- */
+
+Test(cli, toolbox_usage_errors_exit_2_before_connecting)
+{
+    char closed[64];
+    snprintf(closed, sizeof closed, "nats://127.0.0.1:%d", free_port());
+    EXPECT(2, "unknown option '--frob'", "status", "--frob", "--nats-url", closed);
+    EXPECT(2, "--wait takes milliseconds", "status", "--wait", "5", "--nats-url", closed);
+    EXPECT(2, "unknown outcome 'maybe'", "watch", "--outcome", "approve,maybe", "--nats-url", closed);
+    EXPECT(2, "--count takes 1-1000000", "watch", "--count", "0", "--nats-url", closed);
+    EXPECT(2, "--timeout takes a duration", "watch", "--timeout", "soon", "--nats-url", closed);
+    EXPECT(2, "is not a transaction id", "watch", "--txn", "a.b", "--nats-url", closed);
+    EXPECT(2, "--card takes a card token", "watch", "--card", "", "--nats-url", closed);
+    EXPECT(2, "--rule needs a value", "watch", "--rule");
+    EXPECT(2, "takes no arguments", "rules", "history", "extra", "--nats-url", closed);
+}
+
+static json_t *out_json(void)
+{
+    json_error_t je;
+    json_t *j = json_loads(out, 0, &je);
+    cr_assert(j, "not JSON (%s): %s", je.text, out);
+    return j;
+}
+
+static void decide(const char *id, int64_t amount)
+{
+    Transaction t;
+    tc_txn(&t, id, amount);
+    cr_assert(tc_publish(js, "txn.ecom.x", &t));
+}
+
+static void wait_decided(const char *id)
+{
+    natsMsg *m = NULL;
+    for (int i = 0; i < 500 && !(m = tc_find_decision(js, id)); i++)
+        tc_sleep_ms(20);
+    cr_assert(m, "no decision for %s within 10 s; see %s", id, logp);
+    natsMsg_Destroy(m);
+}
+
+Test(cli, status_shows_streams_consumer_and_engines, .init = setup, .fini = teardown)
+{
+    /* nothing deployed yet: said, not an error, and nothing created */
+    EXPECT(0, "not found", "status", "--nats-url", srv.url);
+    cr_expect(strstr(out, "ENGINES (0 answered"), "%s", out);
+    cr_expect_eq(tc_stream_msgs(js, "TXN"), 0u);
+    jsStreamInfo *si = NULL;
+    cr_expect_neq(js_GetStreamInfo(&si, js, "TXN", NULL, NULL), NATS_OK, "status created TXN");
+    jsStreamInfo_Destroy(si);
+
+    char rp[256];
+    temp_path(rp, sizeof rp, ".rules");
+    write_file(rp, "rule big decline \"amount over 100\" when amount > 100\n");
+    pid_t pid = tc_start_engine(srv.url, logp, (const char *const[]){"--rules", rp, "--engine-id", "eng-st", NULL});
+    decide("st-1", 50);
+    decide("st-2", 50000);
+    decide("st-3", 70);
+    wait_decided("st-3");
+    cr_assert(tc_wait_consumer_idle(js, 10000));
+
+    EXPECT(0, "CONSUMER TXN/verdict", "status", "--nats-url", srv.url);
+    cr_expect(strstr(out, "CONSUMER VERDICT_ADVISORIES/verdict_dlq"), "%s", out);
+    cr_expect(strstr(out, "eng-st") && strstr(out, "DECISIONS") && strstr(out, "VERDICT_ADVISORIES") &&
+                  strstr(out, "pending 0") && strstr(out, "ENGINES (1 answered"),
+              "%s", out);
+
+    EXPECT(0, "\"streams\"", "status", "--json", "--nats-url", srv.url);
+    json_t *j = out_json();
+    json_t *txn = json_array_get(json_object_get(j, "streams"), 0);
+    cr_expect_str_eq(json_string_value(json_object_get(txn, "name")), "TXN");
+    cr_expect_eq(json_integer_value(json_object_get(txn, "messages")), 3);
+    cr_expect_eq(json_integer_value(json_object_get(txn, "last_seq")), 3);
+    cr_expect_eq(json_integer_value(json_object_get(txn, "replicas")), 1);
+    json_t *dec = json_array_get(json_object_get(j, "streams"), 1);
+    cr_expect_eq(json_integer_value(json_object_get(dec, "messages")), 3);
+    json_t *con = json_object_get(j, "consumer");
+    cr_expect(json_is_true(json_object_get(con, "exists")));
+    cr_expect_eq(json_integer_value(json_object_get(con, "pending")), 0);
+    cr_expect_eq(json_integer_value(json_object_get(con, "ack_pending")), 0);
+    cr_expect_eq(json_integer_value(json_object_get(con, "ack_floor_stream_seq")), 3);
+    cr_expect(json_integer_value(json_object_get(con, "waiting_pulls")) >= 1, "the engine's workers pull: %s", out);
+    json_t *dc = json_object_get(j, "dlq_consumer");
+    cr_expect_str_eq(json_string_value(json_object_get(dc, "name")), "verdict_dlq");
+    cr_expect_str_eq(json_string_value(json_object_get(dc, "stream")), "VERDICT_ADVISORIES");
+    cr_expect(json_is_true(json_object_get(dc, "exists")), "%s", out);
+    json_t *e0 = json_array_get(json_object_get(j, "engines"), 0);
+    cr_expect_str_eq(json_string_value(json_object_get(e0, "id")), "eng-st");
+    cr_expect_eq(json_integer_value(json_object_get(e0, "decisions")), 3);
+    cr_expect(json_integer_value(json_object_get(e0, "uptime_s")) >= 0);
+    cr_expect_eq(strlen(json_string_value(json_object_get(e0, "rules_version"))), 16u);
+    json_decref(j);
+    stop_engine(pid);
+    unlink(rp);
+}
+
+/* Spawns `verdict watch ARGS` with its output into path; returns once it says it is watching. */
+static pid_t watch_start(const char *const argv[], const char *path)
+{
+    pid_t pid = verdict_spawn(argv, path);
+    cr_assert(pid > 0);
+    cr_assert(file_wait_for(path, "watching ", 10000), "watch did not subscribe");
+    return pid;
+}
+
+static void read_file(const char *path)
+{
+    out[0] = 0;
+    FILE *f = fopen(path, "r");
+    if (f) {
+        size_t n = fread(out, 1, sizeof out - 1, f);
+        out[n] = 0;
+        fclose(f);
+    }
+}
+
+Test(cli, watch_prints_live_decisions_filtered_and_disturbs_nothing, .init = setup, .fini = teardown)
+{
+    char rp[256], wp[256], wp2[256], wp3[256];
+    temp_path(rp, sizeof rp, ".rules");
+    temp_path(wp, sizeof wp, ".watch");
+    temp_path(wp2, sizeof wp2, ".watch");
+    temp_path(wp3, sizeof wp3, ".watch");
+    write_file(rp, "rule big decline \"amount over 100\" when amount > 100\n"
+                   "rule mid review \"amount over 50\" when amount > 50 and amount <= 100\n");
+    pid_t pid = tc_start_engine(srv.url, logp, (const char *const[]){"--rules", rp, NULL});
+    pid_t w1 = watch_start((const char *const[]){"verdict", "watch", "--outcome", "decline", "--count", "2",
+                                                 "--timeout", "20s", "--nats-url", srv.url, NULL},
+                           wp);
+    pid_t w2 = watch_start((const char *const[]){"verdict", "watch", "--rule", "mid", "--json", "--count", "1",
+                                                 "--timeout", "20s", "--nats-url", srv.url, NULL},
+                           wp2);
+    pid_t w3 = watch_start((const char *const[]){"verdict", "watch", "--card", "tok_card_other", "--count", "1",
+                                                 "--timeout", "20s", "--nats-url", srv.url, NULL},
+                           wp3);
+    decide("w-approve", 10);
+    decide("w-review", 7000); /* 70.00: rules read amount in major units */
+    Transaction t;
+    tc_txn(&t, "w-other-card", 20);
+    t.card_id = "tok_card_other";
+    cr_assert(tc_publish(js, "txn.ecom.x", &t));
+    decide("w-decline-1", 50000);
+    decide("w-decline-2", 60000);
+    cr_expect_eq(child_wait(w1, 20000), 0);
+    read_file(wp);
+    cr_expect(strstr(out, "w-decline-1") && strstr(out, "w-decline-2") && strstr(out, "DECLINE") &&
+                  strstr(out, " us  big"),
+              "%s", out);
+    cr_expect(!strstr(out, "w-approve") && !strstr(out, "w-review"), "a filtered-out decision:\n%s", out);
+    cr_expect_eq(child_wait(w2, 20000), 0);
+    read_file(wp2);
+    char *line = strchr(out, '{');
+    cr_assert(line, "%s", out);
+    json_t *j = json_loads(line, JSON_DISABLE_EOF_CHECK, NULL);
+    cr_assert(j, "%s", out);
+    cr_expect_str_eq(json_string_value(json_object_get(j, "txn_id")), "w-review");
+    cr_expect_str_eq(json_string_value(json_object_get(j, "outcome")), "review");
+    json_decref(j);
+    cr_expect_eq(child_wait(w3, 20000), 0);
+    read_file(wp3);
+    cr_expect(strstr(out, "w-other-card") && !strstr(out, "w-approve") && !strstr(out, "w-decline"),
+              "--card shows that card's decisions only:\n%s", out);
+    cr_expect(!strstr(out, "tok_card_other") && strstr(out, "for card **********ther"), "the card token in clear:\n%s",
+              out);
+
+    /* --txn narrows the subscription; a --count not reached within --timeout exits 1 */
+    const char *const a[] = {"verdict",   "watch", "--txn",      "w-never", "--count", "1",
+                             "--timeout", "300ms", "--nats-url", srv.url,   NULL};
+    int rc = run(a, 10000);
+    cr_expect_eq(rc, 1, "exit %d:\n%s", rc, out);
+    cr_expect(strstr(out, "decision.*.w-never") && strstr(out, "0 of 1 decisions"), "%s", out);
+
+    /* it created no consumer anywhere: nothing for the server to keep or redeliver */
+    jsConsumerNamesList *cl = NULL;
+    natsStatus s = js_ConsumerNames(&cl, js, "DECISIONS", NULL, NULL);
+    cr_expect(s == NATS_NOT_FOUND || (s == NATS_OK && cl->Count == 0), "watch left a consumer on DECISIONS");
+    jsConsumerNamesList_Destroy(cl);
+    stop_engine(pid);
+    unlink(rp);
+    unlink(wp);
+    unlink(wp2);
+    unlink(wp3);
+}
+
+Test(cli, decision_txn_shows_the_transaction_with_card_data_masked, .init = setup, .fini = teardown)
+{
+    pid_t pid = tc_start_engine(srv.url, logp, NULL);
+    decide("txn-show-0", 1);
+    Transaction t;
+    tc_txn(&t, "txn-show-1", 4321);
+    t.card_id = "tok_4000123412349876";
+    t.email_hash = "5f4dcc3b5aa765d61d8327deb882cf99";
+    cr_assert(tc_publish(js, "txn.ecom.x", &t));
+    decide("txn-show-2", 1);
+    wait_decided("txn-show-2");
+
+    EXPECT(0, "card data masked", "decision", "txn-show-1", "--txn", "--nats-url", srv.url);
+    cr_expect(strstr(out, "4321 EUR") && strstr(out, "acct_1") && strstr(out, "txn.ecom.x seq 2"), "%s", out);
+    cr_expect(strstr(out, "****************9876"), "the card id's last four only:\n%s", out);
+    cr_expect(!strstr(out, "tok_4000") && !strstr(out, "5f4dcc3b") && !strstr(out, "10.0.0.1"),
+              "card data in clear:\n%s", out);
+
+    EXPECT(0, "\"transaction\"", "decision", "txn-show-1", "--txn", "--json", "--nats-url", srv.url);
+    json_t *j = out_json();
+    json_t *tx = json_object_get(j, "transaction");
+    cr_expect_str_eq(json_string_value(json_object_get(tx, "txn_id")), "txn-show-1");
+    cr_expect_eq(json_integer_value(json_object_get(tx, "amount_minor")), 4321);
+    cr_expect_str_eq(json_string_value(json_object_get(tx, "card_id")), "****************9876");
+    cr_expect_str_eq(json_string_value(json_object_get(tx, "ip")), "****.0.1");
+    cr_expect_eq(json_integer_value(json_object_get(tx, "stream_seq")), 2);
+    json_decref(j);
+
+    /* without --txn nothing about the transaction is read or shown */
+    EXPECT(0, "outcome", "decision", "txn-show-1", "--nats-url", srv.url);
+    cr_expect(!strstr(out, "card data masked"), "%s", out);
+    stop_engine(pid);
+}
+
+Test(cli, rules_history_says_which_text_was_in_force_from_when_to_when, .init = setup, .fini = teardown)
+{
+    EXPECT(0, "no rules bucket verdict_rules", "rules", "history", "--nats-url", srv.url);
+    char a[256], b[256];
+    temp_path(a, sizeof a, ".rules");
+    temp_path(b, sizeof b, ".rules");
+    write_file(a, "rule big decline \"amount over 100\" when amount > 100\n");
+    write_file(b, "rule big decline \"amount over 500\" when amount > 500\nrule r2 review \"x\" when amount > 50\n");
+    EXPECT(0, "revision 1", "rules", "push", a, "--nats-url", srv.url);
+    EXPECT(0, "revision 2", "rules", "push", b, "--nats-url", srv.url);
+    kvStore *kv = NULL;
+    cr_assert_eq(js_KeyValue(&kv, js, "verdict_rules"), NATS_OK);
+    cr_assert_eq(kvStore_PutString(NULL, kv, "rules", "rule x decline \"x\" when amount >\n"), NATS_OK);
+    kvStore_Destroy(kv);
+    EXPECT(0, "cleared", "rules", "clear", "--nats-url", srv.url);
+
+    EXPECT(0, "REVISION", "rules", "history", "--nats-url", srv.url);
+    cr_expect(strstr(out, "does not compile: refused"), "%s", out);
+    cr_expect(strstr(out, "delete           engines run their --rules file"), "%s", out);
+    cr_expect(strstr(out, " now "), "the last period runs until now:\n%s", out);
+
+    EXPECT(0, "\"revision\":1", "rules", "history", "--json", "--text", "--nats-url", srv.url);
+    int n = 0;
+    char prev_to[64] = "";
+    static char copy[65536];
+    str_copy(copy, sizeof copy, out);
+    for (char *save = NULL, *l = strtok_r(copy, "\n", &save); l; l = strtok_r(NULL, "\n", &save), n++) {
+        json_t *j = json_loads(l, 0, NULL);
+        cr_assert(j, "not a JSON line: %s", l);
+        cr_expect_eq(json_integer_value(json_object_get(j, "revision")), n + 1);
+        if (prev_to[0])
+            cr_expect_str_eq(json_string_value(json_object_get(j, "from")), prev_to, "periods follow each other");
+        const char *to = json_string_value(json_object_get(j, "to"));
+        str_copy(prev_to, sizeof prev_to, to ? to : "");
+        if (n == 1) {
+            cr_expect_eq(json_integer_value(json_object_get(j, "rules")), 2);
+            cr_expect(strstr(json_string_value(json_object_get(j, "text")), "amount over 500"));
+        }
+        if (n == 2)
+            cr_expect(json_is_false(json_object_get(j, "compiles")));
+        if (n == 3)
+            cr_expect_str_eq(json_string_value(json_object_get(j, "operation")), "delete");
+        json_decref(j);
+    }
+    cr_expect_eq(n, 4, "%s", out);
+    cr_expect_str_eq(prev_to, "", "the last revision has no end");
+    unlink(a);
+    unlink(b);
 }

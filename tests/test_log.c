@@ -58,3 +58,16 @@ Test(log, esc_truncates_long_strings_to_valid_json)
         s[i] = (char)(i % 3 ? '\xe2' : '"'); /* cut sequences and escapes near every boundary */
     cr_assert(round_trip(s, out, sizeof out));
 }
+
+/* log_mask: how the operator tools show card data (the logs leave it out): the last four characters of a
+ * value of eight or more, nothing of a shorter one. */
+Test(log, mask_shows_at_most_the_last_four_characters)
+{
+    char b[64];
+    cr_expect_str_eq(log_mask("tok_4000123412349876", b, sizeof b), "****************9876");
+    cr_expect_str_eq(log_mask("10.0.0.1", b, sizeof b), "****.0.1");
+    cr_expect_str_eq(log_mask("dev_123", b, sizeof b), "*******", "under eight: all masked");
+    cr_expect_str_eq(log_mask("", b, sizeof b), "");
+    cr_expect_str_eq(log_mask(NULL, b, sizeof b), "");
+    cr_expect_str_eq(log_mask("abcdefghij", b, 5), "****", "cut to the buffer, never past it");
+}

@@ -1,0 +1,290 @@
+/* status_cli.c - `verdict status [--json] [--wait MS]`: one look at a deployment without the nats CLI. The
+ * streams (messages, bytes, first and last, replicas, leader), the engines' durable consumer and the DLQ
+ * worker's (pending, ack pending, redelivered, waiting pulls, ack floor) and every engine that answers
+ * $SRV.STATS.verdict (id, version, rules and model versions, uptime, decisions, requests, errors). Read-only: stream
+ * and consumer info and one service request; nothing is created. One JSON model is built and printed as a table or as
+ * JSON. */
+#include "cli.h"
+#include "cliconn.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define WAIT_DEFAULT_MS 500
+
+static const char *nz(const char *s) { return s ? s : ""; }
+
+static void status_help(void)
+{
+    printf("usage: verdict status [--json] [--wait MS]\n\n"
+           "Prints the streams (TXN, DECISIONS, DLQ, VERDICT_ADVISORIES: messages, bytes, first and last sequence\n"
+           "and time, replicas, leader), the engines' consumer on TXN and the DLQ worker's on VERDICT_ADVISORIES\n"
+           "(pending, ack pending, redelivered, waiting pulls, ack floor), and every engine that answers\n"
+           "$SRV.STATS.verdict within --wait (default %d ms, 50-10000): id, version, rules and model versions,\n"
+           "uptime, decisions, requests and errors.\n"
+           "--json prints one JSON object instead. Creates nothing.\n"
+           "Exit status: 0 read (a missing stream or consumer is reported, not an error), 1 the server cannot be\n"
+           "reached, 2 usage errors.\n\n"
+           "options (flag, then its environment variable):\n",
+           WAIT_DEFAULT_MS);
+    config_print_help(stdout, "names");
+}
+
+static json_t *peers_json(const jsClusterInfo *ci)
+{
+    json_t *a = json_array();
+    for (int i = 0; ci && a && i < ci->ReplicasLen; i++) {
+        const jsPeerInfo *p = ci->Replicas[i];
+        json_array_append_new(a, json_pack("{s:s, s:b, s:b, s:I}", "name", p->Name ? p->Name : "", "current",
+                                           p->Current, "offline", p->Offline, "lag", (json_int_t)p->Lag));
+    }
+    return a;
+}
+
+static json_t *stream_json(cliconn *c, const char *name)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetStreamInfo(&si, c->js, name, NULL, &jerr);
+    if (s != NATS_OK)
+        return json_pack("{s:s, s:b, s:s}", "name", name, "exists", false, "error",
+                         s == NATS_NOT_FOUND ? "not found" : natsStatus_GetText(s));
+    char ft[40], lt[40];
+    cliconn_time_ns(si->State.FirstTime, ft, sizeof ft);
+    cliconn_time_ns(si->State.LastTime, lt, sizeof lt);
+    json_t *o = json_pack("{s:s, s:b, s:I, s:I, s:I, s:s, s:I, s:s, s:I, s:i, s:s?, s:o}", "name", name, "exists", true,
+                          "messages", (json_int_t)si->State.Msgs, "bytes", (json_int_t)si->State.Bytes, "first_seq",
+                          (json_int_t)si->State.FirstSeq, "first_time", ft, "last_seq", (json_int_t)si->State.LastSeq,
+                          "last_time", lt, "deleted", (json_int_t)si->State.NumDeleted, "replicas",
+                          si->Config ? (int)si->Config->Replicas : 0, "leader",
+                          si->Cluster ? si->Cluster->Leader : NULL, "peers", peers_json(si->Cluster));
+    jsStreamInfo_Destroy(si);
+    return o;
+}
+
+static json_t *consumer_json(cliconn *c, const char *stream, const char *name)
+{
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetConsumerInfo(&ci, c->js, stream, name, NULL, &jerr);
+    if (s != NATS_OK)
+        return json_pack("{s:s, s:s, s:b, s:s}", "stream", stream, "name", name, "exists", false, "error",
+                         s == NATS_NOT_FOUND ? "not found" : natsStatus_GetText(s));
+    char last[40];
+    cliconn_time_ns(ci->Delivered.Last, last, sizeof last);
+    json_t *o = json_pack("{s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:s?}", "stream", stream, "name", name,
+                          "exists", true, "pending", (json_int_t)ci->NumPending, "ack_pending",
+                          (json_int_t)ci->NumAckPending, "redelivered", (json_int_t)ci->NumRedelivered, "waiting_pulls",
+                          (json_int_t)ci->NumWaiting, "delivered_stream_seq", (json_int_t)ci->Delivered.Stream,
+                          "ack_floor_stream_seq", (json_int_t)ci->AckFloor.Stream, "last_delivered", last, "leader",
+                          ci->Cluster ? ci->Cluster->Leader : NULL);
+    jsConsumerInfo_Destroy(ci);
+    return o;
+}
+
+/* RFC 3339 "2026-11-30T10:00:00Z" (what the engines send as `started`) to seconds since the epoch; -1 if not. */
+static int64_t rfc3339_s(const char *s)
+{
+    struct tm tm = {0};
+    const char *end = s ? strptime(s, "%Y-%m-%dT%H:%M:%S", &tm) : NULL;
+    if (!end)
+        return -1;
+    return (int64_t)timegm(&tm);
+}
+
+/* One engine from its $SRV.STATS reply (micro stats_response; engine/observe.c writes it). */
+static json_t *engine_json(const json_t *r)
+{
+    const json_t *md = json_object_get(r, "metadata");
+    const json_t *ep = json_array_get(json_object_get(r, "endpoints"), 0);
+    const json_t *data = json_object_get(ep, "data");
+    const char *started = json_string_value(json_object_get(r, "started"));
+    int64_t st = rfc3339_s(started);
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:s}", "id",
+                     nz(json_string_value(json_object_get(r, "id"))), "version",
+                     nz(json_string_value(json_object_get(r, "version"))), "rules_version",
+                     nz(json_string_value(json_object_get(md, "rules_version"))), "model_version",
+                     nz(json_string_value(json_object_get(md, "model_version"))), "started", nz(started), "uptime_s",
+                     (json_int_t)(st > 0 ? now_ms() / 1000 - st : -1), "decisions",
+                     (json_int_t)json_integer_value(json_object_get(data, "decisions")), "requests",
+                     (json_int_t)json_integer_value(json_object_get(ep, "num_requests")), "errors",
+                     (json_int_t)json_integer_value(json_object_get(ep, "num_errors")), "dead_letters",
+                     (json_int_t)json_integer_value(json_object_get(data, "dead_letters")), "last_error",
+                     nz(json_string_value(json_object_get(ep, "last_error"))));
+}
+
+static int by_id(const void *a, const void *b)
+{
+    const char *x = json_string_value(json_object_get(*(json_t *const *)a, "id"));
+    const char *y = json_string_value(json_object_get(*(json_t *const *)b, "id"));
+    return strcmp(x ? x : "", y ? y : "");
+}
+
+static json_t *engines_json(cliconn *c, int wait_ms)
+{
+    json_t *replies = cliconn_collect_json(c, "$SRV.STATS.verdict", wait_ms);
+    size_t n = json_array_size(replies);
+    json_t **v = n ? calloc(n, sizeof *v) : NULL;
+    size_t k = 0;
+    for (size_t i = 0; v && i < n; i++) {
+        json_t *r = json_array_get(replies, i);
+        if (strcmp(nz(json_string_value(json_object_get(r, "type"))), "io.nats.micro.v1.stats_response") == 0)
+            v[k++] = engine_json(r);
+    }
+    if (k > 1)
+        qsort(v, k, sizeof *v, by_id);
+    json_t *out = json_array();
+    for (size_t i = 0; i < k; i++)
+        json_array_append_new(out, v[i]);
+    free(v);
+    json_decref(replies);
+    return out;
+}
+
+static void human_bytes(json_int_t b, char *out, size_t cap)
+{
+    static const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double x = (double)b;
+    int i = 0;
+    while (x >= 1024 && i < 4) {
+        x /= 1024;
+        i++;
+    }
+    snprintf(out, cap, i ? "%.1f %s" : "%.0f %s", x, u[i]);
+}
+
+static void human_uptime(json_int_t s, char *out, size_t cap)
+{
+    if (s < 0)
+        snprintf(out, cap, "?");
+    else if (s < 3600)
+        snprintf(out, cap, "%lldm%02llds", (long long)s / 60, (long long)s % 60);
+    else if (s < 86400)
+        snprintf(out, cap, "%lldh%02lldm", (long long)s / 3600, (long long)s % 3600 / 60);
+    else
+        snprintf(out, cap, "%lldd%02lldh", (long long)s / 86400, (long long)s % 86400 / 3600);
+}
+
+#define I(o, k) ((long long)json_integer_value(json_object_get((o), (k))))
+#define S(o, k) (nz(json_string_value(json_object_get((o), (k)))))
+
+static void print_text(const json_t *st, int wait_ms)
+{
+    printf("STREAM               MESSAGES      BYTES  FIRST                               LAST                    "
+           "            R  LEADER\n");
+    size_t i;
+    json_t *s;
+    json_array_foreach(json_object_get(st, "streams"), i, s)
+    {
+        if (!json_is_true(json_object_get(s, "exists"))) {
+            printf("%-18s   (%s)\n", S(s, "name"), S(s, "error"));
+            continue;
+        }
+        char b[32], f[64], l[64];
+        human_bytes(I(s, "bytes"), b, sizeof b);
+        if (I(s, "last_seq") == 0) { /* never written to */
+            snprintf(f, sizeof f, "-");
+            snprintf(l, sizeof l, "-");
+        } else {
+            snprintf(f, sizeof f, "%lld %s", I(s, "first_seq"), S(s, "first_time"));
+            snprintf(l, sizeof l, "%lld %s", I(s, "last_seq"), S(s, "last_time"));
+        }
+        printf("%-18s %10lld %10s  %-34s  %-34s  %lld  %s\n", S(s, "name"), I(s, "messages"), b, f, l, I(s, "replicas"),
+               json_is_string(json_object_get(s, "leader")) ? S(s, "leader") : "-");
+    }
+    static const char *const which[] = {"consumer", "dlq_consumer"};
+    static const char *const what[] = {"the engines' work", "the DLQ worker's advisories"};
+    for (size_t k = 0; k < 2; k++) {
+        const json_t *c = json_object_get(st, which[k]);
+        printf("\nCONSUMER %s/%s (%s)", S(c, "stream"), S(c, "name"), what[k]);
+        if (!json_is_true(json_object_get(c, "exists"))) {
+            printf("  %s: no engine has started with these names\n", S(c, "error"));
+            continue;
+        }
+        printf("\n  pending %lld   ack pending %lld   redelivered %lld   waiting pulls %lld\n"
+               "  delivered up to stream seq %lld (last %s), acked up to %lld\n",
+               I(c, "pending"), I(c, "ack_pending"), I(c, "redelivered"), I(c, "waiting_pulls"),
+               I(c, "delivered_stream_seq"), S(c, "last_delivered"), I(c, "ack_floor_stream_seq"));
+    }
+    const json_t *en = json_object_get(st, "engines");
+    printf("\nENGINES (%zu answered $SRV.STATS.verdict within %d ms)\n", json_array_size(en), wait_ms);
+    if (json_array_size(en) == 0)
+        return;
+    printf("  %-20s %-8s %-16s %-16s %-8s %10s %9s %7s\n", "ID", "VERSION", "RULES", "MODEL", "UP", "DECISIONS",
+           "REQUESTS", "ERRORS");
+    json_array_foreach(en, i, s)
+    {
+        char up[32];
+        human_uptime(I(s, "uptime_s"), up, sizeof up);
+        printf("  %-20s %-8s %-16s %-16s %-8s %10lld %9lld %7lld\n", S(s, "id"), S(s, "version"), S(s, "rules_version"),
+               S(s, "model_version")[0] ? S(s, "model_version") : "none", up, I(s, "decisions"), I(s, "requests"),
+               I(s, "errors"));
+        if (S(s, "last_error")[0])
+            printf("  %-20s last error: %s\n", "", S(s, "last_error"));
+    }
+}
+
+int cmd_status(int argc, char **argv)
+{
+    int rest[64], nrest = 0;
+    if (argc > 64) {
+        fprintf(stderr, "verdict status: too many arguments\n");
+        return 2;
+    }
+    cliconn c = {0};
+    int rc = cliconn_parse(&c, argc, argv, rest, &nrest, "status", status_help);
+    if (rc)
+        return rc < 0 ? 0 : rc;
+    bool json = false;
+    int wait_ms = WAIT_DEFAULT_MS;
+    for (int k = 0; k < nrest; k++) {
+        const char *a = argv[rest[k]];
+        if (strcmp(a, "--json") == 0) {
+            json = true;
+        } else if (strcmp(a, "--wait") == 0) {
+            char *end = NULL;
+            long v = k + 1 < nrest ? strtol(argv[rest[k + 1]], &end, 10) : -1;
+            if (!end || *end || v < 50 || v > 10000) {
+                fprintf(stderr, "verdict status: --wait takes milliseconds, 50-10000\n");
+                return 2;
+            }
+            wait_ms = (int)v;
+            k++;
+        } else {
+            fprintf(stderr, "verdict status: unknown %s '%s' (see --help)\n", a[0] == '-' ? "option" : "argument", a);
+            return 2;
+        }
+    }
+    rc = cliconn_connect(&c, "status");
+    if (rc)
+        return rc;
+    const char *names[] = {c.cfg.txn_stream, c.cfg.decisions_stream, c.cfg.dlq_stream, c.cfg.adv_stream};
+    json_t *streams = json_array();
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        json_array_append_new(streams, stream_json(&c, names[i]));
+    /* the DLQ worker's durable is the engines' name with _dlq (engine/dlq.c) */
+    char dlq_consumer[NAME_MAX_LEN + 8];
+    snprintf(dlq_consumer, sizeof dlq_consumer, "%s_dlq", c.cfg.consumer);
+    json_t *st = json_pack("{s:o, s:o, s:o, s:o}", "streams", streams, "consumer",
+                           consumer_json(&c, c.cfg.txn_stream, c.cfg.consumer), "dlq_consumer",
+                           consumer_json(&c, c.cfg.adv_stream, dlq_consumer), "engines", engines_json(&c, wait_ms));
+    if (!st) {
+        fprintf(stderr, "verdict status: out of memory\n");
+        cliconn_close(&c);
+        return 1;
+    }
+    if (json) {
+        char *s = json_dumps(st, JSON_COMPACT);
+        if (s)
+            puts(s);
+        free(s);
+    } else {
+        print_text(st, wait_ms);
+    }
+    json_decref(st);
+    cliconn_close(&c);
+    return 0;
+}
