@@ -67,11 +67,7 @@ void checkpoint_serve(checkpoint *ck)
 static bool prepare_buffer(checkpoint *ck)
 {
     engine *en = ck->en;
-    pthread_mutex_lock(&en->policy_mu);
-    velref *r = en->vel;
-    if (r)
-        atomic_fetch_add(&r->refs, 1);
-    pthread_mutex_unlock(&en->policy_mu);
+    velref *r = velref_current(en);
     if (!r)
         return false;
     size_t need = velocity_snapshot_bound(r->v);
@@ -140,14 +136,7 @@ static void save_once(checkpoint *ck)
     /* the sequencing thread takes it between two batches, or within 500 ms when idle */
     for (int waited = 0; atomic_load(&ck->state) == CK_WANTED && !atomic_load(&ck->quit) && waited < 30000;
          waited += 100) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 100000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
-        pthread_cond_timedwait(&ck->cv, &ck->mu, &ts);
+        cond_wait_ms(&ck->cv, &ck->mu, 100);
     }
     int st = atomic_load(&ck->state);
     atomic_store(&ck->state, CK_IDLE); /* from here the buffer is ours again */

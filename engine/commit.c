@@ -518,7 +518,7 @@ static void process_batch(worker *w, batch *b)
     pthread_mutex_unlock(&w->pub_mu);
 }
 
-/* --- the sequencing stage ------------------------------------------------------------------------------- */
+/* --- the workers ------------------------------------------------------------------------------------------ */
 
 void *worker_main(void *arg)
 {
@@ -527,14 +527,7 @@ void *worker_main(void *arg)
     for (;;) {
         pthread_mutex_lock(&en->q_mu);
         while (!en->ready_head && !atomic_load(&en->stopping)) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += 100000000;
-            if (ts.tv_nsec >= 1000000000) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000;
-            }
-            pthread_cond_timedwait(&en->q_cv, &en->q_mu, &ts);
+            cond_wait_ms(&en->q_cv, &en->q_mu, 100); /* and look at stopping again */
         }
         /* stopping: batches not taken yet are left unacked (redelivered to whoever runs next) */
         batch *b = atomic_load(&en->stopping) ? NULL : en->ready_head;

@@ -602,11 +602,7 @@ bool engine_ready(const engine *en)
 
 bool engine_state_stats(engine *en, velocity_stats_t *out)
 {
-    pthread_mutex_lock(&en->policy_mu);
-    velref *r = en->vel;
-    if (r)
-        atomic_fetch_add(&r->refs, 1);
-    pthread_mutex_unlock(&en->policy_mu);
+    velref *r = velref_current(en);
     if (!r)
         return false;
     velocity_stats(r->v, out);

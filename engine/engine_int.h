@@ -191,9 +191,21 @@ typedef struct slot {
     char err[192];
 } slot;
 
+/* Waits on cv (mu held) for at most ms milliseconds: the engine's threads wake to look at their stop flags. */
+static inline void cond_wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, int ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += (long)ms * 1000000L;
+    ts.tv_sec += ts.tv_nsec / 1000000000L;
+    ts.tv_nsec %= 1000000000L;
+    pthread_cond_timedwait(cv, mu, &ts);
+}
+
 /* shared between the engine's files */
 velref *velref_new(velocity *v, featring *ring, uint64_t pos);
 void velref_release(velref *r);
+velref *velref_current(engine *en);
 void batch_recycle(engine *en, batch *b);
 void *seq_main(void *arg);
 void sleep_ms(int ms);

@@ -46,6 +46,17 @@ void velref_release(velref *r)
     }
 }
 
+/* The state in force, held (velref_release it); NULL before there is one. */
+velref *velref_current(engine *en)
+{
+    pthread_mutex_lock(&en->policy_mu);
+    velref *r = en->vel;
+    if (r)
+        atomic_fetch_add(&r->refs, 1);
+    pthread_mutex_unlock(&en->policy_mu);
+    return r;
+}
+
 /* Hands b back to the free list (its messages and references released). */
 void batch_recycle(engine *en, batch *b)
 {
@@ -201,14 +212,7 @@ void *seq_main(void *arg)
     while (!atomic_load(&en->stopping)) {
         pthread_mutex_lock(&en->q_mu);
         while (!en->free_b && !atomic_load(&en->stopping)) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += 100000000;
-            if (ts.tv_nsec >= 1000000000) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000;
-            }
-            pthread_cond_timedwait(&en->q_cv, &en->q_mu, &ts);
+            cond_wait_ms(&en->q_cv, &en->q_mu, 100); /* and look at stopping again */
         }
         batch *b = en->free_b;
         if (b)
