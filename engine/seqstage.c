@@ -73,8 +73,10 @@ void batch_recycle(engine *en, batch *b)
     pthread_mutex_unlock(&en->q_mu);
 }
 
-/* Counts TXN's sequences from..to into the state (their features go into its ring): sequences the consumer did
- * not hand this engine, or that a new state has not seen yet. Failing leaves the position where it got to. */
+/* Counts TXN's sequences after the state's position up to `to` into it (their features go into its ring):
+ * sequences the consumer did not hand this engine, or that a new state has not seen yet. A read that fails is
+ * logged and counted, and the position moves on all the same: those transactions are missing from the state
+ * (docs/state.md), and deciding goes on rather than stopping. */
 static void seq_catch_up(engine *en, velref *r, const policy *p, uint64_t to)
 {
     if (to <= r->pos)
