@@ -10,6 +10,7 @@
 #include "harness.h"
 
 #include "broker.h"
+#include "engine_int.h"
 #include "config.h"
 #include "decide.h"
 #include "rebuild.h"
@@ -498,4 +499,91 @@ Test(featring, export_keeps_what_is_above_the_ack_floor_and_import_refuses_what_
     featring_free(a);
     featring_free(b);
     featring_free(c);
+}
+
+/* --- invariants that tie modules together (unit) ---------------------------------------------------------- */
+
+TestSuite(invariants, .timeout = 10);
+
+/* The shipped policy's plan names, for every velocity feature, registry slots of the right kinds, and the
+ * sequencer's values land in exactly those slots and no other (a state and a policy share ids through it). */
+Test(invariants, the_plan_the_sequencer_fills_is_the_policy_s_own_velocity_slots)
+{
+    policy *p = NULL;
+    rules_diag diag = {0};
+    cr_assert_eq(policy_load(VERDICT_SOURCE_DIR "/rules/default.rules", VERDICT_SOURCE_DIR "/models/verdict-gbdt.json",
+                             &p, &diag),
+                 V_OK, "%s", diag.text ? diag.text : "");
+    rules_diag_free(&diag);
+    const velocity_plan *pl = policy_velocity_plan(p);
+    const featreg *reg = policy_featreg(p);
+    cr_assert_gt(pl->n, 0, "the shipped rules and model read velocity features");
+    bool is_plan[FEAT_MAX] = {0};
+    for (int k = 0; k < pl->n; k++) {
+        const velocity_plan_feat *f = &pl->f[k];
+        cr_assert(f->id >= 0 && f->id < reg->n, "plan entry %d: id %d outside the registry", k, f->id);
+        cr_assert_eq(reg->defs[f->id].kind, FK_VELOCITY, "plan entry %d is not a velocity feature", k);
+        cr_assert(f->key >= 0 && f->key < reg->n && reg->defs[f->key].kind == FK_TXN, "plan entry %d's key", k);
+        cr_assert(f->value < reg->n, "plan entry %d's value field", k);
+        is_plan[f->id] = true;
+    }
+    static fval vals[FEAT_MAX], back[FEAT_MAX];
+    for (int i = 0; i < FEAT_MAX; i++)
+        vals[i] = back[i] = (fval){.type = FT_NUM, .present = true, .num = 1000 + i};
+    for (int k = 0; k < pl->n; k++)
+        vals[pl->f[k].id] = (fval){.type = FT_NUM, .present = k % 2, .num = k % 2 ? 7.0 * k : 0};
+    velvals vv;
+    velvals_save(pl, vals, &vv);
+    velvals_load(pl, &vv, back);
+    for (int i = 0; i < FEAT_MAX; i++) {
+        if (is_plan[i]) {
+            cr_assert_eq(back[i].present, vals[i].present, "slot %d", i);
+            cr_assert(back[i].num == vals[i].num, "slot %d", i);
+        } else {
+            cr_assert(back[i].num == 1000 + i, "slot %d is not the plan's and must not be written", i);
+        }
+    }
+    policy_release(p);
+}
+
+/* The largest decision a policy can make (every reported match at the longest rule id and reason the compiler
+ * accepts, ids and versions at their limits) fits the worker's encode buffer (DECISION_BUF, engine_int.h). */
+Test(invariants, the_largest_decision_fits_the_encode_buffer)
+{
+    static char rid[DECIDE_MAX_REASONS][IDENT_NAME_MAX + 1], text[DECIDE_MAX_REASONS][RULES_REASON_MAX + 1];
+    static Reason reasons[DECIDE_MAX_REASONS];
+    static Reason *rp[DECIDE_MAX_REASONS];
+    for (int i = 0; i < DECIDE_MAX_REASONS; i++) {
+        memset(rid[i], 'r', IDENT_NAME_MAX);
+        memset(text[i], 'x', RULES_REASON_MAX);
+        verdict__v1__reason__init(&reasons[i]);
+        reasons[i].rule_id = rid[i];
+        reasons[i].text = text[i];
+        rp[i] = &reasons[i];
+    }
+    char txn[IDENT_TXN_ID_MAX + 1], eid[64], ver[32];
+    memset(txn, 't', IDENT_TXN_ID_MAX);
+    txn[IDENT_TXN_ID_MAX] = 0;
+    memset(eid, 'e', 63);
+    eid[63] = 0;
+    memset(ver, 'v', 31);
+    ver[31] = 0;
+    Decision d = VERDICT__V1__DECISION__INIT;
+    d.txn_id = txn;
+    d.outcome = VERDICT__V1__OUTCOME__OUTCOME_DECLINE;
+    d.score = 0.999;
+    d.n_reasons = DECIDE_MAX_REASONS;
+    d.reasons = rp;
+    d.rules_version = ver;
+    d.model_version = ver;
+    d.engine_id = eid;
+    d.decided_at_ms = INT64_MAX;
+    d.latency_us = INT64_MAX;
+    d.queued_us = INT64_MAX;
+    d.budget_exceeded = d.degraded = true;
+    size_t need = verdict__v1__decision__get_packed_size(&d);
+    cr_assert_leq(need, (size_t)DECISION_BUF, "the largest decision needs %zu bytes, DECISION_BUF is %d", need,
+                  (int)DECISION_BUF);
+    static unsigned char buf[DECISION_BUF];
+    cr_assert_gt(decision_encode(&d, buf, sizeof buf), 0);
 }
