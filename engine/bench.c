@@ -175,6 +175,9 @@ typedef struct lat_side {
     hist *per_sec;     /* by the second the request was due in */
     int nsec;
     int64_t *lat;      /* per request, us; -1 until answered */
+    /* per request, from the Decision in the reply (the full engine only; -1 otherwise): its JetStream store time
+     * to the batch's fetch (queued_us, wall clocks) and the fetch to the decision stored (latency_us) */
+    int32_t *queued, *engine_us;
     int sent, received;
     long long over_budget;        /* the engine's budget_exceeded: stored latency (from fetch) over the budget */
     long long client_over_budget; /* answered later than the budget after the intended send time */
@@ -185,6 +188,8 @@ static void lat_side_free(lat_side *s)
 {
     free(s->per_sec);
     free(s->lat);
+    free(s->queued);
+    free(s->engine_us);
     memset(s, 0, sizeof *s);
 }
 
@@ -213,6 +218,13 @@ static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *m, void
         int64_t v = now - r->intended[i];
         if (s->lat[i] < 0) {
             s->lat[i] = v;
+            Decision *d = verdict__v1__decision__unpack(NULL, (size_t)natsMsg_GetDataLength(m),
+                                                         (const uint8_t *)natsMsg_GetData(m));
+            if (d && d->txn_id && d->txn_id[0]) { /* the pass-through replies with the transaction itself */
+                s->queued[i] = (int32_t)(d->queued_us < INT32_MAX ? d->queued_us : INT32_MAX);
+                s->engine_us[i] = (int32_t)(d->latency_us < INT32_MAX ? d->latency_us : INT32_MAX);
+            }
+            verdict__v1__decision__free_unpacked(d, NULL);
             hist_record(&s->h, v);
             int sec = (int)((r->intended[i] - r->t0) / 1000000);
             hist_record(&s->per_sec[sec < s->nsec ? sec : s->nsec - 1], v);
@@ -246,6 +258,8 @@ static int latency_run(const config *c, natsConnection *nc, int rate, int second
     out->nsec = seconds;
     out->per_sec = malloc((size_t)seconds * sizeof *out->per_sec);
     out->lat = malloc((size_t)r.total * sizeof *out->lat);
+    out->queued = malloc((size_t)r.total * sizeof *out->queued);
+    out->engine_us = malloc((size_t)r.total * sizeof *out->engine_us);
     pthread_mutex_init(&r.mu, NULL);
     r.intended = calloc((size_t)r.total, sizeof *r.intended);
     char inbox[64], wildcard[80];
@@ -254,7 +268,7 @@ static int latency_run(const config *c, natsConnection *nc, int rate, int second
     natsSubscription *sub = NULL;
     simgen_cfg gc = {.seed = seed, .start_ms = now_ms() - 3600 * 1000};
     simgen *g = simgen_create(&gc);
-    if (!out->per_sec || !out->lat || !r.intended || !g ||
+    if (!out->per_sec || !out->lat || !out->queued || !out->engine_us || !r.intended || !g ||
         natsConnection_Subscribe(&sub, nc, wildcard, on_reply, &r) != NATS_OK ||
         natsSubscription_SetPendingLimits(sub, -1, -1) != NATS_OK || natsConnection_Flush(nc) != NATS_OK) {
         fprintf(stderr, "bench: cannot set up the latency client\n");
@@ -267,8 +281,10 @@ static int latency_run(const config *c, natsConnection *nc, int rate, int second
     }
     for (int i = 0; i < seconds; i++)
         hist_reset(&out->per_sec[i]);
-    for (int i = 0; i < r.total; i++)
+    for (int i = 0; i < r.total; i++) {
         out->lat[i] = -1;
+        out->queued[i] = out->engine_us[i] = -1;
+    }
     unsigned char buf[2048];
     /* the first request is due 200 ms after the engine is ready; every request is measured */
     r.t0 = now_us() + 200000;
@@ -371,11 +387,12 @@ static int latency_write(const char *dir, const lat_result *lr)
     snprintf(path, sizeof path, "%s/latency-%d-timeline.tsv", dir, lr->rate);
     if (!(f = fopen(path, "w")))
         return 1;
-    fprintf(f, "# request\tdue_ms (from the first)\tdecide_us\tbaseline_us (-1: no answer)\n");
+    fprintf(f, "# request\tdue_ms (from the first)\tdecide_us\tbaseline_us (-1: no answer)\t"
+               "decide_queued_us (store to fetch)\tdecide_engine_us (fetch to stored)\n");
     int n = lr->rate * lr->seconds;
     for (int i = 0; i < n; i++)
-        fprintf(f, "%d\t%.3f\t%lld\t%lld\n", i, (double)i * 1000.0 / lr->rate, (long long)lr->d.lat[i],
-                (long long)lr->b.lat[i]);
+        fprintf(f, "%d\t%.3f\t%lld\t%lld\t%d\t%d\n", i, (double)i * 1000.0 / lr->rate, (long long)lr->d.lat[i],
+                (long long)lr->b.lat[i], lr->d.queued[i], lr->d.engine_us[i]);
     fclose(f);
     return 0;
 }
