@@ -35,9 +35,19 @@ asan: deps
 tsan: deps
 	TSAN_BUILD=$(abspath $(TSAN_BUILD)) JOBS=$(JOBS) tools/tsan
 
+# throughput, then latency at each of BENCH_RATES (30 s a side): data and JSON into BENCH_OUT, pictures into bench/
+# (docs/benchmarks.md shows them), and the regression view against the figures committed in bench/reference.json
+BENCH_RATES ?= 500,2000,5000
+BENCH_OUT   ?= $(BUILD)/bench
 bench: deps
+	@tools/install-deps --if-missing --bench
 	@$(MAKE) --no-print-directory build
-	$(BUILD)/verdict bench all
+	@mkdir -p $(BENCH_OUT)
+	$(BUILD)/verdict bench throughput --json > $(BENCH_OUT)/throughput.out && cat $(BENCH_OUT)/throughput.out
+	$(BUILD)/verdict bench latency --rates $(BENCH_RATES) --out $(BENCH_OUT) --json > $(BENCH_OUT)/latency.out && \
+		cat $(BENCH_OUT)/latency.out
+	tools/bench-plot $(BENCH_OUT) bench
+	tools/bench-compare bench/reference.json $(BENCH_OUT)/throughput.out $(BENCH_OUT)/latency.out
 	$(BUILD)/verdict bench eval
 	$(BUILD)/verdict bench model
 	$(BUILD)/verdict bench state

@@ -23,12 +23,16 @@
 #include <string.h>
 #include <time.h>
 
+#define BENCH_MAX_RATES 8
+
 typedef struct bench_opts {
     config cfg;
-    int seconds;
+    int seconds; /* 0: each bench's default (throughput 20, latency 30 per side and rate) */
     int count;
-    int rate;
+    int rates[BENCH_MAX_RATES];
+    int nrates;
     bool json;
+    const char *out_dir; /* latency: per-second series, percentile curves and timelines as TSV files */
 } bench_opts;
 
 static void sleep_us(int64_t us)
@@ -164,10 +168,38 @@ static int bench_throughput(const bench_opts *o, natsConnection *nc, double *ful
 
 /* --- latency ------------------------------------------------------------------------------------------ */
 
+/* One side (engine or pass-through) at one rate. Latencies are also kept per request (by intended send time), so a
+ * stall shows in the per-second series and in the raw timeline (--out). */
+typedef struct lat_side {
+    hist h;            /* the whole run */
+    hist *per_sec;     /* by the second the request was due in */
+    int nsec;
+    int64_t *lat;      /* per request, us; -1 until answered */
+    /* per request, from the Decision in the reply (the full engine only; -1 otherwise): its JetStream store time
+     * to the batch's fetch (queued_us, wall clocks) and the fetch to the decision stored (latency_us) */
+    int32_t *queued, *engine_us;
+    int sent, received;
+    long long over_budget;        /* the engine's budget_exceeded: stored latency (from fetch) over the budget */
+    long long client_over_budget; /* answered later than the budget after the intended send time */
+    long long redeliveries, catch_ups; /* the engine's counters, for explaining a stall */
+} lat_side;
+
+static void lat_side_free(lat_side *s)
+{
+    free(s->per_sec);
+    free(s->lat);
+    free(s->queued);
+    free(s->engine_us);
+    memset(s, 0, sizeof *s);
+}
+
 typedef struct lat_run {
     int64_t *intended; /* per request, us */
+    int64_t t0;
+    int total;
+    int64_t budget_us;
     atomic_int received;
-    hist h;
+    lat_side *side;
     pthread_mutex_t mu;
 } lat_run;
 
@@ -180,9 +212,25 @@ static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *m, void
     const char *subj = natsMsg_GetSubject(m);
     const char *dot = strrchr(subj, '.');
     long i = dot ? strtol(dot + 1, NULL, 10) : -1;
-    if (i >= 0) {
+    if (i >= 0 && i < r->total) {
         pthread_mutex_lock(&r->mu);
-        hist_record(&r->h, now - r->intended[i]);
+        lat_side *s = r->side;
+        int64_t v = now - r->intended[i];
+        if (s->lat[i] < 0) {
+            s->lat[i] = v;
+            Decision *d = verdict__v1__decision__unpack(NULL, (size_t)natsMsg_GetDataLength(m),
+                                                         (const uint8_t *)natsMsg_GetData(m));
+            if (d && d->txn_id && d->txn_id[0]) { /* the pass-through replies with the transaction itself */
+                s->queued[i] = (int32_t)(d->queued_us < INT32_MAX ? d->queued_us : INT32_MAX);
+                s->engine_us[i] = (int32_t)(d->latency_us < INT32_MAX ? d->latency_us : INT32_MAX);
+            }
+            verdict__v1__decision__free_unpacked(d, NULL);
+            hist_record(&s->h, v);
+            int sec = (int)((r->intended[i] - r->t0) / 1000000);
+            hist_record(&s->per_sec[sec < s->nsec ? sec : s->nsec - 1], v);
+            if (v > r->budget_us)
+                s->client_over_budget++;
+        }
         pthread_mutex_unlock(&r->mu);
         atomic_fetch_add(&r->received, 1);
     }
@@ -191,66 +239,237 @@ static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *m, void
 
 /* Open loop: request i is due at t0 + i/rate whatever happened to earlier ones, and its latency is measured
  * from that intended time, so a stall is charged to every request it delayed (coordinated omission). */
-static int latency_run(const bench_opts *o, const config *c, natsConnection *nc, uint64_t seed, const char *label,
-                       hist *out, int *sent_out, int *recv_out)
+static int latency_run(const config *c, natsConnection *nc, int rate, int seconds, uint64_t seed, const char *label,
+                       lat_side *out)
 {
+    memset(out, 0, sizeof *out);
     engine *en = NULL;
     verror e = {0};
     if (engine_start(c, &en, &e) != V_OK) {
         fprintf(stderr, "bench: %s\n", e.msg);
         return 1;
     }
-    int total = o->rate * o->seconds / 2;
     lat_run r;
     memset(&r, 0, sizeof r);
-    hist_reset(&r.h);
+    r.total = rate * seconds;
+    r.budget_us = c->budget_ms * 1000;
+    r.side = out;
+    hist_reset(&out->h);
+    out->nsec = seconds;
+    out->per_sec = malloc((size_t)seconds * sizeof *out->per_sec);
+    out->lat = malloc((size_t)r.total * sizeof *out->lat);
+    out->queued = malloc((size_t)r.total * sizeof *out->queued);
+    out->engine_us = malloc((size_t)r.total * sizeof *out->engine_us);
     pthread_mutex_init(&r.mu, NULL);
-    r.intended = calloc((size_t)total, sizeof *r.intended);
+    r.intended = calloc((size_t)r.total, sizeof *r.intended);
     char inbox[64], wildcard[80];
     snprintf(inbox, sizeof inbox, "_INBOX.bench.%s", label);
     snprintf(wildcard, sizeof wildcard, "%s.*", inbox);
     natsSubscription *sub = NULL;
     simgen_cfg gc = {.seed = seed, .start_ms = now_ms() - 3600 * 1000};
     simgen *g = simgen_create(&gc);
-    if (!r.intended || !g || natsConnection_Subscribe(&sub, nc, wildcard, on_reply, &r) != NATS_OK ||
+    if (!out->per_sec || !out->lat || !out->queued || !out->engine_us || !r.intended || !g ||
+        natsConnection_Subscribe(&sub, nc, wildcard, on_reply, &r) != NATS_OK ||
         natsSubscription_SetPendingLimits(sub, -1, -1) != NATS_OK || natsConnection_Flush(nc) != NATS_OK) {
         fprintf(stderr, "bench: cannot set up the latency client\n");
+        natsSubscription_Destroy(sub);
+        simgen_destroy(g);
+        free(r.intended);
         engine_stop(en);
+        lat_side_free(out);
         return 1;
     }
+    for (int i = 0; i < seconds; i++)
+        hist_reset(&out->per_sec[i]);
+    for (int i = 0; i < r.total; i++) {
+        out->lat[i] = -1;
+        out->queued[i] = out->engine_us[i] = -1;
+    }
     unsigned char buf[2048];
-    /* warm-up: a few requests not measured */
-    int64_t t0 = now_us() + 200000;
+    /* the first request is due 200 ms after the engine is ready; every request is measured */
+    r.t0 = now_us() + 200000;
     int sent = 0;
     int64_t last = now_us();
-    for (int i = 0; i < total; i++) {
+    for (int i = 0; i < r.total; i++) {
         Transaction t;
         simgen_next(g, &t);
         size_t n = verdict__v1__transaction__pack(&t, buf);
-        int64_t due = t0 + (int64_t)i * 1000000 / o->rate;
+        int64_t due = r.t0 + (int64_t)i * 1000000 / rate;
         sleep_us(due - now_us());
         r.intended[i] = due;
         char reply[96];
         snprintf(reply, sizeof reply, "%s.%d", inbox, i);
         if (natsConnection_PublishRequest(nc, c->decide_subject, reply, buf, (int)n) == NATS_OK)
             sent++;
-        if (now_us() - last > 1000000) {
-            fprintf(stderr, "[bench] %-12s sent %d/%d at %d/s\n", label, sent, total, o->rate);
+        if (now_us() - last > 5000000) {
+            fprintf(stderr, "[bench] %-12s sent %d/%d at %d/s\n", label, sent, r.total, rate);
             last = now_us();
         }
     }
     natsConnection_Flush(nc);
     for (int waited = 0; waited < 3000 && atomic_load(&r.received) < sent; waited += 10)
         sleep_us(10000);
-    natsSubscription_Unsubscribe(sub);
+    const engine_stats *st = engine_get_stats(en);
+    out->over_budget = atomic_load(&st->budget_exceeded);
+    out->redeliveries = atomic_load(&st->redeliveries);
+    out->catch_ups = atomic_load(&st->sequence_catch_ups);
+    /* drained: no reply callback runs after this, so out and r are ours again */
+    if (natsSubscription_Drain(sub) != NATS_OK || natsSubscription_WaitForDrainCompletion(sub, 2000) != NATS_OK)
+        natsSubscription_Unsubscribe(sub);
     natsSubscription_Destroy(sub);
     engine_stop(en);
     simgen_destroy(g);
-    *out = r.h;
-    *sent_out = sent;
-    *recv_out = atomic_load(&r.received);
+    pthread_mutex_destroy(&r.mu);
+    out->sent = sent;
+    out->received = atomic_load(&r.received);
     free(r.intended);
     return 0;
+}
+
+typedef struct lat_result {
+    int rate, seconds;
+    lat_side d, b; /* decide (the full engine), baseline (the pass-through) */
+} lat_result;
+
+/* The largest per-second p99 and the second it was in. */
+static int64_t worst_second(const lat_side *s, int *at)
+{
+    int64_t w = 0;
+    *at = 0;
+    for (int i = 0; i < s->nsec; i++) {
+        int64_t v = hist_quantile(&s->per_sec[i], 0.99);
+        if (v > w) {
+            w = v;
+            *at = i;
+        }
+    }
+    return w;
+}
+
+/* The quantiles of the percentile curve: 0.5, then 1 - 10^(-k/10) up to 99.999%. */
+static double curve_q(int k)
+{
+    double q = 1.0;
+    for (int i = 0; i < k; i++)
+        q /= 1.2589254117941673; /* 10^(1/10) */
+    return 1.0 - 0.5 * q;
+}
+#define CURVE_POINTS 44 /* 1 - 0.5 * 10^(-43/10) > 0.99997 */
+
+/* For the plots (tools/bench-plot) and for hunting stalls: per rate, the per-second series, the percentile curve
+ * and the raw timeline of both sides. */
+static int latency_write(const char *dir, const lat_result *lr)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/latency-%d-series.tsv", dir, lr->rate);
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return 1;
+    fprintf(f, "# second\tdecide_p99_us\tbaseline_p99_us\tdecide_max_us\tbaseline_max_us\tdecide_n\tbaseline_n\n");
+    for (int i = 0; i < lr->seconds; i++)
+        fprintf(f, "%d\t%lld\t%lld\t%lld\t%lld\t%llu\t%llu\n", i, (long long)hist_quantile(&lr->d.per_sec[i], 0.99),
+                (long long)hist_quantile(&lr->b.per_sec[i], 0.99), (long long)lr->d.per_sec[i].max,
+                (long long)lr->b.per_sec[i].max, (unsigned long long)lr->d.per_sec[i].total,
+                (unsigned long long)lr->b.per_sec[i].total);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/latency-%d-percentiles.tsv", dir, lr->rate);
+    if (!(f = fopen(path, "w")))
+        return 1;
+    fprintf(f, "# quantile\tone_in (1/(1-q))\tdecide_us\tbaseline_us\n");
+    for (int k = 0; k < CURVE_POINTS; k++) {
+        double q = curve_q(k);
+        fprintf(f, "%.6f\t%.1f\t%lld\t%lld\n", q, 1.0 / (1.0 - q), (long long)hist_quantile(&lr->d.h, q),
+                (long long)hist_quantile(&lr->b.h, q));
+    }
+    fprintf(f, "1.000000\t%.1f\t%lld\t%lld\n", 2.0 / (1.0 - curve_q(CURVE_POINTS - 1)), (long long)lr->d.h.max,
+            (long long)lr->b.h.max);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/latency-%d-timeline.tsv", dir, lr->rate);
+    if (!(f = fopen(path, "w")))
+        return 1;
+    fprintf(f, "# request\tdue_ms (from the first)\tdecide_us\tbaseline_us (-1: no answer)\t"
+               "decide_queued_us (store to fetch)\tdecide_engine_us (fetch to stored)\n");
+    int n = lr->rate * lr->seconds;
+    for (int i = 0; i < n; i++)
+        fprintf(f, "%d\t%.3f\t%lld\t%lld\t%d\t%d\n", i, (double)i * 1000.0 / lr->rate, (long long)lr->d.lat[i],
+                (long long)lr->b.lat[i], lr->d.queued[i], lr->d.engine_us[i]);
+    fclose(f);
+    return 0;
+}
+
+static void latency_print(const lat_result *lr, int64_t budget_ms)
+{
+    const lat_side *s[2] = {&lr->d, &lr->b};
+    const char *name[2] = {"decide", "baseline"};
+    printf("  latency      %d/s open loop for %d s each, us from the intended send time\n", lr->rate, lr->seconds);
+    for (int k = 0; k < 2; k++) {
+        int at;
+        int64_t w = worst_second(s[k], &at);
+        printf("    %-9s p50 %7lld  p99 %7lld  p99.9 %7lld  max %7lld  (%d/%d answered; worst second %d: p99 %lld)\n",
+               name[k], (long long)hist_quantile(&s[k]->h, 0.5), (long long)hist_quantile(&s[k]->h, 0.99),
+               (long long)hist_quantile(&s[k]->h, 0.999), (long long)s[k]->h.max, s[k]->received, s[k]->sent, at,
+               (long long)w);
+    }
+    printf("    over the %lld ms budget: %lld decisions by their stored latency, %lld requests end to end "
+           "(pass-through: %lld)\n",
+           (long long)budget_ms, lr->d.over_budget, lr->d.client_over_budget, lr->b.client_over_budget);
+    int64_t bp99 = hist_quantile(&lr->b.h, 0.99), bp999 = hist_quantile(&lr->b.h, 0.999);
+    printf("    ratio p99 %.2f (target <= 1.5)  p99.9 %.2f (target <= 2)\n",
+           bp99 ? (double)hist_quantile(&lr->d.h, 0.99) / (double)bp99 : 0,
+           bp999 ? (double)hist_quantile(&lr->d.h, 0.999) / (double)bp999 : 0);
+    for (int k = 0; k < 2; k++) {
+        printf("    %-9s p99 by second (ms):", name[k]);
+        for (int i = 0; i < s[k]->nsec; i++)
+            printf("%s%.1f", i && i % 20 == 0 ? "\n                                 " : " ",
+                   (double)hist_quantile(&s[k]->per_sec[i], 0.99) / 1000.0);
+        printf("\n");
+    }
+}
+
+/* The keys of one rate (today's single-rate keys and the additions of issue 16). */
+static void latency_json(const lat_result *lr)
+{
+    const hist *d = &lr->d.h, *b = &lr->b.h;
+    int64_t bp99 = hist_quantile(b, 0.99), bp999 = hist_quantile(b, 0.999);
+    int ad, ab;
+    int64_t wd = worst_second(&lr->d, &ad), wb = worst_second(&lr->b, &ab);
+    printf("\"rate\":%d,\"seconds\":%d,\"decide_p50_us\":%lld,\"decide_p99_us\":%lld,\"decide_p999_us\":%lld,"
+           "\"decide_max_us\":%lld,\"baseline_p50_us\":%lld,\"baseline_p99_us\":%lld,\"baseline_p999_us\":%lld,"
+           "\"baseline_max_us\":%lld,\"ratio_p99\":%.3f,\"ratio_p999\":%.3f,\"over_budget\":%lld,"
+           "\"client_over_budget\":%lld,\"baseline_client_over_budget\":%lld,\"decide_worst_second_p99_us\":%lld,"
+           "\"baseline_worst_second_p99_us\":%lld,\"answered\":%d,\"sent\":%d,\"baseline_answered\":%d,"
+           "\"baseline_sent\":%d,\"redeliveries\":%lld,\"sequence_catch_ups\":%lld",
+           lr->rate, lr->seconds, (long long)hist_quantile(d, 0.5), (long long)hist_quantile(d, 0.99),
+           (long long)hist_quantile(d, 0.999), (long long)d->max, (long long)hist_quantile(b, 0.5), (long long)bp99,
+           (long long)bp999, (long long)b->max, bp99 ? (double)hist_quantile(d, 0.99) / (double)bp99 : 0,
+           bp999 ? (double)hist_quantile(d, 0.999) / (double)bp999 : 0, lr->d.over_budget,
+           lr->d.client_over_budget, lr->b.client_over_budget, (long long)wd, (long long)wb, lr->d.received,
+           lr->d.sent, lr->b.received, lr->b.sent, lr->d.redeliveries, lr->d.catch_ups);
+}
+
+/* "500,2000,5000" into rates; false (with a message) on anything else. */
+static bool parse_rates(const char *list, int *rates, int cap, int *n)
+{
+    char buf[256];
+    *n = 0;
+    if (strlen(list) >= sizeof buf) {
+        fprintf(stderr, "verdict bench: --rates list too long\n");
+        return false;
+    }
+    str_copy(buf, sizeof buf, list);
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        char *end;
+        long v = strtol(t, &end, 10);
+        if (end == t || *end || v <= 0 || v > 100000 || *n >= cap) {
+            fprintf(stderr, "verdict bench: --rates: '%s' is not a rate (1..100000 requests/s, at most %d rates)\n",
+                    t, cap);
+            return false;
+        }
+        rates[(*n)++] = (int)v;
+    }
+    if (*n == 0)
+        fprintf(stderr, "verdict bench: --rates needs at least one rate\n");
+    return *n > 0;
 }
 
 /* --- restart ------------------------------------------------------------------------------------------ */
@@ -396,19 +615,27 @@ static int bench_restart(const bench_opts *o, natsConnection *nc, const char *co
 
 static void bench_help(void)
 {
-    printf("usage: verdict bench [throughput|latency|all|restart] [--seconds N] [--count N] [--rate R] [--json] [options]\n"
+    printf("usage: verdict bench [throughput|latency|all|restart] [--seconds N] [--count N] [--rate R | --rates LIST]\n"
+           "                     [--out DIR] [--json] [options]\n"
            "       verdict bench state|snapshot|eval|model [--help]   (no broker)\n\n"
            "Measures the engine against a bare JetStream baseline in the same run (docs/benchmarks.md):\n"
            "  throughput  decisions/s draining a preloaded stream, vs a pass-through (same pull, republish\n"
            "              with msg-id, ack; no decision logic). Keys: decisions_per_s, passthrough_per_s, ratio\n"
-           "  latency     open-loop decide requests at --rate per second, measured from each request's intended\n"
-           "              send time, vs the same round trip through the pass-through. Keys: decide_p50_us,\n"
-           "              decide_p99_us, decide_p999_us, baseline_p50_us, baseline_p99_us, ratio_p99\n"
+           "  latency     open-loop decide requests at each rate for --seconds (default 30) through the full engine\n"
+           "              and the same round trip through the pass-through, measured from each request's intended\n"
+           "              send time: p50, p99, p99.9, max, decisions over the budget, p99 by second. Keys:\n"
+           "              decide_p50_us, decide_p99_us, decide_p999_us, decide_max_us, baseline_p50_us,\n"
+           "              baseline_p99_us, baseline_p999_us, baseline_max_us, ratio_p99, over_budget (of the first\n"
+           "              rate), and latency_runs: the same per rate\n"
            "  restart     seconds from start to ready with N transactions in the window (--counts, default\n"
            "              100000,1000000): a full rebuild, and from a snapshot plus a minute (60,000) after it\n"
-           "Starts a private nats-server unless --nats-url is given. --seconds bounds each bench (default 20).\n\n"
+           "Starts a private nats-server unless --nats-url is given. --seconds bounds throughput (default 20) and\n"
+           "is each latency run's length per side and rate (default 30).\n\n"
            "  --count N       transactions preloaded for throughput (default 20000)\n"
            "  --rate R        requests per second for latency (default 500)\n"
+           "  --rates LIST    several rates, one after the other, e.g. 500,2000,5000\n"
+           "  --out DIR       latency: write per rate latency-R-series.tsv (p99 and max by second),\n"
+           "                  latency-R-percentiles.tsv and latency-R-timeline.tsv (every request) into DIR\n"
            "  --json          print one JSON object on the last line\n\n"
            "engine options (flag, then its environment variable):\n");
     config_print_help(stdout, "serve");
@@ -416,7 +643,7 @@ static void bench_help(void)
 
 int cmd_bench(int argc, char **argv)
 {
-    bench_opts o = {.seconds = 20, .count = 20000, .rate = 500};
+    bench_opts o = {.seconds = 0, .count = 20000, .rates = {500}, .nrates = 1};
     const char *counts = "100000,1000000";
     for (int i = 1; i < argc && argv[i][0] != '-'; i++) { /* broker-free benches have their own options */
         if (!strcmp(argv[i], "state"))
@@ -453,7 +680,15 @@ int cmd_bench(int argc, char **argv)
             o.count = atoi(v);
             k++;
         } else if (strcmp(a, "--rate") == 0 && v && atoi(v) > 0) {
-            o.rate = atoi(v);
+            o.rates[0] = atoi(v);
+            o.nrates = 1;
+            k++;
+        } else if (strcmp(a, "--rates") == 0 && v) {
+            if (!parse_rates(v, o.rates, BENCH_MAX_RATES, &o.nrates))
+                return 2;
+            k++;
+        } else if (strcmp(a, "--out") == 0 && v) {
+            o.out_dir = v;
             k++;
         } else if (strcmp(a, "--counts") == 0 && v) {
             counts = v;
@@ -499,52 +734,67 @@ int cmd_bench(int argc, char **argv)
     bool do_tp = !strcmp(what, "throughput") || !strcmp(what, "all");
     bool do_lat = !strcmp(what, "latency") || !strcmp(what, "all");
     double full = 0, pt = 0;
-    hist hd, hb;
-    hist_reset(&hd);
-    hist_reset(&hb);
-    int sd = 0, rd = 0, sb = 0, rb = 0;
-    if (do_tp)
-        rc |= bench_throughput(&o, nc, &full, &pt);
-    if (do_lat) {
-        config cf = o.cfg, cp = o.cfg;
-        with_prefix(&cf, "lt", false);
-        with_prefix(&cp, "lp", true);
-        rc |= latency_run(&o, &cp, nc, 11, "baseline", &hb, &sb, &rb);
-        rc |= latency_run(&o, &cf, nc, 12, "decide", &hd, &sd, &rd);
+    int tp_seconds = o.seconds ? o.seconds : 20, lat_seconds = o.seconds ? o.seconds : 30;
+    if (do_tp) {
+        bench_opts to = o;
+        to.seconds = tp_seconds;
+        rc |= bench_throughput(&to, nc, &full, &pt);
     }
-    printf("\n  verdict bench (%d workers, batch %d, %d s)\n", o.cfg.workers, o.cfg.batch, o.seconds);
+    lat_result lr[BENCH_MAX_RATES];
+    int nlr = 0;
+    memset(lr, 0, sizeof lr);
+    for (int k = 0; do_lat && k < o.nrates && !rc; k++) {
+        /* a fresh pair of streams per rate; the pass-through first, then the engine, moments apart */
+        char pf[16], pp[16];
+        snprintf(pf, sizeof pf, k ? "lt%d" : "lt", k);
+        snprintf(pp, sizeof pp, k ? "lp%d" : "lp", k);
+        config cf = o.cfg, cp = o.cfg;
+        with_prefix(&cf, pf, false);
+        with_prefix(&cp, pp, true);
+        lr[k].rate = o.rates[k];
+        lr[k].seconds = lat_seconds;
+        rc |= latency_run(&cp, nc, o.rates[k], lat_seconds, 11 + 2 * (uint64_t)k, "baseline", &lr[k].b);
+        if (!rc)
+            rc |= latency_run(&cf, nc, o.rates[k], lat_seconds, 12 + 2 * (uint64_t)k, "decide", &lr[k].d);
+        if (rc)
+            break;
+        nlr++;
+        if (o.out_dir && latency_write(o.out_dir, &lr[k]) != 0) {
+            fprintf(stderr, "verdict bench: cannot write into %s\n", o.out_dir);
+            rc = 1;
+        }
+    }
+    printf("\n  verdict bench (%d workers, batch %d)\n", o.cfg.workers, o.cfg.batch);
     printf("  ------------------------------------------------------------\n");
     if (do_tp) {
-        printf("  throughput   full engine   %10.0f decisions/s\n", full);
+        printf("  throughput   full engine   %10.0f decisions/s  (%d s)\n", full, tp_seconds);
         printf("               pass-through  %10.0f msgs/s\n", pt);
         printf("               ratio         %10.2f  (target >= 0.9)\n", pt > 0 ? full / pt : 0);
     }
-    if (do_lat) {
-        printf("  latency      rate %d/s open loop, us from intended send time\n", o.rate);
-        printf("               decide    p50 %7lld  p99 %7lld  p99.9 %7lld  (%d/%d answered)\n",
-               (long long)hist_quantile(&hd, 0.5), (long long)hist_quantile(&hd, 0.99),
-               (long long)hist_quantile(&hd, 0.999), rd, sd);
-        printf("               baseline  p50 %7lld  p99 %7lld  p99.9 %7lld  (%d/%d answered)\n",
-               (long long)hist_quantile(&hb, 0.5), (long long)hist_quantile(&hb, 0.99),
-               (long long)hist_quantile(&hb, 0.999), rb, sb);
-        printf("               ratio p99 %7.2f  (target <= 1.5)\n",
-               hist_quantile(&hb, 0.99) ? (double)hist_quantile(&hd, 0.99) / (double)hist_quantile(&hb, 0.99) : 0);
-    }
+    for (int k = 0; k < nlr; k++)
+        latency_print(&lr[k], o.cfg.budget_ms);
     if (o.json) {
         printf("{\"bench\":\"%s\",\"workers\":%d,\"batch\":%d", what, o.cfg.workers, o.cfg.batch);
         if (do_tp)
             printf(",\"decisions_per_s\":%.0f,\"passthrough_per_s\":%.0f,\"ratio\":%.3f", full, pt,
                    pt > 0 ? full / pt : 0);
-        if (do_lat)
-            printf(",\"rate\":%d,\"decide_p50_us\":%lld,\"decide_p99_us\":%lld,\"decide_p999_us\":%lld,"
-                   "\"baseline_p50_us\":%lld,\"baseline_p99_us\":%lld,\"ratio_p99\":%.3f,\"answered\":%d,\"sent\":%d",
-                   o.rate, (long long)hist_quantile(&hd, 0.5), (long long)hist_quantile(&hd, 0.99),
-                   (long long)hist_quantile(&hd, 0.999), (long long)hist_quantile(&hb, 0.5),
-                   (long long)hist_quantile(&hb, 0.99),
-                   hist_quantile(&hb, 0.99) ? (double)hist_quantile(&hd, 0.99) / (double)hist_quantile(&hb, 0.99)
-                                            : 0,
-                   rd, sd);
+        if (nlr > 0) {
+            /* the first rate's keys at the top level, as with a single --rate; every rate in latency_runs */
+            printf(",");
+            latency_json(&lr[0]);
+            printf(",\"budget_ms\":%lld,\"latency_runs\":[", (long long)o.cfg.budget_ms);
+            for (int k = 0; k < nlr; k++) {
+                printf("%s{", k ? "," : "");
+                latency_json(&lr[k]);
+                printf("}");
+            }
+            printf("]");
+        }
         printf("}\n");
+    }
+    for (int k = 0; k < BENCH_MAX_RATES; k++) {
+        lat_side_free(&lr[k].d);
+        lat_side_free(&lr[k].b);
     }
     natsConnection_Destroy(nc);
     nats_Close();

@@ -1,12 +1,34 @@
-/* test_bench.c - smoke test of `verdict bench`: runs briefly and checks that the JSON line parses and carries
- * every documented key. No timing assertions: performance is judged by the benchmark, not by tests. */
+/* test_bench.c - smoke tests of `verdict bench`: runs briefly and checks that the JSON line parses and carries
+ * every documented key, that several latency rates give one entry each, and that bad flags are refused. No
+ * timing assertions: performance is judged by the benchmark, not by tests. */
 #include "harness.h"
 
 #include <criterion/criterion.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+/* The last line of out that starts with '{', parsed. */
+static json_t *last_json(const char *out)
+{
+    FILE *f = fopen(out, "r");
+    cr_assert_not_null(f);
+    char line[16384], last[16384] = "";
+    while (fgets(line, sizeof line, f))
+        if (line[0] == '{')
+            strcpy(last, line);
+    fclose(f);
+    json_error_t err;
+    json_t *j = json_loads(last, 0, &err);
+    cr_assert_not_null(j, "last line is JSON: %s", last);
+    return j;
+}
+
+static const char *latency_keys[] = {"decide_p50_us",    "decide_p99_us",   "decide_p999_us",  "decide_max_us",
+                                     "baseline_p50_us",  "baseline_p99_us", "baseline_p999_us", "baseline_max_us",
+                                     "ratio_p99",        "over_budget",     "rate",             "sent"};
 
 Test(bench, json_line_has_every_key, .timeout = 120)
 {
@@ -16,23 +38,67 @@ Test(bench, json_line_has_every_key, .timeout = 120)
                           "--json", NULL};
     pid_t pid = verdict_spawn(argv, out);
     cr_assert_eq(child_wait(pid, 90000), 0, "bench failed; see %s", out);
-    FILE *f = fopen(out, "r");
-    cr_assert_not_null(f);
-    char line[4096], last[4096] = "";
-    while (fgets(line, sizeof line, f))
-        if (line[0] == '{')
-            strcpy(last, line);
-    fclose(f);
-    json_error_t err;
-    json_t *j = json_loads(last, 0, &err);
-    cr_assert_not_null(j, "last line is JSON: %s", last);
-    const char *keys[] = {"decisions_per_s", "passthrough_per_s", "ratio",           "decide_p50_us",
-                          "decide_p99_us",   "decide_p999_us",    "baseline_p50_us", "baseline_p99_us",
-                          "ratio_p99"};
+    json_t *j = last_json(out);
+    const char *keys[] = {"decisions_per_s", "passthrough_per_s", "ratio"};
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
         cr_assert(json_is_number(json_object_get(j, keys[i])), "key %s present and numeric", keys[i]);
+    for (size_t i = 0; i < sizeof latency_keys / sizeof latency_keys[0]; i++)
+        cr_assert(json_is_number(json_object_get(j, latency_keys[i])), "key %s present and numeric",
+                  latency_keys[i]);
+    cr_assert_eq(json_integer_value(json_object_get(j, "rate")), 100);
     cr_assert(json_number_value(json_object_get(j, "decisions_per_s")) > 0);
     cr_assert(json_integer_value(json_object_get(j, "answered")) > 0);
     json_decref(j);
     unlink(out);
+}
+
+/* --rates: one run per rate, in order, each with every latency key, and the first rate's keys at the top level;
+ * --out writes each rate's series, percentile curve and timeline. */
+Test(bench, several_rates_one_entry_each, .timeout = 120)
+{
+    char out[256], dir[256];
+    temp_path(out, sizeof out, ".json");
+    temp_path(dir, sizeof dir, ".d");
+    cr_assert_eq(mkdir(dir, 0700), 0);
+    const char *argv[] = {"verdict", "bench", "latency", "--seconds", "1", "--rates", "50,120", "--out", dir,
+                          "--json", NULL};
+    pid_t pid = verdict_spawn(argv, out);
+    cr_assert_eq(child_wait(pid, 90000), 0, "bench failed; see %s", out);
+    json_t *j = last_json(out);
+    cr_assert_eq(json_integer_value(json_object_get(j, "rate")), 50);
+    json_t *runs = json_object_get(j, "latency_runs");
+    cr_assert(json_is_array(runs));
+    cr_assert_eq(json_array_size(runs), 2);
+    const int want[] = {50, 120};
+    for (size_t r = 0; r < 2; r++) {
+        json_t *run = json_array_get(runs, r);
+        for (size_t i = 0; i < sizeof latency_keys / sizeof latency_keys[0]; i++)
+            cr_assert(json_is_number(json_object_get(run, latency_keys[i])), "run %zu: key %s", r, latency_keys[i]);
+        cr_assert_eq(json_integer_value(json_object_get(run, "rate")), want[r]);
+        cr_assert_eq(json_integer_value(json_object_get(run, "sent")), want[r]);
+        char path[512];
+        const char *kinds[] = {"series", "percentiles", "timeline"};
+        for (int k = 0; k < 3; k++) {
+            snprintf(path, sizeof path, "%s/latency-%d-%s.tsv", dir, want[r], kinds[k]);
+            cr_assert_eq(access(path, R_OK), 0, "%s written", path);
+            unlink(path);
+        }
+    }
+    json_decref(j);
+    rmdir(dir);
+    unlink(out);
+}
+
+Test(bench, bad_rates_refused, .timeout = 30)
+{
+    const char *bad[] = {"500,abc", "0", "500,,x", "-5", "1,2,3,4,5,6,7,8,9"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char out[256];
+        temp_path(out, sizeof out, ".log");
+        const char *argv[] = {"verdict", "bench", "latency", "--rates", bad[i], NULL};
+        pid_t pid = verdict_spawn(argv, out);
+        cr_assert_eq(child_wait(pid, 20000), 2, "--rates %s refused as a usage error", bad[i]);
+        cr_assert(file_wait_for(out, "--rates", 1000), "the message names the flag");
+        unlink(out);
+    }
 }
