@@ -169,6 +169,15 @@ static void *big_alloc(big *b, size_t n)
     return (void *)p;
 }
 
+/* Writes the first n bytes of a fresh (zero) mapping, so the kernel backs them now rather than on the first
+ * transaction: a huge page is zeroed on its first touch (2 MB, about a millisecond), and the first transactions
+ * after a start touched several at once on the sequencing thread, which every transaction waits behind (a 16 ms
+ * first transaction and a 20-100 ms stall at start under load: docs/benchmarks.md, "Tail latency"). */
+static void prefault(void *p, size_t n)
+{
+    memset(p, 0, n);
+}
+
 static void big_free(big *b)
 {
     if (b->map)
@@ -349,6 +358,7 @@ vstatus velocity_new(const velocity_plan *pl, const velocity_cfg *cfg, velocity 
             return verror_set(e, V_ENOMEM, "out of memory for %zu velocity keys", max_keys);
         }
         memset(c->heads, 0xff, ((size_t)c->mask + 1) * sizeof *c->heads);
+        prefault(c->recs, max_keys * c->rec_size < HUGE_PAGE ? max_keys * c->rec_size : HUGE_PAGE);
         c->lru_head = c->lru_tail = NIL;
     }
     v->seen_cap = (uint32_t)seen_cap;
@@ -359,6 +369,10 @@ vstatus velocity_new(const velocity_plan *pl, const velocity_cfg *cfg, velocity 
         velocity_free(v);
         return verror_set(e, V_ENOMEM, "out of memory for a seen-set of %zu ids", seen_cap);
     }
+    /* the seen-set's table is probed at random from the first transaction: all of it (16 MB at the default);
+     * its FIFO and the records fill from the start: their first huge page */
+    prefault(v->seen_tab, ((size_t)v->seen_mask + 1) * sizeof *v->seen_tab);
+    prefault(v->seen_fifo, seen_cap * sizeof *v->seen_fifo < HUGE_PAGE ? seen_cap * sizeof *v->seen_fifo : HUGE_PAGE);
     *out = v;
     return V_OK;
 }
