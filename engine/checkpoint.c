@@ -291,13 +291,8 @@ vstatus checkpoint_load(engine *en, const policy *p, velref **out, verror *e)
                                             "rebuild reads less", (unsigned long long)pos);
     }
     featring *ring = NULL;
-    size_t cap = 0;
-    if (rc == V_OK) {
-        if (c->feature_ring > 0)
-            for (cap = 1; cap < (size_t)c->feature_ring; cap <<= 1)
-                ;
-        rc = featring_new(cap, pl->n, &ring, e);
-    }
+    if (rc == V_OK)
+        rc = featring_new(feature_ring_cap(c), pl->n, &ring, e);
     size_t entries = 0;
     if (rc == V_OK && extra_len && !featring_import(ring, extra, extra_len, &entries))
         log_warn("the snapshot's feature ring does not fit; redeliveries it held are decided degraded", NULL);

@@ -206,6 +206,7 @@ static inline void cond_wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, int ms)
 velref *velref_new(velocity *v, featring *ring, uint64_t pos);
 void velref_release(velref *r);
 velref *velref_current(engine *en);
+size_t feature_ring_cap(const config *c);
 void batch_recycle(engine *en, batch *b);
 void *seq_main(void *arg);
 void sleep_ms(int ms);

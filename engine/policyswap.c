@@ -78,10 +78,7 @@ vstatus make_velocity(engine *en, const policy *p, bool at_start, velref **out, 
     vstatus rc = velocity_new(pl, &vc, &v, e);
     if (rc != V_OK)
         return rc;
-    size_t cap = 0;
-    if (en->cfg.feature_ring > 0)
-        for (cap = 1; cap < (size_t)en->cfg.feature_ring; cap <<= 1)
-            ;
+    size_t cap = feature_ring_cap(&en->cfg);
     if ((rc = featring_new(cap, pl->n, &ring, e)) != V_OK) {
         velocity_free(v);
         return rc;

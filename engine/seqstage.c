@@ -6,24 +6,16 @@
 #include "broker.h"
 #include "codec.h"
 #include "decide.h"
-#include "dlq.h"
 #include "history.h"
-#include "ident.h"
 #include "log.h"
-#include "observe.h"
 #include "rebuild.h"
 #include "sequencer.h"
-#include "reloader.h"
-#include "replica.h"
 #include "velocity.h"
 
 #include <pthread.h>
-#include <signal.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 velref *velref_new(velocity *v, featring *ring, uint64_t pos)
 {
@@ -44,6 +36,16 @@ void velref_release(velref *r)
         featring_free(r->ring);
         free(r);
     }
+}
+
+/* --feature-ring rounded up to a power of two (0: no ring). */
+size_t feature_ring_cap(const config *c)
+{
+    size_t cap = 0;
+    if (c->feature_ring > 0)
+        for (cap = 1; cap < (size_t)c->feature_ring; cap <<= 1)
+            ;
+    return cap;
 }
 
 /* The state in force, held (velref_release it); NULL before there is one. */

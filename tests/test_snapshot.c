@@ -664,7 +664,7 @@ Test(snapshot_store, a_half_written_snapshot_is_skipped)
     static const char orphan[] = "$O.verdict_state.C.orphanorphanorphanorph";
     jsErrCode jerr = 0;
     for (int i = 0; i < 3; i++)
-        cr_assert_eq(js_Publish(NULL, js, orphan, "xxxx", 4, NULL, &jerr), NATS_OK);
+        cr_assert_eq(js_Publish(NULL, js, orphan, "chunk", 5, NULL, &jerr), NATS_OK);
     /* a description whose chunks are not all there: save 200, then lose its last chunk */
     velocity *v2 = big_state(5000, 6);
     save(v2, 200);
