@@ -85,6 +85,11 @@ static const opt opts[] = {
      "wait this long for a decision's PubAck before naking for a retry"},
     {"--sweep-interval", "VERDICT_SWEEP_INTERVAL", O_DUR, F(sweep_interval_ms), "5m", G_SERVE, 0, MS_D,
      "dead-letter what the server's advisories missed, this often (bounded work per pass); 0 = off"},
+    {"--lease-ttl", "VERDICT_LEASE_TTL", O_DUR, F(lease_ttl_ms), "0", G_SERVE, 0, MS_S * 600,
+     "hot standby: the engine decides only while it holds the durable consumer's lease in the verdict_leases "
+     "bucket, renewed every third of this; others stand by with their state kept current and take over when it "
+     "expires (or at once when released at a stop). 0 = no lease: every engine on the consumer pulls "
+     "(docs/operations.md, High availability)"},
     {"--ack-wait", "VERDICT_ACK_WAIT", O_DUR, F(ack_wait_ms), "30s", G_NAMES, MS_S, MS_D, "consumer AckWait"},
     {"--max-deliver", "VERDICT_MAX_DELIVER", O_INT, F(max_deliver), "5", G_NAMES, 1, 100,
      "consumer MaxDeliver (then the message is dead-lettered)"},
@@ -287,6 +292,8 @@ vstatus config_parse(config *c, int argc, char **argv, bool *help, int *rest, in
             return verror_set(e, V_EINVAL, "--metrics-addr '%s' is not HOST:PORT (e.g. localhost:9464, "
                               "0.0.0.0:9464, :9464 for 127.0.0.1) or off", c->metrics_addr);
     }
+    if (c->lease_ttl_ms && c->lease_ttl_ms < 600)
+        return verror_set(e, V_EINVAL, "--lease-ttl must be 0 (no lease) or at least 600ms");
     for (const char *p = c->prefix; *p; p++)
         if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_' || *p == '-'))
             return verror_set(e, V_EINVAL, "--prefix must be lower-case [a-z0-9_-]");

@@ -53,6 +53,7 @@ typedef struct config {
     char metrics_addr[64]; /* host:port or "off" */
     int64_t publish_timeout_ms;
     int64_t sweep_interval_ms; /* the DLQ worker's sweep for what advisories missed; 0 = off */
+    int64_t lease_ttl_ms;      /* own the durable consumer through a lease (lease.h); 0 = no lease */
     /* benchmark baseline: republish each message unchanged with a msg-id and ack, no decision logic
      * (set by `verdict bench`, never by a flag) */
     bool passthrough;

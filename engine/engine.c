@@ -148,6 +148,7 @@ static void free_engine(engine *en)
     }
     observe_stop(en->observe);
     en->observe = NULL;
+    lease_thread_stop(en);
     reloader_stop(en->reloader);
     en->reloader = NULL;
     checkpoint_stop(en->ckpt);
@@ -191,6 +192,8 @@ static void free_engine(engine *en)
     pthread_mutex_destroy(&en->q_mu);
     pthread_cond_destroy(&en->q_cv);
     natsSubscription_Destroy(en->ingress);
+    lease_close(en->leases);
+    jsCtx_Destroy(en->ljs);
     jsCtx_Destroy(en->js);
     jsCtx_Destroy(en->ijs);
     jsCtx_Destroy(en->gjs);
@@ -366,6 +369,12 @@ vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **ou
     en->vel = vel;
     pthread_mutex_unlock(&en->policy_mu);
     START_CHECK(en, e);
+    /* hot standby: with a lease, take work only as the consumer's owner; the state is kept current meanwhile */
+    if (c->lease_ttl_ms > 0 && (rc = standby_wait(en, e)) != V_OK) {
+        free_engine(en);
+        return rc;
+    }
+    START_CHECK(en, e);
     atomic_store(&en->phase, PHASE_STARTING);
     jsOptions ijo;
     jsOptions_Init(&ijo);
@@ -480,6 +489,12 @@ vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **ou
         }
         en->workers[i].running = true;
     }
+    if (en->leases && (rc = lease_thread_start(en, e)) != V_OK) {
+        atomic_store(&en->stopping, true);
+        join_threads(en);
+        free_engine(en);
+        return rc;
+    }
     if (pthread_create(&en->seq_thread, NULL, seq_main, en) != 0) {
         atomic_store(&en->stopping, true);
         join_threads(en);
@@ -561,6 +576,9 @@ void engine_stop(engine *en)
         natsConnection_FlushTimeout(en->nc, ms_left(dl));
     if (ms_left(dl) > 0)
         natsConnection_FlushTimeout(en->inc, ms_left(dl));
+    /* 4. the consumer's lease, last: a standby takes over at once, after everything this engine acked */
+    if (ms_left(dl) > 0)
+        lease_give_up(en);
     const engine_stats *st = &en->stats;
     log_info("engine stopped",
              "\"approve\":%lld,\"review\":%lld,\"decline\":%lld,\"duplicates\":%lld,\"dead_letters\":%lld,"
@@ -581,6 +599,7 @@ const char *engine_phase_str(engine_phase p)
     case PHASE_CONNECTING: return "connecting";
     case PHASE_VERIFYING: return "verifying_streams";
     case PHASE_REBUILDING: return "rebuilding_state";
+    case PHASE_STANDBY: return "standby";
     case PHASE_STARTING: return "starting_workers";
     case PHASE_READY: return "ready";
     case PHASE_STOPPING: return "stopping";

@@ -25,6 +25,7 @@
 #include "reloader.h"
 #include "replica.h"
 #include "velocity.h"
+#include "lease.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -149,6 +150,15 @@ struct engine {
     late_reply late_round[LATE_ROUND];
     struct checkpoint *ckpt; /* velocity checkpoints (checkpoint.c); NULL when off */
     natsConnection *snc;     /* its connection, closed by the closer at the stop deadline (conn_mu) */
+    /* ownership of the durable consumer (--lease-ttl; standby.c): leases is NULL without a lease */
+    struct lease_table *leases;
+    lease lease;                 /* standby_wait's, then the lease thread's */
+    jsCtx *ljs;                  /* lease calls, with a timeout of a quarter of the TTL */
+    atomic_llong lease_valid_ns; /* mono_ns() until which the sequencer may fetch */
+    atomic_bool lease_lost;      /* another instance took it: the engine stops, serve starts it as a standby */
+    atomic_bool lease_quit;
+    pthread_t lease_thread;
+    bool lease_started;
     atomic_bool stopping;
     atomic_int phase; /* engine_phase */
     /* stopping within a deadline (see closer_main) */
@@ -227,6 +237,14 @@ void late_done(late_reply *r);
 void *late_main(void *arg);
 void ingress_on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure);
 int64_t longest_window(const policy *p);
+void seq_catch_up(engine *en, velref *r, const policy *p, uint64_t to);
+/* standby.c */
+void lease_bucket(const config *c, char *out, size_t cap);
+vstatus standby_wait(engine *en, verror *e);
+vstatus lease_thread_start(engine *en, verror *e);
+void lease_thread_stop(engine *en);
+void lease_give_up(engine *en);
+bool lease_fetch_allowed(engine *en);
 vstatus make_velocity(engine *en, const policy *p, bool at_start, velref **out, verror *e);
 
 #endif

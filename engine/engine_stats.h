@@ -41,6 +41,9 @@ typedef struct engine_stats {
     atomic_llong snapshots, snapshot_failures;
     atomic_llong snapshot_position; /* of the last saved */
     atomic_llong snapshot_unix_ms;  /* when it was saved */
+    /* the consumer's lease (standby.c; --lease-ttl) */
+    atomic_llong lease_epoch;  /* of the lease this engine holds; 0 while it stands by or without a lease */
+    atomic_llong lease_losses; /* leases taken over by another instance while this one held them */
     /* Decision publishes, for /readyz (observe.c): mono_ns of the last one that failed or timed out, and of the
      * first failure since the last success (0 once one succeeds). Plain atomics: readiness never takes a lock. */
     atomic_llong decision_fail_ns;
@@ -66,6 +69,7 @@ typedef enum engine_phase {
     PHASE_CONNECTING = 0, /* rules and model loaded; connecting to NATS */
     PHASE_VERIFYING,      /* connected; creating or verifying streams, consumers and buckets */
     PHASE_REBUILDING,     /* streams verified; rebuilding the velocity state from the stream */
+    PHASE_STANDBY,        /* state built; another engine holds the consumer's lease (--lease-ttl) */
     PHASE_STARTING,       /* state rebuilt; starting workers and responders */
     PHASE_READY,          /* taking work */
     PHASE_STOPPING,

@@ -66,20 +66,24 @@ const char *lease_instance(const lease_table *t)
     return t->instance;
 }
 
-void lease_init(lease *l, uint32_t partition)
+bool lease_init(lease *l, const char *name)
 {
     memset(l, 0, sizeof *l);
-    l->partition = partition;
+    size_t n = name ? strlen(name) : 0;
+    if (n == 0 || n >= sizeof l->name)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
+            return false;
+    }
+    memcpy(l->name, name, n + 1);
+    return true;
 }
 
 bool lease_valid(const lease *l, int64_t now_ns)
 {
     return l->held && now_ns < l->valid_until_ns;
-}
-
-static void lease_key(const lease *l, char *out, size_t cap)
-{
-    snprintf(out, cap, "partition.%u", (unsigned)l->partition);
 }
 
 /* Parses a lease value; false when it is not one (then the entry is treated as foreign with the default TTL,
@@ -110,13 +114,12 @@ static bool lease_parse(const void *data, int len, char *owner, size_t cap, uint
  * sent_ns is when the write left, the start of its validity. */
 static natsStatus lease_write(lease_table *t, lease *l, const char *owner, uint64_t epoch, int64_t sent_ns)
 {
-    char key[32], val[LEASE_OWNER_MAX + 96];
-    lease_key(l, key, sizeof key);
+    char val[LEASE_OWNER_MAX + 96];
     int n = snprintf(val, sizeof val, "{\"owner\":\"%s\",\"epoch\":%llu,\"ttl_ms\":%lld}", owner,
                      (unsigned long long)epoch, (long long)t->ttl_ms);
     uint64_t rev = 0;
-    natsStatus s = l->revision ? kvStore_Update(&rev, t->kv, key, val, n, l->revision)
-                               : kvStore_Create(&rev, t->kv, key, val, n);
+    natsStatus s = l->revision ? kvStore_Update(&rev, t->kv, l->name, val, n, l->revision)
+                               : kvStore_Create(&rev, t->kv, l->name, val, n);
     if (s != NATS_OK)
         return s;
     l->revision = rev;
@@ -130,8 +133,6 @@ static natsStatus lease_write(lease_table *t, lease *l, const char *owner, uint6
 
 vstatus lease_step(lease_table *t, lease *l, verror *e)
 {
-    char key[32];
-    lease_key(l, key, sizeof key);
     int64_t now = mono_ns();
 
     /* A holder renews the revision it wrote. When that fails (someone wrote after us, or the answer was lost),
@@ -140,7 +141,7 @@ vstatus lease_step(lease_table *t, lease *l, verror *e)
         return V_OK;
 
     kvEntry *ent = NULL;
-    natsStatus s = kvStore_Get(&ent, t->kv, key);
+    natsStatus s = kvStore_Get(&ent, t->kv, l->name);
     if (s == NATS_NOT_FOUND) { /* absent or deleted: taken at once; Create fails if someone else just did */
         l->held = false;
         l->revision = 0;

@@ -1,7 +1,8 @@
-/* lease.h - ownership of partitions through JetStream KV leases: compare-and-set writes, expiry measured on the
+/* lease.h - ownership of a durable consumer (a partition) through JetStream KV leases: compare-and-set writes, expiry measured on the
  * contender's own monotonic clock, no clock agreement between machines needed.
  *
- * One KV entry per partition in the bucket `verdict_leases` (key `partition.<P>`), value
+ * One KV entry per lease in the bucket `verdict_leases`, keyed by what it owns: the durable consumer's name
+ * (`verdict`, or `verdict-p<P>` for partition P), value
  * {"owner":"<instance>","epoch":E,"ttl_ms":T}. Every write is a compare-and-set on the entry's last revision, so
  * of two engines writing the same revision exactly one wins (the stream leader decides; a stale read only makes a
  * CAS fail). The rules, whose proof is in docs/architecture.md ("Partitions: ownership"):
@@ -26,9 +27,11 @@
 
 typedef struct lease_table lease_table;
 
-/* One partition's lease as this engine sees it. Zero it (lease_init) before the first lease_step. */
+#define LEASE_NAME_MAX 64
+
+/* One lease as this engine sees it. Set it up with lease_init before the first lease_step. */
 typedef struct lease {
-    uint32_t partition;
+    char name[LEASE_NAME_MAX];    /* the KV key: what is owned */
     bool held;                    /* this instance holds it (check lease_valid before acting on it) */
     uint64_t epoch;               /* the epoch of the last revision read or written */
     uint64_t revision;            /* the KV revision last read or written */
@@ -47,7 +50,8 @@ void lease_close(lease_table *t);
 /* This process's instance string ("<engine_id>/<8 hex>"). */
 const char *lease_instance(const lease_table *t);
 
-void lease_init(lease *l, uint32_t partition);
+/* name: 1..LEASE_NAME_MAX-1 characters of [A-Za-z0-9_-] (a consumer name); false when it is not one. */
+bool lease_init(lease *l, const char *name);
 
 /* One step of the protocol for l: renews it when held, takes it when free or expired, and otherwise records
  * what it saw. Call at least every TTL/3. Returns V_OK when the step ran (whatever its outcome: see l->held);

@@ -147,6 +147,11 @@ static size_t metrics(observe *ob, char *buf, size_t cap)
         gauge(&o, "verdict_snapshot_age_seconds", "Seconds since the last checkpoint was saved.",
               (now_ms() - atomic_load(&st->snapshot_unix_ms)) / 1000);
     }
+    gauge(&o, "verdict_lease_epoch",
+          "Epoch of the consumer's lease this engine holds (--lease-ttl); 0 while it stands by or without a lease.",
+          atomic_load(&st->lease_epoch));
+    counter(&o, "verdict_lease_losses_total", "Leases another engine took over while this one held them.",
+            atomic_load(&st->lease_losses));
     counter(&o, "verdict_degraded_total", "Decisions made without some input (model, state, replicas).",
             atomic_load(&st->degraded));
     counter(&o, "verdict_requests_total", "Decide requests received on the ingress subject.",

@@ -50,6 +50,9 @@ engine_phase engine_get_phase(const engine *en);
 /* Ready to decide: started (streams verified, state rebuilt, rules and model loaded), connected to NATS and
  * not stopping. */
 bool engine_ready(const engine *en);
+/* Another instance took the consumer's lease from this engine (--lease-ttl): it is stopping, and a new engine
+ * started in its place stands by (serve.c does so). */
+bool engine_lease_lost(const engine *en);
 /* Both connections up (either may be reconnecting). */
 bool engine_connected(const engine *en);
 

@@ -79,7 +79,7 @@ void batch_recycle(engine *en, batch *b)
  * sequences the consumer did not hand this engine, or that a new state has not seen yet. A read that fails is
  * logged and counted, and the position moves on all the same: those transactions are missing from the state
  * (docs/state.md), and deciding goes on rather than stopping. */
-static void seq_catch_up(engine *en, velref *r, const policy *p, uint64_t to)
+void seq_catch_up(engine *en, velref *r, const policy *p, uint64_t to)
 {
     if (to <= r->pos)
         return;
@@ -224,6 +224,11 @@ void *seq_main(void *arg)
         pthread_mutex_unlock(&en->q_mu);
         if (!b)
             break;
+        if (!lease_fetch_allowed(en)) { /* fenced: another engine may own the consumer by now */
+            batch_recycle(en, b);
+            sleep_ms(20);
+            continue;
+        }
         int pending = 0;
         jsErrCode jerr = 0;
         /* nats.c 3.4.1 overflows the heap in a batched Fetch when messages are already queued on the
@@ -248,6 +253,13 @@ void *seq_main(void *arg)
             }
             batch_recycle(en, b);
             sleep_ms(200);
+            continue;
+        }
+        if (!lease_fetch_allowed(en)) {
+            /* the lease lapsed during the fetch: hand the messages back for the next owner at once */
+            for (int i = 0; i < b->list.Count; i++)
+                natsMsg_Nak(b->list.Msgs[i], NULL);
+            batch_recycle(en, b);
             continue;
         }
         b->recv_ns = mono_ns();

@@ -138,38 +138,52 @@ int cmd_serve(int argc, char **argv)
         return 1;
     }
     pthread_detach(sigthread); /* it lives until the process ends */
-    engine *en = NULL;
-    if (engine_start_until(&cfg, &ctl.stop, &en, &e) != V_OK) {
-        if (atomic_load(&ctl.stop)) {
-            log_info("stopped before the start completed", NULL);
+    /* Runs the engine; again when it stopped because another engine took its consumer's lease (--lease-ttl):
+     * the new one stands by, as a process restarted by its supervisor would, without the restart. */
+    for (;;) {
+        engine *en = NULL;
+        if (engine_start_until(&cfg, &ctl.stop, &en, &e) != V_OK) {
+            if (atomic_load(&ctl.stop)) {
+                log_info("stopped before the start completed", NULL);
+                nats_Close();
+                return 0;
+            }
+            log_error("cannot start", "\"error\":\"%s\"", log_esc(e.msg));
+            if (e.code == V_EPARSE || e.code == V_EIO)
+                fprintf(stderr, "%s", e.msg); /* the compiler's file:line:col report, readable */
             nats_Close();
-            return 0;
+            return 1;
         }
-        log_error("cannot start", "\"error\":\"%s\"", log_esc(e.msg));
-        if (e.code == V_EPARSE || e.code == V_EIO)
-            fprintf(stderr, "%s", e.msg); /* the compiler's file:line:col report, readable */
-        nats_Close();
-        return 1;
-    }
-    pthread_mutex_lock(&ctl.mu);
-    atomic_store(&ctl.en, en);
-    if (atomic_load(&ctl.stop)) /* the signal came between the start's last check and here */
-        engine_request_stop(en, ctl.stop_at_ns + (int64_t)STOP_MS * 1000000);
-    while (!atomic_load(&ctl.stop)) {
-        if (ctl.reloads == 0) {
-            pthread_cond_wait(&ctl.cv, &ctl.mu);
-            continue;
-        }
-        ctl.reloads = 0;
-        pthread_mutex_unlock(&ctl.mu);
-        /* a SIGTERM meanwhile is taken by the signal thread; the engine's stop deadline ends a long reload */
-        log_info("SIGHUP: reloading rules and model", NULL);
-        verror re = {0};
-        engine_reload_now(en, "SIGHUP", &re); /* a refusal is logged; the running policy stays */
         pthread_mutex_lock(&ctl.mu);
+        atomic_store(&ctl.en, en);
+        if (atomic_load(&ctl.stop)) /* the signal came between the start's last check and here */
+            engine_request_stop(en, ctl.stop_at_ns + (int64_t)STOP_MS * 1000000);
+        while (!atomic_load(&ctl.stop) && !engine_lease_lost(en)) {
+            if (ctl.reloads == 0) {
+                struct timespec ts; /* wake now and then to see a lost lease */
+                clock_gettime(CLOCK_REALTIME, &ts);
+                ts.tv_nsec += 200000000L;
+                ts.tv_sec += ts.tv_nsec / 1000000000L;
+                ts.tv_nsec %= 1000000000L;
+                pthread_cond_timedwait(&ctl.cv, &ctl.mu, &ts);
+                continue;
+            }
+            ctl.reloads = 0;
+            pthread_mutex_unlock(&ctl.mu);
+            /* a SIGTERM meanwhile is taken by the signal thread; the engine's stop deadline ends a long reload */
+            log_info("SIGHUP: reloading rules and model", NULL);
+            verror re = {0};
+            engine_reload_now(en, "SIGHUP", &re); /* a refusal is logged; the running policy stays */
+            pthread_mutex_lock(&ctl.mu);
+        }
+        atomic_store(&ctl.en, NULL); /* the signal thread must not ask a freed engine to stop */
+        bool again = !atomic_load(&ctl.stop);
+        pthread_mutex_unlock(&ctl.mu);
+        engine_stop(en);
+        if (!again)
+            break;
+        log_info("starting again as a standby", NULL);
     }
-    pthread_mutex_unlock(&ctl.mu);
-    engine_stop(en);
     nats_Close();
     return 0;
 }

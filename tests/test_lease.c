@@ -117,6 +117,10 @@ Test(lease, refuses_a_short_ttl_and_a_bad_engine_id, .init = up, .fini = down)
     cr_assert(strstr(e.msg, "minimum"), "%s", e.msg);
     cr_assert_eq(lease_open(&t, js, "verdict_leases", "a\"b", 1000, 1, &e), V_EINVAL);
     cr_assert_null(t);
+    lease l;
+    cr_assert_not(lease_init(&l, "a.b"), "a dot is not a consumer name");
+    cr_assert_not(lease_init(&l, ""));
+    cr_assert(lease_init(&l, "verdict"));
 }
 
 Test(lease, one_holder_while_it_renews, .init = up, .fini = down, .timeout = 30)
@@ -124,8 +128,8 @@ Test(lease, one_holder_while_it_renews, .init = up, .fini = down, .timeout = 30)
     lease_table *a = open_table("engine-a", 1000), *b = open_table("engine-b", 1000);
     cr_assert_str_neq(lease_instance(a), lease_instance(b));
     lease la, lb;
-    lease_init(&la, 3);
-    lease_init(&lb, 3);
+    cr_assert(lease_init(&la, "verdict-p3"));
+    cr_assert(lease_init(&lb, "verdict-p3"));
     step(a, &la);
     cr_assert(la.held && lease_valid(&la, mono_ns()));
     cr_assert_eq(la.epoch, 1u);
@@ -148,8 +152,8 @@ Test(lease, an_abandoned_lease_is_taken_after_the_ttl_and_the_old_holder_has_sto
 {
     lease_table *a = open_table("engine-a", 1000), *b = open_table("engine-b", 1000);
     lease la, lb;
-    lease_init(&la, 0);
-    lease_init(&lb, 0);
+    cr_assert(lease_init(&la, "verdict-p0"));
+    cr_assert(lease_init(&lb, "verdict-p0"));
     step(a, &la);
     cr_assert(la.held);
     uint64_t e1 = la.epoch;
@@ -186,8 +190,8 @@ Test(lease, a_released_lease_is_taken_at_once, .init = up, .fini = down, .timeou
 {
     lease_table *a = open_table("engine-a", 5000), *b = open_table("engine-b", 5000);
     lease la, lb;
-    lease_init(&la, 7);
-    lease_init(&lb, 7);
+    cr_assert(lease_init(&la, "verdict-p7"));
+    cr_assert(lease_init(&lb, "verdict-p7"));
     step(a, &la);
     step(b, &lb);
     cr_assert(la.held && !lb.held);
@@ -207,7 +211,7 @@ Test(lease, a_holder_that_lost_track_recovers_its_own_lease_by_cas, .init = up, 
 {
     lease_table *a = open_table("engine-a", 1000);
     lease la;
-    lease_init(&la, 1);
+    cr_assert(lease_init(&la, "verdict-p1"));
     step(a, &la);
     cr_assert(la.held);
     uint64_t ep = la.epoch, rev = la.revision;
@@ -226,12 +230,14 @@ Test(lease, partitions_are_independent, .init = up, .fini = down, .timeout = 30)
     lease_table *a = open_table("engine-a", 5000), *b = open_table("engine-b", 5000);
     lease l[4];
     for (int p = 0; p < 4; p++) {
-        lease_init(&l[p], (uint32_t)p);
+        char nm[32];
+        snprintf(nm, sizeof nm, "verdict-p%d", p);
+        cr_assert(lease_init(&l[p], nm));
         step(p % 2 ? b : a, &l[p]);
         cr_assert(l[p].held, "partition %d", p);
     }
     lease other;
-    lease_init(&other, 1); /* b holds 1: a must not */
+    cr_assert(lease_init(&other, "verdict-p1")); /* b holds 1: a must not */
     step(a, &other);
     cr_assert_not(other.held);
     cr_assert_str_eq(other.owner, lease_instance(b));
@@ -262,7 +268,7 @@ Test(lease, racing_contenders_make_exactly_one_holder, .init = up, .fini = down,
     for (int i = 0; i < RACERS; i++) {
         snprintf(id, sizeof id, "racer-%d", i);
         rt[i] = open_table(id, 5000);
-        lease_init(&rl[i], 9);
+        cr_assert(lease_init(&rl[i], "verdict-p9"));
     }
     int winners_total = 0;
     uint64_t last_epoch = 0;

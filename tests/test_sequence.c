@@ -432,6 +432,171 @@ Test(sequence, an_incompatible_checkpoint_means_a_full_rebuild_and_the_right_sta
     assert_served_equals_reference_n("incompatible checkpoint", 2000);
 }
 
+/* --- hot standby (--lease-ttl; standby.c) ------------------------------------------------------------------ */
+
+static const char *const lease_args[] = {"--lease-ttl", "1500ms", NULL};
+
+/* Starts an engine that must stand by (another holds the lease): waits for it to say so. */
+static pid_t start_standby(const char *workers, const char *batch)
+{
+    int before = tc_count_lines(logp, "\"standing by: another engine owns the consumer\"");
+    const char *full[] = {"verdict", "serve", "--nats-url", srv.url, "--workers", workers, "--batch", batch,
+                          "--rules", rulesp, "--model", modelp, "--budget", "10s", "--ack-wait", "2s",
+                          "--backoff", "300ms", "--max-keys", "20000", "--lease-ttl", "1500ms", NULL};
+    pid_t pid = verdict_spawn(full, logp);
+    cr_assert(pid > 0);
+    for (int waited = 0; tc_count_lines(logp, "\"standing by: another engine owns the consumer\"") <= before;
+         waited += 50) {
+        cr_assert(waited < 20000, "the second engine did not stand by; see %s", logp);
+        cr_assert_eq(waitpid(pid, NULL, WNOHANG), 0, "the standby exited; see %s", logp);
+        tc_sleep_ms(50);
+    }
+    return pid;
+}
+
+/* Polls (bounded) until the log has more than `before` lines with needle; returns the ms waited. */
+static int wait_more_lines(const char *needle, int before, int timeout_ms)
+{
+    int waited = 0;
+    for (; tc_count_lines(logp, needle) <= before; waited += 20) {
+        cr_assert(waited < timeout_ms, "no new '%s' within %d ms; see %s", needle, timeout_ms, logp);
+        tc_sleep_ms(20);
+    }
+    return waited;
+}
+
+/* How many times the deciding engine changes along DECISIONS, and how many engines decided. */
+static int decider_switches(int *engines)
+{
+    stream_reader *r = NULL;
+    verror e = {0};
+    cr_assert_eq(stream_reader_open(js, "DECISIONS", NULL, 1, 0, &r, &e), V_OK, "%s", e.msg);
+    arena a;
+    cr_assert_eq(arena_init(&a, 1 << 20), V_OK);
+    char last[64] = "", seen[8][64];
+    int switches = 0, nseen = 0;
+    for (;;) {
+        natsMsg *m = NULL;
+        uint64_t seq;
+        int64_t store_ns;
+        vstatus rc = stream_reader_next(r, &m, &seq, &store_ns, 5000, &e);
+        if (rc == V_ENOTFOUND)
+            break;
+        cr_assert_eq(rc, V_OK, "reading DECISIONS: %s", e.msg);
+        arena_reset(&a);
+        Decision *d = decision_decode(&a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
+        cr_assert_not_null(d);
+        if (last[0] && strcmp(last, d->engine_id) != 0)
+            switches++;
+        snprintf(last, sizeof last, "%s", d->engine_id);
+        bool known = false;
+        for (int i = 0; i < nseen; i++)
+            known |= strcmp(seen[i], d->engine_id) == 0;
+        if (!known && nseen < 8)
+            snprintf(seen[nseen++], 64, "%s", d->engine_id);
+        natsMsg_Destroy(m);
+    }
+    stream_reader_close(r);
+    arena_free(&a);
+    *engines = nseen;
+    return switches;
+}
+
+Test(sequence, a_standby_takes_over_from_a_killed_owner_with_the_stream_order_features)
+{
+    pid_t a = start_engine("2", "32", NULL, lease_args);
+    pid_t b = start_standby("2", "32");
+    publish_some(1500, 2);
+    int taken = tc_count_lines(logp, "\"lease taken: this engine owns the consumer\"");
+    int rebuilds = tc_count_lines(logp, "velocity state rebuilt from the stream") + tc_count_lines(logp, "velocity state: full rebuild");
+    int64_t t0 = mono_ns();
+    kill(a, SIGKILL);
+    cr_assert_eq(child_wait(a, 5000), -1);
+    publish_some(1500, 2); /* the standby takes over while these arrive */
+    wait_more_lines("\"lease taken: this engine owns the consumer\"", taken, 15000);
+    fprintf(stderr, "standby: lease taken %lld ms after the owner's kill -9 (lease TTL 1500 ms)\n",
+            (long long)((mono_ns() - t0) / 1000000));
+    wait_all_decided(3000);
+    stop_engine(b);
+    int engines = 0;
+    decider_switches(&engines);
+    cr_assert_eq(engines, 2, "the owner and then the standby decide; see %s", logp);
+    cr_assert_eq(tc_count_lines(logp, "velocity state rebuilt from the stream") + tc_count_lines(logp, "velocity state: full rebuild"),
+                 rebuilds, "the standby continued its own state; no rebuild at the takeover; see %s", logp);
+    assert_served_equals_reference_n("kill -9 of the owner, standby takes over", 3000);
+}
+
+Test(sequence, a_stopped_owner_hands_over_at_once_and_stands_by_when_it_returns)
+{
+    pid_t a = start_engine("2", "32", NULL, lease_args);
+    pid_t b = start_standby("2", "32");
+    publish_some(1000, 2);
+    wait_all_decided(1000);
+    int taken = tc_count_lines(logp, "\"lease taken: this engine owns the consumer\"");
+    stop_engine(a); /* releases the lease after its last ack */
+    cr_assert_gt(tc_count_lines(logp, "\"lease released: a standby takes over at once\""), 0, "see %s", logp);
+    int ms = wait_more_lines("\"lease taken: this engine owns the consumer\"", taken, 1400);
+    fprintf(stderr, "standby: lease taken %d ms after the owner's stop returned (TTL 1500 ms)\n", ms);
+    a = start_standby("2", "32"); /* the old owner comes back: it stands by */
+    publish_some(1000, 2);
+    wait_all_decided(2000);
+    stop_engine(b);
+    stop_engine(a);
+    int engines = 0;
+    int switches = decider_switches(&engines);
+    cr_assert_eq(switches, 1, "one handover, no interleaving: %d switches; see %s", switches, logp);
+    assert_served_equals_reference_n("handover at a stop", 2000);
+}
+
+Test(sequence, a_paused_owner_loses_its_lease_stops_deciding_and_stands_by)
+{
+    pid_t a = start_engine("2", "32", NULL, lease_args);
+    pid_t b = start_standby("1", "1"); /* slow on purpose: it is still on the backlog below when a wakes */
+    publish_some(1000, 2);
+    wait_all_decided(1000);
+    int taken = tc_count_lines(logp, "\"lease taken: this engine owns the consumer\"");
+    kill(a, SIGSTOP); /* a pause longer than the TTL: a long stall, or a partition */
+    wait_more_lines("\"lease taken: this engine owns the consumer\"", taken, 15000);
+    int standing = tc_count_lines(logp, "\"standing by: another engine owns the consumer\"");
+    /* a backlog the new owner is still working through when the old one wakes: unfenced, the old one would
+     * pull some of it at once (its lease thread needs a KV round trip to find the lease gone) */
+    publish_some(1000, 0);
+    kill(a, SIGCONT); /* it finds its lease taken, stops, and stands by */
+    wait_all_decided(2000);
+    wait_more_lines("\"standing by: another engine owns the consumer\"", standing, 15000);
+    cr_assert_gt(tc_count_lines(logp, "\"lease lost: another engine owns the consumer; stopping to stand by\""), 0);
+    cr_assert_eq(waitpid(a, NULL, WNOHANG), 0, "the old owner must stay up as a standby; see %s", logp);
+    publish_some(500, 2);
+    wait_all_decided(2500);
+    stop_engine(b);
+    stop_engine(a);
+    int engines = 0;
+    int switches = decider_switches(&engines);
+    cr_assert_eq(switches, 1, "the paused owner decided nothing after the takeover: %d switches; see %s", switches,
+                 logp);
+    assert_served_equals_reference_n("a paused owner", 2500);
+}
+
+Test(sequence, an_owner_that_cannot_renew_stops_pulling_before_the_standby_takes_over)
+{
+    /* the owner reaches TXN but not the lease bucket (its stream without a leader, say): it cannot learn that it
+     * lost the lease, so only the fencing rule stops it: no fetch after the lease's validity */
+    pid_t a = start_engine("2", "32", "lease_unreachable", lease_args);
+    pid_t b = start_standby("2", "32");
+    int taken = tc_count_lines(logp, "\"lease taken: this engine owns the consumer\"");
+    publish_some(3000, 1); /* about 3 s: the owner's lease lapses and the standby takes over meanwhile */
+    wait_more_lines("\"lease taken: this engine owns the consumer\"", taken, 15000);
+    wait_all_decided(3000);
+    cr_assert_gt(tc_count_lines(logp, "test fault: lease bucket unreachable"), 0, "see %s", logp);
+    stop_engine(b);
+    stop_engine(a);
+    int engines = 0;
+    int switches = decider_switches(&engines);
+    cr_assert_eq(engines, 2, "see %s", logp);
+    cr_assert_eq(switches, 1, "owner and standby decided at the same time: %d switches; see %s", switches, logp);
+    assert_served_equals_reference_n("an owner that cannot renew", 3000);
+}
+
 /* --- the feature ring (unit) ------------------------------------------------------------------------------ */
 
 TestSuite(featring, .timeout = 10);
