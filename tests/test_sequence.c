@@ -509,13 +509,16 @@ Test(sequence, a_standby_takes_over_from_a_killed_owner_with_the_stream_order_fe
     publish_some(1500, 2);
     int taken = tc_count_lines(logp, "\"lease taken: this engine owns the consumer\"");
     int rebuilds = tc_count_lines(logp, "velocity state rebuilt from the stream") + tc_count_lines(logp, "velocity state: full rebuild");
+    int started = tc_count_lines(logp, "\"engine started\"");
     int64_t t0 = mono_ns();
     kill(a, SIGKILL);
     cr_assert_eq(child_wait(a, 5000), -1);
     publish_some(1500, 2); /* the standby takes over while these arrive */
     wait_more_lines("\"lease taken: this engine owns the consumer\"", taken, 15000);
-    fprintf(stderr, "standby: lease taken %lld ms after the owner's kill -9 (lease TTL 1500 ms)\n",
-            (long long)((mono_ns() - t0) / 1000000));
+    int64_t t1 = mono_ns();
+    wait_more_lines("\"engine started\"", started, 15000);
+    fprintf(stderr, "standby: lease taken %lld ms, deciding %lld ms after the owner's kill -9 (lease TTL 1500 ms)\n",
+            (long long)((t1 - t0) / 1000000), (long long)((mono_ns() - t0) / 1000000));
     wait_all_decided(3000);
     stop_engine(b);
     int engines = 0;
