@@ -6,7 +6,8 @@
  * keep publishing and retry through the leader election, as a payment service must. Then every transaction
  * published has exactly one decision (one message per txn id in DECISIONS, Nats-Msg-Id = txn id), nothing is
  * dead-lettered, and the engine is still alive and deciding. Finally the dead node is restarted and catches up.
- * Bounded: a few hundred transactions, each wait has its own deadline. */
+ * A second test does the same with a hot standby (--lease-ttl): the owner engine is killed with a burst in flight,
+ * then the node leading the lease bucket. Bounded: a few hundred transactions, each wait has its own deadline. */
 #include "broker.h"
 #include "client.h"
 #include "harness.h"
@@ -28,6 +29,8 @@ static pid_t engine_pid;
 static natsConnection *nc;
 static jsCtx *js;
 static char logp[256];
+static pid_t standby_pid; /* the hot-standby test's second engine (its log: logp2) */
+static char logp2[256];
 static bool passed; /* the engine log is kept for a failed run, since the assertions point to it */
 
 static void teardown(void)
@@ -37,11 +40,21 @@ static void teardown(void)
         child_wait(engine_pid, 5000);
         engine_pid = 0;
     }
+    if (standby_pid > 0) {
+        kill(standby_pid, SIGKILL);
+        child_wait(standby_pid, 5000);
+        standby_pid = 0;
+    }
     jsCtx_Destroy(js);
     js = NULL;
     natsConnection_Destroy(nc);
     nc = NULL;
     cluster_stop(&cl);
+    if (logp2[0] && passed)
+        unlink(logp2);
+    else if (logp2[0])
+        fprintf(stderr, "test_cluster: standby log kept: %s\n", logp2);
+    logp2[0] = 0;
     if (logp[0] && passed)
         unlink(logp);
     else if (logp[0])
@@ -446,5 +459,83 @@ Test(cluster, readyz_says_503_while_the_cluster_has_no_quorum)
     }
     cr_assert(ready, "not ready 40 s after the nodes came back: %s", body);
     fprintf(stderr, "test_cluster: /readyz 200 %lld ms after the nodes were restarted\n", (long long)(now_ms() - t0));
+    passed = true;
+}
+
+/* Hot standby on a cluster (issue 18): two engines with --lease-ttl on R3 streams and an R3 lease bucket. The
+ * owner is killed under load; later the node leading the lease bucket is killed too. Every transaction still ends
+ * with exactly one decision, nothing is dead-lettered, and the standby decides. */
+Test(cluster, a_standby_takes_over_from_a_killed_owner_and_survives_losing_the_lease_leader)
+{
+    config cc;
+    config_defaults(&cc);
+    cr_assert(str_copy(cc.nats_url, sizeof cc.nats_url, cl.urls));
+    verror e = {0};
+    cr_assert_eq(broker_connect_simple(&cc, &nc, &e), V_OK, "connect to %s: %s", cl.urls, e.msg);
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = 5000;
+    cr_assert_eq(natsConnection_JetStream(&js, nc, &jo), NATS_OK);
+
+    const char *extra[] = {"--replicas", "3", "--ack-wait", "2s", "--backoff", "", "--batch", "16",
+                           "--lease-ttl", "3s", "--engine-id", "owner", NULL};
+    engine_pid = tc_start_engine(cl.urls, logp, extra);
+    temp_path(logp2, sizeof logp2, ".log");
+    const char *argv2[] = {"verdict", "serve", "--nats-url", cl.urls, "--workers", "2", "--replicas", "3",
+                           "--ack-wait", "2s", "--backoff", "", "--batch", "16", "--lease-ttl", "3s",
+                           "--engine-id", "standby", NULL};
+    standby_pid = verdict_spawn(argv2, logp2);
+    cr_assert(standby_pid > 0);
+    cr_assert(file_wait_for(logp2, "standing by: another engine owns the consumer", 20000),
+              "the second engine did not stand by; see %s", logp2);
+    cr_assert_eq(stream_replicas("KV_verdict_leases", NULL, 0), 3, "the lease bucket must be R3 like the streams");
+
+    int64_t killed_at = 0;
+    int node_victim = -1;
+    for (int i = 0; i < TOTAL; i++) {
+        publish_txn(i);
+        tc_sleep_ms(2);
+        if (i == KILL_AT) {
+            /* work in flight when the owner dies: a burst the loop publishes again with confirmation */
+            for (int b = i + 1; b <= i + BURST && b < TOTAL; b++)
+                burst_txn(b);
+            cr_assert_eq(natsConnection_FlushTimeout(nc, 5000), NATS_OK);
+            fprintf(stderr, "test_cluster: kill -9 of the owner engine with %llu of %d decided\n",
+                    (unsigned long long)tc_stream_msgs(js, "DECISIONS"), i + 1 + BURST);
+            kill(engine_pid, SIGKILL);
+            child_wait(engine_pid, 5000);
+            engine_pid = 0;
+            killed_at = mono_ns();
+        }
+        if (i == KILL_AT + 60) {
+            /* the standby owns the lease by now, or soon: take the bucket's leader away from under it */
+            cr_assert(file_wait_for(logp2, "lease taken: this engine owns the consumer", 15000),
+                      "the standby did not take over; see %s", logp2);
+            fprintf(stderr, "test_cluster: the standby took the lease %lld ms after the kill\n",
+                    (long long)((mono_ns() - killed_at) / 1000000) );
+            char lease_leader[64] = "";
+            stream_replicas("KV_verdict_leases", lease_leader, sizeof lease_leader);
+            node_victim = cluster_node_index(&cl, lease_leader);
+            cr_assert(node_victim >= 0, "no leader for KV_verdict_leases");
+            fprintf(stderr, "test_cluster: killing n%d, the lease bucket's leader\n", node_victim);
+            cluster_kill_node(&cl, node_victim, SIGKILL);
+        }
+    }
+    uint64_t got = tc_wait_msgs(js, "DECISIONS", TOTAL, 60000);
+    if (got != TOTAL)
+        dump_state();
+    cr_assert_eq(got, TOTAL, "decisions %llu of %d; see %s and %s", (unsigned long long)got, TOTAL, logp, logp2);
+    cr_assert(tc_wait_consumer_idle(js, 20000), "the consumer did not drain; see %s", logp2);
+    tc_sleep_ms(2500); /* longer than AckWait: a late redelivery would have been decided by now */
+    cr_assert_eq(tc_stream_msgs(js, "DECISIONS"), TOTAL, "a transaction decided twice; see %s", logp2);
+    cr_assert_eq(tc_stream_msgs(js, "DLQ"), 0, "nothing may be dead-lettered; see %s", logp2);
+    int st;
+    cr_assert_eq(waitpid(standby_pid, &st, WNOHANG), 0, "the standby died; see %s", logp2);
+    fprintf(stderr, "test_cluster: standby log: %d lease renewal failures, %d losses, %d reconnects\n",
+            tc_count_lines(logp2, "lease renewal failed"), tc_count_lines(logp2, "lease lost"),
+            tc_count_lines(logp2, "reconnected to NATS"));
+    kill(standby_pid, SIGTERM);
+    cr_assert_eq(child_wait(standby_pid, 15000), 0, "the standby did not exit 0 on SIGTERM; see %s", logp2);
+    standby_pid = 0;
     passed = true;
 }
