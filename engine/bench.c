@@ -47,6 +47,7 @@ int bench_state(int argc, char **argv);
 int bench_snapshot(int argc, char **argv);
 int bench_eval(int argc, char **argv);
 int bench_model(int argc, char **argv);
+int bench_failover(int argc, char **argv);
 
 static void with_prefix(config *c, const char *prefix, bool passthrough)
 {
@@ -654,6 +655,8 @@ int cmd_bench(int argc, char **argv)
             return bench_eval(argc, argv);
         if (!strcmp(argv[i], "model"))
             return bench_model(argc, argv);
+        if (!strcmp(argv[i], "failover"))
+            return bench_failover(argc, argv);
     }
     config_defaults(&o.cfg);
     bool help;

@@ -565,6 +565,13 @@ void engine_stop(engine *en)
     observe_stop(en->observe);
     en->observe = NULL;
     join_threads(en);
+    /* the consumer's lease, as soon as the last acks are on their way: a standby takes over at once (it keeps its
+     * own state, so it needs nothing of what follows) */
+    if (en->leases && ms_left(dl) > 0) {
+        natsConnection_FlushTimeout(en->nc, ms_left(dl));
+        if (ms_left(dl) > 0)
+            lease_give_up(en);
+    }
     /* the state no longer moves: checkpoint it, so the next start replays only what comes after */
     checkpoint_final(en->ckpt, dl);
     dlq_worker_stop(en->dlq);
@@ -576,9 +583,6 @@ void engine_stop(engine *en)
         natsConnection_FlushTimeout(en->nc, ms_left(dl));
     if (ms_left(dl) > 0)
         natsConnection_FlushTimeout(en->inc, ms_left(dl));
-    /* 4. the consumer's lease, last: a standby takes over at once, after everything this engine acked */
-    if (ms_left(dl) > 0)
-        lease_give_up(en);
     const engine_stats *st = &en->stats;
     log_info("engine stopped",
              "\"approve\":%lld,\"review\":%lld,\"decline\":%lld,\"duplicates\":%lld,\"dead_letters\":%lld,"

@@ -90,7 +90,7 @@ vstatus standby_wait(engine *en, verror *e)
             last_catch_up = mono_ns();
         }
         /* poll often: a takeover comes at most one poll after the TTL */
-        int64_t poll = renew_every_ms(en) < 250 ? renew_every_ms(en) : 250;
+        int64_t poll = renew_every_ms(en) < 100 ? renew_every_ms(en) : 100;
         for (int64_t until = mono_ns() + poll * NS_PER_MS; mono_ns() < until && !atomic_load(&en->stopping) &&
                                                             !(en->start_stop && atomic_load(en->start_stop));)
             sleep_ms(10);

@@ -102,3 +102,26 @@ Test(bench, bad_rates_refused, .timeout = 30)
         unlink(out);
     }
 }
+
+/* `bench failover`: an owner and a hot standby, one kill -9 and one SIGTERM of the owner under traffic; every
+ * transaction has exactly one decision, and each gap is reported. */
+Test(bench, failover_reports_both_gaps_and_exactly_one_decision_each, .timeout = 120)
+{
+    char out[256];
+    temp_path(out, sizeof out, ".json");
+    const char *argv[] = {"verdict", "bench", "failover", "--kills", "1", "--rate", "200", "--lease-ttl", "1s",
+                          "--json", NULL};
+    pid_t pid = verdict_spawn(argv, out);
+    cr_assert_eq(child_wait(pid, 100000), 0, "bench failover failed; see %s", out);
+    json_t *j = last_json(out);
+    cr_assert(json_is_true(json_object_get(j, "exactly_once")), "see %s", out);
+    const char *keys[] = {"kill9_p50_ms", "kill9_max_ms", "sigterm_p50_ms", "sigterm_max_ms"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        cr_assert(json_integer_value(json_object_get(j, keys[i])) > 0, "key %s present and positive", keys[i]);
+    json_int_t published = json_integer_value(json_object_get(j, "published"));
+    cr_assert_gt(published, 0);
+    cr_assert_eq(json_integer_value(json_object_get(j, "decisions")), published);
+    cr_assert_eq(json_integer_value(json_object_get(j, "dead_letters")), 0);
+    json_decref(j);
+    unlink(out);
+}
