@@ -239,7 +239,6 @@ void ingress_on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
 int64_t longest_window(const policy *p);
 void seq_catch_up(engine *en, velref *r, const policy *p, uint64_t to);
 /* standby.c */
-void lease_bucket(const config *c, char *out, size_t cap);
 vstatus standby_wait(engine *en, verror *e);
 vstatus lease_thread_start(engine *en, verror *e);
 void lease_thread_stop(engine *en);

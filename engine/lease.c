@@ -21,6 +21,11 @@ struct lease_table {
     char instance[LEASE_OWNER_MAX];
 };
 
+void lease_bucket(const config *c, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s%sverdict_leases", c->prefix, c->prefix[0] ? "_" : "");
+}
+
 vstatus lease_open(lease_table **out, jsCtx *js, const char *bucket, const char *engine_id, int64_t ttl_ms,
                    int replicas, verror *e)
 {

@@ -20,6 +20,7 @@
 #define VERDICT_LEASE_H
 
 #include "common.h"
+#include "config.h"
 
 #include <nats/nats.h>
 
@@ -40,6 +41,9 @@ typedef struct lease {
     int64_t foreign_ttl_ms;       /* contender: the TTL the current owner wrote */
     char owner[LEASE_OWNER_MAX];  /* the owner of the last revision read ("" = released or never held) */
 } lease;
+
+/* The bucket's name for c: "verdict_leases", or "<prefix>_verdict_leases". */
+void lease_bucket(const config *c, char *out, size_t cap);
 
 /* Opens (creating if absent, with replicas copies) the lease bucket for this engine. ttl_ms is the lease
  * length this instance writes (>= 600 ms); engine_id is combined with a random suffix into the instance. */

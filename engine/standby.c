@@ -17,11 +17,6 @@
 #define NS_PER_MS 1000000LL
 #define STANDBY_CATCH_UP_MS 1000 /* how often a standby counts what the owner delivered since */
 
-void lease_bucket(const config *c, char *out, size_t cap)
-{
-    snprintf(out, cap, "%s%sverdict_leases", c->prefix, c->prefix[0] ? "_" : "");
-}
-
 static int64_t renew_every_ms(const engine *en)
 {
     return en->cfg.lease_ttl_ms / 3;

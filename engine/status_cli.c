@@ -6,6 +6,7 @@
  * JSON. */
 #include "cli.h"
 #include "cliconn.h"
+#include "lease.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -116,6 +117,32 @@ static json_t *engine_json(const json_t *r)
                      nz(json_string_value(json_object_get(ep, "last_error"))));
 }
 
+/* The consumer's lease (--lease-ttl; lease.h): who owns the consumer, or that no engine uses a lease. */
+static json_t *lease_json(cliconn *c)
+{
+    char bucket[96];
+    lease_bucket(&c->cfg, bucket, sizeof bucket);
+    kvStore *kv = NULL;
+    if (js_KeyValue(&kv, c->js, bucket) != NATS_OK)
+        return json_pack("{s:s, s:b}", "name", c->cfg.consumer, "exists", 0);
+    kvEntry *e = NULL;
+    json_t *out = NULL;
+    if (kvStore_Get(&e, kv, c->cfg.consumer) == NATS_OK) {
+        json_error_t je;
+        json_t *v = json_loads(nz(kvEntry_ValueString(e)), 0, &je);
+        int64_t age_ms = (now_ms() * 1000000LL - kvEntry_Created(e)) / 1000000LL;
+        out = json_pack("{s:s, s:b, s:s, s:I, s:I, s:I, s:I}", "name", c->cfg.consumer, "exists", 1, "owner",
+                        nz(json_string_value(json_object_get(v, "owner"))), "epoch",
+                        (json_int_t)json_integer_value(json_object_get(v, "epoch")), "ttl_ms",
+                        (json_int_t)json_integer_value(json_object_get(v, "ttl_ms")), "renewed_ms_ago",
+                        (json_int_t)(age_ms > 0 ? age_ms : 0), "revision", (json_int_t)kvEntry_Revision(e));
+        json_decref(v);
+        kvEntry_Destroy(e);
+    }
+    kvStore_Destroy(kv);
+    return out ? out : json_pack("{s:s, s:b}", "name", c->cfg.consumer, "exists", 0);
+}
+
 static int by_id(const void *a, const void *b)
 {
     const char *x = json_string_value(json_object_get(*(json_t *const *)a, "id"));
@@ -209,6 +236,16 @@ static void print_text(const json_t *st, int wait_ms)
                I(c, "pending"), I(c, "ack_pending"), I(c, "redelivered"), I(c, "waiting_pulls"),
                I(c, "delivered_stream_seq"), S(c, "last_delivered"), I(c, "ack_floor_stream_seq"));
     }
+    const json_t *ls = json_object_get(st, "lease");
+    if (!json_is_true(json_object_get(ls, "exists")))
+        printf("\nLEASE %s: none (engines run without --lease-ttl, or none has started with it)\n", S(ls, "name"));
+    else if (!S(ls, "owner")[0])
+        printf("\nLEASE %s: released (epoch %lld); a standby takes it on its next poll\n", S(ls, "name"),
+               I(ls, "epoch"));
+    else
+        printf("\nLEASE %s: owned by %s, epoch %lld, TTL %lld ms, renewed %lld ms ago%s\n", S(ls, "name"),
+               S(ls, "owner"), I(ls, "epoch"), I(ls, "ttl_ms"), I(ls, "renewed_ms_ago"),
+               I(ls, "renewed_ms_ago") > I(ls, "ttl_ms") ? " (lapsed: a standby takes it over)" : "");
     const json_t *en = json_object_get(st, "engines");
     printf("\nENGINES (%zu answered $SRV.STATS.verdict within %d ms)\n", json_array_size(en), wait_ms);
     if (json_array_size(en) == 0)
@@ -268,9 +305,10 @@ int cmd_status(int argc, char **argv)
     /* the DLQ worker's durable is the engines' name with _dlq (engine/dlq.c) */
     char dlq_consumer[NAME_MAX_LEN + 8];
     snprintf(dlq_consumer, sizeof dlq_consumer, "%s_dlq", c.cfg.consumer);
-    json_t *st = json_pack("{s:o, s:o, s:o, s:o}", "streams", streams, "consumer",
+    json_t *st = json_pack("{s:o, s:o, s:o, s:o, s:o}", "streams", streams, "consumer",
                            consumer_json(&c, c.cfg.txn_stream, c.cfg.consumer), "dlq_consumer",
-                           consumer_json(&c, c.cfg.adv_stream, dlq_consumer), "engines", engines_json(&c, wait_ms));
+                           consumer_json(&c, c.cfg.adv_stream, dlq_consumer), "lease", lease_json(&c), "engines",
+                           engines_json(&c, wait_ms));
     if (!st) {
         fprintf(stderr, "verdict status: out of memory\n");
         cliconn_close(&c);

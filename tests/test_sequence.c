@@ -20,6 +20,7 @@
 #include "velocity.h"
 
 #include <criterion/criterion.h>
+#include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -529,10 +530,34 @@ Test(sequence, a_standby_takes_over_from_a_killed_owner_with_the_stream_order_fe
     assert_served_equals_reference_n("kill -9 of the owner, standby takes over", 3000);
 }
 
+/* `verdict status --json`'s lease object: the owner instance into owner (cap bytes); its epoch. */
+static long long status_lease(char *owner, size_t cap)
+{
+    char out[256];
+    temp_path(out, sizeof out, ".json");
+    const char *argv[] = {"verdict", "status", "--json", "--wait", "100", "--nats-url", srv.url, NULL};
+    pid_t pid = verdict_spawn(argv, out);
+    cr_assert_eq(child_wait(pid, 20000), 0, "verdict status failed; see %s", out);
+    json_error_t je;
+    json_t *j = json_load_file(out, 0, &je);
+    cr_assert_not_null(j, "status printed no JSON: %s (%s)", je.text, out);
+    json_t *l = json_object_get(j, "lease");
+    cr_assert(json_is_true(json_object_get(l, "exists")), "status shows no lease; see %s", out);
+    snprintf(owner, cap, "%s", json_string_value(json_object_get(l, "owner")));
+    long long epoch = json_integer_value(json_object_get(l, "epoch"));
+    json_decref(j);
+    unlink(out);
+    return epoch;
+}
+
 Test(sequence, a_stopped_owner_hands_over_at_once_and_stands_by_when_it_returns)
 {
     pid_t a = start_engine("2", "32", NULL, lease_args);
     pid_t b = start_standby("2", "32");
+    char owner[128], want[32];
+    long long e1 = status_lease(owner, sizeof owner);
+    snprintf(want, sizeof want, "-%d/", (int)a);
+    cr_assert(strstr(owner, want), "verdict status names the owner (pid %d): '%s'", (int)a, owner);
     publish_some(1000, 2);
     wait_all_decided(1000);
     int taken = tc_count_lines(logp, "\"lease taken: this engine owns the consumer\"");
@@ -540,6 +565,10 @@ Test(sequence, a_stopped_owner_hands_over_at_once_and_stands_by_when_it_returns)
     cr_assert_gt(tc_count_lines(logp, "\"lease released: a standby takes over at once\""), 0, "see %s", logp);
     int ms = wait_more_lines("\"lease taken: this engine owns the consumer\"", taken, 1400);
     fprintf(stderr, "standby: lease taken %d ms after the owner's stop returned (TTL 1500 ms)\n", ms);
+    long long e2 = status_lease(owner, sizeof owner);
+    snprintf(want, sizeof want, "-%d/", (int)b);
+    cr_assert(strstr(owner, want), "after the handover verdict status names the standby (pid %d): '%s'", (int)b, owner);
+    cr_assert_eq(e2, e1 + 1, "a change of owner is a new epoch");
     a = start_standby("2", "32"); /* the old owner comes back: it stands by */
     publish_some(1000, 2);
     wait_all_decided(2000);
