@@ -170,6 +170,28 @@ Test(desk, every_review_decision_becomes_one_case_through_redeliveries_and_a_kil
     cr_assert_eq(tc_count_lines(outp, ",legit,0"), 1);
     cr_assert_eq(tc_count_lines(outp, "dk-"), 2);
 
+    /* the queue's age and counts: the desk's metrics and `verdict status` */
+    char buf[8192], want[64];
+    snprintf(want, sizeof want, "verdict_desk_cases{state=\"open\"} %d\n", reviews - 2);
+    bool seen = false;
+    for (int i = 0; i < 50 && !seen; i++) {
+        seen = http_get_local(port, "/metrics", buf, sizeof buf) && strstr(buf, want) &&
+               strstr(buf, "verdict_desk_cases{state=\"resolved\"} 2\n");
+        if (!seen)
+            tc_sleep_ms(100);
+    }
+    cr_assert(seen, "metrics: %s", buf);
+    double age = -1;
+    const char *a = strstr(buf, "\nverdict_desk_oldest_unresolved_age_seconds ");
+    cr_assert(a && sscanf(a + strlen("\nverdict_desk_oldest_unresolved_age_seconds "), "%lf", &age) == 1);
+    cr_assert(age > 0 && age < 600, "oldest unresolved age %f", age);
+    const char *sargv[] = {"verdict", "status", "--nats-url", srv.url, "--json", NULL};
+    unlink(outp); /* the child's stdout and stderr go there */
+    pid_t sp = verdict_spawn(sargv, outp);
+    cr_assert_eq(child_wait(sp, 30000), 0);
+    snprintf(want, sizeof want, "\"open\":%d,\"claimed\":0,\"resolved\":2", reviews - 2);
+    cr_assert_eq(tc_count_lines(outp, want), 1, "verdict status --json does not say %s", want);
+
     kvStore_Destroy(kv);
     kill(d2, SIGTERM);
     cr_assert_eq(child_wait(d2, 10000), 0);
