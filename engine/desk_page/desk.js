@@ -47,7 +47,7 @@ async function loadQueue() {
     const tr = el("tr");
     tr.dataset.txn = k.txn_id;
     if (current === k.txn_id) tr.className = "sel";
-    tr.append(el("td", age(k.age_s)), el("td", k.txn_id), el("td", k.score.toFixed(3)), el("td", k.reasons, "reasons"));
+    tr.append(el("td", age(k.age_s)), el("td", k.txn_id), el("td", k.score.toFixed(3)), el("td", k.reasons.split(",").join(", "), "reasons"));
     const st = el("td"); st.append(el("span", k.state + (k.claimed_by ? " · " + k.claimed_by : "") + (k.resolution ? " · " + k.resolution : ""), "pill " + k.state));
     tr.append(st);
     tr.addEventListener("click", () => openCase(k.txn_id));
@@ -87,7 +87,7 @@ function renderCase(j) {
     for (const h of d.card_history || []) {
       const tr = el("tr");
       tr.append(el("td", when(h.created_at_ms)), el("td", h.txn_id), el("td", money(h.amount_minor, h.currency)),
-        el("td", h.outcome, "o-" + h.outcome), el("td", Number(h.score).toFixed(3)), el("td", h.reasons));
+        el("td", h.outcome, "o-" + h.outcome), el("td", Number(h.score).toFixed(3)), el("td", h.reasons.split(",").join(", ")));
       hb.append(tr);
     }
     $("#c-history-note").textContent = d.card_history_note || "";
@@ -98,8 +98,8 @@ function renderCase(j) {
   for (const tr of document.querySelectorAll("#queue tbody tr")) tr.className = tr.dataset.txn === current ? "sel" : "";
 }
 
-async function openCase(id) {
-  $("#action-msg").textContent = "";
+async function openCase(id, keepMsg) {
+  if (!keepMsg) $("#action-msg").textContent = "";
   $("#case").dataset.loading = "1";
   const r = await api("GET", "/api/cases/" + encodeURIComponent(id));
   delete $("#case").dataset.loading;
@@ -121,11 +121,11 @@ async function act(action, resolution) {
     const lists = (r.body.lists || []).map((l) => l.what + " → " + l.list + (l.ok ? "" : " (failed)")).join(", ");
     m.textContent = action + (resolution ? " " + resolution : "") + ": done" + (lists ? "; added " + lists : "");
     m.className = "msg ok";
-    await openCase(current);
+    await openCase(current, true);
   } else {
     m.textContent = (r.status === 409 ? "Conflict: " : "") + r.body.error;
     m.className = "msg err";
-    await openCase(current);
+    await openCase(current, true);
   }
   loadQueue();
 }

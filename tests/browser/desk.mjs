@@ -31,7 +31,12 @@ try {
   await page.click("#btn-claim");
   await page.waitForFunction(() => /claim: done/.test(document.querySelector("#action-msg").textContent));
   await page.check("#list-card");
+  await page.waitForFunction((id) => /claimed/.test(document.querySelector(`#queue tr[data-txn="${id}"]`).textContent), txn);
+  await page.waitForSelector("#c-history tbody tr", { state: "visible" });
+  // tall enough to show the whole case (features and the card's history) in one picture
+  await page.setViewportSize({ width: 1366, height: 1300 });
   await page.screenshot({ path: `${shots}/desk-case.png` });
+  await page.setViewportSize({ width: 1366, height: 768 });
   await page.click("#btn-fraud");
   await page.waitForFunction(() => /resolve fraud: done/.test(document.querySelector("#action-msg").textContent));
   const msg = await page.textContent("#action-msg");

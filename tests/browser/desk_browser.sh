@@ -51,7 +51,7 @@ URL=nats://127.0.0.1:$NPORT
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$NPORT) 2>/dev/null && break; sleep 0.1; done
 
 # traffic: the default rules and model review a share of the simulated payments
-"$VERDICT" demo --nats-url "$URL" --count 600 --quiet >"$TMP/demo.log" 2>&1 || { tail -20 "$TMP/demo.log"; exit 1; }
+"$VERDICT" demo --nats-url "$URL" --count 2000 --quiet >"$TMP/demo.log" 2>&1 || { tail -20 "$TMP/demo.log"; exit 1; }
 if "$VERDICT" lists ls blocked_cards --nats-url "$URL" 2>/dev/null | tail -1 | grep -q '^[1-9][0-9]* entr'; then
     echo "desk_browser: blocked_cards is not empty before the test" >&2; exit 1
 fi
@@ -66,8 +66,9 @@ grep -q '"case created"' "$TMP/desk.log" || { echo "desk_browser: no review case
 
 # the script runs from the node dir, where its import of playwright-core resolves
 cp "$SRC/tests/browser/desk.mjs" "$NODE_DIR/desk.mjs"
-OUT=$(node "$NODE_DIR/desk.mjs" "http://127.0.0.1:$DPORT/" alice browser-secret "$SHOTS" 2>&1 | tail -1) ||
-    { echo "$OUT"; cat "$TMP/desk.log" | tail -20; exit 1; }
+node "$NODE_DIR/desk.mjs" "http://127.0.0.1:$DPORT/" alice browser-secret "$SHOTS" >"$TMP/node.log" 2>&1 ||
+    { cat "$TMP/node.log"; tail -20 "$TMP/desk.log"; exit 1; }
+OUT=$(tail -1 "$TMP/node.log")
 echo "desk_browser: browser said $OUT"
 TXN=$(printf '%s' "$OUT" | python3 -c 'import json,sys; print(json.load(sys.stdin)["txn_id"])')
 
