@@ -90,6 +90,7 @@ typedef struct desk {
     kvStore *lists_kv;
     char listen[128];
     int64_t ack_wait_ms;
+    bool start_new; /* --start new: the consumer, when this desk creates it, begins after the stored reviews */
     atomic_bool stopping;
     /* case maker */
     natsSubscription *sub;
@@ -124,7 +125,8 @@ typedef struct desk {
 
 static void help(void)
 {
-    printf("usage: verdict desk [--listen HOST:PORT] [--users-file FILE] [--ack-wait DUR] [connection options]\n\n"
+    printf("usage: verdict desk [--listen HOST:PORT] [--users-file FILE] [--ack-wait DUR] [--start all|new]\n"
+           "                    [connection options]\n\n"
            "The analysts' desk (docs/desk.md). Makes a case in the KV bucket verdict_cases for every review\n"
            "decision (durable consumer verdict_desk on DECISIONS, subjects decision.review.>), and serves the\n"
            "review page on --listen (default %s, env VERDICT_DESK_LISTEN): open cases oldest first, one case\n"
@@ -134,7 +136,9 @@ static void help(void)
            "Login: analysts and their secrets from VERDICT_DESK_USERS (\"alice:secret,bob:secret\") or\n"
            "--users-file (env VERDICT_DESK_USERS_FILE; lines name:secret). Without users the desk refuses to\n"
            "listen beyond loopback; on loopback any name logs in. Metrics: /metrics (open cases, oldest open age).\n"
-           "--ack-wait: the case maker's AckWait when it creates its consumer (default 30s).\n"
+           "--ack-wait: the case maker's AckWait when it creates its consumer (default 30s). --start: where that\n"
+           "consumer begins when this desk creates it: all (default: every review decision DECISIONS still holds\n"
+           "becomes a case) or new (only decisions stored from now on).\n"
            "Features are computed as `verdict features` does: --model (VERDICT_MODEL) names the columns.\n\n"
            "options (flag, then its environment variable):\n",
            DESK_LISTEN_DEFAULT);
@@ -392,7 +396,8 @@ static vstatus bind_maker(desk *d, verror *e)
         cc.Description = "Verdict desk: a case for every review decision";
         cc.FilterSubject = nm->review_filter;
         cc.AckPolicy = js_AckExplicit;
-        cc.DeliverPolicy = js_DeliverAll; /* a first start makes cases of the reviews already stored */
+        /* by default a first start makes cases of the reviews already stored (DECISIONS' max age bounds them) */
+        cc.DeliverPolicy = d->start_new ? js_DeliverNew : js_DeliverAll;
         cc.AckWait = d->ack_wait_ms * 1000000LL;
         cc.MaxDeliver = -1; /* a review must never be dropped: failures are naked and retried */
         cc.MaxAckPending = 1000;
@@ -1296,7 +1301,8 @@ int cmd_desk(int argc, char **argv)
     d->ack_wait_ms = 30000;
     for (int k = 0; rc == 0 && k < nrest; k++) {
         const char *a = argv[rest[k]];
-        bool valued = strcmp(a, "--listen") == 0 || strcmp(a, "--users-file") == 0 || strcmp(a, "--ack-wait") == 0;
+        bool valued = strcmp(a, "--listen") == 0 || strcmp(a, "--users-file") == 0 || strcmp(a, "--ack-wait") == 0 ||
+                      strcmp(a, "--start") == 0;
         if (!valued || k + 1 >= nrest || rest[k + 1] != rest[k] + 1) {
             fprintf(stderr, valued ? "verdict desk: %s needs a value\n" : "verdict desk: unknown argument '%s' (see --help)\n", a);
             rc = 2;
@@ -1307,7 +1313,13 @@ int cmd_desk(int argc, char **argv)
             str_copy(d->listen, sizeof d->listen, v);
         else if (strcmp(a, "--users-file") == 0)
             users_file = v;
-        else if (!duration_parse_ms(v, strlen(v), &d->ack_wait_ms) || d->ack_wait_ms < 100) {
+        else if (strcmp(a, "--start") == 0) {
+            if (strcmp(v, "all") != 0 && strcmp(v, "new") != 0) {
+                fprintf(stderr, "verdict desk: --start must be all or new, got '%s'\n", v);
+                rc = 2;
+            }
+            d->start_new = strcmp(v, "new") == 0;
+        } else if (!duration_parse_ms(v, strlen(v), &d->ack_wait_ms) || d->ack_wait_ms < 100) {
             fprintf(stderr, "verdict desk: --ack-wait needs a duration of 100ms or more, got '%s'\n", v);
             rc = 2;
         }
