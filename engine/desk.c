@@ -698,7 +698,8 @@ static enum MHD_Result api_list(desk *d, struct MHD_Connection *c)
     pthread_mutex_unlock(&d->mu);
     if (d->n && !sel)
         return reply_err(c, 500, "out of memory");
-    qsort(sel, n, sizeof *sel, cmp_created);
+    if (n > 1)
+        qsort(sel, n, sizeof *sel, cmp_created);
     json_t *arr = json_array();
     int64_t now = now_ms();
     for (size_t i = 0; arr && i < n && (long)i < limit; i++) {

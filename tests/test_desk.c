@@ -391,7 +391,8 @@ Test(desk, the_api_needs_a_session_and_a_login_needs_the_secret)
     cr_assert_not_null(sid);
     char hdr[128];
     snprintf(hdr, sizeof hdr, "Authorization: Bearer %.64s\r\n", sid + 11);
-    cr_assert_eq(http_req(port, "GET", "/api/cases", hdr, NULL, buf, sizeof buf), 200);
+    int code = http_req(port, "GET", "/api/cases", hdr, NULL, buf, sizeof buf);
+    cr_assert_eq(code, 200, "%s", buf);
     cr_assert_not_null(strstr(buf, "\"cases\":[]"));
     /* an action without the page's header is refused (a cross-site form cannot set it) */
     cr_assert_eq(http_req(port, "POST", "/api/cases/x1/claim", hdr, "{}", buf, sizeof buf), 403);
