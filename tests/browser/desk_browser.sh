@@ -59,7 +59,8 @@ fi
 DPORT=$(free_port)
 VERDICT_DESK_USERS="alice:browser-secret" "$VERDICT" desk --nats-url "$URL" --listen "127.0.0.1:$DPORT" \
     --model "$SRC/models/verdict-gbdt.json" >"$TMP/desk.log" 2>&1 &
-PIDS+=($!)
+DESK_PID=$!
+PIDS+=($DESK_PID)
 for _ in $(seq 100); do grep -q '"desk listening"' "$TMP/desk.log" && break; sleep 0.1; done
 for _ in $(seq 100); do grep -q '"case created"' "$TMP/desk.log" && break; sleep 0.1; done
 grep -q '"case created"' "$TMP/desk.log" || { echo "desk_browser: no review case was made" >&2; cat "$TMP/desk.log"; exit 1; }
@@ -83,4 +84,9 @@ N=$("$VERDICT" lists ls blocked_cards --nats-url "$URL" | tail -1)
 # the audit trail names the analyst; no secret in the log
 grep -q '"action":"resolve","txn_id":"'"$TXN"'","analyst":"alice"' "$TMP/desk.log" || { echo "no audit line" >&2; exit 1; }
 ! grep -q 'browser-secret' "$TMP/desk.log" || { echo "desk_browser: the secret is in the log" >&2; exit 1; }
+# a clean stop (under the sanitizers: no leak, no error report)
+kill -TERM "$DESK_PID"
+RC=0; wait "$DESK_PID" || RC=$?
+[ "$RC" = 0 ] || { echo "desk_browser: the desk exited with $RC at SIGTERM" >&2; tail -30 "$TMP/desk.log"; exit 1; }
+! grep -q -e 'ERROR: AddressSanitizer' -e 'runtime error:' "$TMP/desk.log" || { grep -A20 -e 'ERROR: Address' -e 'runtime error:' "$TMP/desk.log" >&2; exit 1; }
 echo "desk_browser: ok ($TXN resolved as fraud in chromium; label and list seen in NATS; screenshots in $SHOTS)"
