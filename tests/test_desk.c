@@ -160,6 +160,14 @@ Test(desk, every_review_decision_becomes_one_case_through_redeliveries_and_a_kil
     cr_assert_eq(cases_resolve(cs, "dk-002", "bob", "legitimate", &out, &e), V_OK, "%s", e.msg);
     json_decref(out);
     cases_close(cs);
+    /* another system's label (a chargeback) the same way, and one whose body names another transaction (ignored) */
+    jsPubAck *pa = NULL;
+    const char *cb = "{\"txn_id\":\"dk-004\",\"label\":\"chargeback\",\"source\":\"acquirer\"}";
+    cr_assert_eq(js_Publish(&pa, js, "label.dk-004", cb, (int)strlen(cb), NULL, NULL), NATS_OK);
+    jsPubAck_Destroy(pa);
+    const char *odd = "{\"txn_id\":\"dk-999\",\"label\":\"fraud\"}";
+    cr_assert_eq(js_Publish(&pa, js, "label.dk-005", odd, (int)strlen(odd), NULL, NULL), NATS_OK);
+    jsPubAck_Destroy(pa);
     const char *argv[] = {"verdict", "features", "--nats-url", srv.url, "--from", "1", "--labels-stream", "LABELS",
                           "--txn-ids", "--unlabelled", "skip", "--features", "amount,count(card_id,1h)", "--out", outp,
                           NULL};
@@ -168,7 +176,10 @@ Test(desk, every_review_decision_becomes_one_case_through_redeliveries_and_a_kil
     cr_assert_eq(tc_count_lines(outp, "dk-002,"), 1);
     cr_assert_eq(tc_count_lines(outp, ",fraud,1"), 1);
     cr_assert_eq(tc_count_lines(outp, ",legit,0"), 1);
-    cr_assert_eq(tc_count_lines(outp, "dk-"), 2);
+    cr_assert_eq(tc_count_lines(outp, ",chargeback,1"), 1);
+    cr_assert_eq(tc_count_lines(outp, "dk-004,"), 1);
+    cr_assert_eq(tc_count_lines(outp, "dk-005,"), 0, "a label whose body names another transaction was joined");
+    cr_assert_eq(tc_count_lines(outp, "dk-"), 3);
 
     /* the queue's age and counts: the desk's metrics and `verdict status` */
     char buf[8192], want[64];

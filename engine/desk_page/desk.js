@@ -116,16 +116,16 @@ async function act(action, resolution) {
     for (const k of ["card", "device", "ip"]) if ($("#list-" + k).checked) body.lists[k] = $("#list-" + k + "-name").value.trim();
   }
   const r = await api("POST", "/api/cases/" + encodeURIComponent(current) + "/" + action, body);
+  // the case is shown as it is now first, then the outcome of the action: what the message says is on screen
+  await openCase(current, true);
   const m = $("#action-msg");
   if (r.status === 200) {
     const lists = (r.body.lists || []).map((l) => l.what + " → " + l.list + (l.ok ? "" : " (failed)")).join(", ");
     m.textContent = action + (resolution ? " " + resolution : "") + ": done" + (lists ? "; added " + lists : "");
     m.className = "msg ok";
-    await openCase(current, true);
   } else {
     m.textContent = (r.status === 409 ? "Conflict: " : "") + r.body.error;
     m.className = "msg err";
-    await openCase(current, true);
   }
   loadQueue();
 }
