@@ -335,6 +335,15 @@ static void handle_decision(desk *d, natsMsg *m, arena *a)
 
 static vstatus bind_maker(desk *d, verror *e);
 
+/* The repair pass once the index is loaded, then every REPAIR_EVERY_MS. */
+static void maybe_repair(desk *d, int64_t *next_ms)
+{
+    if (!atomic_load(&d->loaded) || mono_ns() / 1000000 < *next_ms)
+        return;
+    repair_labels(d);
+    *next_ms = mono_ns() / 1000000 + REPAIR_EVERY_MS;
+}
+
 static void *maker_main(void *arg)
 {
     desk *d = arg;
@@ -351,16 +360,14 @@ static void *maker_main(void *arg)
             break;
         if (tries == 0)
             log_warn("no case maker yet; retrying every 2 s", "\"error\":\"%s\"", log_esc(e.msg));
+        maybe_repair(d, &next_repair);
         for (int i = 0; i < 20 && !atomic_load(&d->stopping); i++) {
             struct timespec ts = {0, 100000000};
             nanosleep(&ts, NULL);
         }
     }
     while (!atomic_load(&d->stopping)) {
-        if (atomic_load(&d->loaded) && mono_ns() / 1000000 >= next_repair) {
-            repair_labels(d);
-            next_repair = mono_ns() / 1000000 + REPAIR_EVERY_MS;
-        }
+        maybe_repair(d, &next_repair);
         natsMsgList list = {0};
         int pending = 0;
         if (natsSubscription_GetPending(d->sub, &pending, NULL) != NATS_OK)

@@ -334,6 +334,56 @@ Test(desk, of_concurrent_claimers_and_resolvers_exactly_one_wins_and_each_resolu
     cases_close(cs);
 }
 
+Test(desk, a_resolution_whose_label_was_lost_gets_it_from_the_repair_pass)
+{
+    config cfg;
+    config_defaults(&cfg);
+    cases *cs = NULL;
+    verror e = {0};
+    cr_assert_eq(cases_open(js, &cfg, &cs, &e), V_OK, "%s", e.msg);
+    Decision d;
+    verdict__v1__decision__init(&d);
+    d.txn_id = "lost-1";
+    d.outcome = VERDICT__V1__OUTCOME__OUTCOME_REVIEW;
+    d.decided_at_ms = now_ms() - 60000;
+    bool created = false;
+    cr_assert_eq(cases_create(cs, &d, 1, &created, &e), V_OK, "%s", e.msg);
+    /* what a desk killed between its resolution and the label leaves: resolved, no label_seq, no label */
+    json_t *c = NULL;
+    cr_assert_eq(cases_get(cs, "lost-1", &c, &e), V_OK);
+    uint64_t rev = (uint64_t)json_integer_value(json_object_get(c, "rev"));
+    json_object_del(c, "rev");
+    json_object_set_new(c, "state", json_string("resolved"));
+    json_object_set_new(c, "resolution", json_string("fraud"));
+    json_object_set_new(c, "resolved_by", json_string("carol"));
+    json_object_set_new(c, "resolved_at_ms", json_integer(now_ms() - 30000));
+    char *v = json_dumps(c, JSON_COMPACT);
+    cr_assert_eq(kvStore_Update(NULL, cases_kv(cs), "lost-1", v, (int)strlen(v), rev), NATS_OK);
+    free(v);
+    json_decref(c);
+    cr_assert_eq(tc_stream_msgs(js, "LABELS"), 0);
+    pid_t dk = start_desk(NULL, free_port()); /* no DECISIONS here: the repair runs all the same */
+    cr_assert_eq(tc_wait_msgs(js, "LABELS", 1, 15000), 1, "no label published by the repair; see %s", deskp);
+    bool marked = false;
+    for (int i = 0; i < 50 && !marked; i++) {
+        cr_assert_eq(cases_get(cs, "lost-1", &c, &e), V_OK);
+        marked = json_is_integer(json_object_get(c, "label_seq"));
+        json_decref(c);
+        if (!marked)
+            tc_sleep_ms(100);
+    }
+    cr_assert(marked, "the repaired label is not recorded in the case");
+    natsMsg *m = NULL;
+    cr_assert_eq(js_GetLastMsg(&m, js, "LABELS", "label.lost-1", NULL, NULL), NATS_OK);
+    cr_assert_not_null(strstr(natsMsg_GetData(m), "\"label\":\"fraud\""));
+    cr_assert_not_null(strstr(natsMsg_GetData(m), "\"by\":\"carol\""));
+    natsMsg_Destroy(m);
+    kill(dk, SIGTERM);
+    cr_assert_eq(child_wait(dk, 10000), 0);
+    cr_assert_eq(tc_stream_msgs(js, "LABELS"), 1);
+    cases_close(cs);
+}
+
 /* ---- access ----------------------------------------------------------------------------------------------- */
 
 /* A request to the desk on 127.0.0.1:port; the status code, the body into out. */
