@@ -144,17 +144,17 @@ vstatus cases_create(cases *cs, const Decision *d, uint64_t decision_seq, bool *
         return verror_set(e, V_EINVAL, "decision seq %llu: not a valid txn_id", (unsigned long long)decision_seq);
     json_t *reasons = json_array();
     for (size_t i = 0; reasons && i < d->n_reasons; i++)
-        json_array_append_new(reasons, json_pack("{s:s, s:s}", "rule_id", d->reasons[i]->rule_id ? d->reasons[i]->rule_id : "",
-                                                 "text", d->reasons[i]->text ? d->reasons[i]->text : ""));
-    json_t *o = json_pack("{s:s, s:s, s:s, s:f, s:o, s:s, s:s, s:I, s:I, s:I, s:s, s:b, s:b, s:[{s:s, s:s, s:I}]}",
-                          "txn_id", d->txn_id, "state", "open", "outcome", outcome_str(d->outcome), "score", d->score,
-                          "reasons", reasons ? reasons : json_array(), "rules_version",
-                          d->rules_version ? d->rules_version : "", "model_version",
-                          d->model_version ? d->model_version : "", "decided_at_ms", (json_int_t)d->decided_at_ms,
-                          "created_at_ms", (json_int_t)d->decided_at_ms, "decision_seq", (json_int_t)decision_seq,
-                          "engine_id", d->engine_id ? d->engine_id : "", "degraded", d->degraded,
-                          "budget_exceeded", d->budget_exceeded, "history", "action", "created", "by", "desk",
-                          "at_ms", (json_int_t)now_ms());
+        json_array_append_new(reasons,
+                              json_pack("{s:s, s:s}", "rule_id", d->reasons[i]->rule_id ? d->reasons[i]->rule_id : "",
+                                        "text", d->reasons[i]->text ? d->reasons[i]->text : ""));
+    json_t *o = json_pack(
+        "{s:s, s:s, s:s, s:f, s:o, s:s, s:s, s:I, s:I, s:I, s:s, s:b, s:b, s:[{s:s, s:s, s:I}]}", "txn_id", d->txn_id,
+        "state", "open", "outcome", outcome_str(d->outcome), "score", d->score, "reasons",
+        reasons ? reasons : json_array(), "rules_version", d->rules_version ? d->rules_version : "", "model_version",
+        d->model_version ? d->model_version : "", "decided_at_ms", (json_int_t)d->decided_at_ms, "created_at_ms",
+        (json_int_t)d->decided_at_ms, "decision_seq", (json_int_t)decision_seq, "engine_id",
+        d->engine_id ? d->engine_id : "", "degraded", d->degraded, "budget_exceeded", d->budget_exceeded, "history",
+        "action", "created", "by", "desk", "at_ms", (json_int_t)now_ms());
     if (!o)
         return verror_set(e, V_ENOMEM, "out of memory");
     uint64_t rev = 0;

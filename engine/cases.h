@@ -22,10 +22,10 @@
 #define CASES_ANALYST_MAX 64
 
 typedef struct cases_names {
-    char bucket[NAME_MAX_LEN];        /* verdict_cases (p_verdict_cases with --prefix p) */
-    char labels_stream[NAME_MAX_LEN]; /* LABELS (P_LABELS) */
-    char label_prefix[NAME_MAX_LEN];  /* label (p.label): subjects label.<txn_id> */
-    char consumer[NAME_MAX_LEN];      /* verdict_desk: the desk's durable on DECISIONS */
+    char bucket[NAME_MAX_LEN];             /* verdict_cases (p_verdict_cases with --prefix p) */
+    char labels_stream[NAME_MAX_LEN];      /* LABELS (P_LABELS) */
+    char label_prefix[NAME_MAX_LEN];       /* label (p.label): subjects label.<txn_id> */
+    char consumer[NAME_MAX_LEN];           /* verdict_desk: the desk's durable on DECISIONS */
     char review_filter[NAME_MAX_LEN + 16]; /* decision.review.> */
 } cases_names;
 

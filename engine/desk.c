@@ -421,8 +421,8 @@ static vstatus bind_maker(desk *d, verror *e)
     s = js_PullSubscribe(&d->sub, d->c.js, "", nm->consumer, NULL, &so, &jerr);
     if (s != NATS_OK)
         return broker_err(e, s, jerr, "cannot bind the desk's consumer");
-    log_info("case maker bound", "\"stream\":\"%s\",\"consumer\":\"%s\",\"filter\":\"%s\"",
-             d->c.cfg.decisions_stream, nm->consumer, nm->review_filter);
+    log_info("case maker bound", "\"stream\":\"%s\",\"consumer\":\"%s\",\"filter\":\"%s\"", d->c.cfg.decisions_stream,
+             nm->consumer, nm->review_filter);
     return V_OK;
 }
 
@@ -638,9 +638,11 @@ static size_t metrics(desk *d, char *buf, size_t cap)
         "# HELP verdict_desk_cases Cases in the verdict_cases bucket by state.\n# TYPE verdict_desk_cases gauge\n"
         "verdict_desk_cases{state=\"open\"} %lld\nverdict_desk_cases{state=\"claimed\"} %lld\n"
         "verdict_desk_cases{state=\"resolved\"} %lld\n"
-        "# HELP verdict_desk_oldest_unresolved_age_seconds Age of the oldest open or claimed case (since its decision).\n"
+        "# HELP verdict_desk_oldest_unresolved_age_seconds Age of the oldest open or claimed case (since its "
+        "decision).\n"
         "# TYPE verdict_desk_oldest_unresolved_age_seconds gauge\nverdict_desk_oldest_unresolved_age_seconds %.3f\n"
-        "# HELP verdict_desk_cases_created_total Cases this desk created.\n# TYPE verdict_desk_cases_created_total counter\n"
+        "# HELP verdict_desk_cases_created_total Cases this desk created.\n# TYPE verdict_desk_cases_created_total "
+        "counter\n"
         "verdict_desk_cases_created_total %lld\n"
         "# HELP verdict_desk_decisions_already_cases_total Review decisions delivered again whose case existed.\n"
         "# TYPE verdict_desk_decisions_already_cases_total counter\nverdict_desk_decisions_already_cases_total %lld\n"
@@ -648,7 +650,8 @@ static size_t metrics(desk *d, char *buf, size_t cap)
         "# TYPE verdict_desk_case_failures_total counter\nverdict_desk_case_failures_total %lld\n"
         "# HELP verdict_desk_labels_repaired_total Labels published by the repair pass.\n"
         "# TYPE verdict_desk_labels_repaired_total counter\nverdict_desk_labels_repaired_total %lld\n"
-        "# HELP verdict_desk_index_loaded 1 once the case index holds every case.\n# TYPE verdict_desk_index_loaded gauge\n"
+        "# HELP verdict_desk_index_loaded 1 once the case index holds every case.\n# TYPE verdict_desk_index_loaded "
+        "gauge\n"
         "verdict_desk_index_loaded %d\n",
         open, claimed, resolved, oldest ? (double)(now - oldest) / 1000.0 : 0.0, (long long)atomic_load(&d->created),
         (long long)atomic_load(&d->existed), (long long)atomic_load(&d->failed),
@@ -711,12 +714,11 @@ static enum MHD_Result api_list(desk *d, struct MHD_Connection *c)
     int64_t now = now_ms();
     for (size_t i = 0; arr && i < n && (long)i < limit; i++) {
         const ixe *e = &sel[i];
-        json_array_append_new(arr, json_pack("{s:s, s:s, s:f, s:s, s:I, s:I, s:s, s:s, s:s, s:I}", "txn_id", e->txn_id,
-                                             "state", e->state, "score", e->score, "reasons", e->reasons,
-                                             "created_at_ms", (json_int_t)e->created_at_ms, "age_s",
-                                             (json_int_t)((now - e->created_at_ms) / 1000), "claimed_by", e->claimed_by,
-                                             "resolution", e->resolution, "resolved_by", e->resolved_by, "rev",
-                                             (json_int_t)e->rev));
+        json_array_append_new(
+            arr, json_pack("{s:s, s:s, s:f, s:s, s:I, s:I, s:s, s:s, s:s, s:I}", "txn_id", e->txn_id, "state", e->state,
+                           "score", e->score, "reasons", e->reasons, "created_at_ms", (json_int_t)e->created_at_ms,
+                           "age_s", (json_int_t)((now - e->created_at_ms) / 1000), "claimed_by", e->claimed_by,
+                           "resolution", e->resolution, "resolved_by", e->resolved_by, "rev", (json_int_t)e->rev));
     }
     free(sel);
     return reply_json(c, 200,
@@ -728,7 +730,6 @@ static enum MHD_Result api_list(desk *d, struct MHD_Connection *c)
 }
 
 /* ---- one case's detail: the transaction (masked), the features serving computed, the card's decisions ---- */
-
 
 typedef struct feat_ctx {
     desk *d;
@@ -788,8 +789,9 @@ static json_t *features_json(desk *d, uint64_t seq, char *why, size_t cap)
             json_array_append_new(arr, json_pack("{s:s, s:o}", "name", d->reg->defs[d->ids[i]].name, "value", val));
         }
         if (hs.warm_truncated)
-            snprintf(why, cap, "TXN no longer holds the whole window before this transaction: velocity features "
-                               "may read low");
+            snprintf(why, cap,
+                     "TXN no longer holds the whole window before this transaction: velocity features "
+                     "may read low");
     }
     velocity_free(f->v);
     free(f);
@@ -853,8 +855,8 @@ static json_t *card_history(desk *d, const char *card_id, int64_t from_ns, char 
         arena_reset(&a);
         Transaction *t = NULL;
         poison_reason pr;
-        if (txn_decode(&a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), (size_t)d->c.cfg.max_msg_size, &t,
-                       &pr, NULL) == V_OK &&
+        if (txn_decode(&a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), (size_t)d->c.cfg.max_msg_size, &t, &pr,
+                       NULL) == V_OK &&
             strcmp(t->card_id, card_id) == 0) {
             hist_row *h = &rows[found++ % CARD_HISTORY_MAX];
             str_copy(h->txn_id, sizeof h->txn_id, t->txn_id);
@@ -886,8 +888,8 @@ static json_t *card_history(desk *d, const char *card_id, int64_t from_ns, char 
                 score = dec->score;
                 size_t len = 0;
                 for (size_t i = 0; i < dec->n_reasons; i++) {
-                    int w = snprintf(reasons + len, sizeof reasons - len, "%s%s", len ? "," : "",
-                                     dec->reasons[i]->rule_id);
+                    int w =
+                        snprintf(reasons + len, sizeof reasons - len, "%s%s", len ? "," : "", dec->reasons[i]->rule_id);
                     if (w < 0 || (size_t)w >= sizeof reasons - len)
                         break;
                     len += (size_t)w;
@@ -989,8 +991,8 @@ static enum MHD_Result api_case(desk *d, struct MHD_Connection *c, const char *t
     if (dt)
         det = json_loads(dt->json, 0, NULL);
     pthread_mutex_unlock(&d->detail_mu);
-    return reply_json(c, 200, json_pack("{s:o, s:o, s:s}", "case", cs, "detail", det ? det : json_null(), "detail_note", why),
-                      NULL);
+    return reply_json(
+        c, 200, json_pack("{s:o, s:o, s:s}", "case", cs, "detail", det ? det : json_null(), "detail_note", why), NULL);
 }
 
 /* Adds the case's card, device or IP (what names a list in lists) to those lists; the values stay server-side. */
@@ -1049,8 +1051,8 @@ static enum MHD_Result api_action(desk *d, struct MHD_Connection *c, const char 
     if (st != V_OK) {
         json_decref(lists_done);
         unsigned code = st == V_ECONFLICT ? 409 : st == V_ENOTFOUND ? 404 : st == V_EINVAL ? 400 : 502;
-        return reply_json(c, code, json_pack("{s:s, s:s}", "error", e.msg, "conflict", st == V_ECONFLICT ? "yes" : "no"),
-                          NULL);
+        return reply_json(c, code,
+                          json_pack("{s:s, s:s}", "error", e.msg, "conflict", st == V_ECONFLICT ? "yes" : "no"), NULL);
     }
     return reply_json(c, 200, json_pack("{s:o, s:o}", "case", out, "lists", lists_done), NULL);
 }
@@ -1150,9 +1152,9 @@ static enum MHD_Result on_http(void *cls, struct MHD_Connection *c, const char *
     if (post && (!xr || strcmp(xr, "1") != 0))
         return reply_err(c, 403, "missing X-Verdict-Desk header");
     if (!post && strcmp(url, "/api/me") == 0)
-        return reply_json(c, 200, json_pack("{s:s, s:s}", "user", analyst, "labels_stream",
-                                             cases_get_names(d->cs)->labels_stream),
-                          NULL);
+        return reply_json(
+            c, 200, json_pack("{s:s, s:s}", "user", analyst, "labels_stream", cases_get_names(d->cs)->labels_stream),
+            NULL);
     if (post && strcmp(url, "/api/logout") == 0) {
         session_end(d, analyst, c);
         log_info("logout", "\"audit\":true,\"analyst\":\"%s\"", analyst);
@@ -1312,7 +1314,9 @@ int cmd_desk(int argc, char **argv)
         bool valued = strcmp(a, "--listen") == 0 || strcmp(a, "--users-file") == 0 || strcmp(a, "--ack-wait") == 0 ||
                       strcmp(a, "--start") == 0;
         if (!valued || k + 1 >= nrest || rest[k + 1] != rest[k] + 1) {
-            fprintf(stderr, valued ? "verdict desk: %s needs a value\n" : "verdict desk: unknown argument '%s' (see --help)\n", a);
+            fprintf(stderr,
+                    valued ? "verdict desk: %s needs a value\n" : "verdict desk: unknown argument '%s' (see --help)\n",
+                    a);
             rc = 2;
             break;
         }
@@ -1347,8 +1351,9 @@ int cmd_desk(int argc, char **argv)
         return 2;
     }
     if (!loopback && d->nusers == 0) {
-        fprintf(stderr, "verdict desk: refusing to listen on %s without a login: set VERDICT_DESK_USERS or "
-                        "--users-file (analyst:secret), or listen on 127.0.0.1\n",
+        fprintf(stderr,
+                "verdict desk: refusing to listen on %s without a login: set VERDICT_DESK_USERS or "
+                "--users-file (analyst:secret), or listen on 127.0.0.1\n",
                 d->listen);
         desk_free(d);
         return 2;
@@ -1385,13 +1390,16 @@ int cmd_desk(int argc, char **argv)
         return 1;
     }
     errno = 0;
-    d->httpd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, ntohs(sa.sin_port), NULL, NULL,
-                                on_http, d, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_SOCK_ADDR,
-                                (struct sockaddr *)&sa, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)4,
-                                MHD_OPTION_NOTIFY_COMPLETED, on_done, NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30, MHD_OPTION_END);
+    d->httpd =
+        MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, ntohs(sa.sin_port), NULL, NULL, on_http,
+                         d, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+                         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)4, MHD_OPTION_NOTIFY_COMPLETED, on_done, NULL,
+                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30, MHD_OPTION_END);
     if (!d->httpd) {
         fprintf(stderr, "verdict desk: cannot listen on %s: %s\n", d->listen,
-                errno == EADDRINUSE ? "the port is in use" : errno ? strerror(errno) : "failed");
+                errno == EADDRINUSE ? "the port is in use"
+                : errno             ? strerror(errno)
+                                    : "failed");
         desk_free(d);
         return 1;
     }

@@ -168,8 +168,21 @@ Test(desk, every_review_decision_becomes_one_case_through_redeliveries_and_a_kil
     const char *odd = "{\"txn_id\":\"dk-999\",\"label\":\"fraud\"}";
     cr_assert_eq(js_Publish(&pa, js, "label.dk-005", odd, (int)strlen(odd), NULL, NULL), NATS_OK);
     jsPubAck_Destroy(pa);
-    const char *argv[] = {"verdict", "features", "--nats-url", srv.url, "--from", "1", "--labels-stream", "LABELS",
-                          "--txn-ids", "--unlabelled", "skip", "--features", "amount,count(card_id,1h)", "--out", outp,
+    const char *argv[] = {"verdict",
+                          "features",
+                          "--nats-url",
+                          srv.url,
+                          "--from",
+                          "1",
+                          "--labels-stream",
+                          "LABELS",
+                          "--txn-ids",
+                          "--unlabelled",
+                          "skip",
+                          "--features",
+                          "amount,count(card_id,1h)",
+                          "--out",
+                          outp,
                           NULL};
     cr_assert_eq(child_wait(verdict_spawn(argv, logp), 60000), 0);
     cr_assert_eq(tc_count_lines(outp, "dk-001,"), 1);
@@ -399,7 +412,8 @@ static int http_req(int port, const char *method, const char *path, const char *
         return -1;
     }
     char req[2048];
-    int n = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%sContent-Length: %zu\r\n\r\n%s",
+    int n = snprintf(req, sizeof req,
+                     "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%sContent-Length: %zu\r\n\r\n%s",
                      method, path, hdrs ? hdrs : "", body ? strlen(body) : 0, body ? body : "");
     if (write(fd, req, (size_t)n) != n) {
         close(fd);
@@ -437,12 +451,13 @@ Test(desk, the_api_needs_a_session_and_a_login_needs_the_secret)
     cr_assert(file_wait_for(deskp, "desk listening", 15000), "desk did not start; see %s", deskp);
     char buf[16384];
     cr_assert_eq(http_req(port, "GET", "/api/cases", NULL, NULL, buf, sizeof buf), 401);
-    cr_assert_eq(http_req(port, "GET", "/api/cases/abc", "Authorization: Bearer "
-                                                         "0000000000000000000000000000000000000000000000000000000000000000\r\n",
+    cr_assert_eq(http_req(port, "GET", "/api/cases/abc",
+                          "Authorization: Bearer "
+                          "0000000000000000000000000000000000000000000000000000000000000000\r\n",
                           NULL, buf, sizeof buf),
                  401);
-    cr_assert_eq(http_req(port, "POST", "/api/login", NULL, "{\"user\":\"alice\",\"secret\":\"wrong\"}", buf, sizeof buf),
-                 401);
+    cr_assert_eq(
+        http_req(port, "POST", "/api/login", NULL, "{\"user\":\"alice\",\"secret\":\"wrong\"}", buf, sizeof buf), 401);
     cr_assert_eq(http_req(port, "POST", "/api/login", NULL, "{\"user\":\"mallory\",\"secret\":\"\"}", buf, sizeof buf),
                  401);
     cr_assert_eq(http_req(port, "POST", "/api/login", NULL, "{\"user\":\"alice\",\"secret\":\"correct-horse\"}", buf,
