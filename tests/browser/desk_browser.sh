@@ -61,8 +61,8 @@ VERDICT_DESK_USERS="alice:browser-secret" "$VERDICT" desk --nats-url "$URL" --li
     --model "$SRC/models/verdict-gbdt.json" >"$TMP/desk.log" 2>&1 &
 DESK_PID=$!
 PIDS+=($DESK_PID)
-for _ in $(seq 100); do grep -q '"desk listening"' "$TMP/desk.log" && break; sleep 0.1; done
-for _ in $(seq 100); do grep -q '"case created"' "$TMP/desk.log" && break; sleep 0.1; done
+for _ in $(seq 100); do grep -qs '"desk listening"' "$TMP/desk.log" && break; sleep 0.1; done
+for _ in $(seq 100); do grep -qs '"case created"' "$TMP/desk.log" && break; sleep 0.1; done
 grep -q '"case created"' "$TMP/desk.log" || { echo "desk_browser: no review case was made" >&2; cat "$TMP/desk.log"; exit 1; }
 
 # the script runs from the node dir, where its import of playwright-core resolves
