@@ -52,9 +52,10 @@ bench: deps
 	$(BUILD)/verdict bench model
 	$(BUILD)/verdict bench state
 
+# MODEL_ARGS="--table table.csv" trains on a `verdict features` table of real, labelled history (docs/desk.md)
 model: deps
 	@$(MAKE) --no-print-directory build
-	/usr/bin/python3 tools/train_model.py --verdict $(BUILD)/verdict
+	/usr/bin/python3 tools/train_model.py --verdict $(BUILD)/verdict $(MODEL_ARGS)
 
 # every libFuzzer target for SECONDS each (default 60); TARGETS="decode gbdt" picks some
 fuzz: deps

@@ -37,4 +37,11 @@ void cliconn_time_ns(int64_t ns, char *out, size_t cap);
 /* The first and last sequence of a stream; false if it does not exist. */
 bool cliconn_stream_range(jsCtx *js, const char *stream, uint64_t *first, uint64_t *last);
 
+/* Defined in decision_cli.c, shared with the desk (desk.c): the stored decision of txn_id under any outcome
+ * (NATS_OK with *out, NATS_NOT_FOUND, or the failure), and a decided transaction's TXN message found near the
+ * decision's store time (NULL with the reason on stderr). The caller destroys the messages. */
+struct Verdict__V1__Decision;
+natsStatus decision_lookup(cliconn *c, const char *txn_id, natsMsg **out);
+natsMsg *decision_find_txn(cliconn *c, const struct Verdict__V1__Decision *d);
+
 #endif

@@ -53,7 +53,7 @@ enum { EXIT_DECIDED = 0, EXIT_CANNOT_TELL = 1, EXIT_UNKNOWN = 3, EXIT_PENDING = 
 #define SCAN_READ_MS 5000
 
 /* The stored decision of txn_id under any outcome: NATS_OK with *out, NATS_NOT_FOUND, or the failure. */
-static natsStatus lookup(cliconn *c, const char *txn_id, natsMsg **out)
+natsStatus decision_lookup(cliconn *c, const char *txn_id, natsMsg **out)
 {
     for (size_t i = 0; i < sizeof outcomes / sizeof outcomes[0]; i++) {
         char subj[NAME_MAX_LEN + 96];
@@ -207,7 +207,7 @@ static const char *dash(const char *s) { return s && s[0] ? s : "-"; }
 #define TXN_SEARCH_MARGIN_NS (10LL * 1000000000LL)
 
 /* The TXN message of txn_id near the decision's time, or NULL (with a reason on stderr). */
-static natsMsg *find_txn(cliconn *c, const Decision *d)
+natsMsg *decision_find_txn(cliconn *c, const Decision *d)
 {
     int64_t stored_ns = d->decided_at_ms * 1000000LL - (d->latency_us + d->queued_us) * 1000LL;
     stream_reader *r = NULL;
@@ -397,7 +397,7 @@ int cmd_decision(int argc, char **argv)
         floor = ci->AckFloor.Stream; /* no consumer yet: nothing finished, all of TXN is pending */
     jsConsumerInfo_Destroy(ci);
     natsMsg *m = NULL;
-    natsStatus s = lookup(&c, id, &m);
+    natsStatus s = decision_lookup(&c, id, &m);
     if (s == NATS_NOT_FOUND) {
         rc = where_undecided(&c, id, floor, scan_max, json);
     } else if (s != NATS_OK) {
@@ -420,7 +420,7 @@ int cmd_decision(int argc, char **argv)
                     natsMsg_GetSubject(m));
             rc = 1;
         } else {
-            natsMsg *tm = with_txn ? find_txn(&c, d) : NULL;
+            natsMsg *tm = with_txn ? decision_find_txn(&c, d) : NULL;
             Transaction *t = tm ? verdict__v1__transaction__unpack(NULL, (size_t)natsMsg_GetDataLength(tm),
                                                                    (const uint8_t *)natsMsg_GetData(tm))
                                 : NULL;

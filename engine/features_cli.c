@@ -20,13 +20,14 @@
 #include "velocity.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 /* The shipped model's inputs (docs/model.md). */
-static const char *default_features =
+static const char *const default_features =
     "amount,amount_minor,mcc,hour_of_day,day_of_week,cross_border,ip_country_mismatch,channel_code,"
     "count(card_id,10m),count(card_id,1h),count(card_id,24h),sum(amount_minor,card_id,1h),"
     "sum(amount_minor,card_id,24h),distinct(card_id,device_id,24h),distinct(card_id,ip_country,24h),"
@@ -70,8 +71,10 @@ static void features_help(void)
     config_print_help(stdout, "names");
 }
 
+const char *features_default_list(void) { return default_features; }
+
 /* Splits a comma list at top level (commas inside parentheses belong to the name). */
-static int split_features(const char *s, char names[][FEAT_NAME_MAX], int max)
+int features_split(const char *s, char names[][FEAT_NAME_MAX], int max)
 {
     int n = 0, depth = 0;
     size_t len = 0;
@@ -328,6 +331,19 @@ static bool labels_read_stream(labels *l, jsCtx *js, const char *stream)
         size_t len = (size_t)natsMsg_GetDataLength(m);
         while (len && (data[len - 1] == '\n' || data[len - 1] == '\r' || data[len - 1] == ' '))
             len--;
+        /* a JSON label ({"label": ..., docs/desk.md, what the desk publishes) or the bare label word */
+        json_t *j = len && data[0] == '{' ? json_loadb(data, len, 0, NULL) : NULL;
+        char word[LABEL_MAX + 1] = "";
+        if (len && data[0] == '{') {
+            const char *lv = json_string_value(json_object_get(j, "label"));
+            const char *jid = json_string_value(json_object_get(j, "txn_id"));
+            /* a txn_id inside must agree with the subject's: a mismatch is not a label */
+            if (lv && strlen(lv) <= LABEL_MAX && (!jid || strcmp(jid, id) == 0))
+                str_copy(word, sizeof word, lv);
+            data = word;
+            len = strlen(word);
+        }
+        json_decref(j);
         char err[96];
         if (!txn_id_valid(id) || !label_valid(data, len)) {
             if (!bad++)
@@ -733,7 +749,7 @@ static int resolve_columns(table *tb, const char *model_path, const char *list)
         return 0;
     }
     static char names[FEAT_MAX][FEAT_NAME_MAX];
-    tb->nf = split_features(list, names, FEAT_MAX);
+    tb->nf = features_split(list, names, FEAT_MAX);
     if (tb->nf == 0) {
         fprintf(stderr, "verdict features: --features names no feature\n");
         return 2;

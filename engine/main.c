@@ -23,6 +23,7 @@ static const command commands[] = {
     {"status", cmd_status, "streams, the consumer and every running engine at a glance (readable or --json)"},
     {"watch", cmd_watch, "follow decisions live, one line each, filtered by outcome, rule, card or txn id"},
     {"decision", cmd_decision, "print the decision stored for one transaction id (readable or --json)"},
+    {"desk", cmd_desk, "the analysts' desk: a case per review decision, a web page to resolve them, labels"},
     {"dlq", cmd_dlq, "list, show and replay dead letters"},
     {"audit", cmd_audit, "prove every transaction has exactly one decision or one dead letter"},
     {"bench", cmd_bench, "benchmarks against a bare JetStream baseline (throughput, latency)"},

@@ -4,6 +4,7 @@
  * $SRV.STATS.verdict (id, version, rules and model versions, uptime, decisions, requests, errors). Read-only: stream
  * and consumer info and one service request; nothing is created. One JSON model is built and printed as a table or as
  * JSON. */
+#include "cases.h"
 #include "cli.h"
 #include "cliconn.h"
 #include "lease.h"
@@ -15,6 +16,8 @@
 #include <time.h>
 
 #define WAIT_DEFAULT_MS 500
+/* the review queue's summary reads every case (a watcher to the end of the bucket); beyond this many it stops */
+#define CASES_READ_MAX 200000
 
 static const char *nz(const char *s) { return s ? s : ""; }
 
@@ -25,7 +28,8 @@ static void status_help(void)
            "and time, replicas, leader), the engines' consumer on TXN and the DLQ worker's on VERDICT_ADVISORIES\n"
            "(pending, ack pending, redelivered, waiting pulls, ack floor), and every engine that answers\n"
            "$SRV.STATS.verdict within --wait (default %d ms, 50-10000): id, version, rules and model versions,\n"
-           "uptime, decisions, requests and errors.\n"
+           "uptime, decisions, requests and errors; and the review queue (verdict_cases): open, claimed and resolved\n"
+           "cases and the age of the oldest unresolved one (docs/desk.md).\n"
            "--json prints one JSON object instead. Creates nothing.\n"
            "Exit status: 0 read (a missing stream or consumer is reported, not an error), 1 the server cannot be\n"
            "reached, 2 usage errors.\n\n"
@@ -195,6 +199,50 @@ static void human_uptime(json_int_t s, char *out, size_t cap)
         snprintf(out, cap, "%lldd%02lldh", (long long)s / 86400, (long long)s % 86400 / 3600);
 }
 
+/* The review queue (docs/desk.md): cases by state and the age of the oldest unresolved one, read from the cases
+ * bucket without creating it. */
+static json_t *cases_json(cliconn *c)
+{
+    cases_names nm;
+    cases_names_of(&c->cfg, &nm);
+    kvStore *kv = NULL;
+    natsStatus s = js_KeyValue(&kv, c->js, nm.bucket);
+    if (s != NATS_OK)
+        return json_pack("{s:s, s:b, s:s}", "bucket", nm.bucket, "exists", false, "error",
+                         s == NATS_NOT_FOUND ? "not found" : natsStatus_GetText(s));
+    kvWatchOptions wo;
+    kvWatchOptions_Init(&wo);
+    wo.IgnoreDeletes = true;
+    kvWatcher *w = NULL;
+    long long open = 0, claimed = 0, resolved = 0, n = 0;
+    int64_t oldest = 0;
+    bool complete = false;
+    if (kvStore_WatchAll(&w, kv, &wo) == NATS_OK) {
+        for (kvEntry *e = NULL; n < CASES_READ_MAX && kvWatcher_Next(&e, w, 5000) == NATS_OK; n++) {
+            if (!e) {
+                complete = true;
+                break;
+            }
+            json_t *o = json_loadb(kvEntry_Value(e), (size_t)kvEntry_ValueLen(e), 0, NULL);
+            const char *st = json_string_value(json_object_get(o, "state"));
+            int64_t at = (int64_t)json_integer_value(json_object_get(o, "created_at_ms"));
+            bool unresolved = st && (strcmp(st, "open") == 0 || strcmp(st, "claimed") == 0);
+            open += st && strcmp(st, "open") == 0;
+            claimed += st && strcmp(st, "claimed") == 0;
+            resolved += st && strcmp(st, "resolved") == 0;
+            if (unresolved && at > 0 && (!oldest || at < oldest))
+                oldest = at;
+            json_decref(o);
+            kvEntry_Destroy(e);
+        }
+        kvWatcher_Destroy(w);
+    }
+    kvStore_Destroy(kv);
+    return json_pack("{s:s, s:b, s:b, s:I, s:I, s:I, s:I}", "bucket", nm.bucket, "exists", true, "complete", complete,
+                     "open", (json_int_t)open, "claimed", (json_int_t)claimed, "resolved", (json_int_t)resolved,
+                     "oldest_unresolved_age_s", (json_int_t)(oldest ? (now_ms() - oldest) / 1000 : 0));
+}
+
 #define I(o, k) ((long long)json_integer_value(json_object_get((o), (k))))
 #define S(o, k) (nz(json_string_value(json_object_get((o), (k)))))
 
@@ -246,6 +294,16 @@ static void print_text(const json_t *st, int wait_ms)
         printf("\nLEASE %s: owned by %s, epoch %lld, TTL %lld ms, renewed %lld ms ago%s\n", S(ls, "name"),
                S(ls, "owner"), I(ls, "epoch"), I(ls, "ttl_ms"), I(ls, "renewed_ms_ago"),
                I(ls, "renewed_ms_ago") > I(ls, "ttl_ms") ? " (lapsed: a standby takes it over)" : "");
+    const json_t *cs = json_object_get(st, "cases");
+    if (!json_is_true(json_object_get(cs, "exists"))) {
+        printf("\nCASES %s: %s (no `verdict desk` has run)\n", S(cs, "bucket"), S(cs, "error"));
+    } else {
+        char age[32];
+        human_uptime(I(cs, "oldest_unresolved_age_s"), age, sizeof age);
+        printf("\nCASES %s%s\n  open %lld   claimed %lld   resolved %lld   oldest unresolved %s\n", S(cs, "bucket"),
+               json_is_true(json_object_get(cs, "complete")) ? "" : " (not all read)", I(cs, "open"), I(cs, "claimed"),
+               I(cs, "resolved"), I(cs, "open") + I(cs, "claimed") ? age : "-");
+    }
     const json_t *en = json_object_get(st, "engines");
     printf("\nENGINES (%zu answered $SRV.STATS.verdict within %d ms)\n", json_array_size(en), wait_ms);
     if (json_array_size(en) == 0)
@@ -305,10 +363,10 @@ int cmd_status(int argc, char **argv)
     /* the DLQ worker's durable is the engines' name with _dlq (engine/dlq.c) */
     char dlq_consumer[NAME_MAX_LEN + 8];
     snprintf(dlq_consumer, sizeof dlq_consumer, "%s_dlq", c.cfg.consumer);
-    json_t *st = json_pack("{s:o, s:o, s:o, s:o, s:o}", "streams", streams, "consumer",
+    json_t *st = json_pack("{s:o, s:o, s:o, s:o, s:o, s:o}", "streams", streams, "consumer",
                            consumer_json(&c, c.cfg.txn_stream, c.cfg.consumer), "dlq_consumer",
-                           consumer_json(&c, c.cfg.adv_stream, dlq_consumer), "lease", lease_json(&c), "engines",
-                           engines_json(&c, wait_ms));
+                           consumer_json(&c, c.cfg.adv_stream, dlq_consumer), "lease", lease_json(&c), "cases",
+                           cases_json(&c), "engines", engines_json(&c, wait_ms));
     if (!st) {
         fprintf(stderr, "verdict status: out of memory\n");
         cliconn_close(&c);
