@@ -129,24 +129,10 @@ static bool spawn_engine(int k)
     return true;
 }
 
-/* Lines of path containing needle. */
-static int lines_with(const char *path, const char *needle)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    char line[4096];
-    int n = 0;
-    while (fgets(line, sizeof line, f))
-        n += strstr(line, needle) != NULL;
-    fclose(f);
-    return n;
-}
-
 static bool wait_lines(int k, const char *needle, int before, int timeout_ms)
 {
     for (int waited = 0; waited < timeout_ms; waited += 20) {
-        if (lines_with(fo.eng[k].log, needle) > before)
+        if (file_count_lines(fo.eng[k].log, needle) > before)
             return true;
         if (waitpid(fo.eng[k].pid, NULL, WNOHANG) != 0)
             return false;
@@ -194,7 +180,7 @@ static bool round_once(int sig, int64_t *gap_ms)
         return false;
     }
     int other = 1 - owner;
-    int standing = lines_with(fo.eng[owner].log, "standing by: another engine owns the consumer");
+    int standing = file_count_lines(fo.eng[owner].log, "standing by: another engine owns the consumer");
     pthread_mutex_lock(&fo.mu);
     fo.want = other;
     fo.first_ms = 0;

@@ -168,3 +168,16 @@ vstatus file_read(const char *path, size_t max, char **buf, size_t *len, verror 
     *len = n;
     return V_OK;
 }
+
+int file_count_lines(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    char line[8192];
+    int n = 0;
+    while (fgets(line, sizeof line, f))
+        n += strstr(line, needle) != NULL;
+    fclose(f);
+    return n;
+}

@@ -60,6 +60,10 @@ bool duration_parse_ms(const char *s, size_t len, int64_t *out_ms);
  * V_ENOMEM; the message does not repeat the path, so callers can prefix it in their own format. */
 vstatus file_read(const char *path, size_t max, char **buf, size_t *len, verror *e);
 
+/* How many lines of the file at path contain needle (0 when it cannot be read); lines longer than 8 KiB count
+ * once per 8 KiB piece. For logs: tests and benches wait on what a process has said. */
+int file_count_lines(const char *path, const char *needle);
+
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 #endif

@@ -162,15 +162,7 @@ static void burst_txn(int i)
 /* How many lines of the engine log contain needle. */
 static int log_count(const char *needle)
 {
-    FILE *f = fopen(logp, "r");
-    if (!f)
-        return 0;
-    char line[4096];
-    int n = 0;
-    while (fgets(line, sizeof line, f))
-        n += strstr(line, needle) != NULL;
-    fclose(f);
-    return n;
+    return tc_count_lines(logp, needle);
 }
 
 /* What the cluster says about the consumer and streams, for a failed run. */

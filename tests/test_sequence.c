@@ -228,16 +228,14 @@ static int reference_scores(void)
     return n;
 }
 
-/* Compares every stored decision with the reference; returns the number that differ (and prints a few). */
-static int compare_decisions(int *decisions, int *degraded)
+/* Calls fn for every stored decision, in DECISIONS order. */
+static void each_decision(void (*fn)(const Decision *d, void *ctx), void *ctx)
 {
     stream_reader *r = NULL;
     verror e = {0};
     cr_assert_eq(stream_reader_open(js, "DECISIONS", NULL, 1, 0, &r, &e), V_OK, "%s", e.msg);
     arena a;
     cr_assert_eq(arena_init(&a, 1 << 20), V_OK);
-    int diff = 0;
-    *decisions = *degraded = 0;
     for (;;) {
         natsMsg *m = NULL;
         uint64_t seq;
@@ -249,20 +247,39 @@ static int compare_decisions(int *decisions, int *degraded)
         arena_reset(&a);
         Decision *d = decision_decode(&a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
         cr_assert_not_null(d);
-        entry *en = slot_of(d->txn_id);
-        cr_assert(en->used, "a decision for %s, which the stream does not hold", d->txn_id);
-        (*decisions)++;
-        *degraded += d->degraded;
-        if (d->score != en->score) {
-            if (diff < 5)
-                fprintf(stderr, "  %s: served %.6f, stream order %.6f\n", d->txn_id, d->score, en->score);
-            diff++;
-        }
+        fn(d, ctx);
         natsMsg_Destroy(m);
     }
     stream_reader_close(r);
     arena_free(&a);
-    return diff;
+}
+
+typedef struct comparison {
+    int diff, decisions, degraded;
+} comparison;
+
+static void compare_one(const Decision *d, void *ctx)
+{
+    comparison *c = ctx;
+    entry *en = slot_of(d->txn_id);
+    cr_assert(en->used, "a decision for %s, which the stream does not hold", d->txn_id);
+    c->decisions++;
+    c->degraded += d->degraded;
+    if (d->score != en->score) {
+        if (c->diff < 5)
+            fprintf(stderr, "  %s: served %.6f, stream order %.6f\n", d->txn_id, d->score, en->score);
+        c->diff++;
+    }
+}
+
+/* Compares every stored decision with the reference; returns the number that differ (and prints a few). */
+static int compare_decisions(int *decisions, int *degraded)
+{
+    comparison c = {0};
+    each_decision(compare_one, &c);
+    *decisions = c.decisions;
+    *degraded = c.degraded;
+    return c.diff;
 }
 
 static void wait_all_decided(int n)
@@ -466,41 +483,31 @@ static int wait_more_lines(const char *needle, int before, int timeout_ms)
     return waited;
 }
 
+typedef struct deciders {
+    char last[64], seen[8][64];
+    int switches, nseen;
+} deciders;
+
+static void count_decider(const Decision *d, void *ctx)
+{
+    deciders *k = ctx;
+    if (k->last[0] && strcmp(k->last, d->engine_id) != 0)
+        k->switches++;
+    snprintf(k->last, sizeof k->last, "%s", d->engine_id);
+    for (int i = 0; i < k->nseen; i++)
+        if (strcmp(k->seen[i], d->engine_id) == 0)
+            return;
+    if (k->nseen < 8)
+        snprintf(k->seen[k->nseen++], 64, "%s", d->engine_id);
+}
+
 /* How many times the deciding engine changes along DECISIONS, and how many engines decided. */
 static int decider_switches(int *engines)
 {
-    stream_reader *r = NULL;
-    verror e = {0};
-    cr_assert_eq(stream_reader_open(js, "DECISIONS", NULL, 1, 0, &r, &e), V_OK, "%s", e.msg);
-    arena a;
-    cr_assert_eq(arena_init(&a, 1 << 20), V_OK);
-    char last[64] = "", seen[8][64];
-    int switches = 0, nseen = 0;
-    for (;;) {
-        natsMsg *m = NULL;
-        uint64_t seq;
-        int64_t store_ns;
-        vstatus rc = stream_reader_next(r, &m, &seq, &store_ns, 5000, &e);
-        if (rc == V_ENOTFOUND)
-            break;
-        cr_assert_eq(rc, V_OK, "reading DECISIONS: %s", e.msg);
-        arena_reset(&a);
-        Decision *d = decision_decode(&a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
-        cr_assert_not_null(d);
-        if (last[0] && strcmp(last, d->engine_id) != 0)
-            switches++;
-        snprintf(last, sizeof last, "%s", d->engine_id);
-        bool known = false;
-        for (int i = 0; i < nseen; i++)
-            known |= strcmp(seen[i], d->engine_id) == 0;
-        if (!known && nseen < 8)
-            snprintf(seen[nseen++], 64, "%s", d->engine_id);
-        natsMsg_Destroy(m);
-    }
-    stream_reader_close(r);
-    arena_free(&a);
-    *engines = nseen;
-    return switches;
+    deciders k = {0};
+    each_decision(count_decider, &k);
+    *engines = k.nseen;
+    return k.switches;
 }
 
 Test(sequence, a_standby_takes_over_from_a_killed_owner_with_the_stream_order_features)

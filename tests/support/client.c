@@ -140,16 +140,7 @@ bool tc_wait_consumer_idle(jsCtx *js, int timeout_ms)
 
 int tc_count_lines(const char *path, const char *needle)
 {
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    char line[8192];
-    int n = 0;
-    while (fgets(line, sizeof line, f))
-        if (strstr(line, needle))
-            n++;
-    fclose(f);
-    return n;
+    return file_count_lines(path, needle);
 }
 
 void tc_fixture_up(test_server *srv, natsConnection **nc, jsCtx **js, char *logp, size_t cap)
