@@ -26,6 +26,14 @@ vstatus broker_err(verror *e, natsStatus s, jsErrCode jerr, const char *what)
     return verror_set(e, V_ENATS, "%s: %s%s%s", what, natsStatus_GetText(s), last ? ": " : "", last ? last : "");
 }
 
+natsStatus broker_fetch(natsSubscription *sub, natsMsgList *list, int batch, int64_t timeout_ms, jsErrCode *jerr)
+{
+    int pending = 0;
+    if (natsSubscription_GetPending(sub, &pending, NULL) != NATS_OK)
+        pending = 0;
+    return natsSubscription_Fetch(list, sub, pending > 0 ? 1 : batch, timeout_ms, jerr);
+}
+
 /* Why a connection to the URL list failed, in the operator's words: nats.c says "No server available" for a
  * malformed URL, a name that does not resolve and a closed port alike. Called on the error path only: each URL
  * is parsed, resolved and tried with a bounded TCP connect. User and password in a URL are never printed. */

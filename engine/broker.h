@@ -46,6 +46,11 @@ vstatus broker_consumer_create(const config *c, jsCtx *js, uint64_t start_seq, v
 /* Formats a nats.c failure: the status text plus nats.c's last error detail. */
 vstatus broker_err(verror *e, natsStatus s, jsErrCode jerr, const char *what);
 
+/* natsSubscription_Fetch of up to batch messages, waiting at most timeout_ms, safe from nats.c 3.4.1's heap
+ * overflow in a batched Fetch when messages are already queued on the subscription (late deliveries after a
+ * timed-out Fetch; DESIGN section 8): those are taken one at a time first. */
+natsStatus broker_fetch(natsSubscription *sub, natsMsgList *list, int batch, int64_t timeout_ms, jsErrCode *jerr);
+
 /* Parses a JetStream ack reply subject ($JS.ACK.[domain.hash.]stream.consumer.delivered.sseq.cseq.ts.pending)
  * without allocating. Returns false if the subject is not an ack subject. */
 typedef struct js_meta {

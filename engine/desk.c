@@ -369,10 +369,7 @@ static void *maker_main(void *arg)
     while (!atomic_load(&d->stopping)) {
         maybe_repair(d, &next_repair);
         natsMsgList list = {0};
-        int pending = 0;
-        if (natsSubscription_GetPending(d->sub, &pending, NULL) != NATS_OK)
-            pending = 0;
-        natsStatus s = natsSubscription_Fetch(&list, d->sub, pending > 0 ? 1 : 32, 500, NULL);
+        natsStatus s = broker_fetch(d->sub, &list, 32, 500, NULL);
         if (s == NATS_TIMEOUT)
             continue;
         if (s != NATS_OK) {
@@ -1183,12 +1180,7 @@ static enum MHD_Result on_http(void *cls, struct MHD_Connection *c, const char *
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
-    char msg[256];
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    size_t n = strlen(msg);
-    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
-        msg[--n] = 0;
-    log_warn("desk http server", "\"error\":\"%s\"", log_esc(msg));
+    log_vwarn_line("desk http server", fmt, ap);
 }
 
 /* Resolves --listen into sa; *loopback says whether it is 127.0.0.0/8. */

@@ -543,10 +543,7 @@ static void *dlq_main(void *arg)
             w->next_sweep_ns = mono_ns() + (more ? SWEEP_CATCHUP_MS : w->cfg.sweep_interval_ms) * 1000000LL;
         }
         natsMsgList list = {0};
-        int pending = 0;
-        if (natsSubscription_GetPending(w->sub, &pending, NULL) != NATS_OK)
-            pending = 0;
-        natsStatus s = natsSubscription_Fetch(&list, w->sub, pending > 0 ? 1 : 16, 500, NULL);
+        natsStatus s = broker_fetch(w->sub, &list, 16, 500, NULL);
         if (s == NATS_TIMEOUT)
             continue;
         if (s != NATS_OK) {

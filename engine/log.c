@@ -108,3 +108,13 @@ const char *log_mask(const char *v, char *out, unsigned cap)
     out[o] = 0;
     return out;
 }
+
+void log_vwarn_line(const char *msg, const char *fmt, va_list ap)
+{
+    char text[256];
+    vsnprintf(text, sizeof text, fmt, ap);
+    size_t n = strlen(text);
+    while (n && (text[n - 1] == '\n' || text[n - 1] == '\r'))
+        text[--n] = 0;
+    log_warn(msg, "\"error\":\"%s\"", log_esc(text));
+}

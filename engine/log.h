@@ -6,6 +6,8 @@
 #ifndef VERDICT_LOG_H
 #define VERDICT_LOG_H
 
+#include <stdarg.h>
+
 typedef enum log_level { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR } log_level;
 
 void log_set_level(log_level min);
@@ -16,6 +18,10 @@ void log_set_quiet(int quiet);
 
 void log_event(log_level lvl, const char *msg, const char *fields_fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* A library's own printf-style message (libmicrohttpd's logger) as a warning: msg, and the formatted text, trailing
+ * newlines cut, as "error". */
+void log_vwarn_line(const char *msg, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 
 /* JSON-escapes s into one of a few rotating thread-local buffers (valid for the next few calls). */
 const char *log_esc(const char *s);

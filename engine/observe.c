@@ -320,12 +320,7 @@ static enum MHD_Result on_http(void *cls, struct MHD_Connection *c, const char *
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
-    char msg[256];
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    size_t n = strlen(msg);
-    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
-        msg[--n] = 0;
-    log_warn("metrics http server", "\"error\":\"%s\"", log_esc(msg));
+    log_vwarn_line("metrics http server", fmt, ap);
 }
 
 static vstatus start_http(observe *o, verror *e)

@@ -229,13 +229,8 @@ void *seq_main(void *arg)
             sleep_ms(20);
             continue;
         }
-        int pending = 0;
         jsErrCode jerr = 0;
-        /* nats.c 3.4.1 overflows the heap in a batched Fetch when messages are already queued on the
-         * subscription (late deliveries after a timed-out Fetch): take those one at a time first. */
-        if (natsSubscription_GetPending(en->sub, &pending, NULL) != NATS_OK)
-            pending = 0;
-        natsStatus s = natsSubscription_Fetch(&b->list, en->sub, pending > 0 ? 1 : en->cfg.batch, 500, &jerr);
+        natsStatus s = broker_fetch(en->sub, &b->list, en->cfg.batch, 500, &jerr);
         if (s == NATS_TIMEOUT || (s == NATS_OK && b->list.Count == 0)) {
             batch_recycle(en, b);
             seq_switch(en); /* idle: a reload's new state need not wait for traffic */
