@@ -230,6 +230,25 @@ static vstatus write_node_conf(const localcluster *c, int i, const char *conf, v
     return fclose(f) == 0 ? V_OK : verror_set(e, V_EIO, "cannot write %s", path);
 }
 
+/* The last lines of a node's log on stderr: its store (and log) is removed with it. */
+static void log_tail(const localserver *ls, int lines)
+{
+    char path[200], buf[4096];
+    snprintf(path, sizeof path, "%s/nats-server.log", ls->dir);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    long size = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : 0;
+    long from = size > (long)sizeof buf - 1 ? size - (long)sizeof buf + 1 : 0;
+    size_t n = fseek(f, from, SEEK_SET) == 0 ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    fclose(f);
+    buf[n] = 0;
+    char *p = buf + n;
+    for (int k = 0; p > buf && k <= lines; k += *p == '\n')
+        p--;
+    fprintf(stderr, "--- %s (last lines)\n%s\n", path, p);
+}
+
 /* True once JetStream answers through url and can place a memory stream with `replicas` replicas (a meta leader
  * exists and knows enough peers). */
 static bool cluster_placeable(const char *url, int replicas)
@@ -294,11 +313,15 @@ vstatus localcluster_start(localcluster *c, int n, const char *conf, verror *e)
     size_t o = 0;
     for (int i = 0; i < n && st == V_OK; i++)
         o += (size_t)snprintf(c->urls + o, sizeof c->urls - o, "%s%s", i ? "," : "", c->nodes[i].url);
-    int64_t deadline = now_ms() + 30000;
+    /* 60 s: a 2.10.27 cluster once took over 30 s to elect its meta leader on a machine loaded 14 deep */
+    int64_t deadline = now_ms() + 60000;
     while (st == V_OK && !cluster_placeable(c->nodes[0].url, n)) {
-        if (now_ms() > deadline)
-            st = verror_set(e, V_ETIMEOUT, "the cluster could not place an R%d stream within 30 s (logs in %s)", n,
-                            c->nodes[0].dir);
+        if (now_ms() > deadline) {
+            st = verror_set(e, V_ETIMEOUT, "the cluster could not place an R%d stream within 60 s (node logs above)",
+                            n);
+            for (int i = 0; i < n; i++)
+                log_tail(&c->nodes[i], 5);
+        }
         sleep_ms(100);
     }
     if (st != V_OK)
