@@ -210,6 +210,25 @@ static vstatus probe_latency(jsCtx *js, dur_setup *s, const unsigned char *buf, 
     return ns == NATS_OK ? V_OK : broker_err(e, ns, jerr, "probe publish failed");
 }
 
+/* For explaining a cluster pass's figure: which node leads TXN and DECISIONS, and which one the publisher is
+ * connected to (nats.c picks a random URL of the list). */
+static void placement(jsCtx *js, natsConnection *nc, const config *c, const dur_setup *s, char *out, size_t cap)
+{
+    char leader[2][16] = {"?", "?"}, url[64] = "", client[16] = "?";
+    const char *streams[2] = {c->txn_stream, c->decisions_stream};
+    for (int k = 0; k < 2; k++) {
+        jsStreamInfo *si = NULL;
+        if (js_GetStreamInfo(&si, js, streams[k], NULL, NULL) == NATS_OK && si->Cluster && si->Cluster->Leader)
+            snprintf(leader[k], sizeof leader[k], "%s", si->Cluster->Leader);
+        jsStreamInfo_Destroy(si);
+    }
+    const char *port = natsConnection_GetConnectedUrl(nc, url, sizeof url) == NATS_OK ? strrchr(url, ':') : NULL;
+    for (int i = 0; port && i < s->cluster.n; i++)
+        if (!strcmp(port, strrchr(s->cluster.nodes[i].url, ':')))
+            snprintf(client, sizeof client, "n%d", i);
+    snprintf(out, cap, " (TXN leader %s, DECISIONS leader %s, publisher on %s)", leader[0], leader[1], client);
+}
+
 typedef struct dur_opts {
     config cfg;
     int count, rounds, inflight, seconds;
@@ -304,8 +323,11 @@ static int dur_pass_run(const dur_opts *o, dur_setup *s, int si, int round, int6
     s->rate[round] = (double)done * 1e6 / (double)(t_end - t0);
     s->pub_rate[round] = (double)o->count * 1e6 / (double)(t_pub - t0);
     s->pub_errors += p->errors;
-    fprintf(stderr, "[bench] %-10s round %d: %.0f decisions/s, %.0f PubAcks/s\n", s->name, round + 1, s->rate[round],
-            s->pub_rate[round]);
+    char where[160] = "";
+    if (s->replicas > 1)
+        placement(js, nc, &c, s, where, sizeof where);
+    fprintf(stderr, "[bench] %-10s round %d: %.0f decisions/s, %.0f PubAcks/s%s\n", s->name, round + 1,
+            s->rate[round], s->pub_rate[round], where);
     rc = 0;
 out:
     if (rc)
