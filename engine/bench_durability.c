@@ -43,14 +43,14 @@ typedef struct dur_setup {
     localserver single; /* replicas == 1 */
     localcluster cluster;
     const char *url;
-    char fs[32];        /* the store's filesystem type (statfs) */
-    char mount[160];    /* its device, mount point and options (/proc/self/mounts) */
-    char version[32];   /* the server's, from /varz */
+    char fs[32];      /* the store's filesystem type (statfs) */
+    char mount[160];  /* its device, mount point and options (/proc/self/mounts) */
+    char version[32]; /* the server's, from /varz */
     double rate[DUR_MAX_ROUNDS], pub_rate[DUR_MAX_ROUNDS];
-    hist ack;           /* PubAck latency over every round, M in flight */
-    hist probe;         /* PubAck latency with one in flight (a synchronous publish), every round */
+    hist ack;   /* PubAck latency over every round, M in flight */
+    hist probe; /* PubAck latency with one in flight (a synchronous publish), every round */
     long long pub_errors, incomplete;
-    dur_pass pass;      /* here, not on a pass's stack: a PubAck of a failed pass may still arrive after it */
+    dur_pass pass; /* here, not on a pass's stack: a PubAck of a failed pass may still arrive after it */
 } dur_setup;
 
 static void sleep_us(int64_t us)
@@ -353,7 +353,8 @@ static double mean(const double *v, int n)
 
 static void dur_help(void)
 {
-    printf("usage: verdict bench durability [--count N] [--rounds K] [--inflight M] [--seconds S] [--json] [options]\n\n"
+    printf("usage: verdict bench durability [--count N] [--rounds K] [--inflight M] [--seconds S] [--json]\n"
+           "                                [options]\n\n"
            "What JetStream's fsync policy costs, end to end: four setups side by side in one run, each its own\n"
            "private nats-server(s) on loopback (the binary: $VERDICT_NATS_SERVER, else nats-server on PATH):\n"
            "  r1-default  one server, sync_interval at its default (fsync every 2 minutes)\n"
@@ -486,8 +487,8 @@ int bench_durability(int argc, char **argv)
                "\"setups\":[",
                o.count, o.rounds, o.cfg.workers, o.cfg.batch, o.inflight);
         for (int i = 0; i < DUR_SETUPS; i++) {
-            printf("%s{\"name\":\"%s\",\"replicas\":%d,\"sync\":\"%s\",\"decisions_per_s\":%.0f,\"rounds\":[", i ? "," : "",
-                   su[i].name, su[i].replicas, su[i].always ? "always" : "default", m[i]);
+            printf("%s{\"name\":\"%s\",\"replicas\":%d,\"sync\":\"%s\",\"decisions_per_s\":%.0f,\"rounds\":[",
+                   i ? "," : "", su[i].name, su[i].replicas, su[i].always ? "always" : "default", m[i]);
             for (int r = 0; r < o.rounds; r++)
                 printf("%s%.0f", r ? "," : "", su[i].rate[r]);
             printf("],\"pubacks_per_s\":%.0f,\"puback_p50_us\":%lld,\"puback_p99_us\":%lld,\"puback_errors\":%lld,"

@@ -13,7 +13,7 @@
 typedef struct localserver {
     pid_t pid;
     int port;
-    int http_port; /* monitoring (/varz), 127.0.0.1 */
+    int http_port;  /* monitoring (/varz), 127.0.0.1 */
     int route_port; /* a cluster node's route listener; 0 alone */
     char url[64];
     char dir[128]; /* the JetStream store (-sd), with nats-server.log and nats-server.conf beside it */
