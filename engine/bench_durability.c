@@ -5,8 +5,9 @@
  * cluster (R3 streams), each with the default and with `always`. The servers all start first and stay up; the
  * passes then alternate between them (round 1 in order, round 2 reversed, ...), so machine noise spreads over all
  * four and their ratios are comparable. A pass: fresh streams, the engine started, N synthetic transactions
- * published to TXN with asynchronous PubAcks, decisions/s from the first publish to the Nth decision; then every
- * stream of that setup is deleted, so each pass starts on an empty server. Each setup's sync policy is read
+ * published to TXN with asynchronous PubAcks, decisions/s from the first publish to the Nth decision; then 200
+ * synchronous publishes for the PubAck latency at one in flight, and every stream of that setup is deleted, so
+ * each pass starts on an empty server. Each setup's sync policy is read
  * back from the server's /varz before any figure is kept. Method and figures: docs/benchmarks.md. */
 #include "broker.h"
 #include "config.h"
