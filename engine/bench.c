@@ -48,6 +48,7 @@ int bench_snapshot(int argc, char **argv);
 int bench_eval(int argc, char **argv);
 int bench_model(int argc, char **argv);
 int bench_failover(int argc, char **argv);
+int bench_durability(int argc, char **argv);
 
 static void with_prefix(config *c, const char *prefix, bool passthrough)
 {
@@ -61,6 +62,13 @@ static void with_prefix(config *c, const char *prefix, bool passthrough)
     if (!passthrough && !c->model_file[0])
         str_copy(c->model_file, sizeof c->model_file, VERDICT_SOURCE_DIR "/models/verdict-gbdt.json");
     c->max_keys = 100000;
+}
+
+/* with_prefix for the benches in other files (bench_durability.c) */
+void bench_config_prefix(config *c, const char *prefix, bool passthrough);
+void bench_config_prefix(config *c, const char *prefix, bool passthrough)
+{
+    with_prefix(c, prefix, passthrough);
 }
 
 /* --- throughput ------------------------------------------------------------------------------------- */
@@ -618,7 +626,8 @@ static void bench_help(void)
 {
     printf("usage: verdict bench [throughput|latency|all|restart] [--seconds N] [--count N] [--rate R | --rates LIST]\n"
            "                     [--out DIR] [--json] [options]\n"
-           "       verdict bench state|snapshot|eval|model [--help]   (no broker)\n\n"
+           "       verdict bench state|snapshot|eval|model [--help]   (no broker)\n"
+           "       verdict bench durability [--help]   (fsync policy, R1 and R3, on its own servers)\n\n"
            "Measures the engine against a bare JetStream baseline in the same run (docs/benchmarks.md):\n"
            "  throughput  decisions/s draining a preloaded stream, vs a pass-through (same pull, republish\n"
            "              with msg-id, ack; no decision logic). Keys: decisions_per_s, passthrough_per_s, ratio\n"
@@ -657,6 +666,8 @@ int cmd_bench(int argc, char **argv)
             return bench_model(argc, argv);
         if (!strcmp(argv[i], "failover"))
             return bench_failover(argc, argv);
+        if (!strcmp(argv[i], "durability")) /* its own servers and options */
+            return bench_durability(argc, argv);
     }
     config_defaults(&o.cfg);
     bool help;

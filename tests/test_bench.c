@@ -125,3 +125,37 @@ Test(bench, failover_reports_both_gaps_and_exactly_one_decision_each, .timeout =
     json_decref(j);
     unlink(out);
 }
+
+/* bench durability: the four setups (one server and a three-node cluster, each with the default sync_interval
+ * and with `always`) run in one invocation, each confirmed by its server's /varz, and every one decides all of
+ * its transactions. Behaviour only: the figures are not judged here. */
+Test(bench, durability_runs_four_setups, .timeout = 180)
+{
+    char out[256];
+    temp_path(out, sizeof out, ".json");
+    const char *argv[] = {"verdict", "bench", "durability", "--count", "40", "--rounds", "1", "--json", NULL};
+    pid_t pid = verdict_spawn(argv, out);
+    cr_assert_eq(child_wait(pid, 150000), 0, "bench durability failed; see %s", out);
+    json_t *j = last_json(out);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "bench")), "durability");
+    json_t *setups = json_object_get(j, "setups");
+    cr_assert(json_is_array(setups));
+    cr_assert_eq(json_array_size(setups), 4);
+    const char *names[] = {"r1-default", "r1-always", "r3-default", "r3-always"};
+    const char *sync[] = {"default", "always", "default", "always"};
+    const int replicas[] = {1, 1, 3, 3};
+    for (size_t i = 0; i < 4; i++) {
+        json_t *s = json_array_get(setups, i);
+        cr_assert_str_eq(json_string_value(json_object_get(s, "name")), names[i]);
+        cr_assert_str_eq(json_string_value(json_object_get(s, "sync")), sync[i]);
+        cr_assert_eq(json_integer_value(json_object_get(s, "replicas")), replicas[i]);
+        cr_assert_eq(json_integer_value(json_object_get(s, "incomplete")), 0, "%s decided every transaction", names[i]);
+        cr_assert(json_number_value(json_object_get(s, "decisions_per_s")) > 0, "%s decided", names[i]);
+        cr_assert(json_integer_value(json_object_get(s, "probe_p50_us")) > 0, "%s probed its PubAck latency", names[i]);
+        cr_assert(json_string_length(json_object_get(s, "filesystem")) > 0, "%s names the store's filesystem",
+                  names[i]);
+    }
+    cr_assert(file_wait_for(out, "ratio always/default", 0), "the table gives the ratios");
+    json_decref(j);
+    unlink(out);
+}
