@@ -170,6 +170,7 @@ static void prepare(worker *w, int idx, slot *sl)
     str_copy(sl->txn_id, sizeof sl->txn_id, t->txn_id);
     str_copy(sl->msg_id, sizeof sl->msg_id, t->txn_id);
     sl->outcome = d.outcome & 3;
+    sl->score = out.score;
     sl->latency_us = d.latency_us;
     sl->budget_exceeded = d.budget_exceeded;
     sl->degraded = d.degraded;

@@ -196,6 +196,7 @@ typedef struct slot {
     bool finished;  /* replied/acked/naked: nothing more to do for this message */
     bool restoring; /* published again under a derived id (stored_decision found nothing) */
     bool skip_model; /* the live decision skipped the model (budget): the shadow decision does too */
+    double score;    /* the live decision's model score (-1: none) */
     bool shadowed;   /* its shadow decision was made (or given up) */
     uint64_t dup_seq;
     char err[192];

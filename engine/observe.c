@@ -188,8 +188,6 @@ static size_t metrics(observe *ob, char *buf, size_t cap)
             (long long)atomic_load(&st->shadow_decided[i]));
     counter(&o, "verdict_shadow_stored_total", "Shadow decisions stored in the shadow stream.",
             atomic_load(&st->shadow_stored));
-    counter(&o, "verdict_shadow_duplicates_total", "Shadow decisions the shadow stream already held (redeliveries).",
-            atomic_load(&st->shadow_duplicates));
     counter(&o, "verdict_shadow_publish_failures_total",
             "Shadow decisions not stored (publish error or no PubAck); live decisions are unaffected.",
             atomic_load(&st->shadow_publish_failures));
@@ -200,6 +198,9 @@ static size_t metrics(observe *ob, char *buf, size_t cap)
             atomic_load(&st->shadow_skipped));
     counter(&o, "verdict_shadow_reload_failures_total", "Candidate policies refused (the one in force stayed).",
             atomic_load(&st->shadow_reload_failures));
+    put(&o, "# HELP verdict_shadow_cpu_seconds_total Worker CPU spent on shadow decisions (their cost to the live "
+            "path).\n# TYPE verdict_shadow_cpu_seconds_total counter\nverdict_shadow_cpu_seconds_total %.6f\n",
+        (double)atomic_load(&st->shadow_cpu_ns) / 1e9);
     gauge(&o, "verdict_shadow_active", "1 when a shadow policy is in force.", atomic_load(&st->shadow_active));
     put(&o, "# HELP verdict_decision_latency_seconds From the engine taking the transaction to its decision "
             "being stored (monotonic clock).\n# TYPE verdict_decision_latency_seconds histogram\n");

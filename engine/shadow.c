@@ -54,24 +54,26 @@ vstatus shadow_load(const char *rules_path, const char *model_path, const char *
     return V_OK;
 }
 
-vstatus shadow_eval_init(shadow_eval *se, size_t enc_cap)
+vstatus shadow_eval_init(shadow_eval *se, size_t cap)
 {
     memset(se, 0, sizeof *se);
-    se->enc = malloc(enc_cap);
-    if (!se->enc)
+    if (cap < SHADOW_RECORD_MAX)
+        cap = SHADOW_RECORD_MAX;
+    se->buf = malloc(cap);
+    if (!se->buf)
         return V_ENOMEM;
-    se->enc_cap = enc_cap;
+    se->cap = cap;
     return V_OK;
 }
 
 void shadow_eval_free(shadow_eval *se)
 {
-    free(se->enc);
-    se->enc = NULL;
+    free(se->buf);
+    se->buf = NULL;
 }
 
-size_t shadow_decide(shadow_eval *se, const policy *cand, const shadow_input *in, const Transaction *t,
-                     decide_out *out)
+bool shadow_decide(shadow_eval *se, const policy *cand, const shadow_input *in, const Transaction *t,
+                   decide_out *out)
 {
     const velocity_plan *cp = policy_velocity_plan(cand);
     if (se->map_live != in->live || se->map_cand != cand) {
@@ -81,7 +83,7 @@ size_t shadow_decide(shadow_eval *se, const policy *cand, const shadow_input *in
         se->map_cand = cand;
     }
     if (!se->map_ok)
-        return 0;
+        return false;
     decide_env env = {.lists = in->lists, .profiles = in->profiles, .vel_inexact = in->vel_inexact};
     if (in->vel) {
         se->vv.n = cp->n;
@@ -94,23 +96,35 @@ size_t shadow_decide(shadow_eval *se, const policy *cand, const shadow_input *in
         }
         env.vel_pre = &se->vv;
     }
-    decide_run(cand, &env, t, in->event_ms, in->skip_model, se->vals, out);
-    Decision d = VERDICT__V1__DECISION__INIT;
-    d.txn_id = t->txn_id;
-    d.outcome = out->outcome;
-    d.score = out->score;
-    d.n_reasons = (size_t)out->n_reasons;
-    for (int i = 0; i < out->n_reasons; i++) {
-        verdict__v1__reason__init(&se->reasons[i]);
-        se->reasons[i].rule_id = (char *)out->reason_id[i];
-        se->reasons[i].text = (char *)out->reason_text[i];
-        se->reason_ptrs[i] = &se->reasons[i];
+    /* the same model on the same features gives the same score: the candidate that keeps the live model (the
+     * usual case: new rules) reuses the live score instead of evaluating the trees a second time */
+    if (in->live_score >= 0 && strcmp(policy_model_version(cand), policy_model_version(in->live)) == 0 &&
+        strcmp(policy_model_version(cand), "none") != 0) {
+        env.has_score_pre = true;
+        env.score_pre = in->live_score;
     }
-    d.reasons = se->reason_ptrs;
-    d.rules_version = (char *)policy_rules_version(cand);
-    d.model_version = (char *)policy_model_version(cand);
-    d.decided_at_ms = in->decided_at_ms;
-    d.degraded = out->degraded;
-    d.engine_id = (char *)in->engine_id;
-    return decision_encode(&d, se->enc, se->enc_cap);
+    decide_run(cand, &env, t, in->event_ms, in->skip_model, se->vals, out);
+    return true;
+}
+
+size_t shadow_record(char *buf, size_t cap, const char *txn_id, Verdict__V1__Outcome live, const decide_out *out,
+                     uint64_t delivered)
+{
+    /* txn ids and rule ids are identifiers (ident.h): nothing to escape */
+    int k = snprintf(buf, cap, "{\"txn_id\":\"%s\",\"live\":\"%s\",\"shadow\":\"%s\",\"score\":%.17g,\"reasons\":[",
+                     txn_id, outcome_str(live), outcome_str(out->outcome), out->score);
+    if (k < 0 || (size_t)k >= cap)
+        return 0;
+    size_t o = (size_t)k;
+    for (int i = 0; i < out->n_reasons; i++) {
+        k = snprintf(buf + o, cap - o, "%s\"%s\"", i ? "," : "", out->reason_id[i]);
+        if (k < 0 || (size_t)k >= cap - o)
+            return 0;
+        o += (size_t)k;
+    }
+    k = snprintf(buf + o, cap - o, "],\"degraded\":%s,\"delivered\":%llu}\n", out->degraded ? "true" : "false",
+                 (unsigned long long)delivered);
+    if (k < 0 || (size_t)k >= cap - o)
+        return 0;
+    return o + (size_t)k;
 }

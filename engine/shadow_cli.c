@@ -1,9 +1,10 @@
 /* shadow_cli.c - `verdict shadow report`: what the shadow (candidate) policy would have changed on live traffic.
  *
- * Reads the shadow decisions stored in a time range (SHADOW, one per txn_id: the first stored counts), then the
- * live decisions of those transactions from DECISIONS (from a little before the range, since a live decision is
- * stored before its shadow), and prints the transition table live outcome -> shadow outcome with a few example
- * txn_ids per changed cell. Read-only: ephemeral ordered consumers, nothing acked or published (docs/shadow.md). */
+ * Reads the shadow decisions stored in a time range (SHADOW: messages of JSON lines, shadow.h; one decision per
+ * txn_id, the first stored counts), then the live decisions of those transactions from DECISIONS (from a little
+ * before the range, since a live decision is stored before its shadow; the live outcome the record carries is the
+ * fallback), and prints the transition table live outcome -> shadow outcome with a few example txn_ids per changed
+ * cell. Read-only: ephemeral ordered consumers, nothing acked or published (docs/shadow.md). */
 #include "cli.h"
 #include "cliconn.h"
 #include "ident.h"
@@ -156,17 +157,43 @@ typedef struct report {
     uint64_t counts[4][4]; /* [live][shadow]; live 0 = no live decision found */
     const char *ex[4][4][EXAMPLES_MAX];
     int nex[4][4];
-    uint64_t total, duplicates, changed;
+    uint64_t total, duplicates, changed, bad, live_not_found, live_mismatch;
     char versions[VERSIONS_MAX][80];
     int nversions;
 } report;
+
+/* One record (a JSON line) into t. */
+static vstatus add_record(table *t, report *r, const char *line, size_t len)
+{
+    json_error_t je;
+    json_t *j = json_loadb(line, len, 0, &je);
+    const char *id = j ? json_string_value(json_object_get(j, "txn_id")) : NULL;
+    int sh = j ? outcome_index(json_string_value(json_object_get(j, "shadow")) ?: "") : 0;
+    int live = j ? outcome_index(json_string_value(json_object_get(j, "live")) ?: "") : 0;
+    vstatus rc = V_OK;
+    if (!id || !sh || !ident_txn_id_valid(id)) {
+        r->bad++;
+    } else if (table_find(t, id, false)) {
+        r->duplicates++; /* decided in shadow twice (its first shadow decision was lost with its ack): the first */
+    } else {
+        entry *en = table_find(t, id, true);
+        if (!en) {
+            rc = V_ENOMEM;
+        } else {
+            en->shadow = (uint8_t)sh;
+            en->live_hdr = (uint8_t)live;
+        }
+    }
+    json_decref(j);
+    return rc;
+}
 
 /* Reads the shadow decisions stored in [from_ns, to_ns] into t; the candidate versions seen into r. */
 static vstatus read_shadow(cliconn *c, int64_t from_ns, int64_t to_ns, table *t, report *r, int64_t *first_ns,
                            verror *e)
 {
     stream_reader *sr = NULL;
-    vstatus rc = stream_reader_open_headers(c->js, c->cfg.shadow_stream, from_ns ? 0 : 1, from_ns, &sr, e);
+    vstatus rc = stream_reader_open(c->js, c->cfg.shadow_stream, NULL, from_ns ? 0 : 1, from_ns, &sr, e);
     if (rc != V_OK)
         return rc;
     for (;;) {
@@ -188,32 +215,30 @@ static vstatus read_shadow(cliconn *c, int64_t from_ns, int64_t to_ns, table *t,
             natsMsg_Destroy(m);
             break;
         }
-        int o;
-        const char *id;
-        if (parse_subject(natsMsg_GetSubject(m), c->cfg.shadow_prefix, &o, &id)) {
-            if (!*first_ns)
-                *first_ns = ts;
-            entry *en = table_find(t, id, false);
-            if (en) {
-                r->duplicates++; /* outside the stream's duplicate window: the first one counts */
-            } else if (!(en = table_find(t, id, true))) {
-                natsMsg_Destroy(m);
-                rc = verror_set(e, V_ENOMEM, "out of memory");
-                break;
-            } else {
-                en->shadow = (uint8_t)o;
-                en->live_hdr = (uint8_t)outcome_index(cliconn_hdr(m, "Verdict-Live-Outcome"));
-                char v[80];
-                snprintf(v, sizeof v, "rules %s, model %s", cliconn_hdr(m, "Verdict-Rules-Version"),
-                         cliconn_hdr(m, "Verdict-Model-Version"));
-                bool seen = false;
-                for (int i = 0; i < r->nversions; i++)
-                    seen |= strcmp(r->versions[i], v) == 0;
-                if (!seen && r->nversions < VERSIONS_MAX)
-                    str_copy(r->versions[r->nversions++], sizeof r->versions[0], v);
-            }
+        if (!*first_ns)
+            *first_ns = ts;
+        char v[80];
+        snprintf(v, sizeof v, "rules %s, model %s", cliconn_hdr(m, "Verdict-Rules-Version"),
+                 cliconn_hdr(m, "Verdict-Model-Version"));
+        bool seen = false;
+        for (int i = 0; i < r->nversions; i++)
+            seen |= strcmp(r->versions[i], v) == 0;
+        if (!seen && r->nversions < VERSIONS_MAX)
+            str_copy(r->versions[r->nversions++], sizeof r->versions[0], v);
+        const char *d = natsMsg_GetData(m);
+        int len = natsMsg_GetDataLength(m);
+        for (int i = 0; i < len && rc == V_OK;) {
+            const char *nl = memchr(d + i, '\n', (size_t)(len - i));
+            int end = nl ? (int)(nl - d) : len;
+            if (end > i)
+                rc = add_record(t, r, d + i, (size_t)(end - i));
+            i = end + 1;
         }
         natsMsg_Destroy(m);
+        if (rc != V_OK) {
+            verror_set(e, rc, "out of memory");
+            break;
+        }
     }
     stream_reader_close(sr);
     return rc;
@@ -353,7 +378,12 @@ int cmd_shadow(int argc, char **argv)
         qsort(ids, ni, sizeof *ids, cmp_str);
     for (size_t i = 0; ids && i < ni; i++) {
         entry *en = table_find(&t, ids[i], false);
-        int l = en->live, s = en->shadow;
+        /* DECISIONS is the truth; the record's own live outcome when the decision is out of the range read */
+        int l = en->live ? en->live : en->live_hdr, s = en->shadow;
+        if (!en->live)
+            r->live_not_found++;
+        else if (en->live_hdr && en->live != en->live_hdr)
+            r->live_mismatch++;
         r->counts[l][s]++;
         r->total++;
         if (l != s) {
@@ -393,6 +423,9 @@ int cmd_shadow(int argc, char **argv)
         json_object_set_new(o, "live_missing",
                             json_integer((json_int_t)(r->counts[0][1] + r->counts[0][2] + r->counts[0][3])));
         json_object_set_new(o, "repeated", json_integer((json_int_t)r->duplicates));
+        json_object_set_new(o, "live_not_found", json_integer((json_int_t)r->live_not_found));
+        json_object_set_new(o, "live_mismatch", json_integer((json_int_t)r->live_mismatch));
+        json_object_set_new(o, "unreadable", json_integer((json_int_t)r->bad));
         json_object_set_new(o, "transitions", tr);
         char *s = json_dumps(o, JSON_COMPACT);
         if (s)
@@ -407,7 +440,14 @@ int cmd_shadow(int argc, char **argv)
                (unsigned long long)r->changed, r->total ? 100.0 * (double)r->changed / (double)r->total : 0.0);
         uint64_t missing = r->counts[0][1] + r->counts[0][2] + r->counts[0][3];
         if (missing)
-            printf(", %llu without a live decision found", (unsigned long long)missing);
+            printf(", %llu without a live outcome", (unsigned long long)missing);
+        if (r->live_not_found)
+            printf(", %llu live decisions not in %s (the record's live outcome used)",
+                   (unsigned long long)r->live_not_found, c.cfg.decisions_stream);
+        if (r->live_mismatch)
+            printf(", %llu whose stored live outcome differs from the record's", (unsigned long long)r->live_mismatch);
+        if (r->bad)
+            printf(", %llu unreadable records", (unsigned long long)r->bad);
         printf("\n\n%-16s %10s %10s %10s\n", "live \\ shadow", "approve", "review", "decline");
         for (int l = missing ? 0 : 1; l <= 3; l++)
             printf("%-16s %10llu %10llu %10llu\n", outcome_names[l], (unsigned long long)r->counts[l][1],

@@ -4,19 +4,27 @@
  *
  * Placement: the step runs on the worker after the batch's live decisions are stored, replied to and acked,
  * so a shadow decision never delays a live answer; it costs the worker a second decode and decide (a few
- * microseconds) and an async publish on the buffered ingress connection, whose PubAcks nobody waits for. A
- * bounded number of shadow publishes is in flight; beyond it shadow decisions are dropped (counted), never
- * waited for. Every failure is a counter and a log line, never a nak: the live message is already acked. */
+ * microseconds each) and one async publish per batch on the buffered ingress connection, whose PubAck nobody
+ * waits for. One message per batch, not per decision: a stored message costs the server about as much as the
+ * live decision's own, and per-decision messages cost the live path 25-50% of its throughput where batches
+ * cost a few per cent (docs/shadow.md, measured). A bounded number of shadow publishes is in flight; beyond it
+ * shadow decisions are dropped (counted), never waited for. Every failure is a counter and a log line, never a
+ * nak: the live message is already acked. */
 #include "engine_int.h"
 
 #include "rebuild.h"
 #include "shadow.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
-/* shadow publishes in flight across the engine; nats.c's own cap is set above it so a publish never stalls */
-#define SHADOW_IN_FLIGHT_MAX 8192
+/* shadow messages (batches) in flight across the engine; nats.c's own cap is set above it so a publish never
+ * stalls */
+#define SHADOW_IN_FLIGHT_MAX 256
+/* a shadow message holds at most this many bytes of records (well under the server's 1 MB max_payload) */
+#define SHADOW_MSG_BYTES (128 * 1024)
 
 static vstatus ensure_shadow_stream(const config *c, jsCtx *js, verror *e)
 {
@@ -60,17 +68,18 @@ static vstatus ensure_shadow_stream(const config *c, jsCtx *js, verror *e)
     return V_OK;
 }
 
-/* PubAck of a shadow decision (nats.c's thread): count it, free it. Never blocks. */
+/* PubAck of a shadow message (nats.c's thread): count its decisions, free it. Never blocks. */
 static void shadow_on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
 {
     (void)js;
     engine *en = closure;
+    const char *n = NULL;
+    long long count = natsMsgHeader_Get(msg, "Verdict-Shadow-Decisions", &n) == NATS_OK && n ? atoll(n) : 0;
+    (void)pa;
     if (pae)
-        atomic_fetch_add(&en->stats.shadow_publish_failures, 1);
-    else if (pa && pa->Duplicate)
-        atomic_fetch_add(&en->stats.shadow_duplicates, 1);
+        atomic_fetch_add(&en->stats.shadow_publish_failures, count);
     else
-        atomic_fetch_add(&en->stats.shadow_stored, 1);
+        atomic_fetch_add(&en->stats.shadow_stored, count);
     natsMsg_Destroy(msg);
     atomic_fetch_sub(&en->shadow_in_flight, 1);
 }
@@ -116,7 +125,7 @@ vstatus shadow_engine_start(engine *en, verror *e)
     if (c->passthrough)
         return V_OK;
     for (int i = 0; i < en->nworkers; i++)
-        if (shadow_eval_init(&en->workers[i].se, DECISION_BUF) != V_OK)
+        if (shadow_eval_init(&en->workers[i].se, SHADOW_MSG_BYTES + SHADOW_RECORD_MAX) != V_OK)
             return verror_set(e, V_ENOMEM, "out of memory");
     jsOptions so;
     jsOptions_Init(&so);
@@ -180,60 +189,102 @@ bool shadow_engine_free(engine *en)
 
 /* --- the per-batch step ------------------------------------------------------------------------------- */
 
-static natsStatus shadow_msg(engine *en, const slot *sl, const char *txn_id, const policy *cand,
-                             const decide_out *out, const unsigned char *enc, size_t n, natsMsg **m)
+static void shadow_fail(engine *en, long long n, const char *err)
 {
-    const config *c = &en->cfg;
-    char subj[NAME_MAX_LEN + IDENT_TXN_ID_MAX + 16];
-    snprintf(subj, sizeof subj, "%s.%s.%s", c->shadow_prefix, outcome_str(out->outcome), txn_id);
-    natsStatus s = natsMsg_Create(m, subj, NULL, (const char *)enc, (int)n);
-    if (s != NATS_OK)
-        return s;
-    char reasons[DECIDE_MAX_REASONS * (IDENT_NAME_MAX + 1) + 1];
-    size_t o = 0;
-    reasons[0] = 0;
-    for (int i = 0; i < out->n_reasons; i++) {
-        int k = snprintf(reasons + o, sizeof reasons - o, "%s%s", i ? "," : "", out->reason_id[i]);
-        if (k < 0 || (size_t)k >= sizeof reasons - o)
-            break;
-        o += (size_t)k;
-    }
-    /* few headers: each costs nats.c allocations (docs/benchmarks.md); the Decision in the body has the rest */
-    s = natsMsgHeader_Set(*m, "Verdict-Outcome", outcome_str(out->outcome));
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(*m, "Verdict-Live-Outcome", outcome_str((Verdict__V1__Outcome)sl->outcome));
-    if (s == NATS_OK && reasons[0])
-        s = natsMsgHeader_Set(*m, "Verdict-Reasons", reasons);
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(*m, "Verdict-Rules-Version", policy_rules_version(cand));
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(*m, "Verdict-Model-Version", policy_model_version(cand));
-    if (s != NATS_OK) {
-        natsMsg_Destroy(*m);
-        *m = NULL;
-    }
-    return s;
+    long long k = atomic_fetch_add(&en->stats.shadow_publish_failures, n);
+    if (k == 0 || k / 10000 != (k + n) / 10000)
+        log_warn("shadow decisions not published; live decisions are unaffected",
+                 "\"decisions\":%lld,\"error\":\"%s\",\"failures_total\":%lld", n, err, k + n);
 }
 
+/* Publishes the records waiting in w's buffer as one message, without waiting for its PubAck. */
+static void shadow_flush(worker *w, const policy *cand, const policy *live)
+{
+    engine *en = w->en;
+    const config *c = &en->cfg;
+    shadow_eval *se = &w->se;
+    if (se->n == 0)
+        return;
+    int n = se->n;
+    int by[4];
+    memcpy(by, se->by_outcome, sizeof by);
+    size_t len = se->len;
+    se->n = 0;
+    se->len = 0;
+    memset(se->by_outcome, 0, sizeof se->by_outcome);
+    if (atomic_load(&en->shadow_in_flight) >= SHADOW_IN_FLIGHT_MAX) {
+        atomic_fetch_add(&en->stats.shadow_dropped, n);
+        return;
+    }
+    char subj[NAME_MAX_LEN + 16], count[16];
+    snprintf(subj, sizeof subj, "%s.batch", c->shadow_prefix);
+    snprintf(count, sizeof count, "%d", n);
+    natsMsg *m = NULL;
+    natsStatus s = natsMsg_Create(&m, subj, NULL, se->buf, (int)len);
+    /* few headers: each costs nats.c allocations (docs/benchmarks.md) */
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(m, "Verdict-Shadow-Decisions", count);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(m, "Verdict-Rules-Version", policy_rules_version(cand));
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(m, "Verdict-Model-Version", policy_model_version(cand));
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(m, "Verdict-Live-Rules-Version", policy_rules_version(live));
+    if (s == NATS_OK) {
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MaxWait = c->publish_timeout_ms;
+        atomic_fetch_add(&en->shadow_in_flight, 1);
+        s = strcmp(c->fault, "shadow_publish_fail") == 0 ? NATS_TIMEOUT : js_PublishMsgAsync(en->sjs, &m, &po);
+        if (s != NATS_OK)
+            atomic_fetch_sub(&en->shadow_in_flight, 1);
+    }
+    if (s != NATS_OK) {
+        natsMsg_Destroy(m); /* on failure nats.c leaves it with us */
+        shadow_fail(en, n, natsStatus_GetText(s));
+        return;
+    }
+    for (int o = 1; o <= 3; o++)
+        atomic_fetch_add(&en->stats.shadow_decided[o], by[o]);
+}
+
+static int64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void shadow_batch_run(worker *w, batch *b, int count);
+
 void shadow_batch(worker *w, batch *b, int count)
+{
+    if (!w->shadow || !w->en->sjs)
+        return;
+    /* the worker's CPU, not wall time: what the shadow takes from the live path, even on a busy machine */
+    int64_t t0 = thread_cpu_ns();
+    shadow_batch_run(w, b, count);
+    atomic_fetch_add_explicit(&w->en->stats.shadow_cpu_ns, thread_cpu_ns() - t0, memory_order_relaxed);
+}
+
+static void shadow_batch_run(worker *w, batch *b, int count)
 {
     engine *en = w->en;
     const config *c = &en->cfg;
     const policy *cand = w->shadow;
-    if (!cand || !en->sjs)
-        return;
+    shadow_eval *se = &w->se;
     for (int i = 0; i < count; i++) {
         slot *sl = &w->slots[i];
         if (sl->shadowed || !sl->finished || sl->kind != SLOT_DECISION || !sl->in)
             continue;
+        /* Stored (or found stored: a Duplicate) now: its shadow decision. A Duplicate may be this delivery's own
+         * retry or a redelivery whose first delivery made a shadow decision before its ack was lost, or did not
+         * (a crash, a lost PubAck): nothing here tells them apart, so it is decided again, at least once, and
+         * readers keep the first per txn_id. Naked or failed: its redelivery gets it. */
         int st = atomic_load(&sl->state);
         if (st != SLOT_STORED && st != SLOT_DUPLICATE)
-            continue; /* naked or failed: its redelivery gets the shadow decision */
-        sl->shadowed = true;
-        if (atomic_load(&en->shadow_in_flight) >= SHADOW_IN_FLIGHT_MAX) {
-            atomic_fetch_add(&en->stats.shadow_dropped, 1);
             continue;
-        }
+        sl->shadowed = true;
         /* decoded once already (prepare): it decodes again, into the same per-message arena */
         Transaction *t = NULL;
         poison_reason why;
@@ -249,11 +300,9 @@ void shadow_batch(worker *w, batch *b, int count)
                            .profiles = en->profiles,
                            .event_ms = txn_event_ms(t, sl->meta.timestamp_ns / 1000000),
                            .skip_model = sl->skip_model,
-                           .engine_id = c->engine_id,
-                           .decided_at_ms = now_ms()};
+                           .live_score = sl->score};
         decide_out out;
-        size_t n = shadow_decide(&w->se, cand, &in, t, &out);
-        if (n == 0) {
+        if (!shadow_decide(se, cand, &in, t, &out)) {
             long long k = atomic_fetch_add(&en->stats.shadow_skipped, 1);
             if (k == 0 || k % 10000 == 0)
                 log_warn("shadow decision skipped: the live policy in force lacks a velocity feature the candidate "
@@ -261,28 +310,15 @@ void shadow_batch(worker *w, batch *b, int count)
                          "\"skipped_total\":%lld", k + 1);
             continue;
         }
-        natsMsg *m = NULL;
-        natsStatus s = shadow_msg(en, sl, t->txn_id, cand, &out, w->se.enc, n, &m);
-        if (s == NATS_OK) {
-            jsPubOptions po;
-            jsPubOptions_Init(&po);
-            po.MsgId = sl->txn_id;
-            po.MaxWait = c->publish_timeout_ms;
-            atomic_fetch_add(&en->shadow_in_flight, 1);
-            s = strcmp(c->fault, "shadow_publish_fail") == 0 ? NATS_TIMEOUT : js_PublishMsgAsync(en->sjs, &m, &po);
-            if (s != NATS_OK) {
-                atomic_fetch_sub(&en->shadow_in_flight, 1);
-                natsMsg_Destroy(m); /* on failure nats.c leaves it with us */
-            }
-        }
-        if (s != NATS_OK) {
-            long long k = atomic_fetch_add(&en->stats.shadow_publish_failures, 1);
-            if (k == 0 || k % 10000 == 0)
-                log_warn("shadow decision not published; the live decision is unaffected",
-                         "\"txn_id\":\"%s\",\"error\":\"%s\",\"failures_total\":%lld", sl->txn_id,
-                         natsStatus_GetText(s), k + 1);
-            continue;
-        }
-        atomic_fetch_add(&en->stats.shadow_decided[out.outcome & 3], 1);
+        size_t n = shadow_record(se->buf + se->len, se->cap - se->len, t->txn_id,
+                                 (Verdict__V1__Outcome)sl->outcome, &out, sl->meta.delivered);
+        if (n == 0)
+            continue; /* cannot happen: the buffer keeps room for the longest record */
+        se->len += n;
+        se->n++;
+        se->by_outcome[out.outcome & 3]++;
+        if (se->len >= SHADOW_MSG_BYTES)
+            shadow_flush(w, cand, b->policy);
     }
+    shadow_flush(w, cand, b->policy);
 }
