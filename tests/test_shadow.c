@@ -477,7 +477,8 @@ Test(shadow, bad_candidate_is_refused_and_live_keeps_serving)
 
     write_file(candp, cand_rules);
     kill(pid, SIGHUP);
-    cr_assert(file_wait_for(logp, "shadow policy in force", 10000), "see %s", logp);
+    /* the message itself: the refusal's text mentions "the shadow policy in force" too */
+    cr_assert(file_wait_for(logp, "\"msg\":\"shadow policy in force\"", 10000), "see %s", logp);
     for (int i = 5; i < 10; i++) {
         char id[32];
         txn_id(i, id, sizeof id);
@@ -491,6 +492,8 @@ Test(shadow, bad_candidate_is_refused_and_live_keeps_serving)
         http_get_local(port, "/metrics", body, sizeof body);
         fprintf(stderr, "DECISIONS %llu SHADOW msgs %llu\n%s\n", (unsigned long long)tc_stream_msgs(js, "DECISIONS"),
                 (unsigned long long)tc_stream_msgs(js, "SHADOW"), body);
+        for (int i = 0; i < got; i++)
+            fprintf(stderr, "REC %s live %d shadow %d\n", recs[i].txn_id, recs[i].live.outcome, recs[i].shadow.outcome);
     }
     cr_assert_eq(got, 5, "see %s", logp);
 
