@@ -77,7 +77,8 @@ static const opt opts[] = {
     {"--model", "VERDICT_MODEL", O_STR, F(model_file), NULL, G_SERVE, 0, 0, "XGBoost JSON model file"},
     {"--shadow-rules", "VERDICT_SHADOW_RULES", O_STR, F(shadow_rules_file), NULL, G_SERVE, 0, 0,
      "candidate rules file decided beside the live policy on live traffic, into the SHADOW stream only, never "
-     "to a requester (docs/shadow.md); refused at start if it does not compile"},
+     "to a requester (docs/shadow.md); one that does not compile is refused (logged) and live decisions go on "
+     "without it; SIGHUP reloads it"},
     {"--shadow-model", "VERDICT_SHADOW_MODEL", O_STR, F(shadow_model_file), NULL, G_SERVE, 0, 0,
      "candidate XGBoost JSON model for the shadow policy (default: the live --model)"},
     {"--max-msg-size", "VERDICT_MAX_MSG_SIZE", O_INT, F(max_msg_size), "65536", G_SERVE, 64, 8 * 1024 * 1024,

@@ -352,6 +352,13 @@ int cmd_shadow(int argc, char **argv)
     if ((rc = cliconn_connect(&c, "shadow")) != 0)
         return rc;
     log_set_quiet(1);
+    uint64_t sfirst, slast;
+    if (!cliconn_stream_range(c.js, c.cfg.shadow_stream, &sfirst, &slast)) {
+        fprintf(stderr, "verdict shadow: no stream %s: no engine has run a shadow policy under this prefix (start "
+                        "one with `verdict serve --shadow-rules FILE`, docs/shadow.md)\n", c.cfg.shadow_stream);
+        cliconn_close(&c);
+        return 1;
+    }
     table t = {0};
     report *r = calloc(1, sizeof *r);
     verror e = {0};

@@ -395,6 +395,11 @@ Test(shadow, candidate_shows_exactly_its_transitions_and_live_is_unchanged)
     out = slurp(outp);
     cr_assert(strstr(out, "review  -> decline"), "%s", out);
     cr_assert(strstr(out, "live \\ shadow"), "%s", out);
+    /* a prefix without a shadow: said, exit 1, nothing created */
+    const char *argv4[] = {"verdict", "shadow", "report", "--prefix", "sa", "--nats-url", srv.url, NULL};
+    cr_assert_eq(run(argv4), 1, "%s", slurp(outp));
+    cr_assert(strstr(slurp(outp), "no stream SA_SHADOW"), "%s", slurp(outp));
+    cr_assert_eq(tc_stream_msgs(js, "SA_SHADOW"), 0);
     /* a range before any of it holds nothing */
     const char *argv3[] = {"verdict", "shadow", "report", "--prefix", "sb", "--nats-url", srv.url, "--from",
                            "2020-01-01T00:00:00Z", "--to", "2020-01-02T00:00:00Z", "--json", NULL};
