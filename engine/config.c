@@ -326,11 +326,12 @@ void config_log(const config *c)
 {
     log_info("configuration",
              "\"nats_url\":\"%s\",\"auth\":\"%s\",\"tls\":%s,\"prefix\":\"%s\",\"workers\":%d,\"batch\":%d,"
-             "\"budget_ms\":%lld,\"fallback\":\"%s\",\"rules\":\"%s\",\"model\":\"%s\",\"engine_id\":\"%s\"",
+             "\"budget_ms\":%lld,\"fallback\":\"%s\",\"rules\":\"%s\",\"model\":\"%s\",\"engine_id\":\"%s\","
+             "\"shadow_rules\":\"%s\",\"shadow_model\":\"%s\"",
              log_esc(c->nats_url),
              c->creds_file[0] ? "creds" : c->nkey_seed_file[0] ? "nkey" : c->token[0] ? "token" :
                                 c->user[0] ? "user/password" : "none",
              c->tls_ca[0] || c->tls_cert[0] ? "true" : "false", log_esc(c->prefix), c->workers, c->batch,
              (long long)c->budget_ms, c->fallback, log_esc(c->rules_file), log_esc(c->model_file),
-             log_esc(c->engine_id));
+             log_esc(c->engine_id), log_esc(c->shadow_rules_file), log_esc(c->shadow_model_file));
 }
