@@ -55,9 +55,6 @@ static vstatus ensure_shadow_stream(const config *c, jsCtx *js, verror *e)
     sc.Retention = js_LimitsPolicy;
     sc.Storage = js_FileStorage;
     sc.MaxAge = c->txn_max_age_ms * 1000000LL;
-    /* the same window as DECISIONS: a redelivery within it makes no second shadow decision */
-    int64_t dup = c->dup_window_ms > 2 * 60 * 1000 ? c->dup_window_ms : 2 * 60 * 1000;
-    sc.Duplicates = dup * 1000000LL;
     sc.AllowDirect = true;
     sc.Replicas = c->replicas;
     s = js_AddStream(&si, js, &sc, NULL, &jerr);
