@@ -6,7 +6,7 @@
  * so a shadow decision never delays a live answer; it costs the worker a second decode and decide (a few
  * microseconds each) and one async publish per batch on the buffered ingress connection, whose PubAck nobody
  * waits for. One message per batch, not per decision: a stored message costs the server about as much as the
- * live decision's own, and per-decision messages cost the live path 25-50% of its throughput where batches
+ * live decision's own, and per-decision messages cost the live path 24-54% of its throughput where batches
  * cost a few per cent (docs/shadow.md, measured). A bounded number of shadow publishes is in flight; beyond it
  * shadow decisions are dropped (counted), never waited for. Every failure is a counter and a log line, never a
  * nak: the live message is already acked. */
