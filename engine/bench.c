@@ -21,7 +21,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #define BENCH_MAX_RATES 8
 
@@ -113,8 +115,44 @@ static vstatus preload(jsCtx *js, const config *c, int count, uint64_t seed, ver
     return preload_cards(js, c, count, seed, 0, e);
 }
 
+/* What the shadow bench measures besides the rate: from ready to the end of the drain, CPU time of this process
+ * (the engine runs in it) and of the private nats-server, and the decisions made in that time. */
+typedef struct drain_extra {
+    pid_t server; /* 0: not ours, not measured */
+    long long shadow_decided, decisions;
+    double cpu_self_us, cpu_server_us;
+    double shadow_cpu_us; /* the workers' CPU in the shadow step (engine_stats.shadow_cpu_ns) */
+} drain_extra;
+
+static double cpu_self_us(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec * 1e6 + (double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_sec * 1e6 +
+           (double)ru.ru_stime.tv_usec;
+}
+
+/* utime + stime of a process from /proc/PID/stat, in us; 0 if unreadable */
+static double cpu_proc_us(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = pid > 0 ? fopen(path, "r") : NULL;
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+    unsigned long long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return 0;
+    return (double)(ut + st) * 1e6 / (double)sysconf(_SC_CLK_TCK);
+}
+
 /* Runs one engine over a preloaded stream and returns decisions per second. */
-static double drain_rate(const bench_opts *o, const config *c, jsCtx *js, int count, const char *label)
+static double drain_rate(const bench_opts *o, const config *c, jsCtx *js, int count, const char *label,
+                         drain_extra *x)
 {
     engine *en = NULL;
     verror e = {0};
@@ -124,6 +162,16 @@ static double drain_rate(const bench_opts *o, const config *c, jsCtx *js, int co
         return 0;
     }
     const engine_stats *st = engine_get_stats(en);
+    long long done0 = 0;
+    double self0 = 0, server0 = 0;
+    if (x) {
+        /* the shadow bench times from ready: a start that loads a second policy (and model) is not the cost
+         * of deciding in shadow */
+        t0 = now_us();
+        done0 = st->decided[1] + st->decided[2] + st->decided[3];
+        self0 = cpu_self_us();
+        server0 = cpu_proc_us(x->server);
+    }
     int64_t deadline = t0 + (int64_t)o->seconds * 1000000 / 2;
     int64_t last = t0;
     long long done = 0;
@@ -135,9 +183,16 @@ static double drain_rate(const bench_opts *o, const config *c, jsCtx *js, int co
         }
     }
     int64_t elapsed = now_us() - t0;
+    if (x) {
+        x->cpu_self_us += cpu_self_us() - self0;
+        x->cpu_server_us += x->server ? cpu_proc_us(x->server) - server0 : 0;
+        x->decisions += done - done0;
+        x->shadow_decided += st->shadow_decided[1] + st->shadow_decided[2] + st->shadow_decided[3];
+        x->shadow_cpu_us += (double)st->shadow_cpu_ns / 1000.0;
+    }
     engine_stop(en);
     (void)js;
-    return elapsed > 0 ? (double)done * 1e6 / (double)elapsed : 0;
+    return elapsed > 0 ? (double)(done - done0) * 1e6 / (double)elapsed : 0;
 }
 
 /* ABBA order (pass-through, full, full, pass-through), each run on its own freshly preloaded stream, so
@@ -168,8 +223,47 @@ static int bench_throughput(const bench_opts *o, natsConnection *nc, double *ful
     quarter.seconds = o->seconds / 2 > 1 ? o->seconds / 2 : 1; /* drain_rate uses half of this: 1/4 each */
     *pt = *full = 0;
     for (int i = 0; i < 4; i++) {
-        double r = drain_rate(&quarter, &cs[i], js, o->count, is_pt[i] ? "passthrough" : "full");
+        double r = drain_rate(&quarter, &cs[i], js, o->count, is_pt[i] ? "passthrough" : "full", NULL);
         *(is_pt[i] ? pt : full) += r / 2;
+    }
+    jsCtx_Destroy(js);
+    return 0;
+}
+
+/* The shadow policy's cost (docs/shadow.md): the full engine alone and the same with a shadow candidate (the
+ * shipped rules and model again: a candidate as costly as the live policy), ABBA on fresh streams, as above. */
+static int bench_shadow(const bench_opts *o, natsConnection *nc, double *with, double *without, drain_extra xs[2])
+{
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.PublishAsync.MaxPending = 4096;
+    jsCtx *js = NULL;
+    if (natsConnection_JetStream(&js, nc, &jo) != NATS_OK)
+        return 1;
+    static const char *prefixes[] = {"bl1", "bs1", "bs2", "bl2"};
+    static const bool is_shadow[] = {false, true, true, false};
+    config cs[4];
+    verror e = {0};
+    for (int i = 0; i < 4; i++) {
+        cs[i] = o->cfg;
+        with_prefix(&cs[i], prefixes[i], false);
+        if (is_shadow[i] && !cs[i].shadow_rules_file[0])
+            str_copy(cs[i].shadow_rules_file, sizeof cs[i].shadow_rules_file, cs[i].rules_file);
+        if (!is_shadow[i])
+            cs[i].shadow_rules_file[0] = cs[i].shadow_model_file[0] = 0;
+        if (broker_setup(&cs[i], js, &e) != V_OK || preload(js, &cs[i], o->count, 7, &e) != V_OK) {
+            fprintf(stderr, "bench: %s\n", e.msg);
+            jsCtx_Destroy(js);
+            return 1;
+        }
+    }
+    fprintf(stderr, "[bench] preloaded %d transactions into each of 4 streams\n", o->count);
+    bench_opts quarter = *o;
+    quarter.seconds = o->seconds / 2 > 1 ? o->seconds / 2 : 1;
+    *with = *without = 0;
+    for (int i = 0; i < 4; i++) {
+        double r = drain_rate(&quarter, &cs[i], js, o->count, is_shadow[i] ? "live+shadow" : "live", &xs[is_shadow[i]]);
+        *(is_shadow[i] ? with : without) += r / 2;
     }
     jsCtx_Destroy(js);
     return 0;
@@ -624,7 +718,7 @@ static int bench_restart(const bench_opts *o, natsConnection *nc, const char *co
 
 static void bench_help(void)
 {
-    printf("usage: verdict bench [throughput|latency|all|restart] [--seconds N] [--count N] [--rate R | --rates LIST]\n"
+    printf("usage: verdict bench [throughput|latency|all|restart|shadow] [--seconds N] [--count N] [--rate R | --rates LIST]\n"
            "                     [--out DIR] [--json] [options]\n"
            "       verdict bench state|snapshot|eval|model [--help]   (no broker)\n"
            "       verdict bench durability [--help]   (fsync policy, R1 and R3, on its own servers)\n\n"
@@ -637,6 +731,10 @@ static void bench_help(void)
            "              decide_p50_us, decide_p99_us, decide_p999_us, decide_max_us, baseline_p50_us,\n"
            "              baseline_p99_us, baseline_p999_us, baseline_max_us, ratio_p99, over_budget (of the first\n"
            "              rate), and latency_runs: the same per rate\n"
+           "  shadow      decisions/s of the full engine alone and with a shadow policy (--shadow-rules, default\n"
+           "              the same rules: a candidate as costly as live), ABBA. Keys: live_per_s, live_shadow_per_s,\n"
+           "              shadow_ratio (target >= 0.9), live_cpu_us and live_shadow_cpu_us (engine + private\n"
+           "              server CPU per decision), cpu_ratio, shadow_step_cpu_us, shadow_decisions\n"
            "  restart     seconds from start to ready with N transactions in the window (--counts, default\n"
            "              100000,1000000): a full rebuild, and from a snapshot plus a minute (60,000) after it\n"
            "Starts a private nats-server unless --nats-url is given. --seconds bounds throughput (default 20) and\n"
@@ -708,7 +806,7 @@ int cmd_bench(int argc, char **argv)
             counts = v;
             k++;
         } else if (a[0] != '-' && (!strcmp(a, "throughput") || !strcmp(a, "latency") || !strcmp(a, "all") ||
-                                   !strcmp(a, "restart")))
+                                   !strcmp(a, "restart") || !strcmp(a, "shadow")))
             what = a;
         else {
             fprintf(stderr, "verdict bench: unknown option or bench '%s' (see --help)\n", a);
@@ -739,6 +837,45 @@ int cmd_bench(int argc, char **argv)
     int rc = 0;
     if (!strcmp(what, "restart")) {
         rc = bench_restart(&o, nc, counts);
+        natsConnection_Destroy(nc);
+        nats_Close();
+        if (!url_given)
+            localserver_stop(&ls);
+        return rc;
+    }
+    if (!strcmp(what, "shadow")) {
+        double with = 0, without = 0;
+        drain_extra xs[2] = {{.server = url_given ? 0 : ls.pid}, {.server = url_given ? 0 : ls.pid}};
+        bench_opts so = o;
+        so.seconds = o.seconds ? o.seconds : 20;
+        rc = bench_shadow(&so, nc, &with, &without, xs);
+        if (!rc) {
+            /* CPU per decision, engine and server: steadier than rates on a shared machine (docs/shadow.md) */
+            double cpu[2];
+            for (int k = 0; k < 2; k++)
+                cpu[k] = xs[k].decisions ? (xs[k].cpu_self_us + xs[k].cpu_server_us) / (double)xs[k].decisions : 0;
+            printf("\n  verdict bench shadow (%d workers, batch %d)\n", o.cfg.workers, o.cfg.batch);
+            printf("  ------------------------------------------------------------\n");
+            printf("  live only      %10.0f decisions/s  %6.1f us CPU per decision (engine %.1f + server %.1f)\n",
+                   without, cpu[0], xs[0].decisions ? xs[0].cpu_self_us / (double)xs[0].decisions : 0,
+                   xs[0].decisions ? xs[0].cpu_server_us / (double)xs[0].decisions : 0);
+            printf("  live + shadow  %10.0f decisions/s  %6.1f us CPU per decision (engine %.1f + server %.1f)\n",
+                   with, cpu[1], xs[1].decisions ? xs[1].cpu_self_us / (double)xs[1].decisions : 0,
+                   xs[1].decisions ? xs[1].cpu_server_us / (double)xs[1].decisions : 0);
+            double step = xs[1].shadow_decided ? xs[1].shadow_cpu_us / (double)xs[1].shadow_decided : 0;
+            printf("                 %lld shadow decisions, %.2f us worker CPU each in the shadow step (%.1f%% of\n"
+                   "                 the live-only CPU per decision)\n",
+                   xs[1].shadow_decided, step, cpu[0] > 0 ? 100.0 * step / cpu[0] : 0);
+            printf("  ratio          %10.2f  (target >= 0.9); CPU per decision %.2f\n",
+                   without > 0 ? with / without : 0, cpu[1] > 0 ? cpu[0] / cpu[1] : 0);
+            if (o.json)
+                printf("{\"bench\":\"shadow\",\"workers\":%d,\"batch\":%d,\"live_per_s\":%.0f,"
+                       "\"live_shadow_per_s\":%.0f,\"shadow_ratio\":%.3f,\"live_cpu_us\":%.2f,"
+                       "\"live_shadow_cpu_us\":%.2f,\"cpu_ratio\":%.3f,\"shadow_step_cpu_us\":%.3f,"
+                       "\"shadow_decisions\":%lld}\n",
+                       o.cfg.workers, o.cfg.batch, without, with, without > 0 ? with / without : 0, cpu[0], cpu[1],
+                       cpu[1] > 0 ? cpu[0] / cpu[1] : 0, step, xs[1].shadow_decided);
+        }
         natsConnection_Destroy(nc);
         nats_Close();
         if (!url_given)

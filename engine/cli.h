@@ -18,6 +18,7 @@ int cmd_profiles(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_watch(int argc, char **argv);
 int cmd_desk(int argc, char **argv);
+int cmd_shadow(int argc, char **argv);
 
 /* Blocks SIGINT/SIGTERM/SIGHUP in the calling thread (call before starting threads) and waits for one.
  * Returns the signal number. */

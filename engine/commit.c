@@ -117,6 +117,7 @@ static void prepare(worker *w, int idx, slot *sl)
                       .profiles = en->profiles};
     int64_t store_us = m->timestamp_ns / 1000;
     decide_run(p, &env, t, txn_event_ms(t, store_us / 1000), skip_model, w->vals, &out);
+    sl->skip_model = skip_model;
     atomic_fetch_add_explicit(&en->stats.stage_ns[0], out.features_ns, memory_order_relaxed);
     atomic_fetch_add_explicit(&en->stats.stage_ns[1], out.model_ns, memory_order_relaxed);
     atomic_fetch_add_explicit(&en->stats.stage_ns[2], out.rules_ns, memory_order_relaxed);
@@ -169,6 +170,7 @@ static void prepare(worker *w, int idx, slot *sl)
     str_copy(sl->txn_id, sizeof sl->txn_id, t->txn_id);
     str_copy(sl->msg_id, sizeof sl->msg_id, t->txn_id);
     sl->outcome = d.outcome & 3;
+    sl->score = out.score;
     sl->latency_us = d.latency_us;
     sl->budget_exceeded = d.budget_exceeded;
     sl->degraded = d.degraded;
@@ -444,6 +446,14 @@ static void process_batch(worker *w, batch *b)
     w->vel = b->vel;
     w->recv_ns = b->recv_ns;
     w->recv_wall_us = b->recv_wall_us;
+    if (en->shadow_on) {
+        /* the candidate for this batch, held like the live policy: a shadow reload takes effect between batches */
+        pthread_mutex_lock(&en->policy_mu);
+        w->shadow = en->shadow_policy;
+        if (w->shadow)
+            policy_retain(w->shadow);
+        pthread_mutex_unlock(&en->policy_mu);
+    }
     for (int i = 0; i < count; i++)
         prepare(w, i, &w->slots[i]);
     w->policy = NULL;
@@ -463,6 +473,8 @@ static void process_batch(worker *w, batch *b)
     for (int i = 0; i < count; i++)
         if (!slot_retrying(&w->slots[i]))
             finish(w, &w->slots[i]);
+    /* the shadow decisions of what is stored, answered and acked: after the live work, never before it */
+    shadow_batch(w, b, count);
     /* A stream that lost its leader answers "no responders" at once (or not at all) until a new leader is
      * elected, which takes seconds on a cluster. Naking would spend one of the transaction's MaxDeliver attempts
      * per retry and dead-letter it during an ordinary failover, so those are published again from here, kept in
@@ -507,6 +519,9 @@ static void process_batch(worker *w, batch *b)
         if (!w->slots[i].finished)
             finish(w, &w->slots[i]); /* turned into a retry too late for this batch: naked */
     }
+    shadow_batch(w, b, count); /* those stored by the retries */
+    policy_release(w->shadow);
+    w->shadow = NULL;
     /* a PubAck that has not come by now is dropped by the handler, never paired with the next batch's slots */
     pthread_mutex_lock(&w->pub_mu);
     for (int i = 0; i < count; i++) {

@@ -75,6 +75,12 @@ static const opt opts[] = {
     {"--rules", "VERDICT_RULES", O_STR, F(rules_file), NULL, G_SERVE, 0, 0,
      "rules file (default: built-in amount policy until one is given)"},
     {"--model", "VERDICT_MODEL", O_STR, F(model_file), NULL, G_SERVE, 0, 0, "XGBoost JSON model file"},
+    {"--shadow-rules", "VERDICT_SHADOW_RULES", O_STR, F(shadow_rules_file), NULL, G_SERVE, 0, 0,
+     "candidate rules file decided beside the live policy on live traffic, into the SHADOW stream only, never "
+     "to a requester (docs/shadow.md); one that does not compile is refused (logged) and live decisions go on "
+     "without it; SIGHUP reloads it"},
+    {"--shadow-model", "VERDICT_SHADOW_MODEL", O_STR, F(shadow_model_file), NULL, G_SERVE, 0, 0,
+     "candidate XGBoost JSON model for the shadow policy (default: the live --model)"},
     {"--max-msg-size", "VERDICT_MAX_MSG_SIZE", O_INT, F(max_msg_size), "65536", G_SERVE, 64, 8 * 1024 * 1024,
      "larger transactions are dead-lettered as oversize"},
     {"--engine-id", "VERDICT_ENGINE_ID", O_STR, F(engine_id), NULL, G_SERVE, 0, 0,
@@ -195,6 +201,8 @@ static void derive_names(config *c)
     snprintf(c->decisions_stream, sizeof c->decisions_stream, "%s%sDECISIONS", up, U);
     snprintf(c->decision_prefix, sizeof c->decision_prefix, "%s%sdecision", low, L);
     snprintf(c->dlq_stream, sizeof c->dlq_stream, "%s%sDLQ", up, U);
+    snprintf(c->shadow_stream, sizeof c->shadow_stream, "%s%sSHADOW", up, U);
+    snprintf(c->shadow_prefix, sizeof c->shadow_prefix, "%s%sshadow", low, L);
     snprintf(c->dlq_prefix, sizeof c->dlq_prefix, "%s%sdlq", low, L);
     snprintf(c->adv_stream, sizeof c->adv_stream, "%s%sVERDICT_ADVISORIES", up, U);
     snprintf(c->decide_subject, sizeof c->decide_subject, "%s%sverdict.v1.decide", low, L);
@@ -325,11 +333,12 @@ void config_log(const config *c)
 {
     log_info("configuration",
              "\"nats_url\":\"%s\",\"auth\":\"%s\",\"tls\":%s,\"prefix\":\"%s\",\"workers\":%d,\"batch\":%d,"
-             "\"budget_ms\":%lld,\"fallback\":\"%s\",\"rules\":\"%s\",\"model\":\"%s\",\"engine_id\":\"%s\"",
+             "\"budget_ms\":%lld,\"fallback\":\"%s\",\"rules\":\"%s\",\"model\":\"%s\",\"engine_id\":\"%s\","
+             "\"shadow_rules\":\"%s\",\"shadow_model\":\"%s\"",
              log_esc(c->nats_url),
              c->creds_file[0] ? "creds" : c->nkey_seed_file[0] ? "nkey" : c->token[0] ? "token" :
                                 c->user[0] ? "user/password" : "none",
              c->tls_ca[0] || c->tls_cert[0] ? "true" : "false", log_esc(c->prefix), c->workers, c->batch,
              (long long)c->budget_ms, c->fallback, log_esc(c->rules_file), log_esc(c->model_file),
-             log_esc(c->engine_id));
+             log_esc(c->engine_id), log_esc(c->shadow_rules_file), log_esc(c->shadow_model_file));
 }

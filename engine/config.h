@@ -49,6 +49,10 @@ typedef struct config {
     int64_t max_msg_size;
     char rules_file[512];
     char model_file[512];
+    /* shadow policy (shadow.h): a candidate decided beside the live policy, into its own stream only */
+    char shadow_rules_file[512];
+    char shadow_model_file[512];
+    char shadow_stream[NAME_MAX_LEN], shadow_prefix[NAME_MAX_LEN];
     char engine_id[64];
     char metrics_addr[64]; /* host:port or "off" */
     int64_t publish_timeout_ms;

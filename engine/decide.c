@@ -167,7 +167,7 @@ void decide_run(const policy *p, const decide_env *env, const Transaction *t, in
     int64_t tm = mono_ns();
     out->features_ns = tm - t0;
     if (p->model && !skip_model) {
-        float score = gbdt_predict(p->model, vals);
+        float score = env && env->has_score_pre ? (float)env->score_pre : gbdt_predict(p->model, vals);
         vals[FEAT_SCORE] = (fval){.type = FT_NUM, .present = true, .num = score};
         out->score = score;
     } else if (p->model) {

@@ -71,6 +71,10 @@ typedef struct decide_env {
     const struct velvals *vel_pre;
     bool vel_inexact;
     const struct replica *lists, *profiles;     /* local KV replicas; stale or absent -> degraded */
+    /* the model's score for these very features, computed before by the same model (a shadow policy that
+     * shares the live model, shadow.h): used instead of evaluating the model again */
+    bool has_score_pre;
+    double score_pre;
 } decide_env;
 
 /* Decides t. event_ms is the event time for windows and derived features; skip_model asks for a rules-only

@@ -157,6 +157,8 @@ static void free_engine(engine *en)
     replica_stop(en->lists); /* workers are joined by now; the watchers use en->nc */
     replica_stop(en->profiles);
     en->lists = en->profiles = NULL;
+    /* shadow PubAck handlers hold en: if any is still due, en is kept (a bounded leak at exit) */
+    bool shadow_done = shadow_engine_free(en);
     bool handlers_pending = false;
     for (int i = 0; en->workers && i < en->nworkers; i++)
         handlers_pending |= atomic_load(&en->workers[i].in_flight) > 0;
@@ -210,7 +212,8 @@ static void free_engine(engine *en)
     for (int i = 0; en->late && i < en->late_n; i++)
         late_done(&en->late[(en->late_head + i) % LATE_CAP]);
     free(en->late);
-    free(en);
+    if (shadow_done)
+        free(en);
 }
 
 /* The consumer's effective AckWait for a first delivery, as the server applies it: with BackOff set the server
@@ -423,6 +426,10 @@ vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **ou
             return verror_set(e, V_ENOMEM, "cannot set up worker %d", i);
         }
     }
+    if ((rc = shadow_engine_start(en, e)) != V_OK) {
+        free_engine(en);
+        return rc;
+    }
     /* the sequencing stage: one pull subscription, and a batch for each worker plus one being filled */
     en->nbatches = en->nworkers + 1;
     en->batches = calloc((size_t)en->nbatches, sizeof *en->batches);
@@ -572,6 +579,7 @@ void engine_stop(engine *en)
         if (ms_left(dl) > 0)
             lease_give_up(en);
     }
+    shadow_engine_drain(en, ms_left(dl));
     /* the state no longer moves: checkpoint it, so the next start replays only what comes after */
     checkpoint_final(en->ckpt, dl);
     dlq_worker_stop(en->dlq);

@@ -22,6 +22,7 @@
 #include "rebuild.h"
 #include "checkpoint.h"
 #include "sequencer.h"
+#include "shadow.h"
 #include "reloader.h"
 #include "replica.h"
 #include "velocity.h"
@@ -90,6 +91,8 @@ typedef struct worker {
     velref *vel;    /* held with it */
     Reason reasons[DECIDE_MAX_REASONS];
     Reason *reason_ptrs[DECIDE_MAX_REASONS];
+    policy *shadow;  /* the candidate held for the batch in hand (shadow.h); NULL when none */
+    shadow_eval se;  /* its scratch, preallocated when a shadow policy is configured */
 } worker;
 
 /* A duplicate request waiting for the first copy's decision to be stored (see the resolver below). */
@@ -170,6 +173,11 @@ struct engine {
     bool closer_running;
     pthread_t closer;
     pthread_mutex_t conn_mu; /* nc and inc as the closer sees them */
+    /* the shadow policy (shadow.h, shadow_pub.c): the candidate in force (policy_mu), its publishes on inc */
+    bool shadow_on; /* configured (--shadow-rules/--shadow-model): workers look for a candidate */
+    policy *shadow_policy;
+    jsCtx *sjs;
+    atomic_int shadow_in_flight; /* shadow publishes whose PubAck handler has not returned */
     engine_stats stats;
     pthread_mutex_t last_error_mu; /* the last request error, for $SRV.STATS (rare: not on the decide path) */
     char last_error[160];
@@ -197,6 +205,9 @@ typedef struct slot {
     bool retryable; /* failed because the stream had no leader for a moment (see process_batch) */
     bool finished;  /* replied/acked/naked: nothing more to do for this message */
     bool restoring; /* published again under a derived id (stored_decision found nothing) */
+    bool skip_model; /* the live decision skipped the model (budget): the shadow decision does too */
+    double score;    /* the live decision's model score (-1: none) */
+    bool shadowed;   /* its shadow decision was made (or given up) */
     uint64_t dup_seq;
     char err[192];
 } slot;
@@ -244,6 +255,12 @@ vstatus lease_thread_start(engine *en, verror *e);
 void lease_thread_stop(engine *en);
 void lease_give_up(engine *en);
 bool lease_fetch_allowed(engine *en);
+/* shadow_pub.c */
+vstatus shadow_engine_start(engine *en, verror *e);
+void shadow_engine_reload(engine *en, const char *why);
+void shadow_engine_drain(engine *en, int64_t wait_ms);
+bool shadow_engine_free(engine *en);
+void shadow_batch(worker *w, batch *b, int count);
 vstatus make_velocity(engine *en, const policy *p, bool at_start, velref **out, verror *e);
 
 #endif

@@ -49,6 +49,15 @@ typedef struct engine_stats {
     atomic_llong decision_fail_ns;
     atomic_llong decision_failing_since_ns;
     dlq_sweep_stats sweep; /* the DLQ worker's sweep (dlq.h) */
+    /* the shadow policy (shadow.h): never part of the live path's counts above */
+    atomic_llong shadow_decided[4];        /* shadow decisions handed to nats.c, by outcome */
+    atomic_llong shadow_stored;            /* shadow decisions stored in SHADOW (PubAcks) */
+    atomic_llong shadow_publish_failures;  /* not stored (an error, no PubAck): counted, the live message unaffected */
+    atomic_llong shadow_dropped;           /* not published: too many shadow publishes in flight */
+    atomic_llong shadow_skipped;           /* not decided: the live policy lacks a candidate's velocity feature */
+    atomic_llong shadow_reloads, shadow_reload_failures;
+    atomic_llong shadow_cpu_ns; /* worker thread CPU spent on shadow decisions and their publishes */
+    atomic_int shadow_active;              /* a candidate is in force */
 } engine_stats;
 
 /* Records the outcome of one decision publish (a PubAck stored or Duplicate: ok; an error or timeout: not). */

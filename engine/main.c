@@ -29,6 +29,7 @@ static const command commands[] = {
     {"bench", cmd_bench, "benchmarks against a bare JetStream baseline (throughput, latency)"},
     {"lists", cmd_lists, "add, remove and list values of the named lists rules test (verdict_lists)"},
     {"profiles", cmd_profiles, "write and show account profiles (verdict_profiles)"},
+    {"shadow", cmd_shadow, "report what a shadow (candidate) policy changed on live traffic: live -> shadow outcomes"},
     {"demo", cmd_demo, "start a local nats-server, the engine and a simulated payment service; print a summary"},
 };
 

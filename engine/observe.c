@@ -185,6 +185,28 @@ static size_t metrics(observe *ob, char *buf, size_t cap)
     counter(&o, "verdict_policy_reloads_total", "Rules/model versions swapped in.", atomic_load(&st->reloads));
     counter(&o, "verdict_policy_reload_failures_total", "Rules/model versions refused (the old stayed).",
             atomic_load(&st->reload_failures));
+    /* shadow policy (docs/shadow.md) */
+    put(&o, "# HELP verdict_shadow_decisions_total Shadow (candidate policy) decisions published, by outcome.\n"
+            "# TYPE verdict_shadow_decisions_total counter\n");
+    for (int i = 1; i <= 3; i++)
+        put(&o, "verdict_shadow_decisions_total{outcome=\"%s\"} %lld\n", names[i],
+            (long long)atomic_load(&st->shadow_decided[i]));
+    counter(&o, "verdict_shadow_stored_total", "Shadow decisions stored in the shadow stream.",
+            atomic_load(&st->shadow_stored));
+    counter(&o, "verdict_shadow_publish_failures_total",
+            "Shadow decisions not stored (publish error or no PubAck); live decisions are unaffected.",
+            atomic_load(&st->shadow_publish_failures));
+    counter(&o, "verdict_shadow_dropped_total", "Shadow decisions not published: too many in flight.",
+            atomic_load(&st->shadow_dropped));
+    counter(&o, "verdict_shadow_skipped_total",
+            "Shadow decisions not made: the live policy lacks a velocity feature the candidate reads.",
+            atomic_load(&st->shadow_skipped));
+    counter(&o, "verdict_shadow_reload_failures_total", "Candidate policies refused (the one in force stayed).",
+            atomic_load(&st->shadow_reload_failures));
+    put(&o, "# HELP verdict_shadow_cpu_seconds_total Worker CPU spent on shadow decisions (their cost to the live "
+            "path).\n# TYPE verdict_shadow_cpu_seconds_total counter\nverdict_shadow_cpu_seconds_total %.6f\n",
+        (double)atomic_load(&st->shadow_cpu_ns) / 1e9);
+    gauge(&o, "verdict_shadow_active", "1 when a shadow policy is in force.", atomic_load(&st->shadow_active));
     put(&o, "# HELP verdict_decision_latency_seconds From the engine taking the transaction to its decision "
             "being stored (monotonic clock).\n# TYPE verdict_decision_latency_seconds histogram\n");
     long long cum = 0;

@@ -194,9 +194,10 @@ static vstatus swap_policy(engine *en, policy *p, const char *why, verror *e)
 
 vstatus engine_reload_now(engine *en, const char *why, verror *e)
 {
-    if (en->reloader)
-        return reloader_reload(en->reloader, why, e);
-    return engine_reload(en, why, e);
+    vstatus rc = en->reloader ? reloader_reload(en->reloader, why, e) : engine_reload(en, why, e);
+    /* the candidate is checked against the live policy now in force; its refusal never fails the live reload */
+    shadow_engine_reload(en, why);
+    return rc;
 }
 
 vstatus engine_reload(engine *en, const char *why, verror *e)
