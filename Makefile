@@ -4,7 +4,7 @@ ASAN_BUILD ?= build-asan
 TSAN_BUILD ?= build-tsan
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all build deps demo test asan tsan bench fuzz model format clean
+.PHONY: all build deps demo test asan tsan bench fuzz model format clean compose-test
 
 all: build
 
@@ -60,6 +60,12 @@ model: deps
 # every libFuzzer target for SECONDS each (default 60); TARGETS="decode gbdt" picks some
 fuzz: deps
 	tools/fuzz $(or $(SECONDS),60) $(TARGETS)
+
+# the container images built and both compose stacks run for real on a private dockerd (root; installs docker.io,
+# docker-compose and mmdebstrap with apt-get; tools/compose-test says what it checks). COMPOSE_TEST_ARGS=--fresh
+# drops the cached base image and image store first.
+compose-test:
+	tools/compose-test $(COMPOSE_TEST_ARGS)
 
 format:
 	clang-format -i engine/*.c engine/*.h tests/*.c tests/support/*.c tests/support/*.h

@@ -1,6 +1,7 @@
 /* test_compose.c - the container files are valid without a container engine: Debian's docker-compose validates
- * the compose files (`config -q`, refusing a missing password), nats-server accepts their config files (`-t`), and
- * the Dockerfile's HEALTHCHECK command, run as written against a real engine, says healthy only when it is. */
+ * the compose files (`config -q`, refusing a missing password), the two stacks can run side by side and start in
+ * order, nats-server accepts their config files (`-t`), and the Dockerfile's HEALTHCHECK command, run as written
+ * against a real engine, says healthy only when it is. tools/compose-test (`make compose-test`) runs them for real. */
 #include "client.h"
 #include "harness.h"
 
@@ -52,6 +53,40 @@ Test(compose, the_compose_files_validate)
                     empty),
                  0, "a missing password must be refused by name");
     unlink(empty);
+}
+
+/* What real runs found (issue 17), checked on `docker-compose config`: the simulator started with a stack waits
+ * for a healthy engine (not merely a started one) and does not inherit the engine image's HEALTHCHECK, the nats
+ * services come back after a crash, and the two files publish no host port in common. */
+Test(compose, the_stacks_start_in_order_and_fit_side_by_side)
+{
+    static const char check[] =
+        "import sys, yaml\n"
+        "ports = []\n"
+        "for f in sys.argv[1:]:\n"
+        "    s = yaml.safe_load(open(f))['services']\n"
+        "    p = s['payments']\n"
+        "    assert p['depends_on']['engine']['condition'] == 'service_healthy', f + ': payments starts early'\n"
+        "    assert p.get('healthcheck', {}).get('test') == ['NONE'], f + ': payments inherits the HEALTHCHECK'\n"
+        "    for n, v in s.items():\n"
+        "        if v['image'].startswith('nats:'):\n"
+        "            assert v.get('restart') in ('always', 'unless-stopped'), f + ': ' + n + ' has no restart policy'\n"
+        "    ports.append({q['published'] for v in s.values() for q in v.get('ports', [])})\n"
+        "assert not ports[0] & ports[1], 'host ports in both files: %s' % sorted(ports[0] & ports[1])\n";
+    char py[256], single[256], cluster[256];
+    temp_path(py, sizeof py, ".py");
+    temp_path(single, sizeof single, ".yaml");
+    temp_path(cluster, sizeof cluster, ".yaml");
+    FILE *f = fopen(py, "w");
+    cr_assert_not_null(f);
+    fputs(check, f);
+    fclose(f);
+    cr_assert_eq(sh(PW "docker-compose -f compose.yaml --profile demo config > '%s'", single), 0);
+    cr_assert_eq(sh("docker-compose -f compose.cluster.yaml --profile demo config > '%s'", cluster), 0);
+    cr_assert_eq(sh("python3 '%s' '%s' '%s'", py, single, cluster), 0, "see the assertion above");
+    unlink(py);
+    unlink(single);
+    unlink(cluster);
 }
 
 Test(compose, nats_server_accepts_the_config_files)
