@@ -155,3 +155,52 @@ Test(compose, the_dockerfile_healthcheck_reports_readiness)
     server_stop(&srv);
     unlink(logp);
 }
+
+/* A hot standby (--lease-ttl) answers /readyz 503 with "phase":"standby": healthy, as the compose cluster's second
+ * engine must be, while an engine that is neither ready nor standing by is not. */
+Test(compose, the_dockerfile_healthcheck_counts_a_standby_as_healthy)
+{
+    test_server srv;
+    cr_assert(server_start(&srv, NULL));
+    char logp[256], logp2[256];
+    temp_path(logp, sizeof logp, ".log");
+    temp_path(logp2, sizeof logp2, ".log");
+    int port = free_port();
+    char cmd[2048], addr[64], body[2048];
+    healthcheck_cmd(port, cmd, sizeof cmd);
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+    pid_t owner = tc_start_engine(srv.url, logp, (const char *const[]){"--lease-ttl", "3s", NULL});
+    const char *argv[] = {"verdict", "serve", "--nats-url", srv.url, "--lease-ttl", "3s", "--metrics-addr", addr, NULL};
+    pid_t standby = verdict_spawn(argv, logp2);
+    cr_assert(file_wait_for(logp2, "standing by: another engine owns the consumer", 20000), "see %s", logp2);
+    char bodyp[256];
+    temp_path(bodyp, sizeof bodyp, ".http");
+    cr_assert_eq(sh("/bin/bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d && printf \"GET /readyz HTTP/1.0\\r\\n\\r\\n\" >&3 "
+                    "&& cat <&3' > '%s'", port, bodyp), 0);
+    FILE *bf = fopen(bodyp, "r");
+    cr_assert_not_null(bf);
+    size_t bn = fread(body, 1, sizeof body - 1, bf);
+    body[bn] = 0;
+    fclose(bf);
+    unlink(bodyp);
+    cr_assert(strstr(body, " 503 "), "/readyz of a standby says 503: %s", body);
+    cr_assert(strstr(body, "\"phase\":\"standby\""), "/readyz of a standby: %s", body);
+    cr_assert(strstr(body, "\"ready\":false"), "a standby is not ready to decide: %s", body);
+    cr_assert_eq(sh("%s", cmd), 0, "a standby is not healthy: %s", cmd);
+    kill(owner, SIGKILL); /* the standby takes over and is ready */
+    cr_assert_eq(child_wait(owner, 5000), -1);
+    cr_assert(file_wait_for(logp2, "engine started", 15000), "see %s", logp2);
+    cr_assert_eq(sh("%s", cmd), 0, "the new owner is not healthy: %s", cmd);
+    server_stop(&srv); /* NATS gone: neither ready nor standing by */
+    bool unhealthy = false;
+    for (int waited = 0; waited < 15000 && !unhealthy; waited += 250) {
+        unhealthy = sh("%s 2>/dev/null", cmd) != 0;
+        if (!unhealthy)
+            tc_sleep_ms(250);
+    }
+    cr_assert(unhealthy, "still healthy with NATS down: %s", cmd);
+    kill(standby, SIGTERM);
+    child_wait(standby, 15000);
+    unlink(logp);
+    unlink(logp2);
+}
