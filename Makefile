@@ -6,6 +6,24 @@ JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: all build deps demo test asan tsan bench fuzz model format clean compose-test
 
+# The nats-server `make test`, `make asan` and `make tsan` run (docs/testing.md, "nats-server versions"):
+#   make test                        nats-server on PATH (Debian's 2.10.27, from tools/install-deps)
+#   make test NATS_VERSION=2.15.1    the pinned build that tools/get-nats-server fetches (once) and names
+#   make test NATS_SERVER=/path/to/nats-server [NATS_VERSION=x.y.z]   any binary
+# With NATS_VERSION set, the binary must report exactly that version or no test runs (the harness checks it
+# again, for test executables run by hand with VERDICT_NATS_SERVER and VERDICT_NATS_VERSION).
+NATS_VERSION ?=
+NATS_SERVER  ?=
+# a recipe prefix: resolves the two into VERDICT_NATS_SERVER and VERDICT_NATS_VERSION for what follows it
+NATS_SELECT = bin='$(NATS_SERVER)'; ver='$(NATS_VERSION)'; \
+	if [ -z "$$bin" ] && [ -n "$$ver" ]; then bin=$$(tools/get-nats-server "$$ver") || exit 1; fi; \
+	if [ -z "$$bin" ]; then bin=$$(command -v nats-server) || { echo "make: no nats-server on PATH: run tools/install-deps" >&2; exit 1; }; fi; \
+	got=$$("$$bin" --version 2>/dev/null || true); \
+	if [ -n "$$ver" ] && [ "$$got" != "nats-server: v$$ver" ]; then \
+		echo "make: $$bin reports '$$got', not nats-server v$$ver: not running the tests against it" >&2; exit 1; fi; \
+	echo "make: the tests run $${got:-an unknown nats-server} ($$bin)" >&2; \
+	export VERDICT_NATS_SERVER="$$bin" VERDICT_NATS_VERSION="$$ver";
+
 all: build
 
 deps:
@@ -23,17 +41,17 @@ demo: deps
 
 test: deps
 	@$(MAKE) --no-print-directory build
-	cd $(BUILD) && ctest --output-on-failure
+	@$(NATS_SELECT) cd $(BUILD) && ctest --output-on-failure
 
 asan: deps
 	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DVERDICT_SANITIZE=ON
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
-	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	@$(NATS_SELECT) cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 		ctest --output-on-failure
 
 # the concurrency tests under ThreadSanitizer (tools/tsan says how)
 tsan: deps
-	TSAN_BUILD=$(abspath $(TSAN_BUILD)) JOBS=$(JOBS) tools/tsan
+	@$(NATS_SELECT) TSAN_BUILD=$(abspath $(TSAN_BUILD)) JOBS=$(JOBS) tools/tsan
 
 # throughput, then latency at each of BENCH_RATES (30 s a side): data and JSON into BENCH_OUT, pictures into bench/
 # (docs/benchmarks.md shows them), and the regression view against the figures committed in bench/reference.json

@@ -31,6 +31,8 @@ static int sh(const char *fmt, ...)
 }
 
 #define PW "VERDICT_NATS_PASSWORD=a PAYMENTS_NATS_PASSWORD=b ADMIN_NATS_PASSWORD=c "
+/* the server binary under test (make test NATS_VERSION=..., docs/testing.md) */
+#define NATS_SERVER "\"${VERDICT_NATS_SERVER:-nats-server}\" "
 
 Test(compose, the_compose_files_validate)
 {
@@ -91,8 +93,8 @@ Test(compose, the_stacks_start_in_order_and_fit_side_by_side)
 
 Test(compose, nats_server_accepts_the_config_files)
 {
-    cr_assert_eq(sh(PW "nats-server -t -c nats.conf >/dev/null 2>&1"), 0, "compose/nats.conf is invalid");
-    cr_assert_eq(sh("NATS_NODE=nats-1 nats-server -t -c nats-cluster.conf >/dev/null 2>&1"), 0,
+    cr_assert_eq(sh(PW NATS_SERVER "-t -c nats.conf >/dev/null 2>&1"), 0, "compose/nats.conf is invalid");
+    cr_assert_eq(sh("NATS_NODE=nats-1 " NATS_SERVER "-t -c nats-cluster.conf >/dev/null 2>&1"), 0,
                  "compose/nats-cluster.conf is invalid");
     /* and the check is real: a broken file fails it */
     char bad[256];
@@ -101,7 +103,7 @@ Test(compose, nats_server_accepts_the_config_files)
     cr_assert_not_null(f);
     fputs("jetstream { store_dir: \n", f);
     fclose(f);
-    cr_assert_neq(sh("nats-server -t -c '%s' >/dev/null 2>&1", bad), 0);
+    cr_assert_neq(sh(NATS_SERVER "-t -c '%s' >/dev/null 2>&1", bad), 0);
     unlink(bad);
 }
 

@@ -15,8 +15,8 @@
  *    every poll and says ready after the last heal (how often it said 503 is printed);
  *  - the longest stall (work pending and no decision stored) is printed, per phase, and must be shorter than
  *    the fault itself.
- * The server binary comes from VERDICT_NATS_SERVER (default: nats-server on PATH), to run the same test against
- * several versions. Needs root for the namespaces; skips, saying why, only when it is not root. */
+ * The server binary comes from VERDICT_NATS_SERVER (default: nats-server on PATH; harness_nats_server), to run
+ * the same test against several versions. Needs root for the namespaces; skips, saying why, only when it is not root. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -584,9 +584,8 @@ static void setup(void)
     const char *why = netns_unavailable();
     if (why)
         cr_skip_test("partition test skipped: %s", why);
-    const char *bin = getenv("VERDICT_NATS_SERVER");
-    if (bin && bin[0])
-        server_bin = bin;
+    server_bin = harness_nats_server(); /* VERDICT_NATS_SERVER, its version checked against VERDICT_NATS_VERSION */
+    SETUP_REQUIRE(server_bin, "not the nats-server version asked for (above)");
     /* before any nats.c call: nats.c's own threads must be created in the client namespace too */
     SETUP_REQUIRE(netns_lab_create(&lab, 5), "cannot create the network namespaces (root is available)");
     SETUP_REQUIRE(netns_enter(&lab, CLIENT_HOST), "cannot enter the client namespace");

@@ -2,7 +2,8 @@
  * docs/operations.md) are enough: the engine starts, rebuilds, decides, answers requests and dead-letters as user
  * "verdict"; a payment service as user "payments" gets decisions by request/reply and by a JetStream publish. And
  * they are no more than that: the payment service cannot read the decisions stream, subscribe to decisions, or
- * touch the engine's consumer. The server's own log must show no permission violation by the engine. */
+ * touch the engine's consumer. The server's own log must show no permission violation by the engine (read in the
+ * log formats of nats-server 2.10 and 2.11+, and proven readable by a deliberate violation). */
 #include "client.h"
 #include "harness.h"
 
@@ -76,23 +77,45 @@ static void stop_engine(pid_t pid)
     cr_assert_eq(child_wait(pid, 15000), 0, "engine did not exit 0; see %s", logp);
 }
 
-/* The server's log lines reporting a permission violation by user (on subject, if not NULL). */
+/* The server's log lines reporting a permission violation by user (on subject, if not NULL). Where the user is
+ * named depends on the version: up to 2.10 in the message (`- Publish Violation - User "payments", Subject
+ * "txn.req"`), from 2.11 in the connection's log prefix (`- "$G/user:payments" - Publish Violation - Subject
+ * "txn.req"`). Both are matched; see_a_canary proves that the count works on the server under test, so that no
+ * "0 violations" passes because the log's format changed again. */
 static int violations_on(const char *user, const char *subject)
 {
-    char path[300], needle[64];
+    char path[300], by_msg[64], by_prefix[64], subj[300] = "";
     snprintf(path, sizeof path, "%s.log", srv.store);
-    snprintf(needle, sizeof needle, "User \"%s\"", user);
+    snprintf(by_msg, sizeof by_msg, "User \"%s\"", user);
+    snprintf(by_prefix, sizeof by_prefix, "/user:%s\"", user);
+    if (subject)
+        snprintf(subj, sizeof subj, "Subject \"%s\"", subject);
     FILE *f = fopen(path, "r");
     cr_assert_not_null(f, "no server log at %s", path);
     char line[2048];
     int n = 0;
     while (fgets(line, sizeof line, f))
-        if (strstr(line, "Violation") && strstr(line, needle) && (!subject || strstr(line, subject))) {
+        if (strstr(line, "Violation") && (strstr(line, by_msg) || strstr(line, by_prefix)) &&
+            (!subject || strstr(line, subj))) {
             fprintf(stderr, "server: %s", line);
             n++;
         }
     fclose(f);
     return n;
+}
+
+/* Connects as user with password, publishes to a subject no one may publish to and waits until the server has
+ * processed it: exactly one violation by user on that subject must be logged. */
+static void see_a_canary(const char *user, const char *password)
+{
+    char url[200];
+    snprintf(url, sizeof url, "nats://%s:%s@127.0.0.1:%d", user, password, srv.port);
+    natsConnection *c = tc_connect(url);
+    cr_assert_eq(natsConnection_PublishString(c, "perm.canary", "x"), NATS_OK);
+    cr_assert_eq(natsConnection_FlushTimeout(c, 2000), NATS_OK);
+    natsConnection_Destroy(c);
+    cr_assert_eq(violations_on(user, "perm.canary"), 1,
+                 "the server's violation for %s was not found in its log: has its format changed?", user);
 }
 
 static int violations(const char *user) { return violations_on(user, NULL); }
@@ -158,8 +181,10 @@ Test(permissions, engine_and_payment_service_work_with_exactly_these_permissions
     natsMsg_Destroy(r);
     stop_engine(pid);
 
-    cr_assert_eq(violations("verdict"), 0, "the engine needed more than its permissions (server log above)");
-    cr_assert_eq(violations("payments"), 0, "the payment service needed more than its permissions");
+    see_a_canary("verdict", ENGINE_PW);
+    see_a_canary("payments", PAY_PW);
+    cr_assert_eq(violations("verdict"), 1, "the engine needed more than its permissions (server log above)");
+    cr_assert_eq(violations("payments"), 1, "the payment service needed more than its permissions");
     jsCtx_Destroy(pjs);
     natsConnection_Destroy(pay);
 }

@@ -64,8 +64,52 @@ static bool port_open(int port)
     return ok;
 }
 
+/* The first line `bin --version` prints, NUL-terminated in out (empty if it could not run). */
+static void server_version(const char *bin, char *out, size_t cap)
+{
+    out[0] = 0;
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "'%s' --version 2>/dev/null", bin);
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return;
+    if (!fgets(out, (int)cap, p))
+        out[0] = 0;
+    pclose(p);
+    out[strcspn(out, "\r\n")] = 0;
+}
+
+const char *harness_nats_server(void)
+{
+    static int checked; /* 0: not yet, 1: usable, -1: refused */
+    static const char *bin;
+    if (checked)
+        return checked > 0 ? bin : NULL;
+    bin = getenv("VERDICT_NATS_SERVER");
+    if (!bin || !bin[0])
+        bin = "nats-server";
+    const char *want = getenv("VERDICT_NATS_VERSION");
+    checked = 1;
+    if (want && want[0]) {
+        char got[128], expect[160];
+        server_version(bin, got, sizeof got);
+        snprintf(expect, sizeof expect, "nats-server: v%s", want);
+        if (strcmp(got, expect) != 0) {
+            fprintf(stderr,
+                    "harness: VERDICT_NATS_VERSION=%s but %s reports \"%s\": refusing to run tests against it "
+                    "(set VERDICT_NATS_SERVER to a nats-server %s, e.g. `tools/get-nats-server %s`)\n",
+                    want, bin, got[0] ? got : "nothing (cannot run it)", want, want);
+            checked = -1;
+        }
+    }
+    return checked > 0 ? bin : NULL;
+}
+
 static bool spawn_server(test_server *s)
 {
+    const char *bin = harness_nats_server();
+    if (!bin)
+        return false;
     char port[16];
     snprintf(port, sizeof port, "%d", s->port);
     char log[300];
@@ -83,11 +127,10 @@ static bool spawn_server(test_server *s)
             close(fd);
         }
         if (s->conf[0])
-            execlp("nats-server", "nats-server", "-js", "-a", "127.0.0.1", "-p", port, "-sd", s->store, "-c",
-                   s->conf, (char *)NULL);
-        else
-            execlp("nats-server", "nats-server", "-js", "-a", "127.0.0.1", "-p", port, "-sd", s->store,
+            execlp(bin, "nats-server", "-js", "-a", "127.0.0.1", "-p", port, "-sd", s->store, "-c", s->conf,
                    (char *)NULL);
+        else
+            execlp(bin, "nats-server", "-js", "-a", "127.0.0.1", "-p", port, "-sd", s->store, (char *)NULL);
         _exit(127);
     }
     s->pid = pid;
@@ -96,7 +139,7 @@ static bool spawn_server(test_server *s)
             return true;
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) {
-            fprintf(stderr, "harness: nats-server exited early; see %s\n", log);
+            fprintf(stderr, "harness: %s exited early; see %s\n", bin, log);
             s->pid = 0;
             return false;
         }

@@ -20,6 +20,13 @@ typedef struct test_server {
     char conf[300];  /* optional config file path (empty if none) */
 } test_server;
 
+/* The nats-server binary every test runs: $VERDICT_NATS_SERVER, or "nats-server" on PATH when unset (the Makefile
+ * sets it: `make test NATS_VERSION=2.15.1`, docs/testing.md "nats-server versions"). When $VERDICT_NATS_VERSION
+ * is set, the binary must report exactly that version (`nats-server: v<VERSION>`); if it does not, this returns
+ * NULL after saying why on stderr, and every server start fails: a suite meant for one version never runs
+ * silently against another. The answer is computed once per process. */
+const char *harness_nats_server(void);
+
 /* A free TCP port on 127.0.0.1 (bound and released). */
 int free_port(void);
 
