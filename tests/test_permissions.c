@@ -66,7 +66,9 @@ static pid_t start_engine(void)
     snprintf(model, sizeof model, "%s/models/verdict-gbdt.json", VERDICT_SOURCE_DIR);
     setenv("VERDICT_NATS_PASSWORD", ENGINE_PW, 1);
     pid_t pid = tc_start_engine(srv.url, logp,
-                                (const char *const[]){"--user", "verdict", "--rules", rules, "--model", model, NULL});
+                                (const char *const[]){"--user", "verdict", "--rules", rules, "--model", model,
+                                                       /* the lease bucket too (hot standby) */
+                                                       "--lease-ttl", "3s", NULL});
     unsetenv("VERDICT_NATS_PASSWORD");
     return pid;
 }
