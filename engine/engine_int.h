@@ -93,6 +93,12 @@ typedef struct worker {
     Reason *reason_ptrs[DECIDE_MAX_REASONS];
     policy *shadow;  /* the candidate held for the batch in hand (shadow.h); NULL when none */
     shadow_eval se;  /* its scratch, preallocated when a shadow policy is configured */
+    /* shadow records computed while the batch's PubAcks are awaited (shadow_precompute_one): one SHADOW_RECORD_MAX
+     * slot per message of a batch, their lengths and candidate outcomes; next = where the scan goes on */
+    char *shadow_pre;
+    uint16_t *shadow_pre_len;
+    unsigned char *shadow_pre_outcome;
+    int shadow_next;
 } worker;
 
 /* A duplicate request waiting for the first copy's decision to be stored (see the resolver below). */
@@ -208,6 +214,7 @@ typedef struct slot {
     bool skip_model; /* the live decision skipped the model (budget): the shadow decision does too */
     double score;    /* the live decision's model score (-1: none) */
     bool shadowed;   /* its shadow decision was made (or given up) */
+    bool shadow_pre; /* its shadow record was computed ahead, while PubAcks were awaited (worker.shadow_pre) */
     uint64_t dup_seq;
     char err[192];
 } slot;
@@ -261,6 +268,7 @@ void shadow_engine_reload(engine *en, const char *why);
 void shadow_engine_drain(engine *en, int64_t wait_ms);
 bool shadow_engine_free(engine *en);
 void shadow_batch(worker *w, batch *b, int count);
+bool shadow_precompute_one(worker *w);
 vstatus make_velocity(engine *en, const policy *p, bool at_start, velref **out, verror *e);
 
 #endif
