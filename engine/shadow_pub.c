@@ -2,10 +2,11 @@
  * (loaded at start and on SIGHUP, compiled in full before it is swapped in), and the per-batch step that
  * decides the batch's transactions again with the candidate and publishes those decisions asynchronously.
  *
- * Placement: the step runs on the worker after the batch's live decisions are stored, replied to and acked,
- * so a shadow decision never delays a live answer; it costs the worker a second decode and decide (a few
- * microseconds each) and one async publish per batch on the buffered ingress connection, whose PubAck nobody
- * waits for. One message per batch, not per decision: a stored message costs the server about as much as the
+ * Placement: the worker computes the shadow decisions one at a time while it waits for the batch's PubAcks
+ * (shadow_precompute_one), so a live answer waits at most one of them longer, and sends those of the stored
+ * decisions after the batch's live decisions are replied to and acked; it costs the worker a second decode and
+ * decide (a few microseconds each) and one async publish per batch on the buffered ingress connection,
+ * whose PubAck nobody waits for. One message per batch, not per decision: a stored message costs the server about as much as the
  * live decision's own, and per-decision messages cost the live path 24-54% of its throughput where batches
  * cost a few per cent (docs/shadow.md, measured). A bounded number of shadow publishes is in flight; beyond it
  * shadow decisions are dropped (counted), never waited for. Every failure is a counter and a log line, never a
