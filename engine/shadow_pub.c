@@ -208,6 +208,30 @@ static int64_t thread_cpu_ns(void)
 
 /* --- the per-batch step ------------------------------------------------------------------------------- */
 
+/* Message i's shadow decision into *out (and its decoded transaction into *t): false when it does not decode or
+ * the candidate cannot decide it (then shadow_decide's reason applies). */
+static bool shadow_one(worker *w, batch *b, int i, Transaction **t, decide_out *out)
+{
+    engine *en = w->en;
+    slot *sl = &w->slots[i];
+    poison_reason why;
+    verror err = {0};
+    /* decoded once already (prepare): it decodes again, into the same per-message arena */
+    if (txn_decode(&w->arena, natsMsg_GetData(sl->in), (size_t)natsMsg_GetDataLength(sl->in),
+                   (size_t)en->cfg.max_msg_size, t, &why, &err) != V_OK)
+        return false;
+    int vs = b->vs[i];
+    shadow_input in = {.live = b->policy,
+                       .vel = vs != VS_NONE ? &b->vv[i] : NULL,
+                       .vel_inexact = vs == VS_INEXACT,
+                       .lists = en->lists,
+                       .profiles = en->profiles,
+                       .event_ms = txn_event_ms(*t, sl->meta.timestamp_ns / 1000000),
+                       .skip_model = sl->skip_model,
+                       .live_score = sl->score};
+    return shadow_decide(&w->se, w->shadow, &in, *t, out);
+}
+
 /* One message's shadow record, computed ahead while its live decision's PubAck is awaited, so the candidate's
  * CPU overlaps the round trip instead of following it. One message per call: the worker looks at its PubAcks
  * between two, so a live answer waits at most one shadow decision (a few microseconds) longer. Only what is being
@@ -229,28 +253,14 @@ bool shadow_precompute_one(worker *w)
         w->shadow_next++;
         int64_t t0 = thread_cpu_ns();
         Transaction *t = NULL;
-        poison_reason why;
-        verror err = {0};
-        if (txn_decode(&w->arena, natsMsg_GetData(sl->in), (size_t)natsMsg_GetDataLength(sl->in),
-                       (size_t)en->cfg.max_msg_size, &t, &why, &err) == V_OK) {
-            int vs = b->vs[i];
-            shadow_input in = {.live = b->policy,
-                               .vel = vs != VS_NONE ? &b->vv[i] : NULL,
-                               .vel_inexact = vs == VS_INEXACT,
-                               .lists = en->lists,
-                               .profiles = en->profiles,
-                               .event_ms = txn_event_ms(t, sl->meta.timestamp_ns / 1000000),
-                               .skip_model = sl->skip_model,
-                               .live_score = sl->score};
-            decide_out out;
-            if (shadow_decide(&w->se, w->shadow, &in, t, &out)) {
-                size_t n = shadow_record(w->shadow_pre + (size_t)i * SHADOW_RECORD_MAX, SHADOW_RECORD_MAX, t->txn_id,
-                                         (Verdict__V1__Outcome)sl->outcome, &out, sl->meta.delivered);
-                if (n > 0 && n <= UINT16_MAX) {
-                    w->shadow_pre_len[i] = (uint16_t)n;
-                    w->shadow_pre_outcome[i] = (unsigned char)out.outcome;
-                    sl->shadow_pre = true;
-                }
+        decide_out out;
+        if (shadow_one(w, b, i, &t, &out)) {
+            size_t n = shadow_record(w->shadow_pre + (size_t)i * SHADOW_RECORD_MAX, SHADOW_RECORD_MAX, t->txn_id,
+                                     (Verdict__V1__Outcome)sl->outcome, &out, sl->meta.delivered);
+            if (n > 0 && n <= UINT16_MAX) {
+                w->shadow_pre_len[i] = (uint16_t)n;
+                w->shadow_pre_outcome[i] = (unsigned char)out.outcome;
+                sl->shadow_pre = true;
             }
         }
         atomic_fetch_add_explicit(&en->stats.shadow_cpu_ns, thread_cpu_ns() - t0, memory_order_relaxed);
@@ -334,7 +344,6 @@ void shadow_batch(worker *w, batch *b, int count)
 static void shadow_batch_run(worker *w, batch *b, int count)
 {
     engine *en = w->en;
-    const config *c = &en->cfg;
     const policy *cand = w->shadow;
     shadow_eval *se = &w->se;
     for (int i = 0; i < count; i++) {
@@ -363,24 +372,11 @@ static void shadow_batch_run(worker *w, batch *b, int count)
                 shadow_flush(w, cand, b->policy);
             continue;
         }
-        /* decoded once already (prepare): it decodes again, into the same per-message arena */
         Transaction *t = NULL;
-        poison_reason why;
-        verror err = {0};
-        if (txn_decode(&w->arena, natsMsg_GetData(sl->in), (size_t)natsMsg_GetDataLength(sl->in),
-                       (size_t)c->max_msg_size, &t, &why, &err) != V_OK)
-            continue;
-        int vs = b->vs[i];
-        shadow_input in = {.live = b->policy,
-                           .vel = vs != VS_NONE ? &b->vv[i] : NULL,
-                           .vel_inexact = vs == VS_INEXACT,
-                           .lists = en->lists,
-                           .profiles = en->profiles,
-                           .event_ms = txn_event_ms(t, sl->meta.timestamp_ns / 1000000),
-                           .skip_model = sl->skip_model,
-                           .live_score = sl->score};
         decide_out out;
-        if (!shadow_decide(se, cand, &in, t, &out)) {
+        if (!shadow_one(w, b, i, &t, &out)) {
+            if (!t)
+                continue; /* does not decode: nothing to decide */
             long long k = atomic_fetch_add(&en->stats.shadow_skipped, 1);
             if (k == 0 || k % 10000 == 0)
                 log_warn("shadow decision skipped: the live policy in force lacks a velocity feature the candidate "
