@@ -252,8 +252,12 @@ void *seq_main(void *arg)
         }
         if (!lease_fetch_allowed(en)) {
             /* the lease lapsed during the fetch: hand the messages back for the next owner at once */
+            int unnaked = 0;
             for (int i = 0; i < b->list.Count; i++)
-                natsMsg_Nak(b->list.Msgs[i], NULL);
+                unnaked += natsMsg_Nak(b->list.Msgs[i], NULL) != NATS_OK;
+            if (unnaked) /* not lost: the server redelivers them after AckWait */
+                log_warn("fenced: some messages could not be handed back; they are redelivered after AckWait",
+                         "\"messages\":%d", unnaked);
             batch_recycle(en, b);
             continue;
         }
