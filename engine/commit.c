@@ -76,7 +76,8 @@ static void prepare(worker *w, int idx, slot *sl)
         snprintf(sl->txn_id, sizeof sl->txn_id, "pt-%llu", (unsigned long long)m->stream_seq);
         str_copy(sl->msg_id, sizeof sl->msg_id, sl->txn_id);
         sl->outcome = 1;
-        if (natsMsg_Create(&sl->dm, subj, NULL, natsMsg_GetData(msg), natsMsg_GetDataLength(msg)) != NATS_OK) {
+        if (republish_msg_new(&sl->dm, subj, sl->msg_id, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg),
+                              w->enc, w->enc_cap, &sl->id_in_msg) != NATS_OK) {
             atomic_store(&sl->state, SLOT_FAILED);
             return;
         }
@@ -160,15 +161,11 @@ static void prepare(worker *w, int idx, slot *sl)
     d.budget_exceeded = out.budget_exceeded;
     d.degraded = out.degraded;
     d.engine_id = (char *)cfg->engine_id;
-    size_t n = decision_encode(&d, w->enc, DECISION_BUF);
-
     char subj[NAME_MAX_LEN + 96];
     snprintf(subj, sizeof subj, "%s.%s.%s", cfg->decision_prefix, outcome_str(d.outcome), t->txn_id);
-    natsStatus s = n ? natsMsg_Create(&sl->dm, subj, NULL, (const char *)w->enc, (int)n) : NATS_INSUFFICIENT_BUFFER;
-    if (s == NATS_OK)
-        s = set_decision_headers(sl->dm, &d);
     str_copy(sl->txn_id, sizeof sl->txn_id, t->txn_id);
     str_copy(sl->msg_id, sizeof sl->msg_id, t->txn_id);
+    natsStatus s = decision_msg_new(&sl->dm, subj, sl->msg_id, &d, w->enc, w->enc_cap, &sl->id_in_msg);
     sl->outcome = d.outcome & 3;
     sl->score = out.score;
     sl->latency_us = d.latency_us;
@@ -300,6 +297,7 @@ static void finish(worker *w, slot *sl)
                       (unsigned long long)sl->meta.stream_seq, sl->txn_id, (unsigned long long)sl->dup_seq);
             /* ':' never occurs in a txn_id, so the derived id cannot be another transaction's */
             snprintf(sl->msg_id, sizeof sl->msg_id, "%s:restored", sl->txn_id);
+            sl->id_in_msg = false; /* the new id goes in by jsPubOptions.MsgId, replacing the one in the message */
             sl->restoring = true;
             sl->retryable = true;
             str_copy(sl->err, sizeof sl->err, "duplicate without a stored decision");
@@ -395,7 +393,8 @@ static void publish_slots(worker *w, int count)
             continue;
         jsPubOptions po;
         jsPubOptions_Init(&po);
-        po.MsgId = sl->msg_id;
+        if (!sl->id_in_msg)
+            po.MsgId = sl->msg_id; /* nats.c adds the header (and then encodes all headers itself) */
         po.MaxWait = cfg->publish_timeout_ms;
         natsMsg *dm = sl->to_send;
         sl->to_send = NULL;

@@ -71,41 +71,186 @@ static const char *decision_header_keys[] = {"Nats-Msg-Id",           "Verdict-O
                                              "Verdict-Reasons",       "Verdict-Rules-Version",  "Verdict-Model-Version",
                                              "Verdict-Latency-Us",    "Verdict-Budget-Exceeded", "Verdict-Degraded"};
 
-natsStatus set_decision_headers(natsMsg *m, const Decision *d)
+/* --- decision messages on the wire ---------------------------------------------------------------------
+ *
+ * nats.c keeps a message's headers in a hash of separately allocated keys and values (natsMsgHeader_Set) and
+ * re-encodes them at publish: for the contract's seven headers that was the largest cost a decision adds to a
+ * bare republish (docs/benchmarks.md, "Decision headers"). So the worker writes the header block in the wire
+ * format itself (the "NATS/1.0" line, "Key: value" lines, an empty line), right before the encoded decision in
+ * its own buffer, and hands both to natsMsg_create: the constructor nats.c uses for every message it receives,
+ * one allocation, and a header block it sends as it is until someone reads or changes a header. natsMsg_create
+ * is exported by libnats but declared only in nats.c's private msg.h; its signature is the same from nats.c's
+ * first release to today's. wire_check() makes sure, once per process, that a message built this way reads back
+ * through the public API; where it does not, the public path (natsMsgHeader_Set, jsPubOptions.MsgId) is used. */
+natsStatus natsMsg_create(natsMsg **newMsg, const char *subject, int subjLen, const char *reply, int replyLen,
+                          const char *buf, int bufLen, int hdrLen);
+
+static bool wire_usable;
+static pthread_once_t wire_once = PTHREAD_ONCE_INIT;
+
+static void wire_check(void)
+{
+    static const char blk[] = "NATS/1.0\r\nVerdict-Check: a b\r\nNats-Msg-Id: x-1\r\n\r\nbody";
+    const int total = (int)sizeof blk - 1, hl = total - 4;
+    natsMsg *m = NULL;
+    const char *v = NULL, *id = NULL;
+    wire_usable = natsMsg_create(&m, "verdict.check", 13, NULL, 0, blk, total, hl) == NATS_OK &&
+                  strcmp(natsMsg_GetSubject(m), "verdict.check") == 0 && natsMsg_GetDataLength(m) == 4 &&
+                  memcmp(natsMsg_GetData(m), "body", 4) == 0 && natsMsgHeader_Get(m, "Verdict-Check", &v) == NATS_OK &&
+                  v && strcmp(v, "a b") == 0 && natsMsgHeader_Get(m, "Nats-Msg-Id", &id) == NATS_OK && id &&
+                  strcmp(id, "x-1") == 0;
+    natsMsg_Destroy(m);
+    if (!wire_usable)
+        log_warn("this libnats does not build messages from wire bytes as expected; decision headers go through "
+                 "natsMsgHeader_Set (slower)",
+                 NULL);
+}
+
+bool wire_messages_usable(void)
+{
+    pthread_once(&wire_once, wire_check);
+    return wire_usable;
+}
+
+typedef struct wirebuf {
+    char *p;
+    size_t cap, len;
+    bool full;
+} wirebuf;
+
+static void wire_put(wirebuf *w, const char *s, size_t n)
+{
+    if (w->full || n > w->cap - w->len) {
+        w->full = true;
+        return;
+    }
+    memcpy(w->p + w->len, s, n);
+    w->len += n;
+}
+
+/* One header line. A CR or LF in a value would end the line early: it becomes a space, as nats.c's own encoder
+ * does. */
+static void wire_header(wirebuf *w, const char *key, const char *val)
+{
+    wire_put(w, key, strlen(key));
+    wire_put(w, ": ", 2);
+    size_t at = w->len, n = strlen(val);
+    wire_put(w, val, n);
+    for (size_t i = at; !w->full && i < at + n; i++)
+        if (w->p[i] == '\r' || w->p[i] == '\n')
+            w->p[i] = ' ';
+    wire_put(w, "\r\n", 2);
+}
+
+/* The contract's decision headers (DESIGN.md), to one writer or the other. */
+typedef struct hdr_sink {
+    wirebuf *wire; /* the wire path */
+    natsMsg *msg;  /* or the public one */
+    natsStatus s;
+} hdr_sink;
+
+static void sink_set(hdr_sink *k, const char *key, const char *val)
+{
+    if (k->wire)
+        wire_header(k->wire, key, val);
+    else if (k->s == NATS_OK)
+        k->s = natsMsgHeader_Set(k->msg, key, val);
+}
+
+static void decision_headers(hdr_sink *k, const Decision *d)
 {
     char score[32], lat[32], reasons[DECIDE_MAX_REASONS * (IDENT_NAME_MAX + 1) + 1];
     size_t o = 0;
     reasons[0] = 0;
     for (size_t i = 0; i < d->n_reasons; i++) {
-        int k = snprintf(reasons + o, sizeof reasons - o, "%s%s", i ? "," : "", d->reasons[i]->rule_id);
-        if (k < 0 || (size_t)k >= sizeof reasons - o)
+        int n = snprintf(reasons + o, sizeof reasons - o, "%s%s", i ? "," : "", d->reasons[i]->rule_id);
+        if (n < 0 || (size_t)n >= sizeof reasons - o)
             break; /* cannot happen with ids the compiler accepts (ident.h); never overrun */
-        o += (size_t)k;
+        o += (size_t)n;
     }
     if (d->score >= 0)
         snprintf(score, sizeof score, "%.6f", d->score);
     else
         snprintf(score, sizeof score, "none");
     snprintf(lat, sizeof lat, "%lld", (long long)d->latency_us);
-    /* Nats-Msg-Id is added by nats.c from jsPubOptions.MsgId; every header costs nats.c allocations and
-     * hashing, measurably (docs/benchmarks.md), so nothing is set twice */
-    natsStatus s = natsMsgHeader_Set(m, "Verdict-Outcome", outcome_str(d->outcome));
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(m, "Verdict-Score", score);
+    sink_set(k, "Verdict-Outcome", outcome_str(d->outcome));
+    sink_set(k, "Verdict-Score", score);
     /* an empty header value confuses header parsing in some clients: omit the header when no rule matched */
-    if (s == NATS_OK && reasons[0])
-        s = natsMsgHeader_Set(m, "Verdict-Reasons", reasons);
+    if (reasons[0])
+        sink_set(k, "Verdict-Reasons", reasons);
+    sink_set(k, "Verdict-Rules-Version", d->rules_version);
+    sink_set(k, "Verdict-Model-Version", d->model_version);
+    sink_set(k, "Verdict-Latency-Us", lat);
+    if (d->budget_exceeded)
+        sink_set(k, "Verdict-Budget-Exceeded", "true");
+    if (d->degraded)
+        sink_set(k, "Verdict-Degraded", "true");
+}
+
+static natsStatus set_decision_headers(natsMsg *m, const Decision *d)
+{
+    hdr_sink k = {.msg = m, .s = NATS_OK};
+    decision_headers(&k, d);
+    return k.s;
+}
+
+/* Writes the header block (Nats-Msg-Id, then the decision's headers when d is not NULL) at the start of buf;
+ * returns its length, or 0 when it does not fit. */
+static size_t wire_block(char *buf, size_t cap, const char *msg_id, const Decision *d)
+{
+    wirebuf w = {.p = buf, .cap = cap};
+    wire_put(&w, "NATS/1.0\r\n", 10);
+    wire_header(&w, "Nats-Msg-Id", msg_id);
+    if (d) {
+        hdr_sink k = {.wire = &w};
+        decision_headers(&k, d);
+    }
+    wire_put(&w, "\r\n", 2);
+    return w.full ? 0 : w.len;
+}
+
+natsStatus decision_msg_new(natsMsg **out, const char *subj, const char *msg_id, const Decision *d, unsigned char *buf,
+                            size_t cap, bool *id_in_msg)
+{
+    *out = NULL;
+    *id_in_msg = false;
+    size_t hl = wire_messages_usable() ? wire_block((char *)buf, cap, msg_id, d) : 0;
+    if (hl) {
+        size_t n = decision_encode(d, buf + hl, cap - hl);
+        if (!n)
+            return NATS_INSUFFICIENT_BUFFER;
+        natsStatus s = natsMsg_create(out, subj, (int)strlen(subj), NULL, 0, (const char *)buf, (int)(hl + n), (int)hl);
+        *id_in_msg = s == NATS_OK;
+        return s;
+    }
+    /* the public path: the id goes in by jsPubOptions.MsgId */
+    size_t n = decision_encode(d, buf, cap);
+    if (!n)
+        return NATS_INSUFFICIENT_BUFFER;
+    natsStatus s = natsMsg_Create(out, subj, NULL, (const char *)buf, (int)n);
     if (s == NATS_OK)
-        s = natsMsgHeader_Set(m, "Verdict-Rules-Version", d->rules_version);
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(m, "Verdict-Model-Version", d->model_version);
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(m, "Verdict-Latency-Us", lat);
-    if (s == NATS_OK && d->budget_exceeded)
-        s = natsMsgHeader_Set(m, "Verdict-Budget-Exceeded", "true");
-    if (s == NATS_OK && d->degraded)
-        s = natsMsgHeader_Set(m, "Verdict-Degraded", "true");
+        s = set_decision_headers(*out, d);
+    if (s != NATS_OK) {
+        natsMsg_Destroy(*out);
+        *out = NULL;
+    }
     return s;
+}
+
+natsStatus republish_msg_new(natsMsg **out, const char *subj, const char *msg_id, const void *data, size_t len,
+                             unsigned char *buf, size_t cap, bool *id_in_msg)
+{
+    *out = NULL;
+    *id_in_msg = false;
+    size_t hl = wire_messages_usable() ? wire_block((char *)buf, cap, msg_id, NULL) : 0;
+    if (hl && len <= cap - hl) {
+        memcpy(buf + hl, data, len);
+        natsStatus s =
+            natsMsg_create(out, subj, (int)strlen(subj), NULL, 0, (const char *)buf, (int)(hl + len), (int)hl);
+        *id_in_msg = s == NATS_OK;
+        return s;
+    }
+    return natsMsg_Create(out, subj, NULL, data, (int)len);
 }
 
 /* The one way a decision reaches a requester: the decision message's bytes and Verdict headers (copied from

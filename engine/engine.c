@@ -407,7 +407,9 @@ vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **ou
         worker *w = &en->workers[i];
         w->en = en;
         w->id = i;
-        w->enc = malloc(DECISION_BUF);
+        /* the pass-through republishes whole transactions through the same buffer */
+        w->enc_cap = DECISION_BUF + DECISION_HDR_BUF + (c->passthrough ? (size_t)c->max_msg_size : 0);
+        w->enc = malloc(w->enc_cap);
         pthread_mutex_init(&w->pub_mu, NULL);
         if (!w->enc || arena_init(&w->arena, txn_arena_size((size_t)c->max_msg_size)) ||
             arena_init(&w->dup_arena, DECISION_BUF * 4)) {

@@ -40,6 +40,9 @@
  * compiler accepts (ident.h, rules.h), ids and versions at their limits, protobuf framing on each; so a decision
  * always fits and the most suspicious transactions (the most matches) are never the ones lost. */
 #define DECISION_BUF (DECIDE_MAX_REASONS * (IDENT_NAME_MAX + RULES_REASON_MAX + 16) + 4 * NAME_MAX_LEN + 1024)
+/* room for a decision's header block ahead of it (decision_msg_new): the reasons' ids, the id and versions, the
+ * keys; a block that does not fit falls back to nats.c's header API */
+#define DECISION_HDR_BUF (DECIDE_MAX_REASONS * (IDENT_NAME_MAX + 1) + 4 * NAME_MAX_LEN + 512)
 /* how long a batch retries decisions the stream could not take (no leader), before naking them */
 #define DECISION_RETRY_MS 30000
 
@@ -85,7 +88,8 @@ typedef struct worker {
     int64_t recv_wall_us;
     arena arena;       /* decode arena, reset per message */
     arena dup_arena;   /* decoding stored decisions on the duplicate path */
-    unsigned char *enc; /* encoded decision */
+    unsigned char *enc; /* the decision message's header block and encoded decision (decision_msg_new) */
+    size_t enc_cap;
     fval vals[FEAT_MAX];
     policy *policy; /* held for the batch in hand */
     velref *vel;    /* held with it */
@@ -211,6 +215,7 @@ typedef struct slot {
     bool retryable; /* failed because the stream had no leader for a moment (see process_batch) */
     bool finished;  /* replied/acked/naked: nothing more to do for this message */
     bool restoring; /* published again under a derived id (stored_decision found nothing) */
+    bool id_in_msg;  /* dm's header block already carries Nats-Msg-Id = msg_id (decision_msg_new) */
     bool skip_model; /* the live decision skipped the model (budget): the shadow decision does too */
     double score;    /* the live decision's model score (-1: none) */
     bool shadowed;   /* its shadow decision was made (or given up) */
@@ -242,7 +247,15 @@ void fault_point(const engine *en, const char *point);
 void reply_error(natsConnection *nc, const char *reply_to, int code, const char *text);
 void request_failed(engine *en, natsConnection *nc, const char *reply_to, int code, const char *text);
 bool reply_subject_ok(const config *c, const char *s);
-natsStatus set_decision_headers(natsMsg *m, const Decision *d);
+/* The decision message: subject, Nats-Msg-Id = msg_id and the contract's headers, the encoded decision; buf
+ * (cap bytes) is the caller's scratch. *id_in_msg says whether the id is in the message, or must be given by
+ * jsPubOptions.MsgId (where libnats cannot take a header block as is: wire_messages_usable). */
+natsStatus decision_msg_new(natsMsg **out, const char *subj, const char *msg_id, const Decision *d, unsigned char *buf,
+                            size_t cap, bool *id_in_msg);
+/* The same for the benchmark's pass-through: data republished under msg_id, no other header. */
+natsStatus republish_msg_new(natsMsg **out, const char *subj, const char *msg_id, const void *data, size_t len,
+                             unsigned char *buf, size_t cap, bool *id_in_msg);
+bool wire_messages_usable(void);
 void reply_decision(natsConnection *nc, const char *reply_to, natsMsg *decision, bool duplicate, natsMsg *in);
 natsStatus build_dead_letter(const engine *en, natsMsg *msg, const js_meta *m, poison_reason why, const char *err,
                              natsMsg **out);

@@ -790,4 +790,90 @@ Test(invariants, the_largest_decision_fits_the_encode_buffer)
                   (int)DECISION_BUF);
     static unsigned char buf[DECISION_BUF];
     cr_assert_gt(decision_encode(&d, buf, sizeof buf), 0);
+
+    /* and with its header block ahead of it, in the worker's buffer: the header-block path is taken */
+    cr_assert_eq(nats_Open(-1), NATS_OK); /* nats.c frees messages through its library's collector */
+    static unsigned char wire[DECISION_BUF + DECISION_HDR_BUF];
+    natsMsg *m = NULL;
+    bool id_in_msg = false;
+    cr_assert_eq(decision_msg_new(&m, "decision.decline.t", txn, &d, wire, sizeof wire, &id_in_msg), NATS_OK);
+    cr_assert(id_in_msg, "the largest decision's headers must fit DECISION_HDR_BUF");
+    cr_assert_eq((size_t)natsMsg_GetDataLength(m), need);
+    natsMsg_Destroy(m);
+    nats_Close();
+}
+
+static void assert_header(natsMsg *m, const char *key, const char *want)
+{
+    const char *v = NULL;
+    natsStatus s = natsMsgHeader_Get(m, key, &v);
+    if (!want) {
+        cr_assert_eq(s, NATS_NOT_FOUND, "%s must be absent", key);
+        return;
+    }
+    cr_assert_eq(s, NATS_OK, "%s missing", key);
+    cr_assert_str_eq(v, want, "%s", key);
+}
+
+/* A decision message carries the contract's headers (DESIGN.md) and the encoded decision, whether its header
+ * block is written by the worker (decision_msg_new's wire path) or, when it does not fit, by nats.c's header API;
+ * a CR or LF in a value cannot end a header line. */
+Test(invariants, a_decision_message_carries_the_contract_headers)
+{
+    cr_assert_eq(nats_Open(-1), NATS_OK); /* nats.c frees messages through its library's collector */
+    cr_assert(wire_messages_usable(), "libnats 3.4.1 builds messages from wire bytes");
+    Reason r1 = VERDICT__V1__REASON__INIT, r2 = VERDICT__V1__REASON__INIT;
+    r1.rule_id = "high_amount";
+    r1.text = "Amount above limit";
+    r2.rule_id = "new_device";
+    r2.text = "First time seen";
+    Reason *rp[] = {&r1, &r2};
+    Decision d = VERDICT__V1__DECISION__INIT;
+    d.txn_id = "t-42";
+    d.outcome = VERDICT__V1__OUTCOME__OUTCOME_REVIEW;
+    d.score = 0.25;
+    d.n_reasons = 2;
+    d.reasons = rp;
+    d.rules_version = "rules\r\nInjected: yes";
+    d.model_version = "m-7";
+    d.latency_us = 1234;
+    d.degraded = true;
+    for (int path = 0; path < 2; path++) {
+        /* path 1: a buffer too small for the header block and the decision: the public API's path */
+        static unsigned char buf[DECISION_BUF + DECISION_HDR_BUF];
+        size_t cap = path == 0 ? sizeof buf : 120;
+        natsMsg *m = NULL;
+        bool id_in_msg = !path;
+        cr_assert_eq(decision_msg_new(&m, "decision.review.t-42", "t-42", &d, buf, cap, &id_in_msg), NATS_OK);
+        cr_assert_eq(id_in_msg, path == 0, "path %d", path);
+        assert_header(m, "Nats-Msg-Id", path == 0 ? "t-42" : NULL); /* else jsPubOptions.MsgId adds it */
+        assert_header(m, "Verdict-Outcome", "review");
+        assert_header(m, "Verdict-Score", "0.250000");
+        assert_header(m, "Verdict-Reasons", "high_amount,new_device");
+        /* on the wire path the block is what is sent: the CR LF must be gone from it; nats.c's encoder does the
+         * same at publish for what natsMsgHeader_Set holds */
+        assert_header(m, "Verdict-Rules-Version", path == 0 ? "rules  Injected: yes" : d.rules_version);
+        assert_header(m, "Injected", NULL);
+        assert_header(m, "Verdict-Model-Version", "m-7");
+        assert_header(m, "Verdict-Latency-Us", "1234");
+        assert_header(m, "Verdict-Degraded", "true");
+        assert_header(m, "Verdict-Budget-Exceeded", NULL);
+        cr_assert_str_eq(natsMsg_GetSubject(m), "decision.review.t-42");
+        Decision *back = verdict__v1__decision__unpack(NULL, (size_t)natsMsg_GetDataLength(m),
+                                                       (const uint8_t *)natsMsg_GetData(m));
+        cr_assert_not_null(back, "path %d: the body is the encoded decision", path);
+        cr_assert_str_eq(back->txn_id, "t-42");
+        cr_assert_eq(back->n_reasons, 2);
+        verdict__v1__decision__free_unpacked(back, NULL);
+        natsMsg_Destroy(m);
+    }
+    /* no rule matched: no Verdict-Reasons header (an empty value confuses some clients' parsers) */
+    d.n_reasons = 0;
+    natsMsg *m = NULL;
+    bool id_in_msg = false;
+    static unsigned char buf2[DECISION_BUF + DECISION_HDR_BUF];
+    cr_assert_eq(decision_msg_new(&m, "decision.review.t-42", "t-42", &d, buf2, sizeof buf2, &id_in_msg), NATS_OK);
+    assert_header(m, "Verdict-Reasons", NULL);
+    natsMsg_Destroy(m);
+    nats_Close();
 }
