@@ -155,6 +155,18 @@ Test(desk, every_review_decision_becomes_one_case_through_redeliveries_and_a_kil
     config_defaults(&cfg);
     cr_assert_eq(cases_open(js, &cfg, &cs, &e), V_OK, "%s", e.msg);
     json_t *out = NULL;
+    /* a claim is released only by its holder; releasing an open case changes nothing */
+    cr_assert_eq(cases_claim(cs, "dk-001", "alice", NULL, &e), V_OK, "%s", e.msg);
+    cr_assert_eq(cases_release(cs, "dk-001", "bob", NULL, &e), V_ECONFLICT);
+    cr_assert(strstr(e.msg, "claimed by alice"), "message: %s", e.msg);
+    cr_assert_eq(cases_release(cs, "dk-001", "alice", &out, &e), V_OK, "%s", e.msg);
+    cr_assert_str_eq(json_string_value(json_object_get(out, "state")), "open");
+    cr_assert_null(json_object_get(out, "claimed_by"));
+    json_int_t rev = json_integer_value(json_object_get(out, "rev"));
+    json_decref(out);
+    cr_assert_eq(cases_release(cs, "dk-001", "alice", &out, &e), V_OK, "%s", e.msg);
+    cr_assert_eq(json_integer_value(json_object_get(out, "rev")), rev, "a no-op release wrote a revision");
+    json_decref(out);
     cr_assert_eq(cases_resolve(cs, "dk-001", "alice", "fraud", &out, &e), V_OK, "%s", e.msg);
     json_decref(out);
     cr_assert_eq(cases_resolve(cs, "dk-002", "bob", "legitimate", &out, &e), V_OK, "%s", e.msg);
