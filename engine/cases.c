@@ -219,13 +219,19 @@ static void add_history(json_t *c, const char *action, const char *analyst, int6
     json_array_append_new(h, json_pack("{s:s, s:s, s:I}", "action", action, "by", analyst, "at_ms", (json_int_t)at_ms));
 }
 
+/* The answer to any action on a resolved case: who resolved it, and how. */
+static int refuse_resolved(const json_t *c, verror *e)
+{
+    return verror_set(e, V_ECONFLICT, "already resolved by %s as %s", str_of(c, "resolved_by"),
+                      str_of(c, "resolution"));
+}
+
 static int step_claim(json_t *c, const char *analyst, const void *arg, int64_t at_ms, verror *e)
 {
     (void)arg;
     const char *st = str_of(c, "state");
     if (strcmp(st, "resolved") == 0)
-        return verror_set(e, V_ECONFLICT, "already resolved by %s as %s", str_of(c, "resolved_by"),
-                          str_of(c, "resolution"));
+        return refuse_resolved(c, e);
     if (strcmp(st, "claimed") == 0)
         return strcmp(str_of(c, "claimed_by"), analyst) == 0
                    ? 0
@@ -242,8 +248,7 @@ static int step_release(json_t *c, const char *analyst, const void *arg, int64_t
     (void)arg;
     const char *st = str_of(c, "state");
     if (strcmp(st, "resolved") == 0)
-        return verror_set(e, V_ECONFLICT, "already resolved by %s as %s", str_of(c, "resolved_by"),
-                          str_of(c, "resolution"));
+        return refuse_resolved(c, e);
     if (strcmp(st, "open") == 0)
         return 0;
     if (strcmp(str_of(c, "claimed_by"), analyst) != 0)
@@ -263,8 +268,7 @@ static int step_resolve(json_t *c, const char *analyst, const void *arg, int64_t
         /* our own write whose answer was lost comes back as this: the same resolution by the same analyst */
         if (strcmp(str_of(c, "resolved_by"), analyst) == 0 && strcmp(str_of(c, "resolution"), resolution) == 0)
             return 0;
-        return verror_set(e, V_ECONFLICT, "already resolved by %s as %s", str_of(c, "resolved_by"),
-                          str_of(c, "resolution"));
+        return refuse_resolved(c, e);
     }
     if (strcmp(st, "claimed") == 0 && strcmp(str_of(c, "claimed_by"), analyst) != 0)
         return verror_set(e, V_ECONFLICT, "claimed by %s", str_of(c, "claimed_by"));
