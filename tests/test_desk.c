@@ -1,7 +1,7 @@
 /* test_desk.c - the analysts' desk against a real nats-server (docs/desk.md): every review decision becomes one
  * case, through redeliveries and a kill -9 of the desk; of concurrent claimers and resolvers exactly one wins and
  * each resolution publishes one label, which `verdict features --labels-stream` joins; the desk refuses to listen
- * beyond loopback without users, and its API refuses a request without a session. */
+ * beyond loopback without users, and its API refuses a request without a session; its names follow --prefix. */
 #include "cases.h"
 #include "client.h"
 #include "harness.h"
@@ -494,4 +494,29 @@ Test(desk, the_api_needs_a_session_and_a_login_needs_the_secret)
     cr_assert_eq(tc_count_lines(deskp, "\"login refused\""), 2);
     kill(d, SIGTERM);
     cr_assert_eq(child_wait(d, 10000), 0);
+}
+
+/* The desk's names follow --prefix as the engine's do: bucket and consumer with '_', subjects with '.', the stream
+ * upper case. */
+Test(desk, names_follow_the_prefix)
+{
+    config c;
+    config_defaults(&c);
+    cases_names n;
+    cases_names_of(&c, &n);
+    cr_assert_str_eq(n.bucket, "verdict_cases");
+    cr_assert_str_eq(n.labels_stream, "LABELS");
+    cr_assert_str_eq(n.label_prefix, "label");
+    cr_assert_str_eq(n.consumer, "verdict_desk");
+    cr_assert_str_eq(n.review_filter, "decision.review.>");
+    bool help;
+    verror e = {0};
+    char *argv[] = {"desk", "--prefix", "acme"};
+    cr_assert_eq(config_parse(&c, 3, argv, &help, NULL, NULL, &e), V_OK, "%s", e.msg);
+    cases_names_of(&c, &n);
+    cr_assert_str_eq(n.bucket, "acme_verdict_cases");
+    cr_assert_str_eq(n.labels_stream, "ACME_LABELS");
+    cr_assert_str_eq(n.label_prefix, "acme.label");
+    cr_assert_str_eq(n.consumer, "acme_verdict_desk");
+    cr_assert_str_eq(n.review_filter, "acme.decision.review.>");
 }
