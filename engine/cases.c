@@ -24,16 +24,10 @@ struct cases {
 
 void cases_names_of(const config *c, cases_names *n)
 {
-    char up[64] = "", low[64] = "";
-    for (size_t i = 0; c->prefix[i] && i < sizeof up - 1; i++) {
-        char ch = c->prefix[i];
-        up[i] = (ch >= 'a' && ch <= 'z') ? (char)(ch - 32) : (ch == '.' ? '_' : ch);
-        low[i] = ch;
-    }
-    snprintf(n->bucket, sizeof n->bucket, "%s%sverdict_cases", low, low[0] ? "_" : "");
-    snprintf(n->labels_stream, sizeof n->labels_stream, "%s%sLABELS", up, up[0] ? "_" : "");
-    snprintf(n->label_prefix, sizeof n->label_prefix, "%s%slabel", low, low[0] ? "." : "");
-    snprintf(n->consumer, sizeof n->consumer, "%s%sverdict_desk", low, low[0] ? "_" : "");
+    config_name(c, NAME_BUCKET, "verdict_cases", n->bucket, sizeof n->bucket);
+    config_name(c, NAME_STREAM, "LABELS", n->labels_stream, sizeof n->labels_stream);
+    config_name(c, NAME_SUBJECT, "label", n->label_prefix, sizeof n->label_prefix);
+    config_name(c, NAME_BUCKET, "verdict_desk", n->consumer, sizeof n->consumer);
     snprintf(n->review_filter, sizeof n->review_filter, "%s.review.>", c->decision_prefix);
 }
 
