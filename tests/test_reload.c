@@ -37,10 +37,7 @@ static void version_of(const char *text, char out[17]) { hash64_hex(hash64(text,
 
 static void setup(void)
 {
-    cr_assert(server_start(&srv, NULL), "nats-server did not start");
-    nc = tc_connect(srv.url);
-    cr_assert_eq(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
-    temp_path(logp, sizeof logp, ".log");
+    tc_fixture_up(&srv, &nc, &js, logp, sizeof logp);
     temp_path(rulesp, sizeof rulesp, ".rules");
     arena_init(&ar, 1 << 16);
 }
@@ -48,10 +45,7 @@ static void setup(void)
 static void teardown(void)
 {
     arena_free(&ar);
-    jsCtx_Destroy(js);
-    natsConnection_Destroy(nc);
-    server_stop(&srv);
-    unlink(logp);
+    tc_fixture_down(&srv, nc, js, logp);
     unlink(rulesp);
 }
 
