@@ -40,14 +40,6 @@ static void teardown(void)
 
 TestSuite(desk, .init = setup, .fini = teardown, .timeout = 240);
 
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    cr_assert_not_null(f);
-    fputs(text, f);
-    fclose(f);
-}
-
 /* amounts of 500.00 and more go to review, the rest are approved */
 static const char *rules_review = "rule big review \"Large amount\" when amount >= 500\n";
 
@@ -85,7 +77,7 @@ static pid_t start_desk(const char *fault, int port)
 
 Test(desk, every_review_decision_becomes_one_case_through_redeliveries_and_a_kill)
 {
-    write_file(rulesp, rules_review);
+    tc_write_file(rulesp, rules_review);
     const char *extra[] = {"--rules", rulesp, NULL};
     pid_t eng = tc_start_engine(srv.url, logp, extra);
     enum { N = 60 };
