@@ -195,23 +195,26 @@ static double drain_rate(const bench_opts *o, const config *c, jsCtx *js, int co
     return elapsed > 0 ? (double)(done - done0) * 1e6 / (double)elapsed : 0;
 }
 
-/* ABBA order (pass-through, full, full, pass-through), each run on its own freshly preloaded stream, so
- * neither side always runs on the emptier server; each side's figure is the mean of its two runs. */
-static int bench_throughput(const bench_opts *o, natsConnection *nc, double *full, double *pt)
+/* Two sides a and b in ABBA order (a, b, b, a), each run on its own freshly preloaded stream (prefixes[i]), so
+ * neither side always runs on the emptier server; rate[0] (a) and rate[1] (b) are each the mean of the side's two
+ * runs. side() makes a run's configuration from o->cfg; xs: NULL, or one drain_extra per side. */
+static int bench_abba(const bench_opts *o, natsConnection *nc, const char *const prefixes[4],
+                      void (*side)(config *c, const char *prefix, bool b), const char *const labels[2], double rate[2],
+                      drain_extra *xs)
 {
+    static const bool is_b[] = {false, true, true, false};
+    rate[0] = rate[1] = 0;
     jsOptions jo;
     jsOptions_Init(&jo);
     jo.PublishAsync.MaxPending = 4096;
     jsCtx *js = NULL;
     if (natsConnection_JetStream(&js, nc, &jo) != NATS_OK)
         return 1;
-    static const char *prefixes[] = {"bp1", "bt1", "bt2", "bp2"};
-    static const bool is_pt[] = {true, false, false, true};
     config cs[4];
     verror e = {0};
     for (int i = 0; i < 4; i++) {
         cs[i] = o->cfg;
-        with_prefix(&cs[i], prefixes[i], is_pt[i]);
+        side(&cs[i], prefixes[i], is_b[i]);
         if (broker_setup(&cs[i], js, &e) != V_OK || preload(js, &cs[i], o->count, 7, &e) != V_OK) {
             fprintf(stderr, "bench: %s\n", e.msg);
             jsCtx_Destroy(js);
@@ -221,52 +224,49 @@ static int bench_throughput(const bench_opts *o, natsConnection *nc, double *ful
     fprintf(stderr, "[bench] preloaded %d transactions into each of 4 streams\n", o->count);
     bench_opts quarter = *o;
     quarter.seconds = o->seconds / 2 > 1 ? o->seconds / 2 : 1; /* drain_rate uses half of this: 1/4 each */
-    *pt = *full = 0;
     for (int i = 0; i < 4; i++) {
-        double r = drain_rate(&quarter, &cs[i], js, o->count, is_pt[i] ? "passthrough" : "full", NULL);
-        *(is_pt[i] ? pt : full) += r / 2;
+        double r = drain_rate(&quarter, &cs[i], js, o->count, labels[is_b[i]], xs ? &xs[is_b[i]] : NULL);
+        rate[is_b[i]] += r / 2;
     }
     jsCtx_Destroy(js);
     return 0;
+}
+
+static void throughput_side(config *c, const char *prefix, bool full) { with_prefix(c, prefix, !full); }
+
+/* The pass-through against the full engine, ABBA. */
+static int bench_throughput(const bench_opts *o, natsConnection *nc, double *full, double *pt)
+{
+    static const char *const prefixes[] = {"bp1", "bt1", "bt2", "bp2"};
+    static const char *const labels[] = {"passthrough", "full"};
+    double rate[2];
+    int rc = bench_abba(o, nc, prefixes, throughput_side, labels, rate, NULL);
+    *pt = rate[0];
+    *full = rate[1];
+    return rc;
+}
+
+/* The shadow candidate, unless one was given, is the live policy's rules again; the live-only side has none. */
+static void shadow_side(config *c, const char *prefix, bool shadow)
+{
+    with_prefix(c, prefix, false);
+    if (shadow && !c->shadow_rules_file[0])
+        str_copy(c->shadow_rules_file, sizeof c->shadow_rules_file, c->rules_file);
+    if (!shadow)
+        c->shadow_rules_file[0] = c->shadow_model_file[0] = 0;
 }
 
 /* The shadow policy's cost (docs/shadow.md): the full engine alone and the same with a shadow candidate (the
  * shipped rules and model again: a candidate as costly as the live policy), ABBA on fresh streams, as above. */
 static int bench_shadow(const bench_opts *o, natsConnection *nc, double *with, double *without, drain_extra xs[2])
 {
-    jsOptions jo;
-    jsOptions_Init(&jo);
-    jo.PublishAsync.MaxPending = 4096;
-    jsCtx *js = NULL;
-    if (natsConnection_JetStream(&js, nc, &jo) != NATS_OK)
-        return 1;
-    static const char *prefixes[] = {"bl1", "bs1", "bs2", "bl2"};
-    static const bool is_shadow[] = {false, true, true, false};
-    config cs[4];
-    verror e = {0};
-    for (int i = 0; i < 4; i++) {
-        cs[i] = o->cfg;
-        with_prefix(&cs[i], prefixes[i], false);
-        if (is_shadow[i] && !cs[i].shadow_rules_file[0])
-            str_copy(cs[i].shadow_rules_file, sizeof cs[i].shadow_rules_file, cs[i].rules_file);
-        if (!is_shadow[i])
-            cs[i].shadow_rules_file[0] = cs[i].shadow_model_file[0] = 0;
-        if (broker_setup(&cs[i], js, &e) != V_OK || preload(js, &cs[i], o->count, 7, &e) != V_OK) {
-            fprintf(stderr, "bench: %s\n", e.msg);
-            jsCtx_Destroy(js);
-            return 1;
-        }
-    }
-    fprintf(stderr, "[bench] preloaded %d transactions into each of 4 streams\n", o->count);
-    bench_opts quarter = *o;
-    quarter.seconds = o->seconds / 2 > 1 ? o->seconds / 2 : 1;
-    *with = *without = 0;
-    for (int i = 0; i < 4; i++) {
-        double r = drain_rate(&quarter, &cs[i], js, o->count, is_shadow[i] ? "live+shadow" : "live", &xs[is_shadow[i]]);
-        *(is_shadow[i] ? with : without) += r / 2;
-    }
-    jsCtx_Destroy(js);
-    return 0;
+    static const char *const prefixes[] = {"bl1", "bs1", "bs2", "bl2"};
+    static const char *const labels[] = {"live", "live+shadow"};
+    double rate[2];
+    int rc = bench_abba(o, nc, prefixes, shadow_side, labels, rate, xs);
+    *without = rate[0];
+    *with = rate[1];
+    return rc;
 }
 
 /* --- latency ------------------------------------------------------------------------------------------ */

@@ -24,16 +24,10 @@ struct cases {
 
 void cases_names_of(const config *c, cases_names *n)
 {
-    char up[64] = "", low[64] = "";
-    for (size_t i = 0; c->prefix[i] && i < sizeof up - 1; i++) {
-        char ch = c->prefix[i];
-        up[i] = (ch >= 'a' && ch <= 'z') ? (char)(ch - 32) : (ch == '.' ? '_' : ch);
-        low[i] = ch;
-    }
-    snprintf(n->bucket, sizeof n->bucket, "%s%sverdict_cases", low, low[0] ? "_" : "");
-    snprintf(n->labels_stream, sizeof n->labels_stream, "%s%sLABELS", up, up[0] ? "_" : "");
-    snprintf(n->label_prefix, sizeof n->label_prefix, "%s%slabel", low, low[0] ? "." : "");
-    snprintf(n->consumer, sizeof n->consumer, "%s%sverdict_desk", low, low[0] ? "_" : "");
+    config_name(c, NAME_BUCKET, "verdict_cases", n->bucket, sizeof n->bucket);
+    config_name(c, NAME_STREAM, "LABELS", n->labels_stream, sizeof n->labels_stream);
+    config_name(c, NAME_SUBJECT, "label", n->label_prefix, sizeof n->label_prefix);
+    config_name(c, NAME_BUCKET, "verdict_desk", n->consumer, sizeof n->consumer);
     snprintf(n->review_filter, sizeof n->review_filter, "%s.review.>", c->decision_prefix);
 }
 
@@ -206,8 +200,8 @@ static const char *str_of(const json_t *o, const char *k)
 }
 
 /* A transition: decides on the current case c (rev not included) whether to write (return 1, c changed), that
- * nothing needs writing (0), or refuses (V_ECONFLICT / V_EINVAL with e set). */
-typedef int (*case_step)(json_t *c, const char *analyst, const char *arg, int64_t at_ms, verror *e);
+ * nothing needs writing (0), or refuses (V_ECONFLICT / V_EINVAL with e set). arg: the step's own argument. */
+typedef int (*case_step)(json_t *c, const char *analyst, const void *arg, int64_t at_ms, verror *e);
 
 static void add_history(json_t *c, const char *action, const char *analyst, int64_t at_ms)
 {
@@ -219,13 +213,19 @@ static void add_history(json_t *c, const char *action, const char *analyst, int6
     json_array_append_new(h, json_pack("{s:s, s:s, s:I}", "action", action, "by", analyst, "at_ms", (json_int_t)at_ms));
 }
 
-static int step_claim(json_t *c, const char *analyst, const char *arg, int64_t at_ms, verror *e)
+/* The answer to any action on a resolved case: who resolved it, and how. */
+static int refuse_resolved(const json_t *c, verror *e)
+{
+    return verror_set(e, V_ECONFLICT, "already resolved by %s as %s", str_of(c, "resolved_by"),
+                      str_of(c, "resolution"));
+}
+
+static int step_claim(json_t *c, const char *analyst, const void *arg, int64_t at_ms, verror *e)
 {
     (void)arg;
     const char *st = str_of(c, "state");
     if (strcmp(st, "resolved") == 0)
-        return verror_set(e, V_ECONFLICT, "already resolved by %s as %s", str_of(c, "resolved_by"),
-                          str_of(c, "resolution"));
+        return refuse_resolved(c, e);
     if (strcmp(st, "claimed") == 0)
         return strcmp(str_of(c, "claimed_by"), analyst) == 0
                    ? 0
@@ -237,13 +237,12 @@ static int step_claim(json_t *c, const char *analyst, const char *arg, int64_t a
     return 1;
 }
 
-static int step_release(json_t *c, const char *analyst, const char *arg, int64_t at_ms, verror *e)
+static int step_release(json_t *c, const char *analyst, const void *arg, int64_t at_ms, verror *e)
 {
     (void)arg;
     const char *st = str_of(c, "state");
     if (strcmp(st, "resolved") == 0)
-        return verror_set(e, V_ECONFLICT, "already resolved by %s as %s", str_of(c, "resolved_by"),
-                          str_of(c, "resolution"));
+        return refuse_resolved(c, e);
     if (strcmp(st, "open") == 0)
         return 0;
     if (strcmp(str_of(c, "claimed_by"), analyst) != 0)
@@ -255,15 +254,15 @@ static int step_release(json_t *c, const char *analyst, const char *arg, int64_t
     return 1;
 }
 
-static int step_resolve(json_t *c, const char *analyst, const char *resolution, int64_t at_ms, verror *e)
+static int step_resolve(json_t *c, const char *analyst, const void *arg, int64_t at_ms, verror *e)
 {
+    const char *resolution = arg;
     const char *st = str_of(c, "state");
     if (strcmp(st, "resolved") == 0) {
         /* our own write whose answer was lost comes back as this: the same resolution by the same analyst */
         if (strcmp(str_of(c, "resolved_by"), analyst) == 0 && strcmp(str_of(c, "resolution"), resolution) == 0)
             return 0;
-        return verror_set(e, V_ECONFLICT, "already resolved by %s as %s", str_of(c, "resolved_by"),
-                          str_of(c, "resolution"));
+        return refuse_resolved(c, e);
     }
     if (strcmp(st, "claimed") == 0 && strcmp(str_of(c, "claimed_by"), analyst) != 0)
         return verror_set(e, V_ECONFLICT, "claimed by %s", str_of(c, "claimed_by"));
@@ -275,14 +274,24 @@ static int step_resolve(json_t *c, const char *analyst, const char *resolution, 
     return 1;
 }
 
-static vstatus transition(cases *cs, const char *txn_id, const char *analyst, const char *arg, case_step step,
-                          json_t **out, bool *wrote, verror *e)
+/* Records label_seq (*(const uint64_t *)arg) in the case; nothing else changes. */
+static int step_label(json_t *c, const char *analyst, const void *arg, int64_t at_ms, verror *e)
 {
-    if (out)
-        *out = NULL;
+    (void)analyst;
+    (void)at_ms;
+    (void)e;
+    json_object_set_new(c, "label_seq", json_integer((json_int_t) * (const uint64_t *)arg));
+    return 1;
+}
+
+/* The compare-and-set every change to a case goes through: reads the case, lets step judge it, and updates it at
+ * the revision read; another write landing in between (or a broker failure) means read again and judge afresh, up
+ * to CAS_TRIES times (then e says `fail`). V_OK: *out (if out) is released and replaced by the case after it, with
+ * "rev"; on an error *out is left as it was. */
+static vstatus case_cas(cases *cs, const char *txn_id, const char *analyst, const void *arg, case_step step,
+                        json_t **out, bool *wrote, const char *fail, verror *e)
+{
     *wrote = false;
-    if (!cases_analyst_valid(analyst))
-        return verror_set(e, V_EINVAL, "analyst name must be 1-%d of [A-Za-z0-9_.@-]", CASES_ANALYST_MAX);
     natsStatus last = NATS_OK;
     for (int attempt = 0; attempt < CAS_TRIES; attempt++) {
         json_t *c = NULL;
@@ -296,31 +305,38 @@ static vstatus transition(cases *cs, const char *txn_id, const char *analyst, co
             json_decref(c);
             return (vstatus)r;
         }
-        if (r == 0) {
-            json_object_set_new(c, "rev", json_integer((json_int_t)rev));
-            if (out)
-                *out = c;
-            else
+        if (r > 0) {
+            st = put_json(cs, txn_id, c, rev, &rev, &last); /* rev becomes the new revision */
+            if (st != V_OK) {
                 json_decref(c);
-            return V_OK;
-        }
-        uint64_t nrev = 0;
-        st = put_json(cs, txn_id, c, rev, &nrev, &last);
-        if (st == V_OK) {
+                if (st == V_ENOMEM)
+                    return verror_set(e, V_ENOMEM, "out of memory");
+                continue;
+            }
             *wrote = true;
-            json_object_set_new(c, "rev", json_integer((json_int_t)nrev));
-            if (out)
-                *out = c;
-            else
-                json_decref(c);
-            return V_OK;
         }
-        json_decref(c);
-        if (st == V_ENOMEM)
-            return verror_set(e, V_ENOMEM, "out of memory");
-        /* another write landed since our read (or the broker failed): read again and judge afresh */
+        json_object_set_new(c, "rev", json_integer((json_int_t)rev));
+        if (out) {
+            json_decref(*out);
+            *out = c;
+        } else {
+            json_decref(c);
+        }
+        return V_OK;
     }
-    return broker_err(e, last, 0, "the case keeps changing or cannot be written");
+    return broker_err(e, last, 0, fail);
+}
+
+/* An analyst's action on a case (the analyst's name checked first). */
+static vstatus transition(cases *cs, const char *txn_id, const char *analyst, const char *arg, case_step step,
+                          json_t **out, bool *wrote, verror *e)
+{
+    if (out)
+        *out = NULL;
+    *wrote = false;
+    if (!cases_analyst_valid(analyst))
+        return verror_set(e, V_EINVAL, "analyst name must be 1-%d of [A-Za-z0-9_.@-]", CASES_ANALYST_MAX);
+    return case_cas(cs, txn_id, analyst, arg, step, out, wrote, "the case keeps changing or cannot be written", e);
 }
 
 static void audit(const char *action, const char *txn_id, const char *analyst, const char *detail)
@@ -379,33 +395,11 @@ vstatus cases_publish_label(cases *cs, const char *txn_id, const char *label, co
 
 static const char *label_of(const char *resolution) { return strcmp(resolution, "fraud") == 0 ? "fraud" : "legit"; }
 
-/* Records label_seq in the case (CAS; only that member changes). */
+/* Records label_seq in the case; *out (if out) becomes the case after it. */
 static vstatus mark_label(cases *cs, const char *txn_id, uint64_t seq, json_t **out, verror *e)
 {
-    for (int attempt = 0; attempt < CAS_TRIES; attempt++) {
-        json_t *c = NULL;
-        vstatus st = cases_get(cs, txn_id, &c, e);
-        if (st != V_OK)
-            return st;
-        uint64_t rev = (uint64_t)json_integer_value(json_object_get(c, "rev"));
-        json_object_del(c, "rev");
-        json_object_set_new(c, "label_seq", json_integer((json_int_t)seq));
-        uint64_t nrev = 0;
-        natsStatus ns;
-        st = put_json(cs, txn_id, c, rev, &nrev, &ns);
-        if (st == V_OK) {
-            json_object_set_new(c, "rev", json_integer((json_int_t)nrev));
-            if (out) {
-                json_decref(*out);
-                *out = c;
-            } else {
-                json_decref(c);
-            }
-            return V_OK;
-        }
-        json_decref(c);
-    }
-    return verror_set(e, V_ENATS, "cannot record the label in the case");
+    bool wrote;
+    return case_cas(cs, txn_id, "desk", &seq, step_label, out, &wrote, "cannot record the label in the case", e);
 }
 
 vstatus cases_resolve(cases *cs, const char *txn_id, const char *analyst, const char *resolution, json_t **out,

@@ -186,30 +186,37 @@ static vstatus set_value(config *c, const opt *o, const char *v, const char *src
     return V_EINVAL;
 }
 
+void config_name(const config *c, name_kind kind, const char *base, char *out, size_t cap)
+{
+    char pre[64] = "";
+    for (size_t i = 0; c->prefix[i] && i < sizeof pre - 1; i++) {
+        char ch = c->prefix[i];
+        if (kind == NAME_STREAM)
+            ch = (ch >= 'a' && ch <= 'z') ? (char)(ch - 32) : (ch == '.' ? '_' : ch);
+        pre[i] = ch;
+    }
+    snprintf(out, cap, "%s%s%s", pre, !pre[0] ? "" : kind == NAME_SUBJECT ? "." : "_", base);
+}
+
 static void derive_names(config *c)
 {
-    char up[64] = "", low[64] = "";
-    for (size_t i = 0; c->prefix[i] && i < sizeof up - 1; i++) {
-        char ch = c->prefix[i];
-        up[i] = (ch >= 'a' && ch <= 'z') ? (char)(ch - 32) : (ch == '.' ? '_' : ch);
-        low[i] = ch;
-    }
-    const char *U = up[0] ? "_" : "", *L = low[0] ? "." : "";
-    snprintf(c->txn_stream, sizeof c->txn_stream, "%s%sTXN", up, U);
-    snprintf(c->txn_subjects, sizeof c->txn_subjects, "%s%stxn.>", low, L);
-    snprintf(c->ingress_subject, sizeof c->ingress_subject, "%s%stxn.req", low, L);
-    snprintf(c->decisions_stream, sizeof c->decisions_stream, "%s%sDECISIONS", up, U);
-    snprintf(c->decision_prefix, sizeof c->decision_prefix, "%s%sdecision", low, L);
-    snprintf(c->dlq_stream, sizeof c->dlq_stream, "%s%sDLQ", up, U);
-    snprintf(c->shadow_stream, sizeof c->shadow_stream, "%s%sSHADOW", up, U);
-    snprintf(c->shadow_prefix, sizeof c->shadow_prefix, "%s%sshadow", low, L);
-    snprintf(c->dlq_prefix, sizeof c->dlq_prefix, "%s%sdlq", low, L);
-    snprintf(c->adv_stream, sizeof c->adv_stream, "%s%sVERDICT_ADVISORIES", up, U);
-    snprintf(c->decide_subject, sizeof c->decide_subject, "%s%sverdict.v1.decide", low, L);
-    snprintf(c->rules_bucket, sizeof c->rules_bucket, "%s%sverdict_rules", low, low[0] ? "_" : "");
-    snprintf(c->lists_bucket, sizeof c->lists_bucket, "%s%sverdict_lists", low, low[0] ? "_" : "");
-    snprintf(c->profiles_bucket, sizeof c->profiles_bucket, "%s%sverdict_profiles", low, low[0] ? "_" : "");
-    snprintf(c->consumer, sizeof c->consumer, "%s%sverdict", low, low[0] ? "_" : "");
+#define NAME(kind, field, base) config_name(c, kind, base, c->field, sizeof c->field)
+    NAME(NAME_STREAM, txn_stream, "TXN");
+    NAME(NAME_SUBJECT, txn_subjects, "txn.>");
+    NAME(NAME_SUBJECT, ingress_subject, "txn.req");
+    NAME(NAME_STREAM, decisions_stream, "DECISIONS");
+    NAME(NAME_SUBJECT, decision_prefix, "decision");
+    NAME(NAME_STREAM, dlq_stream, "DLQ");
+    NAME(NAME_STREAM, shadow_stream, "SHADOW");
+    NAME(NAME_SUBJECT, shadow_prefix, "shadow");
+    NAME(NAME_SUBJECT, dlq_prefix, "dlq");
+    NAME(NAME_STREAM, adv_stream, "VERDICT_ADVISORIES");
+    NAME(NAME_SUBJECT, decide_subject, "verdict.v1.decide");
+    NAME(NAME_BUCKET, rules_bucket, "verdict_rules");
+    NAME(NAME_BUCKET, lists_bucket, "verdict_lists");
+    NAME(NAME_BUCKET, profiles_bucket, "verdict_profiles");
+    NAME(NAME_BUCKET, consumer, "verdict");
+#undef NAME
     str_copy(c->queue_group, sizeof c->queue_group, "q");
 }
 

@@ -65,6 +65,14 @@ typedef struct config {
     char fault[64];
 } config;
 
+/* How a name is put under --prefix (DESIGN section 2), e.g. with prefix acme: a stream ACME_TXN (the prefix upper
+ * case, '_'), a subject acme.txn ('.'), a KV bucket or durable consumer acme_verdict_rules ('_'). Without a
+ * prefix, the base name alone. */
+typedef enum name_kind { NAME_STREAM, NAME_SUBJECT, NAME_BUCKET } name_kind;
+
+/* Writes base under c's prefix, by the rule of kind, into out (cap bytes, truncated). */
+void config_name(const config *c, name_kind kind, const char *base, char *out, size_t cap);
+
 /* Sets defaults and derives names from the prefix. */
 void config_defaults(config *c);
 

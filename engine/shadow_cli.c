@@ -188,12 +188,24 @@ static vstatus add_record(table *t, report *r, const char *line, size_t len)
     return rc;
 }
 
-/* Reads the shadow decisions stored in [from_ns, to_ns] into t; the candidate versions seen into r. */
-static vstatus read_shadow(cliconn *c, int64_t from_ns, int64_t to_ns, table *t, report *r, int64_t *first_ns,
-                           verror *e)
+/* What the two walks (SHADOW, then DECISIONS) fill in. */
+typedef struct scan {
+    table *t;
+    report *r;
+    int64_t first_ns; /* store time of the first shadow message read */
+    const char *decision_prefix;
+} scan;
+
+/* What a walk does with each message (the walk destroys it): V_OK goes on, an error (e set) stops the walk. */
+typedef vstatus (*walk_fn)(natsMsg *m, int64_t ts, scan *sc, verror *e);
+
+/* Hands fn every message of stream stored from from_ns (0: from its start) up to to_ns, headers only if headers. */
+static vstatus walk(cliconn *c, const char *stream, bool headers, int64_t from_ns, int64_t to_ns, walk_fn fn, scan *sc,
+                    verror *e)
 {
     stream_reader *sr = NULL;
-    vstatus rc = stream_reader_open(c->js, c->cfg.shadow_stream, NULL, from_ns ? 0 : 1, from_ns, &sr, e);
+    vstatus rc = headers ? stream_reader_open_headers(c->js, stream, from_ns ? 0 : 1, from_ns, &sr, e)
+                         : stream_reader_open(c->js, stream, NULL, from_ns ? 0 : 1, from_ns, &sr, e);
     if (rc != V_OK)
         return rc;
     for (;;) {
@@ -207,77 +219,61 @@ static vstatus read_shadow(cliconn *c, int64_t from_ns, int64_t to_ns, table *t,
             break;
         }
         if (rc != V_OK) {
-            verror_set(e, rc, "reading %s stopped after seq %llu: %s", c->cfg.shadow_stream, (unsigned long long)seq,
-                       re.msg);
+            verror_set(e, rc, "reading %s stopped after seq %llu: %s", stream, (unsigned long long)seq, re.msg);
             break;
         }
         if (ts > to_ns) {
             natsMsg_Destroy(m);
             break;
         }
-        if (!*first_ns)
-            *first_ns = ts;
-        char v[80];
-        snprintf(v, sizeof v, "rules %s, model %s", cliconn_hdr(m, "Verdict-Rules-Version"),
-                 cliconn_hdr(m, "Verdict-Model-Version"));
-        bool seen = false;
-        for (int i = 0; i < r->nversions; i++)
-            seen |= strcmp(r->versions[i], v) == 0;
-        if (!seen && r->nversions < VERSIONS_MAX)
-            str_copy(r->versions[r->nversions++], sizeof r->versions[0], v);
-        const char *d = natsMsg_GetData(m);
-        int len = natsMsg_GetDataLength(m);
-        for (int i = 0; i < len && rc == V_OK;) {
-            const char *nl = memchr(d + i, '\n', (size_t)(len - i));
-            int end = nl ? (int)(nl - d) : len;
-            if (end > i)
-                rc = add_record(t, r, d + i, (size_t)(end - i));
-            i = end + 1;
-        }
+        rc = fn(m, ts, sc, e);
         natsMsg_Destroy(m);
-        if (rc != V_OK) {
-            verror_set(e, rc, "out of memory");
+        if (rc != V_OK)
             break;
-        }
     }
     stream_reader_close(sr);
     return rc;
 }
 
-/* Finds the live decision of every transaction in t in DECISIONS, from from_ns on. */
-static vstatus read_live(cliconn *c, int64_t from_ns, table *t, verror *e)
+/* A SHADOW message: its candidate version into the report, its records (JSON lines) into the table. */
+static vstatus on_shadow(natsMsg *m, int64_t ts, scan *sc, verror *e)
 {
-    stream_reader *sr = NULL;
-    vstatus rc = stream_reader_open_headers(c->js, c->cfg.decisions_stream, from_ns > 0 ? 0 : 1,
-                                            from_ns > 0 ? from_ns : 0, &sr, e);
-    if (rc != V_OK)
-        return rc;
-    for (;;) {
-        natsMsg *m;
-        uint64_t seq = 0;
-        int64_t ts;
-        verror re = {0};
-        rc = stream_reader_next(sr, &m, &seq, &ts, 5000, &re);
-        if (rc == V_ENOTFOUND) {
-            rc = V_OK;
-            break;
-        }
-        if (rc != V_OK) {
-            verror_set(e, rc, "reading %s stopped after seq %llu: %s", c->cfg.decisions_stream,
-                       (unsigned long long)seq, re.msg);
-            break;
-        }
-        int o;
-        const char *id;
-        if (parse_subject(natsMsg_GetSubject(m), c->cfg.decision_prefix, &o, &id)) {
-            entry *en = table_find(t, id, false);
-            if (en && !en->live)
-                en->live = (uint8_t)o; /* one decision per transaction: the first stored */
-        }
-        natsMsg_Destroy(m);
+    report *r = sc->r;
+    if (!sc->first_ns)
+        sc->first_ns = ts;
+    char v[80];
+    snprintf(v, sizeof v, "rules %s, model %s", cliconn_hdr(m, "Verdict-Rules-Version"),
+             cliconn_hdr(m, "Verdict-Model-Version"));
+    bool seen = false;
+    for (int i = 0; i < r->nversions; i++)
+        seen |= strcmp(r->versions[i], v) == 0;
+    if (!seen && r->nversions < VERSIONS_MAX)
+        str_copy(r->versions[r->nversions++], sizeof r->versions[0], v);
+    const char *d = natsMsg_GetData(m);
+    int len = natsMsg_GetDataLength(m);
+    for (int i = 0; i < len;) {
+        const char *nl = memchr(d + i, '\n', (size_t)(len - i));
+        int end = nl ? (int)(nl - d) : len;
+        if (end > i && add_record(sc->t, r, d + i, (size_t)(end - i)) != V_OK)
+            return verror_set(e, V_ENOMEM, "out of memory");
+        i = end + 1;
     }
-    stream_reader_close(sr);
-    return rc;
+    return V_OK;
+}
+
+/* A DECISIONS message (headers only): the live outcome of its transaction, if the table has it. */
+static vstatus on_live(natsMsg *m, int64_t ts, scan *sc, verror *e)
+{
+    (void)ts;
+    (void)e;
+    int o;
+    const char *id;
+    if (parse_subject(natsMsg_GetSubject(m), sc->decision_prefix, &o, &id)) {
+        entry *en = table_find(sc->t, id, false);
+        if (en && !en->live)
+            en->live = (uint8_t)o; /* one decision per transaction: the first stored */
+    }
+    return V_OK;
 }
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
@@ -362,11 +358,13 @@ int cmd_shadow(int argc, char **argv)
     table t = {0};
     report *r = calloc(1, sizeof *r);
     verror e = {0};
-    int64_t first_ns = 0;
-    vstatus vs = r ? read_shadow(&c, from_ns, to_ns, &t, r, &first_ns, &e) : verror_set(&e, V_ENOMEM, "out of memory");
+    scan sc = {&t, r, 0, c.cfg.decision_prefix};
+    /* the shadow decisions stored in [from_ns, to_ns], then the live decisions of those transactions */
+    vstatus vs = r ? walk(&c, c.cfg.shadow_stream, false, from_ns, to_ns, on_shadow, &sc, &e)
+                   : verror_set(&e, V_ENOMEM, "out of memory");
     if (vs == V_OK && t.n > 0) {
-        int64_t live_from = (from_ns ? from_ns : first_ns) - LIVE_SLACK_MS * 1000000LL;
-        vs = read_live(&c, live_from > 0 ? live_from : 0, &t, &e);
+        int64_t live_from = (from_ns ? from_ns : sc.first_ns) - LIVE_SLACK_MS * 1000000LL;
+        vs = walk(&c, c.cfg.decisions_stream, true, live_from > 0 ? live_from : 0, INT64_MAX, on_live, &sc, &e);
     }
     if (vs != V_OK) {
         fprintf(stderr, "verdict shadow: %s\n", e.msg);

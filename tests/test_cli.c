@@ -53,14 +53,6 @@ static int run(const char *const argv[], int timeout_ms)
                   (needle), out);                                                                                 \
     } while (0)
 
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    cr_assert(f);
-    fputs(text, f);
-    fclose(f);
-}
-
 /* --- usage errors: exit 2, the bad word named, nothing connected or started ------------------------------ */
 
 Test(cli, usage_errors_exit_2_and_name_the_mistake)
@@ -99,11 +91,11 @@ Test(cli, check_count_of_a_derived_feature_names_the_fields_it_takes)
 {
     char p[256];
     temp_path(p, sizeof p, ".rules");
-    write_file(p, "rule r1 decline \"x\" when count(amount, 1h) > 3\n");
+    tc_write_file(p, "rule r1 decline \"x\" when count(amount, 1h) > 3\n");
     EXPECT(1, "computed by the engine", "check", p);
     cr_expect(strstr(out, "did you mean 'amount'") == NULL, "%s", out);
     cr_expect(strstr(out, "card_id") != NULL, "the message lists the fields count() takes:\n%s", out);
-    write_file(p, "rule r1 decline \"x\" when count(card_idd, 1h) > 3\n");
+    tc_write_file(p, "rule r1 decline \"x\" when count(card_idd, 1h) > 3\n");
     EXPECT(1, "did you mean 'card_id'?", "check", p);
     unlink(p);
 }
@@ -178,7 +170,7 @@ Test(cli, rules_push_to_a_prefix_no_engine_uses_warns, .init = setup, .fini = te
 {
     char p[256];
     temp_path(p, sizeof p, ".rules");
-    write_file(p, "rule big decline \"amount over 100\" when amount > 100\n");
+    tc_write_file(p, "rule big decline \"amount over 100\" when amount > 100\n");
     EXPECT(0, "no engine has run with --prefix 'acme'", "rules", "push", p, "--prefix", "acme", "--nats-url", srv.url);
     unlink(p);
 }
@@ -187,7 +179,7 @@ Test(cli, decision_prints_the_stored_decision_readably_and_as_json, .init = setu
 {
     char rp[256];
     temp_path(rp, sizeof rp, ".rules");
-    write_file(rp, "rule big decline \"amount over 100\" when amount > 100\n");
+    tc_write_file(rp, "rule big decline \"amount over 100\" when amount > 100\n");
     pid_t pid = tc_start_engine(srv.url, logp, (const char *const[]){"--rules", rp, "--engine-id", "eng-cli-1", NULL});
     Transaction t;
     tc_txn(&t, "cli-dec-1", 50000);
@@ -330,7 +322,7 @@ Test(cli, rules_show_says_which_version_each_engine_runs, .init = setup, .fini =
 {
     char rp[256];
     temp_path(rp, sizeof rp, ".rules");
-    write_file(rp, "rule big decline \"amount over 100\" when amount > 100\n");
+    tc_write_file(rp, "rule big decline \"amount over 100\" when amount > 100\n");
     pid_t pid = tc_start_engine(srv.url, logp, (const char *const[]){"--rules", rp, "--engine-id", "eng-show", NULL});
     /* a text that does not compile, put past `rules push`'s check: the engine refuses it */
     kvStore *kv = NULL;
@@ -397,7 +389,7 @@ Test(cli, status_shows_streams_consumer_and_engines, .init = setup, .fini = tear
 
     char rp[256];
     temp_path(rp, sizeof rp, ".rules");
-    write_file(rp, "rule big decline \"amount over 100\" when amount > 100\n");
+    tc_write_file(rp, "rule big decline \"amount over 100\" when amount > 100\n");
     pid_t pid = tc_start_engine(srv.url, logp, (const char *const[]){"--rules", rp, "--engine-id", "eng-st", NULL});
     decide("st-1", 50);
     decide("st-2", 50000);
@@ -467,8 +459,8 @@ Test(cli, watch_prints_live_decisions_filtered_and_disturbs_nothing, .init = set
     temp_path(wp, sizeof wp, ".watch");
     temp_path(wp2, sizeof wp2, ".watch");
     temp_path(wp3, sizeof wp3, ".watch");
-    write_file(rp, "rule big decline \"amount over 100\" when amount > 100\n"
-                   "rule mid review \"amount over 50\" when amount > 50 and amount <= 100\n");
+    tc_write_file(rp, "rule big decline \"amount over 100\" when amount > 100\n"
+                      "rule mid review \"amount over 50\" when amount > 50 and amount <= 100\n");
     pid_t pid = tc_start_engine(srv.url, logp, (const char *const[]){"--rules", rp, NULL});
     pid_t w1 = watch_start((const char *const[]){"verdict", "watch", "--outcome", "decline", "--count", "2",
                                                  "--timeout", "20s", "--nats-url", srv.url, NULL},
@@ -568,8 +560,8 @@ Test(cli, rules_history_says_which_text_was_in_force_from_when_to_when, .init = 
     char a[256], b[256];
     temp_path(a, sizeof a, ".rules");
     temp_path(b, sizeof b, ".rules");
-    write_file(a, "rule big decline \"amount over 100\" when amount > 100\n");
-    write_file(b, "rule big decline \"amount over 500\" when amount > 500\nrule r2 review \"x\" when amount > 50\n");
+    tc_write_file(a, "rule big decline \"amount over 100\" when amount > 100\n");
+    tc_write_file(b, "rule big decline \"amount over 500\" when amount > 500\nrule r2 review \"x\" when amount > 50\n");
     EXPECT(0, "revision 1", "rules", "push", a, "--nats-url", srv.url);
     EXPECT(0, "revision 2", "rules", "push", b, "--nats-url", srv.url);
     kvStore *kv = NULL;

@@ -1,7 +1,7 @@
 /* test_desk.c - the analysts' desk against a real nats-server (docs/desk.md): every review decision becomes one
  * case, through redeliveries and a kill -9 of the desk; of concurrent claimers and resolvers exactly one wins and
  * each resolution publishes one label, which `verdict features --labels-stream` joins; the desk refuses to listen
- * beyond loopback without users, and its API refuses a request without a session. */
+ * beyond loopback without users, and its API refuses a request without a session; its names follow --prefix. */
 #include "cases.h"
 #include "client.h"
 #include "harness.h"
@@ -40,14 +40,6 @@ static void teardown(void)
 
 TestSuite(desk, .init = setup, .fini = teardown, .timeout = 240);
 
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    cr_assert_not_null(f);
-    fputs(text, f);
-    fclose(f);
-}
-
 /* amounts of 500.00 and more go to review, the rest are approved */
 static const char *rules_review = "rule big review \"Large amount\" when amount >= 500\n";
 
@@ -85,7 +77,7 @@ static pid_t start_desk(const char *fault, int port)
 
 Test(desk, every_review_decision_becomes_one_case_through_redeliveries_and_a_kill)
 {
-    write_file(rulesp, rules_review);
+    tc_write_file(rulesp, rules_review);
     const char *extra[] = {"--rules", rulesp, NULL};
     pid_t eng = tc_start_engine(srv.url, logp, extra);
     enum { N = 60 };
@@ -155,6 +147,18 @@ Test(desk, every_review_decision_becomes_one_case_through_redeliveries_and_a_kil
     config_defaults(&cfg);
     cr_assert_eq(cases_open(js, &cfg, &cs, &e), V_OK, "%s", e.msg);
     json_t *out = NULL;
+    /* a claim is released only by its holder; releasing an open case changes nothing */
+    cr_assert_eq(cases_claim(cs, "dk-001", "alice", NULL, &e), V_OK, "%s", e.msg);
+    cr_assert_eq(cases_release(cs, "dk-001", "bob", NULL, &e), V_ECONFLICT);
+    cr_assert(strstr(e.msg, "claimed by alice"), "message: %s", e.msg);
+    cr_assert_eq(cases_release(cs, "dk-001", "alice", &out, &e), V_OK, "%s", e.msg);
+    cr_assert_str_eq(json_string_value(json_object_get(out, "state")), "open");
+    cr_assert_null(json_object_get(out, "claimed_by"));
+    json_int_t rev = json_integer_value(json_object_get(out, "rev"));
+    json_decref(out);
+    cr_assert_eq(cases_release(cs, "dk-001", "alice", &out, &e), V_OK, "%s", e.msg);
+    cr_assert_eq(json_integer_value(json_object_get(out, "rev")), rev, "a no-op release wrote a revision");
+    json_decref(out);
     cr_assert_eq(cases_resolve(cs, "dk-001", "alice", "fraud", &out, &e), V_OK, "%s", e.msg);
     json_decref(out);
     cr_assert_eq(cases_resolve(cs, "dk-002", "bob", "legitimate", &out, &e), V_OK, "%s", e.msg);
@@ -482,4 +486,29 @@ Test(desk, the_api_needs_a_session_and_a_login_needs_the_secret)
     cr_assert_eq(tc_count_lines(deskp, "\"login refused\""), 2);
     kill(d, SIGTERM);
     cr_assert_eq(child_wait(d, 10000), 0);
+}
+
+/* The desk's names follow --prefix as the engine's do: bucket and consumer with '_', subjects with '.', the stream
+ * upper case. */
+Test(desk, names_follow_the_prefix)
+{
+    config c;
+    config_defaults(&c);
+    cases_names n;
+    cases_names_of(&c, &n);
+    cr_assert_str_eq(n.bucket, "verdict_cases");
+    cr_assert_str_eq(n.labels_stream, "LABELS");
+    cr_assert_str_eq(n.label_prefix, "label");
+    cr_assert_str_eq(n.consumer, "verdict_desk");
+    cr_assert_str_eq(n.review_filter, "decision.review.>");
+    bool help;
+    verror e = {0};
+    char *argv[] = {"desk", "--prefix", "acme"};
+    cr_assert_eq(config_parse(&c, 3, argv, &help, NULL, NULL, &e), V_OK, "%s", e.msg);
+    cases_names_of(&c, &n);
+    cr_assert_str_eq(n.bucket, "acme_verdict_cases");
+    cr_assert_str_eq(n.labels_stream, "ACME_LABELS");
+    cr_assert_str_eq(n.label_prefix, "acme.label");
+    cr_assert_str_eq(n.consumer, "acme_verdict_desk");
+    cr_assert_str_eq(n.review_filter, "acme.decision.review.>");
 }

@@ -20,18 +20,12 @@ static char logp[256];
 
 static void setup(void)
 {
-    cr_assert(server_start(&srv, NULL), "nats-server did not start");
-    nc = tc_connect(srv.url);
-    cr_assert_eq(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
-    temp_path(logp, sizeof logp, ".log");
+    tc_fixture_up(&srv, &nc, &js, logp, sizeof logp);
 }
 
 static void teardown(void)
 {
-    jsCtx_Destroy(js);
-    natsConnection_Destroy(nc);
-    server_stop(&srv);
-    unlink(logp);
+    tc_fixture_down(&srv, nc, js, logp);
 }
 
 static void stop_engine(pid_t pid)

@@ -137,21 +137,13 @@ Test(lifecycle, sigterm_with_the_server_frozen_exits_within_the_bound)
     natsConnection_Destroy(nc);
 }
 
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    cr_assert_not_null(f);
-    fputs(text, f);
-    fclose(f);
-}
-
 /* A reload that needs a velocity rebuild, started (SIGHUP) while the server is frozen, blocks on NATS; a SIGTERM
  * then does not wait for it (before: the signal was not even seen until the reload had timed out). */
 Test(lifecycle, sigterm_during_a_reload_waiting_on_nats_exits_within_the_bound)
 {
     char rulesp[256];
     temp_path(rulesp, sizeof rulesp, ".rules");
-    write_file(rulesp, "rule a review \"a\" when amount >= 100\n");
+    tc_write_file(rulesp, "rule a review \"a\" when amount >= 100\n");
     natsConnection *nc = tc_connect(srv.url);
     jsCtx *js = NULL;
     cr_assert_eq(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
@@ -159,7 +151,7 @@ Test(lifecycle, sigterm_during_a_reload_waiting_on_nats_exits_within_the_bound)
     publish_txns(js, "reload", 10);
     cr_assert_eq(tc_wait_msgs(js, "DECISIONS", 10, 15000), 10);
     /* new rules read a velocity feature the running state does not keep: the reload rebuilds it from TXN */
-    write_file(rulesp, "rule v review \"v\" when count(card_id, 10m) > 5\n");
+    tc_write_file(rulesp, "rule v review \"v\" when count(card_id, 10m) > 5\n");
     cr_assert_eq(kill(srv.pid, SIGSTOP), 0);
     srv_frozen = true;
     kill(engine_pid, SIGHUP);

@@ -22,25 +22,11 @@ static const char *rules_a = "rule a_review review \"A: amount at or over 100\" 
 static const char *rules_b = "rule b_decline decline \"B: amount at or over 100\" when amount >= 100\n";
 static const char *rules_c = "rule c_approve approve \"C: amount at or over 100\" when amount >= 100\n";
 
-static void write_file(const char *path, const char *text)
-{
-    char tmp[300];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    cr_assert_not_null(f);
-    fputs(text, f);
-    fclose(f);
-    cr_assert_eq(rename(tmp, path), 0); /* atomic, as deployment tools do */
-}
-
 static void version_of(const char *text, char out[17]) { hash64_hex(hash64(text, strlen(text)), out); }
 
 static void setup(void)
 {
-    cr_assert(server_start(&srv, NULL), "nats-server did not start");
-    nc = tc_connect(srv.url);
-    cr_assert_eq(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
-    temp_path(logp, sizeof logp, ".log");
+    tc_fixture_up(&srv, &nc, &js, logp, sizeof logp);
     temp_path(rulesp, sizeof rulesp, ".rules");
     arena_init(&ar, 1 << 16);
 }
@@ -48,10 +34,7 @@ static void setup(void)
 static void teardown(void)
 {
     arena_free(&ar);
-    jsCtx_Destroy(js);
-    natsConnection_Destroy(nc);
-    server_stop(&srv);
-    unlink(logp);
+    tc_fixture_down(&srv, nc, js, logp);
     unlink(rulesp);
 }
 
@@ -118,7 +101,7 @@ static void kv_put(const char *text)
 
 Test(reload, kv_put_switches_version_bad_version_is_refused_delete_falls_back)
 {
-    write_file(rulesp, rules_a);
+    tc_write_file(rulesp, rules_a);
     pid_t pid = tc_start_engine(srv.url, logp, (const char *const[]){"--rules", rulesp, NULL});
     char va[17], vb[17];
     version_of(rules_a, va);
@@ -153,7 +136,7 @@ Test(reload, kv_put_switches_version_bad_version_is_refused_delete_falls_back)
 
 Test(reload, file_change_and_sighup_reload_and_a_bad_file_is_refused)
 {
-    write_file(rulesp, rules_a);
+    tc_write_file(rulesp, rules_a);
     pid_t pid = tc_start_engine(srv.url, logp, (const char *const[]){"--rules", rulesp, NULL});
     char va[17], vc[17];
     version_of(rules_a, va);
@@ -161,17 +144,17 @@ Test(reload, file_change_and_sighup_reload_and_a_bad_file_is_refused)
     int i = 100;
     cr_assert_str_eq(decide(i++)->rules_version, va);
 
-    write_file(rulesp, rules_c);
+    tc_write_file(rulesp, rules_c);
     Decision *d = decide_until(&i, vc);
     cr_assert_eq(d->outcome, VERDICT__V1__OUTCOME__OUTCOME_APPROVE);
     cr_assert_eq(d->n_reasons, 1, "an approve rule is still reported");
 
-    write_file(rulesp, "rule x review \"x\" when card_country == 5\n");
+    tc_write_file(rulesp, "rule x review \"x\" when card_country == 5\n");
     cr_assert(file_wait_for(logp, "reload refused", 10000), "no refusal logged; see %s", logp);
     cr_assert_str_eq(decide(i++)->rules_version, vc);
 
     /* SIGHUP reloads on demand: fix the file without waiting for the poll, signal, see it */
-    write_file(rulesp, rules_a);
+    tc_write_file(rulesp, rules_a);
     kill(pid, SIGHUP);
     decide_until(&i, va);
 
@@ -181,7 +164,7 @@ Test(reload, file_change_and_sighup_reload_and_a_bad_file_is_refused)
 
 Test(reload, a_bad_rules_file_at_start_is_a_refusal_with_its_position)
 {
-    write_file(rulesp, "rule a review \"x\"\n  when amount > \"5\"\n");
+    tc_write_file(rulesp, "rule a review \"x\"\n  when amount > \"5\"\n");
     const char *argv[] = {"verdict", "serve", "--nats-url", srv.url, "--rules", rulesp, NULL};
     pid_t pid = verdict_spawn(argv, logp);
     cr_assert_eq(child_wait(pid, 15000), 1, "the engine must refuse to start");
@@ -192,7 +175,7 @@ Test(reload, a_bad_rules_file_at_start_is_a_refusal_with_its_position)
 
 Test(reload, replay_shows_how_outcomes_would_change)
 {
-    write_file(rulesp, rules_a);
+    tc_write_file(rulesp, rules_a);
     pid_t pid = tc_start_engine(srv.url, logp, (const char *const[]){"--rules", rulesp, NULL});
     for (int i = 0; i < 10; i++)
         cr_assert_eq(decide(1000 + i)->outcome, VERDICT__V1__OUTCOME__OUTCOME_REVIEW);
@@ -203,7 +186,7 @@ Test(reload, replay_shows_how_outcomes_would_change)
     char candp[256], outp[256];
     temp_path(candp, sizeof candp, ".rules");
     temp_path(outp, sizeof outp, ".out");
-    write_file(candp, rules_b);
+    tc_write_file(candp, rules_b);
     const char *argv[] = {"verdict", "replay", "--nats-url", srv.url, "--rules", candp, "--last", "100", NULL};
     pid = verdict_spawn(argv, outp);
     cr_assert_eq(child_wait(pid, 30000), 0, "replay failed; see %s", outp);
@@ -217,7 +200,7 @@ Test(reload, replay_shows_how_outcomes_would_change)
     cr_assert_eq(pending, 0, "the durable consumer is untouched");
 
     /* a candidate that does not compile replays nothing and says why */
-    write_file(candp, "rule x decline \"x\" when nope > 1\n");
+    tc_write_file(candp, "rule x decline \"x\" when nope > 1\n");
     pid = verdict_spawn(argv, outp);
     cr_assert_eq(child_wait(pid, 30000), 1);
     cr_assert(file_wait_for(outp, ":1:25: error: unknown field 'nope'", 1000), "see %s", outp);
@@ -227,13 +210,13 @@ Test(reload, replay_shows_how_outcomes_would_change)
 
 Test(reload, rules_push_checks_before_it_pushes)
 {
-    write_file(rulesp, rules_a);
+    tc_write_file(rulesp, rules_a);
     pid_t pid = tc_start_engine(srv.url, logp, (const char *const[]){"--rules", rulesp, NULL});
     char candp[256], outp[256], vb[17];
     temp_path(candp, sizeof candp, ".rules");
     temp_path(outp, sizeof outp, ".out");
     version_of(rules_b, vb);
-    write_file(candp, "rule x decline \"x\" when amount > \n");
+    tc_write_file(candp, "rule x decline \"x\" when amount > \n");
     const char *argv[] = {"verdict", "rules", "push", candp, "--nats-url", srv.url, NULL};
     pid_t p = verdict_spawn(argv, outp);
     cr_assert_eq(child_wait(p, 15000), 1, "a bad file must not be pushed");
@@ -243,7 +226,7 @@ Test(reload, rules_push_checks_before_it_pushes)
     cr_assert_eq(js_KeyValue(&kv, js, "verdict_rules"), NATS_OK);
     cr_assert_eq(kvStore_Get(&ent, kv, "rules"), NATS_NOT_FOUND);
 
-    write_file(candp, rules_b);
+    tc_write_file(candp, rules_b);
     p = verdict_spawn(argv, outp);
     cr_assert_eq(child_wait(p, 15000), 0, "see %s", outp);
     cr_assert(file_wait_for(outp, vb, 1000), "push prints the version");
@@ -263,7 +246,7 @@ Test(reload, model_scores_decisions_and_a_bad_model_is_refused)
     char cmd[700];
     snprintf(cmd, sizeof cmd, "cp %s/models/verdict-gbdt.json %s", VERDICT_SOURCE_DIR, modelp);
     cr_assert_eq(system(cmd), 0);
-    write_file(rulesp, "rule risky decline \"model\" when score >= 0.9\n");
+    tc_write_file(rulesp, "rule risky decline \"model\" when score >= 0.9\n");
     pid_t pid = tc_start_engine(srv.url, logp, (const char *const[]){"--rules", rulesp, "--model", modelp, NULL});
     int i = 3000;
     Decision *d = decide(i++);
@@ -272,7 +255,7 @@ Test(reload, model_scores_decisions_and_a_bad_model_is_refused)
     char mv[40];
     str_copy(mv, sizeof mv, d->model_version);
 
-    write_file(modelp, "{\"learner\": {\"objective\": {\"name\": \"reg:squarederror\"}}}");
+    tc_write_file(modelp, "{\"learner\": {\"objective\": {\"name\": \"reg:squarederror\"}}}");
     cr_assert(file_wait_for(logp, "objective 'reg:squarederror' is not supported", 10000), "see %s", logp);
     d = decide(i++);
     cr_assert_str_eq(d->model_version, mv, "the running model stays after a bad one");
@@ -357,7 +340,7 @@ static Decision *decide_vip_until(int *i, int *decided, const char *want, pid_t 
  * the sum rule fires exactly from the third decided transaction on. */
 Test(reload, a_push_that_reuses_velocity_ids_neither_crashes_nor_miscounts)
 {
-    write_file(rulesp, rules_vel_a);
+    tc_write_file(rulesp, rules_vel_a);
     pid_t pid = tc_start_engine(srv.url, logp, (const char *const[]){"--rules", rulesp, NULL});
     char va[17], vb[17], vc[17], vd[17];
     version_of(rules_vel_a, va);
@@ -401,14 +384,14 @@ Test(reload, a_restart_with_kv_rules_other_than_the_file_neither_crashes_nor_mis
     temp_path(outp, sizeof outp, ".out");
     version_of(rules_seg_b, vb);
     version_of(rules_both_c, vc);
-    write_file(candp, rules_seg_b);
+    tc_write_file(candp, rules_seg_b);
     const char *push[] = {"verdict", "rules", "push", candp, "--nats-url", srv.url, NULL};
     /* the first push may come before the fresh server's JetStream answers: try for a few seconds */
     int pushed = -1;
     for (int tries = 0; tries < 20 && (pushed = child_wait(verdict_spawn(push, outp), 15000)) != 0; tries++)
         tc_sleep_ms(250);
     cr_assert_eq(pushed, 0, "push failed; see %s", outp);
-    write_file(rulesp, rules_vel_a);
+    tc_write_file(rulesp, rules_vel_a);
     int i = 100, decided = 0;
     for (int round = 0; round < 2; round++) {
         pid_t pid = tc_start_engine(srv.url, logp, (const char *const[]){"--rules", rulesp, NULL});
@@ -423,7 +406,7 @@ Test(reload, a_restart_with_kv_rules_other_than_the_file_neither_crashes_nor_mis
     }
     /* and the state a later push builds counts what was decided meanwhile */
     pid_t pid = tc_start_engine(srv.url, logp, (const char *const[]){"--rules", rulesp, NULL});
-    write_file(candp, rules_both_c);
+    tc_write_file(candp, rules_both_c);
     cr_assert_eq(child_wait(verdict_spawn(push, outp), 15000), 0, "push failed; see %s", outp);
     Decision *d = decide_vip_until(&i, &decided, vc, pid);
     cr_assert(has_reason(d, "b_vip") && has_reason(d, "a_sum"), "C sees the card's earlier transactions");
@@ -438,7 +421,7 @@ Test(reload, a_restart_with_kv_rules_other_than_the_file_neither_crashes_nor_mis
  * fault holds the start for 3 s after the replicas loaded; the rules file changes then. */
 Test(reload, a_rules_file_changed_while_the_engine_starts_is_loaded)
 {
-    write_file(rulesp, rules_a);
+    tc_write_file(rulesp, rules_a);
     char vc[17];
     version_of(rules_c, vc);
     setenv("VERDICT_TEST_FAULT", "slow_rebuild", 1);
@@ -446,7 +429,7 @@ Test(reload, a_rules_file_changed_while_the_engine_starts_is_loaded)
     pid_t pid = verdict_spawn(argv, logp);
     unsetenv("VERDICT_TEST_FAULT");
     cr_assert(file_wait_for(logp, "\"bucket\":\"verdict_profiles\"", 10000), "the start did not get to the replicas");
-    write_file(rulesp, rules_c);
+    tc_write_file(rulesp, rules_c);
     cr_assert(file_wait_for(logp, "engine started", 15000), "see %s", logp);
     int i = 4000;
     Decision *d = decide_until(&i, vc);

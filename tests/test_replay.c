@@ -39,14 +39,6 @@ static void teardown(void)
 
 TestSuite(replay, .init = setup, .fini = teardown, .timeout = 240);
 
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    cr_assert_not_null(f);
-    fputs(text, f);
-    fclose(f);
-}
-
 static const char *model_path = VERDICT_SOURCE_DIR "/models/verdict-gbdt.json";
 
 /* A velocity rule that starts firing for a card from its 30th transaction in 10 minutes, and an amount rule. */
@@ -83,17 +75,6 @@ static int run(const char *const argv[])
     return child_wait(pid, 120000);
 }
 
-static char *slurp(const char *path)
-{
-    static char buf[1 << 20];
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(f);
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    buf[n] = 0;
-    fclose(f);
-    return buf;
-}
-
 /* The live / replay / both counts of a rule in replay's rule table. */
 static void rule_counts(const char *out, const char *rule, long *live, long *rep, long *both)
 {
@@ -107,7 +88,7 @@ static void rule_counts(const char *out, const char *rule, long *live, long *rep
 /* Serves n transactions (one poison among them) with the rules and the shipped model, one worker, then stops. */
 static void serve_decided(int n, const char *rules)
 {
-    write_file(rulesp, rules);
+    tc_write_file(rulesp, rules);
     pid_t pid = tc_start_engine(
         srv.url, logp,
         (const char *const[]){"--workers", "1", "--rules", rulesp, "--model", model_path, "--budget", "60s", NULL});
@@ -126,7 +107,7 @@ Test(replay, the_running_policy_replays_unchanged_and_its_velocity_rule_fires_as
     const char *argv[] = {"verdict",  "replay", "--nats-url", srv.url, "--rules", rulesp, "--model",
                           model_path, "--from", "102",        "--to",  "301",     NULL};
     cr_assert_eq(run(argv), 0, "see %s", outp);
-    char *out = slurp(outp);
+    char *out = tc_slurp(outp);
     cr_assert(strstr(out, "199 transactions"), "%s", out);
     cr_assert(strstr(out, "199 with a stored decision"), "%s", out);
     cr_assert(strstr(out, "0 of 199 decided transactions would change (0.00%)"), "%s", out);
@@ -146,14 +127,14 @@ Test(replay, the_running_policy_replays_unchanged_and_its_velocity_rule_fires_as
      * transaction it did not flag changes */
     char candp[300];
     snprintf(candp, sizeof candp, "%s.cand", rulesp);
-    write_file(candp, "rule card_burst decline \"30 or more on the card in 10 minutes\"\n"
-                      "  when count(card_id, 10m) >= 30\n"
-                      "rule big decline \"big\" when amount >= 800\n"
-                      "rule elevated review \"model\" when score >= 0.6\n");
+    tc_write_file(candp, "rule card_burst decline \"30 or more on the card in 10 minutes\"\n"
+                         "  when count(card_id, 10m) >= 30\n"
+                         "rule big decline \"big\" when amount >= 800\n"
+                         "rule elevated review \"model\" when score >= 0.6\n");
     const char *cargv[] = {"verdict", "replay",   "--nats-url", srv.url, "--rules", candp,
                            "--model", model_path, "--from",     "102",   "--json",  NULL};
     cr_assert_eq(run(cargv), 0, "see %s", outp);
-    out = slurp(outp);
+    out = tc_slurp(outp);
     cr_assert(strstr(out, "\"transactions\":199,"), "%s", out);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "/usr/bin/python3 -c 'import json, sys; json.load(open(sys.argv[1]))' %s", outp);
@@ -168,8 +149,8 @@ Test(replay, the_running_policy_replays_unchanged_and_its_velocity_rule_fires_as
 
 Test(replay, lists_are_their_current_values)
 {
-    write_file(rulesp, "list blocked_cards \"stolen\"\n"
-                       "rule blocked decline \"blocked card\" when card_id in list(\"blocked_cards\")\n");
+    tc_write_file(rulesp, "list blocked_cards \"stolen\"\n"
+                          "rule blocked decline \"blocked card\" when card_id in list(\"blocked_cards\")\n");
     pid_t pid = tc_start_engine(srv.url, logp,
                                 (const char *const[]){"--workers", "1", "--rules", rulesp, "--budget", "60s", NULL});
     const char *add[] = {"verdict", "lists", "add", "blocked_cards", "tok_card_1", "--nats-url", srv.url, NULL};
@@ -182,7 +163,7 @@ Test(replay, lists_are_their_current_values)
     cr_assert_eq(child_wait(pid, 15000), 0);
     const char *argv[] = {"verdict", "replay", "--nats-url", srv.url, "--rules", rulesp, "--from", "1", NULL};
     cr_assert_eq(run(argv), 0, "see %s", outp);
-    char *out = slurp(outp);
+    char *out = tc_slurp(outp);
     cr_assert(strstr(out, "0 of 50 decided transactions would change"), "%s", out);
     long live, rep, both;
     rule_counts(out, "blocked", &live, &rep, &both);
@@ -191,7 +172,7 @@ Test(replay, lists_are_their_current_values)
     const char *rm[] = {"verdict", "lists", "rm", "blocked_cards", "tok_card_1", "--nats-url", srv.url, NULL};
     cr_assert_eq(run(rm), 0, "see %s", outp);
     cr_assert_eq(run(argv), 0, "see %s", outp);
-    out = slurp(outp);
+    out = tc_slurp(outp);
     cr_assert(strstr(out, "10 of 50 decided transactions would change"), "%s", out);
     cr_assert(strstr(out, "decline -> approve: 10"), "%s", out);
 }
@@ -203,17 +184,17 @@ Test(replay, from_and_to_select_exactly_that_range)
     const char *argv[] = {"verdict", "replay", "--nats-url", srv.url, "--rules", rulesp,
                           "--from",  "1",      "--to",       "40",    NULL};
     cr_assert_eq(run(argv), 0, "see %s", outp);
-    char *out = slurp(outp);
+    char *out = tc_slurp(outp);
     cr_assert(strstr(out, "seq 1..40: 40 transactions"), "%s", out);
     cr_assert(strstr(out, "0 of 40 decided transactions would change"), "%s", out);
     const char *argv2[] = {"verdict", "replay", "--nats-url", srv.url, "--rules", rulesp, "--from=130", NULL};
     cr_assert_eq(run(argv2), 0, "see %s", outp);
-    out = slurp(outp);
+    out = tc_slurp(outp);
     /* seq 76 is the poison: 130..151 holds 22 transactions */
     cr_assert(strstr(out, "seq 130..151: 22 transactions"), "%s", out);
     const char *argv3[] = {"verdict", "replay", "--nats-url", srv.url, "--rules", rulesp, "--last", "5", NULL};
     cr_assert_eq(run(argv3), 0, "see %s", outp);
-    cr_assert(strstr(slurp(outp), "seq 147..151: 5 transactions"), "%s", slurp(outp));
+    cr_assert(strstr(tc_slurp(outp), "seq 147..151: 5 transactions"), "%s", tc_slurp(outp));
 }
 
 Test(replay, a_window_cut_by_retention_is_reported)
@@ -221,14 +202,15 @@ Test(replay, a_window_cut_by_retention_is_reported)
     serve_decided(60, rules_velocity);
     const char *argv[] = {"verdict", "replay", "--nats-url", srv.url, "--rules", rulesp, "--from", "40", NULL};
     cr_assert_eq(run(argv), 0, "see %s", outp);
-    cr_assert_null(strstr(slurp(outp), "no longer holds"), "%s", slurp(outp));
+    cr_assert_null(strstr(tc_slurp(outp), "no longer holds"), "%s", tc_slurp(outp));
     /* what retention does to the oldest messages: TXN now starts at seq 21, inside the window before seq 40 */
     jsOptions o;
     jsOptions_Init(&o);
     o.Stream.Purge.Sequence = 21;
     cr_assert_eq(js_PurgeStream(js, "TXN", &o, NULL), NATS_OK);
     cr_assert_eq(run(argv), 0, "see %s", outp);
-    cr_assert(strstr(slurp(outp), "warning: TXN no longer holds the whole window before the range"), "%s", slurp(outp));
+    cr_assert(strstr(tc_slurp(outp), "warning: TXN no longer holds the whole window before the range"), "%s",
+              tc_slurp(outp));
 }
 
 Test(replay, undecodable_messages_in_txn_are_skipped_as_serving_skips_them)
@@ -244,16 +226,16 @@ Test(replay, undecodable_messages_in_txn_are_skipped_as_serving_skips_them)
     cr_assert_eq(js_AddStream(&si, js, &sc, NULL, NULL), NATS_OK);
     jsStreamInfo_Destroy(si);
     publish_txns(10, 5);
-    write_file(rulesp, rules_velocity);
+    tc_write_file(rulesp, rules_velocity);
     const char *argv[] = {"verdict", "replay", "--nats-url", srv.url, "--rules", rulesp, "--from", "1", NULL};
     cr_assert_eq(run(argv), 0, "see %s", outp);
-    char *out = slurp(outp);
+    char *out = tc_slurp(outp);
     cr_assert(strstr(out, "stream DECISIONS does not exist"), "%s", out);
     cr_assert(strstr(out, "seq 1..11: 10 transactions"), "%s", out);
     cr_assert(strstr(out, "0 with a stored decision, 1 undecodable"), "%s", out);
     const char *fargv[] = {"verdict", "features", "--nats-url", srv.url, "--from", "1", "--txn-ids", NULL};
     cr_assert_eq(run(fargv), 0, "see %s", outp);
-    out = slurp(outp);
+    out = tc_slurp(outp);
     cr_assert(strstr(out, "TXN seq 1..11, 1 undecodable (skipped)"), "%s", out);
     cr_assert(strstr(out, "features: 10 rows"), "%s", out);
     /* the card's count goes on across the skipped message: rp-0009 (card 4) sees rp-0004 in
@@ -272,12 +254,12 @@ static void refused(const char *want, const char *a1, const char *a2, const char
     const char *argv[] = {"verdict", "replay", "--nats-url", "nats://127.0.0.1:1", "--rules", rulesp, a1, a2,
                           a3,        a4,       NULL};
     cr_assert_eq(run(argv), 2, "%s %s %s %s: see %s", a1, a2, a3 ? a3 : "", a4 ? a4 : "", outp);
-    cr_assert(strstr(slurp(outp), want), "want '%s', got: %s", want, slurp(outp));
+    cr_assert(strstr(tc_slurp(outp), want), "want '%s', got: %s", want, tc_slurp(outp));
 }
 
 Test(replay, bad_ranges_and_numbers_are_refused)
 {
-    write_file(rulesp, "rule big decline \"big\" when amount >= 800\n");
+    tc_write_file(rulesp, "rule big decline \"big\" when amount >= 800\n");
     refused("--last must be between 1 and", "--last", "0", NULL, NULL);
     refused("--last needs a whole number, got '-5'", "--last", "-5", NULL, NULL);
     refused("--from needs a whole number, got '1x'", "--from", "1x", NULL, NULL);
@@ -325,7 +307,7 @@ static bool parse_row(char *line, const int *ids, int nf, row *r)
 
 Test(features, a_stream_range_gives_the_features_serving_used_and_joins_labels_from_a_stream)
 {
-    write_file(rulesp, "rule elevated review \"model\" when score >= 0.6\n");
+    tc_write_file(rulesp, "rule elevated review \"model\" when score >= 0.6\n");
     pid_t pid = tc_start_engine(
         srv.url, logp,
         (const char *const[]){"--workers", "1", "--rules", rulesp, "--model", model_path, "--budget", "60s", NULL});
@@ -371,7 +353,7 @@ Test(features, a_stream_range_gives_the_features_serving_used_and_joins_labels_f
     const char *argv[] = {"verdict",  "features",  "--nats-url",      srv.url,  "--from", from,   "--model",
                           model_path, "--txn-ids", "--labels-stream", "LABELS", "--out",  tablep, NULL};
     cr_assert_eq(run(argv), 0, "see %s", outp);
-    cr_assert(strstr(slurp(outp), "1 messages of LABELS are not labels"), "%s", slurp(outp));
+    cr_assert(strstr(tc_slurp(outp), "1 messages of LABELS are not labels"), "%s", tc_slurp(outp));
 
     static featreg reg;
     featreg_init(&reg);
@@ -464,9 +446,9 @@ Test(features, a_file_of_the_simulator_s_transactions_with_its_labels_gives_the_
     fclose(lf);
     const char *file[] = {"verdict", "features", "--input", txnsp, "--labels", labp, "--txn-ids", "--out", bp, NULL};
     cr_assert_eq(run(file), 0, "see %s", outp);
-    char *a = strdup(slurp(ap));
+    char *a = strdup(tc_slurp(ap));
     cr_assert_gt(strlen(a), 3000 * 20);
-    cr_assert_str_eq(slurp(bp), a, "the file and the simulator give different tables");
+    cr_assert_str_eq(tc_slurp(bp), a, "the file and the simulator give different tables");
     free(a);
     unlink(txnsp);
     unlink(ap);
@@ -503,9 +485,9 @@ Test(features, train_model_reads_the_table_and_its_model_reads_the_same_columns)
     cr_assert_eq(system(cmd), 0);
     snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/tools/train_model.py --table %s --trees 5 --out %s > %s 2>&1",
              VERDICT_SOURCE_DIR, tablep, modelp, outp);
-    cr_assert_eq(system(cmd), 0, "train_model.py failed: %s", slurp(outp));
-    cr_assert(strstr(slurp(outp), "rows without a label left out"), "%s", slurp(outp));
-    cr_assert(strstr(slurp(outp), "5 features"), "%s", slurp(outp));
+    cr_assert_eq(system(cmd), 0, "train_model.py failed: %s", tc_slurp(outp));
+    cr_assert(strstr(tc_slurp(outp), "rows without a label left out"), "%s", tc_slurp(outp));
+    cr_assert(strstr(tc_slurp(outp), "5 features"), "%s", tc_slurp(outp));
     /* the engine loads the model, and a table for it has the training table's columns */
     static featreg reg;
     featreg_init(&reg);
@@ -520,7 +502,7 @@ Test(features, train_model_reads_the_table_and_its_model_reads_the_same_columns)
     static char header[4096];
     cr_assert_not_null(fgets(header, sizeof header, f));
     fclose(f);
-    cr_assert(strstr(slurp(outp), header), "the model's table header differs from %s", header);
+    cr_assert(strstr(tc_slurp(outp), header), "the model's table header differs from %s", header);
     unlink(tablep);
     unlink(modelp);
     snprintf(cmd, sizeof cmd, "%s", modelp);
@@ -537,7 +519,7 @@ static void features_refused(const char *want, const char *const args[])
         argv[n++] = *args++;
     argv[n] = NULL;
     cr_assert_eq(run(argv), 2, "%s: see %s", want, outp);
-    cr_assert(strstr(slurp(outp), want), "want '%s', got: %s", want, slurp(outp));
+    cr_assert(strstr(tc_slurp(outp), want), "want '%s', got: %s", want, tc_slurp(outp));
 }
 
 Test(features, bad_flags_are_refused)

@@ -39,25 +39,14 @@ static const char *cand_rules =
     "rule mid decline \"amount at or over 1000\" when amount >= 1000\n"
     "rule card_day review \"card over 20000 in a day\" when sum(amount_minor, card_id, 24h) >= 2000000\n";
 
-static void write_file(const char *path, const char *text)
-{
-    char tmp[300];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    cr_assert_not_null(f);
-    fputs(text, f);
-    fclose(f);
-    cr_assert_eq(rename(tmp, path), 0);
-}
-
 static void setup(void)
 {
     tc_fixture_up(&srv, &nc, &js, logp, sizeof logp);
     temp_path(outp, sizeof outp, ".out");
     temp_path(livep, sizeof livep, ".rules");
     temp_path(candp, sizeof candp, ".rules");
-    write_file(livep, live_rules);
-    write_file(candp, cand_rules);
+    tc_write_file(livep, live_rules);
+    tc_write_file(candp, cand_rules);
     arena_init(&ar, 1 << 16);
 }
 
@@ -238,17 +227,6 @@ static int run(const char *const argv[])
     return child_wait(pid, 60000);
 }
 
-static char *slurp(const char *path)
-{
-    static char buf[1 << 18];
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(f);
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    buf[n] = 0;
-    fclose(f);
-    return buf;
-}
-
 static long metric(int port, const char *name)
 {
     static char body[1 << 17];
@@ -351,8 +329,8 @@ Test(shadow, candidate_shows_exactly_its_transitions_and_live_is_unchanged)
     /* the report says the same: review -> decline for exactly those, nothing else changed */
     const char *argv[] = {"verdict", "shadow", "report", "--prefix", "sb", "--nats-url", srv.url,
                           "--examples", "20", "--json", NULL};
-    cr_assert_eq(run(argv), 0, "%s", slurp(outp));
-    char *out = slurp(outp);
+    cr_assert_eq(run(argv), 0, "%s", tc_slurp(outp));
+    char *out = tc_slurp(outp);
     char *line = strrchr(out, '{') ? strstr(out, "{\"") : NULL;
     cr_assert_not_null(line, "%s", out);
     json_error_t je;
@@ -391,20 +369,20 @@ Test(shadow, candidate_shows_exactly_its_transitions_and_live_is_unchanged)
     /* readable: the table and a time range */
     const char *argv2[] = {"verdict", "shadow", "report", "--prefix", "sb", "--nats-url", srv.url, "--since", "1h",
                            NULL};
-    cr_assert_eq(run(argv2), 0, "%s", slurp(outp));
-    out = slurp(outp);
+    cr_assert_eq(run(argv2), 0, "%s", tc_slurp(outp));
+    out = tc_slurp(outp);
     cr_assert(strstr(out, "review  -> decline"), "%s", out);
     cr_assert(strstr(out, "live \\ shadow"), "%s", out);
     /* a prefix without a shadow: said, exit 1, nothing created */
     const char *argv4[] = {"verdict", "shadow", "report", "--prefix", "sa", "--nats-url", srv.url, NULL};
-    cr_assert_eq(run(argv4), 1, "%s", slurp(outp));
-    cr_assert(strstr(slurp(outp), "no stream SA_SHADOW"), "%s", slurp(outp));
+    cr_assert_eq(run(argv4), 1, "%s", tc_slurp(outp));
+    cr_assert(strstr(tc_slurp(outp), "no stream SA_SHADOW"), "%s", tc_slurp(outp));
     cr_assert_eq(tc_stream_msgs(js, "SA_SHADOW"), 0);
     /* a range before any of it holds nothing */
     const char *argv3[] = {"verdict", "shadow", "report", "--prefix", "sb", "--nats-url", srv.url, "--from",
                            "2020-01-01T00:00:00Z", "--to", "2020-01-02T00:00:00Z", "--json", NULL};
-    cr_assert_eq(run(argv3), 0, "%s", slurp(outp));
-    cr_assert(strstr(slurp(outp), "\"shadow_decisions\":0"), "%s", slurp(outp));
+    cr_assert_eq(run(argv3), 0, "%s", tc_slurp(outp));
+    cr_assert(strstr(tc_slurp(outp), "\"shadow_decisions\":0"), "%s", tc_slurp(outp));
     stop_engine(a);
     stop_engine(b);
     unlink(logb);
@@ -445,8 +423,8 @@ Test(shadow, redelivery_keeps_one_shadow_decision_per_txn)
     }
     cr_assert_eq(tc_stream_msgs(js, "DECISIONS"), 10);
     const char *argv[] = {"verdict", "shadow", "report", "--nats-url", srv.url, "--json", NULL};
-    cr_assert_eq(run(argv), 0, "%s", slurp(outp));
-    char *out = slurp(outp);
+    cr_assert_eq(run(argv), 0, "%s", tc_slurp(outp));
+    char *out = tc_slurp(outp);
     char want[96];
     snprintf(want, sizeof want, "\"shadow_decisions\":10,\"changed\":%d", expect_changed);
     cr_assert(strstr(out, want), "want %s in:\n%s", want, out);
@@ -459,7 +437,7 @@ Test(shadow, redelivery_keeps_one_shadow_decision_per_txn)
  * shadow. Fixed and SIGHUP: in force. Broken again and SIGHUP: refused, the one in force stays. */
 Test(shadow, bad_candidate_is_refused_and_live_keeps_serving)
 {
-    write_file(candp, "rule mid decline \"x\" when amount >=\n");
+    tc_write_file(candp, "rule mid decline \"x\" when amount >=\n");
     int port = free_port();
     char addr[64];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
@@ -480,7 +458,7 @@ Test(shadow, bad_candidate_is_refused_and_live_keeps_serving)
     cr_assert_eq(settle("DECISIONS", 5), 5, "live decisions; see %s", logp);
     cr_assert_eq(tc_stream_msgs(js, "SHADOW"), 0);
 
-    write_file(candp, cand_rules);
+    tc_write_file(candp, cand_rules);
     kill(pid, SIGHUP);
     /* the message itself: the refusal's text mentions "the shadow policy in force" too */
     cr_assert(file_wait_for(logp, "\"msg\":\"shadow policy in force\"", 10000), "see %s", logp);
@@ -502,7 +480,7 @@ Test(shadow, bad_candidate_is_refused_and_live_keeps_serving)
     }
     cr_assert_eq(got, 5, "see %s", logp);
 
-    write_file(candp, "rule oops decline \"x\" when nosuchfield > 1\n");
+    tc_write_file(candp, "rule oops decline \"x\" when nosuchfield > 1\n");
     kill(pid, SIGHUP);
     for (int tries = 0; tries < 100 && tc_count_lines(logp, "shadow policy refused") < 2; tries++)
         tc_sleep_ms(100);

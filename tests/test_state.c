@@ -22,10 +22,7 @@ static int next_txn;
 
 static void setup(void)
 {
-    cr_assert(server_start(&srv, NULL), "nats-server did not start");
-    nc = tc_connect(srv.url);
-    cr_assert_eq(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
-    temp_path(logp, sizeof logp, ".log");
+    tc_fixture_up(&srv, &nc, &js, logp, sizeof logp);
     temp_path(rulesp, sizeof rulesp, ".rules");
     FILE *f = fopen(rulesp, "w");
     cr_assert_not_null(f);
@@ -37,10 +34,7 @@ static void setup(void)
 
 static void teardown(void)
 {
-    jsCtx_Destroy(js);
-    natsConnection_Destroy(nc);
-    server_stop(&srv);
-    unlink(logp);
+    tc_fixture_down(&srv, nc, js, logp);
     unlink(rulesp);
 }
 

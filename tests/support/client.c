@@ -138,6 +138,28 @@ bool tc_wait_consumer_idle(jsCtx *js, int timeout_ms)
     return false;
 }
 
+void tc_write_file(const char *path, const char *text)
+{
+    char tmp[512];
+    cr_assert_lt((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path), sizeof tmp);
+    FILE *f = fopen(tmp, "w");
+    cr_assert_not_null(f);
+    fputs(text, f);
+    fclose(f);
+    cr_assert_eq(rename(tmp, path), 0);
+}
+
+char *tc_slurp(const char *path)
+{
+    static char buf[1 << 20];
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f);
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    return buf;
+}
+
 int tc_count_lines(const char *path, const char *needle)
 {
     return file_count_lines(path, needle);

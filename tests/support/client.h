@@ -26,6 +26,11 @@ uint64_t tc_wait_msgs(jsCtx *js, const char *stream, uint64_t n, int timeout_ms)
 natsMsg *tc_find_decision(jsCtx *js, const char *txn_id);
 /* Waits (bounded) until the engine's consumer has nothing pending or unacknowledged; true when it got there. */
 bool tc_wait_consumer_idle(jsCtx *js, int timeout_ms);
+/* Writes text to path through a temporary file renamed over it, as deployment tools do: a watching engine never
+ * reads it half written. */
+void tc_write_file(const char *path, const char *text);
+/* The whole file at path (at most 1 MiB), NUL-terminated, in a static buffer the next call reuses. */
+char *tc_slurp(const char *path);
 /* Lines of the file at path that contain needle (0 if it cannot be read). */
 int tc_count_lines(const char *path, const char *needle);
 /* Consumer ack-pending and pending counts. */
