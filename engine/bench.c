@@ -234,13 +234,15 @@ static int bench_abba(const bench_opts *o, natsConnection *nc, const char *const
 
 static void throughput_side(config *c, const char *prefix, bool full) { with_prefix(c, prefix, !full); }
 
-/* The pass-through against the full engine, ABBA. */
-static int bench_throughput(const bench_opts *o, natsConnection *nc, double *full, double *pt)
+/* The pass-through against the full engine, ABBA, timed from ready as the shadow bench is (what a start costs,
+ * loading the model and touching the state's memory, is not the rate of deciding), with the CPU of both
+ * processes beside each rate: xs[0] the pass-through, xs[1] the full engine. */
+static int bench_throughput(const bench_opts *o, natsConnection *nc, double *full, double *pt, drain_extra xs[2])
 {
     static const char *const prefixes[] = {"bp1", "bt1", "bt2", "bp2"};
     static const char *const labels[] = {"passthrough", "full"};
     double rate[2];
-    int rc = bench_abba(o, nc, prefixes, throughput_side, labels, rate, NULL);
+    int rc = bench_abba(o, nc, prefixes, throughput_side, labels, rate, xs);
     *pt = rate[0];
     *full = rate[1];
     return rc;
@@ -886,10 +888,21 @@ int cmd_bench(int argc, char **argv)
     bool do_lat = !strcmp(what, "latency") || !strcmp(what, "all");
     double full = 0, pt = 0;
     int tp_seconds = o.seconds ? o.seconds : 20, lat_seconds = o.seconds ? o.seconds : 30;
+    /* CPU per decision of this process (the engine runs in it) and of the private server: [0] the full engine,
+     * [1] the pass-through */
+    drain_extra xt[2] = {{.server = url_given ? 0 : ls.pid}, {.server = url_given ? 0 : ls.pid}};
+    double cpu_engine[2] = {0}, cpu_server[2] = {0};
     if (do_tp) {
         bench_opts to = o;
         to.seconds = tp_seconds;
-        rc |= bench_throughput(&to, nc, &full, &pt);
+        rc |= bench_throughput(&to, nc, &full, &pt, xt);
+        for (int k = 0; k < 2; k++) {
+            const drain_extra *x = &xt[1 - k];
+            if (x->decisions > 0) {
+                cpu_engine[k] = x->cpu_self_us / (double)x->decisions;
+                cpu_server[k] = x->cpu_server_us / (double)x->decisions;
+            }
+        }
     }
     lat_result lr[BENCH_MAX_RATES];
     int nlr = 0;
@@ -921,14 +934,20 @@ int cmd_bench(int argc, char **argv)
         printf("  throughput   full engine   %10.0f decisions/s  (%d s)\n", full, tp_seconds);
         printf("               pass-through  %10.0f msgs/s\n", pt);
         printf("               ratio         %10.2f  (target >= 0.9)\n", pt > 0 ? full / pt : 0);
+        if (!url_given)
+            printf("  CPU per decision   full engine %.1f us (engine %.1f + nats-server %.1f), pass-through %.1f us "
+                   "(%.1f + %.1f)\n",
+                   cpu_engine[0] + cpu_server[0], cpu_engine[0], cpu_server[0], cpu_engine[1] + cpu_server[1],
+                   cpu_engine[1], cpu_server[1]);
     }
     for (int k = 0; k < nlr; k++)
         latency_print(&lr[k], o.cfg.budget_ms);
     if (o.json) {
         printf("{\"bench\":\"%s\",\"workers\":%d,\"batch\":%d", what, o.cfg.workers, o.cfg.batch);
         if (do_tp)
-            printf(",\"decisions_per_s\":%.0f,\"passthrough_per_s\":%.0f,\"ratio\":%.3f", full, pt,
-                   pt > 0 ? full / pt : 0);
+            printf(",\"decisions_per_s\":%.0f,\"passthrough_per_s\":%.0f,\"ratio\":%.3f,\"engine_cpu_us\":%.2f,"
+                   "\"server_cpu_us\":%.2f,\"passthrough_engine_cpu_us\":%.2f,\"passthrough_server_cpu_us\":%.2f",
+                   full, pt, pt > 0 ? full / pt : 0, cpu_engine[0], cpu_server[0], cpu_engine[1], cpu_server[1]);
         if (nlr > 0) {
             /* the first rate's keys at the top level, as with a single --rate; every rate in latency_runs */
             printf(",");
