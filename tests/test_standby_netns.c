@@ -1,23 +1,27 @@
-/* test_standby_netns.c - a lease owner cut off from NATS by a real network partition while its lease lapses:
- * the hot standby takes over, no two engines decide at once, and the old owner stands by when the network returns
- * (issue 18).
+/* test_standby_netns.c - a lease owner partitioned away while its lease lapses (issue 18): the hot standby takes
+ * over, no two engines decide at once, and the old owner stands by when the network returns.
  *
- * One nats-server, each engine and this test's clients in their own network namespace (tests/support/netns.h):
- * the server on host 0, engine A on host 1, engine B on host 2, the publishers and readers on host 3. Both engines
- * run `verdict serve --lease-ttl 3s`; A starts first and owns the consumer, B stands by. Publisher threads, as
- * payment services, send about 300 transactions/s, each with Nats-Msg-Id and retried until the server confirms
- * it. Under that load A's namespace is black-holed for CUT_MS (more than three TTLs: its lease lapses while it can
- * neither renew it nor learn that it lost it), then healed. Then:
+ * Every nats-server, each engine and this test's clients in their own network namespace (tests/support/netns.h).
+ * Both engines run `verdict serve --lease-ttl 3s`; A starts first and owns the consumer, B stands by. Publisher
+ * threads, as payment services, send about 300 transactions/s, each with Nats-Msg-Id and retried until the
+ * server confirms it. Under that load a partition of CUT_MS (more than three TTLs), then the heal. Two partitions:
+ *  - cut_off: one server; A's namespace is black-holed. A can neither renew its lease nor learn that it lost
+ *    it, nor fetch nor publish.
+ *  - lease_unreachable: three servers n0, n1, n2; the work (TXN, its consumer, DECISIONS, ...) on n0 and n1, the
+ *    lease bucket on n2 (a placement tag); A connected to n0, B to n1. Only the path n0-n2 is cut (a partition
+ *    that is not transitive: n1 still reaches both). A keeps its connection and can still fetch and publish, but
+ *    cannot renew: only the fence (lease_fetch_allowed: no fetch past the lease's validity) stops it before B,
+ *    which reaches the bucket through n1, takes the lease over. With the fence disabled this test fails (A decides
+ *    through the whole cut); the cut_off test does not, since a complete cut stops A by itself and at the heal its
+ *    lease thread learns of the loss on the same reconnection, before a fetch returns.
+ * Then, for both:
  *  - B takes the lease and decides (its decisions carry its engine id); the takeover time is printed;
- *  - no overlap: A's last decision was made (decided_at_ms) before B's first, so no two engines decided at once;
- *    A decided nothing later than its lease's validity could reach (the cut plus the TTL), its validity (from
- *    its first failed renewal's valid_ms) ended before B took the lease, and it decided nothing after the heal;
+ *  - no overlap: A's last decision was made (decided_at_ms) before B's first, no later than its lease's validity
+ *    could reach (the cut plus the TTL), and none after the heal; its validity (from its first failed renewal's
+ *    valid_ms) ended before B took the lease;
  *  - A logged its failed renewals during the cut and `lease lost` after the heal, and stands by: `standing by`
  *    in its log, /readyz 503 with phase standby, verdict_lease_epoch 0;
  *  - every confirmed transaction has exactly one decision, none is dead-lettered.
- * A cut this complete cannot show the fence itself (lease_fetch_allowed): while cut, A can neither fetch nor
- * publish, and at the heal its lease thread learns of the loss on the same reconnection, before a fetch returns
- * (the test passes with the fence disabled). test_sequence's lease_unreachable test is the one that needs it.
  * Both engines run on this machine, so their decided_at_ms come from one clock. Needs root for the namespaces;
  * skips, saying why, only when it is not root. */
 #ifndef _GNU_SOURCE
@@ -40,10 +44,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SERVER_HOST 0
-#define A_HOST 1 /* the first owner, cut off */
-#define B_HOST 2 /* the standby */
-#define CLIENT_HOST 3
+#define MAX_SERVERS 3
+#define LEASE_NODE 2 /* lease_unreachable: the node holding the lease bucket */
 #define TTL_MS 3000
 #define CUT_MS 10000
 #define LOAD_BEFORE_MS 4000
@@ -56,15 +58,18 @@
 static netns_lab lab;
 static natsConnection *nc; /* the test's own connection, from the client namespace */
 static jsCtx *js;
-static pid_t server_pid;
+static int nservers;
+static pid_t server_pid[MAX_SERVERS];
 static pid_t engine_pid[2]; /* A, B */
-static char store[64];
-static char url[64];
+static char store[MAX_SERVERS][64];
+static char url[64];           /* the clients' server */
+static char engine_url[2][64]; /* each engine's server */
 static char engine_log[2][256];
+static int engine_host[2], client_host;
 static bool passed;
+static const char *server_bin = "nats-server";
 
 static const char *const engine_id[2] = {"sb-a", "sb-b"};
-static const int engine_host[2] = {A_HOST, B_HOST};
 
 static int64_t mono_ms(void)
 {
@@ -266,23 +271,25 @@ static void teardown(void)
     js = NULL;
     natsConnection_Destroy(nc);
     nc = NULL;
-    if (server_pid > 0) {
-        kill(server_pid, SIGKILL);
-        child_wait(server_pid, 5000);
-        server_pid = 0;
-    }
+    for (int i = 0; i < MAX_SERVERS; i++)
+        if (server_pid[i] > 0) {
+            kill(server_pid[i], SIGKILL);
+            child_wait(server_pid[i], 5000);
+            server_pid[i] = 0;
+        }
     netns_lab_destroy(&lab);
     if (getenv("VERDICT_STANDBY_KEEP_LOGS"))
         passed = false; /* keep the logs of a passing run too, to study it */
-    if (store[0]) {
-        char cmd[300];
-        if (passed)
-            snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s.conf' '%s.log'", store, store, store);
-        else
-            snprintf(cmd, sizeof cmd, "rm -rf '%s'", store); /* the logs stay for a failed run */
-        if (system(cmd) != 0)
-            fprintf(stderr, "test_standby_netns: could not remove %s\n", store);
-    }
+    for (int i = 0; i < MAX_SERVERS; i++)
+        if (store[i][0]) {
+            char cmd[640];
+            if (passed)
+                snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s.conf' '%s.log'", store[i], store[i], store[i]);
+            else
+                snprintf(cmd, sizeof cmd, "rm -rf '%s'", store[i]); /* the logs stay for a failed run */
+            if (system(cmd) != 0)
+                fprintf(stderr, "test_standby_netns: could not remove %s\n", store[i]);
+        }
     for (int i = 0; i < 2; i++) {
         if (engine_log[i][0] && passed)
             unlink(engine_log[i]);
@@ -300,48 +307,100 @@ static void teardown(void)
         }                                                                                                              \
     } while (0)
 
-static bool start_server(const char *bin)
+/* Node i of nservers (n<i>): alone, or in a cluster with routes to the others; n2 of a cluster carries the tag
+ * "lease", which only the lease bucket asks for. */
+static bool start_server(int i)
 {
     char conf[160], log[160];
-    snprintf(conf, sizeof conf, "%s.conf", store);
-    snprintf(log, sizeof log, "%s.log", store);
+    snprintf(conf, sizeof conf, "%s.conf", store[i]);
+    snprintf(log, sizeof log, "%s.log", store[i]);
     FILE *f = fopen(conf, "w");
     if (!f)
         return false;
-    fprintf(f, "server_name: n0\nlisten: \"%s:4222\"\njetstream { store_dir: \"%s\" }\n", lab.addr[SERVER_HOST],
-            store);
+    fprintf(f, "server_name: n%d\nlisten: \"%s:4222\"\njetstream { store_dir: \"%s\" }\n", i, lab.addr[i], store[i]);
+    if (nservers > 1) {
+        if (i == LEASE_NODE)
+            fprintf(f, "server_tags: [\"lease\"]\n");
+        fprintf(f, "cluster {\n  name: verdict-standby\n  listen: \"%s:6222\"\n  routes: [\n", lab.addr[i]);
+        for (int j = 0; j < nservers; j++)
+            if (j != i)
+                fprintf(f, "    \"nats-route://%s:6222\"\n", lab.addr[j]);
+        fprintf(f, "  ]\n}\n");
+    }
     if (fclose(f) != 0)
         return false;
-    const char *argv[] = {bin, "-c", conf, NULL};
-    server_pid = netns_spawn(&lab, SERVER_HOST, argv, log);
-    return server_pid > 0;
+    const char *argv[] = {server_bin, "-c", conf, NULL};
+    server_pid[i] = netns_spawn(&lab, i, argv, log);
+    return server_pid[i] > 0;
 }
 
-static void setup(void)
+/* Waits until JetStream can place a stream through the clients' server (a meta leader in a cluster). */
+static bool jetstream_ready(int timeout_ms)
+{
+    for (int64_t deadline = mono_ms() + timeout_ms; mono_ms() < deadline; tc_sleep_ms(250)) {
+        natsConnection *c = NULL;
+        jsCtx *j = NULL;
+        jsStreamInfo *si = NULL;
+        config cc;
+        config_defaults(&cc);
+        str_copy(cc.nats_url, sizeof cc.nats_url, url);
+        verror e = {0};
+        bool ok = false;
+        if (broker_connect_simple(&cc, &c, &e) == V_OK) {
+            jsOptions jo;
+            jsOptions_Init(&jo);
+            jo.Wait = 2000;
+            const char *subjects[] = {"standby.probe"};
+            jsStreamConfig sc;
+            jsStreamConfig_Init(&sc);
+            sc.Name = "STANDBY_PROBE";
+            sc.Subjects = subjects;
+            sc.SubjectsLen = 1;
+            sc.Storage = js_MemoryStorage;
+            ok = natsConnection_JetStream(&j, c, &jo) == NATS_OK && js_AddStream(&si, j, &sc, NULL, NULL) == NATS_OK &&
+                 js_DeleteStream(j, "STANDBY_PROBE", NULL, NULL) == NATS_OK;
+        }
+        jsStreamInfo_Destroy(si);
+        jsCtx_Destroy(j);
+        natsConnection_Destroy(c);
+        if (ok)
+            return true;
+    }
+    return false;
+}
+
+/* servers: 1 (cut_off) or 3 (lease_unreachable, n2 started later by the test); hosts: the servers, A, B, the
+ * clients. */
+static void setup_lab(int servers)
 {
     const char *why = netns_unavailable();
     if (why)
         cr_skip_test("standby partition test skipped: %s", why);
-    const char *bin = harness_nats_server();
-    SETUP_REQUIRE(bin, "not the nats-server version asked for (above)");
+    server_bin = harness_nats_server();
+    SETUP_REQUIRE(server_bin, "not the nats-server version asked for (above)");
+    nservers = servers;
+    engine_host[0] = servers;
+    engine_host[1] = servers + 1;
+    client_host = servers + 2;
     /* before any nats.c call: nats.c's own threads must be created in the client namespace too */
-    SETUP_REQUIRE(netns_lab_create(&lab, 4), "cannot create the network namespaces (root is available)");
-    SETUP_REQUIRE(netns_enter(&lab, CLIENT_HOST), "cannot enter the client namespace");
-    snprintf(store, sizeof store, "/tmp/verdict-sb-XXXXXX"); /* mkdtemp template */
-    SETUP_REQUIRE(mkdtemp(store) != NULL, "cannot make a temporary directory");
-    snprintf(url, sizeof url, "nats://%s:4222", lab.addr[SERVER_HOST]);
-    SETUP_REQUIRE(start_server(bin), "cannot start %s", bin);
+    SETUP_REQUIRE(netns_lab_create(&lab, servers + 3), "cannot create the network namespaces (root is available)");
+    SETUP_REQUIRE(netns_enter(&lab, client_host), "cannot enter the client namespace");
+    for (int i = 0; i < servers; i++) {
+        snprintf(store[i], sizeof store[i], "/tmp/verdict-sb-XXXXXX"); /* mkdtemp template */
+        SETUP_REQUIRE(mkdtemp(store[i]) != NULL, "cannot make a temporary directory");
+    }
+    /* the clients use a server that no partition here separates from anything */
+    snprintf(url, sizeof url, "nats://%s:4222", lab.addr[servers > 1 ? 1 : 0]);
+    for (int k = 0; k < 2; k++)
+        snprintf(engine_url[k], sizeof engine_url[k], "nats://%s:4222", lab.addr[servers > 1 ? k : 0]);
+    for (int i = 0; i < servers && i < 2; i++)
+        SETUP_REQUIRE(start_server(i), "cannot start %s for n%d", server_bin, i);
+    SETUP_REQUIRE(jetstream_ready(45000), "JetStream did not become ready; see %s.log", store[0]);
     config cc;
     config_defaults(&cc);
     str_copy(cc.nats_url, sizeof cc.nats_url, url);
     verror e = {0};
-    bool up = false;
-    for (int64_t deadline = mono_ms() + 15000; !up && mono_ms() < deadline;) {
-        up = broker_connect_simple(&cc, &nc, &e) == V_OK;
-        if (!up)
-            tc_sleep_ms(100);
-    }
-    SETUP_REQUIRE(up, "cannot connect to %s: %s; see %s.log", url, e.msg, store);
+    SETUP_REQUIRE(broker_connect_simple(&cc, &nc, &e) == V_OK, "cannot connect to %s: %s", url, e.msg);
     jsOptions jo;
     jsOptions_Init(&jo);
     jo.Wait = 5000;
@@ -350,16 +409,19 @@ static void setup(void)
         temp_path(engine_log[i], sizeof engine_log[i], ".log");
 }
 
-TestSuite(standby_netns, .init = setup, .fini = teardown, .timeout = 120);
+static void setup_one_server(void) { setup_lab(1); }
+static void setup_three_servers(void) { setup_lab(3); }
+
+TestSuite(standby_netns, .fini = teardown, .timeout = 150);
 
 static pid_t spawn_engine(int i)
 {
     char metrics[64];
     snprintf(metrics, sizeof metrics, "%s:%d", lab.addr[engine_host[i]], METRICS_PORT);
-    const char *argv[] = {VERDICT_BIN,   "serve",       "--nats-url",  url,     "--engine-id", engine_id[i],
-                          "--workers",   "2",           "--batch",     "16",    "--ack-wait",  "2s",
-                          "--backoff",   "",            "--lease-ttl", "3s",    "--metrics-addr", metrics,
-                          NULL};
+    const char *argv[] = {VERDICT_BIN, "serve",   "--nats-url",  engine_url[i], "--engine-id",    engine_id[i],
+                          "--workers", "2",       "--batch",     "16",          "--ack-wait",     "2s",
+                          "--backoff", "",        "--lease-ttl", "3s",          "--metrics-addr", metrics,
+                          "--replicas", "1",      NULL};
     return netns_spawn(&lab, engine_host[i], argv, engine_log[i]);
 }
 
@@ -382,8 +444,71 @@ static long long metric(int i, const char *name)
     return -1;
 }
 
-Test(standby_netns, an_owner_cut_off_past_its_lease_is_replaced_without_overlap_and_stands_by_on_return)
+/* lease_unreachable's placement: the work on n0 and n1, the lease bucket alone on n2. A first engine without a
+ * lease creates the streams, consumers and buckets while n2 is not yet running, so none can be placed there; then
+ * n2 starts and the test creates the lease bucket's stream (what js_CreateKeyValue makes) with the tag only n2
+ * has. The engines find it and use it as it is (replica_bucket_open). */
+static void place_work_and_lease(void)
 {
+    char log[256];
+    temp_path(log, sizeof log, ".log");
+    const char *argv[] = {VERDICT_BIN, "serve", "--nats-url", engine_url[0], "--engine-id", "sb-setup", "--replicas",
+                          "1", NULL};
+    pid_t pid = netns_spawn(&lab, engine_host[0], argv, log);
+    cr_assert(pid > 0);
+    cr_assert(file_wait_for(log, "engine started", 30000), "the setting-up engine did not start; see %s", log);
+    kill(pid, SIGTERM);
+    cr_assert_eq(child_wait(pid, 15000), 0, "the setting-up engine did not stop; see %s", log);
+    unlink(log);
+
+    cr_assert(start_server(LEASE_NODE), "cannot start n%d", LEASE_NODE);
+    const char *subjects[] = {"$KV.verdict_leases.>"};
+    const char *tags[] = {"lease"};
+    jsPlacement pl;
+    jsPlacement_Init(&pl);
+    pl.Cluster = "verdict-standby"; /* nats.c 3.4.1 writes the cluster name unconditionally */
+    pl.Tags = tags;
+    pl.TagsLen = 1;
+    jsStreamConfig sc;
+    jsStreamConfig_Init(&sc);
+    sc.Name = "KV_verdict_leases";
+    sc.Subjects = subjects;
+    sc.SubjectsLen = 1;
+    sc.MaxMsgsPerSubject = 1;
+    sc.Discard = js_DiscardNew;
+    sc.AllowRollup = true;
+    sc.DenyDelete = true;
+    sc.AllowDirect = true;
+    sc.Duplicates = 120LL * 1000000000LL;
+    sc.Replicas = 1;
+    sc.Placement = &pl;
+    natsStatus st = NATS_ERR;
+    for (int64_t deadline = mono_ms() + 30000; st != NATS_OK && mono_ms() < deadline;) {
+        jsStreamInfo *si = NULL;
+        st = js_AddStream(&si, js, &sc, NULL, NULL); /* fails until n2 has joined the meta group */
+        jsStreamInfo_Destroy(si);
+        if (st != NATS_OK)
+            tc_sleep_ms(250);
+    }
+    cr_assert_eq(st, NATS_OK, "cannot place the lease bucket on n%d: %s", LEASE_NODE, nats_GetLastError(NULL));
+    const char *streams[] = {"KV_verdict_leases", "TXN", "DECISIONS", "DLQ"};
+    for (size_t k = 0; k < sizeof streams / sizeof streams[0]; k++) {
+        jsStreamInfo *si = NULL;
+        cr_assert_eq(js_GetStreamInfo(&si, js, streams[k], NULL, NULL), NATS_OK, "no stream %s", streams[k]);
+        const char *leader = si->Cluster && si->Cluster->Leader ? si->Cluster->Leader : "";
+        bool on_lease_node = strcmp(leader, "n2") == 0;
+        jsStreamInfo_Destroy(si);
+        cr_assert(k == 0 ? on_lease_node : !on_lease_node, "%s is on '%s'", streams[k], leader);
+    }
+}
+
+/* The scenario (the file's header): lease_unreachable cuts n0-n2, cut_off cuts A's namespace. */
+static void run(bool lease_unreachable)
+{
+    const char *fault = lease_unreachable ? "n0-n2" : "A";
+    if (lease_unreachable)
+        place_work_and_lease();
+
     engine_pid[0] = spawn_engine(0);
     cr_assert(engine_pid[0] > 0);
     cr_assert(file_wait_for(engine_log[0], "engine started", 30000), "A did not start; see %s", engine_log[0]);
@@ -403,21 +528,22 @@ Test(standby_netns, an_owner_cut_off_past_its_lease_is_replaced_without_overlap_
 
     /* cut A off for longer than three TTLs: its lease lapses unrenewed, B takes it */
     int64_t cut_at = wall_ms(), cut_mono = mono_ms();
-    fprintf(stderr, "test_standby_netns: cutting A off (%llu decided, %d confirmed)\n", (unsigned long long)before,
-            atomic_load(&confirmed_total));
-    cr_assert(netns_cut(&lab, A_HOST));
+    fprintf(stderr, "test_standby_netns: cutting %s (%llu decided, %d confirmed)\n", fault,
+            (unsigned long long)before, atomic_load(&confirmed_total));
+    cr_assert(lease_unreachable ? netns_cut_pair(&lab, 0, LEASE_NODE) : netns_cut(&lab, engine_host[0]));
     int64_t taken_at = wait_log(engine_log[1], "lease taken: this engine owns the consumer", cut_at, CUT_MS);
     int64_t left = CUT_MS - (mono_ms() - cut_mono);
     if (left > 0)
         tc_sleep_ms((int)left);
     int64_t heal_at = wall_ms();
-    cr_assert(netns_heal(&lab, A_HOST));
-    cr_assert(taken_at > 0, "B did not take the lease during a %d s cut of A; see %s", CUT_MS / 1000, engine_log[1]);
+    cr_assert(lease_unreachable ? netns_heal_pair(&lab, 0, LEASE_NODE) : netns_heal(&lab, engine_host[0]));
+    cr_assert(taken_at > 0, "B did not take the lease during a %d s cut of %s; see %s", CUT_MS / 1000, fault,
+              engine_log[1]);
     fprintf(stderr, "test_standby_netns: healed after %.1f s; B took the lease %lld ms after the cut (TTL %d ms)\n",
             (heal_at - cut_at) / 1000.0, (long long)(taken_at - cut_at), TTL_MS);
 
     /* A learns that it lost the lease, stops, and stands by */
-    int64_t lost_at = wait_log(engine_log[0], "lease lost: another engine owns the consumer", heal_at, 20000);
+    int64_t lost_at = wait_log(engine_log[0], "lease lost: another engine owns the consumer", heal_at, 30000);
     cr_assert(lost_at > 0, "A did not log 'lease lost' after the heal; see %s", engine_log[0]);
     int64_t standing_at = wait_log(engine_log[0], "standing by: another engine owns the consumer", lost_at, 20000);
     cr_assert(standing_at > 0, "A did not stand by after the heal; see %s", engine_log[0]);
@@ -429,15 +555,15 @@ Test(standby_netns, an_owner_cut_off_past_its_lease_is_replaced_without_overlap_
     for (int p = 0; p < PUBLISHERS; p++)
         pthread_join(pub[p], NULL);
     int conf = atomic_load(&confirmed_total);
-    cr_assert_eq(atomic_load(&given_up_total), 0, "a publisher gave a transaction up; the server was never cut");
+    cr_assert_eq(atomic_load(&given_up_total), 0, "a publisher gave a transaction up; its server was never cut");
 
     /* A, as a standby: alive, /readyz 503 in phase standby, no epoch held */
     cr_assert(engine_alive(0), "A died; see %s", engine_log[0]);
     char body[2048] = "";
-    int code = netns_http_get(lab.addr[A_HOST], METRICS_PORT, "/readyz", 3000, body, sizeof body);
+    int code = netns_http_get(lab.addr[engine_host[0]], METRICS_PORT, "/readyz", 3000, body, sizeof body);
     cr_assert(code == 503 && strstr(body, "\"phase\":\"standby\""), "A's /readyz after the heal: %d %s", code, body);
     cr_assert_eq(metric(0, "verdict_lease_epoch"), 0, "A holds an epoch after the heal; see %s", engine_log[0]);
-    code = netns_http_get(lab.addr[B_HOST], METRICS_PORT, "/readyz", 3000, body, sizeof body);
+    code = netns_http_get(lab.addr[engine_host[1]], METRICS_PORT, "/readyz", 3000, body, sizeof body);
     cr_assert_eq(code, 200, "B's /readyz: %d %s", code, body);
     long long b_epoch = metric(1, "verdict_lease_epoch");
     cr_assert_gt(b_epoch, 1, "B holds the lease in a later epoch than A's first: %lld", b_epoch);
@@ -492,6 +618,19 @@ Test(standby_netns, an_owner_cut_off_past_its_lease_is_replaced_without_overlap_
             "after that\n",
             (long long)(valid_until - cut_at), (long long)(taken_at - valid_until));
     cr_assert_lt(valid_until, taken_at, "B took the lease while A's was still valid");
+    /* lease_unreachable: A stayed connected and could fetch all along; it stopped deciding during the cut, at its
+     * lease's validity: the fence, nothing else, stopped it */
+    int64_t disconnected = log_first(engine_log[0], "disconnected from NATS", cut_at);
+    fprintf(stderr, "test_standby_netns: A's last decision %lld ms after the cut, %lld ms %s its lease's validity ended; "
+                    "A %s\n",
+            (long long)(d[0].last - cut_at), (long long)llabs(d[0].last - valid_until),
+            d[0].last <= valid_until ? "before" : "after",
+            disconnected > 0 ? "was disconnected by the cut" : "stayed connected");
+    if (lease_unreachable) {
+        cr_assert(disconnected < 0 || disconnected >= heal_at, "A lost its connection to n0; see %s", engine_log[0]);
+        cr_assert_gt(d[0].last, cut_at + 1000, "A, still connected, stopped deciding within a second of the cut: "
+                     "it should have gone on until its lease's validity; see %s", engine_log[0]);
+    }
     cr_assert(engine_alive(1), "B died; see %s", engine_log[1]);
 
     for (int i = 0; i < 2; i++) { /* the standby (A) first: the owner's stop would hand over to it */
@@ -501,4 +640,16 @@ Test(standby_netns, an_owner_cut_off_past_its_lease_is_replaced_without_overlap_
         engine_pid[i] = 0;
     }
     passed = true;
+}
+
+Test(standby_netns, an_owner_cut_off_past_its_lease_is_replaced_without_overlap_and_stands_by_on_return,
+     .init = setup_one_server)
+{
+    run(false);
+}
+
+Test(standby_netns, an_owner_that_reaches_the_work_but_not_the_lease_is_fenced_before_the_standby_takes_over,
+     .init = setup_three_servers)
+{
+    run(true);
 }
