@@ -346,7 +346,8 @@ int bench_failover(int argc, char **argv)
     long long published = atomic_load(&fo.published);
     if (atomic_load(&fo.pub_errors))
         fprintf(stderr, "verdict bench failover: %lld publishes failed (first: %s); see the engines' logs\n",
-                (long long)atomic_load(&fo.pub_errors), natsStatus_GetText((natsStatus)atomic_load(&fo.pub_first_error)));
+                (long long)atomic_load(&fo.pub_errors),
+                natsStatus_GetText((natsStatus)atomic_load(&fo.pub_first_error)));
     uint64_t decided = 0, dead = 0;
     for (int waited = 0; waited < 60000; waited += 200) {
         jsStreamInfo *si = NULL;
@@ -373,7 +374,8 @@ int bench_failover(int argc, char **argv)
                "\"exactly_once\":%s}\n",
                fo.ttl, fo.rate, kills, (long long)gaps[0][kills / 2], (long long)gaps[0][kills - 1],
                (long long)gaps[1][kills / 2], (long long)gaps[1][kills - 1], published,
-               (long long)atomic_load(&fo.pub_errors), (unsigned long long)decided, (unsigned long long)dead, ok ? "true" : "false");
+               (long long)atomic_load(&fo.pub_errors), (unsigned long long)decided, (unsigned long long)dead,
+               ok ? "true" : "false");
     } else {
         printf("failover with a hot standby (lease TTL %s, %d transactions/s, %d rounds each)\n", fo.ttl, fo.rate,
                kills);

@@ -173,8 +173,8 @@ static json_t *lease_json(cliconn *c)
         } else {
             out = json_pack("{s:s, s:b, s:s, s:I, s:I, s:I, s:I}", "name", name, "exists", 1, "owner",
                             json_string_value(owner), "epoch", (json_int_t)json_integer_value(epoch), "ttl_ms",
-                            (json_int_t)json_integer_value(ttl), "renewed_ms_ago", (json_int_t)(age_ms > 0 ? age_ms : 0),
-                            "revision", (json_int_t)kvEntry_Revision(e));
+                            (json_int_t)json_integer_value(ttl), "renewed_ms_ago",
+                            (json_int_t)(age_ms > 0 ? age_ms : 0), "revision", (json_int_t)kvEntry_Revision(e));
         }
         json_decref(v);
         kvEntry_Destroy(e);

@@ -483,8 +483,8 @@ Test(cli, status_tells_no_lease_from_an_unreadable_one, .init = setup_lease_auth
 
     cr_assert_eq(kvStore_PutString(&rev, kv, "verdict", "{\"owner\":\"eng-x/0badf00d\",\"epoch\":3,\"ttl_ms\":3000}"),
                  NATS_OK);
-    EXPECT(0, "LEASE verdict: owned by eng-x/0badf00d, epoch 3, TTL 3000 ms", "status", "--wait", "100",
-           "--nats-url", admin);
+    EXPECT(0, "LEASE verdict: owned by eng-x/0badf00d, epoch 3, TTL 3000 ms", "status", "--wait", "100", "--nats-url",
+           admin);
     /* the entry is there, the reader cannot get it: unreadable, with the reason, never "none" */
     EXPECT(0, "LEASE verdict: unreadable: cannot read verdict_leases/verdict: ", "status", "--wait", "100",
            "--nats-url", reader);

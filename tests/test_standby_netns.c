@@ -203,9 +203,9 @@ static void *publisher(void *arg)
 /* --- reading DECISIONS back ------------------------------------------------------------------------------ */
 
 typedef struct decider {
-    int n;                    /* decisions stored with its engine id */
-    int64_t first, last;      /* earliest and latest decided_at_ms */
-    int after_heal;           /* decisions it made at or after the heal */
+    int n;               /* decisions stored with its engine id */
+    int64_t first, last; /* earliest and latest decided_at_ms */
+    int after_heal;      /* decisions it made at or after the heal */
 } decider;
 
 static unsigned char seen[PUBLISHERS][MAX_PER_PUB];
@@ -231,8 +231,7 @@ static void read_decisions(decider d[2], int *others, int64_t heal_at)
         Decision *dec = decision_decode(&a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
         cr_assert_not_null(dec, "a decision that does not decode (seq %llu)", (unsigned long long)seq);
         int p = -1, k = -1;
-        cr_assert(sscanf(dec->txn_id, "sb-%d-%d", &p, &k) == 2 && p >= 0 && p < PUBLISHERS && k >= 0 &&
-                      k < MAX_PER_PUB,
+        cr_assert(sscanf(dec->txn_id, "sb-%d-%d", &p, &k) == 2 && p >= 0 && p < PUBLISHERS && k >= 0 && k < MAX_PER_PUB,
                   "unknown decision %s", dec->txn_id);
         if (seen[p][k] < 255)
             seen[p][k]++;
@@ -418,10 +417,10 @@ static pid_t spawn_engine(int i)
 {
     char metrics[64];
     snprintf(metrics, sizeof metrics, "%s:%d", lab.addr[engine_host[i]], METRICS_PORT);
-    const char *argv[] = {VERDICT_BIN, "serve",   "--nats-url",  engine_url[i], "--engine-id",    engine_id[i],
-                          "--workers", "2",       "--batch",     "16",          "--ack-wait",     "2s",
-                          "--backoff", "",        "--lease-ttl", "3s",          "--metrics-addr", metrics,
-                          "--replicas", "1",      NULL};
+    const char *argv[] = {VERDICT_BIN,  "serve", "--nats-url",  engine_url[i], "--engine-id",    engine_id[i],
+                          "--workers",  "2",     "--batch",     "16",          "--ack-wait",     "2s",
+                          "--backoff",  "",      "--lease-ttl", "3s",          "--metrics-addr", metrics,
+                          "--replicas", "1",     NULL};
     return netns_spawn(&lab, engine_host[i], argv, engine_log[i]);
 }
 
@@ -452,8 +451,8 @@ static void place_work_and_lease(void)
 {
     char log[256];
     temp_path(log, sizeof log, ".log");
-    const char *argv[] = {VERDICT_BIN, "serve", "--nats-url", engine_url[0], "--engine-id", "sb-setup", "--replicas",
-                          "1", NULL};
+    const char *argv[] = {VERDICT_BIN, "serve",      "--nats-url", engine_url[0], "--engine-id",
+                          "sb-setup",  "--replicas", "1",          NULL};
     pid_t pid = netns_spawn(&lab, engine_host[0], argv, log);
     cr_assert(pid > 0);
     cr_assert(file_wait_for(log, "engine started", 30000), "the setting-up engine did not start; see %s", log);
@@ -526,10 +525,10 @@ static void run(bool lease_unreachable)
     uint64_t before = tc_stream_msgs(js, "DECISIONS");
     cr_assert_gt(before, 0, "nothing decided under load before the cut; see %s", engine_log[0]);
 
-    /* cut A off for longer than three TTLs: its lease lapses unrenewed, B takes it */
+    /* the partition, longer than three TTLs: A cannot renew, its lease lapses, B takes it */
     int64_t cut_at = wall_ms(), cut_mono = mono_ms();
-    fprintf(stderr, "test_standby_netns: cutting %s (%llu decided, %d confirmed)\n", fault,
-            (unsigned long long)before, atomic_load(&confirmed_total));
+    fprintf(stderr, "test_standby_netns: cutting %s (%llu decided, %d confirmed)\n", fault, (unsigned long long)before,
+            atomic_load(&confirmed_total));
     cr_assert(lease_unreachable ? netns_cut_pair(&lab, 0, LEASE_NODE) : netns_cut(&lab, engine_host[0]));
     int64_t taken_at = wait_log(engine_log[1], "lease taken: this engine owns the consumer", cut_at, CUT_MS);
     int64_t left = CUT_MS - (mono_ms() - cut_mono);
@@ -570,8 +569,8 @@ static void run(bool lease_unreachable)
 
     /* everything confirmed gets decided, the consumer drains */
     uint64_t got = tc_wait_msgs(js, "DECISIONS", (uint64_t)conf, 40000);
-    cr_assert_geq(got, (uint64_t)conf, "%llu decisions for %d confirmed transactions; see %s",
-                  (unsigned long long)got, conf, engine_log[1]);
+    cr_assert_geq(got, (uint64_t)conf, "%llu decisions for %d confirmed transactions; see %s", (unsigned long long)got,
+                  conf, engine_log[1]);
     cr_assert(tc_wait_consumer_idle(js, 20000), "the consumer did not drain; see %s", engine_log[1]);
     cr_assert_eq(tc_stream_msgs(js, "DLQ"), 0, "nothing may be dead-lettered");
 
@@ -621,22 +620,25 @@ static void run(bool lease_unreachable)
     /* lease_unreachable: A stayed connected and could fetch all along; it stopped deciding during the cut, at its
      * lease's validity: the fence, nothing else, stopped it */
     int64_t disconnected = log_first(engine_log[0], "disconnected from NATS", cut_at);
-    fprintf(stderr, "test_standby_netns: A's last decision %lld ms after the cut, %lld ms %s its lease's validity ended; "
-                    "A %s\n",
+    fprintf(stderr,
+            "test_standby_netns: A's last decision %lld ms after the cut, %lld ms %s its lease's validity ended; "
+            "A %s\n",
             (long long)(d[0].last - cut_at), (long long)llabs(d[0].last - valid_until),
             d[0].last <= valid_until ? "before" : "after",
             disconnected > 0 ? "was disconnected by the cut" : "stayed connected");
     if (lease_unreachable) {
         cr_assert(disconnected < 0 || disconnected >= heal_at, "A lost its connection to n0; see %s", engine_log[0]);
-        cr_assert_gt(d[0].last, cut_at + 1000, "A, still connected, stopped deciding within a second of the cut: "
-                     "it should have gone on until its lease's validity; see %s", engine_log[0]);
+        cr_assert_gt(d[0].last, cut_at + 1000,
+                     "A, still connected, stopped deciding within a second of the cut: "
+                     "it should have gone on until its lease's validity; see %s",
+                     engine_log[0]);
     }
     cr_assert(engine_alive(1), "B died; see %s", engine_log[1]);
 
     for (int i = 0; i < 2; i++) { /* the standby (A) first: the owner's stop would hand over to it */
         kill(engine_pid[i], SIGTERM);
-        cr_assert_eq(child_wait(engine_pid[i], 15000), 0, "engine %s did not exit 0 on SIGTERM; see %s",
-                     engine_id[i], engine_log[i]);
+        cr_assert_eq(child_wait(engine_pid[i], 15000), 0, "engine %s did not exit 0 on SIGTERM; see %s", engine_id[i],
+                     engine_log[i]);
         engine_pid[i] = 0;
     }
     passed = true;
