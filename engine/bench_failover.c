@@ -11,6 +11,7 @@
 #include "broker.h"
 #include "codec.h"
 #include "config.h"
+#include "lease.h"
 #include "localserver.h"
 #include "log.h"
 #include "simgen.h"
@@ -42,7 +43,8 @@ static struct {
     jsCtx *js;
     atomic_bool pub_stop;
     atomic_llong published;
-    atomic_llong pub_errors;
+    atomic_llong pub_errors;    /* refused by js_PublishAsync, or failed or timed out on its PubAck */
+    atomic_int pub_first_error; /* natsStatus of the first failed PubAck (0 until one fails) */
     /* the decision watcher: the newest decided_at_ms per engine slot */
     pthread_mutex_t mu;
     int64_t after_ms;  /* look for the first decision after this wall time... */
@@ -81,6 +83,16 @@ static void on_decision(natsConnection *nc, natsSubscription *sub, natsMsg *m, v
     natsMsg_Destroy(m);
 }
 
+/* A PubAck that failed or did not come within MaxWait: that transaction may not be stored, so the exactly-once
+ * check at the end would compare against a wrong count. Counted, never waited on (a nats.c callback). */
+static void on_pub_error(jsCtx *js, jsPubAckErr *pae, void *closure)
+{
+    (void)js, (void)closure;
+    atomic_fetch_add(&fo.pub_errors, 1);
+    int none = 0;
+    atomic_compare_exchange_strong(&fo.pub_first_error, &none, (int)pae->Err);
+}
+
 static void *publisher(void *arg)
 {
     (void)arg;
@@ -101,6 +113,7 @@ static void *publisher(void *arg)
         jsPubOptions po;
         jsPubOptions_Init(&po);
         po.MsgId = t.txn_id;
+        po.MaxWait = 5000; /* a PubAck that never comes is an error (on_pub_error), not a wait forever */
         if (js_PublishAsync(fo.js, "txn.failover", buf, (int)n, &po) != NATS_OK)
             atomic_fetch_add(&fo.pub_errors, 1);
         else
@@ -144,12 +157,14 @@ static bool wait_lines(int k, const char *needle, int before, int timeout_ms)
 /* The engine slot holding the lease, from the lease entry; -1 if none. */
 static int owner_slot(void)
 {
+    char bucket[96];
+    lease_bucket(&fo.cfg, bucket, sizeof bucket);
     kvStore *kv = NULL;
-    if (js_KeyValue(&kv, fo.js, "verdict_leases") != NATS_OK)
+    if (js_KeyValue(&kv, fo.js, bucket) != NATS_OK)
         return -1;
     kvEntry *e = NULL;
     int k = -1;
-    if (kvStore_Get(&e, kv, "verdict") == NATS_OK) {
+    if (kvStore_Get(&e, kv, fo.cfg.consumer) == NATS_OK) { /* the lease is named after the consumer (lease.h) */
         const char *v = kvEntry_ValueString(e);
         for (int i = 0; v && i < 2; i++) {
             char needle[48];
@@ -277,6 +292,7 @@ int bench_failover(int argc, char **argv)
     jsOptions jo;
     jsOptions_Init(&jo);
     jo.PublishAsync.MaxPending = 4096;
+    jo.PublishAsync.ErrHandler = on_pub_error;
     if (!fo.nc || natsConnection_JetStream(&fo.js, fo.nc, &jo) != NATS_OK ||
         broker_setup(&fo.cfg, fo.js, &e) != V_OK) {
         fprintf(stderr, "verdict bench failover: %s\n", e.msg[0] ? e.msg : "cannot connect");
@@ -315,8 +331,23 @@ int bench_failover(int argc, char **argv)
     jsPubOptions po;
     jsPubOptions_Init(&po);
     po.MaxWait = 30000;
-    js_PublishAsyncComplete(fo.js, &po);
+    natsStatus cs = js_PublishAsyncComplete(fo.js, &po);
+    if (cs != NATS_OK) {
+        /* unconfirmed publishes: how many transactions exist is unknown, so exactly-once cannot be checked */
+        natsMsgList unconfirmed = {0};
+        int n = js_PublishAsyncGetPendingList(&unconfirmed, fo.js) == NATS_OK ? unconfirmed.Count : -1;
+        natsMsgList_Destroy(&unconfirmed);
+        fprintf(stderr,
+                "verdict bench failover: %d published transactions still unconfirmed 30 s after the last (%s); "
+                "cannot check exactly one decision each\n",
+                n, natsStatus_GetText(cs));
+        goto out;
+    }
     long long published = atomic_load(&fo.published);
+    if (atomic_load(&fo.pub_errors))
+        fprintf(stderr, "verdict bench failover: %lld publishes failed (first: %s); see the engines' logs\n",
+                (long long)atomic_load(&fo.pub_errors),
+                natsStatus_GetText((natsStatus)atomic_load(&fo.pub_first_error)));
     uint64_t decided = 0, dead = 0;
     for (int waited = 0; waited < 60000; waited += 200) {
         jsStreamInfo *si = NULL;
@@ -339,10 +370,12 @@ int bench_failover(int argc, char **argv)
     if (json) {
         printf("{\"bench\":\"failover\",\"lease_ttl\":\"%s\",\"rate\":%d,\"kills\":%d,"
                "\"kill9_p50_ms\":%lld,\"kill9_max_ms\":%lld,\"sigterm_p50_ms\":%lld,\"sigterm_max_ms\":%lld,"
-               "\"published\":%lld,\"decisions\":%llu,\"dead_letters\":%llu,\"exactly_once\":%s}\n",
+               "\"published\":%lld,\"publish_errors\":%lld,\"decisions\":%llu,\"dead_letters\":%llu,"
+               "\"exactly_once\":%s}\n",
                fo.ttl, fo.rate, kills, (long long)gaps[0][kills / 2], (long long)gaps[0][kills - 1],
                (long long)gaps[1][kills / 2], (long long)gaps[1][kills - 1], published,
-               (unsigned long long)decided, (unsigned long long)dead, ok ? "true" : "false");
+               (long long)atomic_load(&fo.pub_errors), (unsigned long long)decided, (unsigned long long)dead,
+               ok ? "true" : "false");
     } else {
         printf("failover with a hot standby (lease TTL %s, %d transactions/s, %d rounds each)\n", fo.ttl, fo.rate,
                kills);
@@ -350,8 +383,9 @@ int bench_failover(int argc, char **argv)
                (long long)gaps[0][kills / 2], (long long)gaps[0][kills - 1]);
         printf("  %-9s  p50 %6lld ms   max %6lld ms\n", "SIGTERM", (long long)gaps[1][kills / 2],
                (long long)gaps[1][kills - 1]);
-        printf("  published %lld, decisions %llu, dead letters %llu: %s\n", published, (unsigned long long)decided,
-               (unsigned long long)dead, ok ? "exactly one decision each" : "NOT exactly one decision each");
+        printf("  published %lld (%lld failed), decisions %llu, dead letters %llu: %s\n", published,
+               (long long)atomic_load(&fo.pub_errors), (unsigned long long)decided, (unsigned long long)dead,
+               ok ? "exactly one decision each" : "NOT exactly one decision each");
     }
     rc = ok ? 0 : 1;
     if (ok)

@@ -121,30 +121,66 @@ static json_t *engine_json(const json_t *r)
                      nz(json_string_value(json_object_get(ep, "last_error"))));
 }
 
-/* The consumer's lease (--lease-ttl; lease.h): who owns the consumer, or that no engine uses a lease. */
+/* Why a NATS call failed, for an operator: the status's text and the library's last error when it says more. */
+static void nats_reason(natsStatus s, char *out, size_t cap)
+{
+    const char *last = nats_GetLastError(NULL);
+    if (last && last[0] && strcmp(last, natsStatus_GetText(s)) != 0)
+        snprintf(out, cap, "%s: %s", natsStatus_GetText(s), last);
+    else
+        snprintf(out, cap, "%s", natsStatus_GetText(s));
+}
+
+/* The consumer's lease (--lease-ttl; lease.h): who owns the consumer; or "exists":false when there is no lease
+ * entry (no engine uses a lease); or, when it could not be read, "exists" as far as known and "error" saying
+ * why. An unreadable lease is not "none": engines may be deciding under one. */
 static json_t *lease_json(cliconn *c)
 {
-    char bucket[96];
+    const char *name = c->cfg.consumer;
+    char bucket[96], why[256];
     lease_bucket(&c->cfg, bucket, sizeof bucket);
     kvStore *kv = NULL;
-    if (js_KeyValue(&kv, c->js, bucket) != NATS_OK)
-        return json_pack("{s:s, s:b}", "name", c->cfg.consumer, "exists", 0);
+    natsStatus s = js_KeyValue(&kv, c->js, bucket);
+    if (s == NATS_NOT_FOUND)
+        return json_pack("{s:s, s:b}", "name", name, "exists", 0);
+    if (s != NATS_OK) {
+        nats_reason(s, why, sizeof why);
+        char err[768];
+        snprintf(err, sizeof err, "cannot open the bucket %s: %s", bucket, why);
+        return json_pack("{s:s, s:b, s:s}", "name", name, "exists", 0, "error", err);
+    }
     kvEntry *e = NULL;
     json_t *out = NULL;
-    if (kvStore_Get(&e, kv, c->cfg.consumer) == NATS_OK) {
+    s = kvStore_Get(&e, kv, name);
+    if (s == NATS_NOT_FOUND) {
+        out = json_pack("{s:s, s:b}", "name", name, "exists", 0);
+    } else if (s != NATS_OK) {
+        nats_reason(s, why, sizeof why);
+        char err[768];
+        snprintf(err, sizeof err, "cannot read %s/%s: %s", bucket, name, why);
+        out = json_pack("{s:s, s:b, s:s}", "name", name, "exists", 0, "error", err);
+    } else {
         json_error_t je;
-        json_t *v = json_loads(nz(kvEntry_ValueString(e)), 0, &je);
+        json_t *v = json_loadb(kvEntry_Value(e), (size_t)(kvEntry_ValueLen(e) > 0 ? kvEntry_ValueLen(e) : 0), 0, &je);
+        json_t *owner = json_object_get(v, "owner"), *epoch = json_object_get(v, "epoch"),
+               *ttl = json_object_get(v, "ttl_ms");
         int64_t age_ms = (now_ms() * 1000000LL - kvEntry_Created(e)) / 1000000LL;
-        out = json_pack("{s:s, s:b, s:s, s:I, s:I, s:I, s:I}", "name", c->cfg.consumer, "exists", 1, "owner",
-                        nz(json_string_value(json_object_get(v, "owner"))), "epoch",
-                        (json_int_t)json_integer_value(json_object_get(v, "epoch")), "ttl_ms",
-                        (json_int_t)json_integer_value(json_object_get(v, "ttl_ms")), "renewed_ms_ago",
-                        (json_int_t)(age_ms > 0 ? age_ms : 0), "revision", (json_int_t)kvEntry_Revision(e));
+        if (!json_is_string(owner) || !json_is_integer(epoch) || !json_is_integer(ttl)) {
+            /* not what lease.c writes: engines treat it as a foreign owner and take it over after a TTL */
+            out = json_pack("{s:s, s:b, s:s, s:I}", "name", name, "exists", 1, "error",
+                            "the entry is not a lease ({\"owner\",\"epoch\",\"ttl_ms\"})", "revision",
+                            (json_int_t)kvEntry_Revision(e));
+        } else {
+            out = json_pack("{s:s, s:b, s:s, s:I, s:I, s:I, s:I}", "name", name, "exists", 1, "owner",
+                            json_string_value(owner), "epoch", (json_int_t)json_integer_value(epoch), "ttl_ms",
+                            (json_int_t)json_integer_value(ttl), "renewed_ms_ago",
+                            (json_int_t)(age_ms > 0 ? age_ms : 0), "revision", (json_int_t)kvEntry_Revision(e));
+        }
         json_decref(v);
         kvEntry_Destroy(e);
     }
     kvStore_Destroy(kv);
-    return out ? out : json_pack("{s:s, s:b}", "name", c->cfg.consumer, "exists", 0);
+    return out ? out : json_pack("{s:s, s:b, s:s}", "name", name, "exists", 0, "error", "out of memory");
 }
 
 static int by_id(const void *a, const void *b)
@@ -285,7 +321,9 @@ static void print_text(const json_t *st, int wait_ms)
                I(c, "delivered_stream_seq"), S(c, "last_delivered"), I(c, "ack_floor_stream_seq"));
     }
     const json_t *ls = json_object_get(st, "lease");
-    if (!json_is_true(json_object_get(ls, "exists")))
+    if (json_is_string(json_object_get(ls, "error")))
+        printf("\nLEASE %s: unreadable: %s\n", S(ls, "name"), S(ls, "error"));
+    else if (!json_is_true(json_object_get(ls, "exists")))
         printf("\nLEASE %s: none (engines run without --lease-ttl, or none has started with it)\n", S(ls, "name"));
     else if (!S(ls, "owner")[0])
         printf("\nLEASE %s: released (epoch %lld); a standby takes it on its next poll\n", S(ls, "name"),

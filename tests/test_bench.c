@@ -122,6 +122,8 @@ Test(bench, failover_reports_both_gaps_and_exactly_one_decision_each, .timeout =
     cr_assert_gt(published, 0);
     cr_assert_eq(json_integer_value(json_object_get(j, "decisions")), published);
     cr_assert_eq(json_integer_value(json_object_get(j, "dead_letters")), 0);
+    cr_assert(json_is_integer(json_object_get(j, "publish_errors")), "failed PubAcks are reported; see %s", out);
+    cr_assert_eq(json_integer_value(json_object_get(j, "publish_errors")), 0);
     json_decref(j);
     unlink(out);
 }

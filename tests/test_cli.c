@@ -432,6 +432,68 @@ Test(cli, status_shows_streams_consumer_and_engines, .init = setup, .fini = tear
     unlink(rp);
 }
 
+/* A server with two users: admin may do anything, reader may not get messages from the lease bucket (its
+ * stream info it may read): a status run as reader finds the lease but cannot read it. */
+static void setup_lease_auth(void)
+{
+    const char *conf = "authorization {\n  users = [\n    {user: admin, password: adminpw}\n"
+                       "    {user: reader, password: readerpw, permissions: {publish: {deny: [\n"
+                       "      \"$JS.API.DIRECT.GET.KV_verdict_leases\", \"$JS.API.DIRECT.GET.KV_verdict_leases.>\",\n"
+                       "      \"$JS.API.STREAM.MSG.GET.KV_verdict_leases\"]}}}\n  ]\n}\n";
+    cr_assert(server_start(&srv, conf), "nats-server did not start");
+    char url[128];
+    snprintf(url, sizeof url, "nats://admin:adminpw@127.0.0.1:%d", srv.port);
+    nc = tc_connect(url);
+    cr_assert_eq(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
+    temp_path(logp, sizeof logp, ".log");
+}
+
+/* `verdict status`'s lease: none when there is no entry, unreadable (with the reason) when there is one it cannot
+ * read or that is not a lease; before, every failure read as "none" (and a garbled entry as "released"). */
+Test(cli, status_tells_no_lease_from_an_unreadable_one, .init = setup_lease_auth, .fini = teardown)
+{
+    char admin[128], reader[128];
+    snprintf(admin, sizeof admin, "nats://admin:adminpw@127.0.0.1:%d", srv.port);
+    snprintf(reader, sizeof reader, "nats://reader:readerpw@127.0.0.1:%d", srv.port);
+    EXPECT(0, "LEASE verdict: none", "status", "--wait", "100", "--nats-url", admin);
+    EXPECT(0, "\"lease\"", "status", "--json", "--wait", "100", "--nats-url", admin);
+    json_t *j = out_json();
+    json_t *l = json_object_get(j, "lease");
+    cr_expect(json_is_false(json_object_get(l, "exists")), "%s", out);
+    cr_expect_null(json_object_get(l, "error"), "no bucket is no lease, not an error: %s", out);
+    json_decref(j);
+
+    kvConfig kc;
+    kvConfig_Init(&kc);
+    kc.Bucket = "verdict_leases";
+    kvStore *kv = NULL;
+    cr_assert_eq(js_CreateKeyValue(&kv, js, &kc), NATS_OK);
+    uint64_t rev = 0;
+    cr_assert_eq(kvStore_PutString(&rev, kv, "verdict", "not a lease"), NATS_OK);
+    EXPECT(0, "LEASE verdict: unreadable: the entry is not a lease", "status", "--wait", "100", "--nats-url", admin);
+    cr_expect(!strstr(out, "released"), "a garbled entry is not a released lease: %s", out);
+
+    cr_assert_eq(kvStore_PutString(&rev, kv, "verdict", "{\"owner\":\"eng-x/0badf00d\",\"epoch\":3,\"ttl_ms\":3000}"),
+                 NATS_OK);
+    EXPECT(0, "LEASE verdict: owned by eng-x/0badf00d, epoch 3, TTL 3000 ms", "status", "--wait", "100", "--nats-url",
+           admin);
+    /* the entry is there, the reader cannot get it: unreadable, with the reason, never "none" */
+    EXPECT(0, "LEASE verdict: unreadable: cannot read verdict_leases/verdict: ", "status", "--wait", "100",
+           "--nats-url", reader);
+    cr_expect(!strstr(out, "LEASE verdict: none"), "%s", out);
+    EXPECT(0, "\"lease\"", "status", "--json", "--wait", "100", "--nats-url", reader);
+    /* the denied get is also logged on stderr ("Not Permitted"), before the JSON */
+    const char *doc = strstr(out, "{\"streams\"");
+    cr_assert_not_null(doc, "%s", out);
+    json_error_t je;
+    j = json_loads(doc, 0, &je);
+    cr_assert_not_null(j, "not JSON (%s): %s", je.text, doc);
+    l = json_object_get(j, "lease");
+    cr_expect(json_is_string(json_object_get(l, "error")), "the JSON says why: %s", out);
+    json_decref(j);
+    kvStore_Destroy(kv);
+}
+
 /* Spawns `verdict watch ARGS` with its output into path; returns once it says it is watching. */
 static pid_t watch_start(const char *const argv[], const char *path)
 {

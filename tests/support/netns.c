@@ -138,6 +138,22 @@ bool netns_heal(netns_lab *l, int i)
     return i >= 0 && i < l->n && run(false, "ip -n '%s' link set p%d up", l->hub, i);
 }
 
+bool netns_cut_pair(netns_lab *l, int i, int j)
+{
+    return i >= 0 && i < l->n && j >= 0 && j < l->n && i != j &&
+           run(false, "ip -n '%s' route add blackhole %s/32", l->host[i], l->addr[j]) &&
+           run(false, "ip -n '%s' route add blackhole %s/32", l->host[j], l->addr[i]);
+}
+
+bool netns_heal_pair(netns_lab *l, int i, int j)
+{
+    if (i < 0 || i >= l->n || j < 0 || j >= l->n || i == j)
+        return false;
+    bool a = run(false, "ip -n '%s' route del blackhole %s/32", l->host[i], l->addr[j]);
+    bool b = run(false, "ip -n '%s' route del blackhole %s/32", l->host[j], l->addr[i]);
+    return a && b;
+}
+
 void netns_lab_destroy(netns_lab *l)
 {
     if (!l->created)

@@ -36,6 +36,11 @@ bool netns_lab_create(netns_lab *l, int n);
 /* Cuts host i off the network / reconnects it. */
 bool netns_cut(netns_lab *l, int i);
 bool netns_heal(netns_lab *l, int i);
+/* Cuts only the path between hosts i and j (a blackhole route to the other's address in each of the two), both
+ * staying reachable from every other host: a partition that is not transitive (i and j each still talk to k).
+ * netns_heal_pair removes the two routes. */
+bool netns_cut_pair(netns_lab *l, int i, int j);
+bool netns_heal_pair(netns_lab *l, int i, int j);
 /* Kills (SIGKILL) every process still inside the lab's namespaces and deletes them (with their veths and the
  * bridge). Safe to call twice and on a lab that was never created. */
 void netns_lab_destroy(netns_lab *l);

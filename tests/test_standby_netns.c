@@ -1,0 +1,657 @@
+/* test_standby_netns.c - a lease owner partitioned away while its lease lapses (issue 18): the hot standby takes
+ * over, no two engines decide at once, and the old owner stands by when the network returns.
+ *
+ * Every nats-server, each engine and this test's clients in their own network namespace (tests/support/netns.h).
+ * Both engines run `verdict serve --lease-ttl 3s`; A starts first and owns the consumer, B stands by. Publisher
+ * threads, as payment services, send about 300 transactions/s, each with Nats-Msg-Id and retried until the
+ * server confirms it. Under that load a partition of CUT_MS (more than three TTLs), then the heal. Two partitions:
+ *  - cut_off: one server; A's namespace is black-holed. A can neither renew its lease nor learn that it lost
+ *    it, nor fetch nor publish.
+ *  - lease_unreachable: three servers n0, n1, n2; the work (TXN, its consumer, DECISIONS, ...) on n0 and n1, the
+ *    lease bucket on n2 (a placement tag); A connected to n0, B to n1. Only the path n0-n2 is cut (a partition
+ *    that is not transitive: n1 still reaches both). A keeps its connection and can still fetch and publish, but
+ *    cannot renew: only the fence (lease_fetch_allowed: no fetch past the lease's validity) stops it before B,
+ *    which reaches the bucket through n1, takes the lease over. With the fence disabled this test fails (A decides
+ *    through the whole cut); the cut_off test does not, since a complete cut stops A by itself and at the heal its
+ *    lease thread learns of the loss on the same reconnection, before a fetch returns.
+ * Then, for both:
+ *  - B takes the lease and decides (its decisions carry its engine id); the takeover time is printed;
+ *  - no overlap: A's last decision was made (decided_at_ms) before B's first, no later than its lease's validity
+ *    could reach (the cut plus the TTL), and none after the heal; its validity (from its first failed renewal's
+ *    valid_ms) ended before B took the lease;
+ *  - A logged its failed renewals during the cut and `lease lost` after the heal, and stands by: `standing by`
+ *    in its log, /readyz 503 with phase standby, verdict_lease_epoch 0;
+ *  - every confirmed transaction has exactly one decision, none is dead-lettered.
+ * Both engines run on this machine, so their decided_at_ms come from one clock. Needs root for the namespaces;
+ * skips, saying why, only when it is not root. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "broker.h"
+#include "client.h"
+#include "harness.h"
+#include "netns.h"
+#include "streamread.h"
+
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_SERVERS 3
+#define LEASE_NODE 2 /* lease_unreachable: the node holding the lease bucket */
+#define TTL_MS 3000
+#define CUT_MS 10000
+#define LOAD_BEFORE_MS 4000
+#define AFTER_HEAL_MS 5000
+#define PUBLISHERS 3
+#define PUB_PERIOD_MS 10 /* per publisher: 3 x ~100/s, about 300 transactions/s */
+#define MAX_PER_PUB 20000
+#define METRICS_PORT 9090
+
+static netns_lab lab;
+static natsConnection *nc; /* the test's own connection, from the client namespace */
+static jsCtx *js;
+static int nservers;
+static pid_t server_pid[MAX_SERVERS];
+static pid_t engine_pid[2]; /* A, B */
+static char store[MAX_SERVERS][64];
+static char url[64];           /* the clients' server */
+static char engine_url[2][64]; /* each engine's server */
+static char engine_log[2][256];
+static int engine_host[2], client_host;
+static bool passed;
+static const char *server_bin = "nats-server";
+
+static const char *const engine_id[2] = {"sb-a", "sb-b"};
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The time (ms since the epoch) of the first line of log containing needle at or after since, or -1; the line
+ * itself goes to out (cap bytes) when out is not NULL. The engine logs "ts":"YYYY-MM-DDTHH:MM:SS.mmmZ". */
+static int64_t log_line(const char *log, const char *needle, int64_t since, char *out, size_t cap)
+{
+    FILE *f = fopen(log, "r");
+    if (!f)
+        return -1;
+    char line[4096];
+    int64_t found = -1;
+    while (found < 0 && fgets(line, sizeof line, f)) {
+        const char *ts = strstr(line, "\"ts\":\"");
+        struct tm tm;
+        memset(&tm, 0, sizeof tm);
+        int ms = 0;
+        if (!strstr(line, needle) || !ts ||
+            sscanf(ts + 6, "%d-%d-%dT%d:%d:%d.%dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour, &tm.tm_min,
+                   &tm.tm_sec, &ms) != 7)
+            continue;
+        tm.tm_year -= 1900;
+        tm.tm_mon -= 1;
+        int64_t t = (int64_t)timegm(&tm) * 1000 + ms;
+        if (t >= since) {
+            found = t;
+            if (out)
+                snprintf(out, cap, "%s", line);
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+static int64_t log_first(const char *log, const char *needle, int64_t since)
+{
+    return log_line(log, needle, since, NULL, 0);
+}
+
+/* Polls (bounded) until log has a line with needle at or after since; its time, or -1 on the deadline. */
+static int64_t wait_log(const char *log, const char *needle, int64_t since, int timeout_ms)
+{
+    int64_t deadline = mono_ms() + timeout_ms;
+    int64_t t = -1;
+    while ((t = log_first(log, needle, since)) < 0 && mono_ms() < deadline)
+        tc_sleep_ms(50);
+    return t;
+}
+
+/* --- load ------------------------------------------------------------------------------------------------ */
+
+static atomic_bool stop_pub;
+static atomic_int confirmed_total, given_up_total;
+static unsigned char confirmed[PUBLISHERS][MAX_PER_PUB];
+static int published[PUBLISHERS];
+
+static void *publisher(void *arg)
+{
+    int p = (int)(intptr_t)arg;
+    config cc;
+    config_defaults(&cc);
+    str_copy(cc.nats_url, sizeof cc.nats_url, url);
+    natsConnection *c = NULL;
+    verror e = {0};
+    if (broker_connect_simple(&cc, &c, &e) != V_OK) {
+        fprintf(stderr, "test_standby_netns: publisher %d cannot connect: %s\n", p, e.msg);
+        return NULL;
+    }
+    jsCtx *j = NULL;
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    if (natsConnection_JetStream(&j, c, &jo) != NATS_OK) {
+        natsConnection_Destroy(c);
+        return NULL;
+    }
+    int64_t next = mono_ms();
+    for (int k = 0; k < MAX_PER_PUB && !atomic_load(&stop_pub); k++) {
+        char id[32], subj[64];
+        snprintf(id, sizeof id, "sb-%d-%d", p, k);
+        snprintf(subj, sizeof subj, "txn.standby.%d", p);
+        Transaction t;
+        tc_txn(&t, id, k % 25 == 0 ? 1500000 : 1000 + k);
+        unsigned char buf[2048];
+        int n = tc_pack(&t, buf);
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MsgId = id;
+        po.MaxWait = 2000;
+        published[p] = k + 1;
+        /* a payment service retries the same id until the server confirms it (the duplicate window makes the
+         * retries safe) */
+        int64_t give_up = mono_ms() + 30000;
+        bool ok = false;
+        while (!ok && mono_ms() < give_up) {
+            jsPubAck *pa = NULL;
+            ok = js_Publish(&pa, j, subj, buf, n, &po, NULL) == NATS_OK;
+            jsPubAck_Destroy(pa);
+            if (!ok)
+                tc_sleep_ms(100);
+        }
+        if (ok) {
+            confirmed[p][k] = 1;
+            atomic_fetch_add(&confirmed_total, 1);
+        } else {
+            atomic_fetch_add(&given_up_total, 1);
+        }
+        next += PUB_PERIOD_MS;
+        int64_t now = mono_ms();
+        if (next > now)
+            tc_sleep_ms((int)(next - now));
+        else
+            next = now;
+    }
+    jsCtx_Destroy(j);
+    natsConnection_Destroy(c);
+    return NULL;
+}
+
+/* --- reading DECISIONS back ------------------------------------------------------------------------------ */
+
+typedef struct decider {
+    int n;               /* decisions stored with its engine id */
+    int64_t first, last; /* earliest and latest decided_at_ms */
+    int after_heal;      /* decisions it made at or after the heal */
+} decider;
+
+static unsigned char seen[PUBLISHERS][MAX_PER_PUB];
+
+/* Reads every decision: one count per transaction in seen, and each engine's deciding interval. */
+static void read_decisions(decider d[2], int *others, int64_t heal_at)
+{
+    memset(seen, 0, sizeof seen);
+    stream_reader *r = NULL;
+    verror e = {0};
+    cr_assert_eq(stream_reader_open(js, "DECISIONS", NULL, 1, 0, &r, &e), V_OK, "%s", e.msg);
+    arena a;
+    cr_assert_eq(arena_init(&a, 1 << 20), V_OK);
+    for (;;) {
+        natsMsg *m = NULL;
+        uint64_t seq;
+        int64_t store_ns;
+        vstatus rc = stream_reader_next(r, &m, &seq, &store_ns, 5000, &e);
+        if (rc == V_ENOTFOUND)
+            break;
+        cr_assert_eq(rc, V_OK, "reading DECISIONS: %s", e.msg);
+        arena_reset(&a);
+        Decision *dec = decision_decode(&a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
+        cr_assert_not_null(dec, "a decision that does not decode (seq %llu)", (unsigned long long)seq);
+        int p = -1, k = -1;
+        cr_assert(sscanf(dec->txn_id, "sb-%d-%d", &p, &k) == 2 && p >= 0 && p < PUBLISHERS && k >= 0 && k < MAX_PER_PUB,
+                  "unknown decision %s", dec->txn_id);
+        if (seen[p][k] < 255)
+            seen[p][k]++;
+        int who = strcmp(dec->engine_id, engine_id[0]) == 0 ? 0 : strcmp(dec->engine_id, engine_id[1]) == 0 ? 1 : -1;
+        if (who < 0) {
+            (*others)++;
+        } else {
+            decider *x = &d[who];
+            int64_t t = dec->decided_at_ms;
+            if (x->n == 0 || t < x->first)
+                x->first = t;
+            if (x->n == 0 || t > x->last)
+                x->last = t;
+            x->n++;
+            if (t >= heal_at)
+                x->after_heal++;
+        }
+        natsMsg_Destroy(m);
+    }
+    stream_reader_close(r);
+    arena_free(&a);
+}
+
+/* --- suite ----------------------------------------------------------------------------------------------- */
+
+static void teardown(void)
+{
+    atomic_store(&stop_pub, true);
+    for (int i = 0; i < 2; i++)
+        if (engine_pid[i] > 0) {
+            kill(engine_pid[i], SIGKILL);
+            child_wait(engine_pid[i], 5000);
+            engine_pid[i] = 0;
+        }
+    jsCtx_Destroy(js);
+    js = NULL;
+    natsConnection_Destroy(nc);
+    nc = NULL;
+    for (int i = 0; i < MAX_SERVERS; i++)
+        if (server_pid[i] > 0) {
+            kill(server_pid[i], SIGKILL);
+            child_wait(server_pid[i], 5000);
+            server_pid[i] = 0;
+        }
+    netns_lab_destroy(&lab);
+    if (getenv("VERDICT_STANDBY_KEEP_LOGS"))
+        passed = false; /* keep the logs of a passing run too, to study it */
+    for (int i = 0; i < MAX_SERVERS; i++)
+        if (store[i][0]) {
+            char cmd[640];
+            if (passed)
+                snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s.conf' '%s.log'", store[i], store[i], store[i]);
+            else
+                snprintf(cmd, sizeof cmd, "rm -rf '%s'", store[i]); /* the logs stay for a failed run */
+            if (system(cmd) != 0)
+                fprintf(stderr, "test_standby_netns: could not remove %s\n", store[i]);
+        }
+    for (int i = 0; i < 2; i++) {
+        if (engine_log[i][0] && passed)
+            unlink(engine_log[i]);
+        else if (engine_log[i][0])
+            fprintf(stderr, "test_standby_netns: engine %s's log kept: %s\n", engine_id[i], engine_log[i]);
+    }
+}
+
+/* Criterion does not run .fini when .init fails: clean up (namespaces, server, store) before failing. */
+#define SETUP_REQUIRE(cond, ...)                                                                                       \
+    do {                                                                                                               \
+        if (!(cond)) {                                                                                                 \
+            teardown();                                                                                                \
+            cr_assert_fail(__VA_ARGS__);                                                                               \
+        }                                                                                                              \
+    } while (0)
+
+/* Node i of nservers (n<i>): alone, or in a cluster with routes to the others; n2 of a cluster carries the tag
+ * "lease", which only the lease bucket asks for. */
+static bool start_server(int i)
+{
+    char conf[160], log[160];
+    snprintf(conf, sizeof conf, "%s.conf", store[i]);
+    snprintf(log, sizeof log, "%s.log", store[i]);
+    FILE *f = fopen(conf, "w");
+    if (!f)
+        return false;
+    fprintf(f, "server_name: n%d\nlisten: \"%s:4222\"\njetstream { store_dir: \"%s\" }\n", i, lab.addr[i], store[i]);
+    if (nservers > 1) {
+        if (i == LEASE_NODE)
+            fprintf(f, "server_tags: [\"lease\"]\n");
+        fprintf(f, "cluster {\n  name: verdict-standby\n  listen: \"%s:6222\"\n  routes: [\n", lab.addr[i]);
+        for (int j = 0; j < nservers; j++)
+            if (j != i)
+                fprintf(f, "    \"nats-route://%s:6222\"\n", lab.addr[j]);
+        fprintf(f, "  ]\n}\n");
+    }
+    if (fclose(f) != 0)
+        return false;
+    const char *argv[] = {server_bin, "-c", conf, NULL};
+    server_pid[i] = netns_spawn(&lab, i, argv, log);
+    return server_pid[i] > 0;
+}
+
+/* Waits until JetStream can place a stream through the clients' server (a meta leader in a cluster). */
+static bool jetstream_ready(int timeout_ms)
+{
+    for (int64_t deadline = mono_ms() + timeout_ms; mono_ms() < deadline; tc_sleep_ms(250)) {
+        natsConnection *c = NULL;
+        jsCtx *j = NULL;
+        jsStreamInfo *si = NULL;
+        config cc;
+        config_defaults(&cc);
+        str_copy(cc.nats_url, sizeof cc.nats_url, url);
+        verror e = {0};
+        bool ok = false;
+        if (broker_connect_simple(&cc, &c, &e) == V_OK) {
+            jsOptions jo;
+            jsOptions_Init(&jo);
+            jo.Wait = 2000;
+            const char *subjects[] = {"standby.probe"};
+            jsStreamConfig sc;
+            jsStreamConfig_Init(&sc);
+            sc.Name = "STANDBY_PROBE";
+            sc.Subjects = subjects;
+            sc.SubjectsLen = 1;
+            sc.Storage = js_MemoryStorage;
+            ok = natsConnection_JetStream(&j, c, &jo) == NATS_OK && js_AddStream(&si, j, &sc, NULL, NULL) == NATS_OK &&
+                 js_DeleteStream(j, "STANDBY_PROBE", NULL, NULL) == NATS_OK;
+        }
+        jsStreamInfo_Destroy(si);
+        jsCtx_Destroy(j);
+        natsConnection_Destroy(c);
+        if (ok)
+            return true;
+    }
+    return false;
+}
+
+/* servers: 1 (cut_off) or 3 (lease_unreachable, n2 started later by the test); hosts: the servers, A, B, the
+ * clients. */
+static void setup_lab(int servers)
+{
+    const char *why = netns_unavailable();
+    if (why)
+        cr_skip_test("standby partition test skipped: %s", why);
+    server_bin = harness_nats_server();
+    SETUP_REQUIRE(server_bin, "not the nats-server version asked for (above)");
+    nservers = servers;
+    engine_host[0] = servers;
+    engine_host[1] = servers + 1;
+    client_host = servers + 2;
+    /* before any nats.c call: nats.c's own threads must be created in the client namespace too */
+    SETUP_REQUIRE(netns_lab_create(&lab, servers + 3), "cannot create the network namespaces (root is available)");
+    SETUP_REQUIRE(netns_enter(&lab, client_host), "cannot enter the client namespace");
+    for (int i = 0; i < servers; i++) {
+        snprintf(store[i], sizeof store[i], "/tmp/verdict-sb-XXXXXX"); /* mkdtemp template */
+        SETUP_REQUIRE(mkdtemp(store[i]) != NULL, "cannot make a temporary directory");
+    }
+    /* the clients use a server that no partition here separates from anything */
+    snprintf(url, sizeof url, "nats://%s:4222", lab.addr[servers > 1 ? 1 : 0]);
+    for (int k = 0; k < 2; k++)
+        snprintf(engine_url[k], sizeof engine_url[k], "nats://%s:4222", lab.addr[servers > 1 ? k : 0]);
+    for (int i = 0; i < servers && i < 2; i++)
+        SETUP_REQUIRE(start_server(i), "cannot start %s for n%d", server_bin, i);
+    SETUP_REQUIRE(jetstream_ready(45000), "JetStream did not become ready; see %s.log", store[0]);
+    config cc;
+    config_defaults(&cc);
+    str_copy(cc.nats_url, sizeof cc.nats_url, url);
+    verror e = {0};
+    SETUP_REQUIRE(broker_connect_simple(&cc, &nc, &e) == V_OK, "cannot connect to %s: %s", url, e.msg);
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = 5000;
+    SETUP_REQUIRE(natsConnection_JetStream(&js, nc, &jo) == NATS_OK, "no JetStream context");
+    for (int i = 0; i < 2; i++)
+        temp_path(engine_log[i], sizeof engine_log[i], ".log");
+}
+
+static void setup_one_server(void) { setup_lab(1); }
+static void setup_three_servers(void) { setup_lab(3); }
+
+TestSuite(standby_netns, .fini = teardown, .timeout = 150);
+
+static pid_t spawn_engine(int i)
+{
+    char metrics[64];
+    snprintf(metrics, sizeof metrics, "%s:%d", lab.addr[engine_host[i]], METRICS_PORT);
+    const char *argv[] = {VERDICT_BIN,  "serve", "--nats-url",  engine_url[i], "--engine-id",    engine_id[i],
+                          "--workers",  "2",     "--batch",     "16",          "--ack-wait",     "2s",
+                          "--backoff",  "",      "--lease-ttl", "3s",          "--metrics-addr", metrics,
+                          "--replicas", "1",     NULL};
+    return netns_spawn(&lab, engine_host[i], argv, engine_log[i]);
+}
+
+static bool engine_alive(int i)
+{
+    int st;
+    return engine_pid[i] > 0 && waitpid(engine_pid[i], &st, WNOHANG) == 0;
+}
+
+/* The value of a metric (a line "name value") in the engine's /metrics, or -1. */
+static long long metric(int i, const char *name)
+{
+    static char body[1 << 17];
+    if (netns_http_get(lab.addr[engine_host[i]], METRICS_PORT, "/metrics", 3000, body, sizeof body) != 200)
+        return -1;
+    size_t n = strlen(name);
+    for (const char *p = body; (p = strstr(p, name)) != NULL; p += n)
+        if ((p == body || p[-1] == '\n') && p[n] == ' ')
+            return atoll(p + n + 1);
+    return -1;
+}
+
+/* lease_unreachable's placement: the work on n0 and n1, the lease bucket alone on n2. A first engine without a
+ * lease creates the streams, consumers and buckets while n2 is not yet running, so none can be placed there; then
+ * n2 starts and the test creates the lease bucket's stream (what js_CreateKeyValue makes) with the tag only n2
+ * has. The engines find it and use it as it is (replica_bucket_open). */
+static void place_work_and_lease(void)
+{
+    char log[256];
+    temp_path(log, sizeof log, ".log");
+    const char *argv[] = {VERDICT_BIN, "serve",      "--nats-url", engine_url[0], "--engine-id",
+                          "sb-setup",  "--replicas", "1",          NULL};
+    pid_t pid = netns_spawn(&lab, engine_host[0], argv, log);
+    cr_assert(pid > 0);
+    cr_assert(file_wait_for(log, "engine started", 30000), "the setting-up engine did not start; see %s", log);
+    kill(pid, SIGTERM);
+    cr_assert_eq(child_wait(pid, 15000), 0, "the setting-up engine did not stop; see %s", log);
+    unlink(log);
+
+    cr_assert(start_server(LEASE_NODE), "cannot start n%d", LEASE_NODE);
+    const char *subjects[] = {"$KV.verdict_leases.>"};
+    const char *tags[] = {"lease"};
+    jsPlacement pl;
+    jsPlacement_Init(&pl);
+    pl.Cluster = "verdict-standby"; /* nats.c 3.4.1 writes the cluster name unconditionally */
+    pl.Tags = tags;
+    pl.TagsLen = 1;
+    jsStreamConfig sc;
+    jsStreamConfig_Init(&sc);
+    sc.Name = "KV_verdict_leases";
+    sc.Subjects = subjects;
+    sc.SubjectsLen = 1;
+    sc.MaxMsgsPerSubject = 1;
+    sc.Discard = js_DiscardNew;
+    sc.AllowRollup = true;
+    sc.DenyDelete = true;
+    sc.AllowDirect = true;
+    sc.Duplicates = 120LL * 1000000000LL;
+    sc.Replicas = 1;
+    sc.Placement = &pl;
+    natsStatus st = NATS_ERR;
+    for (int64_t deadline = mono_ms() + 30000; st != NATS_OK && mono_ms() < deadline;) {
+        jsStreamInfo *si = NULL;
+        st = js_AddStream(&si, js, &sc, NULL, NULL); /* fails until n2 has joined the meta group */
+        jsStreamInfo_Destroy(si);
+        if (st != NATS_OK)
+            tc_sleep_ms(250);
+    }
+    cr_assert_eq(st, NATS_OK, "cannot place the lease bucket on n%d: %s", LEASE_NODE, nats_GetLastError(NULL));
+    const char *streams[] = {"KV_verdict_leases", "TXN", "DECISIONS", "DLQ"};
+    for (size_t k = 0; k < sizeof streams / sizeof streams[0]; k++) {
+        jsStreamInfo *si = NULL;
+        cr_assert_eq(js_GetStreamInfo(&si, js, streams[k], NULL, NULL), NATS_OK, "no stream %s", streams[k]);
+        const char *leader = si->Cluster && si->Cluster->Leader ? si->Cluster->Leader : "";
+        bool on_lease_node = strcmp(leader, "n2") == 0;
+        jsStreamInfo_Destroy(si);
+        cr_assert(k == 0 ? on_lease_node : !on_lease_node, "%s is on '%s'", streams[k], leader);
+    }
+}
+
+/* The scenario (the file's header): lease_unreachable cuts n0-n2, cut_off cuts A's namespace. */
+static void run(bool lease_unreachable)
+{
+    const char *fault = lease_unreachable ? "n0-n2" : "A";
+    if (lease_unreachable)
+        place_work_and_lease();
+
+    engine_pid[0] = spawn_engine(0);
+    cr_assert(engine_pid[0] > 0);
+    cr_assert(file_wait_for(engine_log[0], "engine started", 30000), "A did not start; see %s", engine_log[0]);
+    cr_assert(file_wait_for(engine_log[0], "lease taken: this engine owns the consumer", 1000),
+              "A started without the lease; see %s", engine_log[0]);
+    engine_pid[1] = spawn_engine(1);
+    cr_assert(engine_pid[1] > 0);
+    cr_assert(file_wait_for(engine_log[1], "standing by: another engine owns the consumer", 30000),
+              "B did not stand by; see %s", engine_log[1]);
+
+    pthread_t pub[PUBLISHERS];
+    for (int p = 0; p < PUBLISHERS; p++)
+        cr_assert_eq(pthread_create(&pub[p], NULL, publisher, (void *)(intptr_t)p), 0);
+    tc_sleep_ms(LOAD_BEFORE_MS);
+    uint64_t before = tc_stream_msgs(js, "DECISIONS");
+    cr_assert_gt(before, 0, "nothing decided under load before the cut; see %s", engine_log[0]);
+
+    /* the partition, longer than three TTLs: A cannot renew, its lease lapses, B takes it */
+    int64_t cut_at = wall_ms(), cut_mono = mono_ms();
+    fprintf(stderr, "test_standby_netns: cutting %s (%llu decided, %d confirmed)\n", fault, (unsigned long long)before,
+            atomic_load(&confirmed_total));
+    cr_assert(lease_unreachable ? netns_cut_pair(&lab, 0, LEASE_NODE) : netns_cut(&lab, engine_host[0]));
+    int64_t taken_at = wait_log(engine_log[1], "lease taken: this engine owns the consumer", cut_at, CUT_MS);
+    int64_t left = CUT_MS - (mono_ms() - cut_mono);
+    if (left > 0)
+        tc_sleep_ms((int)left);
+    int64_t heal_at = wall_ms();
+    cr_assert(lease_unreachable ? netns_heal_pair(&lab, 0, LEASE_NODE) : netns_heal(&lab, engine_host[0]));
+    cr_assert(taken_at > 0, "B did not take the lease during a %d s cut of %s; see %s", CUT_MS / 1000, fault,
+              engine_log[1]);
+    fprintf(stderr, "test_standby_netns: healed after %.1f s; B took the lease %lld ms after the cut (TTL %d ms)\n",
+            (heal_at - cut_at) / 1000.0, (long long)(taken_at - cut_at), TTL_MS);
+
+    /* A learns that it lost the lease, stops, and stands by */
+    int64_t lost_at = wait_log(engine_log[0], "lease lost: another engine owns the consumer", heal_at, 30000);
+    cr_assert(lost_at > 0, "A did not log 'lease lost' after the heal; see %s", engine_log[0]);
+    int64_t standing_at = wait_log(engine_log[0], "standing by: another engine owns the consumer", lost_at, 20000);
+    cr_assert(standing_at > 0, "A did not stand by after the heal; see %s", engine_log[0]);
+    fprintf(stderr, "test_standby_netns: A logged 'lease lost' %lld ms and 'standing by' %lld ms after the heal\n",
+            (long long)(lost_at - heal_at), (long long)(standing_at - heal_at));
+    tc_sleep_ms(AFTER_HEAL_MS); /* load continues: A must stay a standby */
+
+    atomic_store(&stop_pub, true);
+    for (int p = 0; p < PUBLISHERS; p++)
+        pthread_join(pub[p], NULL);
+    int conf = atomic_load(&confirmed_total);
+    cr_assert_eq(atomic_load(&given_up_total), 0, "a publisher gave a transaction up; its server was never cut");
+
+    /* A, as a standby: alive, /readyz 503 in phase standby, no epoch held */
+    cr_assert(engine_alive(0), "A died; see %s", engine_log[0]);
+    char body[2048] = "";
+    int code = netns_http_get(lab.addr[engine_host[0]], METRICS_PORT, "/readyz", 3000, body, sizeof body);
+    cr_assert(code == 503 && strstr(body, "\"phase\":\"standby\""), "A's /readyz after the heal: %d %s", code, body);
+    cr_assert_eq(metric(0, "verdict_lease_epoch"), 0, "A holds an epoch after the heal; see %s", engine_log[0]);
+    code = netns_http_get(lab.addr[engine_host[1]], METRICS_PORT, "/readyz", 3000, body, sizeof body);
+    cr_assert_eq(code, 200, "B's /readyz: %d %s", code, body);
+    long long b_epoch = metric(1, "verdict_lease_epoch");
+    cr_assert_gt(b_epoch, 1, "B holds the lease in a later epoch than A's first: %lld", b_epoch);
+
+    /* everything confirmed gets decided, the consumer drains */
+    uint64_t got = tc_wait_msgs(js, "DECISIONS", (uint64_t)conf, 40000);
+    cr_assert_geq(got, (uint64_t)conf, "%llu decisions for %d confirmed transactions; see %s", (unsigned long long)got,
+                  conf, engine_log[1]);
+    cr_assert(tc_wait_consumer_idle(js, 20000), "the consumer did not drain; see %s", engine_log[1]);
+    cr_assert_eq(tc_stream_msgs(js, "DLQ"), 0, "nothing may be dead-lettered");
+
+    decider d[2];
+    memset(d, 0, sizeof d);
+    int others = 0;
+    read_decisions(d, &others, heal_at);
+    int missing = 0, doubled = 0;
+    for (int p = 0; p < PUBLISHERS; p++)
+        for (int k = 0; k < published[p]; k++) {
+            if (confirmed[p][k] && !seen[p][k] && missing++ < 5)
+                fprintf(stderr, "test_standby_netns: sb-%d-%d confirmed, never decided\n", p, k);
+            if (seen[p][k] > 1 && doubled++ < 5)
+                fprintf(stderr, "test_standby_netns: sb-%d-%d decided %d times\n", p, k, seen[p][k]);
+        }
+    fprintf(stderr,
+            "test_standby_netns: %d confirmed; A decided %d (last %lld ms after the cut), B decided %d (first %lld ms "
+            "after the cut); gap between the deciding intervals %lld ms; A after the heal: %d\n",
+            conf, d[0].n, (long long)(d[0].last - cut_at), d[1].n, (long long)(d[1].first - cut_at),
+            (long long)(d[1].first - d[0].last), d[0].after_heal);
+    cr_assert_eq(missing, 0, "%d confirmed transactions without a decision", missing);
+    cr_assert_eq(doubled, 0, "%d transactions decided more than once", doubled);
+    cr_assert_eq(others, 0, "%d decisions by an engine that is neither A nor B", others);
+    cr_assert_gt(d[0].n, 0, "A decided nothing before the cut");
+    cr_assert_gt(d[1].n, 0, "B decided nothing after taking the lease");
+    /* the fencing: A's deciding interval ends before B's begins */
+    cr_assert_eq(d[0].after_heal, 0, "A, cut off and healed, decided %d transactions after the heal; see %s",
+                 d[0].after_heal, engine_log[0]);
+    cr_assert_lt(d[0].last, d[1].first,
+                 "A and B decided at the same time: A's last decision %lld ms after B's first; see %s and %s",
+                 (long long)(d[0].last - d[1].first), engine_log[0], engine_log[1]);
+    /* A's last renewal was sent before the cut, so its lease was valid until the cut plus the TTL at most */
+    cr_assert_lt(d[0].last, cut_at + TTL_MS, "A decided %lld ms after the cut, past any validity of its lease",
+                 (long long)(d[0].last - cut_at));
+    /* what A saw while cut off: failed renewals, the first of them saying how long its lease had left */
+    char line[4096] = "";
+    int64_t failed_at = log_line(engine_log[0], "lease renewal failed", cut_at, line, sizeof line);
+    cr_assert(failed_at > 0 && failed_at < heal_at, "A logged no failed renewal while cut off; see %s", engine_log[0]);
+    const char *v = strstr(line, "\"valid_ms\":");
+    cr_assert_not_null(v, "no valid_ms in A's failed renewal: %s", line);
+    int64_t valid_until = failed_at + atoll(v + 11);
+    fprintf(stderr,
+            "test_standby_netns: A's lease was valid until %lld ms after the cut (its own clock), B took it %lld ms "
+            "after that\n",
+            (long long)(valid_until - cut_at), (long long)(taken_at - valid_until));
+    cr_assert_lt(valid_until, taken_at, "B took the lease while A's was still valid");
+    /* lease_unreachable: A stayed connected and could fetch all along; it stopped deciding during the cut, at its
+     * lease's validity: the fence, nothing else, stopped it */
+    int64_t disconnected = log_first(engine_log[0], "disconnected from NATS", cut_at);
+    fprintf(stderr,
+            "test_standby_netns: A's last decision %lld ms after the cut, %lld ms %s its lease's validity ended; "
+            "A %s\n",
+            (long long)(d[0].last - cut_at), (long long)llabs(d[0].last - valid_until),
+            d[0].last <= valid_until ? "before" : "after",
+            disconnected > 0 ? "was disconnected by the cut" : "stayed connected");
+    if (lease_unreachable) {
+        cr_assert(disconnected < 0 || disconnected >= heal_at, "A lost its connection to n0; see %s", engine_log[0]);
+        cr_assert_gt(d[0].last, cut_at + 1000,
+                     "A, still connected, stopped deciding within a second of the cut: "
+                     "it should have gone on until its lease's validity; see %s",
+                     engine_log[0]);
+    }
+    cr_assert(engine_alive(1), "B died; see %s", engine_log[1]);
+
+    for (int i = 0; i < 2; i++) { /* the standby (A) first: the owner's stop would hand over to it */
+        kill(engine_pid[i], SIGTERM);
+        cr_assert_eq(child_wait(engine_pid[i], 15000), 0, "engine %s did not exit 0 on SIGTERM; see %s", engine_id[i],
+                     engine_log[i]);
+        engine_pid[i] = 0;
+    }
+    passed = true;
+}
+
+Test(standby_netns, an_owner_cut_off_past_its_lease_is_replaced_without_overlap_and_stands_by_on_return,
+     .init = setup_one_server)
+{
+    run(false);
+}
+
+Test(standby_netns, an_owner_that_reaches_the_work_but_not_the_lease_is_fenced_before_the_standby_takes_over,
+     .init = setup_three_servers)
+{
+    run(true);
+}
