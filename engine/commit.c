@@ -9,6 +9,7 @@
 #include "dlq.h"
 #include "history.h"
 #include "ident.h"
+#include "jsoncodec.h"
 #include "log.h"
 #include "observe.h"
 #include "rebuild.h"
@@ -165,7 +166,12 @@ static void prepare(worker *w, int idx, slot *sl)
     snprintf(subj, sizeof subj, "%s.%s.%s", cfg->decision_prefix, outcome_str(d.outcome), t->txn_id);
     str_copy(sl->txn_id, sizeof sl->txn_id, t->txn_id);
     str_copy(sl->msg_id, sizeof sl->msg_id, t->txn_id);
-    natsStatus s = decision_msg_new(&sl->dm, subj, sl->msg_id, &d, w->enc, w->enc_cap, &sl->id_in_msg);
+    /* a JSON request's answer is made from the stored decision (json_reply_create) */
+    const char *fmt = NULL;
+    bool json = sl->reply_to && natsMsgHeader_Get(msg, JSON_REPLY_HEADER, &fmt) == NATS_OK && fmt &&
+                strcmp(fmt, "json") == 0;
+    natsStatus s = decision_msg_new(&sl->dm, subj, sl->msg_id, &d, w->enc, w->enc_cap, &sl->id_in_msg,
+                                    json ? NULL : sl->reply_to, &sl->reply);
     sl->outcome = d.outcome & 3;
     sl->score = out.score;
     sl->latency_us = d.latency_us;
@@ -326,8 +332,14 @@ static void finish(worker *w, slot *sl)
             atomic_fetch_add(&en->stats.budget_exceeded, 1);
         if (sl->degraded)
             atomic_fetch_add(&en->stats.degraded, 1);
-        if (sl->reply_to && sl->dm)
+        if (sl->reply_to && sl->reply && !sl->restoring) {
+            /* made with the decision; the publish takes a copy, the batch's end frees it */
+            if (natsConnection_PublishMsg(en->nc, sl->reply) != NATS_OK)
+                log_warn("could not send a reply; the decision is stored and a retry reads it",
+                         "\"error\":\"%s\"", log_esc(nats_GetLastError(NULL)));
+        } else if (sl->reply_to && sl->dm) {
             reply_decision(en->nc, sl->reply_to, sl->dm, false, sl->in);
+        }
     }
     if (sl->meta.delivered == 1 && strcmp(cfg->fault, "skip_first_ack") == 0)
         return; /* test fault: behave as if the ack was lost, so AckWait redelivers */
@@ -529,7 +541,9 @@ static void process_batch(worker *w, batch *b)
     pthread_mutex_lock(&w->pub_mu);
     for (int i = 0; i < count; i++) {
         natsMsg_Destroy(w->slots[i].dm);
+        natsMsg_Destroy(w->slots[i].reply);
         w->slots[i].dm = NULL;
+        w->slots[i].reply = NULL;
         w->slots[i].sent = NULL;
     }
     w->nslots = 0;

@@ -210,10 +210,12 @@ static size_t wire_block(char *buf, size_t cap, const char *msg_id, const Decisi
 }
 
 natsStatus decision_msg_new(natsMsg **out, const char *subj, const char *msg_id, const Decision *d, unsigned char *buf,
-                            size_t cap, bool *id_in_msg)
+                            size_t cap, bool *id_in_msg, const char *reply_to, natsMsg **reply)
 {
     *out = NULL;
     *id_in_msg = false;
+    if (reply)
+        *reply = NULL;
     size_t hl = wire_messages_usable() ? wire_block((char *)buf, cap, msg_id, d) : 0;
     if (hl) {
         size_t n = decision_encode(d, buf + hl, cap - hl);
@@ -221,6 +223,12 @@ natsStatus decision_msg_new(natsMsg **out, const char *subj, const char *msg_id,
             return NATS_INSUFFICIENT_BUFFER;
         natsStatus s = natsMsg_create(out, subj, (int)strlen(subj), NULL, 0, (const char *)buf, (int)(hl + n), (int)hl);
         *id_in_msg = s == NATS_OK;
+        /* the requester's answer is the same bytes to its inbox (what reply_decision would copy header by
+         * header); without it the reply is made from the stored decision as before */
+        if (s == NATS_OK && reply && reply_to &&
+            natsMsg_create(reply, reply_to, (int)strlen(reply_to), NULL, 0, (const char *)buf, (int)(hl + n),
+                           (int)hl) != NATS_OK)
+            *reply = NULL;
         return s;
     }
     /* the public path: the id goes in by jsPubOptions.MsgId */

@@ -216,6 +216,7 @@ typedef struct slot {
     bool finished;  /* replied/acked/naked: nothing more to do for this message */
     bool restoring; /* published again under a derived id (stored_decision found nothing) */
     bool id_in_msg;  /* dm's header block already carries Nats-Msg-Id = msg_id (decision_msg_new) */
+    natsMsg *reply;  /* the requester's answer made with dm (decision_msg_new), sent once dm is stored; else NULL */
     bool skip_model; /* the live decision skipped the model (budget): the shadow decision does too */
     double score;    /* the live decision's model score (-1: none) */
     bool shadowed;   /* its shadow decision was made (or given up) */
@@ -249,9 +250,11 @@ void request_failed(engine *en, natsConnection *nc, const char *reply_to, int co
 bool reply_subject_ok(const config *c, const char *s);
 /* The decision message: subject, Nats-Msg-Id = msg_id and the contract's headers, the encoded decision; buf
  * (cap bytes) is the caller's scratch. *id_in_msg says whether the id is in the message, or must be given by
- * jsPubOptions.MsgId (where libnats cannot take a header block as is: wire_messages_usable). */
+ * jsPubOptions.MsgId (where libnats cannot take a header block as is: wire_messages_usable). With reply_to and
+ * reply, *reply is also the requester's protobuf answer (the same headers and bytes, to reply_to) when it could
+ * be made that way, else NULL (then reply_decision makes it). */
 natsStatus decision_msg_new(natsMsg **out, const char *subj, const char *msg_id, const Decision *d, unsigned char *buf,
-                            size_t cap, bool *id_in_msg);
+                            size_t cap, bool *id_in_msg, const char *reply_to, natsMsg **reply);
 /* The same for the benchmark's pass-through: data republished under msg_id, no other header. */
 natsStatus republish_msg_new(natsMsg **out, const char *subj, const char *msg_id, const void *data, size_t len,
                              unsigned char *buf, size_t cap, bool *id_in_msg);

@@ -796,7 +796,7 @@ Test(invariants, the_largest_decision_fits_the_encode_buffer)
     static unsigned char wire[DECISION_BUF + DECISION_HDR_BUF];
     natsMsg *m = NULL;
     bool id_in_msg = false;
-    cr_assert_eq(decision_msg_new(&m, "decision.decline.t", txn, &d, wire, sizeof wire, &id_in_msg), NATS_OK);
+    cr_assert_eq(decision_msg_new(&m, "decision.decline.t", txn, &d, wire, sizeof wire, &id_in_msg, NULL, NULL), NATS_OK);
     cr_assert(id_in_msg, "the largest decision's headers must fit DECISION_HDR_BUF");
     cr_assert_eq((size_t)natsMsg_GetDataLength(m), need);
     natsMsg_Destroy(m);
@@ -842,10 +842,24 @@ Test(invariants, a_decision_message_carries_the_contract_headers)
         /* path 1: a buffer too small for the header block and the decision: the public API's path */
         static unsigned char buf[DECISION_BUF + DECISION_HDR_BUF];
         size_t cap = path == 0 ? sizeof buf : 120;
-        natsMsg *m = NULL;
+        natsMsg *m = NULL, *reply = NULL;
         bool id_in_msg = !path;
-        cr_assert_eq(decision_msg_new(&m, "decision.review.t-42", "t-42", &d, buf, cap, &id_in_msg), NATS_OK);
+        cr_assert_eq(decision_msg_new(&m, "decision.review.t-42", "t-42", &d, buf, cap, &id_in_msg, "_INBOX.r.1", &reply),
+                     NATS_OK);
         cr_assert_eq(id_in_msg, path == 0, "path %d", path);
+        /* the requester's answer: the same headers and bytes to its inbox on the wire path; none on the public
+         * path (reply_decision makes it from the stored decision then) */
+        if (path == 0) {
+            cr_assert_not_null(reply);
+            cr_assert_str_eq(natsMsg_GetSubject(reply), "_INBOX.r.1");
+            cr_assert_eq(natsMsg_GetDataLength(reply), natsMsg_GetDataLength(m));
+            cr_assert(memcmp(natsMsg_GetData(reply), natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m)) == 0);
+            assert_header(reply, "Verdict-Outcome", "review");
+            assert_header(reply, "Nats-Msg-Id", "t-42");
+            natsMsg_Destroy(reply);
+        } else {
+            cr_assert_null(reply);
+        }
         assert_header(m, "Nats-Msg-Id", path == 0 ? "t-42" : NULL); /* else jsPubOptions.MsgId adds it */
         assert_header(m, "Verdict-Outcome", "review");
         assert_header(m, "Verdict-Score", "0.250000");
@@ -872,7 +886,8 @@ Test(invariants, a_decision_message_carries_the_contract_headers)
     natsMsg *m = NULL;
     bool id_in_msg = false;
     static unsigned char buf2[DECISION_BUF + DECISION_HDR_BUF];
-    cr_assert_eq(decision_msg_new(&m, "decision.review.t-42", "t-42", &d, buf2, sizeof buf2, &id_in_msg), NATS_OK);
+    cr_assert_eq(decision_msg_new(&m, "decision.review.t-42", "t-42", &d, buf2, sizeof buf2, &id_in_msg, NULL, NULL),
+                 NATS_OK);
     assert_header(m, "Verdict-Reasons", NULL);
     natsMsg_Destroy(m);
     nats_Close();
