@@ -403,13 +403,20 @@ Test(desk, a_resolution_whose_label_was_lost_gets_it_from_the_repair_pass)
 
 /* ---- access ----------------------------------------------------------------------------------------------- */
 
-/* A request to the desk on 127.0.0.1:port; the status code, the body into out. */
-static int http_req(int port, const char *method, const char *path, const char *hdrs, const char *body, char *out,
-                    size_t cap)
+/* A request to the desk on 127.0.0.1:port from the loopback address src (NULL: the system's choice); the status
+ * code, the response (headers and body) into out. */
+static int http_req_from(const char *src, int port, const char *method, const char *path, const char *hdrs,
+                         const char *body, char *out, size_t cap)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct sockaddr_in from = {.sin_family = AF_INET};
+    if (fd >= 0 && src && (inet_pton(AF_INET, src, &from.sin_addr) != 1 ||
+                           bind(fd, (struct sockaddr *)&from, sizeof from) != 0)) {
+        close(fd);
+        return -1;
+    }
     if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
         if (fd >= 0)
             close(fd);
@@ -432,6 +439,12 @@ static int http_req(int port, const char *method, const char *path, const char *
     int code = -1;
     sscanf(out, "HTTP/1.%*d %d", &code);
     return code;
+}
+
+static int http_req(int port, const char *method, const char *path, const char *hdrs, const char *body, char *out,
+                    size_t cap)
+{
+    return http_req_from(NULL, port, method, path, hdrs, body, out, cap);
 }
 
 Test(desk, refuses_to_listen_beyond_loopback_without_users)
@@ -511,4 +524,74 @@ Test(desk, names_follow_the_prefix)
     cr_assert_str_eq(n.label_prefix, "acme.label");
     cr_assert_str_eq(n.consumer, "acme_verdict_desk");
     cr_assert_str_eq(n.review_filter, "acme.decision.review.>");
+}
+
+/* The seconds of the Retry-After header in a raw response; -1 without one. */
+static int retry_after(const char *resp)
+{
+    const char *h = strstr(resp, "Retry-After: ");
+    return h ? atoi(h + 13) : -1;
+}
+
+static int login(const char *src, int port, const char *user, const char *secret, char *buf, size_t cap)
+{
+    char body[160];
+    snprintf(body, sizeof body, "{\"user\":\"%s\",\"secret\":\"%s\"}", user, secret);
+    return http_req_from(src, port, "POST", "/api/login", NULL, body, buf, cap);
+}
+
+/* Password guessing is throttled: after --login-max-failures wrong secrets a user name and the client address are
+ * blocked (429, Retry-After), the right secret included, for the back-off, which doubles with the next block; the
+ * user is blocked from another address too, and a success clears the user's count. */
+Test(desk, failed_logins_block_the_user_and_the_address_for_a_growing_back_off)
+{
+    int port = free_port();
+    char listen[32];
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
+    setenv("VERDICT_DESK_USERS", "alice:correct-horse,bob:battery", 1);
+    const char *argv[] = {"verdict",       "desk", "--nats-url",          srv.url, "--listen",       listen,
+                          "--login-max-failures", "3",  "--login-backoff", "2s",    "--login-backoff-max", "4s",
+                          NULL};
+    pid_t d = verdict_spawn(argv, deskp);
+    unsetenv("VERDICT_DESK_USERS");
+    cr_assert(file_wait_for(deskp, "desk listening", 15000), "desk did not start; see %s", deskp);
+    char buf[16384];
+    /* below the limit a wrong secret is an ordinary 401, and the right one still works and clears the count */
+    cr_assert_eq(login("127.0.0.1", port, "alice", "wrong", buf, sizeof buf), 401);
+    cr_assert_eq(login("127.0.0.1", port, "alice", "correct-horse", buf, sizeof buf), 200, "%s", buf);
+    /* three wrong secrets for alice from three addresses: alice is blocked, from every address, the right secret
+     * included; the addresses (one failure each) are not */
+    const char *from[] = {"127.0.0.2", "127.0.0.3", "127.0.0.4"};
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(login(from[i], port, "alice", "wrong", buf, sizeof buf), 401, "attempt %d: %s", i, buf);
+    cr_assert_eq(login("127.0.0.1", port, "alice", "correct-horse", buf, sizeof buf), 429, "not blocked: %s", buf);
+    int ra = retry_after(buf);
+    cr_assert(ra >= 1 && ra <= 2, "Retry-After %d: %s", ra, buf);
+    cr_assert_not_null(strstr(buf, "too many failed logins"));
+    cr_assert_eq(login("127.0.0.2", port, "bob", "battery", buf, sizeof buf), 200, "%s", buf);
+    /* two more failures from 127.0.0.1 (three with the first) block that address for every user */
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(login("127.0.0.1", port, "mallory", "guess", buf, sizeof buf), 401, "attempt %d: %s", i, buf);
+    int64_t blocked_at = now_ms();
+    cr_assert_eq(login("127.0.0.1", port, "bob", "battery", buf, sizeof buf), 429, "address not blocked: %s", buf);
+    cr_assert_eq(login("127.0.0.5", port, "bob", "battery", buf, sizeof buf), 200, "%s", buf);
+    /* after the back-off the right secret works */
+    while (now_ms() - blocked_at < 2100)
+        tc_sleep_ms(50);
+    cr_assert_eq(login("127.0.0.1", port, "alice", "correct-horse", buf, sizeof buf), 200, "after the back-off: %s",
+                 buf);
+    /* the address's next block is twice as long (three names, so that only the address is blocked) */
+    const char *names[] = {"eve", "trudy", "oscar"};
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(login("127.0.0.1", port, names[i], "guess", buf, sizeof buf), 401, "attempt %d: %s", i, buf);
+    cr_assert_eq(login("127.0.0.1", port, "bob", "battery", buf, sizeof buf), 429);
+    ra = retry_after(buf);
+    cr_assert(ra >= 3 && ra <= 4, "the second block's Retry-After is %d, not 4: %s", ra, buf);
+    /* refusals are audited, without the secrets */
+    cr_assert_eq(tc_count_lines(deskp, "\"login throttled\""), 3);
+    cr_assert_eq(tc_count_lines(deskp, "\"logins blocked after failures\""), 3);
+    cr_assert_eq(tc_count_lines(deskp, "correct-horse"), 0);
+    cr_assert_eq(tc_count_lines(deskp, "battery"), 0);
+    kill(d, SIGTERM);
+    cr_assert_eq(child_wait(d, 10000), 0);
 }
