@@ -120,7 +120,7 @@ typedef struct desk {
     natsSubscription *sub;
     pthread_t maker;
     bool maker_running;
-    atomic_llong created, existed, failed, labels_repaired;
+    atomic_llong created, existed, failed, labels_repaired, purged;
     /* index */
     kvWatcher *watcher;
     pthread_t indexer;
@@ -369,6 +369,85 @@ static void handle_decision(desk *d, natsMsg *m, arena *a)
         log_warn("ack failed; the redelivery finds the case made", "\"txn_id\":\"%s\"", dec->txn_id);
 }
 
+/* Drops the index's entries of removed cases (under mu) once they are most of it: the watcher reports a purge as
+ * an entry with present false, and without this a long-running desk would keep a summary of every case it ever
+ * saw. */
+static void ix_compact(desk *d)
+{
+    size_t keep = 0;
+    for (size_t i = 0; i < d->n; i++)
+        if (d->items[i].present)
+            d->items[keep++] = d->items[i];
+    if (keep == d->n)
+        return;
+    d->n = keep;
+    memset(d->slots, 0, d->nslots * sizeof *d->slots);
+    for (size_t i = 0; i < d->n; i++) {
+        size_t h = ix_hash(d->items[i].txn_id) & (d->nslots - 1);
+        while (d->slots[h])
+            h = (h + 1) & (d->nslots - 1);
+        d->slots[h] = (uint32_t)i + 1;
+    }
+}
+
+/* The retention sweep (--case-retention): purges resolved cases whose label is published (label_seq set: the
+ * label in LABELS is the lasting record) and whose resolution is older than the retention. Open and claimed cases
+ * are never touched, nor a resolved one still waiting for its label. A resolved case never changes again, so the
+ * purge needs no revision check. kvStore_Purge leaves one small marker per key (the watchers, this desk's index
+ * among them, see it as a removal); the markers themselves are removed by kvStore_PurgeDeletes, at most hourly. */
+static void sweep_resolved(desk *d, int64_t *next_markers_ms)
+{
+    enum { BATCH = 256 };
+    static char ids[BATCH][72]; /* the maker thread's alone */
+    int n = 0;
+    size_t removed = 0;
+    int64_t now = now_ms();
+    pthread_mutex_lock(&d->mu);
+    for (size_t i = 0; i < d->n; i++) {
+        const ixe *e = &d->items[i];
+        removed += !e->present;
+        if (n < BATCH && e->present && e->labelled && e->resolved_at_ms > 0 && strcmp(e->state, "resolved") == 0 &&
+            now - e->resolved_at_ms > d->retention_ms)
+            str_copy(ids[n++], sizeof ids[0], e->txn_id);
+    }
+    if (removed > 1024 && removed * 2 > d->n)
+        ix_compact(d);
+    pthread_mutex_unlock(&d->mu);
+    for (int i = 0; i < n; i++) {
+        natsStatus s = kvStore_Purge(cases_kv(d->cs), ids[i], NULL);
+        if (s != NATS_OK) {
+            log_warn("resolved case not purged; retried later", "\"txn_id\":\"%s\",\"error\":\"%s\"", ids[i],
+                     natsStatus_GetText(s));
+            break;
+        }
+        atomic_fetch_add(&d->purged, 1);
+        log_info("resolved case purged", "\"audit\":true,\"txn_id\":\"%s\",\"retention_s\":%lld", ids[i],
+                 (long long)(d->retention_ms / 1000));
+    }
+    int64_t mono = mono_ns() / 1000000;
+    if (n > 0 && *next_markers_ms == 0)
+        *next_markers_ms = mono + 3600 * 1000; /* markers of this sweep's purges, once they are old enough */
+    if (*next_markers_ms && mono >= *next_markers_ms) {
+        /* the default keeps markers younger than 30 minutes, so that other watchers see the removal first */
+        natsStatus s = kvStore_PurgeDeletes(cases_kv(d->cs), NULL);
+        if (s != NATS_OK)
+            log_warn("purge markers of removed cases not cleared; retried later", "\"error\":\"%s\"",
+                     natsStatus_GetText(s));
+        *next_markers_ms = s == NATS_OK ? 0 : mono + 600 * 1000;
+    }
+}
+
+/* The sweep at start once the index is loaded, then every retention/2 (0.5 s to REPAIR_EVERY_MS). */
+static void maybe_sweep(desk *d, int64_t *next_ms, int64_t *next_markers_ms)
+{
+    if (d->retention_ms <= 0 || !atomic_load(&d->loaded) || mono_ns() / 1000000 < *next_ms)
+        return;
+    sweep_resolved(d, next_markers_ms);
+    int64_t every = d->retention_ms / 2;
+    every = every < 500 ? 500 : every > REPAIR_EVERY_MS ? REPAIR_EVERY_MS : every;
+    *next_ms = mono_ns() / 1000000 + every;
+}
+
 static vstatus bind_maker(desk *d, verror *e);
 
 /* The repair pass once the index is loaded, then every REPAIR_EVERY_MS. */
@@ -388,7 +467,7 @@ static void *maker_main(void *arg)
         log_error("case maker: out of memory", NULL);
         return NULL;
     }
-    int64_t next_repair = 0;
+    int64_t next_repair = 0, next_sweep = 0, next_markers = 0;
     /* the decisions stream is the engine's: until it exists (a desk started first) the page still serves */
     for (int tries = 0; !d->sub && !atomic_load(&d->stopping); tries++) {
         verror e = {0};
@@ -397,6 +476,7 @@ static void *maker_main(void *arg)
         if (tries == 0)
             log_warn("no case maker yet; retrying every 2 s", "\"error\":\"%s\"", log_esc(e.msg));
         maybe_repair(d, &next_repair);
+        maybe_sweep(d, &next_sweep, &next_markers);
         for (int i = 0; i < 20 && !atomic_load(&d->stopping); i++) {
             struct timespec ts = {0, 100000000};
             nanosleep(&ts, NULL);
@@ -404,6 +484,7 @@ static void *maker_main(void *arg)
     }
     while (!atomic_load(&d->stopping)) {
         maybe_repair(d, &next_repair);
+        maybe_sweep(d, &next_sweep, &next_markers);
         natsMsgList list = {0};
         natsStatus s = broker_fetch(d->sub, &list, 32, 500, NULL);
         if (s == NATS_TIMEOUT)
@@ -766,12 +847,14 @@ static size_t metrics(desk *d, char *buf, size_t cap)
         "# TYPE verdict_desk_case_failures_total counter\nverdict_desk_case_failures_total %lld\n"
         "# HELP verdict_desk_labels_repaired_total Labels published by the repair pass.\n"
         "# TYPE verdict_desk_labels_repaired_total counter\nverdict_desk_labels_repaired_total %lld\n"
+        "# HELP verdict_desk_cases_purged_total Resolved cases this desk purged after --case-retention.\n"
+        "# TYPE verdict_desk_cases_purged_total counter\nverdict_desk_cases_purged_total %lld\n"
         "# HELP verdict_desk_index_loaded 1 once the case index holds every case.\n# TYPE verdict_desk_index_loaded "
         "gauge\n"
         "verdict_desk_index_loaded %d\n",
         open, claimed, resolved, oldest ? (double)(now - oldest) / 1000.0 : 0.0, (long long)atomic_load(&d->created),
         (long long)atomic_load(&d->existed), (long long)atomic_load(&d->failed),
-        (long long)atomic_load(&d->labels_repaired), atomic_load(&d->loaded) ? 1 : 0);
+        (long long)atomic_load(&d->labels_repaired), (long long)atomic_load(&d->purged), atomic_load(&d->loaded) ? 1 : 0);
     return n > 0 && (size_t)n < cap ? (size_t)n : 0;
 }
 
