@@ -57,6 +57,10 @@ Test(compose, the_compose_files_validate)
                     "2>&1 | grep -q 'set VERDICT_NATS_PASSWORD'",
                     empty),
                  0, "a missing password must be refused by name");
+    cr_assert_eq(sh("env -u ADMIN_NATS_PASSWORD docker-compose --env-file '%s' -f compose.cluster.yaml config -q "
+                    "2>&1 | grep -q 'set ADMIN_NATS_PASSWORD'",
+                    empty),
+                 0, "the cluster must refuse a missing password by name too");
     unlink(empty);
 }
 
