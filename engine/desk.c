@@ -854,7 +854,8 @@ static size_t metrics(desk *d, char *buf, size_t cap)
         "verdict_desk_index_loaded %d\n",
         open, claimed, resolved, oldest ? (double)(now - oldest) / 1000.0 : 0.0, (long long)atomic_load(&d->created),
         (long long)atomic_load(&d->existed), (long long)atomic_load(&d->failed),
-        (long long)atomic_load(&d->labels_repaired), (long long)atomic_load(&d->purged), atomic_load(&d->loaded) ? 1 : 0);
+        (long long)atomic_load(&d->labels_repaired), (long long)atomic_load(&d->purged),
+        atomic_load(&d->loaded) ? 1 : 0);
     return n > 0 && (size_t)n < cap ? (size_t)n : 0;
 }
 
@@ -1550,7 +1551,7 @@ int cmd_desk(int argc, char **argv)
     d->lim = (login_limits){LOGIN_MAX_FAILURES_DEFAULT, LOGIN_WINDOW_DEFAULT_MS, LOGIN_BACKOFF_DEFAULT_MS,
                             LOGIN_BACKOFF_MAX_DEFAULT_MS};
     d->retention_ms = CASE_RETENTION_DEFAULT_MS;
-    static const char *const valued_opts[] = {"--listen",        "--users-file",        "--ack-wait",
+    static const char *const valued_opts[] = {"--listen",        "--users-file",         "--ack-wait",
                                               "--start",         "--login-max-failures", "--login-window",
                                               "--login-backoff", "--login-backoff-max",  "--case-retention"};
     for (int k = 0; rc == 0 && k < nrest; k++) {
@@ -1566,7 +1567,7 @@ int cmd_desk(int argc, char **argv)
             break;
         }
         const char *v = argv[rest[++k]];
-        int64_t *dur = strcmp(a, "--login-window") == 0       ? &d->lim.window_ms
+        int64_t *dur = strcmp(a, "--login-window") == 0        ? &d->lim.window_ms
                        : strcmp(a, "--login-backoff") == 0     ? &d->lim.backoff_ms
                        : strcmp(a, "--login-backoff-max") == 0 ? &d->lim.backoff_max_ms
                        : strcmp(a, "--case-retention") == 0    ? &d->retention_ms

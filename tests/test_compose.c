@@ -167,9 +167,9 @@ Test(compose, both_stacks_run_the_same_nats_users)
     unlink(cluster);
     cr_assert_eq(rc, 0, "see the assertion above");
     /* the passwords are required: a node's config without them is refused, as the single node's is */
-    cr_assert_neq(sh("env -u VERDICT_NATS_PASSWORD NATS_NODE=nats-1 " NATS_SERVER
-                     "-t -c nats-cluster.conf >/dev/null 2>&1"),
-                  0, "compose/nats-cluster.conf starts without the users' passwords");
+    cr_assert_neq(
+        sh("env -u VERDICT_NATS_PASSWORD NATS_NODE=nats-1 " NATS_SERVER "-t -c nats-cluster.conf >/dev/null 2>&1"), 0,
+        "compose/nats-cluster.conf starts without the users' passwords");
     cr_assert_neq(sh("env -u VERDICT_NATS_PASSWORD " NATS_SERVER "-t -c nats.conf >/dev/null 2>&1"), 0);
 }
 
@@ -199,7 +199,7 @@ static pid_t spawn_node(const char *dir, const char *node, int port, int mport, 
         setenv("PAYMENTS_NATS_PASSWORD", "b", 1);
         setenv("ADMIN_NATS_PASSWORD", "c", 1);
         execlp(bin, bin, "-c", conf, "-a", "127.0.0.1", "-p", p, "-m", m, "--cluster", cl, "--routes", routes,
-              (char *)NULL);
+               (char *)NULL);
         _exit(127);
     }
     return pid;
@@ -239,8 +239,8 @@ Test(compose, the_cluster_nodes_route_and_refuse_clients_without_a_password)
         rport[i] = free_port();
     }
     char routes[256];
-    snprintf(routes, sizeof routes, "nats://127.0.0.1:%d,nats://127.0.0.1:%d,nats://127.0.0.1:%d", rport[0],
-             rport[1], rport[2]);
+    snprintf(routes, sizeof routes, "nats://127.0.0.1:%d,nats://127.0.0.1:%d,nats://127.0.0.1:%d", rport[0], rport[1],
+             rport[2]);
     pid_t pid[3];
     for (int i = 0; i < 3; i++) {
         cr_assert_eq(sh("cp nats-users.conf nats-permissions.conf '%s'/ && sed 's|store_dir: /data|store_dir: "

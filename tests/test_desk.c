@@ -412,8 +412,8 @@ static int http_req_from(const char *src, int port, const char *method, const ch
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     struct sockaddr_in from = {.sin_family = AF_INET};
-    if (fd >= 0 && src && (inet_pton(AF_INET, src, &from.sin_addr) != 1 ||
-                           bind(fd, (struct sockaddr *)&from, sizeof from) != 0)) {
+    if (fd >= 0 && src &&
+        (inet_pton(AF_INET, src, &from.sin_addr) != 1 || bind(fd, (struct sockaddr *)&from, sizeof from) != 0)) {
         close(fd);
         return -1;
     }
@@ -549,9 +549,9 @@ Test(desk, failed_logins_block_the_user_and_the_address_for_a_growing_back_off)
     char listen[32];
     snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
     setenv("VERDICT_DESK_USERS", "alice:correct-horse,bob:battery", 1);
-    const char *argv[] = {"verdict",       "desk", "--nats-url",          srv.url, "--listen",       listen,
-                          "--login-max-failures", "3",  "--login-backoff", "2s",    "--login-backoff-max", "4s",
-                          NULL};
+    const char *argv[] = {
+        "verdict",         "desk", "--nats-url",          srv.url, "--listen", listen, "--login-max-failures", "3",
+        "--login-backoff", "2s",   "--login-backoff-max", "4s",    NULL};
     pid_t d = verdict_spawn(argv, deskp);
     unsetenv("VERDICT_DESK_USERS");
     cr_assert(file_wait_for(deskp, "desk listening", 15000), "desk did not start; see %s", deskp);
