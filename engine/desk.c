@@ -1,14 +1,18 @@
 /* desk.c - `verdict desk`: review cases from review decisions, and the analysts' web page (see desk.h).
  *
- * Three threads of its own besides libmicrohttpd's pool: the case maker (a pull loop on the durable consumer
+ * Two threads of its own besides libmicrohttpd's pool: the case maker (a pull loop on the durable consumer
  * verdict_desk, filtered on decision.review.>: decode, kvStore_Create the case, then ack; a crash before the ack
- * redelivers and the Create finds the key, so a case is made once), the index (a watcher on the cases bucket:
- * every case's summary in memory, so the queue page and the age metric cost no broker round trip) and the label
- * repair (once the index is loaded, and every REPAIR_EVERY_MS: a resolved case without label_seq gets its label).
+ * redelivers and the Create finds the key, so a case is made once), which also runs the label repair (once the
+ * index is loaded, and every REPAIR_EVERY_MS: a resolved case without label_seq gets its label) and the retention
+ * sweep (--case-retention: resolved, labelled cases older than that are purged; LABELS keeps the outcome), and the
+ * index (a watcher on the cases bucket: every case's summary in memory, so the queue page and the age metric cost
+ * no broker round trip).
  * The engine's hot path is untouched: the desk reads what the engine already stores.
  *
  * Access: users from VERDICT_DESK_USERS ("name:secret,...") or --users-file (lines name:secret). A login gives a
  * session cookie (HttpOnly, SameSite=Strict); every API call needs it (or `Authorization: Bearer <session>`).
+ * Failed logins are throttled per user name and per client address (a fixed table; 429 with Retry-After while
+ * blocked, the secret not checked).
  * Without users the desk starts only on a loopback address, and then any analyst name logs in without a secret.
  * /metrics and /healthz are open (no case data in them). Card data is shown masked and never logged. */
 #include "desk.h"
@@ -49,7 +53,7 @@
 #define CARD_SCAN_MAX 200000
 #define DETAIL_CACHE 64
 #define REASONS_MAX 200
-/* login throttling: a fixed table of recently failing user names and client addresses (docs/desk.md, "Login") */
+/* login throttling: a fixed table of recently failing user names and client addresses (docs/desk.md, "Access") */
 #define LOGIN_TRACK_MAX 1024
 #define LOGIN_KEY_MAX 72
 #define LOGIN_MAX_FAILURES_DEFAULT 5
@@ -1269,7 +1273,8 @@ static enum MHD_Result api_login(desk *d, struct MHD_Connection *c, const req *r
         snprintf(ukey, sizeof ukey, "u:%s", user_name);
     snprintf(akey, sizeof akey, "a:%s", client);
     bool limited = d->lim.max_failures > 0;
-    int64_t now = now_ms(), wait = 0;
+    /* monotonic: a step of the wall clock neither lifts nor stretches a block */
+    int64_t now = mono_ns() / 1000000, wait = 0;
     if (limited) {
         pthread_mutex_lock(&d->login_mu);
         int64_t wu = login_wait_ms(d, ukey, now), wa = login_wait_ms(d, akey, now);
