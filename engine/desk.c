@@ -1,14 +1,18 @@
 /* desk.c - `verdict desk`: review cases from review decisions, and the analysts' web page (see desk.h).
  *
- * Three threads of its own besides libmicrohttpd's pool: the case maker (a pull loop on the durable consumer
+ * Two threads of its own besides libmicrohttpd's pool: the case maker (a pull loop on the durable consumer
  * verdict_desk, filtered on decision.review.>: decode, kvStore_Create the case, then ack; a crash before the ack
- * redelivers and the Create finds the key, so a case is made once), the index (a watcher on the cases bucket:
- * every case's summary in memory, so the queue page and the age metric cost no broker round trip) and the label
- * repair (once the index is loaded, and every REPAIR_EVERY_MS: a resolved case without label_seq gets its label).
+ * redelivers and the Create finds the key, so a case is made once), which also runs the label repair (once the
+ * index is loaded, and every REPAIR_EVERY_MS: a resolved case without label_seq gets its label) and the retention
+ * sweep (--case-retention: resolved, labelled cases older than that are purged; LABELS keeps the outcome), and the
+ * index (a watcher on the cases bucket: every case's summary in memory, so the queue page and the age metric cost
+ * no broker round trip).
  * The engine's hot path is untouched: the desk reads what the engine already stores.
  *
  * Access: users from VERDICT_DESK_USERS ("name:secret,...") or --users-file (lines name:secret). A login gives a
  * session cookie (HttpOnly, SameSite=Strict); every API call needs it (or `Authorization: Bearer <session>`).
+ * Failed logins are throttled per user name and per client address (a fixed table; 429 with Retry-After while
+ * blocked, the secret not checked).
  * Without users the desk starts only on a loopback address, and then any analyst name logs in without a secret.
  * /metrics and /healthz are open (no case data in them). Card data is shown masked and never logged. */
 #include "desk.h"
@@ -49,6 +53,15 @@
 #define CARD_SCAN_MAX 200000
 #define DETAIL_CACHE 64
 #define REASONS_MAX 200
+/* login throttling: a fixed table of recently failing user names and client addresses (docs/desk.md, "Access") */
+#define LOGIN_TRACK_MAX 1024
+#define LOGIN_KEY_MAX 72
+#define LOGIN_MAX_FAILURES_DEFAULT 5
+#define LOGIN_WINDOW_DEFAULT_MS (5LL * 60 * 1000)
+#define LOGIN_BACKOFF_DEFAULT_MS (30LL * 1000)
+#define LOGIN_BACKOFF_MAX_DEFAULT_MS (15LL * 60 * 1000)
+/* resolved cases are removed from the bucket this long after their resolution (their labels stay in LABELS) */
+#define CASE_RETENTION_DEFAULT_MS (30LL * 24 * 3600 * 1000)
 
 /* ---- the index -------------------------------------------------------------------------------------------- */
 
@@ -84,19 +97,34 @@ typedef struct session {
     int64_t expires_ms;
 } session;
 
+/* Failed logins of one user name ('u') or one client address ('a'). failures count within the window that began
+ * at window_start_ms; reaching the limit blocks the key until blocked_until_ms, for backoff_ms, which doubles with
+ * every block up to the cap and returns to the base once the key has been quiet for a cap. */
+typedef struct login_slot {
+    char key[LOGIN_KEY_MAX]; /* "u:<name>" or "a:<address>"; empty: free */
+    int failures;
+    int64_t window_start_ms, blocked_until_ms, backoff_ms, last_ms;
+} login_slot;
+
+typedef struct login_limits {
+    int max_failures; /* 0: no limit */
+    int64_t window_ms, backoff_ms, backoff_max_ms;
+} login_limits;
+
 typedef struct desk {
     cliconn c;
     cases *cs;
     kvStore *lists_kv;
     char listen[128];
     int64_t ack_wait_ms;
+    int64_t retention_ms; /* --case-retention: resolved cases older than this are purged; 0 keeps them */
     bool start_new; /* --start new: the consumer, when this desk creates it, begins after the stored reviews */
     atomic_bool stopping;
     /* case maker */
     natsSubscription *sub;
     pthread_t maker;
     bool maker_running;
-    atomic_llong created, existed, failed, labels_repaired;
+    atomic_llong created, existed, failed, labels_repaired, purged;
     /* index */
     kvWatcher *watcher;
     pthread_t indexer;
@@ -111,6 +139,9 @@ typedef struct desk {
     user users[USERS_MAX];
     int nusers;
     session sessions[SESSIONS_MAX];
+    login_limits lim;
+    pthread_mutex_t login_mu; /* MHD's pool runs logins on several threads */
+    login_slot logins[LOGIN_TRACK_MAX];
     /* detail (features, card history): one at a time, cached */
     pthread_mutex_t detail_mu;
     featreg *reg;
@@ -126,7 +157,8 @@ typedef struct desk {
 static void help(void)
 {
     printf("usage: verdict desk [--listen HOST:PORT] [--users-file FILE] [--ack-wait DUR] [--start all|new]\n"
-           "                    [connection options]\n\n"
+           "                    [--login-max-failures N] [--login-window DUR] [--login-backoff DUR]\n"
+           "                    [--login-backoff-max DUR] [--case-retention DUR|0] [connection options]\n\n"
            "The analysts' desk (docs/desk.md). Makes a case in the KV bucket verdict_cases for every review\n"
            "decision (durable consumer verdict_desk on DECISIONS, subjects decision.review.>), and serves the\n"
            "review page on --listen (default %s, env VERDICT_DESK_LISTEN): open cases oldest first, one case\n"
@@ -139,9 +171,17 @@ static void help(void)
            "--ack-wait: the case maker's AckWait when it creates its consumer (default 30s). --start: where that\n"
            "consumer begins when this desk creates it: all (default: every review decision DECISIONS still holds\n"
            "becomes a case) or new (only decisions stored from now on).\n"
+           "--login-max-failures (default %d; 0: no limit): that many failed logins for one user name, or from one\n"
+           "client address, within --login-window (default %llds) block further logins of that name or address\n"
+           "(429 with Retry-After, the secret not checked) for --login-backoff (default %llds), doubling with every\n"
+           "block up to --login-backoff-max (default %llds); a successful login clears the user's failures.\n"
+           "--case-retention (default %lldd; 0: forever): resolved cases whose label is published are purged from\n"
+           "the bucket that long after their resolution; the labels in LABELS are the lasting record.\n"
            "Features are computed as `verdict features` does: --model (VERDICT_MODEL) names the columns.\n\n"
            "options (flag, then its environment variable):\n",
-           DESK_LISTEN_DEFAULT);
+           DESK_LISTEN_DEFAULT, LOGIN_MAX_FAILURES_DEFAULT, LOGIN_WINDOW_DEFAULT_MS / 1000,
+           LOGIN_BACKOFF_DEFAULT_MS / 1000, LOGIN_BACKOFF_MAX_DEFAULT_MS / 1000,
+           CASE_RETENTION_DEFAULT_MS / (24LL * 3600 * 1000));
     config_print_help(stdout, "names");
 }
 
@@ -333,6 +373,85 @@ static void handle_decision(desk *d, natsMsg *m, arena *a)
         log_warn("ack failed; the redelivery finds the case made", "\"txn_id\":\"%s\"", dec->txn_id);
 }
 
+/* Drops the index's entries of removed cases (under mu) once they are most of it: the watcher reports a purge as
+ * an entry with present false, and without this a long-running desk would keep a summary of every case it ever
+ * saw. */
+static void ix_compact(desk *d)
+{
+    size_t keep = 0;
+    for (size_t i = 0; i < d->n; i++)
+        if (d->items[i].present)
+            d->items[keep++] = d->items[i];
+    if (keep == d->n)
+        return;
+    d->n = keep;
+    memset(d->slots, 0, d->nslots * sizeof *d->slots);
+    for (size_t i = 0; i < d->n; i++) {
+        size_t h = ix_hash(d->items[i].txn_id) & (d->nslots - 1);
+        while (d->slots[h])
+            h = (h + 1) & (d->nslots - 1);
+        d->slots[h] = (uint32_t)i + 1;
+    }
+}
+
+/* The retention sweep (--case-retention): purges resolved cases whose label is published (label_seq set: the
+ * label in LABELS is the lasting record) and whose resolution is older than the retention. Open and claimed cases
+ * are never touched, nor a resolved one still waiting for its label. A resolved case never changes again, so the
+ * purge needs no revision check. kvStore_Purge leaves one small marker per key (the watchers, this desk's index
+ * among them, see it as a removal); the markers themselves are removed by kvStore_PurgeDeletes, at most hourly. */
+static void sweep_resolved(desk *d, int64_t *next_markers_ms)
+{
+    enum { BATCH = 256 };
+    static char ids[BATCH][72]; /* the maker thread's alone */
+    int n = 0;
+    size_t removed = 0;
+    int64_t now = now_ms();
+    pthread_mutex_lock(&d->mu);
+    for (size_t i = 0; i < d->n; i++) {
+        const ixe *e = &d->items[i];
+        removed += !e->present;
+        if (n < BATCH && e->present && e->labelled && e->resolved_at_ms > 0 && strcmp(e->state, "resolved") == 0 &&
+            now - e->resolved_at_ms > d->retention_ms)
+            str_copy(ids[n++], sizeof ids[0], e->txn_id);
+    }
+    if (removed > 1024 && removed * 2 > d->n)
+        ix_compact(d);
+    pthread_mutex_unlock(&d->mu);
+    for (int i = 0; i < n; i++) {
+        natsStatus s = kvStore_Purge(cases_kv(d->cs), ids[i], NULL);
+        if (s != NATS_OK) {
+            log_warn("resolved case not purged; retried later", "\"txn_id\":\"%s\",\"error\":\"%s\"", ids[i],
+                     natsStatus_GetText(s));
+            break;
+        }
+        atomic_fetch_add(&d->purged, 1);
+        log_info("resolved case purged", "\"audit\":true,\"txn_id\":\"%s\",\"retention_s\":%lld", ids[i],
+                 (long long)(d->retention_ms / 1000));
+    }
+    int64_t mono = mono_ns() / 1000000;
+    if (n > 0 && *next_markers_ms == 0)
+        *next_markers_ms = mono + 3600 * 1000; /* markers of this sweep's purges, once they are old enough */
+    if (*next_markers_ms && mono >= *next_markers_ms) {
+        /* the default keeps markers younger than 30 minutes, so that other watchers see the removal first */
+        natsStatus s = kvStore_PurgeDeletes(cases_kv(d->cs), NULL);
+        if (s != NATS_OK)
+            log_warn("purge markers of removed cases not cleared; retried later", "\"error\":\"%s\"",
+                     natsStatus_GetText(s));
+        *next_markers_ms = s == NATS_OK ? 0 : mono + 600 * 1000;
+    }
+}
+
+/* The sweep at start once the index is loaded, then every retention/2 (0.5 s to REPAIR_EVERY_MS). */
+static void maybe_sweep(desk *d, int64_t *next_ms, int64_t *next_markers_ms)
+{
+    if (d->retention_ms <= 0 || !atomic_load(&d->loaded) || mono_ns() / 1000000 < *next_ms)
+        return;
+    sweep_resolved(d, next_markers_ms);
+    int64_t every = d->retention_ms / 2;
+    every = every < 500 ? 500 : every > REPAIR_EVERY_MS ? REPAIR_EVERY_MS : every;
+    *next_ms = mono_ns() / 1000000 + every;
+}
+
 static vstatus bind_maker(desk *d, verror *e);
 
 /* The repair pass once the index is loaded, then every REPAIR_EVERY_MS. */
@@ -352,7 +471,7 @@ static void *maker_main(void *arg)
         log_error("case maker: out of memory", NULL);
         return NULL;
     }
-    int64_t next_repair = 0;
+    int64_t next_repair = 0, next_sweep = 0, next_markers = 0;
     /* the decisions stream is the engine's: until it exists (a desk started first) the page still serves */
     for (int tries = 0; !d->sub && !atomic_load(&d->stopping); tries++) {
         verror e = {0};
@@ -361,6 +480,7 @@ static void *maker_main(void *arg)
         if (tries == 0)
             log_warn("no case maker yet; retrying every 2 s", "\"error\":\"%s\"", log_esc(e.msg));
         maybe_repair(d, &next_repair);
+        maybe_sweep(d, &next_sweep, &next_markers);
         for (int i = 0; i < 20 && !atomic_load(&d->stopping); i++) {
             struct timespec ts = {0, 100000000};
             nanosleep(&ts, NULL);
@@ -368,6 +488,7 @@ static void *maker_main(void *arg)
     }
     while (!atomic_load(&d->stopping)) {
         maybe_repair(d, &next_repair);
+        maybe_sweep(d, &next_sweep, &next_markers);
         natsMsgList list = {0};
         natsStatus s = broker_fetch(d->sub, &list, 32, 500, NULL);
         if (s == NATS_TIMEOUT)
@@ -570,6 +691,82 @@ static void session_end(desk *d, const char *name, struct MHD_Connection *c)
     pthread_mutex_unlock(&d->mu);
 }
 
+/* ---- login throttling --------------------------------------------------------------------------------------- */
+
+/* The slot of key (under login_mu); NULL when absent and !create. A new key takes a free slot, else the least
+ * recently failing one that is not blocked, else the one whose block ends first: the table stays bounded, and a
+ * flood of other names evicts blocked keys last. */
+static login_slot *login_slot_of(desk *d, const char *key, bool create, int64_t now)
+{
+    login_slot *free_slot = NULL, *idle = NULL, *soonest = NULL;
+    for (int i = 0; i < LOGIN_TRACK_MAX; i++) {
+        login_slot *s = &d->logins[i];
+        if (!s->key[0]) {
+            if (!free_slot)
+                free_slot = s;
+        } else if (strcmp(s->key, key) == 0) {
+            return s;
+        } else if (s->blocked_until_ms <= now) {
+            if (!idle || s->last_ms < idle->last_ms)
+                idle = s;
+        } else if (!soonest || s->blocked_until_ms < soonest->blocked_until_ms) {
+            soonest = s;
+        }
+    }
+    if (!create)
+        return NULL;
+    login_slot *s = free_slot ? free_slot : idle ? idle : soonest;
+    memset(s, 0, sizeof *s);
+    str_copy(s->key, sizeof s->key, key);
+    return s;
+}
+
+/* How long key is still blocked, in ms (under login_mu); 0: not blocked. */
+static int64_t login_wait_ms(desk *d, const char *key, int64_t now)
+{
+    login_slot *s = key[0] ? login_slot_of(d, key, false, now) : NULL;
+    return s && s->blocked_until_ms > now ? s->blocked_until_ms - now : 0;
+}
+
+/* Counts a failed login against key (under login_mu); the block it starts, in ms, or 0. */
+static int64_t login_failed(desk *d, const char *key, int64_t now)
+{
+    if (!key[0])
+        return 0;
+    login_slot *s = login_slot_of(d, key, true, now);
+    int64_t quiet_since = s->last_ms > s->blocked_until_ms ? s->last_ms : s->blocked_until_ms;
+    if (s->backoff_ms == 0 || now - quiet_since >= d->lim.backoff_max_ms)
+        s->backoff_ms = d->lim.backoff_ms;
+    if (now - s->window_start_ms >= d->lim.window_ms) {
+        s->window_start_ms = now;
+        s->failures = 0;
+    }
+    s->last_ms = now;
+    if (++s->failures < d->lim.max_failures)
+        return 0;
+    int64_t block = s->backoff_ms;
+    s->blocked_until_ms = now + block;
+    s->backoff_ms = block * 2 < d->lim.backoff_max_ms ? block * 2 : d->lim.backoff_max_ms;
+    s->failures = 0;
+    s->window_start_ms = now;
+    return block;
+}
+
+/* The request's client address as text ("?" when MHD does not say). Behind a reverse proxy this is the proxy's:
+ * X-Forwarded-For is not trusted, as any client can send it. */
+static void client_address(struct MHD_Connection *c, char *out, size_t cap)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+    const char *r = NULL;
+    if (sa && sa->sa_family == AF_INET)
+        r = inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out, (socklen_t)cap);
+    else if (sa && sa->sa_family == AF_INET6)
+        r = inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out, (socklen_t)cap);
+    if (!r)
+        str_copy(out, cap, "?");
+}
+
 /* ---- HTTP ------------------------------------------------------------------------------------------------- */
 
 typedef struct req {
@@ -578,8 +775,9 @@ typedef struct req {
     bool too_big;
 } req;
 
-static enum MHD_Result reply(struct MHD_Connection *c, unsigned code, const char *type, const char *body, size_t len,
-                             const char *cookie)
+/* A response with the desk's security headers and one more header (hname: hvalue) when hname is not NULL. */
+static enum MHD_Result reply_hdr(struct MHD_Connection *c, unsigned code, const char *type, const char *body,
+                                 size_t len, const char *hname, const char *hvalue)
 {
     struct MHD_Response *r = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
     if (!r)
@@ -590,11 +788,17 @@ static enum MHD_Result reply(struct MHD_Connection *c, unsigned code, const char
     MHD_add_response_header(r, "X-Frame-Options", "DENY");
     MHD_add_response_header(r, "Content-Security-Policy",
                             "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'");
-    if (cookie)
-        MHD_add_response_header(r, "Set-Cookie", cookie);
+    if (hname)
+        MHD_add_response_header(r, hname, hvalue);
     enum MHD_Result ret = MHD_queue_response(c, code, r);
     MHD_destroy_response(r);
     return ret;
+}
+
+static enum MHD_Result reply(struct MHD_Connection *c, unsigned code, const char *type, const char *body, size_t len,
+                             const char *cookie)
+{
+    return reply_hdr(c, code, type, body, len, cookie ? "Set-Cookie" : NULL, cookie);
 }
 
 static enum MHD_Result reply_json(struct MHD_Connection *c, unsigned code, json_t *o, const char *cookie)
@@ -647,12 +851,15 @@ static size_t metrics(desk *d, char *buf, size_t cap)
         "# TYPE verdict_desk_case_failures_total counter\nverdict_desk_case_failures_total %lld\n"
         "# HELP verdict_desk_labels_repaired_total Labels published by the repair pass.\n"
         "# TYPE verdict_desk_labels_repaired_total counter\nverdict_desk_labels_repaired_total %lld\n"
+        "# HELP verdict_desk_cases_purged_total Resolved cases this desk purged after --case-retention.\n"
+        "# TYPE verdict_desk_cases_purged_total counter\nverdict_desk_cases_purged_total %lld\n"
         "# HELP verdict_desk_index_loaded 1 once the case index holds every case.\n# TYPE verdict_desk_index_loaded "
         "gauge\n"
         "verdict_desk_index_loaded %d\n",
         open, claimed, resolved, oldest ? (double)(now - oldest) / 1000.0 : 0.0, (long long)atomic_load(&d->created),
         (long long)atomic_load(&d->existed), (long long)atomic_load(&d->failed),
-        (long long)atomic_load(&d->labels_repaired), atomic_load(&d->loaded) ? 1 : 0);
+        (long long)atomic_load(&d->labels_repaired), (long long)atomic_load(&d->purged),
+        atomic_load(&d->loaded) ? 1 : 0);
     return n > 0 && (size_t)n < cap ? (size_t)n : 0;
 }
 
@@ -1058,8 +1265,35 @@ static enum MHD_Result api_login(desk *d, struct MHD_Connection *c, const req *r
 {
     json_t *b = json_loadb(rq->body, rq->len, 0, NULL);
     char user_name[CASES_ANALYST_MAX + 1] = "";
+    bool named = b && str_copy(user_name, sizeof user_name, jstr(b, "user")) && cases_analyst_valid(user_name);
+    const char *shown = named ? user_name : "(invalid name)";
+    char client[64], ukey[LOGIN_KEY_MAX] = "", akey[LOGIN_KEY_MAX];
+    client_address(c, client, sizeof client);
+    if (named)
+        snprintf(ukey, sizeof ukey, "u:%s", user_name);
+    snprintf(akey, sizeof akey, "a:%s", client);
+    bool limited = d->lim.max_failures > 0;
+    /* monotonic: a step of the wall clock neither lifts nor stretches a block */
+    int64_t now = mono_ns() / 1000000, wait = 0;
+    if (limited) {
+        pthread_mutex_lock(&d->login_mu);
+        int64_t wu = login_wait_ms(d, ukey, now), wa = login_wait_ms(d, akey, now);
+        pthread_mutex_unlock(&d->login_mu);
+        wait = wu > wa ? wu : wa;
+    }
+    if (wait > 0) {
+        /* refused before the secret is looked at: a blocked key learns nothing, right secret or wrong */
+        json_decref(b);
+        long long secs = (long long)((wait + 999) / 1000);
+        char ra[24];
+        snprintf(ra, sizeof ra, "%lld", secs);
+        log_warn("login throttled", "\"audit\":true,\"user\":\"%s\",\"client\":\"%s\",\"retry_after_s\":%lld", shown,
+                 client, secs);
+        static const char body[] = "{\"error\":\"too many failed logins; try again later\"}";
+        return reply_hdr(c, 429, "application/json; charset=utf-8", body, sizeof body - 1, "Retry-After", ra);
+    }
     bool ok = false;
-    if (b && str_copy(user_name, sizeof user_name, jstr(b, "user")) && cases_analyst_valid(user_name)) {
+    if (named) {
         if (d->nusers == 0) {
             ok = true; /* loopback without users (checked at start) */
         } else {
@@ -1069,9 +1303,25 @@ static enum MHD_Result api_login(desk *d, struct MHD_Connection *c, const req *r
     }
     json_decref(b);
     if (!ok) {
-        log_warn("login refused", "\"audit\":true,\"user\":\"%s\"",
-                 cases_analyst_valid(user_name) ? user_name : "(invalid name)");
+        int64_t block = 0;
+        if (limited) {
+            pthread_mutex_lock(&d->login_mu);
+            int64_t bu = login_failed(d, ukey, now), ba = login_failed(d, akey, now);
+            pthread_mutex_unlock(&d->login_mu);
+            block = bu > ba ? bu : ba;
+        }
+        log_warn("login refused", "\"audit\":true,\"user\":\"%s\",\"client\":\"%s\"", shown, client);
+        if (block)
+            log_warn("logins blocked after failures", "\"audit\":true,\"user\":\"%s\",\"client\":\"%s\",\"for_s\":%lld",
+                     shown, client, (long long)((block + 999) / 1000));
         return reply_err(c, 401, "wrong user or secret");
+    }
+    if (limited) {
+        pthread_mutex_lock(&d->login_mu);
+        login_slot *s = login_slot_of(d, ukey, false, now);
+        if (s)
+            memset(s, 0, sizeof *s); /* a success forgets the user's failures (not the address's) */
+        pthread_mutex_unlock(&d->login_mu);
     }
     char id[65], cookie[160];
     pthread_mutex_lock(&d->mu);
@@ -1282,6 +1532,7 @@ static void desk_free(desk *d)
         cliconn_close(&d->c);
     pthread_mutex_destroy(&d->mu);
     pthread_mutex_destroy(&d->detail_mu);
+    pthread_mutex_destroy(&d->login_mu);
     free(d);
 }
 
@@ -1297,14 +1548,22 @@ int cmd_desk(int argc, char **argv)
     }
     pthread_mutex_init(&d->mu, NULL);
     pthread_mutex_init(&d->detail_mu, NULL);
+    pthread_mutex_init(&d->login_mu, NULL);
     int rc = cliconn_parse(&d->c, argc, argv, rest, &nrest, "desk", help);
     const char *env_listen = getenv("VERDICT_DESK_LISTEN"), *users_file = getenv("VERDICT_DESK_USERS_FILE");
     str_copy(d->listen, sizeof d->listen, env_listen && *env_listen ? env_listen : DESK_LISTEN_DEFAULT);
     d->ack_wait_ms = 30000;
+    d->lim = (login_limits){LOGIN_MAX_FAILURES_DEFAULT, LOGIN_WINDOW_DEFAULT_MS, LOGIN_BACKOFF_DEFAULT_MS,
+                            LOGIN_BACKOFF_MAX_DEFAULT_MS};
+    d->retention_ms = CASE_RETENTION_DEFAULT_MS;
+    static const char *const valued_opts[] = {"--listen",        "--users-file",         "--ack-wait",
+                                              "--start",         "--login-max-failures", "--login-window",
+                                              "--login-backoff", "--login-backoff-max",  "--case-retention"};
     for (int k = 0; rc == 0 && k < nrest; k++) {
         const char *a = argv[rest[k]];
-        bool valued = strcmp(a, "--listen") == 0 || strcmp(a, "--users-file") == 0 || strcmp(a, "--ack-wait") == 0 ||
-                      strcmp(a, "--start") == 0;
+        bool valued = false;
+        for (size_t j = 0; j < sizeof valued_opts / sizeof *valued_opts; j++)
+            valued |= strcmp(a, valued_opts[j]) == 0;
         if (!valued || k + 1 >= nrest || rest[k + 1] != rest[k] + 1) {
             fprintf(stderr,
                     valued ? "verdict desk: %s needs a value\n" : "verdict desk: unknown argument '%s' (see --help)\n",
@@ -1313,6 +1572,11 @@ int cmd_desk(int argc, char **argv)
             break;
         }
         const char *v = argv[rest[++k]];
+        int64_t *dur = strcmp(a, "--login-window") == 0        ? &d->lim.window_ms
+                       : strcmp(a, "--login-backoff") == 0     ? &d->lim.backoff_ms
+                       : strcmp(a, "--login-backoff-max") == 0 ? &d->lim.backoff_max_ms
+                       : strcmp(a, "--case-retention") == 0    ? &d->retention_ms
+                                                               : NULL;
         if (strcmp(a, "--listen") == 0)
             str_copy(d->listen, sizeof d->listen, v);
         else if (strcmp(a, "--users-file") == 0)
@@ -1323,10 +1587,32 @@ int cmd_desk(int argc, char **argv)
                 rc = 2;
             }
             d->start_new = strcmp(v, "new") == 0;
+        } else if (strcmp(a, "--login-max-failures") == 0) {
+            char *end;
+            long n = strtol(v, &end, 10);
+            if (!*v || *end || n < 0 || n > 1000) {
+                fprintf(stderr, "verdict desk: --login-max-failures needs 0-1000 (0: no limit), got '%s'\n", v);
+                rc = 2;
+            }
+            d->lim.max_failures = (int)n;
+        } else if (dur) {
+            /* 0 is allowed for the retention only: keep resolved cases forever */
+            bool zero = strcmp(v, "0") == 0 && dur == &d->retention_ms;
+            if (zero)
+                *dur = 0;
+            else if (!duration_parse_ms(v, strlen(v), dur) || *dur < 100) {
+                fprintf(stderr, "verdict desk: %s needs a duration of 100ms or more%s, got '%s'\n", a,
+                        dur == &d->retention_ms ? " (or 0)" : "", v);
+                rc = 2;
+            }
         } else if (!duration_parse_ms(v, strlen(v), &d->ack_wait_ms) || d->ack_wait_ms < 100) {
             fprintf(stderr, "verdict desk: --ack-wait needs a duration of 100ms or more, got '%s'\n", v);
             rc = 2;
         }
+    }
+    if (rc == 0 && d->lim.backoff_max_ms < d->lim.backoff_ms) {
+        fprintf(stderr, "verdict desk: --login-backoff-max is shorter than --login-backoff\n");
+        rc = 2;
     }
     free(rest);
     if (rc) {

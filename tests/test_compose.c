@@ -6,11 +6,14 @@
 #include "harness.h"
 
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -54,6 +57,10 @@ Test(compose, the_compose_files_validate)
                     "2>&1 | grep -q 'set VERDICT_NATS_PASSWORD'",
                     empty),
                  0, "a missing password must be refused by name");
+    cr_assert_eq(sh("env -u ADMIN_NATS_PASSWORD docker-compose --env-file '%s' -f compose.cluster.yaml config -q "
+                    "2>&1 | grep -q 'set ADMIN_NATS_PASSWORD'",
+                    empty),
+                 0, "the cluster must refuse a missing password by name too");
     unlink(empty);
 }
 
@@ -94,7 +101,7 @@ Test(compose, the_stacks_start_in_order_and_fit_side_by_side)
 Test(compose, nats_server_accepts_the_config_files)
 {
     cr_assert_eq(sh(PW NATS_SERVER "-t -c nats.conf >/dev/null 2>&1"), 0, "compose/nats.conf is invalid");
-    cr_assert_eq(sh("NATS_NODE=nats-1 " NATS_SERVER "-t -c nats-cluster.conf >/dev/null 2>&1"), 0,
+    cr_assert_eq(sh(PW "NATS_NODE=nats-1 " NATS_SERVER "-t -c nats-cluster.conf >/dev/null 2>&1"), 0,
                  "compose/nats-cluster.conf is invalid");
     /* and the check is real: a broken file fails it */
     char bad[256];
@@ -105,6 +112,199 @@ Test(compose, nats_server_accepts_the_config_files)
     fclose(f);
     cr_assert_neq(sh(NATS_SERVER "-t -c '%s' >/dev/null 2>&1", bad), 0);
     unlink(bad);
+}
+
+/* Issue: the cluster stack had no NATS users (any client reaching a node could connect as anyone). Both stacks
+ * now run the same users: every nats service's config includes compose/nats-users.conf (which includes
+ * nats-permissions.conf), both files are mounted, the passwords are in the service's environment; the engines
+ * connect as verdict, the simulator as admin. Checked on `docker-compose config` and on the config files. */
+Test(compose, both_stacks_run_the_same_nats_users)
+{
+    static const char check[] =
+        "import os, sys, yaml\n"
+        "for f in sys.argv[2:]:\n"
+        "    s = yaml.safe_load(open(f))['services']\n"
+        "    nats = [n for n, v in s.items() if v['image'].startswith('nats:')]\n"
+        "    assert nats, f + ': no nats service'\n"
+        "    for n in nats:\n"
+        "        v = s[n]\n"
+        "        env = v.get('environment') or {}\n"
+        "        for pw in ('VERDICT_NATS_PASSWORD', 'PAYMENTS_NATS_PASSWORD', 'ADMIN_NATS_PASSWORD'):\n"
+        "            assert env.get(pw), '%s: %s has no %s' % (f, n, pw)\n"
+        "        mounts = {}\n"
+        "        for m in v.get('volumes', []):\n"
+        "            src, dst = (m['source'], m['target']) if isinstance(m, dict) else m.split(':')[:2]\n"
+        "            mounts[dst] = src\n"
+        "        for need in ('nats-users.conf', 'nats-permissions.conf'):\n"
+        "            assert '/etc/nats/' + need in mounts, '%s: %s does not mount %s' % (f, n, need)\n"
+        "        conf = v['command'][v['command'].index('-c') + 1]\n"
+        "        text = open(mounts[conf]).read().splitlines()\n"
+        "        assert 'include ./nats-users.conf' in text, '%s: %s (%s) has no users' % (f, n, conf)\n"
+        "    for n, v in s.items():\n"
+        "        env = v.get('environment') or {}\n"
+        "        if v['image'].startswith('verdict:'):\n"
+        "            assert env.get('VERDICT_NATS_USER') and env.get('VERDICT_NATS_PASSWORD'), \\\n"
+        "                '%s: %s connects without a user' % (f, n)\n"
+        "        if n.startswith('engine'):\n"
+        "            assert env['VERDICT_NATS_USER'] == 'verdict', '%s: %s is not the verdict user' % (f, n)\n"
+        "users = open(os.path.join(sys.argv[1], 'nats-users.conf')).read()\n"
+        "assert 'include ./nats-permissions.conf' in users.splitlines(), 'nats-users.conf lacks the permissions'\n"
+        "for u in ('user: verdict', 'user: payments', 'user: admin'):\n"
+        "    assert u in users, 'nats-users.conf has no ' + u\n";
+    char py[256], single[256], cluster[256];
+    temp_path(py, sizeof py, ".py");
+    temp_path(single, sizeof single, ".yaml");
+    temp_path(cluster, sizeof cluster, ".yaml");
+    FILE *f = fopen(py, "w");
+    cr_assert_not_null(f);
+    fputs(check, f);
+    fclose(f);
+    cr_assert_eq(sh(PW "docker-compose -f compose.yaml --profile demo config > '%s'", single), 0);
+    cr_assert_eq(sh(PW "docker-compose -f compose.cluster.yaml --profile demo config > '%s'", cluster), 0);
+    int rc = sh("python3 '%s' \"$PWD\" '%s' '%s'", py, single, cluster);
+    unlink(py);
+    unlink(single);
+    unlink(cluster);
+    cr_assert_eq(rc, 0, "see the assertion above");
+    /* the passwords are required: a node's config without them is refused, as the single node's is */
+    cr_assert_neq(
+        sh("env -u VERDICT_NATS_PASSWORD NATS_NODE=nats-1 " NATS_SERVER "-t -c nats-cluster.conf >/dev/null 2>&1"), 0,
+        "compose/nats-cluster.conf starts without the users' passwords");
+    cr_assert_neq(sh("env -u VERDICT_NATS_PASSWORD " NATS_SERVER "-t -c nats.conf >/dev/null 2>&1"), 0);
+}
+
+/* A nats-server from dir/node.conf (NATS_NODE=node) with the given ports, its output in dir/node.log; dies with
+ * the test's thread. */
+static pid_t spawn_node(const char *dir, const char *node, int port, int mport, int rport, const char *routes)
+{
+    char conf[512], logf[512], p[16], m[16], cl[64];
+    snprintf(conf, sizeof conf, "%s/%s.conf", dir, node);
+    snprintf(logf, sizeof logf, "%s/%s.log", dir, node);
+    snprintf(p, sizeof p, "%d", port);
+    snprintf(m, sizeof m, "%d", mport);
+    snprintf(cl, sizeof cl, "nats://127.0.0.1:%d", rport);
+    const char *bin = harness_nats_server();
+    cr_assert_not_null(bin);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        int fd = open(logf, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        setenv("NATS_NODE", node, 1);
+        setenv("VERDICT_NATS_PASSWORD", "a", 1);
+        setenv("PAYMENTS_NATS_PASSWORD", "b", 1);
+        setenv("ADMIN_NATS_PASSWORD", "c", 1);
+        execlp(bin, bin, "-c", conf, "-a", "127.0.0.1", "-p", p, "-m", m, "--cluster", cl, "--routes", routes,
+               (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+static natsStatus connect_as(int port, const char *userinfo, natsConnection **nc)
+{
+    char url[128];
+    snprintf(url, sizeof url, "nats://%s127.0.0.1:%d", userinfo, port);
+    natsOptions *o = NULL;
+    natsStatus s = natsOptions_Create(&o);
+    if (s == NATS_OK)
+        s = natsOptions_SetURL(o, url);
+    if (s == NATS_OK)
+        s = natsOptions_SetTimeout(o, 2000);
+    if (s == NATS_OK)
+        s = natsOptions_SetAllowReconnect(o, false);
+    *nc = NULL;
+    if (s == NATS_OK)
+        s = natsConnection_Connect(nc, o);
+    natsOptions_Destroy(o);
+    return s;
+}
+
+/* compose/nats-cluster.conf as shipped (only its store directory and ports changed for loopback): three nodes
+ * route to each other and place an R3 stream for the admin user, while a client without a password, or with a
+ * wrong one, is refused and the engine's user connects. */
+Test(compose, the_cluster_nodes_route_and_refuse_clients_without_a_password)
+{
+    char dir[256];
+    temp_path(dir, sizeof dir, ".d");
+    cr_assert_eq(mkdir(dir, 0700), 0);
+    int port[3], mport[3], rport[3];
+    for (int i = 0; i < 3; i++) {
+        port[i] = free_port();
+        mport[i] = free_port();
+        rport[i] = free_port();
+    }
+    char routes[256];
+    snprintf(routes, sizeof routes, "nats://127.0.0.1:%d,nats://127.0.0.1:%d,nats://127.0.0.1:%d", rport[0], rport[1],
+             rport[2]);
+    pid_t pid[3];
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(sh("cp nats-users.conf nats-permissions.conf '%s'/ && sed 's|store_dir: /data|store_dir: "
+                        "%s/store-%d|' nats-cluster.conf > '%s/nats-%d.conf'",
+                        dir, dir, i + 1, dir, i + 1),
+                     0);
+        char node[16];
+        snprintf(node, sizeof node, "nats-%d", i + 1);
+        pid[i] = spawn_node(dir, node, port[i], mport[i], rport[i], routes);
+    }
+    /* routes: every node sees the other two by name */
+    for (int i = 0; i < 3; i++) {
+        char buf[65536];
+        bool routed = false;
+        for (int t = 0; t < 200 && !routed; t++) {
+            routed = http_get_local(mport[i], "/routez", buf, sizeof buf);
+            for (int j = 0; routed && j < 3; j++) {
+                char want[48];
+                snprintf(want, sizeof want, "\"remote_name\": \"nats-%d\"", j + 1);
+                routed = j == i || strstr(buf, want) != NULL;
+            }
+            if (!routed)
+                tc_sleep_ms(100);
+        }
+        cr_assert(routed, "nats-%d is not routed to the others; see %s", i + 1, dir);
+    }
+    natsConnection *nc = NULL;
+    natsStatus s = connect_as(port[0], "", &nc);
+    natsConnection_Destroy(nc);
+    cr_assert_neq(s, NATS_OK, "a client without a password connected");
+    s = connect_as(port[1], "verdict:wrong@", &nc);
+    natsConnection_Destroy(nc);
+    cr_assert_neq(s, NATS_OK, "a wrong password connected");
+    cr_assert_eq(connect_as(port[2], "verdict:a@", &nc), NATS_OK, "the engine's user cannot connect");
+    natsConnection_Destroy(nc);
+    /* JetStream across the routes: an R3 stream placed through one node, by the admin user */
+    cr_assert_eq(connect_as(port[0], "admin:c@", &nc), NATS_OK);
+    jsCtx *js = NULL;
+    cr_assert_eq(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
+    const char *subjects[] = {"compose.probe"};
+    jsStreamConfig sc;
+    jsStreamConfig_Init(&sc);
+    sc.Name = "COMPOSE_PROBE";
+    sc.Subjects = subjects;
+    sc.SubjectsLen = 1;
+    sc.Storage = js_MemoryStorage;
+    sc.Replicas = 3;
+    jsStreamInfo *si = NULL;
+    s = NATS_ERR;
+    for (int t = 0; t < 100 && s != NATS_OK; t++) { /* until the meta leader is elected */
+        s = js_AddStream(&si, js, &sc, NULL, NULL);
+        if (s != NATS_OK)
+            tc_sleep_ms(200);
+    }
+    cr_assert_eq(s, NATS_OK, "no R3 stream on the cluster: %s; see %s", natsStatus_GetText(s), dir);
+    cr_assert_eq(si->Cluster ? si->Cluster->ReplicasLen : 0, 2, "the stream has no two replicas");
+    jsStreamInfo_Destroy(si);
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    for (int i = 0; i < 3; i++) {
+        kill(pid[i], SIGKILL);
+        child_wait(pid[i], 5000);
+    }
+    sh("rm -rf '%s'", dir);
 }
 
 /* The HEALTHCHECK line's bash command, with the metrics port replaced. */

@@ -403,13 +403,20 @@ Test(desk, a_resolution_whose_label_was_lost_gets_it_from_the_repair_pass)
 
 /* ---- access ----------------------------------------------------------------------------------------------- */
 
-/* A request to the desk on 127.0.0.1:port; the status code, the body into out. */
-static int http_req(int port, const char *method, const char *path, const char *hdrs, const char *body, char *out,
-                    size_t cap)
+/* A request to the desk on 127.0.0.1:port from the loopback address src (NULL: the system's choice); the status
+ * code, the response (headers and body) into out. */
+static int http_req_from(const char *src, int port, const char *method, const char *path, const char *hdrs,
+                         const char *body, char *out, size_t cap)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct sockaddr_in from = {.sin_family = AF_INET};
+    if (fd >= 0 && src &&
+        (inet_pton(AF_INET, src, &from.sin_addr) != 1 || bind(fd, (struct sockaddr *)&from, sizeof from) != 0)) {
+        close(fd);
+        return -1;
+    }
     if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
         if (fd >= 0)
             close(fd);
@@ -432,6 +439,12 @@ static int http_req(int port, const char *method, const char *path, const char *
     int code = -1;
     sscanf(out, "HTTP/1.%*d %d", &code);
     return code;
+}
+
+static int http_req(int port, const char *method, const char *path, const char *hdrs, const char *body, char *out,
+                    size_t cap)
+{
+    return http_req_from(NULL, port, method, path, hdrs, body, out, cap);
 }
 
 Test(desk, refuses_to_listen_beyond_loopback_without_users)
@@ -511,4 +524,201 @@ Test(desk, names_follow_the_prefix)
     cr_assert_str_eq(n.label_prefix, "acme.label");
     cr_assert_str_eq(n.consumer, "acme_verdict_desk");
     cr_assert_str_eq(n.review_filter, "acme.decision.review.>");
+}
+
+/* The seconds of the Retry-After header in a raw response; -1 without one. */
+static int retry_after(const char *resp)
+{
+    const char *h = strstr(resp, "Retry-After: ");
+    return h ? atoi(h + 13) : -1;
+}
+
+static int login(const char *src, int port, const char *user, const char *secret, char *buf, size_t cap)
+{
+    char body[160];
+    snprintf(body, sizeof body, "{\"user\":\"%s\",\"secret\":\"%s\"}", user, secret);
+    return http_req_from(src, port, "POST", "/api/login", NULL, body, buf, cap);
+}
+
+/* Password guessing is throttled: after --login-max-failures wrong secrets a user name and the client address are
+ * blocked (429, Retry-After), the right secret included, for the back-off, which doubles with the next block; the
+ * user is blocked from another address too, and a success clears the user's count. */
+Test(desk, failed_logins_block_the_user_and_the_address_for_a_growing_back_off)
+{
+    int port = free_port();
+    char listen[32];
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
+    setenv("VERDICT_DESK_USERS", "alice:correct-horse,bob:battery", 1);
+    const char *argv[] = {
+        "verdict",         "desk", "--nats-url",          srv.url, "--listen", listen, "--login-max-failures", "3",
+        "--login-backoff", "2s",   "--login-backoff-max", "4s",    NULL};
+    pid_t d = verdict_spawn(argv, deskp);
+    unsetenv("VERDICT_DESK_USERS");
+    cr_assert(file_wait_for(deskp, "desk listening", 15000), "desk did not start; see %s", deskp);
+    char buf[16384];
+    /* below the limit a wrong secret is an ordinary 401, and the right one still works and clears the count */
+    cr_assert_eq(login("127.0.0.1", port, "alice", "wrong", buf, sizeof buf), 401);
+    cr_assert_eq(login("127.0.0.1", port, "alice", "correct-horse", buf, sizeof buf), 200, "%s", buf);
+    /* three wrong secrets for alice from three addresses: alice is blocked, from every address, the right secret
+     * included; the addresses (one failure each) are not */
+    const char *from[] = {"127.0.0.2", "127.0.0.3", "127.0.0.4"};
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(login(from[i], port, "alice", "wrong", buf, sizeof buf), 401, "attempt %d: %s", i, buf);
+    cr_assert_eq(login("127.0.0.1", port, "alice", "correct-horse", buf, sizeof buf), 429, "not blocked: %s", buf);
+    int ra = retry_after(buf);
+    cr_assert(ra >= 1 && ra <= 2, "Retry-After %d: %s", ra, buf);
+    cr_assert_not_null(strstr(buf, "too many failed logins"));
+    cr_assert_eq(login("127.0.0.2", port, "bob", "battery", buf, sizeof buf), 200, "%s", buf);
+    /* two more failures from 127.0.0.1 (three with the first) block that address for every user */
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(login("127.0.0.1", port, "mallory", "guess", buf, sizeof buf), 401, "attempt %d: %s", i, buf);
+    int64_t blocked_at = now_ms();
+    cr_assert_eq(login("127.0.0.1", port, "bob", "battery", buf, sizeof buf), 429, "address not blocked: %s", buf);
+    cr_assert_eq(login("127.0.0.5", port, "bob", "battery", buf, sizeof buf), 200, "%s", buf);
+    /* after the back-off the right secret works */
+    while (now_ms() - blocked_at < 2100)
+        tc_sleep_ms(50);
+    cr_assert_eq(login("127.0.0.1", port, "alice", "correct-horse", buf, sizeof buf), 200, "after the back-off: %s",
+                 buf);
+    /* the address's next block is twice as long (three names, so that only the address is blocked) */
+    const char *names[] = {"eve", "trudy", "oscar"};
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(login("127.0.0.1", port, names[i], "guess", buf, sizeof buf), 401, "attempt %d: %s", i, buf);
+    cr_assert_eq(login("127.0.0.1", port, "bob", "battery", buf, sizeof buf), 429);
+    ra = retry_after(buf);
+    cr_assert(ra >= 3 && ra <= 4, "the second block's Retry-After is %d, not 4: %s", ra, buf);
+    /* refusals are audited, without the secrets */
+    cr_assert_eq(tc_count_lines(deskp, "\"login throttled\""), 3);
+    cr_assert_eq(tc_count_lines(deskp, "\"logins blocked after failures\""), 3);
+    cr_assert_eq(tc_count_lines(deskp, "correct-horse"), 0);
+    cr_assert_eq(tc_count_lines(deskp, "battery"), 0);
+    kill(d, SIGTERM);
+    cr_assert_eq(child_wait(d, 10000), 0);
+}
+
+/* ---- retention ------------------------------------------------------------------------------------------- */
+
+static void make_case(cases *cs, const char *id)
+{
+    Decision d;
+    verdict__v1__decision__init(&d);
+    d.txn_id = (char *)id;
+    d.outcome = VERDICT__V1__OUTCOME__OUTCOME_REVIEW;
+    d.score = 0.7;
+    d.decided_at_ms = now_ms() - 600000;
+    bool created = false;
+    verror e = {0};
+    cr_assert_eq(cases_create(cs, &d, 1, &created, &e), V_OK, "%s", e.msg);
+    cr_assert(created);
+}
+
+/* Rewrites a case as resolved at_ms (as time passing would leave it); label_seq removed when !labelled, as a
+ * desk killed between the resolution and its label leaves it. */
+static void backdate_resolution(cases *cs, const char *id, int64_t at_ms, bool labelled)
+{
+    json_t *c = NULL;
+    verror e = {0};
+    cr_assert_eq(cases_get(cs, id, &c, &e), V_OK, "%s", e.msg);
+    uint64_t rev = (uint64_t)json_integer_value(json_object_get(c, "rev"));
+    json_object_del(c, "rev");
+    json_object_set_new(c, "state", json_string("resolved"));
+    json_object_set_new(c, "resolution", json_string("fraud"));
+    json_object_set_new(c, "resolved_by", json_string("carol"));
+    json_object_set_new(c, "resolved_at_ms", json_integer(at_ms));
+    if (!labelled)
+        json_object_del(c, "label_seq");
+    char *v = json_dumps(c, JSON_COMPACT);
+    cr_assert_eq(kvStore_Update(NULL, cases_kv(cs), id, v, (int)strlen(v), rev), NATS_OK);
+    free(v);
+    json_decref(c);
+}
+
+static bool case_exists(cases *cs, const char *id)
+{
+    json_t *c = NULL;
+    verror e = {0};
+    vstatus st = cases_get(cs, id, &c, &e);
+    json_decref(c);
+    cr_assert(st == V_OK || st == V_ENOTFOUND, "%s", e.msg);
+    return st == V_OK;
+}
+
+/* --case-retention: resolved cases whose label is out are purged from the bucket and leave the queue once their
+ * resolution is older than the retention; a younger resolution, open and claimed cases (however old) stay; a
+ * resolved case without its label gets the label first; LABELS keeps every label. */
+Test(desk, resolved_cases_older_than_the_retention_are_purged_and_their_labels_stay)
+{
+    config cfg;
+    config_defaults(&cfg);
+    cases *cs = NULL;
+    verror e = {0};
+    cr_assert_eq(cases_open(js, &cfg, &cs, &e), V_OK, "%s", e.msg);
+    const char *all[] = {"ret-old-1", "ret-old-2", "ret-unlabelled", "ret-young", "ret-open", "ret-claimed"};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        make_case(cs, all[i]);
+    int64_t long_ago = now_ms() - 5 * 60000;
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(cases_resolve(cs, all[i], "carol", "fraud", NULL, &e), V_OK, "%s", e.msg);
+        backdate_resolution(cs, all[i], long_ago, true);
+    }
+    backdate_resolution(cs, "ret-unlabelled", long_ago, false);
+    cr_assert_eq(cases_resolve(cs, "ret-young", "carol", "legitimate", NULL, &e), V_OK, "%s", e.msg);
+    cr_assert_eq(cases_claim(cs, "ret-claimed", "dave", NULL, &e), V_OK, "%s", e.msg);
+    cr_assert_eq(tc_stream_msgs(js, "LABELS"), 3);
+
+    int port = free_port();
+    char listen[32];
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
+    const char *argv[] = {"verdict", "desk", "--nats-url", srv.url, "--listen", listen, "--case-retention", "1m", NULL};
+    pid_t d = verdict_spawn(argv, deskp);
+    cr_assert(file_wait_for(deskp, "desk listening", 15000), "desk did not start; see %s", deskp);
+    /* the sweep runs at start and every 10 s at most; the unlabelled case is labelled by the repair pass first */
+    bool gone = false;
+    for (int i = 0; i < 250 && !gone; i++) {
+        gone = !case_exists(cs, "ret-old-1") && !case_exists(cs, "ret-old-2") && !case_exists(cs, "ret-unlabelled");
+        if (!gone)
+            tc_sleep_ms(100);
+    }
+    cr_assert(gone, "old resolved cases still in the bucket; see %s", deskp);
+    cr_assert(case_exists(cs, "ret-young"), "a resolution younger than the retention was purged");
+    json_t *c = NULL;
+    cr_assert_eq(cases_get(cs, "ret-open", &c, &e), V_OK, "an open case was removed");
+    cr_assert_str_eq(json_string_value(json_object_get(c, "state")), "open");
+    json_decref(c);
+    cr_assert_eq(cases_get(cs, "ret-claimed", &c, &e), V_OK, "a claimed case was removed");
+    cr_assert_str_eq(json_string_value(json_object_get(c, "claimed_by")), "dave");
+    json_decref(c);
+    cr_assert_eq(bucket_keys(cases_kv(cs)), 3);
+    /* the labels stay, one each, the unlabelled case's published before its removal */
+    cr_assert_eq(tc_stream_msgs(js, "LABELS"), 4);
+    natsMsg *m = NULL;
+    cr_assert_eq(js_GetLastMsg(&m, js, "LABELS", "label.ret-unlabelled", NULL, NULL), NATS_OK);
+    natsMsg_Destroy(m);
+    cr_assert_eq(js_GetLastMsg(&m, js, "LABELS", "label.ret-old-1", NULL, NULL), NATS_OK);
+    natsMsg_Destroy(m);
+    /* and the queue API no longer lists them */
+    char buf[16384], hdr[128];
+    cr_assert_eq(http_req(port, "POST", "/api/login", NULL, "{\"user\":\"tester\"}", buf, sizeof buf), 200, "%s", buf);
+    const char *sid = strstr(buf, "\"session\":\"");
+    cr_assert_not_null(sid);
+    snprintf(hdr, sizeof hdr, "Authorization: Bearer %.64s\r\n", sid + 11);
+    bool listed = false;
+    for (int i = 0; i < 50 && !listed; i++) {
+        cr_assert_eq(http_req(port, "GET", "/api/cases?state=all", hdr, NULL, buf, sizeof buf), 200, "%s", buf);
+        listed = strstr(buf, "\"matched\":3") != NULL;
+        if (!listed)
+            tc_sleep_ms(100);
+    }
+    cr_assert(listed, "the queue: %s", buf);
+    cr_assert_null(strstr(buf, "ret-old"), "%s", buf);
+    cr_assert_null(strstr(buf, "ret-unlabelled"), "%s", buf);
+    cr_assert_not_null(strstr(buf, "\"resolved\":1"), "%s", buf);
+    cr_assert_not_null(strstr(buf, "ret-open"));
+    cr_assert_not_null(strstr(buf, "ret-claimed"));
+    cr_assert_eq(http_get_local(port, "/metrics", buf, sizeof buf), true);
+    cr_assert_not_null(strstr(buf, "verdict_desk_cases_purged_total 3\n"), "%s", buf);
+    cr_assert_eq(tc_count_lines(deskp, "resolved case purged"), 3);
+    kill(d, SIGTERM);
+    cr_assert_eq(child_wait(d, 10000), 0);
+    cases_close(cs);
 }
