@@ -134,18 +134,6 @@ int featreg_velocity(featreg *r, vel_agg agg, int value_feat, int key_feat, int6
     return intern(r, &d, e);
 }
 
-static bool name_ok(const char *s, size_t len, size_t max)
-{
-    if (len == 0 || len >= max)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
-            return false;
-    }
-    return true;
-}
-
 _Static_assert(sizeof(((feat_def *)0)->arg) > IDENT_NAME_MAX, "a list name must fit a feature's argument");
 
 int featreg_list(featreg *r, const char *list, size_t list_len, int key_feat, verror *e)
@@ -193,7 +181,7 @@ int featreg_profile(featreg *r, const char *field, size_t len, verror *e)
 
 int featreg_attr(featreg *r, const char *key, size_t len, verror *e)
 {
-    if (!name_ok(key, len, sizeof(((feat_def *)0)->arg)))
+    if (!ident_token_valid(key, len, sizeof(((feat_def *)0)->arg) - 1)) /* and its NUL */
         return verror_set(e, V_EINVAL, "an attribute key is 1-63 of [A-Za-z0-9_-]");
     feat_def d = {.kind = FK_ATTR, .type = FT_STR, .key_feat = -1, .value_feat = -1};
     memcpy(d.arg, key, len);

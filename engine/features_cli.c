@@ -14,6 +14,7 @@
 #include "featreg.h"
 #include "gbdt.h"
 #include "history.h"
+#include "ident.h"
 #include "replica.h"
 #include "simgen.h"
 #include "streamread.h"
@@ -212,14 +213,7 @@ static const char *labels_get(const labels *l, const char *txn_id)
 
 static bool label_valid(const char *s, size_t len)
 {
-    if (len == 0 || len > LABEL_MAX)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
-            return false;
-    }
-    return true;
+    return ident_token_valid(s, len, LABEL_MAX);
 }
 
 /* Records label (len bytes, already valid) for txn_id; false with a message when out of room. */

@@ -19,14 +19,19 @@ bool ident_txn_id_valid(const char *s)
     return n > 0;
 }
 
-bool ident_list_name_valid(const char *s, size_t len)
+bool ident_token_valid(const char *s, size_t len, size_t max)
 {
-    if (!s || len == 0 || len > IDENT_NAME_MAX)
+    if (!s || len == 0 || len > max)
         return false;
     for (size_t i = 0; i < len; i++)
         if (!id_char(s[i]))
             return false;
     return true;
+}
+
+bool ident_list_name_valid(const char *s, size_t len)
+{
+    return ident_token_valid(s, len, IDENT_NAME_MAX);
 }
 
 bool ident_rule_id_valid(const char *s, size_t len)

@@ -17,6 +17,9 @@
 /* 1-IDENT_TXN_ID_MAX of [A-Za-z0-9_-]. */
 bool ident_txn_id_valid(const char *s);
 
+/* 1-max of [A-Za-z0-9_-] (len bytes of s): list names, feature arguments, labels. */
+bool ident_token_valid(const char *s, size_t len, size_t max);
+
 /* A list name: 1-IDENT_NAME_MAX of [A-Za-z0-9_-] (len bytes of s). */
 bool ident_list_name_valid(const char *s, size_t len);
 

@@ -23,7 +23,7 @@ struct lease_table {
 
 void lease_bucket(const config *c, char *out, size_t cap)
 {
-    snprintf(out, cap, "%s%sverdict_leases", c->prefix, c->prefix[0] ? "_" : "");
+    config_name(c, NAME_BUCKET, "verdict_leases", out, cap);
 }
 
 vstatus lease_open(lease_table **out, jsCtx *js, const char *bucket, const char *engine_id, int64_t ttl_ms,

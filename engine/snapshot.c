@@ -26,7 +26,7 @@ typedef struct names {
 
 void snapshot_bucket(const config *c, char *out, size_t cap)
 {
-    snprintf(out, cap, "%s%sverdict_state", c->prefix, c->prefix[0] ? "_" : "");
+    config_name(c, NAME_BUCKET, "verdict_state", out, cap);
 }
 
 static void names_of(const config *c, names *n)
