@@ -149,22 +149,12 @@ static void txn_id(char *out, size_t cap, int p, int k) { snprintf(out, cap, "pt
 static void *publisher(void *arg)
 {
     int p = (int)(intptr_t)arg;
-    config cc;
-    config_defaults(&cc);
-    str_copy(cc.nats_url, sizeof cc.nats_url, urls);
+    char who[48];
+    snprintf(who, sizeof who, "test_partition: publisher %d", p);
     natsConnection *c = NULL;
-    verror e = {0};
-    if (broker_connect_simple(&cc, &c, &e) != V_OK) {
-        fprintf(stderr, "test_partition: publisher %d cannot connect: %s\n", p, e.msg);
-        return NULL;
-    }
     jsCtx *j = NULL;
-    jsOptions jo;
-    jsOptions_Init(&jo);
-    if (natsConnection_JetStream(&j, c, &jo) != NATS_OK) {
-        natsConnection_Destroy(c);
+    if (!tc_thread_js(urls, who, &c, &j))
         return NULL;
-    }
     int64_t next = mono_ms();
     for (int k = 0; k < MAX_PER_PUB && !atomic_load(&stop_pub); k++) {
         char id[32];
@@ -175,27 +165,11 @@ static void *publisher(void *arg)
         int n = tc_pack(&t, buf);
         char subj[64]; /* one subject per transaction, so a lost one can be looked up in TXN */
         snprintf(subj, sizeof subj, "txn.partition.%d.%d", p, k);
-        jsPubOptions po;
-        jsPubOptions_Init(&po);
-        po.MsgId = id;
-        po.MaxWait = 2000;
         published[p] = k + 1;
-        /* a payment service retries the same id until the cluster confirms it (the duplicate window makes the
-         * retries safe); it gives up only after a minute */
-        int64_t give_up = mono_ms() + 60000;
-        bool ok = false, dup = false;
+        /* a payment service retries until the cluster confirms; it gives up only after a minute */
+        bool dup = false;
         uint64_t seq = 0;
-        while (!ok && mono_ms() < give_up) {
-            jsPubAck *pa = NULL;
-            ok = js_Publish(&pa, j, subj, buf, n, &po, NULL) == NATS_OK;
-            if (ok) {
-                dup = pa->Duplicate;
-                seq = pa->Sequence;
-            }
-            jsPubAck_Destroy(pa);
-            if (!ok)
-                tc_sleep_ms(100);
-        }
+        bool ok = tc_publish_until_confirmed(j, subj, buf, n, id, 60000, &dup, &seq);
         if (ok) {
             pub_seq[p][k] = seq;
             confirmed[p][k] = dup ? 2 : 1;
@@ -548,25 +522,10 @@ static void teardown(void)
     js = NULL;
     natsConnection_Destroy(nc);
     nc = NULL;
-    for (int i = 0; i < NODES; i++)
-        if (server_pid[i] > 0) {
-            kill(server_pid[i], SIGKILL);
-            child_wait(server_pid[i], 5000);
-            server_pid[i] = 0;
-        }
-    netns_lab_destroy(&lab);
     if (getenv("VERDICT_PARTITION_KEEP_LOGS"))
         passed = false; /* keep the logs of a passing run too, to study it */
-    for (int i = 0; i < NODES; i++)
-        if (store[i][0]) {
-            char cmd[600];
-            if (passed)
-                snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s.conf' '%s.log'", store[i], store[i], store[i]);
-            else
-                snprintf(cmd, sizeof cmd, "rm -rf '%s'", store[i]); /* logs kept for a failed run */
-            if (system(cmd) != 0)
-                fprintf(stderr, "test_partition: could not remove %s\n", store[i]);
-        }
+    netns_servers_remove(server_pid, store, NODES, !passed, "test_partition");
+    netns_lab_destroy(&lab);
     if (engine_log[0] && passed)
         unlink(engine_log);
     else if (engine_log[0])

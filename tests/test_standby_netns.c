@@ -141,22 +141,12 @@ static int published[PUBLISHERS];
 static void *publisher(void *arg)
 {
     int p = (int)(intptr_t)arg;
-    config cc;
-    config_defaults(&cc);
-    str_copy(cc.nats_url, sizeof cc.nats_url, url);
+    char who[48];
+    snprintf(who, sizeof who, "test_standby_netns: publisher %d", p);
     natsConnection *c = NULL;
-    verror e = {0};
-    if (broker_connect_simple(&cc, &c, &e) != V_OK) {
-        fprintf(stderr, "test_standby_netns: publisher %d cannot connect: %s\n", p, e.msg);
-        return NULL;
-    }
     jsCtx *j = NULL;
-    jsOptions jo;
-    jsOptions_Init(&jo);
-    if (natsConnection_JetStream(&j, c, &jo) != NATS_OK) {
-        natsConnection_Destroy(c);
+    if (!tc_thread_js(url, who, &c, &j))
         return NULL;
-    }
     int64_t next = mono_ms();
     for (int k = 0; k < MAX_PER_PUB && !atomic_load(&stop_pub); k++) {
         char id[32], subj[64];
@@ -166,22 +156,8 @@ static void *publisher(void *arg)
         tc_txn(&t, id, k % 25 == 0 ? 1500000 : 1000 + k);
         unsigned char buf[2048];
         int n = tc_pack(&t, buf);
-        jsPubOptions po;
-        jsPubOptions_Init(&po);
-        po.MsgId = id;
-        po.MaxWait = 2000;
         published[p] = k + 1;
-        /* a payment service retries the same id until the server confirms it (the duplicate window makes the
-         * retries safe) */
-        int64_t give_up = mono_ms() + 30000;
-        bool ok = false;
-        while (!ok && mono_ms() < give_up) {
-            jsPubAck *pa = NULL;
-            ok = js_Publish(&pa, j, subj, buf, n, &po, NULL) == NATS_OK;
-            jsPubAck_Destroy(pa);
-            if (!ok)
-                tc_sleep_ms(100);
-        }
+        bool ok = tc_publish_until_confirmed(j, subj, buf, n, id, 30000, NULL, NULL);
         if (ok) {
             confirmed[p][k] = 1;
             atomic_fetch_add(&confirmed_total, 1);
@@ -270,25 +246,10 @@ static void teardown(void)
     js = NULL;
     natsConnection_Destroy(nc);
     nc = NULL;
-    for (int i = 0; i < MAX_SERVERS; i++)
-        if (server_pid[i] > 0) {
-            kill(server_pid[i], SIGKILL);
-            child_wait(server_pid[i], 5000);
-            server_pid[i] = 0;
-        }
-    netns_lab_destroy(&lab);
     if (getenv("VERDICT_STANDBY_KEEP_LOGS"))
         passed = false; /* keep the logs of a passing run too, to study it */
-    for (int i = 0; i < MAX_SERVERS; i++)
-        if (store[i][0]) {
-            char cmd[640];
-            if (passed)
-                snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s.conf' '%s.log'", store[i], store[i], store[i]);
-            else
-                snprintf(cmd, sizeof cmd, "rm -rf '%s'", store[i]); /* the logs stay for a failed run */
-            if (system(cmd) != 0)
-                fprintf(stderr, "test_standby_netns: could not remove %s\n", store[i]);
-        }
+    netns_servers_remove(server_pid, store, MAX_SERVERS, !passed, "test_standby_netns");
+    netns_lab_destroy(&lab);
     for (int i = 0; i < 2; i++) {
         if (engine_log[i][0] && passed)
             unlink(engine_log[i]);

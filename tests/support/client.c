@@ -2,6 +2,8 @@
 #define _POSIX_C_SOURCE 200809L
 #include "client.h"
 
+#include "broker.h"
+#include "config.h"
 #include "harness.h"
 
 #include <criterion/criterion.h>
@@ -14,6 +16,61 @@ void tc_sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
+}
+
+static int64_t tc_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+bool tc_thread_js(const char *url, const char *who, natsConnection **nc, jsCtx **js)
+{
+    *nc = NULL;
+    *js = NULL;
+    config cc;
+    config_defaults(&cc);
+    str_copy(cc.nats_url, sizeof cc.nats_url, url);
+    verror e = {0};
+    if (broker_connect_simple(&cc, nc, &e) != V_OK) {
+        fprintf(stderr, "%s cannot connect: %s\n", who, e.msg);
+        return false;
+    }
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    if (natsConnection_JetStream(js, *nc, &jo) != NATS_OK) {
+        fprintf(stderr, "%s has no JetStream context\n", who);
+        natsConnection_Destroy(*nc);
+        *nc = NULL;
+        return false;
+    }
+    return true;
+}
+
+bool tc_publish_until_confirmed(jsCtx *js, const char *subj, const void *data, int len, const char *id,
+                                int give_up_ms, bool *dup, uint64_t *seq)
+{
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = id;
+    po.MaxWait = 2000;
+    int64_t give_up = tc_mono_ms() + give_up_ms;
+    for (;;) {
+        jsPubAck *pa = NULL;
+        if (js_Publish(&pa, js, subj, data, len, &po, NULL) == NATS_OK) {
+            if (dup)
+                *dup = pa->Duplicate;
+            if (seq)
+                *seq = pa->Sequence;
+            jsPubAck_Destroy(pa);
+            return true;
+        }
+        jsPubAck_Destroy(pa);
+        if (tc_mono_ms() >= give_up)
+            return false;
+        tc_sleep_ms(100);
+    }
 }
 
 natsConnection *tc_connect(const char *url)

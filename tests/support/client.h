@@ -38,5 +38,14 @@ bool tc_consumer_counts(jsCtx *js, uint64_t *ack_pending, uint64_t *pending, uin
 /* Spawns `verdict serve` against url with extra args (NULL-terminated) and waits until it is started. */
 pid_t tc_start_engine(const char *url, const char *log_path, const char *const extra[]);
 void tc_sleep_ms(int ms);
+/* For a test's own threads, which must not assert: a connection with the engine's options (broker_connect_simple)
+ * to url and a JetStream context on it; false, with who and why on stderr, when either fails. */
+bool tc_thread_js(const char *url, const char *who, natsConnection **nc, jsCtx **js);
+/* Publishes as a payment service does: the same message under the same Nats-Msg-Id again, every 100 ms (each try
+ * waits up to 2 s for its PubAck), until the server confirms it or give_up_ms has passed; the duplicate window
+ * makes the retries safe. True when confirmed; *dup and *seq (either may be NULL) say whether the confirmation
+ * was a Duplicate and which sequence it named. */
+bool tc_publish_until_confirmed(jsCtx *js, const char *subj, const void *data, int len, const char *id,
+                                int give_up_ms, bool *dup, uint64_t *seq);
 
 #endif

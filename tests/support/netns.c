@@ -6,6 +6,8 @@
 #endif
 #include "netns.h"
 
+#include "harness.h"
+
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
@@ -269,4 +271,25 @@ int netns_http_get(const char *addr, int port, const char *path, int timeout_ms,
     }
     free(buf);
     return status;
+}
+
+void netns_servers_remove(pid_t pid[], char store[][64], int n, bool keep_logs, const char *who)
+{
+    for (int i = 0; i < n; i++)
+        if (pid[i] > 0) {
+            kill(pid[i], SIGKILL);
+            child_wait(pid[i], 5000);
+            pid[i] = 0;
+        }
+    for (int i = 0; i < n; i++) {
+        if (!store[i][0])
+            continue;
+        char cmd[600];
+        if (keep_logs)
+            snprintf(cmd, sizeof cmd, "rm -rf '%s'", store[i]);
+        else
+            snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s.conf' '%s.log'", store[i], store[i], store[i]);
+        if (system(cmd) != 0)
+            fprintf(stderr, "%s: could not remove %s\n", who, store[i]);
+    }
 }

@@ -45,6 +45,11 @@ bool netns_heal_pair(netns_lab *l, int i, int j);
  * bridge). Safe to call twice and on a lab that was never created. */
 void netns_lab_destroy(netns_lab *l);
 
+/* Stops the lab's servers and removes their stores: each pid[i] > 0 is killed (SIGKILL) and waited for up to
+ * 5 s, then set to 0; each store[i] that is set is removed, and with it store[i].conf and store[i].log unless
+ * keep_logs (a failed run's logs stay to study). who names the test in messages. */
+void netns_servers_remove(pid_t pid[], char store[][64], int n, bool keep_logs, const char *who);
+
 /* Moves the calling thread into host i's namespace; threads it creates afterwards inherit it. Call it before
  * the first nats.c call of the process: nats.c's library threads (timers, reconnects) must be created there
  * too, or a reconnect made from one of them would run in the old namespace. */
