@@ -253,6 +253,29 @@ vstatus engine_start(const config *c, engine **out, verror *e) { return engine_s
         }                                                                                                      \
     } while (0)
 
+/* Asks the server to confirm what the engine has subscribed (a flush of each connection). A node lost meanwhile (a
+ * standby taking over while its server goes down) fails the flush with a disconnect, although nats.c sends the
+ * subscriptions again when it reconnects: then it is asked again, for up to START_CONFIRM_MS, unless the start is
+ * abandoned. Test fault "confirm_disconnect_once": the first answer is a disconnect. */
+#define START_CONFIRM_MS 30000
+static natsStatus confirm_subscriptions(engine *en)
+{
+    bool fault = strcmp(en->cfg.fault, "confirm_disconnect_once") == 0;
+    int64_t give_up = now_ms() + START_CONFIRM_MS;
+    for (;;) {
+        natsStatus s = fault ? NATS_CONNECTION_DISCONNECTED : natsConnection_FlushTimeout(en->inc, 5000);
+        fault = false;
+        if (s == NATS_OK)
+            s = natsConnection_FlushTimeout(en->nc, 5000);
+        if (s == NATS_OK || (s != NATS_CONNECTION_DISCONNECTED && s != NATS_TIMEOUT) || start_abandoned(en) ||
+            now_ms() >= give_up)
+            return s;
+        log_warn("the server did not confirm the engine's subscriptions yet; asking again",
+                 "\"error\":\"%s\"", natsStatus_GetText(s));
+        sleep_ms(200);
+    }
+}
+
 vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **out, verror *e)
 {
     engine *en = calloc(1, sizeof *en);
@@ -519,8 +542,7 @@ vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **ou
     }
     /* ready means subscribed: the SUBs (decide endpoint, $SRV, pulls) have reached the server, so a request sent
      * the moment this is logged or /readyz says ready is not lost */
-    if ((s = natsConnection_FlushTimeout(en->inc, 5000)) != NATS_OK ||
-        (s = natsConnection_FlushTimeout(en->nc, 5000)) != NATS_OK) {
+    if ((s = confirm_subscriptions(en)) != NATS_OK) {
         atomic_store(&en->stopping, true);
         join_threads(en);
         free_engine(en);

@@ -186,6 +186,33 @@ Test(lifecycle, sigterm_during_a_slow_rebuild_abandons_the_start)
     cr_assert_not(file_wait_for(logp, "engine started", 0), "the start went on after SIGTERM; see %s", logp);
 }
 
+/* The last step of a start asks the server to confirm the engine's subscriptions. A node lost at that moment (in
+ * test_cluster, the standby taking over while the lease bucket's leader is killed) answered with a disconnect
+ * and the engine exited "cannot start", although nats.c reconnects and subscribes again by itself: it asks again
+ * and starts. The fault stands in for the disconnect. */
+Test(lifecycle, a_disconnect_while_the_start_confirms_its_subscriptions_is_asked_again)
+{
+    setenv("VERDICT_TEST_FAULT", "confirm_disconnect_once", 1);
+    const char *argv[] = {"verdict", "serve", "--nats-url", srv.url, "--workers", "2", NULL};
+    engine_pid = verdict_spawn(argv, logp);
+    unsetenv("VERDICT_TEST_FAULT");
+    cr_assert(engine_pid > 0);
+    cr_assert(file_wait_for(logp, "engine started", 15000), "the engine did not start; see %s", logp);
+    cr_assert(file_wait_for(logp, "did not confirm the engine's subscriptions yet; asking again", 0), "see %s", logp);
+    cr_assert_not(file_wait_for(logp, "cannot start", 0), "see %s", logp);
+    natsConnection *nc = tc_connect(srv.url);
+    jsCtx *js = NULL;
+    cr_assert_eq(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
+    Transaction t;
+    tc_txn(&t, "confirm-1", 1000);
+    cr_assert(tc_publish(js, "txn.lifecycle.1", &t));
+    cr_assert_eq(tc_wait_msgs(js, "DECISIONS", 1, 15000), 1, "the started engine did not decide; see %s", logp);
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    int64_t took = 0;
+    cr_assert_eq(sigterm_and_wait(STOP_BOUND_MS, &took), 0, "see %s", logp);
+}
+
 /* Listens on port without ever accepting: connections complete in the kernel and then hear nothing, which is
  * what a client sees of a frozen server it connects to. */
 static int frozen_listener(int port)
