@@ -276,6 +276,25 @@ static natsStatus confirm_subscriptions(engine *en)
     }
 }
 
+/* Creates or verifies the streams and the consumer (broker_setup). A cluster that has just started or lost a node
+ * may not answer JetStream's API for seconds (no meta leader yet): a failed call is tried again, for up to
+ * START_CONFIRM_MS, unless the start is abandoned; what exists but differs from what is needed (V_ECONFLICT) or
+ * is invalid fails at once. Test fault "setup_timeout_once": the first attempt fails as a timeout. */
+static vstatus setup_streams(engine *en, verror *e)
+{
+    bool fault = strcmp(en->cfg.fault, "setup_timeout_once") == 0;
+    int64_t give_up = now_ms() + START_CONFIRM_MS;
+    for (;;) {
+        vstatus rc = fault ? verror_set(e, V_ENATS, "cannot create stream %s: Timeout (test fault)", en->cfg.txn_stream)
+                           : broker_setup(&en->cfg, en->js, e);
+        fault = false;
+        if (rc != V_ENATS || start_abandoned(en) || now_ms() >= give_up)
+            return rc;
+        log_warn("JetStream set-up failed; trying again", "\"error\":\"%s\"", log_esc(e->msg));
+        sleep_ms(500);
+    }
+}
+
 vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **out, verror *e)
 {
     engine *en = calloc(1, sizeof *en);
@@ -361,7 +380,7 @@ vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **ou
         return broker_err(e, s, 0, "cannot get a JetStream context");
     }
     atomic_store(&en->phase, PHASE_VERIFYING);
-    if ((rc = broker_setup(c, en->js, e)) != V_OK) {
+    if ((rc = setup_streams(en, e)) != V_OK) {
         free_engine(en);
         return rc;
     }

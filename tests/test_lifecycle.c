@@ -213,6 +213,21 @@ Test(lifecycle, a_disconnect_while_the_start_confirms_its_subscriptions_is_asked
     cr_assert_eq(sigterm_and_wait(STOP_BOUND_MS, &took), 0, "see %s", logp);
 }
 
+/* A cluster that has just formed may not answer the engine's stream set-up in time (test_partition under ASan:
+ * "cannot create stream TXN: Timeout", exit 1). The set-up is tried again and the engine starts. */
+Test(lifecycle, a_stream_setup_that_times_out_is_tried_again)
+{
+    setenv("VERDICT_TEST_FAULT", "setup_timeout_once", 1);
+    const char *argv[] = {"verdict", "serve", "--nats-url", srv.url, "--workers", "2", NULL};
+    engine_pid = verdict_spawn(argv, logp);
+    unsetenv("VERDICT_TEST_FAULT");
+    cr_assert(engine_pid > 0);
+    cr_assert(file_wait_for(logp, "engine started", 15000), "the engine did not start; see %s", logp);
+    cr_assert(file_wait_for(logp, "JetStream set-up failed; trying again", 0), "see %s", logp);
+    int64_t took = 0;
+    cr_assert_eq(sigterm_and_wait(STOP_BOUND_MS, &took), 0, "see %s", logp);
+}
+
 /* Listens on port without ever accepting: connections complete in the kernel and then hear nothing, which is
  * what a client sees of a frozen server it connects to. */
 static int frozen_listener(int port)
