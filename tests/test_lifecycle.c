@@ -213,7 +213,7 @@ Test(lifecycle, a_disconnect_while_the_start_confirms_its_subscriptions_is_asked
     cr_assert_eq(sigterm_and_wait(STOP_BOUND_MS, &took), 0, "see %s", logp);
 }
 
-/* A cluster that has just formed may not answer the engine's stream set-up in time (test_partition under ASan:
+/* A cluster that has just formed may not answer the engine's stream set-up in time (test_partition on nats-server 2.15.1 in CI:
  * "cannot create stream TXN: Timeout", exit 1). The set-up is tried again and the engine starts. */
 Test(lifecycle, a_stream_setup_that_times_out_is_tried_again)
 {
