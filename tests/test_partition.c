@@ -561,7 +561,7 @@ static void setup(void)
         SETUP_REQUIRE(netns_sysctl(&lab, ENGINE_HOST, "net/ipv4/tcp_retries2", retries), "cannot set tcp_retries2");
     size_t o = 0;
     for (int i = 0; i < NODES; i++) {
-        snprintf(store[i], sizeof store[i], "/tmp/verdict-pt-XXXXXX"); /* mkdtemp template */
+        snprintf(store[i], sizeof store[i], "/tmp/verdict-pt-XXXXXX"); /* mkdtemp replaces the Xs */
         SETUP_REQUIRE(mkdtemp(store[i]) != NULL, "cannot make a temporary directory");
         o += (size_t)snprintf(urls + o, sizeof urls - o, "%snats://%s:4222", i ? "," : "", lab.addr[i]);
     }

@@ -346,7 +346,7 @@ static void setup_lab(int servers)
     SETUP_REQUIRE(netns_lab_create(&lab, servers + 3), "cannot create the network namespaces (root is available)");
     SETUP_REQUIRE(netns_enter(&lab, client_host), "cannot enter the client namespace");
     for (int i = 0; i < servers; i++) {
-        snprintf(store[i], sizeof store[i], "/tmp/verdict-sb-XXXXXX"); /* mkdtemp template */
+        snprintf(store[i], sizeof store[i], "/tmp/verdict-sb-XXXXXX"); /* mkdtemp replaces the Xs */
         SETUP_REQUIRE(mkdtemp(store[i]) != NULL, "cannot make a temporary directory");
     }
     /* the clients use a server that no partition here separates from anything */
