@@ -241,12 +241,16 @@ Test(compose, the_cluster_nodes_route_and_refuse_clients_without_a_password)
     char routes[256];
     snprintf(routes, sizeof routes, "nats://127.0.0.1:%d,nats://127.0.0.1:%d,nats://127.0.0.1:%d", rport[0], rport[1],
              rport[2]);
+    /* every file is written before the first node starts: copying the shared users file again while a started
+     * node reads it (cp truncates first) let that node load no users at all, and a client connected without a
+     * password (CI, 2.10.27) */
+    cr_assert_eq(sh("cp nats-users.conf nats-permissions.conf '%s'/", dir), 0);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(sh("sed 's|store_dir: /data|store_dir: %s/store-%d|' nats-cluster.conf > '%s/nats-%d.conf'", dir,
+                        i + 1, dir, i + 1),
+                     0);
     pid_t pid[3];
     for (int i = 0; i < 3; i++) {
-        cr_assert_eq(sh("cp nats-users.conf nats-permissions.conf '%s'/ && sed 's|store_dir: /data|store_dir: "
-                        "%s/store-%d|' nats-cluster.conf > '%s/nats-%d.conf'",
-                        dir, dir, i + 1, dir, i + 1),
-                     0);
         char node[16];
         snprintf(node, sizeof node, "nats-%d", i + 1);
         pid[i] = spawn_node(dir, node, port[i], mport[i], rport[i], routes);
@@ -268,14 +272,18 @@ Test(compose, the_cluster_nodes_route_and_refuse_clients_without_a_password)
         cr_assert(routed, "nats-%d is not routed to the others; see %s", i + 1, dir);
     }
     natsConnection *nc = NULL;
-    natsStatus s = connect_as(port[0], "", &nc);
-    natsConnection_Destroy(nc);
-    cr_assert_neq(s, NATS_OK, "a client without a password connected");
-    s = connect_as(port[1], "verdict:wrong@", &nc);
-    natsConnection_Destroy(nc);
-    cr_assert_neq(s, NATS_OK, "a wrong password connected");
-    cr_assert_eq(connect_as(port[2], "verdict:a@", &nc), NATS_OK, "the engine's user cannot connect");
-    natsConnection_Destroy(nc);
+    natsStatus s;
+    for (int i = 0; i < 3; i++) { /* every node, each way */
+        s = connect_as(port[i], "", &nc);
+        natsConnection_Destroy(nc);
+        cr_assert_neq(s, NATS_OK, "a client without a password connected to nats-%d; see %s", i + 1, dir);
+        s = connect_as(port[i], "verdict:wrong@", &nc);
+        natsConnection_Destroy(nc);
+        cr_assert_neq(s, NATS_OK, "a wrong password connected to nats-%d; see %s", i + 1, dir);
+        cr_assert_eq(connect_as(port[i], "verdict:a@", &nc), NATS_OK, "the engine's user cannot connect to nats-%d",
+                     i + 1);
+        natsConnection_Destroy(nc);
+    }
     /* JetStream across the routes: an R3 stream placed through one node, by the admin user */
     cr_assert_eq(connect_as(port[0], "admin:c@", &nc), NATS_OK);
     jsCtx *js = NULL;
