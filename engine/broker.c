@@ -1,6 +1,8 @@
 /* broker.c - connection and idempotent JetStream set-up (see broker.h). */
 #include "broker.h"
 
+#include "partition.h"
+
 #include "nkey.h"
 
 #include "log.h"
@@ -448,11 +450,14 @@ static vstatus ensure_stream(const config *c, jsCtx *js, const stream_want *w, v
     return V_OK;
 }
 
-static vstatus ensure_consumer(const config *c, jsCtx *js, verror *e)
+static vstatus consumer_create(const config *c, jsCtx *js, const char *name, const char *filter, uint64_t start_seq,
+                               verror *e);
+
+static vstatus ensure_consumer(const config *c, jsCtx *js, const char *name, const char *filter, verror *e)
 {
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
-    natsStatus s = js_GetConsumerInfo(&ci, js, c->txn_stream, c->consumer, NULL, &jerr);
+    natsStatus s = js_GetConsumerInfo(&ci, js, c->txn_stream, name, NULL, &jerr);
     if (s == NATS_OK) {
         const jsConsumerConfig *have = ci->Config;
         vstatus rc = V_OK;
@@ -460,34 +465,35 @@ static vstatus ensure_consumer(const config *c, jsCtx *js, verror *e)
             rc = verror_set(e, V_ECONFLICT,
                             "consumer %s on %s does not use explicit acks, so decisions could be lost; delete it "
                             "(nats consumer rm %s %s) and restart Verdict to recreate it",
-                            c->consumer, c->txn_stream, c->txn_stream, c->consumer);
+                            name, c->txn_stream, c->txn_stream, name);
         else if (have->DeliverSubject && have->DeliverSubject[0])
             rc = verror_set(e, V_ECONFLICT,
                             "consumer %s on %s is a push consumer; Verdict needs a pull consumer: delete it (nats "
                             "consumer rm %s %s) and restart",
-                            c->consumer, c->txn_stream, c->txn_stream, c->consumer);
-        else if (have->FilterSubject && have->FilterSubject[0] && strcmp(have->FilterSubject, c->txn_subjects))
+                            name, c->txn_stream, c->txn_stream, name);
+        else if (have->FilterSubject && have->FilterSubject[0] && strcmp(have->FilterSubject, filter))
             rc = verror_set(e, V_ECONFLICT,
-                            "consumer %s on %s filters '%s' but Verdict must see '%s'; delete or fix it", c->consumer,
-                            c->txn_stream, have->FilterSubject, c->txn_subjects);
+                            "consumer %s on %s filters '%s' but Verdict must see '%s'; delete or fix it", name,
+                            c->txn_stream, have->FilterSubject, filter);
         if (rc == V_OK && (have->MaxDeliver != c->max_deliver || have->BackOffLen != c->backoff_len ||
                            (c->backoff_len == 0 && have->AckWait != c->ack_wait_ms * NS_PER_MS)))
             log_warn("consumer settings differ from configuration; using the consumer's",
                      "\"consumer\":\"%s\",\"max_deliver\":%lld,\"ack_wait_ms\":%lld,\"backoff_len\":%d",
-                     c->consumer, (long long)have->MaxDeliver, (long long)(have->AckWait / NS_PER_MS),
+                     name, (long long)have->MaxDeliver, (long long)(have->AckWait / NS_PER_MS),
                      have->BackOffLen);
         jsConsumerInfo_Destroy(ci);
         if (rc == V_OK)
-            log_info("consumer verified", "\"stream\":\"%s\",\"consumer\":\"%s\"", c->txn_stream, c->consumer);
+            log_info("consumer verified", "\"stream\":\"%s\",\"consumer\":\"%s\"", c->txn_stream, name);
         return rc;
     }
     if (s != NATS_NOT_FOUND && jerr != JSConsumerNotFoundErr)
         return broker_err(e, s, jerr, "cannot look up consumer");
 
-    return broker_consumer_create(c, js, 0, e);
+    return consumer_create(c, js, name, filter, 0, e);
 }
 
-vstatus broker_consumer_create(const config *c, jsCtx *js, uint64_t start_seq, verror *e)
+static vstatus consumer_create(const config *c, jsCtx *js, const char *name, const char *filter, uint64_t start_seq,
+                               verror *e)
 {
     int64_t backoff_ns[8];
     for (int i = 0; i < c->backoff_len; i++)
@@ -496,8 +502,8 @@ vstatus broker_consumer_create(const config *c, jsCtx *js, uint64_t start_seq, v
     jsErrCode jerr = 0;
     jsConsumerConfig cc;
     jsConsumerConfig_Init(&cc);
-    cc.Durable = c->consumer;
-    cc.Description = "Verdict decision engine";
+    cc.Durable = name;
+    cc.Description = c->partitions > 0 ? "Verdict decision engine: one partition of TXN" : "Verdict decision engine";
     cc.AckPolicy = js_AckExplicit;
     cc.DeliverPolicy = start_seq ? js_DeliverByStartSequence : js_DeliverAll;
     cc.OptStartSeq = start_seq;
@@ -505,7 +511,7 @@ vstatus broker_consumer_create(const config *c, jsCtx *js, uint64_t start_seq, v
     cc.MaxDeliver = c->max_deliver;
     cc.BackOff = c->backoff_len ? backoff_ns : NULL;
     cc.BackOffLen = c->backoff_len;
-    cc.FilterSubject = c->txn_subjects;
+    cc.FilterSubject = filter;
     /* room for every worker's batch plus retries in flight */
     cc.MaxAckPending = (int64_t)c->workers * c->batch * 4 > 1000 ? (int64_t)c->workers * c->batch * 4 : 1000;
     cc.MaxWaiting = 512;
@@ -513,7 +519,59 @@ vstatus broker_consumer_create(const config *c, jsCtx *js, uint64_t start_seq, v
     if (s != NATS_OK)
         return broker_err(e, s, jerr, "cannot create the durable consumer");
     jsConsumerInfo_Destroy(ci);
-    log_info("consumer created", "\"stream\":\"%s\",\"consumer\":\"%s\"", c->txn_stream, c->consumer);
+    log_info("consumer created", "\"stream\":\"%s\",\"consumer\":\"%s\"", c->txn_stream, name);
+    return V_OK;
+}
+
+vstatus broker_consumer_create(const config *c, jsCtx *js, uint64_t start_seq, verror *e)
+{
+    return consumer_create(c, js, c->consumer, c->txn_subjects, start_seq, e);
+}
+
+void broker_first_consumer(const config *c, char *out, size_t cap)
+{
+    if (c->partitions > 0)
+        partition_consumer(c, 0, out, cap);
+    else
+        str_copy(out, cap, c->consumer);
+}
+
+vstatus broker_consumer_positions(const config *c, jsCtx *js, consumer_positions *out, jsConsumerInfo **first,
+                                  verror *e)
+{
+    *out = (consumer_positions){0};
+    if (first)
+        *first = NULL;
+    int n = c->partitions > 0 ? c->partitions : 1;
+    for (int p = 0; p < n; p++) {
+        char name[NAME_MAX_LEN + 16];
+        if (c->partitions > 0)
+            partition_consumer(c, (unsigned)p, name, sizeof name);
+        else
+            str_copy(name, sizeof name, c->consumer);
+        jsConsumerInfo *ci = NULL;
+        jsErrCode jerr = 0;
+        natsStatus s = js_GetConsumerInfo(&ci, js, c->txn_stream, name, NULL, &jerr);
+        if (s != NATS_OK) {
+            if (first) {
+                jsConsumerInfo_Destroy(*first);
+                *first = NULL;
+            }
+            return broker_err(e, s, jerr, "cannot read the consumer's state");
+        }
+        if (ci->Delivered.Stream > out->delivered)
+            out->delivered = ci->Delivered.Stream;
+        if (p == 0 || ci->AckFloor.Stream < out->ack_floor)
+            out->ack_floor = ci->AckFloor.Stream;
+        out->pending += (int64_t)ci->NumPending;
+        out->ack_pending += (int64_t)ci->NumAckPending;
+        out->redelivered += (int64_t)ci->NumRedelivered;
+        out->waiting += (int64_t)ci->NumWaiting;
+        if (first && p == 0)
+            *first = ci;
+        else
+            jsConsumerInfo_Destroy(ci);
+    }
     return V_OK;
 }
 
@@ -522,8 +580,10 @@ vstatus broker_setup(const config *c, jsCtx *js, verror *e)
     char dec_subj[NAME_MAX_LEN + 4], dlq_subj[NAME_MAX_LEN + 4], adv1[300], adv2[300];
     snprintf(dec_subj, sizeof dec_subj, "%s.>", c->decision_prefix);
     snprintf(dlq_subj, sizeof dlq_subj, "%s.>", c->dlq_prefix);
-    snprintf(adv1, sizeof adv1, "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.%s.%s", c->txn_stream, c->consumer);
-    snprintf(adv2, sizeof adv2, "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.%s.%s", c->txn_stream, c->consumer);
+    /* partitioned: every partition consumer's advisories (the DLQ worker acts only on ours: dlq.c) */
+    const char *cons = c->partitions > 0 ? "*" : c->consumer;
+    snprintf(adv1, sizeof adv1, "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.%s.%s", c->txn_stream, cons);
+    snprintf(adv2, sizeof adv2, "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.%s.%s", c->txn_stream, cons);
     int64_t dec_dup = c->dup_window_ms > 2 * 60 * 1000 ? c->dup_window_ms : 2 * 60 * 1000;
     const stream_want streams[] = {
         {c->txn_stream, {c->txn_subjects}, 1, js_LimitsPolicy, c->txn_max_age_ms, c->dup_window_ms, true,
@@ -540,7 +600,17 @@ vstatus broker_setup(const config *c, jsCtx *js, verror *e)
         if (rc)
             return rc;
     }
-    return ensure_consumer(c, js, e);
+    if (c->partitions <= 0)
+        return ensure_consumer(c, js, c->consumer, c->txn_subjects, e);
+    for (int p = 0; p < c->partitions; p++) {
+        char name[NAME_MAX_LEN + 16], filter[NAME_MAX_LEN + 16];
+        partition_consumer(c, (unsigned)p, name, sizeof name);
+        partition_filter(c, (unsigned)p, filter, sizeof filter);
+        vstatus rc = ensure_consumer(c, js, name, filter, e);
+        if (rc != V_OK)
+            return rc;
+    }
+    return V_OK;
 }
 
 /* --- ack subject parsing ----------------------------------------------------------------------------- */

@@ -43,6 +43,19 @@ vstatus broker_setup(const config *c, jsCtx *js, verror *e);
  * engine that has delivered everything before it), 0 delivers all. */
 vstatus broker_consumer_create(const config *c, jsCtx *js, uint64_t start_seq, verror *e);
 
+/* The engine's durable consumers as one: c->consumer, or (--partitions) every partition consumer, with the
+ * highest delivered stream sequence, the lowest ack floor, and the counts summed. first receives the first
+ * consumer's info (partition 0's) when not NULL, for its cluster placement; the caller destroys it. */
+typedef struct consumer_positions {
+    uint64_t delivered, ack_floor;
+    int64_t pending, ack_pending, redelivered, waiting;
+} consumer_positions;
+vstatus broker_consumer_positions(const config *c, jsCtx *js, consumer_positions *out, jsConsumerInfo **first,
+                                  verror *e);
+
+/* The name of the (first) durable consumer: c->consumer, or partition 0's. */
+void broker_first_consumer(const config *c, char *out, size_t cap);
+
 /* Formats a nats.c failure: the status text plus nats.c's last error detail. */
 vstatus broker_err(verror *e, natsStatus s, jsErrCode jerr, const char *what);
 

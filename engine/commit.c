@@ -3,6 +3,8 @@
  * The worker connection is send-asap: acks, replies and pull requests leave at once. */
 #include "engine_int.h"
 
+#include "partition.h"
+
 #include "broker.h"
 #include "codec.h"
 #include "decide.h"
@@ -57,7 +59,9 @@ static void prepare(worker *w, int idx, slot *sl)
      * requester's inbox; a header is data from whoever published the message */
     const char *rt = NULL;
     if (natsMsgHeader_Get(msg, "Verdict-Reply-To", &rt) == NATS_OK && rt) {
-        if (strcmp(natsMsg_GetSubject(msg), cfg->ingress_subject) == 0 && reply_subject_ok(cfg, rt)) {
+        const char *subj = natsMsg_GetSubject(msg);
+        if ((strcmp(subj, cfg->ingress_subject) == 0 || partition_is_ingress_subject(cfg, subj)) &&
+            reply_subject_ok(cfg, rt)) {
             sl->reply_to = rt;
         } else {
             long long n = atomic_fetch_add(&en->stats.reply_to_ignored, 1);

@@ -105,6 +105,10 @@ static const opt opts[] = {
      "duplicate window of TXN and DECISIONS"},
     {"--txn-max-age", "VERDICT_TXN_MAX_AGE", O_DUR, F(txn_max_age_ms), "7d", G_NAMES, 0, MS_D * 3650, "TXN retention"},
     {"--replicas", "VERDICT_REPLICAS", O_INT, F(replicas), "1", G_NAMES, 1, 5, "stream replicas (3 on a cluster)"},
+    {"--partitions", "VERDICT_PARTITIONS", O_INT, F(partitions), "0", G_NAMES, 0, 1024,
+     "split TXN into this many partitions by card (subjects txn.p.<P>.<card_id>, P = FNV-1a(card_id) mod N), one "
+     "durable consumer each (verdict-p<P>), each decided by one engine at a time through a lease; engines share "
+     "the partitions among themselves (16 is a good start; docs/operations.md, Partitions). 0 = one consumer"},
 };
 
 /* A duration in the largest unit that states it exactly (1500ms, 90s, 60s -> 1m...). */
@@ -309,6 +313,21 @@ vstatus config_parse(config *c, int argc, char **argv, bool *help, int *rest, in
     }
     if (c->lease_ttl_ms && c->lease_ttl_ms < 600)
         return verror_set(e, V_EINVAL, "--lease-ttl must be 0 (no lease) or at least 600ms");
+    if (c->partitions > 0) {
+        /* partitioned: TXN holds the partition subjects only, so a publish anywhere else is refused by the server
+         * (no stream) rather than stored where no partition consumer would ever deliver it */
+        size_t n = strlen(c->txn_subjects);
+        if (n < 3 || strcmp(c->txn_subjects + n - 2, ".>") != 0)
+            return verror_set(e, V_EINVAL, "--partitions needs TXN subjects of the form <base>.> (have '%s')",
+                              c->txn_subjects);
+        if (n < 5 || strcmp(c->txn_subjects + n - 4, ".p.>") != 0) {
+            char sub[NAME_MAX_LEN];
+            snprintf(sub, sizeof sub, "%.*s.p.>", (int)(n - 2), c->txn_subjects);
+            str_copy(c->txn_subjects, sizeof c->txn_subjects, sub);
+        }
+        if (c->lease_ttl_ms == 0)
+            c->lease_ttl_ms = 3000; /* partitions are owned through leases; 3 s is the tested default */
+    }
     for (const char *p = c->prefix; *p; p++)
         if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_' || *p == '-'))
             return verror_set(e, V_EINVAL, "--prefix must be lower-case [a-z0-9_-]");

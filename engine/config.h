@@ -37,6 +37,7 @@ typedef struct config {
     int64_t dup_window_ms;
     int64_t txn_max_age_ms;
     int replicas;
+    int partitions; /* TXN split into this many partitions, one durable consumer each (partition.h); 0 = one consumer */
     /* processing */
     int workers;
     int batch;

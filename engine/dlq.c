@@ -182,6 +182,22 @@ static const char *original_txn_id(const config *c, natsMsg *m, arena *a)
     return txn_id_valid(id) ? id : NULL;
 }
 
+/* c->consumer, or one of its partition consumers (<consumer>-p<digits>) */
+static bool consumer_is_ours(const config *c, const char *name)
+{
+    size_t n = strlen(c->consumer);
+    if (strncmp(name, c->consumer, n) != 0)
+        return false;
+    if (name[n] == 0)
+        return true;
+    if (name[n] != '-' || name[n + 1] != 'p' || !name[n + 2])
+        return false;
+    for (const char *d = name + n + 2; *d; d++)
+        if (*d < '0' || *d > '9')
+            return false;
+    return true;
+}
+
 vstatus dlq_handle_advisory(const config *c, jsCtx *js, const char *json, int len, dlq_action *act,
                             poison_reason *why, verror *e)
 {
@@ -203,6 +219,12 @@ vstatus dlq_handle_advisory(const config *c, jsCtx *js, const char *json, int le
         r = DEAD_MAX_DELIVERIES;
     else if (type && strstr(type, "terminated"))
         r = DEAD_TERMINATED;
+    /* partitioned, the advisory stream captures every consumer of TXN: act only on Verdict's own */
+    const char *consumer = json_string_value(json_object_get(root, "consumer"));
+    if (c->partitions > 0 && consumer && !consumer_is_ours(c, consumer)) {
+        json_decref(root);
+        return V_OK;
+    }
     if (r == POISON_NONE || !stream || seq <= 0 || strcmp(stream, c->txn_stream) != 0) {
         json_decref(root);
         return V_OK; /* not ours to act on: ack it */
@@ -309,15 +331,10 @@ typedef struct sweep_counts {
 
 static bool ack_floor(dlq_worker *w, uint64_t *floor, verror *e)
 {
-    jsConsumerInfo *ci = NULL;
-    jsErrCode jerr = 0;
-    natsStatus s = js_GetConsumerInfo(&ci, w->js, w->cfg.txn_stream, w->cfg.consumer, NULL, &jerr);
-    if (s != NATS_OK) {
-        broker_err(e, s, jerr, "cannot read the consumer's ack floor");
+    consumer_positions cp; /* partitioned: the lowest ack floor of all */
+    if (broker_consumer_positions(&w->cfg, w->js, &cp, NULL, e) != V_OK)
         return false;
-    }
-    *floor = ci->AckFloor.Stream;
-    jsConsumerInfo_Destroy(ci);
+    *floor = cp.ack_floor;
     return true;
 }
 

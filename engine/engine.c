@@ -116,6 +116,7 @@ static int64_t ms_left(int64_t deadline_ns)
 /* The sequencing stage and the workers, once stopping is set. */
 static void join_threads(engine *en)
 {
+    partset_stop_fetching(en); /* partitioned: nothing more is queued for the sequencer */
     if (en->seq_started) {
         pthread_join(en->seq_thread, NULL);
         en->seq_started = false;
@@ -149,6 +150,7 @@ static void free_engine(engine *en)
     observe_stop(en->observe);
     en->observe = NULL;
     lease_thread_stop(en);
+    partset_free(en);
     reloader_stop(en->reloader);
     en->reloader = NULL;
     checkpoint_stop(en->ckpt);
@@ -223,7 +225,9 @@ static vstatus effective_ack_wait(engine *en, verror *e)
 {
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
-    natsStatus s = js_GetConsumerInfo(&ci, en->js, en->cfg.txn_stream, en->cfg.consumer, NULL, &jerr);
+    char name[NAME_MAX_LEN + 16]; /* partitioned: every partition consumer is made alike; the first speaks for all */
+    broker_first_consumer(&en->cfg, name, sizeof name);
+    natsStatus s = js_GetConsumerInfo(&ci, en->js, en->cfg.txn_stream, name, NULL, &jerr);
     if (s != NATS_OK)
         return broker_err(e, s, jerr, "cannot read the consumer's configuration");
     int64_t ns = ci->Config->AckWait;
@@ -415,7 +419,7 @@ vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **ou
     pthread_mutex_unlock(&en->policy_mu);
     START_CHECK(en, e);
     /* hot standby: with a lease, take work only as the consumer's owner; the state is kept current meanwhile */
-    if (c->lease_ttl_ms > 0 && (rc = standby_wait(en, e)) != V_OK) {
+    if (c->lease_ttl_ms > 0 && c->partitions <= 0 && (rc = standby_wait(en, e)) != V_OK) {
         free_engine(en);
         return rc;
     }
@@ -475,7 +479,7 @@ vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **ou
         return rc;
     }
     /* the sequencing stage: one pull subscription, and a batch for each worker plus one being filled */
-    en->nbatches = en->nworkers + 1;
+    en->nbatches = en->nworkers + 1 + (c->partitions > 0 ? c->partitions : 0); /* + one per partition fetcher */
     en->batches = calloc((size_t)en->nbatches, sizeof *en->batches);
     if (!en->batches || arena_init(&en->seq_arena, txn_arena_size((size_t)c->max_msg_size)) != V_OK) {
         free_engine(en);
@@ -492,7 +496,7 @@ vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **ou
         b->next = en->free_b;
         en->free_b = b;
     }
-    {
+    if (c->partitions <= 0) { /* partitioned: each owned partition's fetcher binds its own (partset.c) */
         jsSubOptions so;
         jsSubOptions_Init(&so);
         so.Stream = c->txn_stream;
@@ -541,6 +545,12 @@ vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **ou
         en->workers[i].running = true;
     }
     if (en->leases && (rc = lease_thread_start(en, e)) != V_OK) {
+        atomic_store(&en->stopping, true);
+        join_threads(en);
+        free_engine(en);
+        return rc;
+    }
+    if (c->partitions > 0 && (rc = partset_start(en, e)) != V_OK) {
         atomic_store(&en->stopping, true);
         join_threads(en);
         free_engine(en);
@@ -621,6 +631,11 @@ void engine_stop(engine *en)
         natsConnection_FlushTimeout(en->nc, ms_left(dl));
         if (ms_left(dl) > 0)
             lease_give_up(en);
+    }
+    if (en->parts && ms_left(dl) > 0) { /* the same for every partition it owned */
+        natsConnection_FlushTimeout(en->nc, ms_left(dl));
+        if (ms_left(dl) > 0)
+            partset_give_up(en);
     }
     shadow_engine_drain(en, ms_left(dl));
     /* the state no longer moves: checkpoint it, so the next start replays only what comes after */

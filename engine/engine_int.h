@@ -142,6 +142,9 @@ struct engine {
     pthread_cond_t q_cv;  /* a batch became ready or free */
     batch *free_b;        /* free batches */
     batch *ready_head, *ready_tail;
+    /* partitioned (--partitions; partset.c): the fetchers' batches, in the order fetched, for the sequencer */
+    batch *fetched_head, *fetched_tail;
+    struct partset *parts; /* NULL unless partitioned */
     policy *next_policy;  /* a reload with a new state, waiting for the sequencer to reach its position (policy_mu) */
     velref *next_vel;
     int64_t ack_wait_ms;  /* the consumer's effective AckWait for a first delivery */
@@ -274,6 +277,13 @@ int64_t longest_window(const policy *p);
 void seq_catch_up(engine *en, velref *r, const policy *p, uint64_t to);
 /* standby.c */
 vstatus standby_wait(engine *en, verror *e);
+/* partset.c: the partitions this engine decides (--partitions) */
+typedef struct partset partset;
+vstatus partset_start(engine *en, verror *e); /* after the workers and the sequencer run */
+void partset_stop_fetching(engine *en);       /* the manager and every fetcher stopped; leases kept */
+void partset_give_up(engine *en);             /* at a stop: leases released, membership withdrawn */
+void partset_free(engine *en);
+int partset_owned(const engine *en);
 vstatus lease_thread_start(engine *en, verror *e);
 void lease_thread_stop(engine *en);
 void lease_give_up(engine *en);

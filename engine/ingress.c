@@ -10,6 +10,7 @@
 #include "ident.h"
 #include "log.h"
 #include "observe.h"
+#include "partition.h"
 #include "rebuild.h"
 #include "sequencer.h"
 #include "reloader.h"
@@ -52,8 +53,21 @@ void ingress_on_request(natsConnection *nc, natsSubscription *sub, natsMsg *req,
         natsMsg_Destroy(req);
         return;
     }
+    /* partitioned TXN: stored under the card's partition, where that partition's owner pulls it */
+    char psubj[NAME_MAX_LEN + IDENT_SUBJECT_MAX];
+    const char *subject = en->cfg.ingress_subject;
+    if (en->cfg.partitions > 0) {
+        if (!partition_ingress_subject(&en->cfg, t->card_id, psubj, sizeof psubj)) {
+            request_failed(en, nc, reply, 400,
+                           "card_id cannot be a subject token: it must not contain '.', '*', '>' or white space");
+            json_request_done(&jr);
+            natsMsg_Destroy(req);
+            return;
+        }
+        subject = psubj;
+    }
     natsMsg *m = NULL;
-    natsStatus s = natsMsg_Create(&m, en->cfg.ingress_subject, NULL, jr.data, jr.len);
+    natsStatus s = natsMsg_Create(&m, subject, NULL, jr.data, jr.len);
     json_request_done(&jr);
     if (s == NATS_OK)
         s = natsMsgHeader_Set(m, "Verdict-Reply-To", reply);

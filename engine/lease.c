@@ -150,7 +150,9 @@ vstatus lease_step(lease_table *t, lease *l, verror *e)
     if (s == NATS_NOT_FOUND) { /* absent or deleted: taken at once; Create fails if someone else just did */
         l->held = false;
         l->revision = 0;
-        (void)lease_write(t, l, t->instance, l->epoch + 1, now);
+        l->owner[0] = 0;
+        if (!l->no_take)
+            (void)lease_write(t, l, t->instance, l->epoch + 1, now);
         return V_OK;
     }
     if (s != NATS_OK)
@@ -181,7 +183,7 @@ vstatus lease_step(lease_table *t, lease *l, verror *e)
     l->held = false; /* someone else's, or released */
     bool released = owner[0] == 0;
     bool expired = now - l->observed_ns >= (ttl > t->ttl_ms ? ttl : t->ttl_ms) * NS_PER_MS;
-    if (released || expired)
+    if ((released || expired) && !l->no_take)
         (void)lease_write(t, l, t->instance, epoch + 1, now);
     return V_OK;
 }

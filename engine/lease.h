@@ -40,6 +40,8 @@ typedef struct lease {
     int64_t observed_ns;          /* contender: mono_ns() when `revision` was first read */
     int64_t foreign_ttl_ms;       /* contender: the TTL the current owner wrote */
     char owner[LEASE_OWNER_MAX];  /* the owner of the last revision read ("" = released or never held) */
+    bool no_take;                 /* set by the caller: observe a free or expired lease, do not take it (an
+                                     engine that holds its share of the partitions already) */
 } lease;
 
 /* The bucket's name for c: "verdict_leases", or "<prefix>_verdict_leases". */

@@ -1,6 +1,8 @@
 /* observe.c - metrics, health and $SRV discovery (see observe.h). */
 #include "observe.h"
 
+#include "broker.h"
+
 #include "log.h"
 
 #include <arpa/inet.h>
@@ -526,17 +528,18 @@ static void poll_once(observe *o)
         has_quorum(si->Cluster, si->Config ? si->Config->Replicas : 0))
         atomic_store(&o->decisions_ok_ns, mono_ns());
     jsStreamInfo_Destroy(si);
-    natsStatus s = js_GetConsumerInfo(&ci, o->js, o->cfg.txn_stream, o->cfg.consumer, NULL, &jerr);
-    if (s != NATS_OK) {
+    consumer_positions cp; /* partitioned: all partition consumers summed, the first one's placement */
+    verror pe = {0};
+    if (broker_consumer_positions(&o->cfg, o->js, &cp, &ci, &pe) != V_OK) {
         atomic_fetch_add(&o->poll_errors, 1);
         return;
     }
     if (has_quorum(ci->Cluster, ci->Config ? ci->Config->Replicas : 0))
         atomic_store(&o->consumer_ok_ns, mono_ns());
-    atomic_store(&o->pending, (long long)ci->NumPending);
-    atomic_store(&o->ack_pending, (long long)ci->NumAckPending);
-    atomic_store(&o->redelivered, (long long)ci->NumRedelivered);
-    atomic_store(&o->waiting, (long long)ci->NumWaiting);
+    atomic_store(&o->pending, (long long)cp.pending);
+    atomic_store(&o->ack_pending, (long long)cp.ack_pending);
+    atomic_store(&o->redelivered, (long long)cp.redelivered);
+    atomic_store(&o->waiting, (long long)cp.waiting);
     atomic_store(&o->polled, true);
     jsConsumerInfo_Destroy(ci);
 }

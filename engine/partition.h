@@ -26,4 +26,23 @@ uint32_t partition_of(const char *key, size_t len, uint32_t n);
  * tab, CR, LF or NUL. */
 bool partition_key_ok(const char *key, size_t len);
 
+/* --- partitioned TXN (--partitions N) ------------------------------------------------------------------
+ * TXN's subjects are <base>.> with base ending in ".p" (config.c makes them so): a payment service publishes to
+ * <base>.<P>.<card_id>, the ingress (verdict.v1.decide) to <base>.<P>.req.<card_id>, a subject only the engine's
+ * NATS user may publish to, so that only the ingress's own messages may name a reply inbox (commit.c). Partition
+ * P's durable consumer is <consumer>-p<P>, filtered on <base>.<P>.>. */
+struct config;
+
+/* The durable consumer of partition p: "<consumer>-p<p>". */
+void partition_consumer(const struct config *c, unsigned p, char *out, size_t cap);
+
+/* Its filter subject: "<base>.<p>.>". */
+void partition_filter(const struct config *c, unsigned p, char *out, size_t cap);
+
+/* The subject the ingress stores a request of card_id under; false when card_id cannot be a subject token. */
+bool partition_ingress_subject(const struct config *c, const char *card_id, char *out, size_t cap);
+
+/* Whether subj is one the ingress writes (<base>.<digits>.req.<token>). */
+bool partition_is_ingress_subject(const struct config *c, const char *subj);
+
 #endif

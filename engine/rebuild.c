@@ -33,14 +33,14 @@ static void fault_pause(const config *c)
 
 vstatus rebuild_consumer_seqs(jsCtx *js, const config *c, uint64_t *delivered, uint64_t *ack_floor, verror *e)
 {
-    jsConsumerInfo *ci = NULL;
-    jsErrCode jerr = 0;
-    natsStatus s = js_GetConsumerInfo(&ci, js, c->txn_stream, c->consumer, NULL, &jerr);
-    if (s != NATS_OK)
-        return broker_err(e, s, jerr, "cannot read the consumer's state");
-    *delivered = ci->Delivered.Stream;
-    *ack_floor = ci->AckFloor.Stream;
-    jsConsumerInfo_Destroy(ci);
+    /* partitioned: the highest delivered and the lowest ack floor of all partitions, so the state covers what
+     * any partition delivered and the ring what any may deliver again */
+    consumer_positions cp;
+    vstatus rc = broker_consumer_positions(c, js, &cp, NULL, e);
+    if (rc != V_OK)
+        return rc;
+    *delivered = cp.delivered;
+    *ack_floor = cp.ack_floor;
     return V_OK;
 }
 

@@ -210,9 +210,71 @@ static void batch_take_policy(engine *en, batch *b)
     pthread_mutex_unlock(&en->policy_mu);
 }
 
+/* Partitioned: the next batch a partition's fetcher queued (partset.c), or NULL after a short wait. */
+static batch *take_fetched(engine *en)
+{
+    pthread_mutex_lock(&en->q_mu);
+    if (!en->fetched_head && !atomic_load(&en->stopping))
+        cond_wait_ms(&en->q_cv, &en->q_mu, 100);
+    batch *b = en->fetched_head;
+    if (b) {
+        en->fetched_head = b->next;
+        if (!en->fetched_head)
+            en->fetched_tail = NULL;
+    }
+    pthread_mutex_unlock(&en->q_mu);
+    return b;
+}
+
+static void hand_to_workers(engine *en, batch *b)
+{
+    batch_take_policy(en, b);
+    for (int i = 0; i < b->list.Count; i++)
+        sequence_one(en, b, i);
+    pthread_mutex_lock(&en->q_mu);
+    b->next = NULL;
+    if (en->ready_tail)
+        en->ready_tail->next = b;
+    else
+        en->ready_head = b;
+    en->ready_tail = b;
+    pthread_cond_broadcast(&en->q_cv);
+    pthread_mutex_unlock(&en->q_mu);
+    checkpoint_serve(en->ckpt); /* between two batches: the state is at a sequence boundary */
+}
+
+/* The partitioned sequencer: the fetchers pull, this thread only sequences, in the order batches arrive. A
+ * message below the state's position (another partition ran ahead) finds its features in the ring, recorded
+ * in stream order by the catch-up that counted it. At the stop, what was fetched but not sequenced is handed
+ * back at once for the next owner. */
+static void seq_partitioned(engine *en)
+{
+    while (!atomic_load(&en->stopping)) {
+        batch *b = take_fetched(en);
+        if (!b) {
+            seq_switch(en); /* idle: a reload's new state need not wait for traffic */
+            checkpoint_serve(en->ckpt);
+            continue;
+        }
+        hand_to_workers(en, b);
+    }
+    for (batch *b; (b = take_fetched(en)) != NULL;) {
+        for (int i = 0; i < b->list.Count; i++)
+            natsMsg_Nak(b->list.Msgs[i], NULL);
+        batch_recycle(en, b);
+    }
+}
+
 void *seq_main(void *arg)
 {
     engine *en = arg;
+    if (en->parts) {
+        seq_partitioned(en);
+        pthread_mutex_lock(&en->q_mu);
+        pthread_cond_broadcast(&en->q_cv);
+        pthread_mutex_unlock(&en->q_mu);
+        return NULL;
+    }
     while (!atomic_load(&en->stopping)) {
         pthread_mutex_lock(&en->q_mu);
         while (!en->free_b && !atomic_load(&en->stopping)) {
@@ -263,19 +325,7 @@ void *seq_main(void *arg)
         }
         b->recv_ns = mono_ns();
         b->recv_wall_us = now_us();
-        batch_take_policy(en, b);
-        for (int i = 0; i < b->list.Count; i++)
-            sequence_one(en, b, i);
-        pthread_mutex_lock(&en->q_mu);
-        b->next = NULL;
-        if (en->ready_tail)
-            en->ready_tail->next = b;
-        else
-            en->ready_head = b;
-        en->ready_tail = b;
-        pthread_cond_broadcast(&en->q_cv);
-        pthread_mutex_unlock(&en->q_mu);
-        checkpoint_serve(en->ckpt); /* between two batches: the state is at a sequence boundary */
+        hand_to_workers(en, b);
     }
     pthread_mutex_lock(&en->q_mu);
     pthread_cond_broadcast(&en->q_cv);

@@ -13,6 +13,7 @@
 #include "engine_int.h"
 #include "config.h"
 #include "decide.h"
+#include "partition.h"
 #include "rebuild.h"
 #include "sequencer.h"
 #include "simgen.h"
@@ -65,6 +66,7 @@ static void setup(void)
 }
 
 static simgen *gen; /* the payments world, continued across publish_world calls of a test */
+static int partitions_n; /* > 0: the partitioned suite: publish to txn.p.<P>.<card_id> */
 
 static void teardown(void)
 {
@@ -82,6 +84,7 @@ typedef struct entry {
     char id[72];
     double score;
     bool used;
+    short part; /* the partitioned suite: the transaction's partition */
 } entry;
 static entry ref[MAP_CAP];
 
@@ -118,7 +121,11 @@ static void publish_some(int count, int per_ms)
         simgen_next(g, &t);
         size_t n = verdict__v1__transaction__pack(&t, buf);
         natsMsg *m = NULL;
-        cr_assert_eq(natsMsg_Create(&m, "txn.in", NULL, (const char *)buf, (int)n), NATS_OK);
+        char subj[160] = "txn.in";
+        if (partitions_n > 0) /* what a payment service publishing directly computes (partition.h) */
+            snprintf(subj, sizeof subj, "txn.p.%u.%s", partition_of(t.card_id, strlen(t.card_id), (uint32_t)partitions_n),
+                     t.card_id);
+        cr_assert_eq(natsMsg_Create(&m, subj, NULL, (const char *)buf, (int)n), NATS_OK);
         jsPubOptions po;
         jsPubOptions_Init(&po);
         po.MsgId = t.txn_id;
@@ -216,6 +223,7 @@ static int reference_scores(void)
                 en->used = true;
                 snprintf(en->id, sizeof en->id, "%s", t->txn_id);
                 en->score = out.score;
+                en->part = (short)(partitions_n > 0 ? partition_of(t->card_id, strlen(t->card_id), (uint32_t)partitions_n) : 0);
                 n++;
             }
         }
@@ -634,6 +642,175 @@ Test(sequence, an_owner_that_cannot_renew_stops_pulling_before_the_standby_takes
     cr_assert_eq(engines, 2, "see %s", logp);
     cr_assert_eq(switches, 1, "owner and standby decided at the same time: %d switches; see %s", switches, logp);
     assert_served_equals_reference_n("an owner that cannot renew", 3000);
+}
+
+/* --- partitioned (issue 18) ------------------------------------------------------------------------------
+ * TXN split into 8 partitions (--partitions 8), shared by several engines. Every engine computes the whole stream's
+ * state (its catch-up counts the other partitions' transactions), so the served scores must equal the same
+ * single-state stream-order reference, whoever decided which partition, through a kill -9, a join and a leave. */
+
+#define PARTS "8"
+
+static void psetup(void)
+{
+    partitions_n = 8;
+    tc_fixture_up(&srv, &nc, &js, logp, sizeof logp);
+    snprintf(rulesp, sizeof rulesp, "%s/rules/default.rules", VERDICT_SOURCE_DIR);
+    snprintf(modelp, sizeof modelp, "%s/models/verdict-gbdt.json", VERDICT_SOURCE_DIR);
+    config c;
+    config_defaults(&c);
+    char *args[] = {"serve", "--ack-wait", "2s", "--backoff", "300ms", "--partitions", PARTS, NULL};
+    bool help = false;
+    verror e = {0};
+    cr_assert_eq(config_parse(&c, 7, args, &help, NULL, NULL, &e), V_OK, "%s", e.msg);
+    cr_assert_str_eq(c.txn_subjects, "txn.p.>");
+    cr_assert_eq(broker_setup(&c, js, &e), V_OK, "%s", e.msg);
+}
+
+static void pteardown(void)
+{
+    partitions_n = 0;
+    teardown();
+}
+
+TestSuite(partitioned, .init = psetup, .fini = pteardown, .timeout = 240);
+
+static const char *const part_args[] = {"--partitions", PARTS, "--lease-ttl", "1500ms", NULL};
+
+static pid_t start_member(void)
+{
+    return start_engine("2", "32", NULL, part_args);
+}
+
+/* Every partition consumer has delivered and had acked all it holds. */
+static bool partitions_idle(void)
+{
+    for (int p = 0; p < partitions_n; p++) {
+        char name[32];
+        snprintf(name, sizeof name, "verdict-p%d", p);
+        jsConsumerInfo *ci = NULL;
+        if (js_GetConsumerInfo(&ci, js, "TXN", name, NULL, NULL) != NATS_OK)
+            return false;
+        bool idle = ci->NumPending == 0 && ci->NumAckPending == 0;
+        jsConsumerInfo_Destroy(ci);
+        if (!idle)
+            return false;
+    }
+    return true;
+}
+
+static void wait_all_decided_partitioned(int n)
+{
+    cr_assert_eq(tc_wait_msgs(js, "DECISIONS", (uint64_t)n, 90000), (uint64_t)n,
+                 "not every transaction was decided; see %s", logp);
+    int waited = 0;
+    for (; !partitions_idle(); waited += 100) {
+        cr_assert(waited < 30000, "the partition consumers did not drain; see %s", logp);
+        tc_sleep_ms(100);
+    }
+}
+
+/* Waits until the engines together hold every partition: the taken minus the released and lost, in the log. */
+static int owned_total(void)
+{
+    return tc_count_lines(logp, "\"partition taken: this engine decides it\"") -
+           tc_count_lines(logp, "\"partition released for another engine\"") -
+           tc_count_lines(logp, "\"partition released at the stop\"") -
+           tc_count_lines(logp, "\"partition lost: another engine owns it now\"");
+}
+
+typedef struct part_owners {
+    char owner[8][64]; /* per partition: the engine id of its last decision */
+    int conflicts;     /* a partition decided by two engines, alternately (a switch back) */
+    char seen[8][8][64];
+    int nseen[8];
+} part_owners;
+
+static void owners_one(const Decision *d, void *ctx)
+{
+    part_owners *po = ctx;
+    int p = slot_of(d->txn_id)->part; /* the reference has been computed */
+    if (po->owner[p][0] && strcmp(po->owner[p], d->engine_id) != 0)
+        for (int i = 0; i < po->nseen[p]; i++)
+            if (strcmp(po->seen[p][i], d->engine_id) == 0)
+                po->conflicts++; /* back to an engine that had it before: two deciding at once */
+    snprintf(po->owner[p], sizeof po->owner[p], "%s", d->engine_id);
+    for (int i = 0; i < po->nseen[p]; i++)
+        if (strcmp(po->seen[p][i], d->engine_id) == 0)
+            return;
+    if (po->nseen[p] < 8)
+        snprintf(po->seen[p][po->nseen[p]++], 64, "%s", d->engine_id);
+}
+
+Test(partitioned, three_engines_share_the_partitions_and_survive_a_kill_9_with_the_stream_order_features)
+{
+    pid_t a = start_member();
+    pid_t b = start_member();
+    pid_t c = start_member();
+    int waited = 0;
+    for (; owned_total() != 8 || tc_count_lines(logp, "\"partition released for another engine\"") < 2; waited += 50) {
+        cr_assert(waited < 20000, "the three engines did not share the 8 partitions; see %s", logp);
+        tc_sleep_ms(50);
+    }
+    publish_some(1500, 2);
+    wait_all_decided_partitioned(1500);
+    int taken = tc_count_lines(logp, "\"partition taken: this engine decides it\"");
+    int64_t t0 = mono_ns();
+    kill(b, SIGKILL);
+    cr_assert_eq(child_wait(b, 5000), -1);
+    publish_some(1500, 2); /* b's partitions are taken over while these arrive */
+    /* b held 2 or 3 of the 8: all are taken by the two others */
+    for (waited = 0; tc_count_lines(logp, "\"partition taken: this engine decides it\"") - taken < 2; waited += 20) {
+        cr_assert(waited < 15000, "the killed engine's partitions were not taken over; see %s", logp);
+        tc_sleep_ms(20);
+    }
+    fprintf(stderr, "partitioned: the first of the killed engine's partitions taken %lld ms after its kill -9 "
+                    "(lease TTL 1500 ms)\n",
+            (long long)((mono_ns() - t0) / 1000000));
+    wait_all_decided_partitioned(3000);
+    stop_engine(a);
+    stop_engine(c);
+    assert_served_equals_reference_n("three partitioned engines, one killed", 3000);
+    part_owners po = {0};
+    each_decision(owners_one, &po);
+    cr_assert_eq(po.conflicts, 0, "a partition went back and forth between engines; see %s", logp);
+    int deciders = 0;
+    for (int p = 0; p < 8; p++)
+        deciders += po.nseen[p];
+    cr_assert_geq(deciders, 10, "the killed engine's partitions were decided by another engine after it");
+}
+
+Test(partitioned, an_engine_that_joins_and_one_that_leaves_rebalance_with_the_stream_order_features)
+{
+    pid_t a = start_member();
+    pid_t b = start_member();
+    int waited = 0;
+    for (; owned_total() != 8 || tc_count_lines(logp, "\"partition released for another engine\"") < 4; waited += 50) {
+        cr_assert(waited < 20000, "the two engines did not share the 8 partitions 4 and 4; see %s", logp);
+        tc_sleep_ms(50);
+    }
+    publish_some(1000, 2);
+    int released = tc_count_lines(logp, "\"partition released for another engine\"");
+    pid_t c = start_member(); /* joins: a and b give it its share (8 among 3: 3, 3, 2) */
+    for (waited = 0; tc_count_lines(logp, "\"partition released for another engine\"") - released < 2; waited += 50) {
+        cr_assert(waited < 20000, "nothing was released for the joining engine; see %s", logp);
+        tc_sleep_ms(50);
+    }
+    publish_some(1000, 2);
+    stop_engine(a); /* leaves: its partitions are released at its stop and taken at once */
+    cr_assert_gt(tc_count_lines(logp, "\"partitions released: other engines take them at once\""), 0);
+    publish_some(1000, 2);
+    wait_all_decided_partitioned(3000);
+    for (waited = 0; owned_total() != 8; waited += 50) {
+        cr_assert(waited < 20000, "the two remaining engines do not hold all 8 partitions; see %s", logp);
+        tc_sleep_ms(50);
+    }
+    stop_engine(b);
+    stop_engine(c);
+    assert_served_equals_reference_n("a join and a leave", 3000);
+    part_owners po = {0};
+    each_decision(owners_one, &po);
+    cr_assert_eq(po.conflicts, 0, "a partition went back and forth between engines; see %s", logp);
 }
 
 /* --- the feature ring (unit) ------------------------------------------------------------------------------ */
