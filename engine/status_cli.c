@@ -8,6 +8,7 @@
 #include "cli.h"
 #include "cliconn.h"
 #include "lease.h"
+#include "partition.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -134,9 +135,8 @@ static void nats_reason(natsStatus s, char *out, size_t cap)
 /* The consumer's lease (--lease-ttl; lease.h): who owns the consumer; or "exists":false when there is no lease
  * entry (no engine uses a lease); or, when it could not be read, "exists" as far as known and "error" saying
  * why. An unreadable lease is not "none": engines may be deciding under one. */
-static json_t *lease_json(cliconn *c)
+static json_t *lease_json_named(cliconn *c, const char *name)
 {
-    const char *name = c->cfg.consumer;
     char bucket[96], why[256];
     lease_bucket(&c->cfg, bucket, sizeof bucket);
     kvStore *kv = NULL;
@@ -181,6 +181,25 @@ static json_t *lease_json(cliconn *c)
     }
     kvStore_Destroy(kv);
     return out ? out : json_pack("{s:s, s:b, s:s}", "name", name, "exists", 0, "error", "out of memory");
+}
+
+static json_t *lease_json(cliconn *c)
+{
+    return lease_json_named(c, c->cfg.consumer);
+}
+
+/* Partitioned (--partitions N): per partition, its consumer's counts and its lease's owner. */
+static json_t *partitions_json(cliconn *c)
+{
+    json_t *arr = json_array();
+    for (int p = 0; arr && p < c->cfg.partitions; p++) {
+        char name[NAME_MAX_LEN + 16];
+        partition_consumer(&c->cfg, (unsigned)p, name, sizeof name);
+        json_array_append_new(arr, json_pack("{s:i, s:o, s:o}", "partition", p, "consumer",
+                                             consumer_json(c, c->cfg.txn_stream, name), "lease",
+                                             lease_json_named(c, name)));
+    }
+    return arr ? arr : json_array();
 }
 
 static int by_id(const void *a, const void *b)
@@ -306,10 +325,36 @@ static void print_text(const json_t *st, int wait_ms)
         printf("%-18s %10lld %10s  %-34s  %-34s  %lld  %s\n", S(s, "name"), I(s, "messages"), b, f, l, I(s, "replicas"),
                json_is_string(json_object_get(s, "leader")) ? S(s, "leader") : "-");
     }
+    const json_t *parts = json_object_get(st, "partitions");
+    if (json_is_array(parts)) {
+        printf("\nPARTITIONS (%zu: a durable consumer on TXN and a lease each)\n", json_array_size(parts));
+        printf("  %-4s %-22s %9s %11s  %s\n", "P", "CONSUMER", "PENDING", "ACK PENDING", "OWNER (EPOCH, RENEWED)");
+        json_array_foreach(parts, i, s)
+        {
+            const json_t *pc = json_object_get(s, "consumer"), *pl = json_object_get(s, "lease");
+            char owner[256];
+            if (json_is_string(json_object_get(pl, "error")))
+                snprintf(owner, sizeof owner, "unreadable: %s", S(pl, "error"));
+            else if (!json_is_true(json_object_get(pl, "exists")))
+                snprintf(owner, sizeof owner, "none (no engine has taken it)");
+            else if (!S(pl, "owner")[0])
+                snprintf(owner, sizeof owner, "released (epoch %lld)", I(pl, "epoch"));
+            else
+                snprintf(owner, sizeof owner, "%s (%lld, %lld ms ago%s)", S(pl, "owner"), I(pl, "epoch"),
+                         I(pl, "renewed_ms_ago"), I(pl, "renewed_ms_ago") > I(pl, "ttl_ms") ? ", lapsed" : "");
+            if (json_is_true(json_object_get(pc, "exists")))
+                printf("  %-4lld %-22s %9lld %11lld  %s\n", I(s, "partition"), S(pc, "name"), I(pc, "pending"),
+                       I(pc, "ack_pending"), owner);
+            else
+                printf("  %-4lld %-22s %9s %11s  %s\n", I(s, "partition"), S(pc, "name"), "-", "-", owner);
+        }
+    }
     static const char *const which[] = {"consumer", "dlq_consumer"};
     static const char *const what[] = {"the engines' work", "the DLQ worker's advisories"};
     for (size_t k = 0; k < 2; k++) {
         const json_t *c = json_object_get(st, which[k]);
+        if (!c)
+            continue; /* partitioned: the partitions above */
         printf("\nCONSUMER %s/%s (%s)", S(c, "stream"), S(c, "name"), what[k]);
         if (!json_is_true(json_object_get(c, "exists"))) {
             printf("  %s: no engine has started with these names\n", S(c, "error"));
@@ -321,7 +366,9 @@ static void print_text(const json_t *st, int wait_ms)
                I(c, "delivered_stream_seq"), S(c, "last_delivered"), I(c, "ack_floor_stream_seq"));
     }
     const json_t *ls = json_object_get(st, "lease");
-    if (json_is_string(json_object_get(ls, "error")))
+    if (!ls)
+        ; /* partitioned: a lease per partition, above */
+    else if (json_is_string(json_object_get(ls, "error")))
         printf("\nLEASE %s: unreadable: %s\n", S(ls, "name"), S(ls, "error"));
     else if (!json_is_true(json_object_get(ls, "exists")))
         printf("\nLEASE %s: none (engines run without --lease-ttl, or none has started with it)\n", S(ls, "name"));
@@ -401,10 +448,14 @@ int cmd_status(int argc, char **argv)
     /* the DLQ worker's durable is the engines' name with _dlq (engine/dlq.c) */
     char dlq_consumer[NAME_MAX_LEN + 8];
     snprintf(dlq_consumer, sizeof dlq_consumer, "%s_dlq", c.cfg.consumer);
-    json_t *st = json_pack("{s:o, s:o, s:o, s:o, s:o, s:o}", "streams", streams, "consumer",
-                           consumer_json(&c, c.cfg.txn_stream, c.cfg.consumer), "dlq_consumer",
-                           consumer_json(&c, c.cfg.adv_stream, dlq_consumer), "lease", lease_json(&c), "cases",
-                           cases_json(&c), "engines", engines_json(&c, wait_ms));
+    json_t *st = c.cfg.partitions > 0
+                     ? json_pack("{s:o, s:o, s:o, s:o, s:o}", "streams", streams, "partitions", partitions_json(&c),
+                                 "dlq_consumer", consumer_json(&c, c.cfg.adv_stream, dlq_consumer), "cases",
+                                 cases_json(&c), "engines", engines_json(&c, wait_ms))
+                     : json_pack("{s:o, s:o, s:o, s:o, s:o, s:o}", "streams", streams, "consumer",
+                                 consumer_json(&c, c.cfg.txn_stream, c.cfg.consumer), "dlq_consumer",
+                                 consumer_json(&c, c.cfg.adv_stream, dlq_consumer), "lease", lease_json(&c), "cases",
+                                 cases_json(&c), "engines", engines_json(&c, wait_ms));
     if (!st) {
         fprintf(stderr, "verdict status: out of memory\n");
         cliconn_close(&c);

@@ -8,6 +8,7 @@
  * contenders racing for a free lease produce exactly one holder, round after round. */
 #include "client.h"
 #include "harness.h"
+#include "config.h"
 #include "lease.h"
 #include "partition.h"
 
@@ -34,6 +35,45 @@ Test(partition_fn, is_fnv1a_32_modulo_n)
     cr_assert_not(partition_key_ok("a b", 3));
     cr_assert_not(partition_key_ok("*", 1));
     cr_assert_not(partition_key_ok("", 0));
+}
+
+/* --partitions: TXN's subjects become <base>.p.>, a partition's consumer and filter, the ingress's own subject
+ * (the only one whose Verdict-Reply-To is honoured), and a card id that is no subject token has none. */
+Test(partition_fn, names_the_partitioned_subjects_and_consumers)
+{
+    config c;
+    config_defaults(&c);
+    char *argv[] = {"serve", "--partitions", "16"};
+    bool help = false;
+    verror e = {0};
+    cr_assert_eq(config_parse(&c, 3, argv, &help, NULL, NULL, &e), V_OK, "%s", e.msg);
+    cr_assert_str_eq(c.txn_subjects, "txn.p.>");
+    cr_assert_eq(c.lease_ttl_ms, 3000, "partitions are owned through leases: a TTL by default");
+    char out[128];
+    partition_consumer(&c, 3, out, sizeof out);
+    cr_assert_str_eq(out, "verdict-p3");
+    partition_filter(&c, 3, out, sizeof out);
+    cr_assert_str_eq(out, "txn.p.3.>");
+    cr_assert(partition_ingress_subject(&c, "foobar", out, sizeof out));
+    char want[64];
+    snprintf(want, sizeof want, "txn.p.%u.req.foobar", 0xbf9cf968u % 16);
+    cr_assert_str_eq(out, want);
+    cr_assert_not(partition_ingress_subject(&c, "a.b", out, sizeof out));
+    cr_assert(partition_is_ingress_subject(&c, want));
+    cr_assert_not(partition_is_ingress_subject(&c, "txn.p.3.foobar"), "a payment service's subject");
+    cr_assert_not(partition_is_ingress_subject(&c, "txn.p.x.req.foobar"));
+    cr_assert_not(partition_is_ingress_subject(&c, "txn.p.3.req."));
+    cr_assert_not(partition_is_ingress_subject(&c, "txn.q.3.req.foobar"));
+    cr_assert_not(partition_is_ingress_subject(&c, "txn.p.3.req.a.b"));
+    /* with a prefix, and without partitions nothing is a partition subject */
+    config d;
+    config_defaults(&d);
+    char *argv2[] = {"serve", "--prefix", "acme", "--partitions", "4"};
+    cr_assert_eq(config_parse(&d, 5, argv2, &help, NULL, NULL, &e), V_OK, "%s", e.msg);
+    cr_assert_str_eq(d.txn_subjects, "acme.txn.p.>");
+    config z;
+    config_defaults(&z);
+    cr_assert_not(partition_is_ingress_subject(&z, want));
 }
 
 Test(partition_fn, agrees_with_the_servers_partition_mapping, .timeout = 30)
@@ -203,6 +243,30 @@ Test(lease, a_released_lease_is_taken_at_once, .init = up, .fini = down, .timeou
     cr_assert(lb.held, "released lease not taken at once");
     cr_assert_lt(mono_ns() - t0, 2000 * MS, "took longer than a TTL would allow");
     cr_assert_eq(lb.epoch, la.epoch + 1);
+    lease_close(a);
+    lease_close(b);
+}
+
+/* An engine at its share of the partitions observes a free lease without taking it (no_take), and takes it at
+ * once when it may again; an expired one likewise. */
+Test(lease, no_take_observes_a_free_or_expired_lease_without_taking_it, .init = up, .fini = down, .timeout = 30)
+{
+    lease_table *a = open_table("engine-a", 1000), *b = open_table("engine-b", 1000);
+    lease la, lb;
+    cr_assert(lease_init(&la, "verdict-p2"));
+    cr_assert(lease_init(&lb, "verdict-p2"));
+    lb.no_take = true;
+    step(b, &lb);
+    cr_assert_not(lb.held, "an absent lease taken despite no_take");
+    step(a, &la);
+    cr_assert(la.held, "the other engine takes it");
+    step(b, &lb); /* b reads a's revision: its clock starts */
+    tc_sleep_ms(1200); /* a stops renewing: expired for b */
+    step(b, &lb);
+    cr_assert_not(lb.held, "an expired lease taken despite no_take");
+    lb.no_take = false;
+    step(b, &lb);
+    cr_assert(lb.held, "an expired lease not taken once b may");
     lease_close(a);
     lease_close(b);
 }

@@ -813,6 +813,83 @@ Test(partitioned, an_engine_that_joins_and_one_that_leaves_rebalance_with_the_st
     cr_assert_eq(po.conflicts, 0, "a partition went back and forth between engines; see %s", logp);
 }
 
+/* The ingress, partitioned: a request is stored under its card's partition (txn.p.<P>.req.<card>) and answered by
+ * whichever engine owns P; a card id that cannot be a subject token is refused with 400, nothing stored; a
+ * Verdict-Reply-To on a payment service's own partition subject is not honoured. verdict status names the owner
+ * of every partition. */
+Test(partitioned, the_ingress_stores_a_request_under_its_card_s_partition_and_answers_it)
+{
+    pid_t a = start_member();
+    int waited = 0;
+    for (; owned_total() != 8; waited += 50) {
+        cr_assert(waited < 20000, "the engine did not take the 8 partitions; see %s", logp);
+        tc_sleep_ms(50);
+    }
+    Transaction t;
+    tc_txn(&t, "pi-1", 250000);
+    unsigned char buf[2048];
+    int n = tc_pack(&t, buf);
+    natsMsg *r = NULL;
+    cr_assert_eq(natsConnection_Request(&r, nc, "verdict.v1.decide", buf, n, 5000), NATS_OK);
+    const char *outcome = NULL;
+    cr_assert_eq(natsMsgHeader_Get(r, "Verdict-Outcome", &outcome), NATS_OK, "see %s", logp);
+    natsMsg_Destroy(r);
+    natsMsg *m = NULL;
+    cr_assert_eq(js_GetLastMsg(&m, js, "TXN", "txn.p.*.req.>", NULL, NULL), NATS_OK);
+    char want[128];
+    snprintf(want, sizeof want, "txn.p.%u.req.%s", partition_of(t.card_id, strlen(t.card_id), 8), t.card_id);
+    cr_assert_str_eq(natsMsg_GetSubject(m), want);
+    natsMsg_Destroy(m);
+    /* a card id with a dot cannot be a subject token: refused, nothing stored */
+    uint64_t before = tc_stream_msgs(js, "TXN");
+    t.txn_id = "pi-2";
+    t.card_id = "card.with.dots";
+    n = tc_pack(&t, buf);
+    cr_assert_eq(natsConnection_Request(&r, nc, "verdict.v1.decide", buf, n, 5000), NATS_OK);
+    const char *code = NULL;
+    natsMsgHeader_Get(r, "Nats-Service-Error-Code", &code);
+    cr_assert(code && strcmp(code, "400") == 0, "a card id that is no subject token is a 400 (got %s)", code ? code : "none");
+    natsMsg_Destroy(r);
+    cr_assert_eq(tc_stream_msgs(js, "TXN"), before);
+    /* a payment service's own partition subject may not name a reply inbox */
+    int ignored = tc_count_lines(logp, "Verdict-Reply-To ignored");
+    t.txn_id = "pi-3";
+    t.card_id = "tok_forged";
+    n = tc_pack(&t, buf);
+    char subj[96];
+    snprintf(subj, sizeof subj, "txn.p.%u.tok_forged", partition_of("tok_forged", 10, 8));
+    cr_assert_eq(natsMsg_Create(&m, subj, NULL, (const char *)buf, n), NATS_OK);
+    natsMsgHeader_Set(m, "Verdict-Reply-To", "_INBOX.someone");
+    jsPubAck *pa = NULL;
+    cr_assert_eq(js_PublishMsg(&pa, js, m, NULL, NULL), NATS_OK);
+    jsPubAck_Destroy(pa);
+    natsMsg_Destroy(m);
+    wait_more_lines("Verdict-Reply-To ignored", ignored, 10000);
+    /* verdict status: every partition owned by this engine */
+    char out[256];
+    temp_path(out, sizeof out, ".json");
+    const char *argv[] = {"verdict", "status", "--json", "--wait", "100", "--partitions", PARTS, "--nats-url", srv.url,
+                          NULL};
+    pid_t st = verdict_spawn(argv, out);
+    cr_assert_eq(child_wait(st, 20000), 0, "verdict status failed; see %s", out);
+    json_error_t je;
+    json_t *j = json_load_file(out, 0, &je);
+    cr_assert_not_null(j, "status printed no JSON: %s (%s)", je.text, out);
+    json_t *parts = json_object_get(j, "partitions");
+    cr_assert_eq(json_array_size(parts), 8, "see %s", out);
+    char mine[32];
+    snprintf(mine, sizeof mine, "-%d/", (int)a);
+    for (size_t i = 0; i < 8; i++) {
+        json_t *l = json_object_get(json_array_get(parts, i), "lease");
+        const char *owner = json_string_value(json_object_get(l, "owner"));
+        cr_assert(owner && strstr(owner, mine), "partition %zu: owner '%s', not the engine (pid %d); see %s", i,
+                  owner ? owner : "none", (int)a, out);
+    }
+    json_decref(j);
+    unlink(out);
+    stop_engine(a);
+}
+
 /* --- the feature ring (unit) ------------------------------------------------------------------------------ */
 
 TestSuite(featring, .timeout = 10);
