@@ -258,8 +258,11 @@ static void manager_round(partset *ps)
     int held = 0;
     for (int i = 0; i < ps->n; i++)
         held += ps->parts[i].lease.held;
-    for (int k = 0; k < ps->n; k++) {
+    /* the held ones first: a slow bucket must not make a renewal wait behind the others' reads */
+    for (int k = 0; k < 2 * ps->n; k++) {
         part *pt = &ps->parts[(ps->offset + (unsigned)k) % (unsigned)ps->n];
+        if ((k < ps->n) != pt->lease.held)
+            continue;
         bool was = pt->lease.held;
         pt->lease.no_take = !was && held >= share;
         verror le = {0};
