@@ -11,6 +11,7 @@
 #include "broker.h"
 #include "client.h"
 #include "harness.h"
+#include "partition.h"
 
 #include <criterion/criterion.h>
 #include <signal.h>
@@ -112,18 +113,36 @@ static int engine_conns_on(int i)
 
 /* Transaction i: every tenth over the built-in review threshold, every 25th over decline, so all three
  * outcomes occur. */
+static int partitions_n; /* > 0: the partitioned test: publish to txn.p.<P>.<card> with a card per i % 40 */
+static char card_of_i[TOTAL][24];
+
 static void make_txn(Transaction *t, const char *id, int i)
 {
     tc_txn(t, id, i % 25 == 0 ? 1500000 : i % 10 == 0 ? 300000 : 1000 + i);
+    if (partitions_n > 0) { /* cards spread over the partitions */
+        snprintf(card_of_i[i], sizeof card_of_i[i], "tok_card_%d", i % 40);
+        t->card_id = card_of_i[i];
+    }
+}
+
+/* The subject transaction i is published to: the partition of its card when partitioned. */
+static void txn_subject(const Transaction *t, char *out, size_t cap)
+{
+    if (partitions_n > 0)
+        snprintf(out, cap, "txn.p.%u.%s", partition_of(t->card_id, strlen(t->card_id), (uint32_t)partitions_n),
+                 t->card_id);
+    else
+        snprintf(out, cap, "txn.cluster");
 }
 
 /* Publishes one transaction, retrying through leader elections until the stream confirms it (bounded). */
 static void publish_txn(int i)
 {
-    char id[32];
+    char id[32], subj[96];
     snprintf(id, sizeof id, "cl-%d", i);
     Transaction t;
     make_txn(&t, id, i);
+    txn_subject(&t, subj, sizeof subj);
     unsigned char buf[2048];
     int n = tc_pack(&t, buf);
     jsPubOptions po;
@@ -134,7 +153,7 @@ static void publish_txn(int i)
     int64_t deadline = now_ms() + 20000;
     while (now_ms() < deadline) {
         jsPubAck *pa = NULL;
-        s = js_Publish(&pa, js, "txn.cluster", buf, n, &po, NULL);
+        s = js_Publish(&pa, js, subj, buf, n, &po, NULL);
         jsPubAck_Destroy(pa);
         if (s == NATS_OK)
             return;
@@ -152,8 +171,10 @@ static void burst_txn(int i)
     make_txn(&t, id, i);
     unsigned char buf[2048];
     int n = tc_pack(&t, buf);
+    char subj[96];
+    txn_subject(&t, subj, sizeof subj);
     natsMsg *m = NULL;
-    cr_assert_eq(natsMsg_Create(&m, "txn.cluster", NULL, (const char *)buf, n), NATS_OK);
+    cr_assert_eq(natsMsg_Create(&m, subj, NULL, (const char *)buf, n), NATS_OK);
     cr_assert_eq(natsMsgHeader_Set(m, "Nats-Msg-Id", id), NATS_OK);
     cr_assert_eq(natsConnection_PublishMsg(nc, m), NATS_OK);
     natsMsg_Destroy(m);
@@ -536,4 +557,101 @@ Test(cluster, a_standby_takes_over_from_a_killed_owner_and_survives_losing_the_l
     standby_pid = 0;
     passed = true;
 }
+/* Issue 18: three partitioned engines (--partitions 8) on the R3 cluster, one killed with SIGKILL under load: its
+ * partitions are taken by the two others within the lease TTL plus a round (5 s is the issue's bound), every
+ * transaction is decided exactly once, nothing is dead-lettered. */
+Test(cluster, partitioned_engines_take_over_a_killed_engine_s_partitions_within_5_s)
+{
+    partitions_n = 8;
+    config cc;
+    config_defaults(&cc);
+    cr_assert(str_copy(cc.nats_url, sizeof cc.nats_url, cl.urls));
+    verror e = {0};
+    cr_assert_eq(broker_connect_simple(&cc, &nc, &e), V_OK, "connect to %s: %s", cl.urls, e.msg);
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = 5000;
+    cr_assert_eq(natsConnection_JetStream(&js, nc, &jo), NATS_OK);
+    const char *extra[] = {"--replicas", "3", "--ack-wait", "2s", "--backoff", "", "--batch", "16",
+                           "--partitions", "8", "--engine-id", "p-a", NULL};
+    engine_pid = tc_start_engine(cl.urls, logp, extra); /* the one killed below */
+    temp_path(logp2, sizeof logp2, ".log");
+    char logp3[256];
+    temp_path(logp3, sizeof logp3, ".log");
+    const char *argv2[] = {"verdict", "serve", "--nats-url", cl.urls, "--workers", "2", "--replicas", "3",
+                           "--ack-wait", "2s", "--backoff", "", "--batch", "16", "--partitions", "8",
+                           "--engine-id", "p-b", NULL};
+    standby_pid = verdict_spawn(argv2, logp2);
+    const char *argv3[] = {"verdict", "serve", "--nats-url", cl.urls, "--workers", "2", "--replicas", "3",
+                           "--ack-wait", "2s", "--backoff", "", "--batch", "16", "--partitions", "8",
+                           "--engine-id", "p-c", NULL};
+    pid_t third = verdict_spawn(argv3, logp3);
+    cr_assert(standby_pid > 0 && third > 0);
+    /* the three share the 8 partitions: a holds 2 or 3 once the others have taken theirs */
+    int held_a = 0;
+    for (int waited = 0;; waited += 100) {
+        held_a = log_count("\"partition taken: this engine decides it\"") -
+                 log_count("\"partition released for another engine\"");
+        int others = tc_count_lines(logp2, "\"partition taken: this engine decides it\"") +
+                     tc_count_lines(logp3, "\"partition taken: this engine decides it\"") -
+                     tc_count_lines(logp2, "\"partition released for another engine\"") -
+                     tc_count_lines(logp3, "\"partition released for another engine\"");
+        if (held_a + others == 8 && held_a <= 3 && held_a >= 2)
+            break;
+        cr_assert(waited < 30000, "the three engines did not share the partitions (a %d, others %d); see %s %s %s",
+                  held_a, others, logp, logp2, logp3);
+        tc_sleep_ms(100);
+    }
+    cr_assert_eq(stream_replicas("KV_verdict_members", NULL, 0), 3, "the members bucket is R3 like the streams");
+    int taken_before = tc_count_lines(logp2, "\"partition taken: this engine decides it\"") +
+                       tc_count_lines(logp3, "\"partition taken: this engine decides it\"");
+    int64_t killed_at = 0, taken_ms = -1;
+    for (int i = 0; i < TOTAL; i++) {
+        publish_txn(i);
+        tc_sleep_ms(2);
+        if (i == KILL_AT) {
+            for (int b = i + 1; b <= i + BURST && b < TOTAL; b++)
+                burst_txn(b);
+            cr_assert_eq(natsConnection_FlushTimeout(nc, 5000), NATS_OK);
+            kill(engine_pid, SIGKILL);
+            child_wait(engine_pid, 5000);
+            engine_pid = 0;
+            killed_at = mono_ns();
+        }
+        if (killed_at && taken_ms < 0 &&
+            tc_count_lines(logp2, "\"partition taken: this engine decides it\"") +
+                    tc_count_lines(logp3, "\"partition taken: this engine decides it\"") - taken_before >=
+                held_a)
+            taken_ms = (mono_ns() - killed_at) / 1000000;
+    }
+    for (int waited = 0; taken_ms < 0; waited += 20) {
+        cr_assert(waited < 20000, "the killed engine's %d partitions were not all taken; see %s %s", held_a, logp2,
+                  logp3);
+        if (tc_count_lines(logp2, "\"partition taken: this engine decides it\"") +
+                tc_count_lines(logp3, "\"partition taken: this engine decides it\"") - taken_before >=
+            held_a)
+            taken_ms = (mono_ns() - killed_at) / 1000000;
+        else
+            tc_sleep_ms(20);
+    }
+    fprintf(stderr, "test_cluster: the killed engine's %d partitions were all taken %lld ms after its kill -9 "
+                    "(lease TTL 3 s)\n",
+            held_a, (long long)taken_ms);
+    cr_assert_lt(taken_ms, 5000, "its partitions were taken %lld ms after the kill; see %s %s", (long long)taken_ms,
+                 logp2, logp3);
+    uint64_t got = tc_wait_msgs(js, "DECISIONS", TOTAL, 60000);
+    cr_assert_eq(got, TOTAL, "decisions %llu of %d; see %s and %s", (unsigned long long)got, TOTAL, logp2, logp3);
+    tc_sleep_ms(2500); /* longer than AckWait: a late redelivery would have been decided by now */
+    cr_assert_eq(tc_stream_msgs(js, "DECISIONS"), TOTAL, "a transaction decided twice; see %s %s", logp2, logp3);
+    cr_assert_eq(tc_stream_msgs(js, "DLQ"), 0, "nothing may be dead-lettered; see %s %s", logp2, logp3);
+    kill(third, SIGTERM);
+    cr_assert_eq(child_wait(third, 15000), 0, "p-c did not exit 0 on SIGTERM; see %s", logp3);
+    kill(standby_pid, SIGTERM);
+    cr_assert_eq(child_wait(standby_pid, 15000), 0, "p-b did not exit 0 on SIGTERM; see %s", logp2);
+    standby_pid = 0;
+    unlink(logp3);
+    partitions_n = 0;
+    passed = true;
+}
+
 #endif
