@@ -277,6 +277,9 @@ int64_t longest_window(const policy *p);
 void seq_catch_up(engine *en, velref *r, const policy *p, uint64_t to);
 /* standby.c */
 vstatus standby_wait(engine *en, verror *e);
+/* Appends b to the queue head/tail (q_mu) and wakes the engine's threads waiting on q_cv. */
+void batch_enqueue(engine *en, batch **head, batch **tail, batch *b);
+
 /* partset.c: the partitions this engine decides (--partitions) */
 typedef struct partset partset;
 vstatus partset_start(engine *en, verror *e); /* after the workers and the sequencer run */

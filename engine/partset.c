@@ -136,15 +136,7 @@ static void *fetcher_main(void *arg)
         }
         b->recv_ns = mono_ns();
         b->recv_wall_us = now_us();
-        pthread_mutex_lock(&en->q_mu);
-        b->next = NULL;
-        if (en->fetched_tail)
-            en->fetched_tail->next = b;
-        else
-            en->fetched_head = b;
-        en->fetched_tail = b;
-        pthread_cond_broadcast(&en->q_cv);
-        pthread_mutex_unlock(&en->q_mu);
+        batch_enqueue(en, &en->fetched_head, &en->fetched_tail, b);
     }
     return NULL;
 }

@@ -210,6 +210,19 @@ static void batch_take_policy(engine *en, batch *b)
     pthread_mutex_unlock(&en->policy_mu);
 }
 
+void batch_enqueue(engine *en, batch **head, batch **tail, batch *b)
+{
+    pthread_mutex_lock(&en->q_mu);
+    b->next = NULL;
+    if (*tail)
+        (*tail)->next = b;
+    else
+        *head = b;
+    *tail = b;
+    pthread_cond_broadcast(&en->q_cv);
+    pthread_mutex_unlock(&en->q_mu);
+}
+
 /* Partitioned: the next batch a partition's fetcher queued (partset.c), or NULL after a short wait. */
 static batch *take_fetched(engine *en)
 {
@@ -231,15 +244,7 @@ static void hand_to_workers(engine *en, batch *b)
     batch_take_policy(en, b);
     for (int i = 0; i < b->list.Count; i++)
         sequence_one(en, b, i);
-    pthread_mutex_lock(&en->q_mu);
-    b->next = NULL;
-    if (en->ready_tail)
-        en->ready_tail->next = b;
-    else
-        en->ready_head = b;
-    en->ready_tail = b;
-    pthread_cond_broadcast(&en->q_cv);
-    pthread_mutex_unlock(&en->q_mu);
+    batch_enqueue(en, &en->ready_head, &en->ready_tail, b);
     checkpoint_serve(en->ckpt); /* between two batches: the state is at a sequence boundary */
 }
 

@@ -180,6 +180,20 @@ static void burst_txn(int i)
     natsMsg_Destroy(m);
 }
 
+/* The test's own connection to the cluster (nc, js), with a 5 s JetStream wait. */
+static void connect_cluster(void)
+{
+    config cc;
+    config_defaults(&cc);
+    cr_assert(str_copy(cc.nats_url, sizeof cc.nats_url, cl.urls));
+    verror e = {0};
+    cr_assert_eq(broker_connect_simple(&cc, &nc, &e), V_OK, "connect to %s: %s", cl.urls, e.msg);
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = 5000;
+    cr_assert_eq(natsConnection_JetStream(&js, nc, &jo), NATS_OK);
+}
+
 /* How many lines of the engine log contain needle. */
 static int log_count(const char *needle)
 {
@@ -485,15 +499,7 @@ Test(cluster, readyz_says_503_while_the_cluster_has_no_quorum)
  * with exactly one decision, nothing is dead-lettered, and the standby decides. */
 Test(cluster, a_standby_takes_over_from_a_killed_owner_and_survives_losing_the_lease_leader)
 {
-    config cc;
-    config_defaults(&cc);
-    cr_assert(str_copy(cc.nats_url, sizeof cc.nats_url, cl.urls));
-    verror e = {0};
-    cr_assert_eq(broker_connect_simple(&cc, &nc, &e), V_OK, "connect to %s: %s", cl.urls, e.msg);
-    jsOptions jo;
-    jsOptions_Init(&jo);
-    jo.Wait = 5000;
-    cr_assert_eq(natsConnection_JetStream(&js, nc, &jo), NATS_OK);
+    connect_cluster();
 
     const char *extra[] = {"--replicas", "3", "--ack-wait", "2s", "--backoff", "", "--batch", "16",
                            "--lease-ttl", "3s", "--engine-id", "owner", NULL};
@@ -563,15 +569,7 @@ Test(cluster, a_standby_takes_over_from_a_killed_owner_and_survives_losing_the_l
 Test(cluster, partitioned_engines_take_over_a_killed_engine_s_partitions_within_5_s)
 {
     partitions_n = 8;
-    config cc;
-    config_defaults(&cc);
-    cr_assert(str_copy(cc.nats_url, sizeof cc.nats_url, cl.urls));
-    verror e = {0};
-    cr_assert_eq(broker_connect_simple(&cc, &nc, &e), V_OK, "connect to %s: %s", cl.urls, e.msg);
-    jsOptions jo;
-    jsOptions_Init(&jo);
-    jo.Wait = 5000;
-    cr_assert_eq(natsConnection_JetStream(&js, nc, &jo), NATS_OK);
+    connect_cluster();
     const char *extra[] = {"--replicas", "3", "--ack-wait", "2s", "--backoff", "", "--batch", "16",
                            "--partitions", "8", "--engine-id", "p-a", NULL};
     engine_pid = tc_start_engine(cl.urls, logp, extra); /* the one killed below */

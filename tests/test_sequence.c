@@ -719,6 +719,17 @@ static int owned_total(void)
            tc_count_lines(logp, "\"partition lost: another engine owns it now\"");
 }
 
+/* Waits until the engines hold all 8 partitions after at least `releases` releases for joining engines. */
+static void wait_shared(int releases, const char *what)
+{
+    for (int waited = 0;
+         owned_total() != 8 || tc_count_lines(logp, "\"partition released for another engine\"") < releases;
+         waited += 50) {
+        cr_assert(waited < 20000, "%s; see %s", what, logp);
+        tc_sleep_ms(50);
+    }
+}
+
 typedef struct part_owners {
     char owner[8][64]; /* per partition: the engine id of its last decision */
     int conflicts;     /* a partition decided by two engines, alternately (a switch back) */
@@ -747,11 +758,8 @@ Test(partitioned, three_engines_share_the_partitions_and_survive_a_kill_9_with_t
     pid_t a = start_member();
     pid_t b = start_member();
     pid_t c = start_member();
+    wait_shared(2, "the three engines did not share the 8 partitions");
     int waited = 0;
-    for (; owned_total() != 8 || tc_count_lines(logp, "\"partition released for another engine\"") < 2; waited += 50) {
-        cr_assert(waited < 20000, "the three engines did not share the 8 partitions; see %s", logp);
-        tc_sleep_ms(50);
-    }
     publish_some(1500, 2);
     wait_all_decided_partitioned(1500);
     int taken = tc_count_lines(logp, "\"partition taken: this engine decides it\"");
@@ -784,11 +792,8 @@ Test(partitioned, an_engine_that_joins_and_one_that_leaves_rebalance_with_the_st
 {
     pid_t a = start_member();
     pid_t b = start_member();
+    wait_shared(4, "the two engines did not share the 8 partitions 4 and 4");
     int waited = 0;
-    for (; owned_total() != 8 || tc_count_lines(logp, "\"partition released for another engine\"") < 4; waited += 50) {
-        cr_assert(waited < 20000, "the two engines did not share the 8 partitions 4 and 4; see %s", logp);
-        tc_sleep_ms(50);
-    }
     publish_some(1000, 2);
     int released = tc_count_lines(logp, "\"partition released for another engine\"");
     pid_t c = start_member(); /* joins: a and b give it its share (8 among 3: 3, 3, 2) */
@@ -820,11 +825,7 @@ Test(partitioned, an_engine_that_joins_and_one_that_leaves_rebalance_with_the_st
 Test(partitioned, the_ingress_stores_a_request_under_its_card_s_partition_and_answers_it)
 {
     pid_t a = start_member();
-    int waited = 0;
-    for (; owned_total() != 8; waited += 50) {
-        cr_assert(waited < 20000, "the engine did not take the 8 partitions; see %s", logp);
-        tc_sleep_ms(50);
-    }
+    wait_shared(0, "the engine did not take the 8 partitions");
     Transaction t;
     tc_txn(&t, "pi-1", 250000);
     unsigned char buf[2048];
