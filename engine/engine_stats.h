@@ -44,6 +44,7 @@ typedef struct engine_stats {
     /* the consumer's lease (standby.c; --lease-ttl) */
     atomic_llong lease_epoch;  /* of the lease this engine holds; 0 while it stands by or without a lease */
     atomic_llong lease_losses; /* leases taken over by another instance while this one held them */
+    atomic_llong partitions_owned; /* --partitions: how many this engine decides now (partset.c) */
     /* Decision publishes, for /readyz (observe.c): mono_ns of the last one that failed or timed out, and of the
      * first failure since the last success (0 once one succeeds). Plain atomics: readiness never takes a lock. */
     atomic_llong decision_fail_ns;

@@ -154,6 +154,9 @@ static size_t metrics(observe *ob, char *buf, size_t cap)
           atomic_load(&st->lease_epoch));
     counter(&o, "verdict_lease_losses_total", "Leases another engine took over while this one held them.",
             atomic_load(&st->lease_losses));
+    if (ob->cfg.partitions > 0)
+        gauge(&o, "verdict_partitions_owned", "Partitions of TXN this engine decides now (--partitions).",
+              atomic_load(&st->partitions_owned));
     counter(&o, "verdict_degraded_total", "Decisions made without some input (model, state, replicas).",
             atomic_load(&st->degraded));
     counter(&o, "verdict_requests_total", "Decide requests received on the ingress subject.",
@@ -447,11 +450,13 @@ static void on_srv(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
         n += snprintf(buf + n, sizeof buf - (size_t)n,
                       ",\"num_requests\":%lld,\"num_errors\":%lld,\"last_error\":\"%s\",\"processing_time\":%lld,"
                       "\"average_processing_time\":%lld,\"data\":{\"decisions\":%lld,\"duplicates\":%lld,"
-                      "\"dead_letters\":%lld,\"naks\":%lld,\"budget_exceeded\":%lld,\"degraded\":%lld}}]}",
+                      "\"dead_letters\":%lld,\"naks\":%lld,\"budget_exceeded\":%lld,\"degraded\":%lld,"
+                      "\"partitions\":%lld}}]}",
                       (long long)atomic_load(&st->requests), (long long)atomic_load(&st->request_errors),
                       log_esc(last_error), sum_ns, avg_ns, decided, (long long)atomic_load(&st->duplicates),
                       (long long)atomic_load(&st->dead_letters), (long long)atomic_load(&st->naks),
-                      (long long)atomic_load(&st->budget_exceeded), (long long)atomic_load(&st->degraded));
+                      (long long)atomic_load(&st->budget_exceeded), (long long)atomic_load(&st->degraded),
+                      (long long)atomic_load(&st->partitions_owned));
     }
     if (n > 0 && (size_t)n < sizeof buf)
         natsConnection_Publish(nc, reply, buf, n);

@@ -61,7 +61,6 @@ struct partset {
     pthread_t mgr;
     bool mgr_running;
     atomic_bool mgr_quit;
-    atomic_int owned;
 };
 
 static int64_t round_ms(const partset *ps)
@@ -170,7 +169,7 @@ static bool part_start(partset *ps, part *pt)
         return false;
     }
     pt->running = true;
-    atomic_fetch_add(&ps->owned, 1);
+    atomic_fetch_add(&ps->en->stats.partitions_owned, 1);
     return true;
 }
 
@@ -182,7 +181,7 @@ static void part_stop(partset *ps, part *pt)
     if (pt->running) {
         pthread_join(pt->fetcher, NULL);
         pt->running = false;
-        atomic_fetch_sub(&ps->owned, 1);
+        atomic_fetch_sub(&ps->en->stats.partitions_owned, 1);
     }
     if (pt->sub) {
         natsSubscription_Unsubscribe(pt->sub); /* bound: the durable stays */
@@ -398,7 +397,7 @@ void partset_stop_fetching(engine *en)
         if (ps->parts[i].running) {
             pthread_join(ps->parts[i].fetcher, NULL);
             ps->parts[i].running = false;
-            atomic_fetch_sub(&ps->owned, 1);
+            atomic_fetch_sub(&ps->en->stats.partitions_owned, 1);
         }
 }
 
@@ -443,5 +442,5 @@ void partset_free(engine *en)
 
 int partset_owned(const engine *en)
 {
-    return en->parts ? atomic_load(&en->parts->owned) : 0;
+    return (int)atomic_load(&en->stats.partitions_owned);
 }

@@ -109,7 +109,7 @@ static json_t *engine_json(const json_t *r)
     const json_t *data = json_object_get(ep, "data");
     const char *started = json_string_value(json_object_get(r, "started"));
     int64_t st = rfc3339_s(started);
-    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:s}", "id",
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:s, s:I}", "id",
                      nz(json_string_value(json_object_get(r, "id"))), "version",
                      nz(json_string_value(json_object_get(r, "version"))), "rules_version",
                      nz(json_string_value(json_object_get(md, "rules_version"))), "model_version",
@@ -119,7 +119,8 @@ static json_t *engine_json(const json_t *r)
                      (json_int_t)json_integer_value(json_object_get(ep, "num_requests")), "errors",
                      (json_int_t)json_integer_value(json_object_get(ep, "num_errors")), "dead_letters",
                      (json_int_t)json_integer_value(json_object_get(data, "dead_letters")), "last_error",
-                     nz(json_string_value(json_object_get(ep, "last_error"))));
+                     nz(json_string_value(json_object_get(ep, "last_error"))), "partitions",
+                     (json_int_t)json_integer_value(json_object_get(data, "partitions")));
 }
 
 /* Why a NATS call failed, for an operator: the status's text and the library's last error when it says more. */
@@ -393,15 +394,18 @@ static void print_text(const json_t *st, int wait_ms)
     printf("\nENGINES (%zu answered $SRV.STATS.verdict within %d ms)\n", json_array_size(en), wait_ms);
     if (json_array_size(en) == 0)
         return;
-    printf("  %-20s %-8s %-16s %-16s %-8s %10s %9s %7s\n", "ID", "VERSION", "RULES", "MODEL", "UP", "DECISIONS",
-           "REQUESTS", "ERRORS");
+    bool parted = json_is_array(json_object_get(st, "partitions"));
+    printf("  %-20s %-8s %-16s %-16s %-8s %10s %9s %7s%s\n", "ID", "VERSION", "RULES", "MODEL", "UP", "DECISIONS",
+           "REQUESTS", "ERRORS", parted ? "  PARTITIONS" : "");
     json_array_foreach(en, i, s)
     {
-        char up[32];
+        char up[32], parts[24] = "";
         human_uptime(I(s, "uptime_s"), up, sizeof up);
-        printf("  %-20s %-8s %-16s %-16s %-8s %10lld %9lld %7lld\n", S(s, "id"), S(s, "version"), S(s, "rules_version"),
-               S(s, "model_version")[0] ? S(s, "model_version") : "none", up, I(s, "decisions"), I(s, "requests"),
-               I(s, "errors"));
+        if (parted)
+            snprintf(parts, sizeof parts, "  %10lld", I(s, "partitions"));
+        printf("  %-20s %-8s %-16s %-16s %-8s %10lld %9lld %7lld%s\n", S(s, "id"), S(s, "version"),
+               S(s, "rules_version"), S(s, "model_version")[0] ? S(s, "model_version") : "none", up, I(s, "decisions"),
+               I(s, "requests"), I(s, "errors"), parts);
         if (S(s, "last_error")[0])
             printf("  %-20s last error: %s\n", "", S(s, "last_error"));
     }

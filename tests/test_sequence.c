@@ -886,6 +886,9 @@ Test(partitioned, the_ingress_stores_a_request_under_its_card_s_partition_and_an
         cr_assert(owner && strstr(owner, mine), "partition %zu: owner '%s', not the engine (pid %d); see %s", i,
                   owner ? owner : "none", (int)a, out);
     }
+    json_t *eng = json_array_get(json_object_get(j, "engines"), 0);
+    cr_assert_eq(json_integer_value(json_object_get(eng, "partitions")), 8,
+                 "$SRV.STATS says how many partitions the engine decides; see %s", out);
     json_decref(j);
     unlink(out);
     stop_engine(a);
