@@ -7,9 +7,17 @@
  * record size of each key field). Keys are split evenly over the four key fields; each table's cap is its
  * share, so at the end of the fill every table is full and the allocated bytes are the bytes in use. The timed
  * phases then draw transactions uniformly over all keys with event time advancing 1 ms per transaction, so
- * almost every lookup misses the CPU caches: a worst case for a real, skewed card population. */
+ * almost every lookup misses the CPU caches: a worst case for a real, skewed card population.
+ *
+ * `verdict bench state --catchup`: the sequencing stage's catch-up over a one-sequence gap (what an engine that
+ * owns some partitions does before nearly every message), through a rebuild that opens its own ordered consumer
+ * (the catch-up before the persistent reader) and through the persistent catch-up reader (rebuild.h), against a
+ * private nats-server (or --nats-url) holding a stream of simulated transactions. */
 #include "broker.h"
 #include "localserver.h"
+#include "rebuild.h"
+#include "sequencer.h"
+#include "simgen.h"
 #include "snapshot.h"
 #include "velocity.h"
 
@@ -240,18 +248,173 @@ static int run(size_t keys, double seconds, bool timed, run_result *r)
     return 0;
 }
 
+/* --- bench state --catchup ------------------------------------------------------------------------------- */
+
+#define CU_STREAM "BENCH_CATCHUP"
+#define CU_TXNS 4000 /* stored; every other one is caught up over, the rest "delivered" (skipped by the reader) */
+#define CU_OLD 300   /* catch-ups through a rebuild each: about a millisecond each */
+
+static int catchup_publish(jsCtx *js)
+{
+    jsStreamConfig sc;
+    jsStreamConfig_Init(&sc);
+    sc.Name = CU_STREAM;
+    const char *subjects[] = {"bench.catchup.>"};
+    sc.Subjects = subjects;
+    sc.SubjectsLen = 1;
+    jsErrCode jerr = 0;
+    js_DeleteStream(js, CU_STREAM, NULL, &jerr);
+    if (js_AddStream(NULL, js, &sc, NULL, &jerr) != NATS_OK) {
+        fprintf(stderr, "bench state --catchup: cannot create stream %s (%d)\n", CU_STREAM, (int)jerr);
+        return 1;
+    }
+    simgen_cfg gc = {.seed = 7, .cards = 200};
+    simgen_defaults(&gc);
+    simgen *g = simgen_create(&gc);
+    if (!g)
+        return 1;
+    static unsigned char buf[4096];
+    int rc = 0;
+    for (int i = 0; i < CU_TXNS && !rc; i++) {
+        Transaction t;
+        simgen_next(g, &t);
+        size_t n = verdict__v1__transaction__pack(&t, buf);
+        natsMsg *m = NULL;
+        rc = natsMsg_Create(&m, "bench.catchup.in", NULL, (const char *)buf, (int)n) != NATS_OK ||
+             js_PublishMsgAsync(js, &m, NULL) != NATS_OK;
+    }
+    simgen_destroy(g);
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = 30000;
+    if (rc || js_PublishAsyncComplete(js, &po) != NATS_OK) {
+        fprintf(stderr, "bench state --catchup: publishing failed\n");
+        return 1;
+    }
+    return 0;
+}
+
+/* Mean microseconds per one-sequence catch-up (sequences 2, 4, 6, ...): through a rebuild each (old) or the
+ * persistent reader (new, *opens = consumers it opened). */
+static int catchup_run(jsCtx *js, const config *cfg, const world *w, bool persistent, int count, double *us,
+                       long long *opens)
+{
+    velocity *v = NULL;
+    featring *ring = NULL;
+    verror e = {0};
+    velocity_cfg vc = {.max_keys = 20000};
+    if (velocity_new(&w->plan, &vc, &v, &e) != V_OK || featring_new(8192, w->plan.n, &ring, &e) != V_OK) {
+        fprintf(stderr, "bench state --catchup: %s\n", e.msg);
+        velocity_free(v);
+        return 1;
+    }
+    catchup_reader *cr = NULL;
+    *opens = 0;
+    int rc = 0;
+    int64_t t0 = mono_ns();
+    for (int k = 0; k < count && !rc; k++) {
+        uint64_t seq = 2 * (uint64_t)k + 2;
+        rebuild_stats st;
+        if (persistent) {
+            bool opened = false;
+            rc = catchup_read(&cr, js, cfg, &w->plan, v, ring, seq - 1, seq, &st, &opened, &e) != V_OK;
+            *opens += opened;
+        } else {
+            rebuild_range rr = {.from_seq = seq, .upto_seq = seq, .ring = ring, .quiet = true};
+            rc = rebuild_velocity(js, cfg, &w->plan, v, &rr, &st, &e) != V_OK;
+            *opens += 1;
+        }
+        if (!rc && st.counted != 1) {
+            fprintf(stderr, "bench state --catchup: seq %llu counted %llu\n", (unsigned long long)seq,
+                    (unsigned long long)st.counted);
+            rc = 1;
+        }
+    }
+    *us = (double)(mono_ns() - t0) / 1e3 / count;
+    if (rc && e.msg[0])
+        fprintf(stderr, "bench state --catchup: %s\n", e.msg);
+    catchup_reader_close(cr);
+    featring_free(ring);
+    velocity_free(v);
+    return rc;
+}
+
+static int bench_catchup(const char *url, bool json)
+{
+    localserver ls = {0};
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    config cfg;
+    config_defaults(&cfg);
+    str_copy(cfg.txn_stream, sizeof cfg.txn_stream, CU_STREAM);
+    verror e = {0};
+    world w = {0};
+    int rc = 1;
+    if (!url) {
+        if (localserver_start(&ls, &e) != V_OK) {
+            fprintf(stderr, "verdict bench state --catchup: %s\n", e.msg);
+            return 1;
+        }
+        url = ls.url;
+    }
+    str_copy(cfg.nats_url, sizeof cfg.nats_url, url);
+    double old_us = 0, new_us = 0;
+    long long old_opens = 0, new_opens = 0;
+    int new_n = CU_TXNS / 2 - 1;
+    if (broker_connect(&cfg, "verdict-bench-catchup", false, &nc, &e) != V_OK ||
+        natsConnection_JetStream(&js, nc, NULL) != NATS_OK) {
+        fprintf(stderr, "verdict bench state --catchup: %s\n", e.msg[0] ? e.msg : "no JetStream context");
+        goto out;
+    }
+    if (world_init(&w, NFIELDS) != 0 || catchup_publish(js) != 0)
+        goto out;
+    /* new first, then old, then new again: the second new run is reported (the server's store is warm) */
+    if (catchup_run(js, &cfg, &w, true, new_n, &new_us, &new_opens) ||
+        catchup_run(js, &cfg, &w, false, CU_OLD, &old_us, &old_opens) ||
+        catchup_run(js, &cfg, &w, true, new_n, &new_us, &new_opens))
+        goto out;
+    rc = 0;
+    printf("\n  verdict bench state --catchup (one-sequence gaps over %d stored transactions)\n", CU_TXNS);
+    printf("  ------------------------------------------------------------\n");
+    printf("  a rebuild per catch-up       %8.1f us/catch-up  (%d catch-ups, %lld consumers opened)\n", old_us,
+           CU_OLD, old_opens);
+    printf("  the persistent reader        %8.1f us/catch-up  (%d catch-ups, %lld consumers opened)\n", new_us,
+           new_n, new_opens);
+    if (json)
+        printf("{\"bench\":\"catchup\",\"txns\":%d,\"rebuild_us\":%.1f,\"rebuild_catch_ups\":%d,"
+               "\"reader_us\":%.1f,\"reader_catch_ups\":%d,\"reader_opens\":%lld}\n",
+               CU_TXNS, old_us, CU_OLD, new_us, new_n, new_opens);
+out:
+    if (js) {
+        jsErrCode jerr = 0;
+        js_DeleteStream(js, CU_STREAM, NULL, &jerr);
+    }
+    free(w.names);
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    if (ls.pid)
+        localserver_stop(&ls);
+    return rc;
+}
+
 int bench_state(int argc, char **argv)
 {
     size_t keys = 1000000;
     double seconds = 8;
-    bool json = false;
+    bool json = false, catchup = false;
+    const char *url = getenv("VERDICT_NATS_URL");
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "state"))
             continue;
         if (!strcmp(a, "--json"))
             json = true;
-        else if (!strcmp(a, "--keys") && val && atoll(val) >= NFIELDS) {
+        else if (!strcmp(a, "--catchup"))
+            catchup = true;
+        else if (!strcmp(a, "--nats-url") && val) {
+            url = val;
+            i++;
+        } else if (!strcmp(a, "--keys") && val && atoll(val) >= NFIELDS) {
             keys = (size_t)atoll(val);
             i++;
         } else if (!strcmp(a, "--seconds") && val && atof(val) > 0) {
@@ -260,13 +423,18 @@ int bench_state(int argc, char **argv)
         } else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             printf("usage: verdict bench state [--keys N (1000000)] [--seconds S (8)] [--json]\n"
                    "  update/query ns per transaction and bytes per tracked key of the velocity state,\n"
-                   "  at 100000 keys and at N keys, split evenly over card_id, account_id, device_id, ip\n");
+                   "  at 100000 keys and at N keys, split evenly over card_id, account_id, device_id, ip\n"
+                   "usage: verdict bench state --catchup [--nats-url URL] [--json]\n"
+                   "  microseconds per one-sequence catch-up of the sequencing stage: a rebuild (its own ordered\n"
+                   "  consumer) each, and the persistent catch-up reader, on a private nats-server (or URL)\n");
             return 0;
         } else {
             fprintf(stderr, "verdict bench state: unknown option '%s' (see --help)\n", a);
             return 2;
         }
     }
+    if (catchup)
+        return bench_catchup(url, json);
     run_result small = {0}, big = {0};
     if (run(100000, seconds, false, &small) != 0 || run(keys, seconds, true, &big) != 0)
         return 1;

@@ -190,6 +190,7 @@ static void free_engine(engine *en)
     }
     free(en->batches);
     arena_free(&en->seq_arena);
+    catchup_reader_close(en->catchup);
     natsSubscription_Destroy(en->sub);
     policy_release(en->next_policy);
     velref_release(en->next_vel);

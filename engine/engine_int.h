@@ -136,6 +136,7 @@ struct engine {
     bool seq_started;
     arena seq_arena;
     fval seq_vals[FEAT_MAX];
+    catchup_reader *catchup; /* the catch-up's reader (rebuild.h), opened by the first catch-up; this thread's */
     batch *batches; /* nbatches, preallocated */
     int nbatches;
     pthread_mutex_t q_mu;
@@ -275,6 +276,7 @@ void *late_main(void *arg);
 void ingress_on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure);
 int64_t longest_window(const policy *p);
 void seq_catch_up(engine *en, velref *r, const policy *p, uint64_t to);
+void seq_catch_up_idle(engine *en);
 /* standby.c */
 vstatus standby_wait(engine *en, verror *e);
 /* Appends b to the queue head/tail (q_mu) and wakes the engine's threads waiting on q_cv. */

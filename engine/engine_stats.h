@@ -37,6 +37,7 @@ typedef struct engine_stats {
     atomic_llong sequence_catch_ups;    /* reads of TXN for sequences the consumer did not hand over */
     atomic_llong sequence_gap_msgs;     /* transactions counted by those reads */
     atomic_llong sequence_gap_failures; /* reads that failed: those transactions are not counted */
+    atomic_llong sequence_catchup_reader_opens; /* consumers opened by the catch-up reader (rebuild.h) */
     /* checkpoints (checkpoint.c) */
     atomic_llong snapshots, snapshot_failures;
     atomic_llong snapshot_position; /* of the last saved */

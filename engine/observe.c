@@ -139,6 +139,9 @@ static size_t metrics(observe *ob, char *buf, size_t cap)
     counter(&o, "verdict_sequence_gap_failures_total",
             "Such reads that failed: the transactions they were to count are missing from the velocity state.",
             atomic_load(&st->sequence_gap_failures));
+    counter(&o, "verdict_sequence_catchup_reader_opens_total",
+            "Ordered consumers opened by the catch-up's reader (kept open between catch-ups).",
+            atomic_load(&st->sequence_catchup_reader_opens));
     counter(&o, "verdict_snapshots_total", "Velocity checkpoints saved into the verdict_state bucket.",
             atomic_load(&st->snapshots));
     counter(&o, "verdict_snapshot_failures_total", "Velocity checkpoints that could not be taken or saved.",

@@ -50,6 +50,25 @@ typedef struct rebuild_range {
 vstatus rebuild_velocity(jsCtx *js, const config *c, const velocity_plan *pl, velocity *v, const rebuild_range *rr,
                          rebuild_stats *st, verror *e);
 
+/* The sequencing stage's catch-up reader: one follower of TXN (streamread.h) kept open between catch-ups, so
+ * that a gap before nearly every message (an engine that decides some partitions and counts the others' in
+ * stream order, docs/architecture.md) costs no consumer creation each. One thread uses it at a time. */
+typedef struct catchup_reader catchup_reader;
+
+/* Counts TXN's sequences pos+1..to into v exactly as rebuild_velocity does (every one's features recorded in
+ * ring when there is one), reading on from where *crp is; messages it delivers at or below pos (counted by the
+ * caller from its own consumer) are skipped, and the first one after `to` is kept for the next call. *crp is
+ * opened at pos+1 when NULL, and reopened there when it cannot serve (it has passed pos+1 already, or dropped
+ * messages); *opened says so. A read that fails or stalls (STALL_MS with nothing delivered and stored
+ * messages not read yet) fails as rebuild_velocity does, v partly filled; *crp is then closed and NULL.
+ * Sequences up to `to` that were deleted are found out by asking the server, after a short wait. */
+vstatus catchup_read(catchup_reader **crp, jsCtx *js, const config *c, const velocity_plan *pl, velocity *v,
+                     struct featring *ring, uint64_t pos, uint64_t to, rebuild_stats *st, bool *opened, verror *e);
+/* Closes *crp (NULL after) when no catch-up used it for idle_ns: a follower left alone buffers every new
+ * message of TXN. True when it was closed. */
+bool catchup_reader_idle(catchup_reader **crp, int64_t idle_ns);
+void catchup_reader_close(catchup_reader *cr);
+
 /* The store time (ns) of TXN's message at seq, or 0 when there is none. */
 int64_t rebuild_store_ns(jsCtx *js, const config *c, uint64_t seq);
 

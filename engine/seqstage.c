@@ -75,34 +75,55 @@ void batch_recycle(engine *en, batch *b)
     pthread_mutex_unlock(&en->q_mu);
 }
 
+/* How long the catch-up reader stays open with no catch-up: a follower left alone receives every new message of
+ * TXN (which the sequencer counts from its own consumer), so an engine whose gaps are rare closes it. */
+#define CATCHUP_IDLE_NS (5 * 1000000000LL)
+
 /* Counts TXN's sequences after the state's position up to `to` into it (their features go into its ring):
- * sequences the consumer did not hand this engine, or that a new state has not seen yet. A read that fails is
- * logged and counted, and the position moves on all the same: those transactions are missing from the state
- * (docs/state.md), and deciding goes on rather than stopping. */
+ * sequences the consumer did not hand this engine, or that a new state has not seen yet. They are read by the
+ * engine's catch-up reader (rebuild.h: one ordered consumer kept open and read forward, so that a gap before
+ * nearly every message costs no consumer creation each); a state that has seen nothing reads the window before
+ * with a rebuild. A read that fails is logged and counted, and the position moves on all the same: those
+ * transactions are missing from the state (docs/state.md), and deciding goes on rather than stopping; the reader
+ * is opened again by the next catch-up. */
 void seq_catch_up(engine *en, velref *r, const policy *p, uint64_t to)
 {
     if (to <= r->pos)
         return;
-    rebuild_range rr = {.from_seq = r->pos + 1, .upto_seq = to, .ring = r->ring, .quiet = to - r->pos < 100000};
-    if (r->pos == 0) { /* a state that has seen nothing: the window before, not the whole stream */
-        rr.from_seq = 0;
-        rr.from_ns = (now_ms() - history_warmup_ms(longest_window(p))) * 1000000LL;
-    }
     rebuild_stats st;
     verror e = {0};
+    vstatus rc;
+    uint64_t from = r->pos + 1;
     atomic_fetch_add(&en->stats.sequence_catch_ups, 1);
-    vstatus rc = rebuild_velocity(en->js, &en->cfg, policy_velocity_plan(p), r->v, &rr, &st, &e);
+    if (r->pos == 0) { /* a state that has seen nothing: the window before, not the whole stream */
+        rebuild_range rr = {.from_seq = 0, .upto_seq = to, .ring = r->ring, .quiet = to < 100000};
+        rr.from_ns = (now_ms() - history_warmup_ms(longest_window(p))) * 1000000LL;
+        from = 0;
+        rc = rebuild_velocity(en->js, &en->cfg, policy_velocity_plan(p), r->v, &rr, &st, &e);
+    } else {
+        bool opened = false;
+        rc = catchup_read(&en->catchup, en->js, &en->cfg, policy_velocity_plan(p), r->v, r->ring, r->pos, to, &st,
+                          &opened, &e);
+        if (opened)
+            atomic_fetch_add(&en->stats.sequence_catchup_reader_opens, 1);
+    }
     if (rc != V_OK) {
         /* the state misses these transactions; what follows is decided with it rather than not at all */
         atomic_fetch_add(&en->stats.sequence_gap_failures, 1);
         log_error("velocity state could not read sequences the consumer skipped; they are not counted",
-                  "\"from\":%llu,\"to\":%llu,\"reached\":%llu,\"error\":\"%s\"", (unsigned long long)rr.from_seq,
+                  "\"from\":%llu,\"to\":%llu,\"reached\":%llu,\"error\":\"%s\"", (unsigned long long)from,
                   (unsigned long long)to, (unsigned long long)st.upto_seq, log_esc(e.msg));
         r->pos = to;
         return;
     }
     atomic_fetch_add(&en->stats.sequence_gap_msgs, (long long)st.read);
     r->pos = to;
+}
+
+/* Closes the catch-up reader when catch-ups have stopped (see CATCHUP_IDLE_NS). The sequencing thread's. */
+void seq_catch_up_idle(engine *en)
+{
+    catchup_reader_idle(&en->catchup, CATCHUP_IDLE_NS);
 }
 
 /* One message: its velocity features, exactly once per stream sequence and in stream order. */
@@ -258,10 +279,12 @@ static void seq_partitioned(engine *en)
         batch *b = take_fetched(en);
         if (!b) {
             seq_switch(en); /* idle: a reload's new state need not wait for traffic */
+            seq_catch_up_idle(en);
             checkpoint_serve(en->ckpt);
             continue;
         }
         hand_to_workers(en, b);
+        seq_catch_up_idle(en);
     }
     for (batch *b; (b = take_fetched(en)) != NULL;) {
         for (int i = 0; i < b->list.Count; i++)
@@ -301,6 +324,7 @@ void *seq_main(void *arg)
         if (s == NATS_TIMEOUT || (s == NATS_OK && b->list.Count == 0)) {
             batch_recycle(en, b);
             seq_switch(en); /* idle: a reload's new state need not wait for traffic */
+            seq_catch_up_idle(en);
             checkpoint_serve(en->ckpt);
             continue;
         }
@@ -331,6 +355,7 @@ void *seq_main(void *arg)
         b->recv_ns = mono_ns();
         b->recv_wall_us = now_us();
         hand_to_workers(en, b);
+        seq_catch_up_idle(en);
     }
     pthread_mutex_lock(&en->q_mu);
     pthread_cond_broadcast(&en->q_cv);

@@ -9,11 +9,12 @@
 struct stream_reader {
     natsSubscription *sub;
     uint64_t first, end, last_seen;
-    bool done; /* the last message said nothing is pending */
+    bool done;   /* the last message said nothing is pending */
+    bool follow; /* no end: reads on as messages arrive (stream_reader_open_follow) */
 };
 
 static vstatus open_reader(jsCtx *js, const char *stream, const char *filter, uint64_t start_seq,
-                           int64_t start_time_ns, bool headers_only, stream_reader **out, verror *e)
+                           int64_t start_time_ns, bool headers_only, bool follow, stream_reader **out, verror *e)
 {
     *out = NULL;
     jsStreamInfo *si = NULL;
@@ -27,13 +28,15 @@ static vstatus open_reader(jsCtx *js, const char *stream, const char *filter, ui
         return verror_set(e, V_ENOMEM, "out of memory");
     }
     r->first = si->State.FirstSeq;
-    r->end = si->State.LastSeq;
+    r->end = follow ? UINT64_MAX : si->State.LastSeq;
+    r->follow = follow;
+    r->last_seen = follow && start_seq ? start_seq - 1 : 0;
     const char *subj = filter ? filter : (si->Config->SubjectsLen > 0 ? si->Config->Subjects[0] : ">");
     bool all_subjects = filter == NULL && si->Config->SubjectsLen != 1;
     char subjbuf[256];
     str_copy(subjbuf, sizeof subjbuf, all_subjects ? ">" : subj);
     jsStreamInfo_Destroy(si);
-    if (r->end == 0 || (start_seq && start_seq > r->end)) {
+    if (!follow && (r->end == 0 || (start_seq && start_seq > r->end))) {
         *out = r; /* empty: next() reports the end at once */
         return V_OK;
     }
@@ -58,10 +61,17 @@ static vstatus open_reader(jsCtx *js, const char *stream, const char *filter, ui
         free(r);
         return broker_err(e, s, jerr, "cannot open an ordered consumer on the stream");
     }
-    s = natsSubscription_SetPendingLimits(r->sub, 1 << 20, 256 << 20);
+    /* a follower stays open while the stream grows: a smaller buffer bounds what it holds between two reads
+     * (beyond it messages are dropped, which stream_reader_dropped reports, and its owner reopens it) */
+    s = follow ? natsSubscription_SetPendingLimits(r->sub, 65536, 64 << 20)
+               : natsSubscription_SetPendingLimits(r->sub, 1 << 20, 256 << 20);
     if (s != NATS_OK) {
         stream_reader_close(r);
         return broker_err(e, s, 0, "cannot size the reader's buffer");
+    }
+    if (follow) { /* no end to find: a timeout means nothing has arrived yet (stream_reader_drained says more) */
+        *out = r;
+        return V_OK;
     }
     /* A range with no message (every message older than start_time) delivers nothing: say so now, so that a
      * timeout in next() always means a stalled read, never the end. */
@@ -80,13 +90,18 @@ static vstatus open_reader(jsCtx *js, const char *stream, const char *filter, ui
 vstatus stream_reader_open(jsCtx *js, const char *stream, const char *filter, uint64_t start_seq,
                            int64_t start_time_ns, stream_reader **out, verror *e)
 {
-    return open_reader(js, stream, filter, start_seq, start_time_ns, false, out, e);
+    return open_reader(js, stream, filter, start_seq, start_time_ns, false, false, out, e);
+}
+
+vstatus stream_reader_open_follow(jsCtx *js, const char *stream, uint64_t start_seq, stream_reader **out, verror *e)
+{
+    return open_reader(js, stream, NULL, start_seq ? start_seq : 1, 0, false, true, out, e);
 }
 
 vstatus stream_reader_open_headers(jsCtx *js, const char *stream, uint64_t start_seq, int64_t start_time_ns,
                                    stream_reader **out, verror *e)
 {
-    return open_reader(js, stream, NULL, start_seq, start_time_ns, true, out, e);
+    return open_reader(js, stream, NULL, start_seq, start_time_ns, true, false, out, e);
 }
 
 vstatus stream_reader_next(stream_reader *r, natsMsg **msg, uint64_t *seq, int64_t *store_ns, int timeout_ms,
@@ -107,7 +122,8 @@ vstatus stream_reader_next(stream_reader *r, natsMsg **msg, uint64_t *seq, int64
         return verror_set(e, V_ENATS, "a message without JetStream metadata");
     }
     r->last_seen = meta.stream_seq;
-    r->done = meta.pending == 0; /* deleted tail messages never arrive: stop here rather than time out */
+    if (!r->follow)
+        r->done = meta.pending == 0; /* deleted tail messages never arrive: stop here rather than time out */
     if (meta.stream_seq > r->end) {
         natsMsg_Destroy(m);
         return V_ENOTFOUND;
@@ -119,6 +135,35 @@ vstatus stream_reader_next(stream_reader *r, natsMsg **msg, uint64_t *seq, int64
 }
 
 uint64_t stream_reader_end(const stream_reader *r) { return r->end; }
+uint64_t stream_reader_last(const stream_reader *r) { return r->last_seen; }
+
+bool stream_reader_dropped(const stream_reader *r)
+{
+    int64_t dropped = 0;
+    if (!r->sub)
+        return false;
+    /* an error here means the subscription is gone: as good as dropped, the owner reopens */
+    return natsSubscription_GetDropped(r->sub, &dropped) != NATS_OK || dropped > 0;
+}
+
+vstatus stream_reader_drained(stream_reader *r, bool *drained, verror *e)
+{
+    *drained = false;
+    int pending = 0;
+    if (!r->sub || natsSubscription_GetPending(r->sub, &pending, NULL) != NATS_OK)
+        return verror_set(e, V_ENATS, "the reader's subscription is gone");
+    if (pending > 0)
+        return V_OK;
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = natsSubscription_GetConsumerInfo(&ci, r->sub, NULL, &jerr);
+    if (s != NATS_OK)
+        return broker_err(e, s, jerr, "cannot read the reader's consumer state");
+    /* nothing left to deliver, and nothing delivered that has not reached us (none in flight) */
+    *drained = ci->NumPending == 0 && ci->Delivered.Stream <= r->last_seen;
+    jsConsumerInfo_Destroy(ci);
+    return V_OK;
+}
 uint64_t stream_reader_first(const stream_reader *r) { return r->first; }
 
 void stream_reader_close(stream_reader *r)
