@@ -36,6 +36,7 @@ typedef struct part {
     natsSubscription *sub;       /* bound while owned; the fetcher pulls it, the manager creates and destroys it */
     atomic_llong valid_ns;       /* mono_ns() until which the fetcher may fetch (0: fenced) */
     atomic_bool quit;            /* the fetcher's stop flag */
+    bool renew_failing;          /* a renewal failed and was logged; logged again once one succeeds */
     pthread_t fetcher;
     bool running;
     struct partset *set;
@@ -55,6 +56,7 @@ struct partset {
     kvStore *members;
     kvWatcher *watch;
     char self_key[LEASE_OWNER_MAX + 8];
+    bool heartbeat_failing; /* logged once, and again when it works again */
     member mem[MEMBERS_MAX];
     int nmem;
     unsigned offset; /* where this engine starts looking: engines starting together contend less */
@@ -218,8 +220,12 @@ static int members_round(partset *ps)
     int n = snprintf(val, sizeof val, "{\"ttl_ms\":%lld}", (long long)ps->en->cfg.lease_ttl_ms);
     uint64_t rev = 0;
     natsStatus s = kvStore_Put(&rev, ps->members, ps->self_key, val, n);
-    if (s != NATS_OK)
-        log_warn("membership heartbeat failed", "\"error\":\"%s\"", log_esc(natsStatus_GetText(s)));
+    if (s != NATS_OK && !ps->heartbeat_failing)
+        log_warn("membership heartbeat failed; retrying every round", "\"error\":\"%s\"",
+                 log_esc(natsStatus_GetText(s)));
+    else if (s == NATS_OK && ps->heartbeat_failing)
+        log_info("membership heartbeat works again", NULL);
+    ps->heartbeat_failing = s != NATS_OK;
     for (;;) {
         kvEntry *ke = NULL;
         if (kvWatcher_Next(&ke, ps->watch, 1) != NATS_OK)
@@ -265,9 +271,12 @@ static void manager_round(partset *ps)
             log_error("partition lost: another engine owns it now", "\"consumer\":\"%s\",\"owner\":\"%s\",\"epoch\":%llu",
                       pt->consumer, log_esc(pt->lease.owner), (unsigned long long)pt->lease.epoch);
         } else if (was) {
-            if (rc != V_OK)
+            if (rc != V_OK && !pt->renew_failing)
                 log_warn("partition lease renewal failed; deciding it until the lease lapses",
                          "\"consumer\":\"%s\",\"error\":\"%s\"", pt->consumer, log_esc(le.msg));
+            else if (rc == V_OK && pt->renew_failing)
+                log_info("partition lease renewed again", "\"consumer\":\"%s\"", pt->consumer);
+            pt->renew_failing = rc != V_OK;
             atomic_store(&pt->valid_ns, pt->lease.valid_until_ns);
         } else if (pt->lease.held) {
             if (part_start(ps, pt)) {
