@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -114,6 +115,7 @@ static bool spawn_engine(int k)
     if (pid < 0)
         return false;
     if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* an engine does not outlive an interrupted bench */
         FILE *f = freopen(en->log, "a", stderr);
         (void)f;
         execl("/proc/self/exe", "verdict", "serve", "--nats-url", sc.cfg.nats_url, "--partitions", parts,
@@ -317,6 +319,9 @@ static bool server_up(void)
     jsOptions jo;
     jsOptions_Init(&jo);
     jo.PublishAsync.MaxPending = 4096;
+    /* a burst fills MaxPending; on a busy machine the PubAcks can lag the 200 ms default, and a publish refused
+     * then would leave the burst short */
+    jo.PublishAsync.StallWait = 30000;
     jo.PublishAsync.ErrHandler = on_pub_error;
     if (broker_connect_simple(&sc.cfg, &sc.nc, &e) != V_OK || !sc.nc ||
         natsConnection_JetStream(&sc.js, sc.nc, &jo) != NATS_OK || broker_setup(&sc.cfg, sc.js, &e) != V_OK) {
@@ -363,11 +368,17 @@ static bool run_rate(int n, simgen *g, sc_run *r)
     }
     double cpu_e0 = engines_cpu_us(), cpu_s0 = bench_cpu_proc_us(sc.ls.pid);
     int64_t t0 = mono_ns();
-    for (int i = 0; i < sc.count; i++)
-        if (publish_one(g) != NATS_OK)
-            break;
-    if (!publish_complete())
+    for (int i = 0; i < sc.count; i++) {
+        natsStatus ps = publish_one(g);
+        if (ps != NATS_OK) {
+            fprintf(stderr, "verdict bench scale: publish %d of the burst refused (%s)\n", i + 1, natsStatus_GetText(ps));
+            goto out;
+        }
+    }
+    if (!publish_complete() || atomic_load(&sc.pub_errors) != 0) {
+        fprintf(stderr, "verdict bench scale: %lld publishes failed\n", (long long)atomic_load(&sc.pub_errors));
         goto out;
+    }
     r->publish_ms = (double)(mono_ns() - t0) / 1e6;
     char label[32];
     snprintf(label, sizeof label, "%d engine%s", n, n > 1 ? "s" : "");
