@@ -187,7 +187,8 @@ static bool catch_up_totals(long long *reads, long long *msgs)
             continue;
         if (!localserver_http_get(sc.eng[k].metrics_port, "/metrics", buf, sizeof buf))
             return false;
-        long long r = metric(buf, "verdict_sequence_catch_ups_total"), m = metric(buf, "verdict_sequence_gap_msgs_total");
+        long long r = metric(buf, "verdict_sequence_catch_ups_total");
+        long long m = metric(buf, "verdict_sequence_gap_msgs_total");
         if (r < 0 || m < 0)
             return false;
         *reads += r;
@@ -371,7 +372,8 @@ static bool run_rate(int n, simgen *g, sc_run *r)
     for (int i = 0; i < sc.count; i++) {
         natsStatus ps = publish_one(g);
         if (ps != NATS_OK) {
-            fprintf(stderr, "verdict bench scale: publish %d of the burst refused (%s)\n", i + 1, natsStatus_GetText(ps));
+            fprintf(stderr, "verdict bench scale: publish %d of the burst refused (%s)\n", i + 1,
+                    natsStatus_GetText(ps));
             goto out;
         }
     }
@@ -533,7 +535,8 @@ out:
 
 static void sc_help(void)
 {
-    printf("usage: verdict bench scale [--partitions N] [--count N] [--rate PER_S] [--kills N] [--lease-ttl D] [--json]\n\n"
+    printf("usage: verdict bench scale [--partitions N] [--count N] [--rate PER_S] [--kills N] [--lease-ttl D]\n"
+           "                           [--json]\n\n"
            "Partitioned engines (verdict serve --partitions N, this binary) on a private nats-server:\n"
            "  rate      for 1, 2 and 3 engines, each on a fresh server: the engines share the partitions on an\n"
            "            empty stream, then --count transactions (default 20000) are published as one burst to\n"
@@ -547,7 +550,7 @@ static void sc_help(void)
            "            kill until each of its partitions has a decision by another engine, p50 and max; the\n"
            "            engine is restarted and the partitions shared again before the next kill\n"
            "Every phase must end with exactly one decision per transaction and no dead letter, or the bench fails.\n"
-           "--partitions (default 16), --lease-ttl the engines' lease TTL (default 3s).\n"
+           "--partitions 3..1024 (default 16), --lease-ttl the engines' lease TTL (default 3s).\n"
            "--json: one JSON object on the last line. Keys: bench, partitions, count, rate, kills, lease_ttl,\n"
            "runs (engines, decisions, seconds, publish_ms, decisions_per_s, cpu_engines_us_per_decision,\n"
            "cpu_server_us_per_decision, catch_up_reads, catch_up_msgs, catch_up_msgs_per_decision, dead_letters),\n"
@@ -631,7 +634,8 @@ int bench_scale(int argc, char **argv)
         fprintf(stderr, "verdict bench scale: out of memory\n");
         goto out;
     }
-    fprintf(stderr, "[bench] scale: %d partitions, %d transactions per engine count, then %d kills at %d/s (lease TTL %s)\n",
+    fprintf(stderr,
+            "[bench] scale: %d partitions, %d transactions per engine count, then %d kills at %d/s (lease TTL %s)\n",
             sc.parts, sc.count, kills, sc.rate, sc.ttl);
     for (int n = 1; n <= SC_ENGINES; n++) {
         if (!run_rate(n, g, &runs[n - 1]))
@@ -665,7 +669,8 @@ int bench_scale(int argc, char **argv)
                once ? "true" : "false", lag);
     } else {
         printf("scale-out: %d partitions, %d transactions per run published as one burst\n", sc.parts, sc.count);
-        printf("  engines  decisions/s  speedup  engines CPU/dec  server CPU/dec  catch-up reads  counted by catch-up/dec\n");
+        printf("  engines  decisions/s  speedup  engines CPU/dec  server CPU/dec  catch-up reads  "
+               "counted by catch-up/dec\n");
         for (int n = 0; n < SC_ENGINES; n++)
             printf("  %7d  %11.0f  %6.2fx  %12.0f us  %11.0f us  %14lld  %23.2f\n", runs[n].engines, runs[n].per_s,
                    runs[n].per_s / r1, runs[n].cpu_engines_us, runs[n].cpu_server_us, runs[n].catch_up_reads,
