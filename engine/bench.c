@@ -51,6 +51,7 @@ int bench_eval(int argc, char **argv);
 int bench_model(int argc, char **argv);
 int bench_failover(int argc, char **argv);
 int bench_durability(int argc, char **argv);
+int bench_scale(int argc, char **argv);
 
 static void with_prefix(config *c, const char *prefix, bool passthrough)
 {
@@ -149,6 +150,10 @@ static double cpu_proc_us(pid_t pid)
         return 0;
     return (double)(ut + st) * 1e6 / (double)sysconf(_SC_CLK_TCK);
 }
+
+/* cpu_proc_us for the benches in other files (bench_scale.c) */
+double bench_cpu_proc_us(pid_t pid);
+double bench_cpu_proc_us(pid_t pid) { return cpu_proc_us(pid); }
 
 /* Runs one engine over a preloaded stream and returns decisions per second. */
 static double drain_rate(const bench_opts *o, const config *c, jsCtx *js, int count, const char *label,
@@ -723,7 +728,8 @@ static void bench_help(void)
     printf("usage: verdict bench [throughput|latency|all|restart|shadow] [--seconds N] [--count N] [--rate R | --rates LIST]\n"
            "                     [--out DIR] [--json] [options]\n"
            "       verdict bench state|snapshot|eval|model [--help]   (no broker)\n"
-           "       verdict bench durability [--help]   (fsync policy, R1 and R3, on its own servers)\n\n"
+           "       verdict bench durability [--help]   (fsync policy, R1 and R3, on its own servers)\n"
+           "       verdict bench failover|scale [--help]   (hot standby; partitioned engines: rate, failover)\n\n"
            "Measures the engine against a bare JetStream baseline in the same run (docs/benchmarks.md):\n"
            "  throughput  decisions/s draining a preloaded stream, vs a pass-through (same pull, republish\n"
            "              with msg-id, ack; no decision logic). Keys: decisions_per_s, passthrough_per_s, ratio\n"
@@ -766,6 +772,8 @@ int cmd_bench(int argc, char **argv)
             return bench_model(argc, argv);
         if (!strcmp(argv[i], "failover"))
             return bench_failover(argc, argv);
+        if (!strcmp(argv[i], "scale")) /* partitioned engines, its own server and options */
+            return bench_scale(argc, argv);
         if (!strcmp(argv[i], "durability")) /* its own servers and options */
             return bench_durability(argc, argv);
     }

@@ -196,13 +196,17 @@ void localserver_stop(localserver *ls)
     }
 }
 
-bool localserver_varz(const localserver *ls, char *out, size_t cap)
+bool localserver_http_get(int port, const char *path, char *out, size_t cap)
 {
-    int fd = connect_local(ls->http_port);
-    if (fd < 0 || cap == 0)
+    int fd = connect_local(port);
+    if (fd < 0 || cap == 0) {
+        if (fd >= 0)
+            close(fd);
         return false;
-    static const char req[] = "GET /varz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-    bool ok = write(fd, req, sizeof req - 1) == (ssize_t)(sizeof req - 1);
+    }
+    char req[256];
+    int len = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+    bool ok = len > 0 && (size_t)len < sizeof req && write(fd, req, (size_t)len) == (ssize_t)len;
     size_t n = 0;
     for (ssize_t r = 1; ok && r > 0 && n + 1 < cap; n += (size_t)r)
         r = read(fd, out + n, cap - 1 - n);
@@ -210,6 +214,13 @@ bool localserver_varz(const localserver *ls, char *out, size_t cap)
     out[n] = 0;
     return ok && n > 0;
 }
+
+bool localserver_varz(const localserver *ls, char *out, size_t cap)
+{
+    return localserver_http_get(ls->http_port, "/varz", out, cap);
+}
+
+int localserver_free_port(void) { return pick_port(); }
 
 /* --- cluster ------------------------------------------------------------------------------------------ */
 

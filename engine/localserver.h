@@ -27,6 +27,10 @@ void localserver_stop(localserver *ls);
 const char *localserver_binary(void);
 /* GET http://127.0.0.1:<http_port>/varz into out (NUL-terminated, truncated to cap); false on error. */
 bool localserver_varz(const localserver *ls, char *out, size_t cap);
+/* GET http://127.0.0.1:<port><path> (HTTP/1.0; the reply with its headers) into out; false on error. */
+bool localserver_http_get(int port, const char *path, char *out, size_t cap);
+/* A loopback port free at the time of asking (for a child's listener), or -1. */
+int localserver_free_port(void);
 
 #define LOCALCLUSTER_MAX 5
 

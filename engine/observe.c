@@ -136,6 +136,8 @@ static size_t metrics(observe *ob, char *buf, size_t cap)
     counter(&o, "verdict_sequence_catch_ups_total",
             "Reads of the transactions stream for sequences the consumer did not hand over (or a new state's).",
             atomic_load(&st->sequence_catch_ups));
+    counter(&o, "verdict_sequence_gap_msgs_total", "Transactions counted by those reads (another engine decided them, "
+            "or they were delivered out of order).", atomic_load(&st->sequence_gap_msgs));
     counter(&o, "verdict_sequence_gap_failures_total",
             "Such reads that failed: the transactions they were to count are missing from the velocity state.",
             atomic_load(&st->sequence_gap_failures));

@@ -161,3 +161,68 @@ Test(bench, durability_runs_four_setups, .timeout = 180)
     json_decref(j);
     unlink(out);
 }
+
+/* bench scale: 1, 2 and 3 partitioned engines each decide the burst (exactly one decision per transaction, no
+ * dead letter), the failover round ends with every partition of the killed engine decided by another, and the
+ * JSON carries every documented key. Sanity bounds only, no performance judged. */
+Test(bench, scale_runs_one_two_three_engines_and_a_kill, .timeout = 90)
+{
+    char out[256];
+    temp_path(out, sizeof out, ".json");
+    const char *argv[] = {"verdict", "bench", "scale", "--count", "600", "--kills", "1", "--rate", "200",
+                          "--partitions", "4", "--lease-ttl", "1500ms", "--json", NULL};
+    pid_t pid = verdict_spawn(argv, out);
+    cr_assert_eq(child_wait(pid, 80000), 0, "bench scale failed; see %s", out);
+    json_t *j = last_json(out);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "bench")), "scale");
+    cr_assert_eq(json_integer_value(json_object_get(j, "partitions")), 4);
+    cr_assert_eq(json_integer_value(json_object_get(j, "count")), 600);
+    const char *nums[] = {"decisions_per_s_1", "decisions_per_s_2", "decisions_per_s_3", "speedup_2", "speedup_3",
+                          "failover_p50_ms",   "failover_max_ms",   "failover_partitions_per_kill"};
+    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++)
+        cr_assert(json_number_value(json_object_get(j, nums[i])) > 0, "key %s present and positive; see %s", nums[i],
+                  out);
+    cr_assert_lt(json_integer_value(json_object_get(j, "failover_max_ms")), 15000);
+    json_t *runs = json_object_get(j, "runs");
+    cr_assert(json_is_array(runs));
+    cr_assert_eq(json_array_size(runs), 3);
+    const char *run_keys[] = {"decisions_per_s", "seconds", "publish_ms", "cpu_engines_us_per_decision",
+                              "cpu_server_us_per_decision"};
+    for (size_t r = 0; r < 3; r++) {
+        json_t *run = json_array_get(runs, r);
+        cr_assert_eq(json_integer_value(json_object_get(run, "engines")), (json_int_t)r + 1);
+        cr_assert_eq(json_integer_value(json_object_get(run, "decisions")), 600, "run %zu: one decision each", r);
+        cr_assert_eq(json_integer_value(json_object_get(run, "dead_letters")), 0);
+        for (size_t i = 0; i < sizeof run_keys / sizeof run_keys[0]; i++)
+            cr_assert(json_number_value(json_object_get(run, run_keys[i])) > 0, "run %zu: key %s", r, run_keys[i]);
+        const char *counts[] = {"catch_up_reads", "catch_up_msgs", "catch_up_msgs_per_decision"};
+        for (size_t i = 0; i < 3; i++)
+            cr_assert(json_number_value(json_object_get(run, counts[i])) >= 0 &&
+                          json_is_number(json_object_get(run, counts[i])),
+                      "run %zu: key %s", r, counts[i]);
+    }
+    /* with two engines each counts the other's partitions through its catch-up */
+    cr_assert_gt(json_integer_value(json_object_get(json_array_get(runs, 1), "catch_up_msgs")), 0);
+    json_int_t txns = json_integer_value(json_object_get(j, "transactions"));
+    cr_assert_gt(txns, 3 * 600);
+    cr_assert_eq(json_integer_value(json_object_get(j, "decisions")), txns, "exactly one decision each; see %s", out);
+    cr_assert_eq(json_integer_value(json_object_get(j, "dead_letters")), 0);
+    cr_assert_eq(json_integer_value(json_object_get(j, "publish_errors")), 0);
+    cr_assert(json_is_true(json_object_get(j, "exactly_once")));
+    cr_assert(json_string_length(json_object_get(j, "replication_lag")) > 0, "says why there is no lag");
+    json_decref(j);
+    unlink(out);
+}
+
+Test(bench, scale_bad_options_refused, .timeout = 30)
+{
+    const char *bad[][2] = {{"--partitions", "2"}, {"--count", "0"}, {"--kills", "x"}, {"--rate", "-1"}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char out[256];
+        temp_path(out, sizeof out, ".log");
+        const char *argv[] = {"verdict", "bench", "scale", bad[i][0], bad[i][1], NULL};
+        pid_t pid = verdict_spawn(argv, out);
+        cr_assert_eq(child_wait(pid, 20000), 2, "%s %s refused as a usage error", bad[i][0], bad[i][1]);
+        unlink(out);
+    }
+}
