@@ -14,6 +14,7 @@
  * decision says when it was stored (decided_at - latency - queued, all on the engine's clock, so the server's
  * clock cancels out), and a headers-only ordered read from a little before that time looks for its Nats-Msg-Id. */
 #include "cli.h"
+#include "broker.h"
 #include "cliconn.h"
 #include "codec.h"
 #include "ident.h"
@@ -392,10 +393,10 @@ int cmd_decision(int argc, char **argv)
         return rc;
     /* the floor first: a transaction decided after it was read is still after it */
     uint64_t floor = 0;
-    jsConsumerInfo *ci = NULL;
-    if (js_GetConsumerInfo(&ci, c.js, c.cfg.txn_stream, c.cfg.consumer, NULL, NULL) == NATS_OK)
-        floor = ci->AckFloor.Stream; /* no consumer yet: nothing finished, all of TXN is pending */
-    jsConsumerInfo_Destroy(ci);
+    consumer_positions cp; /* partitioned: the lowest ack floor of all */
+    verror pe = {0};
+    if (broker_consumer_positions(&c.cfg, c.js, &cp, NULL, &pe) == V_OK)
+        floor = cp.ack_floor; /* no consumer yet: nothing finished, all of TXN is pending */
     natsMsg *m = NULL;
     natsStatus s = decision_lookup(&c, id, &m);
     if (s == NATS_NOT_FOUND) {

@@ -368,14 +368,15 @@ int cmd_audit(int argc, char **argv)
     /* repairs touch only what the consumer has finished with: at or below its ack floor nothing is in flight */
     uint64_t ack_floor = 0;
     if (repair) {
-        jsConsumerInfo *ci = NULL;
-        if (js_GetConsumerInfo(&ci, c.js, c.cfg.txn_stream, c.cfg.consumer, NULL, NULL) != NATS_OK) {
-            fprintf(stderr, "verdict audit: --repair needs the consumer %s on %s\n", c.cfg.consumer, c.cfg.txn_stream);
+        consumer_positions cp; /* partitioned: every partition consumer's, the lowest ack floor */
+        verror pe = {0};
+        if (broker_consumer_positions(&c.cfg, c.js, &cp, NULL, &pe) != V_OK) {
+            fprintf(stderr, "verdict audit: --repair needs the engines' consumer(s) on %s: %s\n", c.cfg.txn_stream,
+                    pe.msg);
             cliconn_close(&c);
             return 1;
         }
-        ack_floor = ci->AckFloor.Stream;
-        jsConsumerInfo_Destroy(ci);
+        ack_floor = cp.ack_floor;
     }
     int64_t now = now_ms();
     uint64_t nredriven = 0, nswept = 0, nrepair_dead = 0;

@@ -816,6 +816,15 @@ Test(partitioned, an_engine_that_joins_and_one_that_leaves_rebalance_with_the_st
     part_owners po = {0};
     each_decision(owners_one, &po);
     cr_assert_eq(po.conflicts, 0, "a partition went back and forth between engines; see %s", logp);
+    /* the operator's proof, partitioned: every transaction has one decision; --repair reads the partitions' floors */
+    char out[256];
+    temp_path(out, sizeof out, ".txt");
+    const char *audit[] = {"verdict", "audit", "--repair", "--partitions", PARTS, "--nats-url", srv.url, NULL};
+    pid_t ap = verdict_spawn(audit, out);
+    int rc = child_wait(ap, 120000);
+    cr_assert(file_wait_for(out, "OK: every transaction", 100), "audit output in %s", out);
+    cr_assert_eq(rc, 0, "see %s", out);
+    unlink(out);
 }
 
 /* The ingress, partitioned: a request is stored under its card's partition (txn.p.<P>.req.<card>) and answered by
