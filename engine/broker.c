@@ -39,6 +39,44 @@ natsStatus broker_fetch(natsSubscription *sub, natsMsgList *list, int batch, int
 /* Why a connection to the URL list failed, in the operator's words: nats.c says "No server available" for a
  * malformed URL, a name that does not resolve and a closed port alike. Called on the error path only: each URL
  * is parsed, resolved and tried with a bounded TCP connect. User and password in a URL are never printed. */
+/* u without its scheme (nats://, tls://, ws://, wss://, or none); NULL with why set when the scheme is another. */
+static const char *url_after_scheme(const char *u, char *why, size_t cap)
+{
+    const char *sep = strstr(u, "://");
+    if (!sep)
+        return u;
+    char scheme[16];
+    size_t sl = (size_t)(sep - u);
+    if (sl == 0 || sl >= sizeof scheme) {
+        snprintf(why, cap, "'%.60s' is not a NATS URL (nats://HOST:PORT)", u);
+        return NULL;
+    }
+    memcpy(scheme, u, sl);
+    scheme[sl] = 0;
+    if (strcmp(scheme, "nats") && strcmp(scheme, "tls") && strcmp(scheme, "ws") && strcmp(scheme, "wss")) {
+        snprintf(why, cap, "'%.16s://' is not a NATS URL scheme (nats://, tls://, ws://, wss://)", scheme);
+        return NULL;
+    }
+    return sep + 3;
+}
+
+/* Refuses, before any connection, a URL list with a scheme that is not NATS's: nats.c would connect to the host
+ * and port of an http:// URL all the same, and whatever answers there would be the error shown. */
+static bool urls_schemes_ok(const char *urls, char *why, size_t cap)
+{
+    char list[1024];
+    if (!str_copy(list, sizeof list, urls))
+        list[sizeof list - 1] = 0;
+    char *save = NULL;
+    for (char *u = strtok_r(list, ",", &save); u; u = strtok_r(NULL, ",", &save)) {
+        while (*u == ' ' || *u == '\t')
+            u++;
+        if (!url_after_scheme(u, why, cap))
+            return false;
+    }
+    return true;
+}
+
 static void explain_connect_failure(const char *urls, natsStatus s, char *out, size_t cap)
 {
     char list[1024];
@@ -54,23 +92,9 @@ static void explain_connect_failure(const char *urls, natsStatus s, char *out, s
         while (ul && (u[ul - 1] == ' ' || u[ul - 1] == '\t'))
             u[--ul] = 0;
         char why[1024];
-        const char *hostport = u;
-        const char *sep = strstr(u, "://");
-        char scheme[16] = "nats";
-        if (sep) {
-            size_t sl = (size_t)(sep - u);
-            if (sl == 0 || sl >= sizeof scheme) {
-                snprintf(why, sizeof why, "'%.60s' is not a NATS URL (nats://HOST:PORT)", u);
-                goto add;
-            }
-            memcpy(scheme, u, sl);
-            scheme[sl] = 0;
-            hostport = sep + 3;
-        }
-        if (strcmp(scheme, "nats") && strcmp(scheme, "tls") && strcmp(scheme, "ws") && strcmp(scheme, "wss")) {
-            snprintf(why, sizeof why, "'%.16s://' is not a NATS URL scheme (nats://, tls://, ws://, wss://)", scheme);
+        const char *hostport = url_after_scheme(u, why, sizeof why);
+        if (!hostport)
             goto add;
-        }
         const char *at = strrchr(hostport, '@'); /* credentials: skipped, never shown */
         if (at)
             hostport = at + 1;
@@ -266,6 +290,9 @@ static natsStatus set_servers(natsOptions *o, const char *list)
 static vstatus connect_with(const config *c, const char *name, bool send_asap, broker_link *link,
                             natsConnection **nc, verror *e)
 {
+    char bad[1024];
+    if (!urls_schemes_ok(c->nats_url, bad, sizeof bad))
+        return verror_set(e, V_EINVAL, "cannot connect to NATS at --nats-url: %s", bad);
     natsOptions *o = NULL;
     natsStatus s = natsOptions_Create(&o);
     if (s == NATS_OK)

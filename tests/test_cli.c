@@ -117,7 +117,17 @@ Test(cli, connection_failures_say_which_url_and_why)
     snprintf(closed, sizeof closed, "nats://127.0.0.1:%d", free_port());
     EXPECT(1, "connection refused", "decision", "t1", "--nats-url", closed);
     EXPECT(1, "unknown host 'no-such-host.invalid'", "decision", "t1", "--nats-url", "nats://no-such-host.invalid:4222");
-    EXPECT(1, "is not a NATS URL scheme", "rules", "show", "--nats-url", "http://127.0.0.1:4222");
+    /* refused before any connection: with something listening on the port (CI found a NATS server with users on
+     * 4222), nats.c would connect to an http:// URL's host and port all the same and report what answered */
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in la = {.sin_family = AF_INET, .sin_port = 0, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t ll = sizeof la;
+    cr_assert(lfd >= 0 && bind(lfd, (struct sockaddr *)&la, sizeof la) == 0 && listen(lfd, 4) == 0 &&
+              getsockname(lfd, (struct sockaddr *)&la, &ll) == 0);
+    char http[64];
+    snprintf(http, sizeof http, "http://127.0.0.1:%d", ntohs(la.sin_port));
+    EXPECT(1, "is not a NATS URL scheme", "rules", "show", "--nats-url", http);
+    close(lfd);
     EXPECT(1, "is not a number", "dlq", "ls", "--nats-url", "nats://u:s3cret@127.0.0.1:abc");
     cr_expect(strstr(out, "s3cret") == NULL, "a password in the URL is printed:\n%s", out);
 }
