@@ -22,7 +22,8 @@
  *  - A logged its failed renewals during the cut and `lease lost` after the heal, and stands by: `standing by`
  *    in its log, /readyz 503 with phase standby, verdict_lease_epoch 0;
  *  - every confirmed transaction has exactly one decision, none is dead-lettered.
- * Both engines run on this machine, so their decided_at_ms come from one clock. Needs root for the namespaces;
+ * A third test, partitioned (--partitions 8, three engines, A cut off), is described above it, at the end.
+ * The engines run on this machine, so their decided_at_ms come from one clock. Needs root for the namespaces;
  * skips, saying why, only when it is not root. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
