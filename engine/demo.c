@@ -11,6 +11,7 @@
 #include "broker.h"
 #include "localserver.h"
 #include "log.h"
+#include "partition.h"
 #include "pipeline.h"
 #include "simgen.h"
 
@@ -188,6 +189,23 @@ static int decide_request(demo *d, const void *buf, int n, natsMsg **out)
 
 /* A publish straight to the stream, retried the same way with the same Nats-Msg-Id (the TXN duplicate window
  * makes a retry of a publish that was stored after all harmless). */
+static bool publish_retry(demo *d, const char *subj, const void *buf, int n, const char *msgid);
+
+/* Where a direct publish goes: partitioned (--partitions N), the partition subject <base>.<P>.<key> with
+ * P = partition_of(key), as a payment service computes it (a subject outside the partitions would be stored in
+ * TXN but delivered by no partition's consumer); otherwise <base>.direct.<txn_id>. key is the card, or the id of
+ * a poison message, which has none. */
+static void direct_subject(const demo *d, const char *key, const char *txn_id, char *out, size_t cap)
+{
+    int base = (int)(strlen(d->cfg.txn_subjects) - 2);
+    size_t kn = key ? strlen(key) : 0;
+    if (d->cfg.partitions > 0 && partition_key_ok(key, kn))
+        snprintf(out, cap, "%.*s.%u.%s", base, d->cfg.txn_subjects,
+                 partition_of(key, kn, (uint32_t)d->cfg.partitions), key);
+    else
+        snprintf(out, cap, "%.*s.direct.%s", base, d->cfg.txn_subjects, txn_id);
+}
+
 static bool publish_retry(demo *d, const char *subj, const void *buf, int n, const char *msgid)
 {
     int64_t give_up = now_ms() + DEMO_RETRY_MS;
@@ -214,9 +232,6 @@ static void *client_main(void *arg)
 {
     demo *d = arg;
     unsigned char buf[4096];
-    char direct_prefix[NAME_MAX_LEN + 16];
-    snprintf(direct_prefix, sizeof direct_prefix, "%.*s.direct", (int)(strlen(d->cfg.txn_subjects) - 2),
-             d->cfg.txn_subjects);
     for (;;) {
         int i = atomic_fetch_add(&d->next, 1);
         if (i >= d->total)
@@ -232,8 +247,8 @@ static void *client_main(void *arg)
 
         if (i % 3 == 2) {
             /* a payment service that writes to the stream directly and reads decisions later */
-            char subj[NAME_MAX_LEN + 80];
-            snprintf(subj, sizeof subj, "%s.%s", direct_prefix, txn_id);
+            char subj[NAME_MAX_LEN + 300];
+            direct_subject(d, t.card_id, txn_id, subj, sizeof subj);
             bool ok = publish_retry(d, subj, buf, (int)n, txn_id);
             atomic_store(&d->accepted[i], ok ? ACC_YES : ACC_GAVE_UP);
             atomic_fetch_add(ok ? &d->sent_direct : &d->gave_up, 1);
@@ -268,9 +283,9 @@ static void *client_main(void *arg)
         if (i % 750 == 0) {
             /* poison: garbage straight into the stream (its Nats-Msg-Id becomes the dead letter's
              * Verdict-Txn-Id, so the run finds its own), and a request with an invalid txn_id */
-            char subj[NAME_MAX_LEN + 80], id[40];
+            char subj[NAME_MAX_LEN + 300], id[40];
             snprintf(id, sizeof id, "%s-p%06d", d->run, i);
-            snprintf(subj, sizeof subj, "%s.%s", direct_prefix, id);
+            direct_subject(d, id, id, subj, sizeof subj);
             bool ok = publish_retry(d, subj, "\xff\xff\xff not protobuf", 16, id);
             atomic_store(&d->poison_acc[i], ok ? ACC_YES : ACC_GAVE_UP);
             if (ok)

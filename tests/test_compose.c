@@ -114,6 +114,55 @@ Test(compose, nats_server_accepts_the_config_files)
     unlink(bad);
 }
 
+/* Issue 18: the cluster runs three partitioned engines (VERDICT_PARTITIONS=16): each with its own engine id (its
+ * decisions carry it) and host metrics port, the image's health check, R3, a lease TTL; one of them builds the image;
+ * the simulator knows the partition count (its direct publishes go to txn.p.<P>.<card_id>). And the permissions
+ * let the engine publish the ingress's txn.p.> and use the members bucket, and deny a payment service the ingress's
+ * txn.p.*.req.*. */
+Test(compose, the_cluster_runs_three_partitioned_engines)
+{
+    static const char check[] =
+        "import sys, yaml\n"
+        "s = yaml.safe_load(open(sys.argv[1]))['services']\n"
+        "engines = sorted(n for n in s if n.startswith('engine'))\n"
+        "assert engines == ['engine', 'engine-2', 'engine-3'], engines\n"
+        "ids, ports = set(), set()\n"
+        "for n in engines:\n"
+        "    v = s[n]\n"
+        "    env = v['environment']\n"
+        "    assert v['image'] == 'verdict:local', n\n"
+        "    assert env.get('VERDICT_PARTITIONS') == '16', n + ': not partitioned by 16'\n"
+        "    assert env.get('VERDICT_REPLICAS') == '3', n\n"
+        "    assert env.get('VERDICT_LEASE_TTL'), n + ': no lease TTL'\n"
+        "    assert env.get('VERDICT_METRICS_ADDR', '').startswith('0.0.0.0:'), n + ': no health endpoint'\n"
+        "    assert 'healthcheck' not in v, n + ': the image HEALTHCHECK (ready or standby) is overridden'\n"
+        "    assert v.get('restart') == 'unless-stopped', n\n"
+        "    ids.add(env['VERDICT_ENGINE_ID'])\n"
+        "    ports.update(p['published'] if isinstance(p, dict) else p.split(':')[0] for p in v['ports'])\n"
+        "    for node in ('nats-1', 'nats-2', 'nats-3'):\n"
+        "        assert v['depends_on'][node]['condition'] == 'service_healthy', n\n"
+        "assert len(ids) == 3, 'engine ids are not distinct: %s' % ids\n"
+        "assert len(ports) == 3, 'host ports are not distinct: %s' % ports\n"
+        "assert sum('build' in s[n] for n in engines) == 1, 'the image must be built by one service'\n"
+        "assert s['payments']['environment'].get('VERDICT_PARTITIONS') == '16', 'the simulator lacks the count'\n";
+    char py[256], cluster[256];
+    temp_path(py, sizeof py, ".py");
+    temp_path(cluster, sizeof cluster, ".yaml");
+    FILE *f = fopen(py, "w");
+    cr_assert_not_null(f);
+    fputs(check, f);
+    fclose(f);
+    cr_assert_eq(sh(PW "docker-compose -f compose.cluster.yaml --profile demo config > '%s'", cluster), 0);
+    int rc = sh("python3 '%s' '%s'", py, cluster);
+    unlink(py);
+    unlink(cluster);
+    cr_assert_eq(rc, 0, "see the assertion above");
+    cr_assert_eq(sh("grep -q '\"txn.p.>\"' nats-permissions.conf"), 0, "the engine may not publish txn.p.>");
+    cr_assert_eq(sh("grep -q '\"$KV.verdict_members.>\"' nats-permissions.conf"), 0, "no members bucket");
+    cr_assert_eq(sh("grep -q 'deny: \\[\"txn.req\", \"txn.p.\\*.req.\\*\"\\]' nats-permissions.conf"), 0,
+                 "a payment service may publish the ingress's partition subjects");
+}
+
 /* Issue: the cluster stack had no NATS users (any client reaching a node could connect as anyone). Both stacks
  * now run the same users: every nats service's config includes compose/nats-users.conf (which includes
  * nats-permissions.conf), both files are mounted, the passwords are in the service's environment; the engines

@@ -22,7 +22,8 @@
  *  - A logged its failed renewals during the cut and `lease lost` after the heal, and stands by: `standing by`
  *    in its log, /readyz 503 with phase standby, verdict_lease_epoch 0;
  *  - every confirmed transaction has exactly one decision, none is dead-lettered.
- * Both engines run on this machine, so their decided_at_ms come from one clock. Needs root for the namespaces;
+ * A third test, partitioned (--partitions 8, three engines, A cut off), is described above it, at the end.
+ * The engines run on this machine, so their decided_at_ms come from one clock. Needs root for the namespaces;
  * skips, saying why, only when it is not root. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -31,6 +32,7 @@
 #include "client.h"
 #include "harness.h"
 #include "netns.h"
+#include "partition.h"
 #include "streamread.h"
 
 #include <criterion/criterion.h>
@@ -54,22 +56,27 @@
 #define PUB_PERIOD_MS 10 /* per publisher: 3 x ~100/s, about 300 transactions/s */
 #define MAX_PER_PUB 20000
 #define METRICS_PORT 9090
+#define NENG 3       /* A, B and, in the partitioned test, C */
+#define PARTS 8      /* the partitioned test's --partitions */
+#define CARDS 64     /* distinct cards: every partition gets traffic */
+#define PARTS_ARG "8"
 
 static netns_lab lab;
 static natsConnection *nc; /* the test's own connection, from the client namespace */
 static jsCtx *js;
 static int nservers;
 static pid_t server_pid[MAX_SERVERS];
-static pid_t engine_pid[2]; /* A, B */
+static pid_t engine_pid[NENG]; /* A, B, C */
 static char store[MAX_SERVERS][64];
 static char url[64];           /* the clients' server */
-static char engine_url[2][64]; /* each engine's server */
-static char engine_log[2][256];
-static int engine_host[2], client_host;
+static char engine_url[NENG][64]; /* each engine's server */
+static char engine_log[NENG][256];
+static int engine_host[NENG], client_host;
+static bool partitioned; /* the partitioned test: --partitions PARTS, publishes to txn.p.<P>.<card> */
 static bool passed;
 static const char *server_bin = "nats-server";
 
-static const char *const engine_id[2] = {"sb-a", "sb-b"};
+static const char *const engine_id[NENG] = {"sb-a", "sb-b", "sb-c"};
 
 static int64_t mono_ms(void)
 {
@@ -133,6 +140,20 @@ static int64_t wait_log(const char *log, const char *needle, int64_t since, int 
 
 /* --- load ------------------------------------------------------------------------------------------------ */
 
+/* The partitioned test's card of publisher p's k-th transaction, and so its partition: a function of the txn_id,
+ * so that a decision's partition is known from its txn_id (what a payment service computes, partition.h). */
+static void card_of(int p, int k, char *out, size_t cap)
+{
+    snprintf(out, cap, "card-%d", (p * 17 + k) % CARDS);
+}
+
+static int part_of(int p, int k)
+{
+    char card[32];
+    card_of(p, k, card, sizeof card);
+    return (int)partition_of(card, strlen(card), PARTS);
+}
+
 static atomic_bool stop_pub;
 static atomic_int confirmed_total, given_up_total;
 static unsigned char confirmed[PUBLISHERS][MAX_PER_PUB];
@@ -149,11 +170,17 @@ static void *publisher(void *arg)
         return NULL;
     int64_t next = mono_ms();
     for (int k = 0; k < MAX_PER_PUB && !atomic_load(&stop_pub); k++) {
-        char id[32], subj[64];
+        char id[32], subj[64], card[32];
         snprintf(id, sizeof id, "sb-%d-%d", p, k);
-        snprintf(subj, sizeof subj, "txn.standby.%d", p);
         Transaction t;
         tc_txn(&t, id, k % 25 == 0 ? 1500000 : 1000 + k);
+        if (partitioned) {
+            card_of(p, k, card, sizeof card);
+            t.card_id = card;
+            snprintf(subj, sizeof subj, "txn.p.%d.%s", part_of(p, k), card);
+        } else {
+            snprintf(subj, sizeof subj, "txn.standby.%d", p);
+        }
         unsigned char buf[2048];
         int n = tc_pack(&t, buf);
         published[p] = k + 1;
@@ -236,7 +263,7 @@ static void read_decisions(decider d[2], int *others, int64_t heal_at)
 static void teardown(void)
 {
     atomic_store(&stop_pub, true);
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < NENG; i++)
         if (engine_pid[i] > 0) {
             kill(engine_pid[i], SIGKILL);
             child_wait(engine_pid[i], 5000);
@@ -250,7 +277,7 @@ static void teardown(void)
         passed = false; /* keep the logs of a passing run too, to study it */
     netns_servers_remove(server_pid, store, MAX_SERVERS, !passed, "test_standby_netns");
     netns_lab_destroy(&lab);
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < NENG; i++) {
         if (engine_log[i][0] && passed)
             unlink(engine_log[i]);
         else if (engine_log[i][0])
@@ -329,8 +356,8 @@ static bool jetstream_ready(int timeout_ms)
     return false;
 }
 
-/* servers: 1 (cut_off) or 3 (lease_unreachable, n2 started later by the test); hosts: the servers, A, B, the
- * clients. */
+/* servers: 1 (cut_off, partitioned) or 3 (lease_unreachable, n2 started later by the test); hosts: the servers,
+ * A, B, C (used by the partitioned test only), the clients. */
 static void setup_lab(int servers)
 {
     const char *why = netns_unavailable();
@@ -339,11 +366,11 @@ static void setup_lab(int servers)
     server_bin = harness_nats_server();
     SETUP_REQUIRE(server_bin, "not the nats-server version asked for (above)");
     nservers = servers;
-    engine_host[0] = servers;
-    engine_host[1] = servers + 1;
-    client_host = servers + 2;
+    for (int k = 0; k < NENG; k++)
+        engine_host[k] = servers + k;
+    client_host = servers + NENG;
     /* before any nats.c call: nats.c's own threads must be created in the client namespace too */
-    SETUP_REQUIRE(netns_lab_create(&lab, servers + 3), "cannot create the network namespaces (root is available)");
+    SETUP_REQUIRE(netns_lab_create(&lab, servers + NENG + 1), "cannot create the network namespaces (root is available)");
     SETUP_REQUIRE(netns_enter(&lab, client_host), "cannot enter the client namespace");
     for (int i = 0; i < servers; i++) {
         snprintf(store[i], sizeof store[i], "/tmp/verdict-sb-XXXXXX"); /* mkdtemp replaces the Xs */
@@ -351,8 +378,8 @@ static void setup_lab(int servers)
     }
     /* the clients use a server that no partition here separates from anything */
     snprintf(url, sizeof url, "nats://%s:4222", lab.addr[servers > 1 ? 1 : 0]);
-    for (int k = 0; k < 2; k++)
-        snprintf(engine_url[k], sizeof engine_url[k], "nats://%s:4222", lab.addr[servers > 1 ? k : 0]);
+    for (int k = 0; k < NENG; k++)
+        snprintf(engine_url[k], sizeof engine_url[k], "nats://%s:4222", lab.addr[servers > 1 && k < 2 ? k : 0]);
     for (int i = 0; i < servers && i < 2; i++)
         SETUP_REQUIRE(start_server(i), "cannot start %s for n%d", server_bin, i);
     SETUP_REQUIRE(jetstream_ready(45000), "JetStream did not become ready; see %s.log", store[0]);
@@ -365,7 +392,7 @@ static void setup_lab(int servers)
     jsOptions_Init(&jo);
     jo.Wait = 5000;
     SETUP_REQUIRE(natsConnection_JetStream(&js, nc, &jo) == NATS_OK, "no JetStream context");
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < NENG; i++)
         temp_path(engine_log[i], sizeof engine_log[i], ".log");
 }
 
@@ -381,7 +408,7 @@ static pid_t spawn_engine(int i)
     const char *argv[] = {VERDICT_BIN,  "serve", "--nats-url",  engine_url[i], "--engine-id",    engine_id[i],
                           "--workers",  "2",     "--batch",     "16",          "--ack-wait",     "2s",
                           "--backoff",  "",      "--lease-ttl", "3s",          "--metrics-addr", metrics,
-                          "--replicas", "1",     NULL};
+                          "--replicas", "1",     partitioned ? "--partitions" : NULL, PARTS_ARG, NULL};
     return netns_spawn(&lab, engine_host[i], argv, engine_log[i]);
 }
 
@@ -615,4 +642,349 @@ Test(standby_netns, an_owner_that_reaches_the_work_but_not_the_lease_is_fenced_b
      .init = setup_three_servers)
 {
     run(true);
+}
+
+/* --- partitioned (--partitions 8): three engines, A cut off ---------------------------------------------------
+ * A, B and C share 8 partitions (about 3, 3, 2). Under load A's namespace is cut off for CUT_MS: its leases lapse
+ * and its heartbeat stops, so B and C (now two live engines, a share of 4) take A's partitions. After the heal A
+ * learns that each was taken ("partition lost") and may take its share again only through the protocol: a lease
+ * another engine released. From DECISIONS, per partition in stream order: a decider never comes back to a
+ * partition unless its log says it took that partition again between its previous decision there and this one;
+ * nothing of A's is decided by A past its lease's validity during the cut, nor after the heal unless taken anew. */
+
+static const char *const part_events[] = {"\"partition taken: this engine decides it\"",
+                                          "\"partition released for another engine\"",
+                                          "\"partition lost: another engine owns it now\"",
+                                          "\"partition released at the stop\""};
+
+/* The time (ms since the epoch) of an engine log line, or -1. */
+static int64_t line_ts(const char *line)
+{
+    const char *ts = strstr(line, "\"ts\":\"");
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    int ms = 0;
+    if (!ts || sscanf(ts + 6, "%d-%d-%dT%d:%d:%d.%dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour, &tm.tm_min,
+                      &tm.tm_sec, &ms) != 7)
+        return -1;
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    return (int64_t)timegm(&tm) * 1000 + ms;
+}
+
+/* The partition event of a log line (an index in part_events) and its partition, or -1. */
+static int part_event(const char *line, int *p)
+{
+    const char *c = strstr(line, "\"consumer\":\"verdict-p");
+    if (!c || sscanf(c + 21, "%d", p) != 1 || *p < 0 || *p >= PARTS)
+        return -1;
+    for (int k = 0; k < 4; k++)
+        if (strstr(line, part_events[k]))
+            return k;
+    return -1;
+}
+
+/* Replays the engine's log up to until (ms since the epoch): the partitions it holds then, as a bit mask; also
+ * the count of events of kind ev from since on, when count is not NULL. */
+static unsigned held_mask(int i, int64_t until, int ev, int64_t since, int *count)
+{
+    FILE *f = fopen(engine_log[i], "r");
+    unsigned mask = 0;
+    if (count)
+        *count = 0;
+    if (!f)
+        return 0;
+    char line[4096];
+    while (fgets(line, sizeof line, f)) {
+        int p = -1, k = part_event(line, &p);
+        int64_t t = k >= 0 ? line_ts(line) : -1;
+        if (t < 0)
+            continue;
+        if (count && k == ev && t >= since)
+            (*count)++;
+        if (t > until)
+            continue;
+        if (k == 0)
+            mask |= 1u << p;
+        else
+            mask &= ~(1u << p);
+    }
+    fclose(f);
+    return mask;
+}
+
+/* The time of engine i's first "partition taken" of partition p within [from, to], or -1. */
+static int64_t taken_between(int i, int p, int64_t from, int64_t to)
+{
+    FILE *f = fopen(engine_log[i], "r");
+    if (!f)
+        return -1;
+    char line[4096];
+    int64_t found = -1;
+    while (found < 0 && fgets(line, sizeof line, f)) {
+        int q = -1;
+        int64_t t;
+        if (part_event(line, &q) == 0 && q == p && (t = line_ts(line)) >= from && t <= to)
+            found = t;
+    }
+    fclose(f);
+    return found;
+}
+
+static bool partitions_idle(void)
+{
+    for (int p = 0; p < PARTS; p++) {
+        char name[32];
+        snprintf(name, sizeof name, "verdict-p%d", p);
+        jsConsumerInfo *ci = NULL;
+        if (js_GetConsumerInfo(&ci, js, "TXN", name, NULL, NULL) != NATS_OK)
+            return false;
+        bool idle = ci->NumPending == 0 && ci->NumAckPending == 0;
+        jsConsumerInfo_Destroy(ci);
+        if (!idle)
+            return false;
+    }
+    return true;
+}
+
+static int popcount(unsigned m)
+{
+    int n = 0;
+    for (; m; m &= m - 1)
+        n++;
+    return n;
+}
+
+/* Polls until the engines' logs say that they hold every partition, each by one engine; the masks go to held. */
+static bool wait_all_held(unsigned held[NENG], int timeout_ms)
+{
+    for (int64_t deadline = mono_ms() + timeout_ms;; tc_sleep_ms(100)) {
+        unsigned all = 0, overlap = 0;
+        int64_t now = wall_ms();
+        for (int i = 0; i < NENG; i++) {
+            held[i] = held_mask(i, now, -1, 0, NULL);
+            overlap |= all & held[i];
+            all |= held[i];
+        }
+        if (all == (1u << PARTS) - 1 && overlap == 0)
+            return true;
+        if (mono_ms() >= deadline)
+            return false;
+    }
+}
+
+typedef struct part_check {
+    int cur[PARTS];              /* the engine of the partition's latest decision, -1 before any */
+    unsigned had[PARTS];         /* the engines that decided it so far */
+    int64_t last[PARTS][NENG];   /* each engine's latest decided_at_ms in it */
+    int n[NENG];                 /* decisions per engine */
+    int switch_backs, unjustified, a_in_cut, a_after_heal, a_after_heal_untaken;
+    int64_t a_last_before_heal;
+} part_check;
+
+/* Reads every decision back: one count per transaction in seen, and the per-partition checks above. */
+static void read_partitioned_decisions(part_check *pc, int *others, int64_t cut_at, int64_t heal_at)
+{
+    memset(seen, 0, sizeof seen);
+    memset(pc, 0, sizeof *pc);
+    for (int p = 0; p < PARTS; p++)
+        pc->cur[p] = -1;
+    stream_reader *r = NULL;
+    verror e = {0};
+    cr_assert_eq(stream_reader_open(js, "DECISIONS", NULL, 1, 0, &r, &e), V_OK, "%s", e.msg);
+    arena a;
+    cr_assert_eq(arena_init(&a, 1 << 20), V_OK);
+    for (;;) {
+        natsMsg *m = NULL;
+        uint64_t seq;
+        int64_t store_ns;
+        vstatus rc = stream_reader_next(r, &m, &seq, &store_ns, 5000, &e);
+        if (rc == V_ENOTFOUND)
+            break;
+        cr_assert_eq(rc, V_OK, "reading DECISIONS: %s", e.msg);
+        arena_reset(&a);
+        Decision *dec = decision_decode(&a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
+        cr_assert_not_null(dec, "a decision that does not decode (seq %llu)", (unsigned long long)seq);
+        int pub = -1, k = -1;
+        cr_assert(sscanf(dec->txn_id, "sb-%d-%d", &pub, &k) == 2 && pub >= 0 && pub < PUBLISHERS && k >= 0 &&
+                      k < MAX_PER_PUB,
+                  "unknown decision %s", dec->txn_id);
+        if (seen[pub][k] < 255)
+            seen[pub][k]++;
+        int who = -1;
+        for (int i = 0; i < NENG; i++)
+            if (strcmp(dec->engine_id, engine_id[i]) == 0)
+                who = i;
+        if (who < 0) {
+            (*others)++;
+            natsMsg_Destroy(m);
+            continue;
+        }
+        int p = part_of(pub, k);
+        int64_t t = dec->decided_at_ms;
+        pc->n[who]++;
+        if (pc->cur[p] >= 0 && pc->cur[p] != who && (pc->had[p] & (1u << who))) {
+            /* back to an engine that decided it before: only after that engine took the lease anew */
+            pc->switch_backs++;
+            if (taken_between(who, p, pc->last[p][who], t) < 0 && pc->unjustified++ < 5)
+                fprintf(stderr,
+                        "test_standby_netns: partition %d decided by %s again (%s) at %lld, after %s, without "
+                        "taking it anew since its decision there at %lld\n",
+                        p, engine_id[who], dec->txn_id, (long long)t, engine_id[pc->cur[p]],
+                        (long long)pc->last[p][who]);
+        }
+        pc->cur[p] = who;
+        pc->had[p] |= 1u << who;
+        pc->last[p][who] = t;
+        if (who == 0) {
+            if (t >= cut_at + TTL_MS && t < heal_at)
+                pc->a_in_cut++;
+            if (t < heal_at && t > pc->a_last_before_heal)
+                pc->a_last_before_heal = t;
+            if (t >= heal_at) {
+                pc->a_after_heal++;
+                if (taken_between(0, p, heal_at, t) < 0)
+                    pc->a_after_heal_untaken++;
+            }
+        }
+        natsMsg_Destroy(m);
+    }
+    stream_reader_close(r);
+    arena_free(&a);
+}
+
+Test(standby_netns, partitioned_an_engine_cut_off_past_its_leases_is_taken_over_and_rejoins_through_the_protocol,
+     .init = setup_one_server)
+{
+    partitioned = true;
+    for (int i = 0; i < NENG; i++) {
+        engine_pid[i] = spawn_engine(i);
+        cr_assert(engine_pid[i] > 0);
+        cr_assert(file_wait_for(engine_log[i], "engine started", 30000), "%s did not start; see %s", engine_id[i],
+                  engine_log[i]);
+    }
+    unsigned held[NENG];
+    cr_assert(wait_all_held(held, 20000), "the three engines did not share the %d partitions (%x %x %x)", PARTS,
+              held[0], held[1], held[2]);
+
+    pthread_t pub[PUBLISHERS];
+    for (int p = 0; p < PUBLISHERS; p++)
+        cr_assert_eq(pthread_create(&pub[p], NULL, publisher, (void *)(intptr_t)p), 0);
+    tc_sleep_ms(LOAD_BEFORE_MS);
+    cr_assert_gt(tc_stream_msgs(js, "DECISIONS"), 0, "nothing decided under load before the cut");
+
+    int64_t cut_at = wall_ms(), cut_mono = mono_ms();
+    unsigned a_held = held_mask(0, cut_at, -1, 0, NULL);
+    cr_assert_gt(popcount(a_held), 0, "A holds no partition at the cut; see %s", engine_log[0]);
+    fprintf(stderr, "test_standby_netns: partitioned: cutting A, which holds %d partitions (mask %x), %d confirmed\n",
+            popcount(a_held), a_held, atomic_load(&confirmed_total));
+    cr_assert(netns_cut(&lab, engine_host[0]));
+
+    /* B and C take every one of A's partitions within the cut */
+    int64_t first_take = -1, last_take = -1;
+    for (;; tc_sleep_ms(50)) {
+        first_take = last_take = -1;
+        int taken = 0;
+        for (int p = 0; p < PARTS; p++) {
+            if (!(a_held & (1u << p)))
+                continue;
+            int64_t t = -1;
+            for (int i = 1; i < NENG && t < 0; i++)
+                t = taken_between(i, p, cut_at, INT64_MAX);
+            if (t < 0)
+                continue;
+            taken++;
+            if (first_take < 0 || t < first_take)
+                first_take = t;
+            if (t > last_take)
+                last_take = t;
+        }
+        if (taken == popcount(a_held) || mono_ms() - cut_mono >= CUT_MS)
+            break;
+    }
+    int64_t left = CUT_MS - (mono_ms() - cut_mono);
+    if (left > 0)
+        tc_sleep_ms((int)left);
+    unsigned during[NENG];
+    for (int i = 0; i < NENG; i++)
+        during[i] = held_mask(i, wall_ms(), -1, 0, NULL);
+    int64_t heal_at = wall_ms();
+    cr_assert(netns_heal(&lab, engine_host[0]));
+    cr_assert(last_take > 0 && ((during[1] | during[2]) & a_held) == a_held,
+              "B and C did not take all of A's partitions (%x) during a %d s cut: B %x, C %x; see %s and %s", a_held,
+              CUT_MS / 1000, during[1], during[2], engine_log[1], engine_log[2]);
+    cr_assert_eq(during[1] | during[2], (1u << PARTS) - 1, "B and C do not hold all partitions during the cut");
+    fprintf(stderr,
+            "test_standby_netns: partitioned: A's partitions taken over %lld ms (first) and %lld ms (last) after the "
+            "cut (TTL %d ms); during the cut B held %d, C %d\n",
+            (long long)(first_take - cut_at), (long long)(last_take - cut_at), TTL_MS, popcount(during[1]),
+            popcount(during[2]));
+
+    /* A learns that each of its partitions was taken, and holds partitions again only by taking released ones */
+    int lost = 0;
+    for (int64_t deadline = mono_ms() + 30000; mono_ms() < deadline; tc_sleep_ms(100)) {
+        held_mask(0, wall_ms(), 2, heal_at, &lost);
+        if (lost >= popcount(a_held))
+            break;
+    }
+    cr_assert_eq(lost, popcount(a_held), "A logged 'partition lost' %d times after the heal for the %d it held; see %s",
+                 lost, popcount(a_held), engine_log[0]);
+    cr_assert(wait_all_held(held, 20000), "after the heal the engines do not hold the %d partitions each once", PARTS);
+    tc_sleep_ms(AFTER_HEAL_MS); /* load continues over the rebalance */
+
+    atomic_store(&stop_pub, true);
+    for (int p = 0; p < PUBLISHERS; p++)
+        pthread_join(pub[p], NULL);
+    int conf = atomic_load(&confirmed_total);
+    cr_assert_eq(atomic_load(&given_up_total), 0, "a publisher gave a transaction up; its server was never cut");
+    cr_assert(wait_all_held(held, 20000), "at the end the engines do not hold the %d partitions each once", PARTS);
+    int a_retaken = 0;
+    held_mask(0, wall_ms(), 0, heal_at, &a_retaken);
+    fprintf(stderr,
+            "test_standby_netns: partitioned: A logged 'partition lost' %d times after the heal, took %d partitions "
+            "again; holding now A %d, B %d, C %d\n",
+            lost, a_retaken, popcount(held[0]), popcount(held[1]), popcount(held[2]));
+
+    uint64_t got = tc_wait_msgs(js, "DECISIONS", (uint64_t)conf, 40000);
+    cr_assert_geq(got, (uint64_t)conf, "%llu decisions for %d confirmed transactions", (unsigned long long)got, conf);
+    bool idle = false;
+    for (int64_t deadline = mono_ms() + 20000; !(idle = partitions_idle()) && mono_ms() < deadline;)
+        tc_sleep_ms(100);
+    cr_assert(idle, "the partition consumers did not drain");
+    cr_assert_eq(tc_stream_msgs(js, "DLQ"), 0, "nothing may be dead-lettered");
+
+    part_check pc;
+    int others = 0;
+    read_partitioned_decisions(&pc, &others, cut_at, heal_at);
+    int missing = 0, doubled = 0;
+    for (int p = 0; p < PUBLISHERS; p++)
+        for (int k = 0; k < published[p]; k++) {
+            if (confirmed[p][k] && !seen[p][k] && missing++ < 5)
+                fprintf(stderr, "test_standby_netns: sb-%d-%d confirmed, never decided\n", p, k);
+            if (seen[p][k] > 1 && doubled++ < 5)
+                fprintf(stderr, "test_standby_netns: sb-%d-%d decided %d times\n", p, k, seen[p][k]);
+        }
+    fprintf(stderr,
+            "test_standby_netns: partitioned: %d confirmed; decided by A %d (last before the heal %lld ms after the "
+            "cut; %d after the heal), B %d, C %d; %d hand-backs to an earlier decider, each after a new take\n",
+            conf, pc.n[0], (long long)(pc.a_last_before_heal - cut_at), pc.a_after_heal, pc.n[1], pc.n[2],
+            pc.switch_backs);
+    cr_assert_eq(missing, 0, "%d confirmed transactions without a decision", missing);
+    cr_assert_eq(doubled, 0, "%d transactions decided more than once", doubled);
+    cr_assert_eq(others, 0, "%d decisions by an engine that is not A, B or C", others);
+    cr_assert_gt(pc.n[0], 0, "A decided nothing before the cut");
+    cr_assert_eq(pc.unjustified, 0, "%d decisions in a partition another engine held (above); see the logs",
+                 pc.unjustified);
+    cr_assert_eq(pc.a_in_cut, 0, "A decided %d transactions past its leases' validity during the cut", pc.a_in_cut);
+    cr_assert_eq(pc.a_after_heal_untaken, 0, "A decided %d transactions after the heal in partitions it had not taken",
+                 pc.a_after_heal_untaken);
+    for (int i = 0; i < NENG; i++)
+        cr_assert(engine_alive(i), "%s died; see %s", engine_id[i], engine_log[i]);
+    for (int i = 0; i < NENG; i++) {
+        kill(engine_pid[i], SIGTERM);
+        cr_assert_eq(child_wait(engine_pid[i], 15000), 0, "engine %s did not exit 0 on SIGTERM; see %s", engine_id[i],
+                     engine_log[i]);
+        engine_pid[i] = 0;
+    }
+    passed = true;
 }
