@@ -150,7 +150,7 @@ static void free_engine(engine *en)
     observe_stop(en->observe);
     en->observe = NULL;
     lease_thread_stop(en);
-    partset_free(en);
+    partset_stop_fetching(en);
     reloader_stop(en->reloader);
     en->reloader = NULL;
     checkpoint_stop(en->ckpt);
@@ -190,7 +190,14 @@ static void free_engine(engine *en)
     }
     free(en->batches);
     arena_free(&en->seq_arena);
+    /* The catch-up reader and the members watcher are ephemeral consumers the library created: unsubscribing
+     * them asks the server to delete them, up to the JetStream wait each when the server does not answer (a node
+     * gone: test_cluster saw the stop overrun its deadline). Closed first, the connection sends nothing; the
+     * server drops them itself once they are inactive. */
+    if (en->nc && (en->catchup || en->parts))
+        natsConnection_Close(en->nc);
     catchup_reader_close(en->catchup);
+    partset_free(en);
     natsSubscription_Destroy(en->sub);
     policy_release(en->next_policy);
     velref_release(en->next_vel);

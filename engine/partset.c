@@ -20,6 +20,7 @@
 #include "log.h"
 #include "partition.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,8 +44,9 @@ typedef struct part {
 } part;
 
 typedef struct member {
-    char key[LEASE_OWNER_MAX + 8];
-    int64_t seen_ns; /* mono_ns() of its last heartbeat seen */
+    char key[LEASE_OWNER_MAX + 8]; /* <engine id>.<per-process suffix> */
+    int64_t seen_ns;               /* mono_ns() of its last heartbeat seen */
+    int held;                      /* the partitions it said it held then */
 } member;
 
 struct partset {
@@ -194,7 +196,20 @@ static void part_stop(partset *ps, part *pt)
 
 /* --- membership ---------------------------------------------------------------------------------------- */
 
-static void member_seen(partset *ps, const char *key, bool gone)
+/* The engine id part of a member key: its length (the key up to its last '.'). */
+static size_t id_len(const char *key)
+{
+    const char *dot = strrchr(key, '.');
+    return dot ? (size_t)(dot - key) : strlen(key);
+}
+
+static bool same_engine(const char *a, const char *b)
+{
+    size_t n = id_len(a);
+    return n == id_len(b) && strncmp(a, b, n) == 0;
+}
+
+static void member_seen(partset *ps, const char *key, bool gone, int held)
 {
     int i = 0;
     while (i < ps->nmem && strcmp(ps->mem[i].key, key) != 0)
@@ -211,13 +226,22 @@ static void member_seen(partset *ps, const char *key, bool gone)
         ps->nmem++;
     }
     ps->mem[i].seen_ns = mono_ns();
+    ps->mem[i].held = held;
 }
 
-/* Heartbeat, then what the others said; returns the live engines, this one included. */
-static int members_round(partset *ps)
+/* Heartbeat (with the partitions held), then what the others said; returns the live engines, this one included.
+ * Engines are counted by engine id: a restarted engine (same --engine-id, a new process) is one engine while its
+ * previous incarnation's heartbeat is still young, so its return does not make the others give partitions away
+ * for an engine that is not there. */
+static bool member_live(const partset *ps, int i)
+{
+    return mono_ns() - ps->mem[i].seen_ns < ps->en->cfg.lease_ttl_ms * NS_PER_MS;
+}
+
+static int members_round(partset *ps, int held)
 {
     char val[64];
-    int n = snprintf(val, sizeof val, "{\"ttl_ms\":%lld}", (long long)ps->en->cfg.lease_ttl_ms);
+    int n = snprintf(val, sizeof val, "{\"ttl_ms\":%lld,\"held\":%d}", (long long)ps->en->cfg.lease_ttl_ms, held);
     uint64_t rev = 0;
     natsStatus s = kvStore_Put(&rev, ps->members, ps->self_key, val, n);
     if (s != NATS_OK && !ps->heartbeat_failing)
@@ -234,15 +258,75 @@ static int members_round(partset *ps)
             continue; /* the end of the initial values */
         const char *key = kvEntry_Key(ke);
         bool gone = kvEntry_Operation(ke) != kvOp_Put;
+        int h = 0;
+        const char *v = kvEntry_ValueString(ke), *hp = v ? strstr(v, "\"held\":") : NULL;
+        if (hp)
+            h = atoi(hp + 7);
         if (key && strcmp(key, ps->self_key) != 0)
-            member_seen(ps, key, gone);
+            member_seen(ps, key, gone, h);
         kvEntry_Destroy(ke);
     }
-    int64_t now = mono_ns(), ttl = ps->en->cfg.lease_ttl_ms * NS_PER_MS;
     int live = 1;
-    for (int i = 0; i < ps->nmem; i++)
-        live += now - ps->mem[i].seen_ns < ttl;
+    for (int i = 0; i < ps->nmem; i++) {
+        if (!member_live(ps, i) || same_engine(ps->mem[i].key, ps->self_key))
+            continue;
+        bool counted = false; /* another incarnation of an engine already counted */
+        for (int j = 0; j < i && !counted; j++)
+            counted = member_live(ps, j) && same_engine(ps->mem[j].key, ps->mem[i].key);
+        live += !counted;
+    }
     return live;
+}
+
+/* Of member i's incarnations (one engine id), whether i is the newest heartbeat: it speaks for the engine. */
+static bool member_newest(const partset *ps, int i)
+{
+    for (int j = 0; j < ps->nmem; j++)
+        if (j != i && same_engine(ps->mem[j].key, ps->mem[i].key) && ps->mem[j].seen_ns > ps->mem[i].seen_ns)
+            return false;
+    return true;
+}
+
+/* The fewest partitions a live other engine holds (INT_MAX with none). */
+static int poorest_other(const partset *ps)
+{
+    int min = INT_MAX;
+    for (int i = 0; i < ps->nmem; i++)
+        if (member_live(ps, i) && !same_engine(ps->mem[i].key, ps->self_key) && member_newest(ps, i) &&
+            ps->mem[i].held < min)
+            min = ps->mem[i].held;
+    return min;
+}
+
+/* Whether this engine may take a free or expired lease: below its share, and not while another engine is below
+ * floor(N/live) and this one is not (the free partition is left to it: an engine that just gave one back to even
+ * the split out must not take it again). */
+static bool may_take(const partset *ps, int live, int held, int share)
+{
+    int lo = ps->n / live;
+    return held < share && (held < lo || poorest_other(ps) >= lo);
+}
+
+/* Whether this engine should give one partition back so that the split evens out: some live engine holds
+ * fewer than floor(N/live) while this one holds more, and no other live engine holds more than this one (ties:
+ * the lower key gives), so one engine gives per round. The share (ceil) alone is an upper bound: 16 partitions
+ * among 3 engines could stay 4/6/6. */
+static bool should_even_out(const partset *ps, int live, int held)
+{
+    int lo = ps->n / live;
+    if (held <= lo)
+        return false;
+    bool poorer = false;
+    for (int i = 0; i < ps->nmem; i++) {
+        const member *m = &ps->mem[i];
+        if (!member_live(ps, i) || same_engine(m->key, ps->self_key) || !member_newest(ps, i))
+            continue;
+        if (m->held < lo)
+            poorer = true;
+        if (m->held > held || (m->held == held && strcmp(m->key, ps->self_key) < 0))
+            return false;
+    }
+    return poorer;
 }
 
 /* --- the manager ---------------------------------------------------------------------------------------- */
@@ -250,18 +334,18 @@ static int members_round(partset *ps)
 static void manager_round(partset *ps)
 {
     engine *en = ps->en;
-    int live = members_round(ps);
-    int share = (ps->n + live - 1) / live;
     int held = 0;
     for (int i = 0; i < ps->n; i++)
         held += ps->parts[i].lease.held;
+    int live = members_round(ps, held);
+    int share = (ps->n + live - 1) / live;
     /* the held ones first: a slow bucket must not make a renewal wait behind the others' reads */
-    for (int k = 0; k < 2 * ps->n; k++) {
+    for (int k = 0; k < 2 * ps->n && !atomic_load(&ps->mgr_quit); k++) { /* a stop need not wait for the round */
         part *pt = &ps->parts[(ps->offset + (unsigned)k) % (unsigned)ps->n];
         if ((k < ps->n) != pt->lease.held)
             continue;
         bool was = pt->lease.held;
-        pt->lease.no_take = !was && held >= share;
+        pt->lease.no_take = !was && !may_take(ps, live, held, share);
         verror le = {0};
         vstatus rc = lease_step(ps->leases, &pt->lease, &le);
         if (was && !pt->lease.held) {
@@ -290,8 +374,10 @@ static void manager_round(partset *ps)
             }
         }
     }
-    /* above the share (an engine joined): the highest extras go back, fenced and drained first */
-    for (int k = ps->n - 1; k >= 0 && held > share; k--) {
+    /* above the share (an engine joined): the highest extras go back, fenced and drained first; and one at a
+     * time to even the split out */
+    int keep = held > share ? share : should_even_out(ps, live, held) ? held - 1 : held;
+    for (int k = ps->n - 1; k >= 0 && held > keep && !atomic_load(&ps->mgr_quit); k--) {
         part *pt = &ps->parts[(ps->offset + (unsigned)k) % (unsigned)ps->n];
         if (!pt->lease.held)
             continue;
@@ -358,14 +444,17 @@ vstatus partset_start(engine *en, verror *e)
     }
     if (s != NATS_OK)
         return broker_err(e, s, 0, "cannot open the members bucket");
-    /* the member key: the instance, with what a KV key cannot hold made '_' */
+    /* the member key: <engine id>.<the instance's per-process suffix>, with what a KV key cannot hold (and '.')
+     * in the id made '_', so that the incarnations of one engine id are known as one engine */
     const char *inst = lease_instance(ps->leases);
+    const char *slash = strrchr(inst, '/');
     size_t k = 0;
     for (const char *q = inst; *q && k < sizeof ps->self_key - 1; q++)
-        ps->self_key[k++] = (char)((*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z') || (*q >= '0' && *q <= '9') ||
-                                           *q == '-' || *q == '_'
-                                       ? *q
-                                       : '_');
+        ps->self_key[k++] = q == slash ? '.'
+                            : ((*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z') || (*q >= '0' && *q <= '9') ||
+                               *q == '-' || *q == '_')
+                                ? *q
+                                : '_';
     ps->self_key[k] = 0;
     s = kvStore_WatchAll(&ps->watch, ps->members, NULL);
     if (s != NATS_OK)

@@ -903,6 +903,87 @@ Test(partitioned, the_ingress_stores_a_request_under_its_card_s_partition_and_an
     stop_engine(a);
 }
 
+/* How many partitions each engine decides, from `verdict status --json` ($SRV.STATS): counts[] sorted ascending;
+ * returns the number of engines that answered. */
+static int partition_counts(const char *parts, int *counts, int cap)
+{
+    char out[256];
+    temp_path(out, sizeof out, ".json");
+    const char *argv[] = {"verdict", "status", "--json", "--wait", "300", "--partitions", parts, "--nats-url",
+                          srv.url, NULL};
+    pid_t st = verdict_spawn(argv, out);
+    cr_assert_eq(child_wait(st, 20000), 0, "verdict status failed; see %s", out);
+    json_error_t je;
+    json_t *j = json_load_file(out, 0, &je);
+    cr_assert_not_null(j, "status printed no JSON: %s (%s)", je.text, out);
+    json_t *en = json_object_get(j, "engines");
+    int n = 0;
+    for (size_t i = 0; i < json_array_size(en) && n < cap; i++)
+        counts[n++] = (int)json_integer_value(json_object_get(json_array_get(en, i), "partitions"));
+    for (int i = 1; i < n; i++) /* insertion sort: a handful */
+        for (int k = i; k > 0 && counts[k - 1] > counts[k]; k--) {
+            int t = counts[k];
+            counts[k] = counts[k - 1];
+            counts[k - 1] = t;
+        }
+    json_decref(j);
+    unlink(out);
+    return n;
+}
+
+/* 16 partitions, engines joining one by one: 16, then 8/8, then the third's share (6) taken from the two (6/6/4)
+ * would leave it below the others for good; the split evens out to 5/5/6. An engine restarted with the same
+ * --engine-id is one engine, not a fourth, while its previous heartbeat is young: nothing is given away for it. */
+Test(partitioned, the_split_evens_out_and_a_restarted_engine_is_not_counted_twice)
+{
+    /* a TTL longer than a restart takes, so that the restarted engine is back while its old heartbeat is young */
+    static const char *const p16a[] = {"--partitions", "16", "--lease-ttl", "6s", "--engine-id", "ea", NULL};
+    static const char *const p16b[] = {"--partitions", "16", "--lease-ttl", "6s", "--engine-id", "eb", NULL};
+    static const char *const p16c[] = {"--partitions", "16", "--lease-ttl", "6s", "--engine-id", "ec", NULL};
+    pid_t a = start_engine("1", "32", NULL, p16a);
+    pid_t b = start_engine("1", "32", NULL, p16b);
+    int counts[8] = {0}, n = 0, waited = 0;
+    for (; !((n = partition_counts("16", counts, 8)) == 2 && counts[0] == 8 && counts[1] == 8); waited += 500) {
+        cr_assert(waited < 20000, "two engines did not split 16 partitions 8/8: %d/%d; see %s", counts[0], counts[1],
+                  logp);
+        tc_sleep_ms(500);
+    }
+    pid_t c = start_engine("1", "32", NULL, p16c); /* its share (6) from the two leaves it 4 before the evening */
+    waited = 0;
+    for (;; waited += 500) {
+        n = partition_counts("16", counts, 8);
+        if (n == 3 && counts[0] == 5 && counts[1] == 5 && counts[2] == 6)
+            break;
+        cr_assert(waited < 20000, "the split did not even out to 5/5/6: %d engines, %d/%d/%d; see %s", n, counts[0],
+                  counts[1], counts[2], logp);
+        tc_sleep_ms(500);
+    }
+    /* c killed and started again at once under the same id: while c's old heartbeat is young, a and b count
+     * three engines, not four, and give nothing away (counted twice, the share would drop to 4 and each would
+     * release one or two at once) */
+    int released = tc_count_lines(logp, "\"partition released for another engine\"");
+    int64_t t0 = mono_ns();
+    kill(c, SIGKILL);
+    cr_assert_eq(child_wait(c, 5000), -1);
+    c = start_engine("1", "32", NULL, p16c);
+    tc_sleep_ms(1500); /* a few of a and b's rounds with the new c's heartbeat */
+    cr_assert_lt(mono_ns() - t0, 5500 * 1000000LL, "the restart took longer than the test's TTL allows");
+    cr_assert_eq(tc_count_lines(logp, "\"partition released for another engine\""), released,
+                 "partitions were given away for the restarted engine counted twice; see %s", logp);
+    /* c's old leases lapse (6 s) and are taken; the split evens out again */
+    for (waited = 0;; waited += 500) {
+        n = partition_counts("16", counts, 8);
+        if (n == 3 && counts[0] == 5 && counts[1] == 5 && counts[2] == 6)
+            break;
+        cr_assert(waited < 30000, "the split did not come back to 5/5/6: %d/%d/%d; see %s", counts[0], counts[1],
+                  counts[2], logp);
+        tc_sleep_ms(500);
+    }
+    stop_engine(c);
+    stop_engine(b);
+    stop_engine(a);
+}
+
 /* --- the feature ring (unit) ------------------------------------------------------------------------------ */
 
 TestSuite(featring, .timeout = 10);
