@@ -292,19 +292,42 @@ static natsStatus confirm_subscriptions(engine *en)
  * may not answer JetStream's API for seconds (no meta leader yet): a failed call is tried again, for up to
  * START_CONFIRM_MS, unless the start is abandoned; what exists but differs from what is needed (V_ECONFLICT) or
  * is invalid fails at once. Test fault "setup_timeout_once": the first attempt fails as a timeout. */
-static vstatus setup_streams(engine *en, verror *e)
+/* A start step that failed in the broker (V_ENATS: a timeout while a cluster elects, a node going down as the
+ * step runs) is tried again for up to START_CONFIRM_MS, unless the start is abandoned; any other failure (a
+ * conflict, a bad file) ends the start at once. fault names the test fault that fails the first attempt. */
+typedef vstatus (*start_step)(engine *en, void *arg, verror *e);
+
+static vstatus start_retrying(engine *en, start_step step, void *arg, const char *fault, const char *what, verror *e)
 {
-    bool fault = strcmp(en->cfg.fault, "setup_timeout_once") == 0;
+    bool fail_once = strcmp(en->cfg.fault, fault) == 0;
     int64_t give_up = now_ms() + START_CONFIRM_MS;
     for (;;) {
-        vstatus rc = fault ? verror_set(e, V_ENATS, "cannot create stream %s: Timeout (test fault)", en->cfg.txn_stream)
-                           : broker_setup(&en->cfg, en->js, e);
-        fault = false;
+        vstatus rc = fail_once ? verror_set(e, V_ENATS, "%s: Timeout (test fault)", what) : step(en, arg, e);
+        fail_once = false;
         if (rc != V_ENATS || start_abandoned(en) || now_ms() >= give_up)
             return rc;
-        log_warn("JetStream set-up failed; trying again", "\"error\":\"%s\"", log_esc(e->msg));
+        log_warn("a start step failed in the broker; trying again", "\"step\":\"%s\",\"error\":\"%s\"", what,
+                 log_esc(e->msg));
         sleep_ms(500);
     }
+}
+
+static vstatus setup_step(engine *en, void *arg, verror *e)
+{
+    (void)arg;
+    return broker_setup(&en->cfg, en->js, e);
+}
+
+static vstatus setup_streams(engine *en, verror *e)
+{
+    return start_retrying(en, setup_step, NULL, "setup_timeout_once", "JetStream set-up", e);
+}
+
+/* The rules bucket's watcher: its first read also failed as a node went down under a standby that had just
+ * taken the lease (test_cluster under ASan: "cannot watch the rules KV bucket: Timeout", and the engine exited). */
+static vstatus reloader_step(engine *en, void *arg, verror *e)
+{
+    return reloader_start(arg, &en->cfg, en->js, &en->reloader, e);
 }
 
 vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **out, verror *e)
@@ -523,7 +546,7 @@ vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **ou
         free_engine(en);
         return rc;
     }
-    if ((rc = reloader_start(&tgt, c, en->js, &en->reloader, e)) != V_OK) {
+    if ((rc = start_retrying(en, reloader_step, &tgt, "reloader_timeout_once", "rules bucket watch", e)) != V_OK) {
         free_engine(en);
         return rc;
     }

@@ -20,7 +20,6 @@
 #include "log.h"
 #include "partition.h"
 
-#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -278,57 +277,6 @@ static int members_round(partset *ps, int held)
     return live;
 }
 
-/* Of member i's incarnations (one engine id), whether i is the newest heartbeat: it speaks for the engine. */
-static bool member_newest(const partset *ps, int i)
-{
-    for (int j = 0; j < ps->nmem; j++)
-        if (j != i && same_engine(ps->mem[j].key, ps->mem[i].key) && ps->mem[j].seen_ns > ps->mem[i].seen_ns)
-            return false;
-    return true;
-}
-
-/* The fewest partitions a live other engine holds (INT_MAX with none). */
-static int poorest_other(const partset *ps)
-{
-    int min = INT_MAX;
-    for (int i = 0; i < ps->nmem; i++)
-        if (member_live(ps, i) && !same_engine(ps->mem[i].key, ps->self_key) && member_newest(ps, i) &&
-            ps->mem[i].held < min)
-            min = ps->mem[i].held;
-    return min;
-}
-
-/* Whether this engine may take a free or expired lease: below its share, and not while another engine is below
- * floor(N/live) and this one is not (the free partition is left to it: an engine that just gave one back to even
- * the split out must not take it again). */
-static bool may_take(const partset *ps, int live, int held, int share)
-{
-    int lo = ps->n / live;
-    return held < share && (held < lo || poorest_other(ps) >= lo);
-}
-
-/* Whether this engine should give one partition back so that the split evens out: some live engine holds
- * fewer than floor(N/live) while this one holds more, and no other live engine holds more than this one (ties:
- * the lower key gives), so one engine gives per round. The share (ceil) alone is an upper bound: 16 partitions
- * among 3 engines could stay 4/6/6. */
-static bool should_even_out(const partset *ps, int live, int held)
-{
-    int lo = ps->n / live;
-    if (held <= lo)
-        return false;
-    bool poorer = false;
-    for (int i = 0; i < ps->nmem; i++) {
-        const member *m = &ps->mem[i];
-        if (!member_live(ps, i) || same_engine(m->key, ps->self_key) || !member_newest(ps, i))
-            continue;
-        if (m->held < lo)
-            poorer = true;
-        if (m->held > held || (m->held == held && strcmp(m->key, ps->self_key) < 0))
-            return false;
-    }
-    return poorer;
-}
-
 /* --- the manager ---------------------------------------------------------------------------------------- */
 
 static void manager_round(partset *ps)
@@ -345,7 +293,7 @@ static void manager_round(partset *ps)
         if ((k < ps->n) != pt->lease.held)
             continue;
         bool was = pt->lease.held;
-        pt->lease.no_take = !was && !may_take(ps, live, held, share);
+        pt->lease.no_take = !was && held >= share;
         verror le = {0};
         vstatus rc = lease_step(ps->leases, &pt->lease, &le);
         if (was && !pt->lease.held) {
@@ -374,10 +322,8 @@ static void manager_round(partset *ps)
             }
         }
     }
-    /* above the share (an engine joined): the highest extras go back, fenced and drained first; and one at a
-     * time to even the split out */
-    int keep = held > share ? share : should_even_out(ps, live, held) ? held - 1 : held;
-    for (int k = ps->n - 1; k >= 0 && held > keep && !atomic_load(&ps->mgr_quit); k--) {
+    /* above the share (an engine joined): the highest extras go back, fenced and drained first */
+    for (int k = ps->n - 1; k >= 0 && held > share && !atomic_load(&ps->mgr_quit); k--) {
         part *pt = &ps->parts[(ps->offset + (unsigned)k) % (unsigned)ps->n];
         if (!pt->lease.held)
             continue;

@@ -223,7 +223,23 @@ Test(lifecycle, a_stream_setup_that_times_out_is_tried_again)
     unsetenv("VERDICT_TEST_FAULT");
     cr_assert(engine_pid > 0);
     cr_assert(file_wait_for(logp, "engine started", 15000), "the engine did not start; see %s", logp);
-    cr_assert(file_wait_for(logp, "JetStream set-up failed; trying again", 0), "see %s", logp);
+    cr_assert(file_wait_for(logp, "a start step failed in the broker; trying again", 0), "see %s", logp);
+    cr_assert(file_wait_for(logp, "JetStream set-up", 0), "see %s", logp);
+    int64_t took = 0;
+    cr_assert_eq(sigterm_and_wait(STOP_BOUND_MS, &took), 0, "see %s", logp);
+}
+
+/* The same for the rules bucket's watcher (test_cluster under ASan: a standby that had just taken the lease
+ * watched the rules bucket as its node went down, "cannot watch the rules KV bucket: Timeout", and exited). */
+Test(lifecycle, a_rules_bucket_watch_that_times_out_is_tried_again)
+{
+    setenv("VERDICT_TEST_FAULT", "reloader_timeout_once", 1);
+    const char *argv[] = {"verdict", "serve", "--nats-url", srv.url, "--workers", "2", NULL};
+    engine_pid = verdict_spawn(argv, logp);
+    unsetenv("VERDICT_TEST_FAULT");
+    cr_assert(engine_pid > 0);
+    cr_assert(file_wait_for(logp, "engine started", 15000), "the engine did not start; see %s", logp);
+    cr_assert(file_wait_for(logp, "rules bucket watch", 0), "see %s", logp);
     int64_t took = 0;
     cr_assert_eq(sigterm_and_wait(STOP_BOUND_MS, &took), 0, "see %s", logp);
 }

@@ -931,10 +931,12 @@ static int partition_counts(const char *parts, int *counts, int cap)
     return n;
 }
 
-/* 16 partitions, engines joining one by one: 16, then 8/8, then the third's share (6) taken from the two (6/6/4)
- * would leave it below the others for good; the split evens out to 5/5/6. An engine restarted with the same
- * --engine-id is one engine, not a fourth, while its previous heartbeat is young: nothing is given away for it. */
-Test(partitioned, the_split_evens_out_and_a_restarted_engine_is_not_counted_twice)
+/* An engine restarted with the same --engine-id is one engine, not a fourth, while its previous heartbeat is
+ * young: nothing is given away for it. Counted twice (the members bucket keyed by process), the two others saw four
+ * live engines, their share dropped from 6 to 4 and each released two partitions at once (helper's compose-test
+ * run: takes 1.7 s after a kill, before any lease could lapse). 16 partitions among three engines joining one by
+ * one split 6/6/4 (the share is an upper bound; docs/operations.md). */
+Test(partitioned, a_restarted_engine_is_not_counted_twice)
 {
     /* a TTL longer than a restart takes, so that the restarted engine is back while its old heartbeat is young */
     static const char *const p16a[] = {"--partitions", "16", "--lease-ttl", "6s", "--engine-id", "ea", NULL};
@@ -948,19 +950,13 @@ Test(partitioned, the_split_evens_out_and_a_restarted_engine_is_not_counted_twic
                   logp);
         tc_sleep_ms(500);
     }
-    pid_t c = start_engine("1", "32", NULL, p16c); /* its share (6) from the two leaves it 4 before the evening */
-    waited = 0;
-    for (;; waited += 500) {
-        n = partition_counts("16", counts, 8);
-        if (n == 3 && counts[0] == 5 && counts[1] == 5 && counts[2] == 6)
-            break;
-        cr_assert(waited < 20000, "the split did not even out to 5/5/6: %d engines, %d/%d/%d; see %s", n, counts[0],
+    pid_t c = start_engine("1", "32", NULL, p16c);
+    for (waited = 0; !((n = partition_counts("16", counts, 8)) == 3 && counts[0] == 4 && counts[2] == 6);
+         waited += 500) {
+        cr_assert(waited < 20000, "three engines did not split 16 partitions 6/6/4: %d/%d/%d; see %s", counts[0],
                   counts[1], counts[2], logp);
         tc_sleep_ms(500);
     }
-    /* c killed and started again at once under the same id: while c's old heartbeat is young, a and b count
-     * three engines, not four, and give nothing away (counted twice, the share would drop to 4 and each would
-     * release one or two at once) */
     int released = tc_count_lines(logp, "\"partition released for another engine\"");
     int64_t t0 = mono_ns();
     kill(c, SIGKILL);
@@ -970,12 +966,10 @@ Test(partitioned, the_split_evens_out_and_a_restarted_engine_is_not_counted_twic
     cr_assert_lt(mono_ns() - t0, 5500 * 1000000LL, "the restart took longer than the test's TTL allows");
     cr_assert_eq(tc_count_lines(logp, "\"partition released for another engine\""), released,
                  "partitions were given away for the restarted engine counted twice; see %s", logp);
-    /* c's old leases lapse (6 s) and are taken; the split evens out again */
-    for (waited = 0;; waited += 500) {
-        n = partition_counts("16", counts, 8);
-        if (n == 3 && counts[0] == 5 && counts[1] == 5 && counts[2] == 6)
-            break;
-        cr_assert(waited < 30000, "the split did not come back to 5/5/6: %d/%d/%d; see %s", counts[0], counts[1],
+    /* c's old leases lapse (6 s) and the restarted c takes them: 6/6/4 again */
+    for (waited = 0; !((n = partition_counts("16", counts, 8)) == 3 && counts[0] == 4 && counts[2] == 6);
+         waited += 500) {
+        cr_assert(waited < 30000, "the split did not come back to 6/6/4: %d/%d/%d; see %s", counts[0], counts[1],
                   counts[2], logp);
         tc_sleep_ms(500);
     }
