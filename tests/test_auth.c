@@ -48,6 +48,15 @@ static bool engine_up(const char *url, const char *const extra[], pid_t *pid)
         int st;
         if (waitpid(*pid, &st, WNOHANG) == *pid) {
             *pid = -1;
+            /* the log goes with the test's temporary files: what the engine said is printed here (CI saw one
+             * engine exit within 0.1 s of its start on 2.15.1, once, and the log was gone) */
+            FILE *f = fopen(logp, "r");
+            char line[600];
+            fprintf(stderr, "engine exited (status %d); its log:\n", st);
+            while (f && fgets(line, sizeof line, f))
+                fputs(line, stderr);
+            if (f)
+                fclose(f);
             return false;
         }
     }
