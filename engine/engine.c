@@ -687,6 +687,16 @@ void engine_stop(engine *en)
              (long long)st->decided[1], (long long)st->decided[2], (long long)st->decided[3],
              (long long)st->duplicates, (long long)st->dead_letters, (long long)st->naks,
              (long long)((mono_ns() - atomic_load(&en->stop_t0_ns)) / 1000000));
+    /* 4. nothing more to send: the connections close before the teardown, whose unsubscribes of consumers the
+     * library created (the KV replicas' watchers, the catch-up reader, the members watcher) would each ask the
+     * server to delete one and wait up to the JetStream timeout for a node that is gone (test_cluster: the
+     * standby's stop overran its deadline after its node was killed) */
+    pthread_mutex_lock(&en->conn_mu);
+    if (en->nc)
+        natsConnection_Close(en->nc);
+    if (en->inc)
+        natsConnection_Close(en->inc);
+    pthread_mutex_unlock(&en->conn_mu);
     free_engine(en);
 }
 
