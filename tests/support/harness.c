@@ -517,8 +517,18 @@ bool file_wait_for(const char *log_path, const char *needle, int timeout_ms)
     return false;
 }
 
+/* Unique across runs, not only within one: pids wrap (pid_max is 32768 here) after a few thousand test
+ * processes, and a name made of the pid and a counter alone met a file a test of an earlier run had kept. An
+ * engine log reopened for appending still said "engine started", so a test went on before its engine had started
+ * (CI: cli::rules_show_says_which_version_each_engine_runs found no rules bucket 0.00 s into the test). */
 void temp_path(char *out, size_t cap, const char *suffix)
 {
     static int counter;
-    snprintf(out, cap, "/tmp/verdict-t-%d-%d%s", (int)getpid(), ++counter, suffix ? suffix : "");
+    static unsigned token;
+    if (!token) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        token = ((unsigned)ts.tv_nsec ^ (unsigned)ts.tv_sec * 2654435761u ^ (unsigned)getpid() * 40503u) | 1u;
+    }
+    snprintf(out, cap, "/tmp/verdict-t-%d-%08x-%d%s", (int)getpid(), token, ++counter, suffix ? suffix : "");
 }
