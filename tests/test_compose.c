@@ -349,7 +349,9 @@ Test(compose, the_cluster_nodes_route_and_refuse_clients_without_a_password)
     s = NATS_ERR;
     jsErrCode jerr = 0;
     char last[256] = "";
-    for (int t = 0; t < 100 && s != NATS_OK; t++) { /* until the meta leader is elected */
+    /* until the meta leader is elected and every route stands: the nodes close duplicate routes after the check
+     * above, and an R3 placement waits for the third peer again (up to 60 s) */
+    for (int t = 0; t < 300 && s != NATS_OK; t++) {
         s = js_AddStream(&si, js, &sc, NULL, &jerr);
         if (s != NATS_OK) {
             const char *l = nats_GetLastError(NULL);
