@@ -180,20 +180,6 @@ static void burst_txn(int i)
     natsMsg_Destroy(m);
 }
 
-/* The test's own connection to the cluster (nc, js), with a 5 s JetStream wait. */
-static void connect_cluster(void)
-{
-    config cc;
-    config_defaults(&cc);
-    cr_assert(str_copy(cc.nats_url, sizeof cc.nats_url, cl.urls));
-    verror e = {0};
-    cr_assert_eq(broker_connect_simple(&cc, &nc, &e), V_OK, "connect to %s: %s", cl.urls, e.msg);
-    jsOptions jo;
-    jsOptions_Init(&jo);
-    jo.Wait = 5000;
-    cr_assert_eq(natsConnection_JetStream(&js, nc, &jo), NATS_OK);
-}
-
 /* How many lines of the engine log contain needle. */
 static int log_count(const char *needle)
 {
@@ -490,6 +476,20 @@ Test(cluster, readyz_says_503_while_the_cluster_has_no_quorum)
 }
 
 #ifndef VERDICT_TSAN_CRITERION_SHIM_H
+/* The test's own connection to the cluster (nc, js), with a 5 s JetStream wait. */
+static void connect_cluster(void)
+{
+    config cc;
+    config_defaults(&cc);
+    cr_assert(str_copy(cc.nats_url, sizeof cc.nats_url, cl.urls));
+    verror e = {0};
+    cr_assert_eq(broker_connect_simple(&cc, &nc, &e), V_OK, "connect to %s: %s", cl.urls, e.msg);
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = 5000;
+    cr_assert_eq(natsConnection_JetStream(&js, nc, &jo), NATS_OK);
+}
+
 /* Not in the ThreadSanitizer build (make tsan): a standby that reconnects when its node dies exits with a thread
  * of libnats 3.4.1's (created in natsThread_Create, finished, never joined) that TSan reports as a thread leak;
  * the engine's own threads are joined. The lease and standby code runs under TSan in test_sequence's standby
