@@ -60,17 +60,39 @@ static const char *url_after_scheme(const char *u, char *why, size_t cap)
     return sep + 3;
 }
 
+/* A walk over a comma-separated URL list (a copy, cut at 1023 bytes), each URL trimmed of blanks. */
+typedef struct url_walk {
+    char list[1024];
+    char *save;
+} url_walk;
+
+static char *url_next(url_walk *w, bool first)
+{
+    char *u = strtok_r(first ? w->list : NULL, ",", &w->save);
+    if (!u)
+        return NULL;
+    while (*u == ' ' || *u == '\t')
+        u++;
+    size_t ul = strlen(u);
+    while (ul && (u[ul - 1] == ' ' || u[ul - 1] == '\t'))
+        u[--ul] = 0;
+    return u;
+}
+
+static char *url_first(url_walk *w, const char *urls)
+{
+    if (!str_copy(w->list, sizeof w->list, urls))
+        w->list[sizeof w->list - 1] = 0;
+    w->save = NULL;
+    return url_next(w, true);
+}
+
 /* Refuses, before any connection, a URL list with a scheme that is not NATS's: nats.c would connect to the host
  * and port of an http:// URL all the same, and whatever answers there would be the error shown. */
 static bool urls_schemes_ok(const char *urls, char *why, size_t cap)
 {
-    char list[1024];
-    if (!str_copy(list, sizeof list, urls))
-        list[sizeof list - 1] = 0;
-    char *save = NULL;
-    for (char *u = strtok_r(list, ",", &save); u; u = strtok_r(NULL, ",", &save)) {
-        while (*u == ' ' || *u == '\t')
-            u++;
+    url_walk w;
+    for (char *u = url_first(&w, urls); u; u = url_next(&w, false)) {
         if (!url_after_scheme(u, why, cap))
             return false;
     }
@@ -79,18 +101,10 @@ static bool urls_schemes_ok(const char *urls, char *why, size_t cap)
 
 static void explain_connect_failure(const char *urls, natsStatus s, char *out, size_t cap)
 {
-    char list[1024];
     size_t used = 0;
     out[0] = 0;
-    if (!str_copy(list, sizeof list, urls))
-        list[sizeof list - 1] = 0;
-    char *save = NULL;
-    for (char *u = strtok_r(list, ",", &save); u; u = strtok_r(NULL, ",", &save)) {
-        while (*u == ' ' || *u == '\t')
-            u++;
-        size_t ul = strlen(u);
-        while (ul && (u[ul - 1] == ' ' || u[ul - 1] == '\t'))
-            u[--ul] = 0;
+    url_walk w;
+    for (char *u = url_first(&w, urls); u; u = url_next(&w, false)) {
         char why[1024];
         const char *hostport = url_after_scheme(u, why, sizeof why);
         if (!hostport)

@@ -476,6 +476,21 @@ Test(cluster, readyz_says_503_while_the_cluster_has_no_quorum)
 }
 
 #ifndef VERDICT_TSAN_CRITERION_SHIM_H
+/* Work in flight when the engine dies: a burst after transaction i (which the test's loop publishes again with
+ * confirmation), flushed, then kill -9 of engine_pid; the moment of the kill (mono_ns). */
+static int64_t burst_then_kill(int i)
+{
+    for (int b = i + 1; b <= i + BURST && b < TOTAL; b++)
+        burst_txn(b);
+    cr_assert_eq(natsConnection_FlushTimeout(nc, 5000), NATS_OK);
+    fprintf(stderr, "test_cluster: kill -9 of the engine %d with %llu of %d decided\n", (int)engine_pid,
+            (unsigned long long)tc_stream_msgs(js, "DECISIONS"), i + 1 + BURST);
+    kill(engine_pid, SIGKILL);
+    child_wait(engine_pid, 5000);
+    engine_pid = 0;
+    return mono_ns();
+}
+
 /* The test's own connection to the cluster (nc, js), with a 5 s JetStream wait. */
 static void connect_cluster(void)
 {
@@ -519,18 +534,8 @@ Test(cluster, a_standby_takes_over_from_a_killed_owner_and_survives_losing_the_l
     for (int i = 0; i < TOTAL; i++) {
         publish_txn(i);
         tc_sleep_ms(2);
-        if (i == KILL_AT) {
-            /* work in flight when the owner dies: a burst the loop publishes again with confirmation */
-            for (int b = i + 1; b <= i + BURST && b < TOTAL; b++)
-                burst_txn(b);
-            cr_assert_eq(natsConnection_FlushTimeout(nc, 5000), NATS_OK);
-            fprintf(stderr, "test_cluster: kill -9 of the owner engine with %llu of %d decided\n",
-                    (unsigned long long)tc_stream_msgs(js, "DECISIONS"), i + 1 + BURST);
-            kill(engine_pid, SIGKILL);
-            child_wait(engine_pid, 5000);
-            engine_pid = 0;
-            killed_at = mono_ns();
-        }
+        if (i == KILL_AT)
+            killed_at = burst_then_kill(i);
         if (i == KILL_AT + 60) {
             /* the standby owns the lease by now, or soon: take the bucket's leader away from under it */
             cr_assert(file_wait_for(logp2, "lease taken: this engine owns the consumer", 15000),
@@ -607,15 +612,8 @@ Test(cluster, partitioned_engines_take_over_a_killed_engine_s_partitions_within_
     for (int i = 0; i < TOTAL; i++) {
         publish_txn(i);
         tc_sleep_ms(2);
-        if (i == KILL_AT) {
-            for (int b = i + 1; b <= i + BURST && b < TOTAL; b++)
-                burst_txn(b);
-            cr_assert_eq(natsConnection_FlushTimeout(nc, 5000), NATS_OK);
-            kill(engine_pid, SIGKILL);
-            child_wait(engine_pid, 5000);
-            engine_pid = 0;
-            killed_at = mono_ns();
-        }
+        if (i == KILL_AT)
+            killed_at = burst_then_kill(i);
         if (killed_at && taken_ms < 0 &&
             tc_count_lines(logp2, "\"partition taken: this engine decides it\"") +
                     tc_count_lines(logp3, "\"partition taken: this engine decides it\"") - taken_before >=

@@ -86,10 +86,7 @@ Test(compose, the_stacks_start_in_order_and_fit_side_by_side)
     temp_path(py, sizeof py, ".py");
     temp_path(single, sizeof single, ".yaml");
     temp_path(cluster, sizeof cluster, ".yaml");
-    FILE *f = fopen(py, "w");
-    cr_assert_not_null(f);
-    fputs(check, f);
-    fclose(f);
+    tc_write_file(py, check);
     cr_assert_eq(sh(PW "docker-compose -f compose.yaml --profile demo config > '%s'", single), 0);
     cr_assert_eq(sh("docker-compose -f compose.cluster.yaml --profile demo config > '%s'", cluster), 0);
     cr_assert_eq(sh("python3 '%s' '%s' '%s'", py, single, cluster), 0, "see the assertion above");
@@ -106,10 +103,7 @@ Test(compose, nats_server_accepts_the_config_files)
     /* and the check is real: a broken file fails it */
     char bad[256];
     temp_path(bad, sizeof bad, ".conf");
-    FILE *f = fopen(bad, "w");
-    cr_assert_not_null(f);
-    fputs("jetstream { store_dir: \n", f);
-    fclose(f);
+    tc_write_file(bad, "jetstream { store_dir: \n");
     cr_assert_neq(sh(NATS_SERVER "-t -c '%s' >/dev/null 2>&1", bad), 0);
     unlink(bad);
 }
@@ -148,10 +142,7 @@ Test(compose, the_cluster_runs_three_partitioned_engines)
     char py[256], cluster[256];
     temp_path(py, sizeof py, ".py");
     temp_path(cluster, sizeof cluster, ".yaml");
-    FILE *f = fopen(py, "w");
-    cr_assert_not_null(f);
-    fputs(check, f);
-    fclose(f);
+    tc_write_file(py, check);
     cr_assert_eq(sh(PW "docker-compose -f compose.cluster.yaml --profile demo config > '%s'", cluster), 0);
     int rc = sh("python3 '%s' '%s'", py, cluster);
     unlink(py);
@@ -204,10 +195,7 @@ Test(compose, both_stacks_run_the_same_nats_users)
     temp_path(py, sizeof py, ".py");
     temp_path(single, sizeof single, ".yaml");
     temp_path(cluster, sizeof cluster, ".yaml");
-    FILE *f = fopen(py, "w");
-    cr_assert_not_null(f);
-    fputs(check, f);
-    fclose(f);
+    tc_write_file(py, check);
     cr_assert_eq(sh(PW "docker-compose -f compose.yaml --profile demo config > '%s'", single), 0);
     cr_assert_eq(sh(PW "docker-compose -f compose.cluster.yaml --profile demo config > '%s'", cluster), 0);
     int rc = sh("python3 '%s' \"$PWD\" '%s' '%s'", py, single, cluster);

@@ -186,20 +186,29 @@ Test(lifecycle, sigterm_during_a_slow_rebuild_abandons_the_start)
     cr_assert_not(file_wait_for(logp, "engine started", 0), "the start went on after SIGTERM; see %s", logp);
 }
 
+/* Starts an engine with the one-shot fault named and waits until it has started; the log must then say each of
+ * the lines in said (NULL-terminated) and not "cannot start". */
+static void start_through_fault(const char *fault, const char *const said[])
+{
+    setenv("VERDICT_TEST_FAULT", fault, 1);
+    const char *argv[] = {"verdict", "serve", "--nats-url", srv.url, "--workers", "2", NULL};
+    engine_pid = verdict_spawn(argv, logp);
+    unsetenv("VERDICT_TEST_FAULT");
+    cr_assert(engine_pid > 0);
+    cr_assert(file_wait_for(logp, "engine started", 15000), "the engine did not start (fault %s); see %s", fault, logp);
+    for (int i = 0; said[i]; i++)
+        cr_assert(file_wait_for(logp, said[i], 0), "the log lacks \"%s\"; see %s", said[i], logp);
+    cr_assert_not(file_wait_for(logp, "cannot start", 0), "see %s", logp);
+}
+
 /* The last step of a start asks the server to confirm the engine's subscriptions. A node lost at that moment (in
  * test_cluster, the standby taking over while the lease bucket's leader is killed) answered with a disconnect
  * and the engine exited "cannot start", although nats.c reconnects and subscribes again by itself: it asks again
  * and starts. The fault stands in for the disconnect. */
 Test(lifecycle, a_disconnect_while_the_start_confirms_its_subscriptions_is_asked_again)
 {
-    setenv("VERDICT_TEST_FAULT", "confirm_disconnect_once", 1);
-    const char *argv[] = {"verdict", "serve", "--nats-url", srv.url, "--workers", "2", NULL};
-    engine_pid = verdict_spawn(argv, logp);
-    unsetenv("VERDICT_TEST_FAULT");
-    cr_assert(engine_pid > 0);
-    cr_assert(file_wait_for(logp, "engine started", 15000), "the engine did not start; see %s", logp);
-    cr_assert(file_wait_for(logp, "did not confirm the engine's subscriptions yet; asking again", 0), "see %s", logp);
-    cr_assert_not(file_wait_for(logp, "cannot start", 0), "see %s", logp);
+    start_through_fault("confirm_disconnect_once",
+                        (const char *const[]){"did not confirm the engine's subscriptions yet; asking again", NULL});
     natsConnection *nc = tc_connect(srv.url);
     jsCtx *js = NULL;
     cr_assert_eq(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
@@ -217,14 +226,8 @@ Test(lifecycle, a_disconnect_while_the_start_confirms_its_subscriptions_is_asked
  * "cannot create stream TXN: Timeout", exit 1). The set-up is tried again and the engine starts. */
 Test(lifecycle, a_stream_setup_that_times_out_is_tried_again)
 {
-    setenv("VERDICT_TEST_FAULT", "setup_timeout_once", 1);
-    const char *argv[] = {"verdict", "serve", "--nats-url", srv.url, "--workers", "2", NULL};
-    engine_pid = verdict_spawn(argv, logp);
-    unsetenv("VERDICT_TEST_FAULT");
-    cr_assert(engine_pid > 0);
-    cr_assert(file_wait_for(logp, "engine started", 15000), "the engine did not start; see %s", logp);
-    cr_assert(file_wait_for(logp, "a start step failed in the broker; trying again", 0), "see %s", logp);
-    cr_assert(file_wait_for(logp, "JetStream set-up", 0), "see %s", logp);
+    start_through_fault("setup_timeout_once",
+                        (const char *const[]){"a start step failed in the broker; trying again", "JetStream set-up", NULL});
     int64_t took = 0;
     cr_assert_eq(sigterm_and_wait(STOP_BOUND_MS, &took), 0, "see %s", logp);
 }
@@ -233,13 +236,7 @@ Test(lifecycle, a_stream_setup_that_times_out_is_tried_again)
  * watched the rules bucket as its node went down, "cannot watch the rules KV bucket: Timeout", and exited). */
 Test(lifecycle, a_rules_bucket_watch_that_times_out_is_tried_again)
 {
-    setenv("VERDICT_TEST_FAULT", "reloader_timeout_once", 1);
-    const char *argv[] = {"verdict", "serve", "--nats-url", srv.url, "--workers", "2", NULL};
-    engine_pid = verdict_spawn(argv, logp);
-    unsetenv("VERDICT_TEST_FAULT");
-    cr_assert(engine_pid > 0);
-    cr_assert(file_wait_for(logp, "engine started", 15000), "the engine did not start; see %s", logp);
-    cr_assert(file_wait_for(logp, "rules bucket watch", 0), "see %s", logp);
+    start_through_fault("reloader_timeout_once", (const char *const[]){"rules bucket watch", NULL});
     int64_t took = 0;
     cr_assert_eq(sigterm_and_wait(STOP_BOUND_MS, &took), 0, "see %s", logp);
 }

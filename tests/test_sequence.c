@@ -236,32 +236,6 @@ static int reference_scores(void)
     return n;
 }
 
-/* Calls fn for every stored decision, in DECISIONS order. */
-static void each_decision(void (*fn)(const Decision *d, void *ctx), void *ctx)
-{
-    stream_reader *r = NULL;
-    verror e = {0};
-    cr_assert_eq(stream_reader_open(js, "DECISIONS", NULL, 1, 0, &r, &e), V_OK, "%s", e.msg);
-    arena a;
-    cr_assert_eq(arena_init(&a, 1 << 20), V_OK);
-    for (;;) {
-        natsMsg *m = NULL;
-        uint64_t seq;
-        int64_t store_ns;
-        vstatus rc = stream_reader_next(r, &m, &seq, &store_ns, 5000, &e);
-        if (rc == V_ENOTFOUND)
-            break;
-        cr_assert_eq(rc, V_OK, "reading DECISIONS: %s", e.msg);
-        arena_reset(&a);
-        Decision *d = decision_decode(&a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
-        cr_assert_not_null(d);
-        fn(d, ctx);
-        natsMsg_Destroy(m);
-    }
-    stream_reader_close(r);
-    arena_free(&a);
-}
-
 typedef struct comparison {
     int diff, decisions, degraded;
 } comparison;
@@ -284,7 +258,7 @@ static void compare_one(const Decision *d, void *ctx)
 static int compare_decisions(int *decisions, int *degraded)
 {
     comparison c = {0};
-    each_decision(compare_one, &c);
+    tc_each_decision(js, compare_one, &c);
     *decisions = c.decisions;
     *degraded = c.degraded;
     return c.diff;
@@ -513,7 +487,7 @@ static void count_decider(const Decision *d, void *ctx)
 static int decider_switches(int *engines)
 {
     deciders k = {0};
-    each_decision(count_decider, &k);
+    tc_each_decision(js, count_decider, &k);
     *engines = k.nseen;
     return k.switches;
 }
@@ -682,29 +656,12 @@ static pid_t start_member(void)
     return start_engine("2", "32", NULL, part_args);
 }
 
-/* Every partition consumer has delivered and had acked all it holds. */
-static bool partitions_idle(void)
-{
-    for (int p = 0; p < partitions_n; p++) {
-        char name[32];
-        snprintf(name, sizeof name, "verdict-p%d", p);
-        jsConsumerInfo *ci = NULL;
-        if (js_GetConsumerInfo(&ci, js, "TXN", name, NULL, NULL) != NATS_OK)
-            return false;
-        bool idle = ci->NumPending == 0 && ci->NumAckPending == 0;
-        jsConsumerInfo_Destroy(ci);
-        if (!idle)
-            return false;
-    }
-    return true;
-}
-
 static void wait_all_decided_partitioned(int n)
 {
     cr_assert_eq(tc_wait_msgs(js, "DECISIONS", (uint64_t)n, 90000), (uint64_t)n,
                  "not every transaction was decided; see %s", logp);
     int waited = 0;
-    for (; !partitions_idle(); waited += 100) {
+    for (; !tc_partitions_idle(js, partitions_n); waited += 100) {
         cr_assert(waited < 30000, "the partition consumers did not drain; see %s", logp);
         tc_sleep_ms(100);
     }
@@ -780,7 +737,7 @@ Test(partitioned, three_engines_share_the_partitions_and_survive_a_kill_9_with_t
     stop_engine(c);
     assert_served_equals_reference_n("three partitioned engines, one killed", 3000);
     part_owners po = {0};
-    each_decision(owners_one, &po);
+    tc_each_decision(js, owners_one, &po);
     cr_assert_eq(po.conflicts, 0, "a partition went back and forth between engines; see %s", logp);
     int deciders = 0;
     for (int p = 0; p < 8; p++)
@@ -814,7 +771,7 @@ Test(partitioned, an_engine_that_joins_and_one_that_leaves_rebalance_with_the_st
     stop_engine(c);
     assert_served_equals_reference_n("a join and a leave", 3000);
     part_owners po = {0};
-    each_decision(owners_one, &po);
+    tc_each_decision(js, owners_one, &po);
     cr_assert_eq(po.conflicts, 0, "a partition went back and forth between engines; see %s", logp);
     /* the operator's proof, partitioned: every transaction has one decision; --repair reads the partitions' floors */
     char out[256];

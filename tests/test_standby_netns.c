@@ -33,7 +33,6 @@
 #include "harness.h"
 #include "netns.h"
 #include "partition.h"
-#include "streamread.h"
 
 #include <criterion/criterion.h>
 #include <pthread.h>
@@ -213,49 +212,73 @@ typedef struct decider {
 
 static unsigned char seen[PUBLISHERS][MAX_PER_PUB];
 
+/* The transaction of a decision: its publisher and index, asserted known; counted once more in seen. */
+static void count_seen(const Decision *dec, int *pub, int *k)
+{
+    *pub = -1;
+    *k = -1;
+    cr_assert(sscanf(dec->txn_id, "sb-%d-%d", pub, k) == 2 && *pub >= 0 && *pub < PUBLISHERS && *k >= 0 &&
+                  *k < MAX_PER_PUB,
+              "unknown decision %s", dec->txn_id);
+    if (seen[*pub][*k] < 255)
+        seen[*pub][*k]++;
+}
+
+/* The engine (0 .. NENG-1) that made a decision, or -1 for another. */
+static int decided_by(const Decision *dec)
+{
+    for (int i = 0; i < NENG; i++)
+        if (strcmp(dec->engine_id, engine_id[i]) == 0)
+            return i;
+    return -1;
+}
+
+typedef struct interval_read {
+    decider *d;
+    int *others;
+    int64_t heal_at;
+} interval_read;
+
+static void interval_one(const Decision *dec, void *ctx)
+{
+    interval_read *ir = ctx;
+    int p, k;
+    count_seen(dec, &p, &k);
+    int who = decided_by(dec);
+    if (who < 0 || who > 1) {
+        (*ir->others)++;
+        return;
+    }
+    decider *x = &ir->d[who];
+    int64_t t = dec->decided_at_ms;
+    if (x->n == 0 || t < x->first)
+        x->first = t;
+    if (x->n == 0 || t > x->last)
+        x->last = t;
+    x->n++;
+    if (t >= ir->heal_at)
+        x->after_heal++;
+}
+
 /* Reads every decision: one count per transaction in seen, and each engine's deciding interval. */
 static void read_decisions(decider d[2], int *others, int64_t heal_at)
 {
     memset(seen, 0, sizeof seen);
-    stream_reader *r = NULL;
-    verror e = {0};
-    cr_assert_eq(stream_reader_open(js, "DECISIONS", NULL, 1, 0, &r, &e), V_OK, "%s", e.msg);
-    arena a;
-    cr_assert_eq(arena_init(&a, 1 << 20), V_OK);
-    for (;;) {
-        natsMsg *m = NULL;
-        uint64_t seq;
-        int64_t store_ns;
-        vstatus rc = stream_reader_next(r, &m, &seq, &store_ns, 5000, &e);
-        if (rc == V_ENOTFOUND)
-            break;
-        cr_assert_eq(rc, V_OK, "reading DECISIONS: %s", e.msg);
-        arena_reset(&a);
-        Decision *dec = decision_decode(&a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
-        cr_assert_not_null(dec, "a decision that does not decode (seq %llu)", (unsigned long long)seq);
-        int p = -1, k = -1;
-        cr_assert(sscanf(dec->txn_id, "sb-%d-%d", &p, &k) == 2 && p >= 0 && p < PUBLISHERS && k >= 0 && k < MAX_PER_PUB,
-                  "unknown decision %s", dec->txn_id);
-        if (seen[p][k] < 255)
-            seen[p][k]++;
-        int who = strcmp(dec->engine_id, engine_id[0]) == 0 ? 0 : strcmp(dec->engine_id, engine_id[1]) == 0 ? 1 : -1;
-        if (who < 0) {
-            (*others)++;
-        } else {
-            decider *x = &d[who];
-            int64_t t = dec->decided_at_ms;
-            if (x->n == 0 || t < x->first)
-                x->first = t;
-            if (x->n == 0 || t > x->last)
-                x->last = t;
-            x->n++;
-            if (t >= heal_at)
-                x->after_heal++;
+    interval_read ir = {d, others, heal_at};
+    tc_each_decision(js, interval_one, &ir);
+}
+
+/* After read_decisions or read_partitioned_decisions: the confirmed transactions never decided and those decided
+ * more than once, the first five of each named on stderr. */
+static void count_missing_doubled(int *missing, int *doubled)
+{
+    for (int p = 0; p < PUBLISHERS; p++)
+        for (int k = 0; k < published[p]; k++) {
+            if (confirmed[p][k] && !seen[p][k] && (*missing)++ < 5)
+                fprintf(stderr, "test_standby_netns: sb-%d-%d confirmed, never decided\n", p, k);
+            if (seen[p][k] > 1 && (*doubled)++ < 5)
+                fprintf(stderr, "test_standby_netns: sb-%d-%d decided %d times\n", p, k, seen[p][k]);
         }
-        natsMsg_Destroy(m);
-    }
-    stream_reader_close(r);
-    arena_free(&a);
 }
 
 /* --- suite ----------------------------------------------------------------------------------------------- */
@@ -567,13 +590,7 @@ static void run(bool lease_unreachable)
     int others = 0;
     read_decisions(d, &others, heal_at);
     int missing = 0, doubled = 0;
-    for (int p = 0; p < PUBLISHERS; p++)
-        for (int k = 0; k < published[p]; k++) {
-            if (confirmed[p][k] && !seen[p][k] && missing++ < 5)
-                fprintf(stderr, "test_standby_netns: sb-%d-%d confirmed, never decided\n", p, k);
-            if (seen[p][k] > 1 && doubled++ < 5)
-                fprintf(stderr, "test_standby_netns: sb-%d-%d decided %d times\n", p, k, seen[p][k]);
-        }
+    count_missing_doubled(&missing, &doubled);
     fprintf(stderr,
             "test_standby_netns: %d confirmed; A decided %d (last %lld ms after the cut), B decided %d (first %lld ms "
             "after the cut); gap between the deciding intervals %lld ms; A after the heal: %d\n",
@@ -731,22 +748,6 @@ static int64_t taken_between(int i, int p, int64_t from, int64_t to)
     return found;
 }
 
-static bool partitions_idle(void)
-{
-    for (int p = 0; p < PARTS; p++) {
-        char name[32];
-        snprintf(name, sizeof name, "verdict-p%d", p);
-        jsConsumerInfo *ci = NULL;
-        if (js_GetConsumerInfo(&ci, js, "TXN", name, NULL, NULL) != NATS_OK)
-            return false;
-        bool idle = ci->NumPending == 0 && ci->NumAckPending == 0;
-        jsConsumerInfo_Destroy(ci);
-        if (!idle)
-            return false;
-    }
-    return true;
-}
-
 static int popcount(unsigned m)
 {
     int n = 0;
@@ -782,6 +783,51 @@ typedef struct part_check {
     int64_t a_last_before_heal;
 } part_check;
 
+typedef struct part_read {
+    part_check *pc;
+    int *others;
+    int64_t cut_at, heal_at;
+} part_read;
+
+static void part_one(const Decision *dec, void *ctx)
+{
+    part_read *pr = ctx;
+    part_check *pc = pr->pc;
+    int pub, k;
+    count_seen(dec, &pub, &k);
+    int who = decided_by(dec);
+    if (who < 0) {
+        (*pr->others)++;
+        return;
+    }
+    int p = part_of(pub, k);
+    int64_t t = dec->decided_at_ms;
+    pc->n[who]++;
+    if (pc->cur[p] >= 0 && pc->cur[p] != who && (pc->had[p] & (1u << who))) {
+        /* back to an engine that decided it before: only after that engine took the lease anew */
+        pc->switch_backs++;
+        if (taken_between(who, p, pc->last[p][who], t) < 0 && pc->unjustified++ < 5)
+            fprintf(stderr,
+                    "test_standby_netns: partition %d decided by %s again (%s) at %lld, after %s, without "
+                    "taking it anew since its decision there at %lld\n",
+                    p, engine_id[who], dec->txn_id, (long long)t, engine_id[pc->cur[p]], (long long)pc->last[p][who]);
+    }
+    pc->cur[p] = who;
+    pc->had[p] |= 1u << who;
+    pc->last[p][who] = t;
+    if (who == 0) {
+        if (t >= pr->cut_at + TTL_MS && t < pr->heal_at)
+            pc->a_in_cut++;
+        if (t < pr->heal_at && t > pc->a_last_before_heal)
+            pc->a_last_before_heal = t;
+        if (t >= pr->heal_at) {
+            pc->a_after_heal++;
+            if (taken_between(0, p, pr->heal_at, t) < 0)
+                pc->a_after_heal_untaken++;
+        }
+    }
+}
+
 /* Reads every decision back: one count per transaction in seen, and the per-partition checks above. */
 static void read_partitioned_decisions(part_check *pc, int *others, int64_t cut_at, int64_t heal_at)
 {
@@ -789,68 +835,8 @@ static void read_partitioned_decisions(part_check *pc, int *others, int64_t cut_
     memset(pc, 0, sizeof *pc);
     for (int p = 0; p < PARTS; p++)
         pc->cur[p] = -1;
-    stream_reader *r = NULL;
-    verror e = {0};
-    cr_assert_eq(stream_reader_open(js, "DECISIONS", NULL, 1, 0, &r, &e), V_OK, "%s", e.msg);
-    arena a;
-    cr_assert_eq(arena_init(&a, 1 << 20), V_OK);
-    for (;;) {
-        natsMsg *m = NULL;
-        uint64_t seq;
-        int64_t store_ns;
-        vstatus rc = stream_reader_next(r, &m, &seq, &store_ns, 5000, &e);
-        if (rc == V_ENOTFOUND)
-            break;
-        cr_assert_eq(rc, V_OK, "reading DECISIONS: %s", e.msg);
-        arena_reset(&a);
-        Decision *dec = decision_decode(&a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
-        cr_assert_not_null(dec, "a decision that does not decode (seq %llu)", (unsigned long long)seq);
-        int pub = -1, k = -1;
-        cr_assert(sscanf(dec->txn_id, "sb-%d-%d", &pub, &k) == 2 && pub >= 0 && pub < PUBLISHERS && k >= 0 &&
-                      k < MAX_PER_PUB,
-                  "unknown decision %s", dec->txn_id);
-        if (seen[pub][k] < 255)
-            seen[pub][k]++;
-        int who = -1;
-        for (int i = 0; i < NENG; i++)
-            if (strcmp(dec->engine_id, engine_id[i]) == 0)
-                who = i;
-        if (who < 0) {
-            (*others)++;
-            natsMsg_Destroy(m);
-            continue;
-        }
-        int p = part_of(pub, k);
-        int64_t t = dec->decided_at_ms;
-        pc->n[who]++;
-        if (pc->cur[p] >= 0 && pc->cur[p] != who && (pc->had[p] & (1u << who))) {
-            /* back to an engine that decided it before: only after that engine took the lease anew */
-            pc->switch_backs++;
-            if (taken_between(who, p, pc->last[p][who], t) < 0 && pc->unjustified++ < 5)
-                fprintf(stderr,
-                        "test_standby_netns: partition %d decided by %s again (%s) at %lld, after %s, without "
-                        "taking it anew since its decision there at %lld\n",
-                        p, engine_id[who], dec->txn_id, (long long)t, engine_id[pc->cur[p]],
-                        (long long)pc->last[p][who]);
-        }
-        pc->cur[p] = who;
-        pc->had[p] |= 1u << who;
-        pc->last[p][who] = t;
-        if (who == 0) {
-            if (t >= cut_at + TTL_MS && t < heal_at)
-                pc->a_in_cut++;
-            if (t < heal_at && t > pc->a_last_before_heal)
-                pc->a_last_before_heal = t;
-            if (t >= heal_at) {
-                pc->a_after_heal++;
-                if (taken_between(0, p, heal_at, t) < 0)
-                    pc->a_after_heal_untaken++;
-            }
-        }
-        natsMsg_Destroy(m);
-    }
-    stream_reader_close(r);
-    arena_free(&a);
+    part_read pr = {pc, others, cut_at, heal_at};
+    tc_each_decision(js, part_one, &pr);
 }
 
 Test(standby_netns, partitioned_an_engine_cut_off_past_its_leases_is_taken_over_and_rejoins_through_the_protocol,
@@ -948,7 +934,7 @@ Test(standby_netns, partitioned_an_engine_cut_off_past_its_leases_is_taken_over_
     uint64_t got = tc_wait_msgs(js, "DECISIONS", (uint64_t)conf, 40000);
     cr_assert_geq(got, (uint64_t)conf, "%llu decisions for %d confirmed transactions", (unsigned long long)got, conf);
     bool idle = false;
-    for (int64_t deadline = mono_ms() + 20000; !(idle = partitions_idle()) && mono_ms() < deadline;)
+    for (int64_t deadline = mono_ms() + 20000; !(idle = tc_partitions_idle(js, PARTS)) && mono_ms() < deadline;)
         tc_sleep_ms(100);
     cr_assert(idle, "the partition consumers did not drain");
     cr_assert_eq(tc_stream_msgs(js, "DLQ"), 0, "nothing may be dead-lettered");
@@ -957,13 +943,7 @@ Test(standby_netns, partitioned_an_engine_cut_off_past_its_leases_is_taken_over_
     int others = 0;
     read_partitioned_decisions(&pc, &others, cut_at, heal_at);
     int missing = 0, doubled = 0;
-    for (int p = 0; p < PUBLISHERS; p++)
-        for (int k = 0; k < published[p]; k++) {
-            if (confirmed[p][k] && !seen[p][k] && missing++ < 5)
-                fprintf(stderr, "test_standby_netns: sb-%d-%d confirmed, never decided\n", p, k);
-            if (seen[p][k] > 1 && doubled++ < 5)
-                fprintf(stderr, "test_standby_netns: sb-%d-%d decided %d times\n", p, k, seen[p][k]);
-        }
+    count_missing_doubled(&missing, &doubled);
     fprintf(stderr,
             "test_standby_netns: partitioned: %d confirmed; decided by A %d (last before the heal %lld ms after the "
             "cut; %d after the heal), B %d, C %d; %d hand-backs to an earlier decider, each after a new take\n",

@@ -5,6 +5,7 @@
 #include "broker.h"
 #include "config.h"
 #include "harness.h"
+#include "streamread.h"
 
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -236,4 +237,45 @@ void tc_fixture_down(test_server *srv, natsConnection *nc, jsCtx *js, const char
     natsConnection_Destroy(nc);
     server_stop(srv);
     unlink(logp);
+}
+
+void tc_each_decision(jsCtx *js, void (*fn)(const Decision *d, void *ctx), void *ctx)
+{
+    stream_reader *r = NULL;
+    verror e = {0};
+    cr_assert_eq(stream_reader_open(js, "DECISIONS", NULL, 1, 0, &r, &e), V_OK, "%s", e.msg);
+    arena a;
+    cr_assert_eq(arena_init(&a, 1 << 20), V_OK);
+    for (;;) {
+        natsMsg *m = NULL;
+        uint64_t seq;
+        int64_t store_ns;
+        vstatus rc = stream_reader_next(r, &m, &seq, &store_ns, 5000, &e);
+        if (rc == V_ENOTFOUND)
+            break;
+        cr_assert_eq(rc, V_OK, "reading DECISIONS: %s", e.msg);
+        arena_reset(&a);
+        Decision *d = decision_decode(&a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
+        cr_assert_not_null(d, "a decision that does not decode (seq %llu)", (unsigned long long)seq);
+        fn(d, ctx);
+        natsMsg_Destroy(m);
+    }
+    stream_reader_close(r);
+    arena_free(&a);
+}
+
+bool tc_partitions_idle(jsCtx *js, int n)
+{
+    for (int p = 0; p < n; p++) {
+        char name[32];
+        snprintf(name, sizeof name, "verdict-p%d", p);
+        jsConsumerInfo *ci = NULL;
+        if (js_GetConsumerInfo(&ci, js, "TXN", name, NULL, NULL) != NATS_OK)
+            return false;
+        bool idle = ci->NumPending == 0 && ci->NumAckPending == 0;
+        jsConsumerInfo_Destroy(ci);
+        if (!idle)
+            return false;
+    }
+    return true;
 }
