@@ -80,6 +80,28 @@ static bool currency_valid(const char *c)
            c[2] <= 'Z';
 }
 
+/* The checks every decoded transaction passes (txn_decode, txn_decode_more). */
+static vstatus txn_validate(const Transaction *t, poison_reason *why, verror *e)
+{
+    if (!txn_id_valid(t->txn_id)) {
+        *why = POISON_INVALID_TXN_ID;
+        return verror_set(e, V_EINVAL, "txn_id must be 1-%d of [A-Za-z0-9_-]", IDENT_TXN_ID_MAX);
+    }
+    if (!t->card_id || !t->card_id[0]) {
+        *why = POISON_MISSING_FIELD;
+        return verror_set(e, V_EINVAL, "txn %s: card_id is required", t->txn_id);
+    }
+    if (!currency_valid(t->currency)) {
+        *why = POISON_MISSING_FIELD;
+        return verror_set(e, V_EINVAL, "txn %s: currency must be a 3-letter ISO 4217 code", t->txn_id);
+    }
+    if (t->amount_minor < 0) {
+        *why = POISON_MISSING_FIELD;
+        return verror_set(e, V_EINVAL, "txn %s: amount_minor must be >= 0", t->txn_id);
+    }
+    return V_OK;
+}
+
 vstatus txn_decode(arena *a, const void *data, size_t len, size_t max_len, Transaction **out, poison_reason *why,
                    verror *e)
 {
@@ -99,24 +121,42 @@ vstatus txn_decode(arena *a, const void *data, size_t len, size_t max_len, Trans
         *why = POISON_DECODE;
         return verror_set(e, V_EINVAL, "payload of %zu bytes is not a verdict.v1.Transaction", len);
     }
-    if (!txn_id_valid(t->txn_id)) {
-        *why = POISON_INVALID_TXN_ID;
-        return verror_set(e, V_EINVAL, "txn_id must be 1-%d of [A-Za-z0-9_-]", IDENT_TXN_ID_MAX);
+    vstatus rc = txn_validate(t, why, e);
+    if (rc == V_OK)
+        *out = t;
+    return rc;
+}
+
+vstatus txn_decode_more(arena *a, const void *data, size_t len, size_t max_len, Transaction **out,
+                        poison_reason *why, verror *e)
+{
+    *out = NULL;
+    *why = POISON_NONE;
+    if (len > max_len) {
+        *why = POISON_OVERSIZE;
+        return verror_set(e, V_EINVAL, "message is %zu bytes, over the %zu-byte maximum", len, max_len);
     }
-    if (!t->card_id || !t->card_id[0]) {
-        *why = POISON_MISSING_FIELD;
-        return verror_set(e, V_EINVAL, "txn %s: card_id is required", t->txn_id);
+    size_t mark = a->used;
+    bool was_exhausted = a->exhausted;
+    a->exhausted = false;
+    Transaction *t = verdict__v1__transaction__unpack(&a->pa, len, data);
+    if (!t && a->exhausted) {
+        a->used = mark; /* what the failed decode carved is given back; the earlier transactions stay */
+        a->exhausted = was_exhausted;
+        return verror_set(e, V_ENOMEM, "the decoded transaction does not fit what is left of the block");
     }
-    if (!currency_valid(t->currency)) {
-        *why = POISON_MISSING_FIELD;
-        return verror_set(e, V_EINVAL, "txn %s: currency must be a 3-letter ISO 4217 code", t->txn_id);
+    a->exhausted = was_exhausted;
+    if (!t) {
+        a->used = mark;
+        *why = POISON_DECODE;
+        return verror_set(e, V_EINVAL, "payload of %zu bytes is not a verdict.v1.Transaction", len);
     }
-    if (t->amount_minor < 0) {
-        *why = POISON_MISSING_FIELD;
-        return verror_set(e, V_EINVAL, "txn %s: amount_minor must be >= 0", t->txn_id);
-    }
-    *out = t;
-    return V_OK;
+    vstatus rc = txn_validate(t, why, e);
+    if (rc == V_OK)
+        *out = t;
+    else
+        a->used = mark;
+    return rc;
 }
 
 size_t decision_encode(const Decision *d, void *buf, size_t cap)

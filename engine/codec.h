@@ -58,6 +58,12 @@ bool txn_id_valid(const char *id);
  * V_EINVAL, sets *why and a message in e. */
 vstatus txn_decode(arena *a, const void *data, size_t len, size_t max_len, Transaction **out, poison_reason *why,
                    verror *e);
+/* The same into what is left of the arena, which is not reset: several transactions decoded side by side (the
+ * sequencer's batch, which the workers then decide from), each valid until arena_reset. V_ENOMEM, with the arena
+ * as it was, when the decoded form does not fit what is left (decode it with txn_decode then); a failure gives
+ * back what it used. */
+vstatus txn_decode_more(arena *a, const void *data, size_t len, size_t max_len, Transaction **out,
+                        poison_reason *why, verror *e);
 
 /* Encodes d into buf; returns the length, or 0 if it does not fit. */
 size_t decision_encode(const Decision *d, void *buf, size_t cap);

@@ -90,11 +90,11 @@ static void prepare(worker *w, int idx, slot *sl)
         return;
     }
 
-    Transaction *t = NULL;
+    Transaction *t = w->b->txn[idx]; /* decoded by the sequencer, or NULL: decoded here */
     poison_reason why;
     verror err = {0};
-    if (txn_decode(&w->arena, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), (size_t)cfg->max_msg_size,
-                   &t, &why, &err) != V_OK) {
+    if (!t && txn_decode(&w->arena, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg),
+                         (size_t)cfg->max_msg_size, &t, &why, &err) != V_OK) {
         sl->kind = SLOT_DEAD_LETTER;
         sl->why = why;
         str_copy(sl->err, sizeof sl->err, err.msg);

@@ -187,6 +187,8 @@ static void free_engine(engine *en)
         velref_release(b->vel);
         free(b->vv);
         free(b->vs);
+        free(b->txn);
+        arena_free(&b->txa);
     }
     free(en->batches);
     arena_free(&en->seq_arena);
@@ -253,6 +255,11 @@ static vstatus effective_ack_wait(engine *en, verror *e)
     en->heartbeat_ms = ms / 3;
     return V_OK;
 }
+
+/* The block each batch decodes its transactions into (batch.txa): room for a batch of ordinary transactions
+ * (a simulated one takes about BATCH_TXN_BYTES decoded); one that does not fit is decoded by the worker. */
+#define BATCH_TXN_BYTES 2048
+static size_t batch_txn_arena_size(const config *c) { return (size_t)c->batch * BATCH_TXN_BYTES + 16384; }
 
 vstatus engine_start(const config *c, engine **out, verror *e) { return engine_start_until(c, NULL, out, e); }
 
@@ -520,7 +527,8 @@ vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **ou
         batch *b = &en->batches[i];
         b->vv = malloc((size_t)c->batch * sizeof *b->vv);
         b->vs = calloc((size_t)c->batch, 1);
-        if (!b->vv || !b->vs) {
+        b->txn = calloc((size_t)c->batch, sizeof *b->txn);
+        if (!b->vv || !b->vs || !b->txn || arena_init(&b->txa, batch_txn_arena_size(c)) != V_OK) {
             free_engine(en);
             return verror_set(e, V_ENOMEM, "out of memory");
         }

@@ -67,6 +67,11 @@ typedef struct batch {
     velref *vel;
     velvals *vv;       /* per message */
     unsigned char *vs; /* per message: VS_* */
+    /* per message: the transaction as the sequencer decoded it (into txa, reset when the batch is sequenced), which
+     * the worker decides from instead of decoding it again; NULL when the sequencer did not decode it (pass-through,
+     * a redelivery's features from the ring, poison, no velocity features, or txa full): the worker decodes it */
+    Transaction **txn;
+    arena txa;
     struct batch *next;
 } batch;
 

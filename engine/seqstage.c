@@ -130,6 +130,7 @@ void seq_catch_up_idle(engine *en)
 static void sequence_one(engine *en, batch *b, int i)
 {
     b->vs[i] = VS_NONE;
+    b->txn[i] = NULL;
     velref *r = b->vel;
     const policy *p = b->policy;
     const velocity_plan *pl = policy_velocity_plan(p);
@@ -157,11 +158,18 @@ static void sequence_one(engine *en, batch *b, int i)
             return;
         }
     }
-    arena_reset(&en->seq_arena);
+    /* decoded into the batch's block, where the worker finds it; one that does not fit there (a rare large one)
+     * into the sequencer's own arena, and the worker decodes it again */
     Transaction *t = NULL;
     poison_reason why;
-    if (txn_decode(&en->seq_arena, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg),
-                   (size_t)en->cfg.max_msg_size, &t, &why, NULL) != V_OK) {
+    const void *data = natsMsg_GetData(msg);
+    size_t len = (size_t)natsMsg_GetDataLength(msg), max = (size_t)en->cfg.max_msg_size;
+    vstatus dr = txn_decode_more(&b->txa, data, len, max, &t, &why, NULL);
+    if (dr == V_ENOMEM)
+        dr = txn_decode(&en->seq_arena, data, len, max, &t, &why, NULL);
+    else if (dr == V_OK)
+        b->txn[i] = t;
+    if (dr != V_OK) {
         if (seq > r->pos)
             r->pos = seq; /* poison counts toward nothing; the worker dead-letters it */
         return;
@@ -263,6 +271,7 @@ static batch *take_fetched(engine *en)
 static void hand_to_workers(engine *en, batch *b)
 {
     batch_take_policy(en, b);
+    arena_reset(&b->txa);
     for (int i = 0; i < b->list.Count; i++)
         sequence_one(en, b, i);
     batch_enqueue(en, &en->ready_head, &en->ready_tail, b);

@@ -216,9 +216,10 @@ static bool shadow_one(worker *w, batch *b, int i, Transaction **t, decide_out *
     slot *sl = &w->slots[i];
     poison_reason why;
     verror err = {0};
-    /* decoded once already (prepare): it decodes again, into the same per-message arena */
-    if (txn_decode(&w->arena, natsMsg_GetData(sl->in), (size_t)natsMsg_GetDataLength(sl->in),
-                   (size_t)en->cfg.max_msg_size, t, &why, &err) != V_OK)
+    /* the sequencer's decode when there is one; else decoded again, into the per-message arena */
+    *t = b->txn[i];
+    if (!*t && txn_decode(&w->arena, natsMsg_GetData(sl->in), (size_t)natsMsg_GetDataLength(sl->in),
+                          (size_t)en->cfg.max_msg_size, t, &why, &err) != V_OK)
         return false;
     int vs = b->vs[i];
     shadow_input in = {.live = b->policy,

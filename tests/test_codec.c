@@ -2,6 +2,7 @@
 #include "codec.h"
 #include "config.h"
 #include "broker.h"
+#include "simgen.h"
 
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -91,6 +92,60 @@ Test(codec, a_valid_transaction_larger_decoded_than_the_arena_is_not_poison)
     cr_assert_eq(why, POISON_DECODE);
     arena_free(&a);
     free(buf);
+}
+
+/* The sequencer decodes a batch's transactions side by side into one block (txn_decode_more), and the workers
+ * decide from them: each stays intact while the next are decoded; one that does not fit what is left fails with
+ * V_ENOMEM and leaves the block as it was; poison gives back what it used. */
+Test(codec, transactions_decoded_side_by_side_stay_valid_and_a_full_block_is_left_as_it_was)
+{
+    simgen_cfg gc = {.seed = 3, .start_ms = 1700000000000LL};
+    simgen *g = simgen_create(&gc);
+    cr_assert_not_null(g);
+    enum { N = 8 };
+    unsigned char buf[N][1024];
+    size_t len[N];
+    char ids[N][80];
+    for (int i = 0; i < N; i++) {
+        Transaction t;
+        simgen_next(g, &t);
+        len[i] = verdict__v1__transaction__pack(&t, buf[i]);
+        snprintf(ids[i], sizeof ids[i], "%s", t.txn_id);
+    }
+    simgen_destroy(g);
+    arena a;
+    cr_assert_eq(arena_init(&a, 64 * 1024), V_OK);
+    Transaction *out[N];
+    poison_reason why;
+    verror e = {0};
+    size_t per = 0;
+    for (int i = 0; i < N; i++) {
+        size_t before = a.used;
+        cr_assert_eq(txn_decode_more(&a, buf[i], len[i], 4096, &out[i], &why, &e), V_OK, "%s", e.msg);
+        per = a.used - before > per ? a.used - before : per;
+    }
+    for (int i = 0; i < N; i++)
+        cr_assert_str_eq(out[i]->txn_id, ids[i], "transaction %d was overwritten by a later one", i);
+    /* the engine sizes each batch's block at 2,048 bytes a transaction (engine.c, BATCH_TXN_BYTES) */
+    cr_assert_lt(per, 2048, "a simulated transaction took %zu bytes decoded", per);
+    /* poison: refused, and the block is as it was */
+    size_t used = a.used;
+    Transaction *p = NULL;
+    cr_assert_eq(txn_decode_more(&a, "\xff\xff\xff", 3, 4096, &p, &why, &e), V_EINVAL);
+    cr_assert_eq(why, POISON_DECODE);
+    cr_assert_eq(a.used, used);
+    /* a block with too little left: V_ENOMEM, nothing used, the earlier transactions intact */
+    a.used = a.cap - 64;
+    cr_assert_eq(txn_decode_more(&a, buf[0], len[0], 4096, &p, &why, &e), V_ENOMEM);
+    cr_assert_null(p);
+    cr_assert_eq(a.used, a.cap - 64);
+    cr_assert_not(a.exhausted);
+    a.used = used;
+    cr_assert_str_eq(out[N - 1]->txn_id, ids[N - 1]);
+    /* too large for its maximum: oversize, as with txn_decode */
+    cr_assert_eq(txn_decode_more(&a, buf[0], len[0], 8, &p, &why, &e), V_EINVAL);
+    cr_assert_eq(why, POISON_OVERSIZE);
+    arena_free(&a);
 }
 
 static poison_reason decode_reason(const void *buf, size_t n, size_t max)
