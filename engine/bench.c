@@ -34,6 +34,7 @@ typedef struct bench_opts {
     int rates[BENCH_MAX_RATES];
     int nrates;
     bool json;
+    int only; /* throughput: -1 both sides; 0 the pass-through only, 1 the full engine only (--only, for profiling) */
     const char *out_dir; /* latency: per-second series, percentile curves and timelines as TSV files */
 } bench_opts;
 
@@ -123,15 +124,11 @@ typedef struct drain_extra {
     long long shadow_decided, decisions;
     double cpu_self_us, cpu_server_us;
     double shadow_cpu_us; /* the workers' CPU in the shadow step (engine_stats.shadow_cpu_ns) */
+    double user_us, sys_us; /* this process's CPU split: user and kernel */
+    long long cswitches;    /* this process's context switches, voluntary and not */
 } drain_extra;
 
-static double cpu_self_us(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_utime.tv_sec * 1e6 + (double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_sec * 1e6 +
-           (double)ru.ru_stime.tv_usec;
-}
+static double tv_us(struct timeval tv) { return (double)tv.tv_sec * 1e6 + (double)tv.tv_usec; }
 
 /* utime + stime of a process from /proc/PID/stat, in us; 0 if unreadable */
 static double cpu_proc_us(pid_t pid)
@@ -169,12 +166,14 @@ static double drain_rate(const bench_opts *o, const config *c, jsCtx *js, int co
     const engine_stats *st = engine_get_stats(en);
     long long done0 = 0;
     double self0 = 0, server0 = 0;
+    struct rusage ru0 = {0};
     if (x) {
         /* the shadow bench times from ready: a start that loads a second policy (and model) is not the cost
          * of deciding in shadow */
         t0 = now_us();
         done0 = st->decided[1] + st->decided[2] + st->decided[3];
-        self0 = cpu_self_us();
+        getrusage(RUSAGE_SELF, &ru0);
+        self0 = tv_us(ru0.ru_utime) + tv_us(ru0.ru_stime);
         server0 = cpu_proc_us(x->server);
     }
     int64_t deadline = t0 + (int64_t)o->seconds * 1000000 / 2;
@@ -189,7 +188,12 @@ static double drain_rate(const bench_opts *o, const config *c, jsCtx *js, int co
     }
     int64_t elapsed = now_us() - t0;
     if (x) {
-        x->cpu_self_us += cpu_self_us() - self0;
+        struct rusage ru1;
+        getrusage(RUSAGE_SELF, &ru1);
+        x->cpu_self_us += tv_us(ru1.ru_utime) + tv_us(ru1.ru_stime) - self0;
+        x->user_us += tv_us(ru1.ru_utime) - tv_us(ru0.ru_utime);
+        x->sys_us += tv_us(ru1.ru_stime) - tv_us(ru0.ru_stime);
+        x->cswitches += (ru1.ru_nvcsw - ru0.ru_nvcsw) + (ru1.ru_nivcsw - ru0.ru_nivcsw);
         x->cpu_server_us += x->server ? cpu_proc_us(x->server) - server0 : 0;
         x->decisions += done - done0;
         x->shadow_decided += st->shadow_decided[1] + st->shadow_decided[2] + st->shadow_decided[3];
@@ -230,6 +234,8 @@ static int bench_abba(const bench_opts *o, natsConnection *nc, const char *const
     bench_opts quarter = *o;
     quarter.seconds = o->seconds / 2 > 1 ? o->seconds / 2 : 1; /* drain_rate uses half of this: 1/4 each */
     for (int i = 0; i < 4; i++) {
+        if (o->only >= 0 && o->only != (int)is_b[i])
+            continue; /* --only: one side's two runs, for a profiler */
         double r = drain_rate(&quarter, &cs[i], js, o->count, labels[is_b[i]], xs ? &xs[is_b[i]] : NULL);
         rate[is_b[i]] += r / 2;
     }
@@ -732,7 +738,9 @@ static void bench_help(void)
            "       verdict bench failover|scale [--help]   (hot standby; partitioned engines: rate, failover)\n\n"
            "Measures the engine against a bare JetStream baseline in the same run (docs/benchmarks.md):\n"
            "  throughput  decisions/s draining a preloaded stream, vs a pass-through (same pull, republish\n"
-           "              with msg-id, ack; no decision logic). Keys: decisions_per_s, passthrough_per_s, ratio\n"
+           "              with msg-id, ack; no decision logic). Keys: decisions_per_s, passthrough_per_s, ratio,\n"
+           "              CPU per decision: engine_cpu_us, server_cpu_us, engine_user_us, engine_sys_us,\n"
+           "              engine_cswitches, and the same with passthrough_\n"
            "  latency     open-loop decide requests at each rate for --seconds (default 30) through the full engine\n"
            "              and the same round trip through the pass-through, measured from each request's intended\n"
            "              send time: p50, p99, p99.9, max, decisions over the budget, p99 by second. Keys:\n"
@@ -750,6 +758,8 @@ static void bench_help(void)
            "  --count N       transactions preloaded for throughput (default 20000)\n"
            "  --rate R        requests per second for latency (default 500)\n"
            "  --rates LIST    several rates, one after the other, e.g. 500,2000,5000\n"
+           "  --only SIDE     throughput: run only one side, full or passthrough (to profile it, e.g. under\n"
+           "                  perf record); no ratio then\n"
            "  --out DIR       latency: write per rate latency-R-series.tsv (p99 and max by second),\n"
            "                  latency-R-percentiles.tsv and latency-R-timeline.tsv (every request) into DIR\n"
            "  --json          print one JSON object on the last line\n\n"
@@ -759,7 +769,7 @@ static void bench_help(void)
 
 int cmd_bench(int argc, char **argv)
 {
-    bench_opts o = {.seconds = 0, .count = 20000, .rates = {500}, .nrates = 1};
+    bench_opts o = {.seconds = 0, .count = 20000, .rates = {500}, .nrates = 1, .only = -1};
     const char *counts = "100000,1000000";
     for (int i = 1; i < argc && argv[i][0] != '-'; i++) { /* broker-free benches have their own options */
         if (!strcmp(argv[i], "state"))
@@ -808,6 +818,9 @@ int cmd_bench(int argc, char **argv)
         } else if (strcmp(a, "--rates") == 0 && v) {
             if (!parse_rates(v, o.rates, BENCH_MAX_RATES, &o.nrates))
                 return 2;
+            k++;
+        } else if (strcmp(a, "--only") == 0 && v && (!strcmp(v, "full") || !strcmp(v, "passthrough"))) {
+            o.only = strcmp(v, "full") == 0;
             k++;
         } else if (strcmp(a, "--out") == 0 && v) {
             o.out_dir = v;
@@ -899,7 +912,7 @@ int cmd_bench(int argc, char **argv)
     /* CPU per decision of this process (the engine runs in it) and of the private server: [0] the full engine,
      * [1] the pass-through */
     drain_extra xt[2] = {{.server = url_given ? 0 : ls.pid}, {.server = url_given ? 0 : ls.pid}};
-    double cpu_engine[2] = {0}, cpu_server[2] = {0};
+    double cpu_engine[2] = {0}, cpu_server[2] = {0}, cpu_user[2] = {0}, cpu_sys[2] = {0}, csw[2] = {0};
     if (do_tp) {
         bench_opts to = o;
         to.seconds = tp_seconds;
@@ -909,6 +922,9 @@ int cmd_bench(int argc, char **argv)
             if (x->decisions > 0) {
                 cpu_engine[k] = x->cpu_self_us / (double)x->decisions;
                 cpu_server[k] = x->cpu_server_us / (double)x->decisions;
+                cpu_user[k] = x->user_us / (double)x->decisions;
+                cpu_sys[k] = x->sys_us / (double)x->decisions;
+                csw[k] = (double)x->cswitches / (double)x->decisions;
             }
         }
     }
@@ -941,12 +957,16 @@ int cmd_bench(int argc, char **argv)
     if (do_tp) {
         printf("  throughput   full engine   %10.0f decisions/s  (%d s)\n", full, tp_seconds);
         printf("               pass-through  %10.0f msgs/s\n", pt);
-        printf("               ratio         %10.2f  (target >= 0.9)\n", pt > 0 ? full / pt : 0);
+        if (o.only < 0)
+            printf("               ratio         %10.2f  (target >= 0.9)\n", pt > 0 ? full / pt : 0);
         if (!url_given)
             printf("  CPU per decision   full engine %.1f us (engine %.1f + nats-server %.1f), pass-through %.1f us "
                    "(%.1f + %.1f)\n",
                    cpu_engine[0] + cpu_server[0], cpu_engine[0], cpu_server[0], cpu_engine[1] + cpu_server[1],
                    cpu_engine[1], cpu_server[1]);
+        printf("  engine process     full engine user %.1f + system %.1f us, %.2f context switches; pass-through "
+               "%.1f + %.1f us, %.2f\n",
+               cpu_user[0], cpu_sys[0], csw[0], cpu_user[1], cpu_sys[1], csw[1]);
     }
     for (int k = 0; k < nlr; k++)
         latency_print(&lr[k], o.cfg.budget_ms);
@@ -955,7 +975,13 @@ int cmd_bench(int argc, char **argv)
         if (do_tp)
             printf(",\"decisions_per_s\":%.0f,\"passthrough_per_s\":%.0f,\"ratio\":%.3f,\"engine_cpu_us\":%.2f,"
                    "\"server_cpu_us\":%.2f,\"passthrough_engine_cpu_us\":%.2f,\"passthrough_server_cpu_us\":%.2f",
-                   full, pt, pt > 0 ? full / pt : 0, cpu_engine[0], cpu_server[0], cpu_engine[1], cpu_server[1]);
+                   full, pt, pt > 0 && full > 0 ? full / pt : 0, cpu_engine[0], cpu_server[0], cpu_engine[1],
+                   cpu_server[1]);
+        if (do_tp)
+            printf(",\"engine_user_us\":%.2f,\"engine_sys_us\":%.2f,\"engine_cswitches\":%.3f,"
+                   "\"passthrough_engine_user_us\":%.2f,\"passthrough_engine_sys_us\":%.2f,"
+                   "\"passthrough_engine_cswitches\":%.3f",
+                   cpu_user[0], cpu_sys[0], csw[0], cpu_user[1], cpu_sys[1], csw[1]);
         if (nlr > 0) {
             /* the first rate's keys at the top level, as with a single --rate; every rate in latency_runs */
             printf(",");

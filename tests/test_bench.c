@@ -4,6 +4,7 @@
 #include "harness.h"
 
 #include <criterion/criterion.h>
+#include <math.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <string.h>
@@ -39,7 +40,9 @@ Test(bench, json_line_has_every_key, .timeout = 120)
     pid_t pid = verdict_spawn(argv, out);
     cr_assert_eq(child_wait(pid, 90000), 0, "bench failed; see %s", out);
     json_t *j = last_json(out);
-    const char *keys[] = {"decisions_per_s", "passthrough_per_s", "ratio"};
+    const char *keys[] = {"decisions_per_s",  "passthrough_per_s", "ratio",           "engine_cpu_us",
+                          "server_cpu_us",    "engine_user_us",    "engine_sys_us",   "engine_cswitches",
+                          "passthrough_engine_user_us", "passthrough_engine_sys_us", "passthrough_engine_cswitches"};
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
         cr_assert(json_is_number(json_object_get(j, keys[i])), "key %s present and numeric", keys[i]);
     for (size_t i = 0; i < sizeof latency_keys / sizeof latency_keys[0]; i++)
@@ -47,6 +50,12 @@ Test(bench, json_line_has_every_key, .timeout = 120)
                   latency_keys[i]);
     cr_assert_eq(json_integer_value(json_object_get(j, "rate")), 100);
     cr_assert(json_number_value(json_object_get(j, "decisions_per_s")) > 0);
+    /* the engine's CPU per decision is split into user and system time, and they add up to engine_cpu_us */
+    double split = json_number_value(json_object_get(j, "engine_user_us")) +
+                   json_number_value(json_object_get(j, "engine_sys_us"));
+    cr_assert(split > 0 && fabs(split - json_number_value(json_object_get(j, "engine_cpu_us"))) < 0.05,
+              "user + system %.2f against engine_cpu_us %.2f", split,
+              json_number_value(json_object_get(j, "engine_cpu_us")));
     cr_assert(json_integer_value(json_object_get(j, "answered")) > 0);
     json_decref(j);
     unlink(out);
