@@ -17,7 +17,6 @@
 #include "rebuild.h"
 #include "sequencer.h"
 #include "simgen.h"
-#include "streamread.h"
 #include "velocity.h"
 
 #include <criterion/criterion.h>
@@ -185,6 +184,35 @@ static void stop_engine(pid_t pid)
 
 /* --- the reference and the comparison ------------------------------------------------------------------- */
 
+typedef struct ref_run {
+    const policy *p;
+    velocity *v;
+    arena a;
+    fval vals[FEAT_MAX];
+    int n;
+} ref_run;
+
+static void reference_one(natsMsg *m, int64_t store_ns, void *ctx)
+{
+    ref_run *rr = ctx;
+    arena_reset(&rr->a);
+    Transaction *t = NULL;
+    poison_reason why;
+    if (txn_decode(&rr->a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 65536, &t, &why, NULL) != V_OK)
+        return;
+    decide_env env = {.vel = rr->v};
+    decide_out out;
+    decide_run(rr->p, &env, t, txn_event_ms(t, store_ns / 1000000), false, rr->vals, &out);
+    entry *en = slot_of(t->txn_id);
+    if (!en->used) {
+        en->used = true;
+        snprintf(en->id, sizeof en->id, "%s", t->txn_id);
+        en->score = out.score;
+        en->part = (short)(partitions_n > 0 ? partition_of(t->card_id, strlen(t->card_id), (uint32_t)partitions_n) : 0);
+        rr->n++;
+    }
+}
+
 /* Scores of TXN's transactions computed from the stream alone, in stream order, with one velocity state. */
 static int reference_scores(void)
 {
@@ -193,47 +221,18 @@ static int reference_scores(void)
     rules_diag diag = {0};
     cr_assert_eq(policy_load(rulesp, modelp, &p, &diag), V_OK, "%s", diag.text ? diag.text : "");
     rules_diag_free(&diag);
-    velocity *v = NULL;
+    static ref_run rr;
+    memset(&rr, 0, sizeof rr);
+    rr.p = p;
     verror e = {0};
     velocity_cfg vc = {.max_keys = 20000};
-    cr_assert_eq(velocity_new(policy_velocity_plan(p), &vc, &v, &e), V_OK, "%s", e.msg);
-    stream_reader *r = NULL;
-    cr_assert_eq(stream_reader_open(js, "TXN", NULL, 1, 0, &r, &e), V_OK, "%s", e.msg);
-    arena a;
-    cr_assert_eq(arena_init(&a, 1 << 20), V_OK);
-    static fval vals[FEAT_MAX];
-    int n = 0;
-    for (;;) {
-        natsMsg *m = NULL;
-        uint64_t seq;
-        int64_t store_ns;
-        vstatus rc = stream_reader_next(r, &m, &seq, &store_ns, 5000, &e);
-        if (rc == V_ENOTFOUND)
-            break;
-        cr_assert_eq(rc, V_OK, "reading TXN: %s", e.msg);
-        arena_reset(&a);
-        Transaction *t = NULL;
-        poison_reason why;
-        if (txn_decode(&a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m), 65536, &t, &why, NULL) == V_OK) {
-            decide_env env = {.vel = v};
-            decide_out out;
-            decide_run(p, &env, t, txn_event_ms(t, store_ns / 1000000), false, vals, &out);
-            entry *en = slot_of(t->txn_id);
-            if (!en->used) {
-                en->used = true;
-                snprintf(en->id, sizeof en->id, "%s", t->txn_id);
-                en->score = out.score;
-                en->part = (short)(partitions_n > 0 ? partition_of(t->card_id, strlen(t->card_id), (uint32_t)partitions_n) : 0);
-                n++;
-            }
-        }
-        natsMsg_Destroy(m);
-    }
-    stream_reader_close(r);
-    arena_free(&a);
-    velocity_free(v);
+    cr_assert_eq(velocity_new(policy_velocity_plan(p), &vc, &rr.v, &e), V_OK, "%s", e.msg);
+    cr_assert_eq(arena_init(&rr.a, 1 << 20), V_OK);
+    tc_each_msg(js, "TXN", reference_one, &rr);
+    arena_free(&rr.a);
+    velocity_free(rr.v);
     policy_release(p);
-    return n;
+    return rr.n;
 }
 
 typedef struct comparison {

@@ -239,13 +239,11 @@ void tc_fixture_down(test_server *srv, natsConnection *nc, jsCtx *js, const char
     unlink(logp);
 }
 
-void tc_each_decision(jsCtx *js, void (*fn)(const Decision *d, void *ctx), void *ctx)
+void tc_each_msg(jsCtx *js, const char *stream, void (*fn)(natsMsg *m, int64_t store_ns, void *ctx), void *ctx)
 {
     stream_reader *r = NULL;
     verror e = {0};
-    cr_assert_eq(stream_reader_open(js, "DECISIONS", NULL, 1, 0, &r, &e), V_OK, "%s", e.msg);
-    arena a;
-    cr_assert_eq(arena_init(&a, 1 << 20), V_OK);
+    cr_assert_eq(stream_reader_open(js, stream, NULL, 1, 0, &r, &e), V_OK, "%s", e.msg);
     for (;;) {
         natsMsg *m = NULL;
         uint64_t seq;
@@ -253,15 +251,35 @@ void tc_each_decision(jsCtx *js, void (*fn)(const Decision *d, void *ctx), void 
         vstatus rc = stream_reader_next(r, &m, &seq, &store_ns, 5000, &e);
         if (rc == V_ENOTFOUND)
             break;
-        cr_assert_eq(rc, V_OK, "reading DECISIONS: %s", e.msg);
-        arena_reset(&a);
-        Decision *d = decision_decode(&a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
-        cr_assert_not_null(d, "a decision that does not decode (seq %llu)", (unsigned long long)seq);
-        fn(d, ctx);
+        cr_assert_eq(rc, V_OK, "reading %s: %s", stream, e.msg);
+        fn(m, store_ns, ctx);
         natsMsg_Destroy(m);
     }
     stream_reader_close(r);
-    arena_free(&a);
+}
+
+typedef struct each_decision {
+    arena a;
+    void (*fn)(const Decision *d, void *ctx);
+    void *ctx;
+} each_decision;
+
+static void decision_one(natsMsg *m, int64_t store_ns, void *ctx)
+{
+    (void)store_ns;
+    each_decision *ed = ctx;
+    arena_reset(&ed->a);
+    Decision *d = decision_decode(&ed->a, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
+    cr_assert_not_null(d, "a decision that does not decode");
+    ed->fn(d, ed->ctx);
+}
+
+void tc_each_decision(jsCtx *js, void (*fn)(const Decision *d, void *ctx), void *ctx)
+{
+    each_decision ed = {.fn = fn, .ctx = ctx};
+    cr_assert_eq(arena_init(&ed.a, 1 << 20), V_OK);
+    tc_each_msg(js, "DECISIONS", decision_one, &ed);
+    arena_free(&ed.a);
 }
 
 bool tc_partitions_idle(jsCtx *js, int n)

@@ -26,6 +26,8 @@ uint64_t tc_wait_msgs(jsCtx *js, const char *stream, uint64_t n, int timeout_ms)
 natsMsg *tc_find_decision(jsCtx *js, const char *txn_id);
 /* Waits (bounded) until the engine's consumer has nothing pending or unacknowledged; true when it got there. */
 bool tc_wait_consumer_idle(jsCtx *js, int timeout_ms);
+/* Calls fn for every message stored in stream, in stream order, with its store time; asserts that each reads. */
+void tc_each_msg(jsCtx *js, const char *stream, void (*fn)(natsMsg *m, int64_t store_ns, void *ctx), void *ctx);
 /* Calls fn for every decision stored in DECISIONS, in stream order; asserts that each one reads and decodes. */
 void tc_each_decision(jsCtx *js, void (*fn)(const Decision *d, void *ctx), void *ctx);
 /* True when each of the n partition consumers (verdict-p0 ...) exists and has nothing pending or unacknowledged. */
