@@ -21,7 +21,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -729,6 +731,36 @@ static int bench_restart(const bench_opts *o, natsConnection *nc, const char *co
 
 /* --- command ------------------------------------------------------------------------------------------ */
 
+/* --out: the directory, with its parents, made before any run (a run of minutes must not end in "cannot write");
+ * false, with the reason on stderr, when it cannot be. */
+static bool make_out_dir(const char *dir)
+{
+    char p[4096];
+    if (!str_copy(p, sizeof p, dir) || !p[0]) {
+        fprintf(stderr, "verdict bench: --out: the directory name is empty or too long\n");
+        return false;
+    }
+    for (char *c = p + 1;; c++) {
+        bool end = *c == 0;
+        if (*c == '/' || end) {
+            *c = 0;
+            struct stat st;
+            if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+                fprintf(stderr, "verdict bench: --out %s: cannot create %s: %s\n", dir, p, strerror(errno));
+                return false;
+            }
+            if (stat(p, &st) != 0 || !S_ISDIR(st.st_mode)) {
+                fprintf(stderr, "verdict bench: --out %s: %s: %s\n", dir, p,
+                        strerror(stat(p, &st) != 0 ? errno : ENOTDIR));
+                return false;
+            }
+            if (end)
+                return true;
+            *c = '/';
+        }
+    }
+}
+
 static void bench_help(void)
 {
     printf("usage: verdict bench [throughput|latency|all|restart|shadow] [--seconds N] [--count N] [--rate R | --rates LIST]\n"
@@ -761,7 +793,8 @@ static void bench_help(void)
            "  --only SIDE     throughput: run only one side, full or passthrough (to profile it, e.g. under\n"
            "                  perf record); no ratio then\n"
            "  --out DIR       latency: write per rate latency-R-series.tsv (p99 and max by second),\n"
-           "                  latency-R-percentiles.tsv and latency-R-timeline.tsv (every request) into DIR\n"
+           "                  latency-R-percentiles.tsv and latency-R-timeline.tsv (every request) into DIR,\n"
+           "                  made with its parents if missing (before any run)\n"
            "  --json          print one JSON object on the last line\n\n"
            "engine options (flag, then its environment variable):\n");
     config_print_help(stdout, "serve");
@@ -840,6 +873,8 @@ int cmd_bench(int argc, char **argv)
         bench_help();
         return 0;
     }
+    if (o.out_dir && !make_out_dir(o.out_dir))
+        return 2;
     log_set_quiet(1);
     localserver ls = {0};
     if (!url_given) {

@@ -1,6 +1,7 @@
 /* test_bench.c - smoke tests of `verdict bench`: runs briefly and checks that the JSON line parses and carries
  * every documented key, that several latency rates give one entry each, and that bad flags are refused. No
  * timing assertions: performance is judged by the benchmark, not by tests. */
+#include "client.h"
 #include "harness.h"
 
 #include <criterion/criterion.h>
@@ -62,13 +63,14 @@ Test(bench, json_line_has_every_key, .timeout = 120)
 }
 
 /* --rates: one run per rate, in order, each with every latency key, and the first rate's keys at the top level;
- * --out writes each rate's series, percentile curve and timeline. */
+ * --out writes each rate's series, percentile curve and timeline, into a directory it creates when there is
+ * none (it used to fail after the first rate's runs, "cannot write into", and stop). */
 Test(bench, several_rates_one_entry_each, .timeout = 120)
 {
-    char out[256], dir[256];
+    char out[256], parent[256], dir[300];
     temp_path(out, sizeof out, ".json");
-    temp_path(dir, sizeof dir, ".d");
-    cr_assert_eq(mkdir(dir, 0700), 0);
+    temp_path(parent, sizeof parent, ".d");
+    snprintf(dir, sizeof dir, "%s/plots", parent); /* neither exists yet */
     const char *argv[] = {"verdict", "bench", "latency", "--seconds", "1", "--rates", "50,120", "--out", dir,
                           "--json", NULL};
     pid_t pid = verdict_spawn(argv, out);
@@ -95,6 +97,20 @@ Test(bench, several_rates_one_entry_each, .timeout = 120)
     }
     json_decref(j);
     rmdir(dir);
+    rmdir(parent);
+    unlink(out);
+}
+
+/* An --out that cannot be a directory is refused before any run, with the reason. */
+Test(bench, an_out_directory_that_cannot_be_made_is_refused_at_once, .timeout = 30)
+{
+    char out[256];
+    temp_path(out, sizeof out, ".txt");
+    const char *argv[] = {"verdict", "bench", "latency", "--seconds", "5", "--out", "/dev/null/plots", NULL};
+    pid_t pid = verdict_spawn(argv, out);
+    cr_assert_eq(child_wait(pid, 5000), 2, "not refused within 5 s with exit 2; see %s", out);
+    char *text = tc_slurp(out);
+    cr_assert(strstr(text, "/dev/null/plots") && strstr(text, "Not a directory"), "output lacks the reason: %s", text);
     unlink(out);
 }
 
