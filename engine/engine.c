@@ -337,6 +337,39 @@ static vstatus reloader_step(engine *en, void *arg, verror *e)
     return reloader_start(arg, &en->cfg, en->js, &en->reloader, e);
 }
 
+/* The same for the other start steps after the lease is taken, which a standby runs while the node that failed
+ * its owner may be failing too (test_cluster in CI: "cannot create the DLQ worker's consumer: Timeout" 15 s after
+ * the lease bucket's leader node was killed, and the standby that had just taken over exited). */
+static vstatus ack_wait_step(engine *en, void *arg, verror *e)
+{
+    (void)arg;
+    return effective_ack_wait(en, e);
+}
+
+static vstatus bind_step(engine *en, void *arg, verror *e)
+{
+    (void)arg;
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = en->cfg.txn_stream;
+    so.Consumer = en->cfg.consumer; /* bind: never create, so unsubscribing never deletes the durable */
+    so.ManualAck = true;
+    jsErrCode jerr = 0;
+    natsStatus s = js_PullSubscribe(&en->sub, en->js, en->cfg.txn_subjects, en->cfg.consumer, NULL, &so, &jerr);
+    if (s != NATS_OK) {
+        en->sub = NULL;
+        return broker_err(e, s, jerr, "cannot bind a pull subscription to the durable consumer");
+    }
+    return V_OK;
+}
+
+static vstatus dlq_step(engine *en, void *arg, verror *e)
+{
+    (void)arg;
+    return dlq_worker_start(&en->cfg, en->nc, &en->stats.dead_letters, en->stats.dead_letters_by, &en->stats.sweep,
+                            &en->dlq, e);
+}
+
 vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **out, verror *e)
 {
     engine *en = calloc(1, sizeof *en);
@@ -476,7 +509,7 @@ vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **ou
         return broker_err(e, s, 0, "cannot get a JetStream context");
     }
 
-    if ((rc = effective_ack_wait(en, e)) != V_OK) {
+    if ((rc = start_retrying(en, ack_wait_step, NULL, "ack_wait_timeout_once", "consumer configuration", e)) != V_OK) {
         free_engine(en);
         return rc;
     }
@@ -535,18 +568,11 @@ vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **ou
         b->next = en->free_b;
         en->free_b = b;
     }
-    if (c->partitions <= 0) { /* partitioned: each owned partition's fetcher binds its own (partset.c) */
-        jsSubOptions so;
-        jsSubOptions_Init(&so);
-        so.Stream = c->txn_stream;
-        so.Consumer = c->consumer; /* bind: never create, so unsubscribing never deletes the durable */
-        so.ManualAck = true;
-        jsErrCode jerr = 0;
-        s = js_PullSubscribe(&en->sub, en->js, c->txn_subjects, c->consumer, NULL, &so, &jerr);
-        if (s != NATS_OK) {
-            free_engine(en);
-            return broker_err(e, s, jerr, "cannot bind a pull subscription to the durable consumer");
-        }
+    /* partitioned: each owned partition's fetcher binds its own (partset.c) */
+    if (c->partitions <= 0 &&
+        (rc = start_retrying(en, bind_step, NULL, "bind_timeout_once", "consumer bind", e)) != V_OK) {
+        free_engine(en);
+        return rc;
     }
     reload_target tgt = {
         .ctx = en, .reload_files = tgt_reload_files, .reload_text = tgt_reload_text, .versions = src_versions};
@@ -558,8 +584,7 @@ vstatus engine_start_until(const config *c, const atomic_bool *stop, engine **ou
         free_engine(en);
         return rc;
     }
-    if ((rc = dlq_worker_start(c, en->nc, &en->stats.dead_letters, en->stats.dead_letters_by, &en->stats.sweep,
-                               &en->dlq, e)) != V_OK) {
+    if ((rc = start_retrying(en, dlq_step, NULL, "dlq_timeout_once", "DLQ worker", e)) != V_OK) {
         free_engine(en);
         return rc;
     }

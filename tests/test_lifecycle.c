@@ -241,6 +241,48 @@ Test(lifecycle, a_rules_bucket_watch_that_times_out_is_tried_again)
     cr_assert_eq(sigterm_and_wait(STOP_BOUND_MS, &took), 0, "see %s", logp);
 }
 
+/* The start steps after a standby takes the lease, each failing once as a timeout, are tried again (test_cluster
+ * in CI: "cannot create the DLQ worker's consumer: Timeout" as the lease bucket's leader node was killed under a
+ * standby that had just taken over, and it exited). After each the engine works: it decides, and poison is
+ * dead-lettered by the DLQ worker. */
+static void decides_and_dead_letters(void)
+{
+    natsConnection *nc = tc_connect(srv.url);
+    jsCtx *js = NULL;
+    cr_assert_eq(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
+    Transaction t;
+    tc_txn(&t, "retried-1", 1000);
+    cr_assert(tc_publish(js, "txn.lifecycle.1", &t));
+    cr_assert_eq(js_Publish(NULL, js, "txn.lifecycle.2", "\xff\xff\xff", 3, NULL, NULL), NATS_OK);
+    cr_assert_eq(tc_wait_msgs(js, "DECISIONS", 1, 15000), 1, "the started engine did not decide; see %s", logp);
+    cr_assert_eq(tc_wait_msgs(js, "DLQ", 1, 15000), 1, "the poison was not dead-lettered; see %s", logp);
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    int64_t took = 0;
+    cr_assert_eq(sigterm_and_wait(STOP_BOUND_MS, &took), 0, "see %s", logp);
+}
+
+Test(lifecycle, a_dlq_worker_consumer_that_times_out_is_tried_again)
+{
+    start_through_fault("dlq_timeout_once",
+                        (const char *const[]){"a start step failed in the broker; trying again", "DLQ worker", NULL});
+    decides_and_dead_letters();
+}
+
+Test(lifecycle, a_consumer_bind_that_times_out_is_tried_again)
+{
+    start_through_fault("bind_timeout_once",
+                        (const char *const[]){"a start step failed in the broker; trying again", "consumer bind", NULL});
+    decides_and_dead_letters();
+}
+
+Test(lifecycle, a_consumer_configuration_read_that_times_out_is_tried_again)
+{
+    start_through_fault("ack_wait_timeout_once", (const char *const[]){"a start step failed in the broker; trying again",
+                                                                      "consumer configuration", NULL});
+    decides_and_dead_letters();
+}
+
 /* Listens on port without ever accepting: connections complete in the kernel and then hear nothing, which is
  * what a client sees of a frozen server it connects to. */
 static int frozen_listener(int port)
