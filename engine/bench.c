@@ -745,13 +745,15 @@ static bool make_out_dir(const char *dir)
         if (*c == '/' || end) {
             *c = 0;
             struct stat st;
-            if (mkdir(p, 0755) != 0 && errno != EEXIST) {
-                fprintf(stderr, "verdict bench: --out %s: cannot create %s: %s\n", dir, p, strerror(errno));
-                return false;
-            }
-            if (stat(p, &st) != 0 || !S_ISDIR(st.st_mode)) {
-                fprintf(stderr, "verdict bench: --out %s: %s: %s\n", dir, p,
-                        strerror(stat(p, &st) != 0 ? errno : ENOTDIR));
+            const char *why = NULL;
+            if (mkdir(p, 0755) != 0 && errno != EEXIST)
+                why = strerror(errno);
+            else if (stat(p, &st) != 0)
+                why = strerror(errno);
+            else if (!S_ISDIR(st.st_mode))
+                why = strerror(ENOTDIR);
+            if (why) {
+                fprintf(stderr, "verdict bench: --out %s: cannot use %s: %s\n", dir, p, why);
                 return false;
             }
             if (end)
@@ -852,7 +854,11 @@ int cmd_bench(int argc, char **argv)
             if (!parse_rates(v, o.rates, BENCH_MAX_RATES, &o.nrates))
                 return 2;
             k++;
-        } else if (strcmp(a, "--only") == 0 && v && (!strcmp(v, "full") || !strcmp(v, "passthrough"))) {
+        } else if (strcmp(a, "--only") == 0) {
+            if (!v || (strcmp(v, "full") && strcmp(v, "passthrough"))) {
+                fprintf(stderr, "verdict bench: --only takes full or passthrough\n");
+                return 2;
+            }
             o.only = strcmp(v, "full") == 0;
             k++;
         } else if (strcmp(a, "--out") == 0 && v) {
@@ -1010,8 +1016,7 @@ int cmd_bench(int argc, char **argv)
         if (do_tp)
             printf(",\"decisions_per_s\":%.0f,\"passthrough_per_s\":%.0f,\"ratio\":%.3f,\"engine_cpu_us\":%.2f,"
                    "\"server_cpu_us\":%.2f,\"passthrough_engine_cpu_us\":%.2f,\"passthrough_server_cpu_us\":%.2f",
-                   full, pt, pt > 0 && full > 0 ? full / pt : 0, cpu_engine[0], cpu_server[0], cpu_engine[1],
-                   cpu_server[1]);
+                   full, pt, pt > 0 ? full / pt : 0, cpu_engine[0], cpu_server[0], cpu_engine[1], cpu_server[1]);
         if (do_tp)
             printf(",\"engine_user_us\":%.2f,\"engine_sys_us\":%.2f,\"engine_cswitches\":%.3f,"
                    "\"passthrough_engine_user_us\":%.2f,\"passthrough_engine_sys_us\":%.2f,"

@@ -102,31 +102,6 @@ static vstatus txn_validate(const Transaction *t, poison_reason *why, verror *e)
     return V_OK;
 }
 
-vstatus txn_decode(arena *a, const void *data, size_t len, size_t max_len, Transaction **out, poison_reason *why,
-                   verror *e)
-{
-    *out = NULL;
-    *why = POISON_NONE;
-    if (len > max_len) {
-        *why = POISON_OVERSIZE;
-        return verror_set(e, V_EINVAL, "message is %zu bytes, over the %zu-byte maximum", len, max_len);
-    }
-    arena_reset(a);
-    Transaction *t = verdict__v1__transaction__unpack(&a->pa, len, data);
-    if (!t && a->exhausted) {
-        /* valid but larger decoded than the arena (thousands of tiny map entries): decode on the heap */
-        t = a->heap_txn = verdict__v1__transaction__unpack(NULL, len, data);
-    }
-    if (!t) {
-        *why = POISON_DECODE;
-        return verror_set(e, V_EINVAL, "payload of %zu bytes is not a verdict.v1.Transaction", len);
-    }
-    vstatus rc = txn_validate(t, why, e);
-    if (rc == V_OK)
-        *out = t;
-    return rc;
-}
-
 vstatus txn_decode_more(arena *a, const void *data, size_t len, size_t max_len, Transaction **out,
                         poison_reason *why, verror *e)
 {
@@ -140,12 +115,12 @@ vstatus txn_decode_more(arena *a, const void *data, size_t len, size_t max_len, 
     bool was_exhausted = a->exhausted;
     a->exhausted = false;
     Transaction *t = verdict__v1__transaction__unpack(&a->pa, len, data);
-    if (!t && a->exhausted) {
+    bool full = !t && a->exhausted;
+    a->exhausted = was_exhausted;
+    if (full) {
         a->used = mark; /* what the failed decode carved is given back; the earlier transactions stay */
-        a->exhausted = was_exhausted;
         return verror_set(e, V_ENOMEM, "the decoded transaction does not fit what is left of the block");
     }
-    a->exhausted = was_exhausted;
     if (!t) {
         a->used = mark;
         *why = POISON_DECODE;
@@ -156,6 +131,24 @@ vstatus txn_decode_more(arena *a, const void *data, size_t len, size_t max_len, 
         *out = t;
     else
         a->used = mark;
+    return rc;
+}
+
+vstatus txn_decode(arena *a, const void *data, size_t len, size_t max_len, Transaction **out, poison_reason *why,
+                   verror *e)
+{
+    arena_reset(a);
+    vstatus rc = txn_decode_more(a, data, len, max_len, out, why, e);
+    if (rc != V_ENOMEM)
+        return rc;
+    /* valid but larger decoded than the arena (thousands of tiny map entries): decode on the heap */
+    Transaction *t = a->heap_txn = verdict__v1__transaction__unpack(NULL, len, data);
+    if (!t) {
+        *why = POISON_DECODE;
+        return verror_set(e, V_EINVAL, "payload of %zu bytes is not a verdict.v1.Transaction", len);
+    }
+    if ((rc = txn_validate(t, why, e)) == V_OK)
+        *out = t;
     return rc;
 }
 

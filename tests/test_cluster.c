@@ -222,19 +222,25 @@ static bool engine_alive(void)
     return engine_pid > 0 && waitpid(engine_pid, &st, WNOHANG) == 0;
 }
 
-Test(cluster, r3_streams_survive_losing_a_node_with_exactly_one_decision_each)
+/* The test's own connection to the cluster (nc, js), with a 5 s JetStream wait. */
+static void connect_cluster(void)
 {
-    /* the client connects the way the engine does: the whole URL list, reconnecting to whichever node lives */
     config cc;
     config_defaults(&cc);
     cr_assert(str_copy(cc.nats_url, sizeof cc.nats_url, cl.urls));
     verror e = {0};
     cr_assert_eq(broker_connect_simple(&cc, &nc, &e), V_OK, "connect to %s: %s", cl.urls, e.msg);
-    natsStatus s;
     jsOptions jo;
     jsOptions_Init(&jo);
     jo.Wait = 5000;
     cr_assert_eq(natsConnection_JetStream(&js, nc, &jo), NATS_OK);
+}
+
+Test(cluster, r3_streams_survive_losing_a_node_with_exactly_one_decision_each)
+{
+    /* the client connects the way the engine does: the whole URL list, reconnecting to whichever node lives */
+    connect_cluster();
+    natsStatus s;
 
     /* short AckWait without BackOff so a lost ack is redelivered within the test's bounds */
     const char *extra[] = {"--replicas", "3", "--ack-wait", "2s", "--backoff", "", "--batch", "16",
@@ -421,12 +427,7 @@ Test(cluster, readyz_says_503_while_the_cluster_has_no_quorum)
     cr_assert(ready, "%s", body);
     /* keep the leader of the consumer: a leader cut off from its followers goes on answering info requests from
      * its own state for about 20 s before it steps down (the hard case); the engine reconnects to it if it must */
-    config cc;
-    config_defaults(&cc);
-    cr_assert(str_copy(cc.nats_url, sizeof cc.nats_url, cl.urls));
-    verror e = {0};
-    cr_assert_eq(broker_connect_simple(&cc, &nc, &e), V_OK, "connect to %s: %s", cl.urls, e.msg);
-    cr_assert_eq(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
+    connect_cluster();
     char dec_leader[64] = "", con_leader[64];
     cr_assert_eq(consumer_replicas("TXN", "verdict", con_leader, sizeof con_leader), 3);
     /* and the consumer's: DECISIONS' leadership is stepped down until it lands on the consumer leader's node */
@@ -491,19 +492,6 @@ static int64_t burst_then_kill(int i)
     return mono_ns();
 }
 
-/* The test's own connection to the cluster (nc, js), with a 5 s JetStream wait. */
-static void connect_cluster(void)
-{
-    config cc;
-    config_defaults(&cc);
-    cr_assert(str_copy(cc.nats_url, sizeof cc.nats_url, cl.urls));
-    verror e = {0};
-    cr_assert_eq(broker_connect_simple(&cc, &nc, &e), V_OK, "connect to %s: %s", cl.urls, e.msg);
-    jsOptions jo;
-    jsOptions_Init(&jo);
-    jo.Wait = 5000;
-    cr_assert_eq(natsConnection_JetStream(&js, nc, &jo), NATS_OK);
-}
 
 /* Not in the ThreadSanitizer build (make tsan): a standby that reconnects when its node dies exits with a thread
  * of libnats 3.4.1's (created in natsThread_Create, finished, never joined) that TSan reports as a thread leak;

@@ -201,6 +201,25 @@ static void start_through_fault(const char *fault, const char *const said[])
     cr_assert_not(file_wait_for(logp, "cannot start", 0), "see %s", logp);
 }
 
+/* After a start step that failed once and was asked again, the engine works: it decides, and poison is
+ * dead-lettered by the DLQ worker; then it stops within the bound. */
+static void decides_and_dead_letters(void)
+{
+    natsConnection *nc = tc_connect(srv.url);
+    jsCtx *js = NULL;
+    cr_assert_eq(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
+    Transaction t;
+    tc_txn(&t, "retried-1", 1000);
+    cr_assert(tc_publish(js, "txn.lifecycle.1", &t));
+    cr_assert_eq(js_Publish(NULL, js, "txn.lifecycle.2", "\xff\xff\xff", 3, NULL, NULL), NATS_OK);
+    cr_assert_eq(tc_wait_msgs(js, "DECISIONS", 1, 15000), 1, "the started engine did not decide; see %s", logp);
+    cr_assert_eq(tc_wait_msgs(js, "DLQ", 1, 15000), 1, "the poison was not dead-lettered; see %s", logp);
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    int64_t took = 0;
+    cr_assert_eq(sigterm_and_wait(STOP_BOUND_MS, &took), 0, "see %s", logp);
+}
+
 /* The last step of a start asks the server to confirm the engine's subscriptions. A node lost at that moment (in
  * test_cluster, the standby taking over while the lease bucket's leader is killed) answered with a disconnect
  * and the engine exited "cannot start", although nats.c reconnects and subscribes again by itself: it asks again
@@ -209,17 +228,7 @@ Test(lifecycle, a_disconnect_while_the_start_confirms_its_subscriptions_is_asked
 {
     start_through_fault("confirm_disconnect_once",
                         (const char *const[]){"did not confirm the engine's subscriptions yet; asking again", NULL});
-    natsConnection *nc = tc_connect(srv.url);
-    jsCtx *js = NULL;
-    cr_assert_eq(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
-    Transaction t;
-    tc_txn(&t, "confirm-1", 1000);
-    cr_assert(tc_publish(js, "txn.lifecycle.1", &t));
-    cr_assert_eq(tc_wait_msgs(js, "DECISIONS", 1, 15000), 1, "the started engine did not decide; see %s", logp);
-    jsCtx_Destroy(js);
-    natsConnection_Destroy(nc);
-    int64_t took = 0;
-    cr_assert_eq(sigterm_and_wait(STOP_BOUND_MS, &took), 0, "see %s", logp);
+    decides_and_dead_letters();
 }
 
 /* A cluster that has just formed may not answer the engine's stream set-up in time (test_partition on nats-server 2.15.1 in CI:
@@ -243,25 +252,7 @@ Test(lifecycle, a_rules_bucket_watch_that_times_out_is_tried_again)
 
 /* The start steps after a standby takes the lease, each failing once as a timeout, are tried again (test_cluster
  * in CI: "cannot create the DLQ worker's consumer: Timeout" as the lease bucket's leader node was killed under a
- * standby that had just taken over, and it exited). After each the engine works: it decides, and poison is
- * dead-lettered by the DLQ worker. */
-static void decides_and_dead_letters(void)
-{
-    natsConnection *nc = tc_connect(srv.url);
-    jsCtx *js = NULL;
-    cr_assert_eq(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
-    Transaction t;
-    tc_txn(&t, "retried-1", 1000);
-    cr_assert(tc_publish(js, "txn.lifecycle.1", &t));
-    cr_assert_eq(js_Publish(NULL, js, "txn.lifecycle.2", "\xff\xff\xff", 3, NULL, NULL), NATS_OK);
-    cr_assert_eq(tc_wait_msgs(js, "DECISIONS", 1, 15000), 1, "the started engine did not decide; see %s", logp);
-    cr_assert_eq(tc_wait_msgs(js, "DLQ", 1, 15000), 1, "the poison was not dead-lettered; see %s", logp);
-    jsCtx_Destroy(js);
-    natsConnection_Destroy(nc);
-    int64_t took = 0;
-    cr_assert_eq(sigterm_and_wait(STOP_BOUND_MS, &took), 0, "see %s", logp);
-}
-
+ * standby that had just taken over, and it exited). */
 Test(lifecycle, a_dlq_worker_consumer_that_times_out_is_tried_again)
 {
     start_through_fault("dlq_timeout_once",
