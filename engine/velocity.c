@@ -711,20 +711,24 @@ static void seen_put(velocity *v, uint64_t h)
 
 /* --- per transaction ------------------------------------------------------------------------------------ */
 
-static void features_locked(velocity *v, const velocity_plan *pl, fval *vals, int64_t event_ms)
+/* Every key field's record, found once for both the features and the count of one transaction. */
+typedef struct vfound {
+    vrec *recs[MAX_CLASSES];
+    bool have[MAX_CLASSES];
+    uint64_t keys[MAX_CLASSES];
+} vfound;
+
+static void features_found(const velocity *v, const velocity_plan *pl, fval *vals, int64_t event_ms,
+                           const vfound *fd)
 {
     uint32_t now = secs_of(event_ms);
-    vrec *recs[MAX_CLASSES];
-    bool have_key[MAX_CLASSES];
-    uint64_t keys[MAX_CLASSES];
-    lookup_all(v, pl, vals, keys, recs, have_key);
     for (int i = 0; i < v->nent; i++) {
         const vent *p = &v->ent[i];
         fval *f = &vals[pl->f[i].id];
         f->type = FT_NUM;
-        f->present = have_key[p->cls];
+        f->present = fd->have[p->cls];
         f->num = 0;
-        vrec *r = recs[p->cls];
+        vrec *r = fd->recs[p->cls];
         if (!r)
             continue;
         const vclass *c = &v->cls[p->cls];
@@ -735,6 +739,13 @@ static void features_locked(velocity *v, const velocity_plan *pl, fval *vals, in
     }
 }
 
+static void features_locked(velocity *v, const velocity_plan *pl, fval *vals, int64_t event_ms)
+{
+    vfound fd;
+    lookup_all(v, pl, vals, fd.keys, fd.recs, fd.have);
+    features_found(v, pl, vals, event_ms, &fd);
+}
+
 /* The seen-set is far larger than the caches: start loading the slots add_locked will probe. */
 static void seen_prefetch(const velocity *v, uint64_t th)
 {
@@ -743,7 +754,10 @@ static void seen_prefetch(const velocity *v, uint64_t th)
         __builtin_prefetch(&v->seen_tab[(uint32_t)v->seen_fifo[v->seen_pos] & v->seen_mask]);
 }
 
-static bool add_locked(velocity *v, const velocity_plan *pl, const fval *vals, int64_t event_ms, uint64_t th)
+/* Counts one transaction into the records fd found for it (none yet: a new record), unless its hash is in the
+ * seen-set already (a duplicate: false). */
+static bool add_found(velocity *v, const velocity_plan *pl, const fval *vals, int64_t event_ms, uint64_t th,
+                      const vfound *fd)
 {
     if (seen_has(v, th)) {
         v->duplicates++;
@@ -752,10 +766,9 @@ static bool add_locked(velocity *v, const velocity_plan *pl, const fval *vals, i
     if (th)
         seen_put(v, th);
     uint32_t t = secs_of(event_ms);
-    vrec *recs[MAX_CLASSES];
-    bool have_key[MAX_CLASSES];
-    uint64_t keys[MAX_CLASSES];
-    lookup_all(v, pl, vals, keys, recs, have_key);
+    vrec *const *recs = fd->recs;
+    const bool *have_key = fd->have;
+    const uint64_t *keys = fd->keys;
     for (int i = 0; i < v->ncls; i++)
         if (recs[i]) { /* the LRU neighbours that touch will relink */
             if (recs[i]->prev != NIL)
@@ -807,6 +820,13 @@ static bool add_locked(velocity *v, const velocity_plan *pl, const fval *vals, i
     return true;
 }
 
+static bool add_locked(velocity *v, const velocity_plan *pl, const fval *vals, int64_t event_ms, uint64_t th)
+{
+    vfound fd;
+    lookup_all(v, pl, vals, fd.keys, fd.recs, fd.have);
+    return add_found(v, pl, vals, event_ms, th, &fd);
+}
+
 void velocity_features(velocity *v, const velocity_plan *pl, fval *vals, int64_t event_ms)
 {
     if (!velocity_serves(v, pl))
@@ -835,8 +855,10 @@ bool velocity_features_and_add(velocity *v, const velocity_plan *pl, fval *vals,
     uint64_t th = txn_hash(vals);
     pthread_mutex_lock(&v->mu);
     seen_prefetch(v, th);
-    features_locked(v, pl, vals, event_ms);
-    bool ok = add_locked(v, pl, vals, event_ms, th);
+    vfound fd; /* the features read the records before the count changes them */
+    lookup_all(v, pl, vals, fd.keys, fd.recs, fd.have);
+    features_found(v, pl, vals, event_ms, &fd);
+    bool ok = add_found(v, pl, vals, event_ms, th, &fd);
     pthread_mutex_unlock(&v->mu);
     return ok;
 }
