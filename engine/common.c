@@ -81,6 +81,61 @@ uint64_t hash64_str(const char *s) { return hash64(s, s ? strlen(s) : 0); }
 
 void hash64_hex(uint64_t h, char *out) { snprintf(out, 17, "%016llx", (unsigned long long)h); }
 
+size_t fmt_i64(int64_t v, char *out)
+{
+    char tmp[20];
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    size_t n = 0, o = 0;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        out[o++] = '-';
+    while (n)
+        out[o++] = tmp[--n];
+    out[o] = 0;
+    return o;
+}
+
+size_t fmt_fixed6(double x, char *out)
+{
+    /* 0 <= x < 2^44 (what a score or a probability is): x = m / 2^sh exactly, so x * 10^6 = m * 10^6 / 2^sh,
+     * whose integer part and remainder come out exact in 128 bits; the rest, and NaN, go through printf */
+    uint64_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    int ex = (int)(bits >> 52 & 0x7ff);
+    if ((bits >> 63) || ex >= 1023 + 44) {
+        int n = snprintf(out, 32, "%.6f", x);
+        return n > 0 ? (size_t)n : 0;
+    }
+    uint64_t m = bits & ((1ULL << 52) - 1);
+    if (ex)
+        m |= 1ULL << 52;
+    else
+        ex = 1; /* subnormal */
+    int sh = 1075 - ex; /* x = m / 2^sh, sh > 52 - 44 */
+    uint64_t q;         /* x * 10^6 rounded half to even */
+    if (sh >= 75) {
+        q = 0; /* m * 10^6 < 2^73 <= half of 2^sh: below 0.5e-6 */
+    } else {
+        __extension__ typedef unsigned __int128 u128;
+        u128 p = (u128)m * 1000000u;
+        u128 rem = p & (((u128)1 << sh) - 1), half = (u128)1 << (sh - 1);
+        q = (uint64_t)(p >> sh);
+        if (rem > half || (rem == half && (q & 1)))
+            q++;
+    }
+    size_t o = fmt_i64((int64_t)(q / 1000000), out);
+    uint64_t f = q % 1000000;
+    out[o++] = '.';
+    for (int i = 5; i >= 0; i--, f /= 10)
+        out[o + (size_t)i] = (char)('0' + f % 10);
+    o += 6;
+    out[o] = 0;
+    return o;
+}
+
 bool str_copy(char *dst, size_t cap, const char *src)
 {
     if (cap == 0)

@@ -49,6 +49,14 @@ uint64_t hash64_str(const char *s);
 /* Formats a content hash as 16 lower-case hex digits into out (>= 17 bytes). */
 void hash64_hex(uint64_t h, char *out);
 
+/* v in decimal into out (>= 21 bytes), NUL-terminated, as "%lld" writes it; returns the length. */
+size_t fmt_i64(int64_t v, char *out);
+
+/* x with six decimals into out (>= 32 bytes), NUL-terminated, byte for byte as "%.6f" writes it (the exact
+ * binary value rounded half to even), without printf's cost on the hot path; returns the length. Written whole
+ * below 1e24 (a score is 0..1); a larger x is cut to 31 characters. */
+size_t fmt_fixed6(double x, char *out);
+
 /* Copies at most cap-1 bytes and always NUL-terminates; returns false if truncated. */
 bool str_copy(char *dst, size_t cap, const char *src);
 

@@ -159,20 +159,24 @@ static void sink_set(hdr_sink *k, const char *key, const char *val)
 
 static void decision_headers(hdr_sink *k, const Decision *d)
 {
+    /* no printf here: it was 0.4 us of a decision's CPU (docs/benchmarks.md) */
     char score[32], lat[32], reasons[DECIDE_MAX_REASONS * (IDENT_NAME_MAX + 1) + 1];
     size_t o = 0;
-    reasons[0] = 0;
     for (size_t i = 0; i < d->n_reasons; i++) {
-        int n = snprintf(reasons + o, sizeof reasons - o, "%s%s", i ? "," : "", d->reasons[i]->rule_id);
-        if (n < 0 || (size_t)n >= sizeof reasons - o)
+        size_t n = strlen(d->reasons[i]->rule_id);
+        if (n + 2 > sizeof reasons - o)
             break; /* cannot happen with ids the compiler accepts (ident.h); never overrun */
-        o += (size_t)n;
+        if (i)
+            reasons[o++] = ',';
+        memcpy(reasons + o, d->reasons[i]->rule_id, n);
+        o += n;
     }
+    reasons[o] = 0;
     if (d->score >= 0)
-        snprintf(score, sizeof score, "%.6f", d->score);
+        fmt_fixed6(d->score, score);
     else
-        snprintf(score, sizeof score, "none");
-    snprintf(lat, sizeof lat, "%lld", (long long)d->latency_us);
+        str_copy(score, sizeof score, "none");
+    fmt_i64(d->latency_us, lat);
     sink_set(k, "Verdict-Outcome", outcome_str(d->outcome));
     sink_set(k, "Verdict-Score", score);
     /* an empty header value confuses header parsing in some clients: omit the header when no rule matched */

@@ -5,6 +5,8 @@
 #include "simgen.h"
 
 #include <criterion/criterion.h>
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -253,4 +255,59 @@ Test(config, flags_override_environment_and_bad_values_are_refused)
     cr_assert_str_eq(c.txn_stream, "ACME_TXN");
     cr_assert_str_eq(c.txn_subjects, "acme.txn.>");
     cr_assert_str_eq(c.decide_subject, "acme.verdict.v1.decide");
+}
+
+/* The hot path's number formatting must write exactly what printf writes: the decision headers' score and
+ * latency are read by clients, and replay compares them. */
+Test(fmt, fixed6_and_i64_write_what_printf_writes)
+{
+    char a[64], b[64];
+    static const double fixed[] = {0.0,       -0.0,      1.0,        0.5,        0.0078125,  0.0000005,  0.0000015,
+                                   0.9999995, 0.4999995, 1e-300,     5e-324,     2.5e-7,     7.5e-7,     123.4567895,
+                                   1e13,      17592186044415.99, 17592186044416.0, 1e19, -0.25, 0.1234565};
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
+        snprintf(a, sizeof a, "%.6f", fixed[i]);
+        size_t n = fmt_fixed6(fixed[i], b);
+        cr_assert_str_eq(b, a, "%.17g", fixed[i]);
+        cr_assert_eq(n, strlen(a));
+    }
+    const double specials[] = {NAN, INFINITY, -INFINITY};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(a, sizeof a, "%.6f", specials[i]);
+        fmt_fixed6(specials[i], b);
+        cr_assert_str_eq(b, a);
+    }
+    /* the exact ties, x * 10^6 = n + 1/2 held exactly in binary: the odd multiples of 2^-7 / 10^6 * 10^6 / 2 =
+     * 0.0078125 (7812.5 millionths) below 1, each rounded to the even neighbour */
+    for (int j = 0; j < 64; j++) {
+        double x = (2 * j + 1) * 0.0078125;
+        snprintf(a, sizeof a, "%.6f", x);
+        fmt_fixed6(x, b);
+        cr_assert_str_eq(b, a, "%.17g", x);
+    }
+    /* around every rounding boundary of the first thousand millionths, and random values in [0, 1] */
+    for (int k = 0; k < 1000; k++) {
+        double mid = (k + 0.5) / 1e6;
+        const double xs[] = {nextafter(mid, 0), mid, nextafter(mid, 1)};
+        for (int j = 0; j < 3; j++) {
+            snprintf(a, sizeof a, "%.6f", xs[j]);
+            fmt_fixed6(xs[j], b);
+            cr_assert_str_eq(b, a, "%.17g", xs[j]);
+        }
+    }
+    uint64_t s = 88172645463325252ULL;
+    for (int i = 0; i < 200000; i++) {
+        s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+        double x = (double)(s >> 11) / 9007199254740992.0;
+        snprintf(a, sizeof a, "%.6f", x);
+        fmt_fixed6(x, b);
+        cr_assert_str_eq(b, a, "%.17g", x);
+    }
+    static const int64_t ints[] = {0, 1, -1, 9, 10, 1234567, -987654321, INT64_MAX, INT64_MIN};
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        snprintf(a, sizeof a, "%lld", (long long)ints[i]);
+        size_t n = fmt_i64(ints[i], b);
+        cr_assert_str_eq(b, a);
+        cr_assert_eq(n, strlen(a));
+    }
 }
