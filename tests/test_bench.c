@@ -62,6 +62,36 @@ Test(bench, json_line_has_every_key, .timeout = 120)
     unlink(out);
 }
 
+/* --rounds: the throughput bench repeats its ABBA block on fresh streams and reports each round's ratio and,
+ * as "ratio", their median (of two rounds, the mean); a count outside 1-50 is refused. */
+Test(bench, throughput_rounds_report_each_ratio_and_their_median, .timeout = 120)
+{
+    char out[256];
+    temp_path(out, sizeof out, ".json");
+    const char *argv[] = {"verdict", "bench", "throughput", "--seconds", "2", "--count", "300", "--rounds", "2",
+                          "--json", NULL};
+    pid_t pid = verdict_spawn(argv, out);
+    cr_assert_eq(child_wait(pid, 90000), 0, "bench failed; see %s", out);
+    json_t *j = last_json(out);
+    cr_assert_eq(json_integer_value(json_object_get(j, "rounds")), 2);
+    json_t *rr = json_object_get(j, "ratio_rounds");
+    cr_assert(json_is_array(rr) && json_array_size(rr) == 2, "ratio_rounds has one entry a round");
+    double a = json_number_value(json_array_get(rr, 0)), b = json_number_value(json_array_get(rr, 1));
+    cr_assert(a > 0 && b > 0, "each round decided: %.3f %.3f", a, b);
+    cr_assert(fabs(json_number_value(json_object_get(j, "ratio")) - (a + b) / 2) < 0.002, "ratio %.3f, rounds %.3f %.3f",
+              json_number_value(json_object_get(j, "ratio")), a, b);
+    json_decref(j);
+    unlink(out);
+    const char *bad[] = {"0", "51", "x"};
+    for (size_t i = 0; i < 3; i++) {
+        const char *argv2[] = {"verdict", "bench", "throughput", "--rounds", bad[i], NULL};
+        pid = verdict_spawn(argv2, out);
+        cr_assert_eq(child_wait(pid, 10000), 2, "--rounds %s is refused", bad[i]);
+        cr_assert(file_wait_for(out, "--rounds takes a number from 1 to 50", 1000), "--rounds %s: the reason", bad[i]);
+    }
+    unlink(out);
+}
+
 /* --rates: one run per rate, in order, each with every latency key, and the first rate's keys at the top level;
  * --out writes each rate's series, percentile curve and timeline, into a directory it creates when there is
  * none (it used to fail after the first rate's runs, "cannot write into", and stop). */
