@@ -606,6 +606,12 @@ vstatus replica_start(replica **out, natsConnection *nc, const char *bucket, rep
     return V_OK;
 }
 
+void replica_stopping(replica *r)
+{
+    if (r)
+        atomic_store(&r->stop, true);
+}
+
 void replica_stop(replica *r)
 {
     if (!r)
