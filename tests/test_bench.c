@@ -28,6 +28,14 @@ static json_t *last_json(const char *out)
     return j;
 }
 
+/* Runs `verdict` with argv, its output into out; it must exit 0 within ms. Its last JSON line, parsed. */
+static json_t *run_json(const char *const *argv, const char *out, int ms)
+{
+    pid_t pid = verdict_spawn(argv, out);
+    cr_assert_eq(child_wait(pid, ms), 0, "verdict %s %s failed; see %s", argv[1], argv[2], out);
+    return last_json(out);
+}
+
 static const char *latency_keys[] = {"decide_p50_us",    "decide_p99_us",   "decide_p999_us",  "decide_max_us",
                                      "baseline_p50_us",  "baseline_p99_us", "baseline_p999_us", "baseline_max_us",
                                      "ratio_p99",        "over_budget",     "rate",             "sent"};
@@ -38,9 +46,7 @@ Test(bench, json_line_has_every_key, .timeout = 120)
     temp_path(out, sizeof out, ".json");
     const char *argv[] = {"verdict", "bench", "all", "--seconds", "2", "--count", "300", "--rate", "100",
                           "--json", NULL};
-    pid_t pid = verdict_spawn(argv, out);
-    cr_assert_eq(child_wait(pid, 90000), 0, "bench failed; see %s", out);
-    json_t *j = last_json(out);
+    json_t *j = run_json(argv, out, 90000);
     const char *keys[] = {"decisions_per_s",  "passthrough_per_s", "ratio",           "engine_cpu_us",
                           "server_cpu_us",    "engine_user_us",    "engine_sys_us",   "engine_cswitches",
                           "passthrough_engine_user_us", "passthrough_engine_sys_us", "passthrough_engine_cswitches"};
@@ -70,9 +76,7 @@ Test(bench, throughput_rounds_report_each_ratio_and_their_median, .timeout = 120
     temp_path(out, sizeof out, ".json");
     const char *argv[] = {"verdict", "bench", "throughput", "--seconds", "2", "--count", "300", "--rounds", "2",
                           "--json", NULL};
-    pid_t pid = verdict_spawn(argv, out);
-    cr_assert_eq(child_wait(pid, 90000), 0, "bench failed; see %s", out);
-    json_t *j = last_json(out);
+    json_t *j = run_json(argv, out, 90000);
     cr_assert_eq(json_integer_value(json_object_get(j, "rounds")), 2);
     json_t *rr = json_object_get(j, "ratio_rounds");
     cr_assert(json_is_array(rr) && json_array_size(rr) == 2, "ratio_rounds has one entry a round");
@@ -85,7 +89,7 @@ Test(bench, throughput_rounds_report_each_ratio_and_their_median, .timeout = 120
     const char *bad[] = {"0", "51", "x"};
     for (size_t i = 0; i < 3; i++) {
         const char *argv2[] = {"verdict", "bench", "throughput", "--rounds", bad[i], NULL};
-        pid = verdict_spawn(argv2, out);
+        pid_t pid = verdict_spawn(argv2, out);
         cr_assert_eq(child_wait(pid, 10000), 2, "--rounds %s is refused", bad[i]);
         cr_assert(file_wait_for(out, "--rounds takes a number from 1 to 50", 1000), "--rounds %s: the reason", bad[i]);
     }
@@ -103,9 +107,7 @@ Test(bench, several_rates_one_entry_each, .timeout = 120)
     snprintf(dir, sizeof dir, "%s/plots", parent); /* neither exists yet */
     const char *argv[] = {"verdict", "bench", "latency", "--seconds", "1", "--rates", "50,120", "--out", dir,
                           "--json", NULL};
-    pid_t pid = verdict_spawn(argv, out);
-    cr_assert_eq(child_wait(pid, 90000), 0, "bench failed; see %s", out);
-    json_t *j = last_json(out);
+    json_t *j = run_json(argv, out, 90000);
     cr_assert_eq(json_integer_value(json_object_get(j, "rate")), 50);
     json_t *runs = json_object_get(j, "latency_runs");
     cr_assert(json_is_array(runs));
@@ -166,9 +168,7 @@ Test(bench, failover_reports_both_gaps_and_exactly_one_decision_each, .timeout =
     temp_path(out, sizeof out, ".json");
     const char *argv[] = {"verdict", "bench", "failover", "--kills", "1", "--rate", "200", "--lease-ttl", "1s",
                           "--json", NULL};
-    pid_t pid = verdict_spawn(argv, out);
-    cr_assert_eq(child_wait(pid, 100000), 0, "bench failover failed; see %s", out);
-    json_t *j = last_json(out);
+    json_t *j = run_json(argv, out, 100000);
     cr_assert(json_is_true(json_object_get(j, "exactly_once")), "see %s", out);
     const char *keys[] = {"kill9_p50_ms", "kill9_max_ms", "sigterm_p50_ms", "sigterm_max_ms"};
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
@@ -191,9 +191,7 @@ Test(bench, durability_runs_four_setups, .timeout = 180)
     char out[256];
     temp_path(out, sizeof out, ".json");
     const char *argv[] = {"verdict", "bench", "durability", "--count", "40", "--rounds", "1", "--json", NULL};
-    pid_t pid = verdict_spawn(argv, out);
-    cr_assert_eq(child_wait(pid, 150000), 0, "bench durability failed; see %s", out);
-    json_t *j = last_json(out);
+    json_t *j = run_json(argv, out, 150000);
     cr_assert_str_eq(json_string_value(json_object_get(j, "bench")), "durability");
     json_t *setups = json_object_get(j, "setups");
     cr_assert(json_is_array(setups));
@@ -226,9 +224,7 @@ Test(bench, scale_runs_one_two_three_engines_and_a_kill, .timeout = 90)
     temp_path(out, sizeof out, ".json");
     const char *argv[] = {"verdict", "bench", "scale", "--count", "600", "--kills", "1", "--rate", "200",
                           "--partitions", "4", "--lease-ttl", "1500ms", "--json", NULL};
-    pid_t pid = verdict_spawn(argv, out);
-    cr_assert_eq(child_wait(pid, 80000), 0, "bench scale failed; see %s", out);
-    json_t *j = last_json(out);
+    json_t *j = run_json(argv, out, 80000);
     cr_assert_str_eq(json_string_value(json_object_get(j, "bench")), "scale");
     cr_assert_eq(json_integer_value(json_object_get(j, "partitions")), 4);
     cr_assert_eq(json_integer_value(json_object_get(j, "count")), 600);
