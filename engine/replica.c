@@ -458,6 +458,8 @@ static void *watch_main(void *arg)
             if (s != NATS_OK) {
                 w = NULL;
                 atomic_store(&r->healthy, false);
+                if (s == NATS_CONNECTION_CLOSED)
+                    break; /* see below */
                 if (!warned) /* once per outage, not once a second */
                     log_warn("replica: watch failed, retrying every second",
                              "\"bucket\":\"%s\",\"error\":\"%s\"", log_esc(r->bucket),
@@ -499,8 +501,12 @@ static void *watch_main(void *arg)
                 atomic_store(&r->ready, true);
             }
         } else if (s != NATS_TIMEOUT) {
-            if (atomic_load(&r->stop))
+            /* a closed connection is the end, not an outage: the engine reconnects forever, so only a stop closes
+             * it (also one during the start, from the closer thread, before replica_stopping could be called) */
+            if (atomic_load(&r->stop) || s == NATS_CONNECTION_CLOSED) {
+                atomic_store(&r->healthy, false);
                 break;
+            }
             if (!warned) /* once until the watch makes progress again */
                 log_warn("replica: watcher error, reloading", "\"bucket\":\"%s\",\"error\":\"%s\"",
                          log_esc(r->bucket), log_esc(natsStatus_GetText(s)));
