@@ -724,8 +724,6 @@ void engine_stop(engine *en)
      * library created (the KV replicas' watchers, the catch-up reader, the members watcher) would each ask the
      * server to delete one and wait up to the JetStream timeout for a node that is gone (test_cluster: the
      * standby's stop overran its deadline after its node was killed) */
-    replica_stopping(en->lists); /* their watchers end quietly when the connection closes */
-    replica_stopping(en->profiles);
     pthread_mutex_lock(&en->conn_mu);
     if (en->nc)
         natsConnection_Close(en->nc);

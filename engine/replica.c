@@ -502,7 +502,7 @@ static void *watch_main(void *arg)
             }
         } else if (s != NATS_TIMEOUT) {
             /* a closed connection is the end, not an outage: the engine reconnects forever, so only a stop closes
-             * it (also one during the start, from the closer thread, before replica_stopping could be called) */
+             * it (engine_stop, or the closer thread when a start is abandoned or a stop runs late) */
             if (atomic_load(&r->stop) || s == NATS_CONNECTION_CLOSED) {
                 atomic_store(&r->healthy, false);
                 break;
@@ -610,12 +610,6 @@ vstatus replica_start(replica **out, natsConnection *nc, const char *bucket, rep
     r->thread_started = true;
     *out = r;
     return V_OK;
-}
-
-void replica_stopping(replica *r)
-{
-    if (r)
-        atomic_store(&r->stop, true);
 }
 
 void replica_stop(replica *r)

@@ -64,10 +64,6 @@ vstatus replica_start(replica **out, natsConnection *nc, const char *bucket, rep
 /* Waits until the first load completed or timeout_ms passed; returns replica_ready(). */
 bool replica_wait_ready(const replica *r, int timeout_ms);
 
-/* Tells the watcher thread the engine is stopping, without waiting: the connection closing under it next is then
- * the end, not an error to warn about. NULL is ignored. */
-void replica_stopping(replica *r);
-
 /* Stops the watcher thread and frees everything. NULL is ignored. */
 void replica_stop(replica *r);
 
