@@ -204,7 +204,9 @@ static double drain_rate(const bench_opts *o, const config *c, jsCtx *js, int co
     }
     engine_stop(en);
     (void)js;
-    return elapsed > 0 ? (double)(done - done0) * 1e6 / (double)elapsed : 0;
+    double rate = elapsed > 0 ? (double)(done - done0) * 1e6 / (double)elapsed : 0;
+    fprintf(stderr, "[bench] %-12s %lld in %.2f s: %.0f/s\n", label, done - done0, (double)elapsed / 1e6, rate);
+    return rate;
 }
 
 /* Two sides a and b in ABBA order (a, b, b, a), each run on its own freshly preloaded stream (prefixes[i]), so

@@ -118,7 +118,7 @@ static int world_init(world *w, size_t keys)
 typedef struct run_result {
     double bytes_per_key, bytes_total_per_key;
     uint64_t keys, bytes_state, bytes_seen;
-    double update_ns, query_ns, both_ns, mt_ops_per_s, st_ops_per_s;
+    double update_ns, query_ns, both_ns, ahead_ns, mt_ops_per_s, st_ops_per_s;
     velocity_stats_t st;
 } run_result;
 
@@ -196,6 +196,38 @@ static double time_op(const world *w, velocity *v, op_kind op, double seconds, u
     return (double)(mono_ns() - t0) / (double)ops;
 }
 
+/* The same as OP_BOTH the way the sequencer calls it (seqstage.c): each transaction's keys hashed two ahead and
+ * its records prefetched one ahead (velocity_keys, velocity_prefetch_recs, velocity_features_and_add_keyed). */
+#define AHEAD 2
+static double time_ahead(const world *w, velocity *v, double seconds, uint64_t *n)
+{
+    static fval vals[AHEAD + 1][FEAT_MAX];
+    static char ids[AHEAD + 1][20];
+    vkeys keys[AHEAD + 1];
+    uint64_t rng = 0x2545F4914F6CDD1DULL ^ *n;
+    for (int s = 0; s <= AHEAD; s++)
+        for (int i = 0; i < w->reg.n; i++)
+            vals[s][i] = (fval){.type = (uint8_t)w->reg.defs[i].type};
+    uint64_t m = *n; /* the next transaction to count; m + 1 .. m + AHEAD - 1 are prepared */
+    for (int a = 0; a < AHEAD; a++) {
+        make_txn(w, vals[(m + a) % (AHEAD + 1)], m + a, -1, &rng, ids[(m + a) % (AHEAD + 1)]);
+        velocity_keys(v, &w->plan, vals[(m + a) % (AHEAD + 1)], &keys[(m + a) % (AHEAD + 1)]);
+    }
+    int64_t t0 = mono_ns(), end = t0 + (int64_t)(seconds * 1e9);
+    uint64_t ops = 0;
+    while (mono_ns() < end)
+        for (int k = 0; k < 4096; k++, ops++, m++) {
+            int s = (int)((m + AHEAD) % (AHEAD + 1));
+            make_txn(w, vals[s], m + AHEAD, -1, &rng, ids[s]);
+            velocity_keys(v, &w->plan, vals[s], &keys[s]);
+            velocity_prefetch_recs(v, &keys[(m + 1) % (AHEAD + 1)]);
+            velocity_features_and_add_keyed(v, &w->plan, vals[m % (AHEAD + 1)], T_START + (int64_t)m,
+                                            &keys[m % (AHEAD + 1)]);
+        }
+    *n = m + AHEAD; /* the prepared ones are never counted: their ids are not used again */
+    return (double)(mono_ns() - t0) / (double)ops;
+}
+
 static int run(size_t keys, double seconds, bool timed, run_result *r)
 {
     world w;
@@ -227,6 +259,8 @@ static int run(size_t keys, double seconds, bool timed, run_result *r)
         fprintf(stderr, "[bench state] update %.1f ns\n", r->update_ns);
         r->both_ns = time_op(&w, v, OP_BOTH, seconds / 8, &n) - gen;
         fprintf(stderr, "[bench state] features_and_add %.1f ns\n", r->both_ns);
+        r->ahead_ns = time_ahead(&w, v, seconds / 8, &n) - gen;
+        fprintf(stderr, "[bench state] features_and_add, keys two ahead %.1f ns\n", r->ahead_ns);
         /* shared by two threads (one mutex) against one thread alone, same duration */
         mt_arg one = {&w, v, (uint64_t)1 << 40, 0, T_START + (int64_t)n, seconds / 8};
         mt_worker(&one);
@@ -452,17 +486,19 @@ int bench_state(int argc, char **argv)
     printf("\n");
     printf("  per txn      update %7.1f ns  query %7.1f ns  features+add %7.1f ns\n", big.update_ns, big.query_ns,
            big.both_ns);
+    printf("               features+add with the keys two transactions ahead (the sequencer's way) %7.1f ns\n",
+           big.ahead_ns);
     printf("  threads      1: %.0f/s  2 sharing one mutex: %.0f/s\n", big.st_ops_per_s, big.mt_ops_per_s);
     printf("  evictions    %llu  seen-set %llu ids\n", (unsigned long long)big.st.evictions,
            (unsigned long long)big.st.seen);
     if (json)
         printf("{\"bench\":\"state\",\"keys\":%llu,\"features\":%zu,\"bytes_per_key\":%.1f,"
                "\"bytes_per_key_100k\":%.1f,\"bytes_per_key_with_seen\":%.1f,\"seen_bytes\":%llu,"
-               "\"update_ns\":%.1f,\"query_ns\":%.1f,\"features_and_add_ns\":%.1f,\"ops_per_s_1thread\":%.0f,"
+               "\"update_ns\":%.1f,\"query_ns\":%.1f,\"features_and_add_ns\":%.1f,\"features_and_add_ahead_ns\":%.1f,\"ops_per_s_1thread\":%.0f,"
                "\"ops_per_s_2threads\":%.0f,\"evictions\":%llu}\n",
                (unsigned long long)big.keys, sizeof reference / sizeof reference[0], big.bytes_per_key,
                small.bytes_per_key, big.bytes_total_per_key, (unsigned long long)big.bytes_seen, big.update_ns,
-               big.query_ns, big.both_ns, big.st_ops_per_s, big.mt_ops_per_s, (unsigned long long)big.st.evictions);
+               big.query_ns, big.both_ns, big.ahead_ns, big.st_ops_per_s, big.mt_ops_per_s, (unsigned long long)big.st.evictions);
     return 0;
 }
 

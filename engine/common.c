@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 const char *vstatus_str(vstatus s)
@@ -235,4 +236,24 @@ int file_count_lines(const char *path, const char *needle)
         n += strstr(line, needle) != NULL;
     fclose(f);
     return n;
+}
+
+void *bigmem_alloc(bigmem *b, size_t n)
+{
+    b->len = n + BIGMEM_HUGE_PAGE;
+    b->map = mmap(NULL, b->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (b->map == MAP_FAILED) {
+        b->map = NULL;
+        return NULL;
+    }
+    uintptr_t p = ((uintptr_t)b->map + BIGMEM_HUGE_PAGE - 1) & ~(uintptr_t)(BIGMEM_HUGE_PAGE - 1);
+    madvise((void *)p, n, MADV_HUGEPAGE);
+    return (void *)p;
+}
+
+void bigmem_free(bigmem *b)
+{
+    if (b->map)
+        munmap(b->map, b->len);
+    b->map = NULL;
 }

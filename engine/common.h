@@ -72,6 +72,19 @@ vstatus file_read(const char *path, size_t max, char **buf, size_t *len, verror 
  * once per 8 KiB piece. For logs: tests and benches wait on what a process has said. */
 int file_count_lines(const char *path, const char *needle);
 
+/* Large zeroed arrays straight from mmap, committed lazily by the kernel and backed by transparent huge pages
+ * where the system allows it (THP "madvise" or "always"): the velocity state's tables, whose lookups are random
+ * over hundreds of MB (with 4 KB pages nearly every one also misses the TLB: docs/state.md), and the sequencer's
+ * feature ring, filled in order (with 4 KB pages a fault every few dozen transactions: docs/benchmarks.md). The
+ * mapping is aligned to a huge page; bigmem_free unmaps it (a zeroed bigmem is empty). */
+#define BIGMEM_HUGE_PAGE ((size_t)2 << 20)
+typedef struct bigmem {
+    void *map;
+    size_t len;
+} bigmem;
+void *bigmem_alloc(bigmem *b, size_t n);
+void bigmem_free(bigmem *b);
+
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 #endif

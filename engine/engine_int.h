@@ -123,6 +123,18 @@ typedef struct late_reply {
 #define LATE_CAP 4096 /* duplicates waiting at once; beyond it a retry is told to come back (503) */
 #define LATE_ROUND 64 /* looked up per round, outside the lock */
 
+/* The sequencer works SEQ_AHEAD transactions ahead of the one it counts (seqstage.c, hand_to_workers): each is
+ * decoded and its fields extracted early, so that its velocity lookups' cache misses can be started while the
+ * transactions before it are counted (velocity.h, velocity_keys). */
+#define SEQ_AHEAD 2
+typedef struct seqprep {
+    int idx; /* the batch position prepared here, -1: none */
+    Transaction *t;
+    int64_t event_ms;
+    vkeys keys;
+    fval vals[FEAT_MAX];
+} seqprep;
+
 struct engine {
     config cfg;
     natsConnection *nc;  /* workers: send-asap */
@@ -141,6 +153,7 @@ struct engine {
     bool seq_started;
     arena seq_arena;
     fval seq_vals[FEAT_MAX];
+    seqprep seq_pre[SEQ_AHEAD + 1]; /* transactions prepared ahead of the one being sequenced (seqstage.c) */
     catchup_reader *catchup; /* the catch-up's reader (rebuild.h), opened by the first catch-up; this thread's */
     batch *batches; /* nbatches, preallocated */
     int nbatches;

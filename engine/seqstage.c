@@ -126,8 +126,36 @@ void seq_catch_up_idle(engine *en)
     catchup_reader_idle(&en->catchup, CATCHUP_IDLE_NS);
 }
 
-/* One message: its velocity features, exactly once per stream sequence and in stream order. */
-static void sequence_one(engine *en, batch *b, int i)
+/* Prepares message i of b ahead of its turn (see seqprep): what sequence_one's usual path would do before it
+ * touches the state, i.e. decode into the batch's block, extract the fields and hash the velocity keys (whose
+ * index slots start loading). Anything off that path (a redelivery, poison, a transaction too large for the
+ * block, a policy without velocity features) is left for sequence_one to do as it always does. The state's
+ * position only grows, so a message below it now is below it at its turn too; one above it now is checked again
+ * there. txn_decode_more gives back what a failed decode took from the block, so decoding again there is the
+ * same decode. */
+static void seq_prep(engine *en, batch *b, int i, seqprep *sp)
+{
+    sp->idx = -1;
+    velref *r = b->vel;
+    const velocity_plan *pl = policy_velocity_plan(b->policy);
+    js_meta m;
+    natsMsg *msg = b->list.Msgs[i];
+    if (!r || en->cfg.passthrough || pl->n == 0 || !velocity_serves(r->v, pl) ||
+        !broker_parse_ack_subject(natsMsg_GetReply(msg), &m) || m.stream_seq <= r->pos)
+        return;
+    poison_reason why;
+    if (txn_decode_more(&b->txa, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg),
+                        (size_t)en->cfg.max_msg_size, &sp->t, &why, NULL) != V_OK)
+        return;
+    sp->event_ms = txn_event_ms(sp->t, m.timestamp_ns / 1000000);
+    features_from_txn(pl->reg, sp->t, sp->event_ms, sp->vals);
+    velocity_keys(r->v, pl, sp->vals, &sp->keys);
+    sp->idx = i;
+}
+
+/* One message: its velocity features, exactly once per stream sequence and in stream order. sp: the message
+ * prepared by seq_prep, or NULL. */
+static void sequence_one(engine *en, batch *b, int i, seqprep *sp)
 {
     b->vs[i] = VS_NONE;
     b->txn[i] = NULL;
@@ -160,11 +188,11 @@ static void sequence_one(engine *en, batch *b, int i)
     }
     /* decoded into the batch's block, where the worker finds it; one that does not fit there (a rare large one)
      * into the sequencer's own arena, and the worker decodes it again */
-    Transaction *t = NULL;
+    Transaction *t = sp ? sp->t : NULL;
     poison_reason why;
     const void *data = natsMsg_GetData(msg);
     size_t len = (size_t)natsMsg_GetDataLength(msg), max = (size_t)en->cfg.max_msg_size;
-    vstatus dr = txn_decode_more(&b->txa, data, len, max, &t, &why, NULL);
+    vstatus dr = sp ? V_OK : txn_decode_more(&b->txa, data, len, max, &t, &why, NULL);
     if (dr == V_ENOMEM)
         dr = txn_decode(&en->seq_arena, data, len, max, &t, &why, NULL);
     else if (dr == V_OK)
@@ -186,8 +214,13 @@ static void sequence_one(engine *en, batch *b, int i)
     }
     if (seq > r->pos + 1)
         seq_catch_up(en, r, p, seq - 1);
-    seq_step(r->v, pl, t, ev, en->seq_vals);
-    velvals_save(pl, en->seq_vals, vv);
+    if (sp) { /* the fields extracted and the keys hashed ahead: seq_step's work, the rest of it */
+        velocity_features_and_add_keyed(r->v, pl, sp->vals, ev, &sp->keys);
+        velvals_save(pl, sp->vals, vv);
+    } else {
+        seq_step(r->v, pl, t, ev, en->seq_vals);
+        velvals_save(pl, en->seq_vals, vv);
+    }
     featring_put(r->ring, seq, vv);
     r->pos = seq;
     b->vs[i] = VS_EXACT;
@@ -272,8 +305,23 @@ static void hand_to_workers(engine *en, batch *b)
 {
     batch_take_policy(en, b);
     arena_reset(&b->txa);
-    for (int i = 0; i < b->list.Count; i++)
-        sequence_one(en, b, i);
+    /* SEQ_AHEAD transactions ahead: message i + SEQ_AHEAD is prepared (its index slots start loading), the
+     * records of message i + 1 start loading (its index slots arrived meanwhile), then message i is counted */
+    int n = b->list.Count;
+    seqprep *pre = en->seq_pre;
+    for (int j = 0; j <= SEQ_AHEAD; j++)
+        pre[j].idx = -1;
+    for (int j = 0; j < SEQ_AHEAD && j < n; j++)
+        seq_prep(en, b, j, &pre[j]);
+    for (int i = 0; i < n; i++) {
+        if (i + SEQ_AHEAD < n)
+            seq_prep(en, b, i + SEQ_AHEAD, &pre[(i + SEQ_AHEAD) % (SEQ_AHEAD + 1)]);
+        seqprep *next = &pre[(i + 1) % (SEQ_AHEAD + 1)];
+        if (next->idx == i + 1)
+            velocity_prefetch_recs(b->vel->v, &next->keys);
+        seqprep *sp = &pre[i % (SEQ_AHEAD + 1)];
+        sequence_one(en, b, i, sp->idx == i ? sp : NULL);
+    }
     batch_enqueue(en, &en->ready_head, &en->ready_tail, b);
     checkpoint_serve(en->ckpt); /* between two batches: the state is at a sequence boundary */
 }

@@ -14,10 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #define NIL UINT32_MAX
-#define MAX_CLASSES 8  /* key fields */
+#define MAX_CLASSES VELOCITY_MAX_KEYS /* key fields */
 #define MAX_RINGS 12   /* bucket sizes per key field (all of them) */
 #define MAX_COLS 24    /* count/sum columns per key field */
 #define MAX_DSETS 6    /* distinct value fields per key field */
@@ -27,11 +26,6 @@
 
 /* Bucket sizes in seconds; a window uses the smallest one that spans it in at most MAX_BUCKETS buckets. */
 static const uint32_t steps[MAX_RINGS] = {5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200};
-
-typedef struct big { /* an mmap'ed array (see big_alloc) */
-    void *map;
-    size_t len;
-} big;
 
 typedef struct vrec {
     uint64_t key;   /* mixed hash of the key string */
@@ -83,7 +77,7 @@ typedef struct vclass {
     uint32_t rec_size, cap, used;
     unsigned char *recs;
     uint32_t *heads, mask;
-    big recs_mem, heads_mem;
+    bigmem recs_mem, heads_mem;
     uint32_t lru_head, lru_tail;
     uint64_t evictions;
 } vclass;
@@ -108,7 +102,7 @@ struct velocity {
     uint64_t sig; /* velocity_plan.sig of the plans this state serves */
     /* seen-set: open addressing on 64-bit hashes (0 = empty) plus a FIFO of insertion order */
     uint64_t *seen_tab, *seen_fifo;
-    big seen_tab_mem, seen_fifo_mem;
+    bigmem seen_tab_mem, seen_fifo_mem;
     uint32_t seen_mask, seen_cap, seen_n, seen_pos;
     uint64_t duplicates, late_drops;
 };
@@ -151,23 +145,7 @@ static inline uint16_t *count_col(vrec *r, const vcol *col) { return (uint16_t *
 static inline uint32_t *sum_col(vrec *r, const vcol *col) { return (uint32_t *)((unsigned char *)r + col->off); }
 static inline vdset_hdr *dset_of(vrec *r, const vdset *d) { return (vdset_hdr *)((unsigned char *)r + d->off); }
 
-/* Large zeroed arrays come straight from mmap, committed lazily by the kernel and backed by transparent huge
- * pages where the system allows it: lookups are random over hundreds of MB, and with 4 KB pages nearly every
- * one also misses the TLB (measured: docs/state.md). */
-#define HUGE_PAGE ((size_t)2 << 20)
-
-static void *big_alloc(big *b, size_t n)
-{
-    b->len = n + HUGE_PAGE;
-    b->map = mmap(NULL, b->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (b->map == MAP_FAILED) {
-        b->map = NULL;
-        return NULL;
-    }
-    uintptr_t p = ((uintptr_t)b->map + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1);
-    madvise((void *)p, n, MADV_HUGEPAGE);
-    return (void *)p;
-}
+#define HUGE_PAGE BIGMEM_HUGE_PAGE
 
 /* Writes the first n bytes of a fresh (zero) mapping, so the kernel backs them now rather than on the first
  * transaction: a huge page is zeroed on its first touch (2 MB, about a millisecond), and the first transactions
@@ -176,13 +154,6 @@ static void *big_alloc(big *b, size_t n)
 static void prefault(void *p, size_t n)
 {
     memset(p, 0, n);
-}
-
-static void big_free(big *b)
-{
-    if (b->map)
-        munmap(b->map, b->len);
-    b->map = NULL;
 }
 
 /* --- construction --------------------------------------------------------------------------------------- */
@@ -351,8 +322,8 @@ vstatus velocity_new(const velocity_plan *pl, const velocity_cfg *cfg, velocity 
         layout(c);
         c->cap = (uint32_t)max_keys;
         c->mask = pow2_at_least(max_keys) - 1;
-        c->recs = big_alloc(&c->recs_mem, max_keys * c->rec_size);
-        c->heads = big_alloc(&c->heads_mem, ((size_t)c->mask + 1) * sizeof *c->heads);
+        c->recs = bigmem_alloc(&c->recs_mem, max_keys * c->rec_size);
+        c->heads = bigmem_alloc(&c->heads_mem, ((size_t)c->mask + 1) * sizeof *c->heads);
         if (!c->recs || !c->heads) {
             velocity_free(v);
             return verror_set(e, V_ENOMEM, "out of memory for %zu velocity keys", max_keys);
@@ -363,8 +334,8 @@ vstatus velocity_new(const velocity_plan *pl, const velocity_cfg *cfg, velocity 
     }
     v->seen_cap = (uint32_t)seen_cap;
     v->seen_mask = pow2_at_least(seen_cap * 2) - 1;
-    v->seen_tab = big_alloc(&v->seen_tab_mem, ((size_t)v->seen_mask + 1) * sizeof *v->seen_tab);
-    v->seen_fifo = big_alloc(&v->seen_fifo_mem, seen_cap * sizeof *v->seen_fifo);
+    v->seen_tab = bigmem_alloc(&v->seen_tab_mem, ((size_t)v->seen_mask + 1) * sizeof *v->seen_tab);
+    v->seen_fifo = bigmem_alloc(&v->seen_fifo_mem, seen_cap * sizeof *v->seen_fifo);
     if (!v->seen_tab || !v->seen_fifo) {
         velocity_free(v);
         return verror_set(e, V_ENOMEM, "out of memory for a seen-set of %zu ids", seen_cap);
@@ -382,11 +353,11 @@ void velocity_free(velocity *v)
     if (!v)
         return;
     for (int i = 0; i < v->ncls; i++) {
-        big_free(&v->cls[i].recs_mem);
-        big_free(&v->cls[i].heads_mem);
+        bigmem_free(&v->cls[i].recs_mem);
+        bigmem_free(&v->cls[i].heads_mem);
     }
-    big_free(&v->seen_tab_mem);
-    big_free(&v->seen_fifo_mem);
+    bigmem_free(&v->seen_tab_mem);
+    bigmem_free(&v->seen_fifo_mem);
     pthread_mutex_destroy(&v->mu);
     free(v->ent);
     free(v);
@@ -484,8 +455,7 @@ static void prefetch_rec(const vclass *c, uint32_t i)
 /* Finds the record of every key field in vals (NULL when untracked; have[i] false when the field is missing).
  * The state is far larger than the CPU caches and each lookup is two dependent misses (index slot, record), so
  * the key fields are looked up side by side with prefetches: the misses overlap instead of queueing. */
-static void lookup_all(const velocity *v, const velocity_plan *pl, const fval *vals, uint64_t *keys, vrec **recs,
-                       bool *have)
+static void hash_keys(const velocity *v, const velocity_plan *pl, const fval *vals, uint64_t *keys, bool *have)
 {
     for (int i = 0; i < v->ncls; i++) {
         const vclass *c = &v->cls[i];
@@ -495,6 +465,11 @@ static void lookup_all(const velocity *v, const velocity_plan *pl, const fval *v
         if (have[i])
             __builtin_prefetch(&c->heads[keys[i] & c->mask]);
     }
+}
+
+/* The records of keys[] (hashed by hash_keys, whose index slots are being loaded). */
+static void lookup_keys(const velocity *v, const uint64_t *keys, vrec **recs, const bool *have)
+{
     uint32_t first[MAX_CLASSES];
     for (int i = 0; i < v->ncls; i++) {
         const vclass *c = &v->cls[i];
@@ -514,6 +489,13 @@ static void lookup_all(const velocity *v, const velocity_plan *pl, const fval *v
             j = r->chain;
         }
     }
+}
+
+static void lookup_all(const velocity *v, const velocity_plan *pl, const fval *vals, uint64_t *keys, vrec **recs,
+                       bool *have)
+{
+    hash_keys(v, pl, vals, keys, have);
+    lookup_keys(v, keys, recs, have);
 }
 
 /* --- windows -------------------------------------------------------------------------------------------- */
@@ -859,6 +841,49 @@ bool velocity_features_and_add(velocity *v, const velocity_plan *pl, fval *vals,
     lookup_all(v, pl, vals, fd.keys, fd.recs, fd.have);
     features_found(v, pl, vals, event_ms, &fd);
     bool ok = add_found(v, pl, vals, event_ms, th, &fd);
+    pthread_mutex_unlock(&v->mu);
+    return ok;
+}
+
+void velocity_keys(const velocity *v, const velocity_plan *pl, const fval *vals, vkeys *k)
+{
+    k->set = velocity_serves(v, pl);
+    if (!k->set)
+        return;
+    hash_keys(v, pl, vals, k->key, k->have);
+    k->txn = txn_hash(vals);
+    seen_prefetch(v, k->txn);
+}
+
+void velocity_prefetch_recs(const velocity *v, const vkeys *k)
+{
+    if (!k->set)
+        return;
+    for (int i = 0; i < v->ncls; i++) {
+        if (!k->have[i])
+            continue;
+        const vclass *c = &v->cls[i];
+        uint32_t j = c->heads[k->key[i] & c->mask];
+        if (j != NIL)
+            prefetch_rec(c, j);
+    }
+}
+
+bool velocity_features_and_add_keyed(velocity *v, const velocity_plan *pl, fval *vals, int64_t event_ms,
+                                     const vkeys *k)
+{
+    if (!k->set)
+        return velocity_features_and_add(v, pl, vals, event_ms);
+    if (!velocity_serves(v, pl))
+        return false;
+    pthread_mutex_lock(&v->mu);
+    seen_prefetch(v, k->txn);
+    vfound fd;
+    memcpy(fd.keys, k->key, sizeof fd.keys);
+    memcpy(fd.have, k->have, sizeof fd.have);
+    lookup_keys(v, fd.keys, fd.recs, fd.have);
+    features_found(v, pl, vals, event_ms, &fd);
+    bool ok = add_found(v, pl, vals, event_ms, k->txn, &fd);
     pthread_mutex_unlock(&v->mu);
     return ok;
 }

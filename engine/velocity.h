@@ -110,6 +110,29 @@ bool velocity_add(velocity *v, const velocity_plan *pl, const fval *vals, int64_
  * features are still filled, from a state that already includes the transaction. */
 bool velocity_features_and_add(velocity *v, const velocity_plan *pl, fval *vals, int64_t event_ms);
 
+/* Prefetching across transactions (the sequencer: seqstage.c, docs/state.md "Prefetching"). A lookup is two
+ * dependent cache misses per key field (its index slot, then its record), which one transaction's own
+ * prefetches cannot hide. A caller that has the next transactions' fields at hand starts them early:
+ * velocity_keys hashes a transaction's key fields and starts loading their index slots and its seen-set slot;
+ * one transaction later velocity_prefetch_recs reads those slots (cached by then) and starts loading the
+ * records; velocity_features_and_add_keyed then counts it with the keys already hashed. Only hints: the state
+ * may change between the calls (a new key, an eviction, a catch-up), and the keyed call looks everything up
+ * again, so the features and counts are exactly velocity_features_and_add's. Only the thread that adds may call
+ * these (the state's only writer, so it reads without the lock). */
+#define VELOCITY_MAX_KEYS 8
+typedef struct vkeys {
+    uint64_t key[VELOCITY_MAX_KEYS];
+    bool have[VELOCITY_MAX_KEYS];
+    uint64_t txn; /* the seen-set hash (0: no txn_id) */
+    bool set;     /* filled by velocity_keys for a plan v serves */
+} vkeys;
+
+void velocity_keys(const velocity *v, const velocity_plan *pl, const fval *vals, vkeys *k);
+void velocity_prefetch_recs(const velocity *v, const vkeys *k);
+/* velocity_features_and_add with k from velocity_keys for these vals (k->set false: hashes them itself). */
+bool velocity_features_and_add_keyed(velocity *v, const velocity_plan *pl, fval *vals, int64_t event_ms,
+                                     const vkeys *k);
+
 void velocity_stats(velocity *v, velocity_stats_t *out);
 
 /* --- snapshots (docs/state.md, "Checkpoints") ---------------------------------------------------------------

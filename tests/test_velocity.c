@@ -692,3 +692,66 @@ Test(velocity, no_allocation_per_transaction)
     cr_assert(vals[c10m].present);
     velocity_free(v);
 }
+
+/* The sequencer hashes each transaction's keys two transactions ahead and prefetches its records one ahead
+ * (velocity_keys, velocity_prefetch_recs, velocity_features_and_add_keyed). Keys prepared before the
+ * transactions in front of them created, evicted or counted those keys must still give exactly what
+ * velocity_features_and_add gives: the same features for every transaction, the same duplicates, the same
+ * state. A churning card population over a small cap (evictions), repeated ids (the seen-set, with its own
+ * evictions) and missing key fields. */
+Test(velocity, keys_prepared_ahead_give_exactly_the_features_of_the_plain_call)
+{
+    int ids[] = {vel(VEL_COUNT, -1, FEAT_CARD_ID, HOUR), vel(VEL_SUM, FEAT_AMOUNT_MINOR, FEAT_CARD_ID, 24 * HOUR),
+                 vel(VEL_DISTINCT, FEAT_DEVICE_ID, FEAT_CARD_ID, 24 * HOUR), vel(VEL_COUNT, -1, FEAT_IP, 10 * MIN),
+                 vel(VEL_DISTINCT, FEAT_CARD_ID, FEAT_DEVICE_ID, HOUR)};
+    velocity *plain = make(40, 64), *ahead = make(40, 64);
+    enum { N = 4000, AHEAD = 2 };
+    static fval pv[FEAT_MAX], av[AHEAD + 1][FEAT_MAX];
+    static char sid[AHEAD + 1][3][32];
+    vkeys k[AHEAD + 1];
+    uint64_t rng = 88172645463325252ULL;
+    int64_t t = T0;
+    int dups = 0, differ = 0;
+    /* transaction i into av[i % 3] (and a copy into pv when it is counted) */
+    for (int i = 0; i < N + AHEAD; i++) {
+        int s = i % (AHEAD + 1);
+        rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+        int id = (rng % 10 == 0 && i > 20) ? i - 1 - (int)(rng >> 20) % 20 : i; /* 1 in 10 repeats a recent id */
+        snprintf(sid[s][0], sizeof sid[s][0], "t%d", id);
+        snprintf(sid[s][1], sizeof sid[s][1], "card-%u", (unsigned)(rng >> 8) % 60);
+        snprintf(sid[s][2], sizeof sid[s][2], "dev-%u", (unsigned)(rng >> 16) % 9);
+        txn(sid[s][0], sid[s][1], sid[s][2], (rng >> 24) % 4 ? NULL : "10.0.0.1", (double)((rng >> 32) % 5000));
+        memcpy(av[s], vals, sizeof vals);
+        velocity_keys(ahead, &plan, av[s], &k[s]);
+        cr_assert(k[s].set);
+        if (i < AHEAD)
+            continue;
+        /* count transaction m = i - AHEAD, the way seqstage.c does */
+        int m = i - AHEAD, sm = m % (AHEAD + 1);
+        velocity_prefetch_recs(ahead, &k[(m + 1) % (AHEAD + 1)]);
+        t += (int64_t)(rng >> 40) % (2 * MIN);
+        memcpy(pv, av[sm], sizeof pv);
+        bool a = velocity_features_and_add(plain, &plan, pv, t);
+        bool b = velocity_features_and_add_keyed(ahead, &plan, av[sm], t, &k[sm]);
+        cr_assert_eq(a, b, "transaction %d counted %d by the plain call, %d with its keys ahead", m, a, b);
+        dups += !a;
+        for (size_t f = 0; f < sizeof ids / sizeof ids[0]; f++) {
+            cr_assert_eq(pv[ids[f]].present, av[sm][ids[f]].present, "transaction %d feature %zu", m, f);
+            cr_assert_eq(pv[ids[f]].num, av[sm][ids[f]].num, "transaction %d feature %zu: %g against %g", m, f,
+                         pv[ids[f]].num, av[sm][ids[f]].num);
+            differ += pv[ids[f]].num != 0;
+        }
+    }
+    velocity_stats_t sp, sa;
+    velocity_stats(plain, &sp);
+    velocity_stats(ahead, &sa);
+    cr_assert_gt(sp.evictions, 1000, "the cap of 40 cards must churn (evictions %llu)",
+                 (unsigned long long)sp.evictions);
+    cr_assert_gt(dups, 100, "repeated ids must be refused (%d)", dups);
+    cr_assert_gt(differ, N, "the features must carry values");
+    cr_assert_eq(sp.keys, sa.keys);
+    cr_assert_eq(sp.evictions, sa.evictions);
+    cr_assert_eq(sp.seen, sa.seen);
+    velocity_free(plain);
+    velocity_free(ahead);
+}
