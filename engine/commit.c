@@ -123,7 +123,7 @@ static void prepare(worker *w, int idx, slot *sl)
      * server's store time with our wall clock would make every decision late (or none) under clock skew. The
      * age since store is reported separately (queued_us). */
     int64_t budget_us = cfg->budget_ms * 1000;
-    int64_t elapsed_us = (mono_ns() - w->recv_ns) / 1000;
+    int64_t start_ns = mono_ns(), elapsed_us = (start_ns - w->recv_ns) / 1000;
     /* "about to be spent": with less than a fifth of the budget left, the model is skipped and the rules
      * decide alone (degraded), so the answer still arrives in time */
     bool skip_model = elapsed_us * 5 >= budget_us * 4;
@@ -135,7 +135,8 @@ static void prepare(worker *w, int idx, slot *sl)
     decide_env env = {.vel_pre = vs != VS_NONE ? &w->b->vv[idx] : NULL,
                       .vel_inexact = vs == VS_INEXACT,
                       .lists = en->lists,
-                      .profiles = en->profiles};
+                      .profiles = en->profiles,
+                      .start_ns = start_ns};
     int64_t store_us = m->timestamp_ns / 1000;
     decide_run(p, &env, t, txn_event_ms(t, store_us / 1000), skip_model, w->vals, &out);
     sl->skip_model = skip_model;
@@ -143,10 +144,13 @@ static void prepare(worker *w, int idx, slot *sl)
     atomic_fetch_add_explicit(&en->stats.stage_ns[1], out.model_ns, memory_order_relaxed);
     atomic_fetch_add_explicit(&en->stats.stage_ns[2], out.rules_ns, memory_order_relaxed);
 
-    if (strcmp(cfg->fault, "slow_decide") == 0)
+    int64_t decided_ns = out.end_ns;
+    if (strcmp(cfg->fault, "slow_decide") == 0) {
         sleep_ms((int)cfg->budget_ms + 10); /* tests: a decision that overruns its budget */
+        decided_ns = mono_ns();
+    }
     Decision d = VERDICT__V1__DECISION__INIT;
-    d.latency_us = (mono_ns() - w->recv_ns) / 1000;
+    d.latency_us = (decided_ns - w->recv_ns) / 1000;
     /* the flag is exactly "the stored latency exceeds the budget"; the fallback outcome is for a requester who
      * is waiting, never for direct-publish traffic nobody waits on */
     if (d.latency_us > budget_us) {

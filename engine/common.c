@@ -80,6 +80,24 @@ uint64_t hash64(const void *data, size_t len)
 
 uint64_t hash64_str(const char *s) { return hash64(s, s ? strlen(s) : 0); }
 
+uint64_t hash64_mem(const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ ((uint64_t)len * 0xFF51AFD7ED558CCDULL);
+    for (; len >= 8; p += 8, len -= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xBF58476D1CE4E5B9ULL;
+        h ^= h >> 29;
+    }
+    uint64_t w = 0;
+    memcpy(&w, p, len);
+    h = (h ^ w) * 0x94D049BB133111EBULL;
+    h ^= h >> 31;
+    h *= 0xBF58476D1CE4E5B9ULL;
+    return h ^ (h >> 32);
+}
+
 void hash64_hex(uint64_t h, char *out) { snprintf(out, 17, "%016llx", (unsigned long long)h); }
 
 size_t fmt_i64(int64_t v, char *out)

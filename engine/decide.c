@@ -142,7 +142,7 @@ static const Verdict__V1__Outcome outcome_of[] = {
 void decide_run(const policy *p, const decide_env *env, const Transaction *t, int64_t event_ms, bool skip_model,
                 fval *vals, decide_out *out)
 {
-    int64_t t0 = mono_ns();
+    int64_t t0 = env && env->start_ns ? env->start_ns : mono_ns();
     features_from_txn(&p->reg, t, event_ms, vals);
     bool fresh = true;
     if (env && (env->lists || env->profiles))
@@ -186,7 +186,8 @@ void decide_run(const policy *p, const decide_env *env, const Transaction *t, in
             out->reason_id[out->n_reasons] = "builtin_review_amount";
             out->reason_text[out->n_reasons++] = p->review_text;
         }
-        out->rules_ns = mono_ns() - t1;
+        out->end_ns = mono_ns();
+        out->rules_ns = out->end_ns - t1;
         return;
     }
     rules_result r;
@@ -197,5 +198,6 @@ void decide_run(const policy *p, const decide_env *env, const Transaction *t, in
         out->reason_text[i] = rules_reason(p->rules, r.match[i]);
     }
     out->n_reasons = r.n_matches < DECIDE_MAX_REASONS ? r.n_matches : DECIDE_MAX_REASONS;
-    out->rules_ns = mono_ns() - t1;
+    out->end_ns = mono_ns();
+    out->rules_ns = out->end_ns - t1;
 }
