@@ -209,6 +209,45 @@ static double drain_rate(const bench_opts *o, const config *c, jsCtx *js, int co
     return rate;
 }
 
+/* Whether stream name belongs to the bench's own prefix (config_name: "BP1_TXN", a KV bucket "KV_bp1_...", an
+ * object store "OBJ_bp1_..."). */
+static bool bench_owned(const char *name, const char *prefix)
+{
+    if (strncmp(name, "KV_", 3) == 0)
+        name += 3;
+    else if (strncmp(name, "OBJ_", 4) == 0)
+        name += 4;
+    size_t n = strlen(prefix);
+    if (strlen(name) <= n || name[n] != '_')
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (name[i] != prefix[i] && name[i] != prefix[i] - 32)
+            return false;
+    return true;
+}
+
+/* The streams of prefixes[0..n) on the server: counted (*found), or deleted when del. */
+static void bench_streams(jsCtx *js, const char *const *prefixes, int n, bool del, int *found)
+{
+    jsStreamNamesList *names = NULL;
+    *found = 0;
+    if (js_StreamNames(&names, js, NULL, NULL) != NATS_OK || !names)
+        return;
+    for (int i = 0; i < names->Count; i++)
+        for (int k = 0; k < n; k++)
+            if (bench_owned(names->List[i], prefixes[k])) {
+                if (!*found && !del)
+                    fprintf(stderr, "verdict bench: stream %s is already on the server (an earlier bench run that "
+                                    "was interrupted?); delete it (nats stream rm %s) or use a fresh server\n",
+                            names->List[i], names->List[i]);
+                (*found)++;
+                if (del)
+                    js_DeleteStream(js, names->List[i], NULL, NULL);
+                break;
+            }
+    jsStreamNamesList_Destroy(names);
+}
+
 /* Two sides a and b in ABBA order (a, b, b, a), each run on its own freshly preloaded stream (prefixes[i]), so
  * neither side always runs on the emptier server; rate[0] (a) and rate[1] (b) are each the mean of the side's two
  * runs. side() makes a run's configuration from o->cfg; xs: NULL, or one drain_extra per side. */
@@ -226,11 +265,20 @@ static int bench_abba(const bench_opts *o, natsConnection *nc, const char *const
         return 1;
     config cs[4];
     verror e = {0};
+    int found = 0;
+    /* a stream left on a --nats-url server by an interrupted run would be drained already: refused, never
+     * measured as 0/s (and never deleted: it is not this run's) */
+    bench_streams(js, (const char *const *)prefixes, 4, false, &found);
+    if (found) {
+        jsCtx_Destroy(js);
+        return 1;
+    }
     for (int i = 0; i < 4; i++) {
         cs[i] = o->cfg;
         side(&cs[i], prefixes[i], is_b[i]);
         if (broker_setup(&cs[i], js, &e) != V_OK || preload(js, &cs[i], o->count, 7, &e) != V_OK) {
             fprintf(stderr, "bench: %s\n", e.msg);
+            bench_streams(js, (const char *const *)prefixes, 4, true, &found);
             jsCtx_Destroy(js);
             return 1;
         }
@@ -244,6 +292,7 @@ static int bench_abba(const bench_opts *o, natsConnection *nc, const char *const
         double r = drain_rate(&quarter, &cs[i], js, o->count, labels[is_b[i]], xs ? &xs[is_b[i]] : NULL);
         rate[is_b[i]] += r / 2;
     }
+    bench_streams(js, (const char *const *)prefixes, 4, true, &found); /* this run's: nothing left behind */
     jsCtx_Destroy(js);
     return 0;
 }
@@ -1009,6 +1058,8 @@ int cmd_bench(int argc, char **argv)
         bench_opts to = o;
         to.seconds = tp_seconds;
         rc |= bench_throughput(&to, nc, &full, &pt, &ratio, ratios, xt);
+        if (rc)
+            fprintf(stderr, "verdict bench: throughput not measured\n");
         for (int k = 0; k < 2; k++) {
             const drain_extra *x = &xt[1 - k];
             if (x->decisions > 0) {
@@ -1043,6 +1094,17 @@ int cmd_bench(int argc, char **argv)
             fprintf(stderr, "verdict bench: cannot write into %s\n", o.out_dir);
             rc = 1;
         }
+    }
+    if (rc && !nlr) { /* nothing measured: no table of zeros */
+        for (int k = 0; k < BENCH_MAX_RATES; k++) {
+            lat_side_free(&lr[k].d);
+            lat_side_free(&lr[k].b);
+        }
+        natsConnection_Destroy(nc);
+        nats_Close();
+        if (!url_given)
+            localserver_stop(&ls);
+        return rc;
     }
     printf("\n  verdict bench (%d workers, batch %d)\n", o.cfg.workers, o.cfg.batch);
     printf("  ------------------------------------------------------------\n");

@@ -96,6 +96,50 @@ Test(bench, throughput_rounds_report_each_ratio_and_their_median, .timeout = 120
     unlink(out);
 }
 
+/* --nats-url: a second run on the same server measures again (a run deletes the streams it made), and a stream
+ * an interrupted run left behind is refused with its name, never measured as 0/s and never deleted. */
+Test(bench, throughput_runs_again_on_the_same_server_and_refuses_a_leftover, .timeout = 150)
+{
+    test_server srv;
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    char out[256];
+    tc_fixture_up(&srv, &nc, &js, out, sizeof out);
+    const char *argv[] = {"verdict", "bench", "throughput", "--nats-url", srv.url, "--seconds", "4", "--count",
+                          "300", "--rounds", "1", "--json", NULL};
+    for (int run = 0; run < 2; run++) {
+        json_t *j = run_json(argv, out, 60000);
+        cr_assert(json_number_value(json_object_get(j, "decisions_per_s")) > 0, "run %d decided", run + 1);
+        cr_assert(json_number_value(json_object_get(j, "passthrough_per_s")) > 0, "run %d passed through", run + 1);
+        json_decref(j);
+    }
+    jsStreamNamesList *names = NULL;
+    natsStatus s = js_StreamNames(&names, js, NULL, NULL);
+    cr_assert(s == NATS_NOT_FOUND || (s == NATS_OK && names->Count == 0), "the runs left %d streams",
+              s == NATS_OK ? names->Count : -1);
+    jsStreamNamesList_Destroy(names);
+    /* what an interrupted run leaves: one of its streams */
+    jsStreamConfig sc;
+    jsStreamConfig_Init(&sc);
+    sc.Name = "BT1_TXN";
+    const char *subj[] = {"bt1.txn.>"};
+    sc.Subjects = subj;
+    sc.SubjectsLen = 1;
+    cr_assert_eq(js_AddStream(NULL, js, &sc, NULL, NULL), NATS_OK);
+    char out3[256];
+    temp_path(out3, sizeof out3, ".log");
+    pid_t pid = verdict_spawn(argv, out3);
+    cr_assert_eq(child_wait(pid, 30000), 1, "a leftover stream makes the run fail");
+    cr_assert(file_wait_for(out3, "stream BT1_TXN is already on the server", 1000), "the refusal names the stream");
+    cr_assert_eq(tc_count_lines(out3, "decisions/s"), 0, "no table of zeros: %s", tc_slurp(out3));
+    unlink(out3);
+    cr_assert_eq(tc_stream_msgs(js, "BT1_TXN"), 0);
+    jsStreamInfo *si = NULL;
+    cr_assert_eq(js_GetStreamInfo(&si, js, "BT1_TXN", NULL, NULL), NATS_OK, "the leftover is not deleted");
+    jsStreamInfo_Destroy(si);
+    tc_fixture_down(&srv, nc, js, out);
+}
+
 /* --rates: one run per rate, in order, each with every latency key, and the first rate's keys at the top level;
  * --out writes each rate's series, percentile curve and timeline, into a directory it creates when there is
  * none (it used to fail after the first rate's runs, "cannot write into", and stop). */
