@@ -1095,17 +1095,8 @@ int cmd_bench(int argc, char **argv)
             rc = 1;
         }
     }
-    if (rc && !nlr) { /* nothing measured: no table of zeros */
-        for (int k = 0; k < BENCH_MAX_RATES; k++) {
-            lat_side_free(&lr[k].d);
-            lat_side_free(&lr[k].b);
-        }
-        natsConnection_Destroy(nc);
-        nats_Close();
-        if (!url_given)
-            localserver_stop(&ls);
-        return rc;
-    }
+    if (rc && !nlr)
+        goto done; /* nothing measured: no table of zeros */
     printf("\n  verdict bench (%d workers, batch %d)\n", o.cfg.workers, o.cfg.batch);
     printf("  ------------------------------------------------------------\n");
     if (do_tp) {
@@ -1160,6 +1151,7 @@ int cmd_bench(int argc, char **argv)
         }
         printf("}\n");
     }
+done:
     for (int k = 0; k < BENCH_MAX_RATES; k++) {
         lat_side_free(&lr[k].d);
         lat_side_free(&lr[k].b);
