@@ -452,9 +452,8 @@ static void prefetch_rec(const vclass *c, uint32_t i)
         __builtin_prefetch(p + off);
 }
 
-/* Finds the record of every key field in vals (NULL when untracked; have[i] false when the field is missing).
- * The state is far larger than the CPU caches and each lookup is two dependent misses (index slot, record), so
- * the key fields are looked up side by side with prefetches: the misses overlap instead of queueing. */
+/* The key of every key field in vals (have[i] false when the field is missing), their index slots starting to
+ * load. */
 static void hash_keys(const velocity *v, const velocity_plan *pl, const fval *vals, uint64_t *keys, bool *have)
 {
     for (int i = 0; i < v->ncls; i++) {
@@ -491,6 +490,10 @@ static void lookup_keys(const velocity *v, const uint64_t *keys, vrec **recs, co
     }
 }
 
+/* Finds the record of every key field in vals (NULL when untracked; have[i] false when the field is missing).
+ * The state is far larger than the CPU caches and each lookup is two dependent misses (index slot, record), so
+ * the key fields are looked up side by side with prefetches: the misses overlap instead of queueing (and the
+ * sequencer starts them transactions ahead: velocity_keys). */
 static void lookup_all(const velocity *v, const velocity_plan *pl, const fval *vals, uint64_t *keys, vrec **recs,
                        bool *have)
 {
