@@ -268,7 +268,7 @@ static int bench_abba(const bench_opts *o, natsConnection *nc, const char *const
     int found = 0;
     /* a stream left on a --nats-url server by an interrupted run would be drained already: refused, never
      * measured as 0/s (and never deleted: it is not this run's) */
-    bench_streams(js, (const char *const *)prefixes, 4, false, &found);
+    bench_streams(js, prefixes, 4, false, &found);
     if (found) {
         jsCtx_Destroy(js);
         return 1;
@@ -278,7 +278,7 @@ static int bench_abba(const bench_opts *o, natsConnection *nc, const char *const
         side(&cs[i], prefixes[i], is_b[i]);
         if (broker_setup(&cs[i], js, &e) != V_OK || preload(js, &cs[i], o->count, 7, &e) != V_OK) {
             fprintf(stderr, "bench: %s\n", e.msg);
-            bench_streams(js, (const char *const *)prefixes, 4, true, &found);
+            bench_streams(js, prefixes, 4, true, &found);
             jsCtx_Destroy(js);
             return 1;
         }
@@ -292,7 +292,7 @@ static int bench_abba(const bench_opts *o, natsConnection *nc, const char *const
         double r = drain_rate(&quarter, &cs[i], js, o->count, labels[is_b[i]], xs ? &xs[is_b[i]] : NULL);
         rate[is_b[i]] += r / 2;
     }
-    bench_streams(js, (const char *const *)prefixes, 4, true, &found); /* this run's: nothing left behind */
+    bench_streams(js, prefixes, 4, true, &found); /* this run's: nothing left behind */
     jsCtx_Destroy(js);
     return 0;
 }

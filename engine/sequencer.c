@@ -62,12 +62,11 @@ vstatus featring_new(size_t cap, int nvel, featring **out, verror *e)
          * transaction */
         size_t bytes = r->cap * r->stride * sizeof *r->e;
         r->e = bigmem_alloc(&r->mem, bytes);
-        if (r->e)
-            memset(r->e, 0, bytes < BIGMEM_HUGE_PAGE ? bytes : BIGMEM_HUGE_PAGE);
         if (!r->e) {
             free(r);
             return verror_set(e, V_ENOMEM, "out of memory for a feature ring of %zu entries", cap);
         }
+        memset(r->e, 0, bytes < BIGMEM_HUGE_PAGE ? bytes : BIGMEM_HUGE_PAGE);
     }
     *out = r;
     return V_OK;
