@@ -16,7 +16,8 @@
  *  - the longest stall (work pending and no decision stored) is printed, per phase, and must be shorter than
  *    the fault itself.
  * The server binary comes from VERDICT_NATS_SERVER (default: nats-server on PATH; harness_nats_server), to run
- * the same test against several versions. Needs root for the namespaces; skips, saying why, only when it is not root. */
+ * the same test against several versions. Needs root for the namespaces; skips, saying why, only when it is not root.
+ */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -26,6 +27,7 @@
 #include "netns.h"
 
 #include <criterion/criterion.h>
+#include <jansson.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -70,7 +72,7 @@ static int64_t mono_ms(void)
 
 static bool start_node(int i)
 {
-    char conf[160], log[160];
+    char conf[256], log[256];
     snprintf(conf, sizeof conf, "%s.conf", store[i]);
     snprintf(log, sizeof log, "%s.log", store[i]);
     FILE *f = fopen(conf, "w");
@@ -96,11 +98,37 @@ static bool start_node(int i)
     return server_pid[i] > 0;
 }
 
+/* Prints each node's view of the JetStream meta group (/jsz): its leader, its size, the leader's replicas. */
+static void print_meta_group(void)
+{
+    static char body[65536];
+    for (int i = 0; i < NODES; i++) {
+        int st = netns_http_get(lab.addr[i], 8222, "/jsz", 2000, body, sizeof body);
+        json_t *j = st == 200 ? json_loads(body, 0, NULL) : NULL;
+        json_t *meta = json_object_get(j, "meta_cluster");
+        char replicas[128] = "";
+        size_t k, o = 0;
+        json_t *r;
+        json_array_foreach(json_object_get(meta, "replicas"), k, r)
+        {
+            const char *name = json_string_value(json_object_get(r, "name"));
+            o += (size_t)snprintf(replicas + o, sizeof replicas - o, " %s", name ? name : "?");
+            if (o >= sizeof replicas)
+                break;
+        }
+        const char *leader = json_string_value(json_object_get(meta, "leader"));
+        fprintf(stderr, "test_partition: n%d: /jsz %d, meta leader %s, cluster size %lld%s%s\n", i, st,
+                leader ? leader : "none", (long long)json_integer_value(json_object_get(meta, "cluster_size")),
+                replicas[0] ? ", replicas" : "", replicas);
+        json_decref(j);
+    }
+}
+
 /* Waits until JetStream can place an R3 stream (a meta leader that knows every peer). */
 static bool cluster_ready(int timeout_ms)
 {
-    int64_t deadline = mono_ms() + timeout_ms;
-    while (mono_ms() < deadline) {
+    char last[512] = "nothing tried";
+    for (int64_t deadline = mono_ms() + timeout_ms; mono_ms() < deadline; tc_sleep_ms(250)) {
         natsConnection *c = NULL;
         jsCtx *j = NULL;
         jsStreamInfo *si = NULL;
@@ -121,16 +149,47 @@ static bool cluster_ready(int timeout_ms)
             sc.SubjectsLen = 1;
             sc.Storage = js_MemoryStorage;
             sc.Replicas = NODES;
-            ok = natsConnection_JetStream(&j, c, &jo) == NATS_OK && js_AddStream(&si, j, &sc, NULL, NULL) == NATS_OK &&
+            jsErrCode je = 0;
+            natsStatus sa = NATS_ERR;
+            ok = natsConnection_JetStream(&j, c, &jo) == NATS_OK &&
+                 (sa = js_AddStream(&si, j, &sc, NULL, &je)) == NATS_OK &&
                  js_DeleteStream(j, "PARTITION_PROBE", NULL, NULL) == NATS_OK;
-        } else if (mono_ms() + 300 >= deadline)
-            fprintf(stderr, "test_partition: cannot connect to %s: %s\n", urls, e.msg);
+            if (!ok)
+                snprintf(last, sizeof last, "an R%d stream cannot be placed: %s (%d) %s", NODES, natsStatus_GetText(sa),
+                         (int)je, nats_GetLastError(NULL));
+        } else {
+            snprintf(last, sizeof last, "cannot connect to %s: %.200s", urls, e.msg);
+        }
         jsStreamInfo_Destroy(si);
         jsCtx_Destroy(j);
         natsConnection_Destroy(c);
         if (ok)
             return true;
-        tc_sleep_ms(250);
+    }
+    fprintf(stderr, "test_partition: the cluster is not ready after %d ms: %s\n", timeout_ms, last);
+    print_meta_group();
+    return false;
+}
+
+/* Starts the three nodes on new stores and waits until they place an R3 stream. nats-server 2.10.27 sometimes
+ * forms its JetStream meta group of two nodes only, the third routed to both but outside the group, and stays
+ * so (6 of 124 starts here on 2026-12-01, 45 s at the longest watched; 0 of 25 with 2.15.1): no R3 stream can be placed ("no suitable peers
+ * for placement"). Such a start is thrown away, its logs kept, and the cluster started again, at most
+ * attempts times, as the harness's cluster_start and test_compose do. */
+static bool start_cluster(int attempts)
+{
+    for (int attempt = 1; attempt <= attempts; attempt++) {
+        bool started = true;
+        for (int i = 0; i < NODES && started; i++) {
+            snprintf(store[i], sizeof store[i], "/tmp/verdict-pt-XXXXXX"); /* mkdtemp replaces the Xs */
+            started = mkdtemp(store[i]) != NULL && start_node(i);
+        }
+        if (started && cluster_ready(20000))
+            return true;
+        fprintf(stderr, "test_partition: cluster start %d of %d failed; its logs stay in %s.log ...\n", attempt,
+                attempts, store[0]);
+        netns_servers_remove(server_pid, store, NODES, true, "test_partition");
+        memset(store, 0, sizeof store);
     }
     return false;
 }
@@ -560,14 +619,9 @@ static void setup(void)
     if (retries && retries[0])
         SETUP_REQUIRE(netns_sysctl(&lab, ENGINE_HOST, "net/ipv4/tcp_retries2", retries), "cannot set tcp_retries2");
     size_t o = 0;
-    for (int i = 0; i < NODES; i++) {
-        snprintf(store[i], sizeof store[i], "/tmp/verdict-pt-XXXXXX"); /* mkdtemp replaces the Xs */
-        SETUP_REQUIRE(mkdtemp(store[i]) != NULL, "cannot make a temporary directory");
-        o += (size_t)snprintf(urls + o, sizeof urls - o, "%snats://%s:4222", i ? "," : "", lab.addr[i]);
-    }
     for (int i = 0; i < NODES; i++)
-        SETUP_REQUIRE(start_node(i), "cannot start %s for node n%d", server_bin, i);
-    SETUP_REQUIRE(cluster_ready(45000), "the cluster did not become ready; see %s.log", store[0]);
+        o += (size_t)snprintf(urls + o, sizeof urls - o, "%snats://%s:4222", i ? "," : "", lab.addr[i]);
+    SETUP_REQUIRE(start_cluster(3), "three starts of the cluster failed (stderr says why)");
     temp_path(engine_log, sizeof engine_log, ".log");
 }
 
@@ -733,8 +787,10 @@ Test(partition, cuts_of_follower_leader_and_engine_node_lose_nothing_and_stall_l
                 natsMsg *m = NULL;
                 if (js_GetLastMsg(&m, js, "TXN", subj, NULL, NULL) == NATS_NOT_FOUND) {
                     server_lost++;
-                    fprintf(stderr, "test_partition: pt-%d-%d: KNOWN nats-server < 2.11 BUG: confirmed as a Duplicate, "
-                                    "never stored (%s); not counted against the engine\n", p, k, version);
+                    fprintf(stderr,
+                            "test_partition: pt-%d-%d: KNOWN nats-server < 2.11 BUG: confirmed as a Duplicate, "
+                            "never stored (%s); not counted against the engine\n",
+                            p, k, version);
                     continue;
                 }
                 natsMsg_Destroy(m);
@@ -779,8 +835,10 @@ Test(partition, cuts_of_follower_leader_and_engine_node_lose_nothing_and_stall_l
               "the engine noticed the cut of its node after %.1f s (or never: -1); see %s",
               noticed < 0 ? -1.0 : (noticed - engine_cut_at) / 1000.0, engine_log);
     if (server_lost)
-        fprintf(stderr, "test_partition: the stall bound is not checked: %d transaction(s) the server lost stay "
-                        "'pending' to the stall clock (longest stall %.1f s)\n", server_lost, longest_stall / 1000.0);
+        fprintf(stderr,
+                "test_partition: the stall bound is not checked: %d transaction(s) the server lost stay "
+                "'pending' to the stall clock (longest stall %.1f s)\n",
+                server_lost, longest_stall / 1000.0);
     else
         cr_assert(longest_stall < CUT_MS, "a stall of %.1f s is longer than the %d s fault (%s); see %s",
                   longest_stall / 1000.0, CUT_MS / 1000, version, engine_log);
