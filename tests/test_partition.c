@@ -173,9 +173,9 @@ static bool cluster_ready(int timeout_ms)
 
 /* Starts the three nodes on new stores and waits until they place an R3 stream. nats-server 2.10.27 sometimes
  * forms its JetStream meta group of two nodes only, the third routed to both but outside the group, and stays
- * so (6 of 124 starts here on 2026-12-01, 45 s at the longest watched; 0 of 25 with 2.15.1): no R3 stream can be placed ("no suitable peers
- * for placement"). Such a start is thrown away, its logs kept, and the cluster started again, at most
- * attempts times, as the harness's cluster_start and test_compose do. */
+ * so (6 of 124 starts here on 2026-12-01, 45 s at the longest watched; 0 of 25 with 2.15.1): no R3 stream can be
+ * placed ("no suitable peers for placement"). Such a start is thrown away, its logs kept, and the cluster started
+ * again, at most attempts times, as the harness's cluster_start and test_compose do. */
 static bool start_cluster(int attempts)
 {
     for (int attempt = 1; attempt <= attempts; attempt++) {
