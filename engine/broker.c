@@ -278,10 +278,6 @@ static natsStatus set_servers(natsOptions *o, const char *list)
     return natsOptions_SetServers(o, urls, n); /* nats.c copies the strings */
 }
 
-/* How long one connection attempt (TCP, TLS and the server's INFO) may take. nats.c holds the connection's
- * lock for a whole reconnect attempt, so this also bounds how long closing a reconnecting connection waits:
- * short enough for a shutdown to fit in Docker's stop timeout, long enough for a TLS handshake. */
-#define CONNECT_TIMEOUT_MS 2000
 /* A server that stops answering without closing the TCP connection (frozen, or a partition that drops packets)
  * is seen only by unanswered pings: nats.c's default (2 minutes, 2 outstanding) kept the engine attached to it,
  * and /readyz saying ready, for 4-6 minutes. nats.c declares the connection stale when a ping timer fires with
@@ -320,7 +316,7 @@ static vstatus connect_with(const config *c, const char *name, bool send_asap, b
     if (s == NATS_OK)
         s = natsOptions_SetReconnectWait(o, 250);
     if (s == NATS_OK)
-        s = natsOptions_SetTimeout(o, CONNECT_TIMEOUT_MS);
+        s = natsOptions_SetTimeout(o, BROKER_CONNECT_TIMEOUT_MS);
     if (s == NATS_OK)
         s = natsOptions_SetPingInterval(o, PING_INTERVAL_MS);
     if (s == NATS_OK)

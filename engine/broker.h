@@ -14,6 +14,12 @@
 #include <nats/nats.h>
 #include <stdatomic.h>
 
+/* How long one connection attempt (TCP, TLS and the server's INFO) may take. nats.c holds the connection's
+ * lock for a whole reconnect attempt, so this also bounds how long closing a reconnecting connection waits
+ * (the stop's arithmetic in serve.c counts it): short enough for a shutdown to fit in Docker's stop timeout,
+ * long enough for a TLS handshake. */
+#define BROKER_CONNECT_TIMEOUT_MS 2000
+
 /* Connects with c's URL, auth and TLS. send_asap trades batch throughput for latency (DESIGN section 8).
  * name is the connection name shown by `nats server report connections`. */
 vstatus broker_connect(const config *c, const char *name, bool send_asap, natsConnection **nc, verror *e);

@@ -63,6 +63,8 @@ static int sigterm_and_wait(int bound_ms, int64_t *took_ms)
     *took_ms = mono_ms() - t0;
     if (st >= 0)
         engine_pid = 0;
+    if (st != 0) /* what the stop was doing: the log goes with the test */
+        tc_print_log_tail(logp, 30, "lifecycle: engine log");
     return st;
 }
 

@@ -218,6 +218,14 @@ char *tc_slurp(const char *path)
     return buf;
 }
 
+void tc_print_log_tail(const char *path, int lines, const char *who)
+{
+    char cmd[768];
+    snprintf(cmd, sizeof cmd, "tail -n %d '%s' | sed 's/^/%s: /' >&2", lines, path, who);
+    if (system(cmd) != 0)
+        fprintf(stderr, "%s: cannot read %s\n", who, path);
+}
+
 int tc_count_lines(const char *path, const char *needle)
 {
     return file_count_lines(path, needle);

@@ -37,6 +37,9 @@ bool tc_partitions_idle(jsCtx *js, int n);
 void tc_write_file(const char *path, const char *text);
 /* The whole file at path (at most 1 MiB), NUL-terminated, in a static buffer the next call reuses. */
 char *tc_slurp(const char *path);
+/* The last `lines` lines of the log at path to stderr, each prefixed with "<who>: ": what a failure in CI is
+ * read from, the log going with the machine. */
+void tc_print_log_tail(const char *path, int lines, const char *who);
 /* Lines of the file at path that contain needle (0 if it cannot be read). */
 int tc_count_lines(const char *path, const char *needle);
 /* Consumer ack-pending and pending counts. */
