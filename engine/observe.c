@@ -56,6 +56,9 @@ struct observe {
     /* mono_ns of the last answer from the consumer (its info) and from the decisions stream's leader (its
      * info); set to the attach time first. Written by the poller, read by /readyz: never a nats.c call there. */
     atomic_llong consumer_ok_ns, decisions_ok_ns;
+    /* The last answer said its group cannot commit (a leader whose replicas are silent): no waiting for
+     * UNAVAILABLE_MS then, the replicas' silence has already been waited for (has_quorum). */
+    atomic_bool consumer_no_quorum, decisions_no_quorum;
     atomic_bool attached;
 };
 
@@ -70,8 +73,10 @@ static readiness_t judge(observe *o)
     readiness_t r = {.engine = o->src.ready(o->src.ctx), .consumer = true, .decisions_stream = true, .publishing = true};
     int64_t now = mono_ns();
     if (atomic_load(&o->attached)) {
-        r.consumer = now - atomic_load(&o->consumer_ok_ns) < UNAVAILABLE_MS * 1000000LL;
-        r.decisions_stream = now - atomic_load(&o->decisions_ok_ns) < UNAVAILABLE_MS * 1000000LL;
+        r.consumer = !atomic_load(&o->consumer_no_quorum) &&
+                     now - atomic_load(&o->consumer_ok_ns) < UNAVAILABLE_MS * 1000000LL;
+        r.decisions_stream = !atomic_load(&o->decisions_no_quorum) &&
+                             now - atomic_load(&o->decisions_ok_ns) < UNAVAILABLE_MS * 1000000LL;
     }
     const engine_stats *st = o->src.stats;
     int64_t since = atomic_load(&st->decision_failing_since_ns), last = atomic_load(&st->decision_fail_ns);
@@ -534,9 +539,12 @@ static void poll_once(observe *o)
     jsErrCode jerr = 0;
     /* Stream info is answered by the stream's leader: no answer means no leader, or none reachable */
     jsStreamInfo *si = NULL;
-    if (js_GetStreamInfo(&si, o->js, o->cfg.decisions_stream, NULL, &jerr) == NATS_OK &&
-        has_quorum(si->Cluster, si->Config ? si->Config->Replicas : 0))
-        atomic_store(&o->decisions_ok_ns, mono_ns());
+    if (js_GetStreamInfo(&si, o->js, o->cfg.decisions_stream, NULL, &jerr) == NATS_OK) {
+        bool q = has_quorum(si->Cluster, si->Config ? si->Config->Replicas : 0);
+        atomic_store(&o->decisions_no_quorum, !q);
+        if (q)
+            atomic_store(&o->decisions_ok_ns, mono_ns());
+    }
     jsStreamInfo_Destroy(si);
     consumer_positions cp; /* partitioned: all partition consumers summed, the first one's placement */
     verror pe = {0};
@@ -544,7 +552,9 @@ static void poll_once(observe *o)
         atomic_fetch_add(&o->poll_errors, 1);
         return;
     }
-    if (has_quorum(ci->Cluster, ci->Config ? ci->Config->Replicas : 0))
+    bool q = has_quorum(ci->Cluster, ci->Config ? ci->Config->Replicas : 0);
+    atomic_store(&o->consumer_no_quorum, !q);
+    if (q)
         atomic_store(&o->consumer_ok_ns, mono_ns());
     atomic_store(&o->pending, (long long)cp.pending);
     atomic_store(&o->ack_pending, (long long)cp.ack_pending);
@@ -616,6 +626,8 @@ vstatus observe_attach(observe *o, natsConnection *nc, verror *e)
         return verror_set(e, V_ENATS, "cannot get a JetStream context: %s", natsStatus_GetText(s));
     atomic_store(&o->consumer_ok_ns, mono_ns());
     atomic_store(&o->decisions_ok_ns, mono_ns());
+    atomic_store(&o->consumer_no_quorum, false);
+    atomic_store(&o->decisions_no_quorum, false);
     atomic_store(&o->attached, true);
     if (pthread_create(&o->poller, NULL, poller_main, o) != 0)
         return verror_set(e, V_ENOMEM, "cannot start the consumer poller");
