@@ -435,13 +435,13 @@ Test(sequence, an_incompatible_checkpoint_means_a_full_rebuild_and_the_right_sta
 
 static const char *const lease_args[] = {"--lease-ttl", "1500ms", NULL};
 
-/* Starts an engine that must stand by (another holds the lease): waits for it to say so. */
-static pid_t start_standby(const char *workers, const char *batch)
+/* Starts an engine with --lease-ttl ttl that must stand by (another holds the lease): waits for it to say so. */
+static pid_t start_standby_ttl(const char *workers, const char *batch, const char *ttl)
 {
     int before = tc_count_lines(logp, "\"standing by: another engine owns the consumer\"");
     const char *full[] = {"verdict", "serve", "--nats-url", srv.url, "--workers", workers, "--batch", batch,
                           "--rules", rulesp, "--model", modelp, "--budget", "10s", "--ack-wait", "2s",
-                          "--backoff", "300ms", "--max-keys", "20000", "--lease-ttl", "1500ms", NULL};
+                          "--backoff", "300ms", "--max-keys", "20000", "--lease-ttl", ttl, NULL};
     pid_t pid = verdict_spawn(full, logp);
     cr_assert(pid > 0);
     for (int waited = 0; tc_count_lines(logp, "\"standing by: another engine owns the consumer\"") <= before;
@@ -452,6 +452,8 @@ static pid_t start_standby(const char *workers, const char *batch)
     }
     return pid;
 }
+
+static pid_t start_standby(const char *workers, const char *batch) { return start_standby_ttl(workers, batch, "1500ms"); }
 
 /* Polls (bounded) until the log has more than `before` lines with needle; returns the ms waited. */
 static int wait_more_lines(const char *needle, int before, int timeout_ms)
@@ -600,11 +602,17 @@ Test(sequence, a_paused_owner_loses_its_lease_stops_deciding_and_stands_by)
 Test(sequence, an_owner_that_cannot_renew_stops_pulling_before_the_standby_takes_over)
 {
     /* the owner reaches TXN but not the lease bucket (its stream without a leader, say): it cannot learn that it
-     * lost the lease, so only the fencing rule stops it: no fetch after the lease's validity */
-    pid_t a = start_engine("2", "32", "lease_unreachable", lease_args);
-    pid_t b = start_standby("2", "32");
+     * lost the lease, so only the fencing rule stops it: no fetch after the lease's validity. That validity ends
+     * one TTL after the owner took the lease, whatever the test does meanwhile, so the owner is shown deciding
+     * before the standby starts (which takes 1.3 s under TSan: with the standby first and a 1.5 s TTL the lease
+     * lapsed before the first transaction in 1 of 3 TSan runs, and the owner decided nothing) */
+    static const char *const ttl_3s[] = {"--lease-ttl", "3s", NULL};
+    pid_t a = start_engine("2", "32", "lease_unreachable", ttl_3s);
+    publish_some(300, 0);
+    cr_assert_geq(tc_wait_msgs(js, "DECISIONS", 1, 10000), 1, "the owner decided nothing; see %s", logp);
+    pid_t b = start_standby_ttl("2", "32", "3s");
     int taken = tc_count_lines(logp, "\"lease taken: this engine owns the consumer\"");
-    publish_some(3000, 1); /* about 3 s: the owner's lease lapses and the standby takes over meanwhile */
+    publish_some(2700, 1); /* about 3 s: the owner's lease lapses and the standby takes over meanwhile */
     wait_more_lines("\"lease taken: this engine owns the consumer\"", taken, 15000);
     wait_all_decided(3000);
     cr_assert_gt(tc_count_lines(logp, "test fault: lease bucket unreachable"), 0, "see %s", logp);

@@ -327,7 +327,8 @@ static bool start_server(int i)
     FILE *f = fopen(conf, "w");
     if (!f)
         return false;
-    fprintf(f, "server_name: n%d\nlisten: \"%s:4222\"\njetstream { store_dir: \"%s\" }\n", i, lab.addr[i], store[i]);
+    fprintf(f, "server_name: n%d\nlisten: \"%s:4222\"\nhttp: \"%s:8222\"\njetstream { store_dir: \"%s\" }\n", i,
+            lab.addr[i], lab.addr[i], store[i]);
     if (nservers > 1) {
         if (i == LEASE_NODE)
             fprintf(f, "server_tags: [\"lease\"]\n");
@@ -344,37 +345,25 @@ static bool start_server(int i)
     return server_pid[i] > 0;
 }
 
-/* Waits until JetStream can place a stream through the clients' server (a meta leader in a cluster). */
-static bool jetstream_ready(int timeout_ms)
+/* Starts servers n0 and n1 (n2 of a cluster is the test's to start) on new stores and waits until JetStream
+ * places a stream through the clients' server. nats-server 2.10.27 sometimes leaves a fresh cluster without a
+ * usable meta group (docs/operations.md, "nats-server versions"; once in CI: nothing placed within 45 s): such a
+ * start is thrown away, its logs kept, and the servers started again, at most attempts times. */
+static bool start_servers(int attempts)
 {
-    for (int64_t deadline = mono_ms() + timeout_ms; mono_ms() < deadline; tc_sleep_ms(250)) {
-        natsConnection *c = NULL;
-        jsCtx *j = NULL;
-        jsStreamInfo *si = NULL;
-        config cc;
-        config_defaults(&cc);
-        str_copy(cc.nats_url, sizeof cc.nats_url, url);
-        verror e = {0};
-        bool ok = false;
-        if (broker_connect_simple(&cc, &c, &e) == V_OK) {
-            jsOptions jo;
-            jsOptions_Init(&jo);
-            jo.Wait = 2000;
-            const char *subjects[] = {"standby.probe"};
-            jsStreamConfig sc;
-            jsStreamConfig_Init(&sc);
-            sc.Name = "STANDBY_PROBE";
-            sc.Subjects = subjects;
-            sc.SubjectsLen = 1;
-            sc.Storage = js_MemoryStorage;
-            ok = natsConnection_JetStream(&j, c, &jo) == NATS_OK && js_AddStream(&si, j, &sc, NULL, NULL) == NATS_OK &&
-                 js_DeleteStream(j, "STANDBY_PROBE", NULL, NULL) == NATS_OK;
+    for (int attempt = 1; attempt <= attempts; attempt++) {
+        bool started = true;
+        for (int i = 0; i < nservers && started; i++) {
+            snprintf(store[i], sizeof store[i], "/tmp/verdict-sb-XXXXXX"); /* mkdtemp replaces the Xs */
+            started = mkdtemp(store[i]) != NULL && (i >= 2 || start_server(i));
         }
-        jsStreamInfo_Destroy(si);
-        jsCtx_Destroy(j);
-        natsConnection_Destroy(c);
-        if (ok)
+        if (started && netns_js_ready(url, 1, "STANDBY_PROBE", 20000, "test_standby_netns"))
             return true;
+        netns_print_meta_group(&lab, nservers < 2 ? nservers : 2, "test_standby_netns");
+        fprintf(stderr, "test_standby_netns: server start %d of %d failed; its logs stay in %s.log ...\n", attempt,
+                attempts, store[0]);
+        netns_servers_remove(server_pid, store, MAX_SERVERS, true, "test_standby_netns");
+        memset(store, 0, sizeof store);
     }
     return false;
 }
@@ -395,17 +384,11 @@ static void setup_lab(int servers)
     /* before any nats.c call: nats.c's own threads must be created in the client namespace too */
     SETUP_REQUIRE(netns_lab_create(&lab, servers + NENG + 1), "cannot create the network namespaces (root is available)");
     SETUP_REQUIRE(netns_enter(&lab, client_host), "cannot enter the client namespace");
-    for (int i = 0; i < servers; i++) {
-        snprintf(store[i], sizeof store[i], "/tmp/verdict-sb-XXXXXX"); /* mkdtemp replaces the Xs */
-        SETUP_REQUIRE(mkdtemp(store[i]) != NULL, "cannot make a temporary directory");
-    }
     /* the clients use a server that no partition here separates from anything */
     snprintf(url, sizeof url, "nats://%s:4222", lab.addr[servers > 1 ? 1 : 0]);
     for (int k = 0; k < NENG; k++)
         snprintf(engine_url[k], sizeof engine_url[k], "nats://%s:4222", lab.addr[servers > 1 && k < 2 ? k : 0]);
-    for (int i = 0; i < servers && i < 2; i++)
-        SETUP_REQUIRE(start_server(i), "cannot start %s for n%d", server_bin, i);
-    SETUP_REQUIRE(jetstream_ready(45000), "JetStream did not become ready; see %s.log", store[0]);
+    SETUP_REQUIRE(start_servers(3), "three starts of %s failed (stderr says why)", server_bin);
     config cc;
     config_defaults(&cc);
     str_copy(cc.nats_url, sizeof cc.nats_url, url);

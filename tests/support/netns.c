@@ -6,12 +6,15 @@
 #endif
 #include "netns.h"
 
+#include "broker.h"
+#include "config.h"
 #include "harness.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
@@ -22,6 +25,7 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define NS_PREFIX "verdict-pt-"
@@ -291,5 +295,81 @@ void netns_servers_remove(pid_t pid[], char store[][64], int n, bool keep_logs, 
             snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s.conf' '%s.log'", store[i], store[i], store[i]);
         if (system(cmd) != 0)
             fprintf(stderr, "%s: could not remove %s\n", who, store[i]);
+    }
+}
+
+bool netns_js_ready(const char *urls, int replicas, const char *name, int timeout_ms, const char *who)
+{
+    char last[512] = "nothing tried", subject[80];
+    snprintf(subject, sizeof subject, "netns.probe.%s", name);
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        natsConnection *c = NULL;
+        jsCtx *j = NULL;
+        jsStreamInfo *si = NULL;
+        config cc;
+        config_defaults(&cc);
+        str_copy(cc.nats_url, sizeof cc.nats_url, urls);
+        verror e = {0};
+        bool ok = false;
+        if (broker_connect_simple(&cc, &c, &e) == V_OK) {
+            jsOptions jo;
+            jsOptions_Init(&jo);
+            jo.Wait = 2000;
+            const char *subjects[] = {subject};
+            jsStreamConfig sc;
+            jsStreamConfig_Init(&sc);
+            sc.Name = name;
+            sc.Subjects = subjects;
+            sc.SubjectsLen = 1;
+            sc.Storage = js_MemoryStorage;
+            sc.Replicas = replicas;
+            jsErrCode je = 0;
+            natsStatus sa = NATS_ERR;
+            ok = natsConnection_JetStream(&j, c, &jo) == NATS_OK && (sa = js_AddStream(&si, j, &sc, NULL, &je)) == NATS_OK &&
+                 js_DeleteStream(j, name, NULL, NULL) == NATS_OK;
+            if (!ok)
+                snprintf(last, sizeof last, "an R%d stream cannot be placed: %s (%d) %s", replicas,
+                         natsStatus_GetText(sa), (int)je, nats_GetLastError(NULL));
+        } else {
+            snprintf(last, sizeof last, "cannot connect to %s: %.200s", urls, e.msg);
+        }
+        jsStreamInfo_Destroy(si);
+        jsCtx_Destroy(j);
+        natsConnection_Destroy(c);
+        if (ok)
+            return true;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if ((now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000 >= timeout_ms)
+            break;
+        usleep(250 * 1000);
+    }
+    fprintf(stderr, "%s: JetStream is not ready after %d ms: %s\n", who, timeout_ms, last);
+    return false;
+}
+
+void netns_print_meta_group(const netns_lab *l, int n, const char *who)
+{
+    static char body[65536];
+    for (int i = 0; i < n; i++) {
+        int st = netns_http_get(l->addr[i], 8222, "/jsz", 2000, body, sizeof body);
+        json_t *j = st == 200 ? json_loads(body, 0, NULL) : NULL;
+        json_t *meta = json_object_get(j, "meta_cluster");
+        char replicas[128] = "";
+        size_t k, o = 0;
+        json_t *r;
+        json_array_foreach(json_object_get(meta, "replicas"), k, r)
+        {
+            const char *rn = json_string_value(json_object_get(r, "name"));
+            o += (size_t)snprintf(replicas + o, sizeof replicas - o, " %s", rn ? rn : "?");
+            if (o >= sizeof replicas)
+                break;
+        }
+        const char *leader = json_string_value(json_object_get(meta, "leader"));
+        fprintf(stderr, "%s: n%d: /jsz %d, meta leader %s, cluster size %lld%s%s\n", who, i, st,
+                leader ? leader : "none", (long long)json_integer_value(json_object_get(meta, "cluster_size")),
+                replicas[0] ? ", replicas" : "", replicas);
+        json_decref(j);
     }
 }
