@@ -252,7 +252,7 @@ static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus
 /* natsOptions_SetURL in nats.c 3.4.1 takes the whole string as one URL: "nats://a:4222,nats://b:4222" then fails
  * with "No server available" (only natsConnection_ConnectTo splits lists). A cluster's URL list is split here
  * and handed over with natsOptions_SetServers; a single URL goes through SetURL as before. */
-static natsStatus set_servers(natsOptions *o, const char *list)
+natsStatus broker_set_servers(natsOptions *o, const char *list)
 {
     if (!strchr(list, ','))
         return natsOptions_SetURL(o, list);
@@ -306,7 +306,7 @@ static vstatus connect_with(const config *c, const char *name, bool send_asap, b
     natsOptions *o = NULL;
     natsStatus s = natsOptions_Create(&o);
     if (s == NATS_OK)
-        s = set_servers(o, c->nats_url);
+        s = broker_set_servers(o, c->nats_url);
     if (s == NATS_OK)
         s = natsOptions_SetName(o, name);
     if (s == NATS_OK)

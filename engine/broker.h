@@ -40,6 +40,9 @@ bool broker_link_up(const broker_link *link);
 
 /* A client connection (send-asap) for tools, the demo and tests. */
 vstatus broker_connect_simple(const config *c, natsConnection **nc, verror *e);
+/* Sets o's servers from one URL or a comma-separated list (nats.c 3.4.1's natsOptions_SetURL takes a list as
+ * one URL). */
+natsStatus broker_set_servers(natsOptions *o, const char *list);
 
 /* Creates or verifies TXN, DECISIONS, DLQ, VERDICT_ADVISORIES (before the consumer, so no advisory is lost)
  * and the durable pull consumer. */

@@ -3,6 +3,8 @@
  * stopping are the single-server code paths. */
 #include "localserver.h"
 
+#include "broker.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <nats/nats.h>
@@ -260,9 +262,7 @@ static void log_tail(const localserver *ls, int lines)
     fprintf(stderr, "--- %s (last lines)\n%s\n", path, p);
 }
 
-/* True once JetStream answers through url and can place a memory stream with `replicas` replicas (a meta leader
- * exists and knows enough peers). */
-static bool cluster_placeable(const char *url, int replicas)
+bool localserver_placeable(const char *url, int replicas, char *why, size_t cap)
 {
     natsOptions *o = NULL;
     natsConnection *nc = NULL;
@@ -282,9 +282,11 @@ static bool cluster_placeable(const char *url, int replicas)
     sc.SubjectsLen = 1;
     sc.Storage = js_MemoryStorage;
     sc.Replicas = replicas;
+    jsErrCode je = 0;
+    bool connected = false;
     natsStatus s = natsOptions_Create(&o);
     if (s == NATS_OK)
-        s = natsOptions_SetURL(o, url);
+        s = broker_set_servers(o, url);
     if (s == NATS_OK)
         s = natsOptions_SetTimeout(o, 1000);
     if (s == NATS_OK)
@@ -293,10 +295,20 @@ static bool cluster_placeable(const char *url, int replicas)
         s = natsConnection_Connect(&nc, o);
     if (s == NATS_OK)
         s = natsConnection_JetStream(&js, nc, &jo);
-    if (s == NATS_OK)
-        s = js_AddStream(&si, js, &sc, NULL, NULL);
+    if (s == NATS_OK) {
+        connected = true;
+        s = js_AddStream(&si, js, &sc, NULL, &je);
+    }
     if (s == NATS_OK)
         s = js_DeleteStream(js, name, NULL, NULL);
+    if (s != NATS_OK && why && cap > 0) {
+        const char *last = nats_GetLastError(NULL);
+        if (connected)
+            snprintf(why, cap, "no stream of %d replicas placed through %s: %s (JetStream error %d) %s", replicas, url,
+                     natsStatus_GetText(s), (int)je, last ? last : "");
+        else
+            snprintf(why, cap, "cannot connect to %s: %s %s", url, natsStatus_GetText(s), last ? last : "");
+    }
     jsStreamInfo_Destroy(si);
     jsCtx_Destroy(js);
     natsConnection_Destroy(nc);
@@ -326,7 +338,7 @@ vstatus localcluster_start(localcluster *c, int n, const char *conf, verror *e)
         o += (size_t)snprintf(c->urls + o, sizeof c->urls - o, "%s%s", i ? "," : "", c->nodes[i].url);
     /* 60 s: a 2.10.27 cluster once took over 30 s to elect its meta leader on a machine loaded 14 deep */
     int64_t deadline = now_ms() + 60000;
-    while (st == V_OK && !cluster_placeable(c->nodes[0].url, n)) {
+    while (st == V_OK && !localserver_placeable(c->nodes[0].url, n, NULL, 0)) {
         if (now_ms() > deadline) {
             st = verror_set(e, V_ETIMEOUT, "the cluster could not place an R%d stream within 60 s (node logs above)",
                             n);

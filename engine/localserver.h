@@ -29,6 +29,10 @@ const char *localserver_binary(void);
 bool localserver_varz(const localserver *ls, char *out, size_t cap);
 /* GET http://127.0.0.1:<port><path> (HTTP/1.0; the reply with its headers) into out; false on error. */
 bool localserver_http_get(int port, const char *path, char *out, size_t cap);
+/* True when JetStream answers through url (one URL or a comma-separated list) and places, then deletes, a
+ * memory stream with `replicas` replicas: a meta leader exists and knows enough peers. One try; on failure,
+ * why (if not NULL) says which step failed and what the server answered. */
+bool localserver_placeable(const char *url, int replicas, char *why, size_t cap);
 /* A loopback port free at the time of asking (for a child's listener), or -1. */
 int localserver_free_port(void);
 

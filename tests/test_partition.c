@@ -110,7 +110,7 @@ static bool start_cluster(int attempts)
             snprintf(store[i], sizeof store[i], "/tmp/verdict-pt-XXXXXX"); /* mkdtemp replaces the Xs */
             started = mkdtemp(store[i]) != NULL && start_node(i);
         }
-        if (started && netns_js_ready(urls, NODES, "PARTITION_PROBE", 20000, "test_partition"))
+        if (started && netns_js_ready(urls, NODES, 20000, "test_partition"))
             return true;
         netns_print_meta_group(&lab, NODES, "test_partition");
         fprintf(stderr, "test_partition: cluster start %d of %d failed; its logs stay in %s.log ...\n", attempt,

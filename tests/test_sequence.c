@@ -439,9 +439,9 @@ static const char *const lease_args[] = {"--lease-ttl", "1500ms", NULL};
 static pid_t start_standby_ttl(const char *workers, const char *batch, const char *ttl)
 {
     int before = tc_count_lines(logp, "\"standing by: another engine owns the consumer\"");
-    const char *full[] = {"verdict", "serve", "--nats-url", srv.url, "--workers", workers, "--batch", batch,
-                          "--rules", rulesp, "--model", modelp, "--budget", "10s", "--ack-wait", "2s",
-                          "--backoff", "300ms", "--max-keys", "20000", "--lease-ttl", ttl, NULL};
+    const char *full[] = {"verdict",   "serve", "--nats-url", srv.url, "--workers",   workers, "--batch",    batch,
+                          "--rules",   rulesp,  "--model",    modelp,  "--budget",    "10s",   "--ack-wait", "2s",
+                          "--backoff", "300ms", "--max-keys", "20000", "--lease-ttl", ttl,     NULL};
     pid_t pid = verdict_spawn(full, logp);
     cr_assert(pid > 0);
     for (int waited = 0; tc_count_lines(logp, "\"standing by: another engine owns the consumer\"") <= before;
@@ -453,7 +453,10 @@ static pid_t start_standby_ttl(const char *workers, const char *batch, const cha
     return pid;
 }
 
-static pid_t start_standby(const char *workers, const char *batch) { return start_standby_ttl(workers, batch, "1500ms"); }
+static pid_t start_standby(const char *workers, const char *batch)
+{
+    return start_standby_ttl(workers, batch, "1500ms");
+}
 
 /* Polls (bounded) until the log has more than `before` lines with needle; returns the ms waited. */
 static int wait_more_lines(const char *needle, int before, int timeout_ms)

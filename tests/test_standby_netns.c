@@ -357,7 +357,7 @@ static bool start_servers(int attempts)
             snprintf(store[i], sizeof store[i], "/tmp/verdict-sb-XXXXXX"); /* mkdtemp replaces the Xs */
             started = mkdtemp(store[i]) != NULL && (i >= 2 || start_server(i));
         }
-        if (started && netns_js_ready(url, 1, "STANDBY_PROBE", 20000, "test_standby_netns"))
+        if (started && netns_js_ready(url, 1, 20000, "test_standby_netns"))
             return true;
         netns_print_meta_group(&lab, nservers < 2 ? nservers : 2, "test_standby_netns");
         fprintf(stderr, "test_standby_netns: server start %d of %d failed; its logs stay in %s.log ...\n", attempt,

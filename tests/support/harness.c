@@ -4,6 +4,8 @@
 #define _POSIX_C_SOURCE 200809L
 #include "harness.h"
 
+#include "localserver.h"
+
 #include <arpa/inet.h>
 #include <nats/nats.h>
 #include <errno.h>
@@ -279,17 +281,17 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* One round of readiness checks through node i: the JetStream API answers (so a meta leader exists and this
- * node is routed to it), and when probe_replicas > 0, a memory stream with that many replicas can be placed
- * (so the meta leader knows enough peers). */
+/* One round of readiness checks through node i: when probe_replicas > 0, a memory stream with that many
+ * replicas can be placed (so the meta leader knows enough peers); else the JetStream API answers (so a meta
+ * leader exists and this node is routed to it). */
 static bool node_ready(const test_cluster *c, int i, int probe_replicas)
 {
+    if (probe_replicas > 0)
+        return localserver_placeable(c->nodes[i].url, probe_replicas, NULL, 0);
     natsOptions *o = NULL;
     natsConnection *nc = NULL;
     jsCtx *js = NULL;
     jsAccountInfo *ai = NULL;
-    jsStreamInfo *si = NULL;
-    bool ok = false;
     natsStatus s = natsOptions_Create(&o);
     if (s == NATS_OK)
         s = natsOptions_SetURL(o, c->nodes[i].url);
@@ -306,29 +308,11 @@ static bool node_ready(const test_cluster *c, int i, int probe_replicas)
         s = natsConnection_JetStream(&js, nc, &jo);
     if (s == NATS_OK)
         s = js_GetAccountInfo(&ai, js, NULL, NULL);
-    if (s == NATS_OK && probe_replicas > 0) {
-        char name[64], subj[64];
-        snprintf(name, sizeof name, "HARNESS_PROBE_%d_%d", (int)getpid(), i);
-        snprintf(subj, sizeof subj, "harness.probe.%d.%d", (int)getpid(), i);
-        const char *subjects[] = {subj};
-        jsStreamConfig sc;
-        jsStreamConfig_Init(&sc);
-        sc.Name = name;
-        sc.Subjects = subjects;
-        sc.SubjectsLen = 1;
-        sc.Storage = js_MemoryStorage;
-        sc.Replicas = probe_replicas;
-        s = js_AddStream(&si, js, &sc, NULL, NULL);
-        if (s == NATS_OK)
-            s = js_DeleteStream(js, name, NULL, NULL);
-    }
-    ok = s == NATS_OK;
-    jsStreamInfo_Destroy(si);
     jsAccountInfo_Destroy(ai);
     jsCtx_Destroy(js);
     natsConnection_Destroy(nc);
     natsOptions_Destroy(o);
-    return ok;
+    return s == NATS_OK;
 }
 
 bool cluster_wait_ready(test_cluster *c, int timeout_ms)

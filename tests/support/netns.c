@@ -6,9 +6,8 @@
 #endif
 #include "netns.h"
 
-#include "broker.h"
-#include "config.h"
 #include "harness.h"
+#include "localserver.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -298,55 +297,20 @@ void netns_servers_remove(pid_t pid[], char store[][64], int n, bool keep_logs, 
     }
 }
 
-bool netns_js_ready(const char *urls, int replicas, const char *name, int timeout_ms, const char *who)
+bool netns_js_ready(const char *urls, int replicas, int timeout_ms, const char *who)
 {
-    char last[512] = "nothing tried", subject[80];
-    snprintf(subject, sizeof subject, "netns.probe.%s", name);
+    char last[512] = "nothing tried";
     struct timespec t0, now;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (;;) {
-        natsConnection *c = NULL;
-        jsCtx *j = NULL;
-        jsStreamInfo *si = NULL;
-        config cc;
-        config_defaults(&cc);
-        str_copy(cc.nats_url, sizeof cc.nats_url, urls);
-        verror e = {0};
-        bool ok = false;
-        if (broker_connect_simple(&cc, &c, &e) == V_OK) {
-            jsOptions jo;
-            jsOptions_Init(&jo);
-            jo.Wait = 2000;
-            const char *subjects[] = {subject};
-            jsStreamConfig sc;
-            jsStreamConfig_Init(&sc);
-            sc.Name = name;
-            sc.Subjects = subjects;
-            sc.SubjectsLen = 1;
-            sc.Storage = js_MemoryStorage;
-            sc.Replicas = replicas;
-            jsErrCode je = 0;
-            natsStatus sa = NATS_ERR;
-            ok = natsConnection_JetStream(&j, c, &jo) == NATS_OK && (sa = js_AddStream(&si, j, &sc, NULL, &je)) == NATS_OK &&
-                 js_DeleteStream(j, name, NULL, NULL) == NATS_OK;
-            if (!ok)
-                snprintf(last, sizeof last, "an R%d stream cannot be placed: %s (%d) %s", replicas,
-                         natsStatus_GetText(sa), (int)je, nats_GetLastError(NULL));
-        } else {
-            snprintf(last, sizeof last, "cannot connect to %s: %.200s", urls, e.msg);
-        }
-        jsStreamInfo_Destroy(si);
-        jsCtx_Destroy(j);
-        natsConnection_Destroy(c);
-        if (ok)
-            return true;
+    while (!localserver_placeable(urls, replicas, last, sizeof last)) {
         clock_gettime(CLOCK_MONOTONIC, &now);
-        if ((now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000 >= timeout_ms)
-            break;
+        if ((now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000 >= timeout_ms) {
+            fprintf(stderr, "%s: JetStream is not ready after %d ms: %s\n", who, timeout_ms, last);
+            return false;
+        }
         usleep(250 * 1000);
     }
-    fprintf(stderr, "%s: JetStream is not ready after %d ms: %s\n", who, timeout_ms, last);
-    return false;
+    return true;
 }
 
 void netns_print_meta_group(const netns_lab *l, int n, const char *who)

@@ -67,10 +67,10 @@ bool netns_sysctl(const netns_lab *l, int i, const char *key, const char *value)
  * when no answer arrived in time. The body (NUL-terminated, truncated to cap) goes to out if not NULL. */
 int netns_http_get(const char *addr, int port, const char *path, int timeout_ms, char *out, size_t cap);
 
-/* Waits up to timeout_ms until JetStream, through the server(s) at urls, places a memory stream named name with
- * `replicas` replicas (and deletes it again): a meta leader that knows enough peers. On a timeout, says on
- * stderr (prefixed by who) what the last try answered. */
-bool netns_js_ready(const char *urls, int replicas, const char *name, int timeout_ms, const char *who);
+/* Waits up to timeout_ms until JetStream, through the server(s) at urls, places a memory stream with `replicas`
+ * replicas (localserver_placeable): a meta leader that knows enough peers. On a timeout, says on stderr
+ * (prefixed by who) what the last try answered. */
+bool netns_js_ready(const char *urls, int replicas, int timeout_ms, const char *who);
 
 /* Prints, prefixed by who, each of servers 0..n-1's view of the JetStream meta group from its monitor port
  * (/jsz on addr:8222): its leader, the group's size, the leader's replicas. */
