@@ -147,11 +147,12 @@ vstatus lease_step(lease_table *t, lease *l, verror *e)
 
     kvEntry *ent = NULL;
     natsStatus s = kvStore_Get(&ent, t->kv, l->name);
+    bool was_held = l->held;
     if (s == NATS_NOT_FOUND) { /* absent or deleted: taken at once; Create fails if someone else just did */
         l->held = false;
         l->revision = 0;
         l->owner[0] = 0;
-        if (!l->no_take)
+        if (!l->no_take && !was_held) /* a holder whose entry vanished has lost it: below */
             (void)lease_write(t, l, t->instance, l->epoch + 1, now);
         return V_OK;
     }
@@ -181,6 +182,11 @@ vstatus lease_step(lease_table *t, lease *l, verror *e)
         return V_OK;
     }
     l->held = false; /* someone else's, or released */
+    /* A holder that finds another's write has lost the lease, even when that other has released it again since
+     * (taken during a cut, handed back at the heal): it reports the loss, so that the caller stops what it held,
+     * and takes the lease only in a later step, as a new owner. Taking it here would look like a renewal. */
+    if (was_held)
+        return V_OK;
     bool released = owner[0] == 0;
     bool expired = now - l->observed_ns >= (ttl > t->ttl_ms ? ttl : t->ttl_ms) * NS_PER_MS;
     if ((released || expired) && !l->no_take)

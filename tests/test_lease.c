@@ -289,6 +289,36 @@ Test(lease, a_holder_that_lost_track_recovers_its_own_lease_by_cas, .init = up, 
     lease_close(a);
 }
 
+/* Taken during a cut and handed back at the heal: the old holder's next step reports the loss (the caller stops
+ * the partition) and only a later step takes it, with a new epoch. Before, the old holder took the released
+ * lease in the same step and its partition manager saw a renewal: it logged "renewed again" instead of
+ * "partition lost" and kept the partition running (test_standby_netns, CI, 2026-12-02). */
+Test(lease, a_holder_whose_lease_was_taken_and_released_meanwhile_learns_that_it_lost_it, .init = up, .fini = down,
+     .timeout = 30)
+{
+    lease_table *a = open_table("engine-a", 1000), *c = open_table("engine-c", 1000);
+    lease la, lc;
+    cr_assert(lease_init(&la, "verdict-p0"));
+    cr_assert(lease_init(&lc, "verdict-p0"));
+    step(a, &la);
+    cr_assert(la.held);
+    step(c, &lc); /* c's clock starts; a stops renewing (cut off) */
+    tc_sleep_ms(1200);
+    step(c, &lc);
+    cr_assert(lc.held, "the expired lease was not taken");
+    verror e = {0};
+    cr_assert_eq(lease_release(c, &lc, &e), V_OK, "%s", e.msg);
+    step(a, &la); /* a returns: its renewal fails, and the lease it finds is free */
+    cr_assert_not(la.held, "the old holder must see that it lost the lease, not renew it");
+    cr_assert_not(lease_valid(&la, mono_ns()));
+    step(a, &la);
+    cr_assert(la.held, "the free lease is taken in the next step");
+    cr_assert_eq(la.epoch, lc.epoch + 1, "as a new owner: epoch %llu after c's %llu", (unsigned long long)la.epoch,
+                 (unsigned long long)lc.epoch);
+    lease_close(a);
+    lease_close(c);
+}
+
 Test(lease, partitions_are_independent, .init = up, .fini = down, .timeout = 30)
 {
     lease_table *a = open_table("engine-a", 5000), *b = open_table("engine-b", 5000);
