@@ -113,6 +113,7 @@ static void publish_some(int count, int per_ms)
     jsOptions o;
     jsOptions_Init(&o);
     o.PublishAsync.MaxPending = 512;
+    o.PublishAsync.StallWait = 10000; /* a loaded machine acks slowly: wait for room instead of failing at 200 ms */
     cr_assert_eq(natsConnection_JetStream(&pjs, nc, &o), NATS_OK);
     static unsigned char buf[4096];
     for (int i = 0; i < count; i++) {
