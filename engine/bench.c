@@ -206,6 +206,9 @@ static double drain_rate(const bench_opts *o, const config *c, jsCtx *js, int co
     (void)js;
     double rate = elapsed > 0 ? (double)(done - done0) * 1e6 / (double)elapsed : 0;
     fprintf(stderr, "[bench] %-12s %lld in %.2f s: %.0f/s\n", label, done - done0, (double)elapsed / 1e6, rate);
+    if (done0 >= count)
+        fprintf(stderr, "[bench] %-12s decided all %d while starting, before the timing began: nothing measured; "
+                        "use a larger --count\n", label, count);
     return rate;
 }
 
