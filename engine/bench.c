@@ -390,6 +390,7 @@ typedef struct lat_side {
      * to the batch's fetch (queued_us, wall clocks) and the fetch to the decision stored (latency_us) */
     int32_t *queued, *engine_us;
     int sent, received;
+    int64_t t0_us;                /* the first request's due time, wall clock (us since the epoch) */
     long long over_budget;        /* the engine's budget_exceeded: stored latency (from fetch) over the budget */
     long long client_over_budget; /* answered later than the budget after the intended send time */
     long long redeliveries, catch_ups; /* the engine's counters, for explaining a stall */
@@ -533,6 +534,7 @@ static int latency_run(const config *c, natsConnection *nc, int rate, int second
     pthread_mutex_destroy(&r.mu);
     out->sent = sent;
     out->received = atomic_load(&r.received);
+    out->t0_us = r.t0;
     free(r.intended);
     return 0;
 }
@@ -598,6 +600,9 @@ static int latency_write(const char *dir, const lat_result *lr)
     snprintf(path, sizeof path, "%s/latency-%d-timeline.tsv", dir, lr->rate);
     if (!(f = fopen(path, "w")))
         return 1;
+    /* each side's first due time on the wall clock: lines the timeline up with other clocks (a server's log) */
+    fprintf(f, "# t0_unix_us decide=%lld baseline=%lld (each side's first request due; due_ms counts from it)\n",
+            (long long)lr->d.t0_us, (long long)lr->b.t0_us);
     fprintf(f, "# request\tdue_ms (from the first)\tdecide_us\tbaseline_us (-1: no answer)\t"
                "decide_queued_us (store to fetch)\tdecide_engine_us (fetch to stored)\n");
     int n = lr->rate * lr->seconds;

@@ -153,7 +153,9 @@ Test(bench, several_rates_one_entry_each, .timeout = 120)
     snprintf(dir, sizeof dir, "%s/plots", parent); /* neither exists yet */
     const char *argv[] = {"verdict", "bench", "latency", "--seconds", "1", "--rates", "50,120", "--out", dir,
                           "--json", NULL};
+    long long started = (long long)now_us();
     json_t *j = run_json(argv, out, 90000);
+    long long ended = (long long)now_us();
     cr_assert_eq(json_integer_value(json_object_get(j, "rate")), 50);
     json_t *runs = json_object_get(j, "latency_runs");
     cr_assert(json_is_array(runs));
@@ -170,6 +172,15 @@ Test(bench, several_rates_one_entry_each, .timeout = 120)
         for (int k = 0; k < 3; k++) {
             snprintf(path, sizeof path, "%s/latency-%d-%s.tsv", dir, want[r], kinds[k]);
             cr_assert_eq(access(path, R_OK), 0, "%s written", path);
+            if (k == 2) { /* the timeline says when each side's first request was due, on the wall clock */
+                const char *text = tc_slurp(path); /* its own static buffer */
+                long long d = 0, b = 0;
+                cr_assert_eq(sscanf(text, "# t0_unix_us decide=%lld baseline=%lld", &d, &b), 2, "%.200s", text);
+                cr_assert(started < b && b < d && d < ended,
+                          "pass-through first, then the engine, within the run: "
+                          "%lld %lld %lld %lld",
+                          started, b, d, ended);
+            }
             unlink(path);
         }
     }
