@@ -53,9 +53,10 @@ asan: deps
 tsan: deps
 	@$(NATS_SELECT) TSAN_BUILD=$(abspath $(TSAN_BUILD)) JOBS=$(JOBS) tools/tsan
 
-# throughput, then latency at each of BENCH_RATES (30 s a side): data and JSON into BENCH_OUT, pictures into bench/
+# throughput, then latency at each of BENCH_RATES (30 s a side; max: the highest rate the pass-through sustains, found
+# by a ramp first): data and JSON into BENCH_OUT, pictures into bench/
 # (docs/benchmarks.md shows them), and the regression view against the figures committed in bench/reference.json
-BENCH_RATES ?= 500,2000,5000
+BENCH_RATES ?= 500,2000,5000,max
 BENCH_OUT   ?= $(BUILD)/bench
 bench: deps
 	@tools/install-deps --if-missing --bench

@@ -39,7 +39,14 @@ typedef struct bench_opts {
     int only; /* throughput: -1 both sides; 0 the pass-through only, 1 the full engine only (--only, for profiling) */
     int rounds; /* throughput: ABBA rounds, each on fresh streams; the figures are the rounds' medians */
     const char *out_dir; /* latency: per-second series, percentile curves and timelines as TSV files */
+    int max_rate;        /* latency, `max` in --rates: the ramp's highest probe (--max-rate) */
 } bench_opts;
+
+/* `max` in --rates: the highest rate the pass-through sustains, found by a ramp of short pass-through runs */
+#define RATE_MAX 0
+#define RAMP_FIRST 1000
+#define RAMP_STEPS 24
+#define RAMP_CAP 100000
 
 static void sleep_us(int64_t us)
 {
@@ -569,6 +576,60 @@ static double curve_q(int k)
 }
 #define CURVE_POINTS 44 /* 1 - 0.5 * 10^(-43/10) > 0.99997 */
 
+/* --- the highest rate the pass-through sustains (`max` in --rates) -------------------------------------- */
+
+#define RAMP_SECONDS 5
+
+typedef struct ramp_probe {
+    int rate, seconds, answered, sent;
+    int64_t p99_us;
+} ramp_probe;
+
+/* The next probe's rate: a quarter more, rounded to a hundred, at most cap. */
+static int ramp_next(int rate, int cap)
+{
+    int next = (rate + rate / 4 + 50) / 100 * 100;
+    return next > cap ? cap : next;
+}
+
+/* Short open-loop runs of the pass-through alone, from RAMP_FIRST requests/s up by a quarter each, until one does
+ * not sustain its rate: every request answered and its p99 within the budget (a payment service's deadline), or
+ * the rate reaches cap. *sustained is the last rate that held (0: not even the first). Each probe on fresh streams
+ * and a fresh pass-through, like every latency run. */
+static int find_sustained(const config *base, natsConnection *nc, int seconds, int cap, ramp_probe *probes, int *n,
+                          int *sustained)
+{
+    *n = 0;
+    *sustained = 0;
+    int64_t budget_us = base->budget_ms * 1000;
+    for (int rate = RAMP_FIRST < cap ? RAMP_FIRST : cap; *n < RAMP_STEPS; rate = ramp_next(rate, cap)) {
+        char prefix[16];
+        snprintf(prefix, sizeof prefix, "lm%d", *n);
+        config cp = *base;
+        with_prefix(&cp, prefix, true);
+        lat_side side;
+        fprintf(stderr, "[bench] ramp: pass-through at %d/s for %d s\n", rate, seconds);
+        if (latency_run(&cp, nc, rate, seconds, 91 + (uint64_t)*n, "ramp", &side) != 0)
+            return 1;
+        ramp_probe *p = &probes[(*n)++];
+        *p = (ramp_probe){.rate = rate,
+                          .seconds = seconds,
+                          .answered = side.received,
+                          .sent = side.sent,
+                          .p99_us = hist_quantile(&side.h, 0.99)};
+        lat_side_free(&side);
+        bool held = p->sent == rate * seconds && p->answered == p->sent && p->p99_us <= budget_us;
+        fprintf(stderr, "[bench] ramp: %d/s p99 %.1f ms, %d/%d answered: %s\n", rate, (double)p->p99_us / 1000.0,
+                p->answered, p->sent, held ? "sustained" : "not sustained");
+        if (!held)
+            break;
+        *sustained = rate;
+        if (rate >= cap)
+            break;
+    }
+    return 0;
+}
+
 /* For the plots (tools/bench-plot) and for hunting stalls: per rate, the per-second series, the percentile curve
  * and the raw timeline of both sides. */
 static int latency_write(const char *dir, const lat_result *lr)
@@ -673,11 +734,19 @@ static bool parse_rates(const char *list, int *rates, int cap, int *n)
         return false;
     }
     str_copy(buf, sizeof buf, list);
+    bool have_max = false;
     for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (strcmp(t, "max") == 0 && !have_max && *n < cap) {
+            have_max = true;
+            rates[(*n)++] = RATE_MAX;
+            continue;
+        }
         char *end;
         long v = strtol(t, &end, 10);
         if (end == t || *end || v <= 0 || v > 100000 || *n >= cap) {
-            fprintf(stderr, "verdict bench: --rates: '%s' is not a rate (1..100000 requests/s, at most %d rates)\n",
+            fprintf(stderr,
+                    "verdict bench: --rates: '%s' is not a rate (1..100000 requests/s, or max once; at most %d "
+                    "rates)\n",
                     t, cap);
             return false;
         }
@@ -863,7 +932,8 @@ static bool make_out_dir(const char *dir)
 
 static void bench_help(void)
 {
-    printf("usage: verdict bench [throughput|latency|all|restart|shadow] [--seconds N] [--count N] [--rate R | --rates LIST]\n"
+    printf("usage: verdict bench [throughput|latency|all|restart|shadow] [--seconds N] [--count N] [--rate R | --rates "
+           "LIST]\n"
            "                     [--out DIR] [--json] [options]\n"
            "       verdict bench state|snapshot|eval|model [--help]   (no broker)\n"
            "       verdict bench durability [--help]   (fsync policy, R1 and R3, on its own servers)\n"
@@ -892,7 +962,11 @@ static void bench_help(void)
            "  --count N       transactions preloaded for throughput (default 20000), into each of 4 streams a round\n"
            "  --rounds N      throughput rounds (default 3, at most 50)\n"
            "  --rate R        requests per second for latency (default 500)\n"
-           "  --rates LIST    several rates, one after the other, e.g. 500,2000,5000\n"
+           "  --rates LIST    several rates, one after the other, e.g. 500,2000,5000; max = the highest rate\n"
+           "                  the pass-through sustains (every request answered, p99 within --budget), found\n"
+           "                  first by a ramp of 5 s pass-through runs (--seconds if shorter) from 1000/s up\n"
+           "                  by a quarter (keys sustained_rate, sustained_probes), then measured like the others\n"
+           "  --max-rate R    the ramp's highest probe (default 100000)\n"
            "  --only SIDE     throughput: run only one side, full or passthrough (to profile it, e.g. under\n"
            "                  perf record); no ratio then\n"
            "  --out DIR       latency: write per rate latency-R-series.tsv (p99 and max by second),\n"
@@ -905,7 +979,8 @@ static void bench_help(void)
 
 int cmd_bench(int argc, char **argv)
 {
-    bench_opts o = {.seconds = 0, .count = 20000, .rates = {500}, .nrates = 1, .only = -1, .rounds = 3};
+    bench_opts o = {
+        .seconds = 0, .count = 20000, .rates = {500}, .nrates = 1, .only = -1, .rounds = 3, .max_rate = RAMP_CAP};
     const char *counts = "100000,1000000";
     for (int i = 1; i < argc && argv[i][0] != '-'; i++) { /* broker-free benches have their own options */
         if (!strcmp(argv[i], "state"))
@@ -971,6 +1046,15 @@ int cmd_bench(int argc, char **argv)
             k++;
         } else if (strcmp(a, "--out") == 0 && v) {
             o.out_dir = v;
+            k++;
+        } else if (strcmp(a, "--max-rate") == 0) {
+            char *end = NULL;
+            long mr = v ? strtol(v, &end, 10) : 0;
+            if (!v || end == v || *end || mr < 1 || mr > RAMP_CAP) {
+                fprintf(stderr, "verdict bench: --max-rate takes a rate from 1 to %d requests/s\n", RAMP_CAP);
+                return 2;
+            }
+            o.max_rate = (int)mr;
             k++;
         } else if (strcmp(a, "--counts") == 0 && v) {
             counts = v;
@@ -1082,6 +1166,21 @@ int cmd_bench(int argc, char **argv)
     lat_result lr[BENCH_MAX_RATES];
     int nlr = 0;
     memset(lr, 0, sizeof lr);
+    ramp_probe ramp[RAMP_STEPS];
+    int nramp = 0, sustained = -1; /* -1: no `max` asked */
+    for (int k = 0; do_lat && k < o.nrates && !rc; k++)
+        if (o.rates[k] == RATE_MAX) {
+            int ramp_seconds = lat_seconds < RAMP_SECONDS ? lat_seconds : RAMP_SECONDS;
+            rc |= find_sustained(&o.cfg, nc, ramp_seconds, o.max_rate, ramp, &nramp, &sustained);
+            if (!rc && sustained <= 0) {
+                fprintf(stderr,
+                        "verdict bench: the pass-through sustained no rate from %d/s up (p99 within the "
+                        "%lld ms budget, every request answered); nothing to measure at max\n",
+                        RAMP_FIRST < o.max_rate ? RAMP_FIRST : o.max_rate, (long long)o.cfg.budget_ms);
+                rc = 1;
+            }
+            o.rates[k] = sustained;
+        }
     for (int k = 0; do_lat && k < o.nrates && !rc; k++) {
         /* a fresh pair of streams per rate; the pass-through first, then the engine, moments apart */
         char pf[16], pp[16];
@@ -1126,6 +1225,15 @@ int cmd_bench(int argc, char **argv)
                "%.1f + %.1f us, %.2f\n",
                cpu_user[0], cpu_sys[0], csw[0], cpu_user[1], cpu_sys[1], csw[1]);
     }
+    if (nramp > 0) {
+        printf("  sustained    the pass-through sustains %d requests/s (every request answered, p99 within the "
+               "%lld ms budget, %d s a probe%s):\n              ",
+               sustained, (long long)o.cfg.budget_ms, ramp[0].seconds,
+               sustained >= o.max_rate ? "; the ramp's cap, --max-rate, was reached" : "");
+        for (int k = 0; k < nramp; k++)
+            printf("%d/s p99 %.1f ms%s%s", ramp[k].rate, (double)ramp[k].p99_us / 1000.0,
+                   ramp[k].answered < ramp[k].sent ? " (not all answered)" : "", k + 1 < nramp ? ", " : "\n");
+    }
     for (int k = 0; k < nlr; k++)
         latency_print(&lr[k], o.cfg.budget_ms);
     if (o.json) {
@@ -1155,6 +1263,13 @@ int cmd_bench(int argc, char **argv)
                 latency_json(&lr[k]);
                 printf("}");
             }
+            printf("]");
+        }
+        if (nramp > 0) {
+            printf(",\"sustained_rate\":%d,\"sustained_probes\":[", sustained);
+            for (int k = 0; k < nramp; k++)
+                printf("%s{\"rate\":%d,\"seconds\":%d,\"p99_us\":%lld,\"answered\":%d,\"sent\":%d}", k ? "," : "",
+                       ramp[k].rate, ramp[k].seconds, (long long)ramp[k].p99_us, ramp[k].answered, ramp[k].sent);
             printf("]");
         }
         printf("}\n");

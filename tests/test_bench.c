@@ -190,6 +190,39 @@ Test(bench, several_rates_one_entry_each, .timeout = 120)
     unlink(out);
 }
 
+/* `max` in --rates: a ramp of pass-through runs from 1,000/s up by a quarter finds the highest rate it sustains
+ * (every request answered, p99 within the budget; here a budget of 10 s, so only answering counts), up to
+ * --max-rate, and that rate is then measured like the others. */
+Test(bench, max_rate_is_found_by_a_ramp_then_measured, .timeout = 120)
+{
+    char out[256];
+    temp_path(out, sizeof out, ".json");
+    const char *argv[] = {"verdict",    "bench", "latency",  "--seconds", "1",      "--rates", "300,max",
+                          "--max-rate", "1300",  "--budget", "10s",       "--json", NULL};
+    json_t *j = run_json(argv, out, 110000);
+    cr_assert_eq(json_integer_value(json_object_get(j, "rate")), 300, "the first rate's keys at the top level");
+    cr_assert_eq(json_integer_value(json_object_get(j, "sustained_rate")), 1300, "the ramp stops at --max-rate");
+    json_t *probes = json_object_get(j, "sustained_probes");
+    cr_assert(json_is_array(probes));
+    cr_assert_eq(json_array_size(probes), 2, "1000/s, then a quarter more, capped at 1300/s");
+    const int want[] = {1000, 1300};
+    for (size_t i = 0; i < 2; i++) {
+        json_t *p = json_array_get(probes, i);
+        cr_assert_eq(json_integer_value(json_object_get(p, "rate")), want[i]);
+        cr_assert_eq(json_integer_value(json_object_get(p, "sent")), want[i], "one second at the rate");
+        cr_assert_eq(json_integer_value(json_object_get(p, "answered")), want[i], "every request answered");
+        cr_assert(json_integer_value(json_object_get(p, "p99_us")) > 0);
+    }
+    json_t *runs = json_object_get(j, "latency_runs");
+    cr_assert_eq(json_array_size(runs), 2);
+    json_t *mx = json_array_get(runs, 1);
+    cr_assert_eq(json_integer_value(json_object_get(mx, "rate")), 1300, "max is measured at the rate found");
+    cr_assert_eq(json_integer_value(json_object_get(mx, "sent")), 1300);
+    cr_assert_eq(json_integer_value(json_object_get(mx, "baseline_sent")), 1300);
+    json_decref(j);
+    unlink(out);
+}
+
 /* An --out that cannot be a directory is refused before any run, with the reason. */
 Test(bench, an_out_directory_that_cannot_be_made_is_refused_at_once, .timeout = 30)
 {
@@ -205,7 +238,7 @@ Test(bench, an_out_directory_that_cannot_be_made_is_refused_at_once, .timeout = 
 
 Test(bench, bad_rates_refused, .timeout = 30)
 {
-    const char *bad[] = {"500,abc", "0", "500,,x", "-5", "1,2,3,4,5,6,7,8,9"};
+    const char *bad[] = {"500,abc", "0", "500,,x", "-5", "1,2,3,4,5,6,7,8,9", "max,max", "maximum"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char out[256];
         temp_path(out, sizeof out, ".log");
@@ -213,6 +246,16 @@ Test(bench, bad_rates_refused, .timeout = 30)
         pid_t pid = verdict_spawn(argv, out);
         cr_assert_eq(child_wait(pid, 20000), 2, "--rates %s refused as a usage error", bad[i]);
         cr_assert(file_wait_for(out, "--rates", 1000), "the message names the flag");
+        unlink(out);
+    }
+    const char *bad_max[] = {"0", "100001", "x", "12x"};
+    for (size_t i = 0; i < sizeof bad_max / sizeof bad_max[0]; i++) {
+        char out[256];
+        temp_path(out, sizeof out, ".log");
+        const char *argv[] = {"verdict", "bench", "latency", "--rates", "max", "--max-rate", bad_max[i], NULL};
+        pid_t pid = verdict_spawn(argv, out);
+        cr_assert_eq(child_wait(pid, 20000), 2, "--max-rate %s refused as a usage error", bad_max[i]);
+        cr_assert(file_wait_for(out, "--max-rate", 1000), "the message names the flag");
         unlink(out);
     }
 }
