@@ -602,6 +602,12 @@ static int find_sustained(const config *base, natsConnection *nc, int seconds, i
     *n = 0;
     *sustained = 0;
     int64_t budget_us = base->budget_ms * 1000;
+    jsCtx *js = NULL;
+    if (natsConnection_JetStream(&js, nc, NULL) != NATS_OK) {
+        fprintf(stderr, "bench: cannot set up JetStream for the ramp\n");
+        return 1;
+    }
+    int rc = 0;
     for (int rate = RAMP_FIRST < cap ? RAMP_FIRST : cap; *n < RAMP_STEPS; rate = ramp_next(rate, cap)) {
         char prefix[16];
         snprintf(prefix, sizeof prefix, "lm%d", *n);
@@ -609,8 +615,10 @@ static int find_sustained(const config *base, natsConnection *nc, int seconds, i
         with_prefix(&cp, prefix, true);
         lat_side side;
         fprintf(stderr, "[bench] ramp: pass-through at %d/s for %d s\n", rate, seconds);
-        if (latency_run(&cp, nc, rate, seconds, 91 + (uint64_t)*n, "ramp", &side) != 0)
-            return 1;
+        if (latency_run(&cp, nc, rate, seconds, 91 + (uint64_t)*n, "ramp", &side) != 0) {
+            rc = 1;
+            break;
+        }
         ramp_probe *p = &probes[(*n)++];
         *p = (ramp_probe){.rate = rate,
                           .seconds = seconds,
@@ -618,6 +626,10 @@ static int find_sustained(const config *base, natsConnection *nc, int seconds, i
                           .sent = side.sent,
                           .p99_us = hist_quantile(&side.h, 0.99)};
         lat_side_free(&side);
+        /* a probe's streams go with it: the measured runs after the ramp find the server as they would without */
+        const char *mine[] = {prefix};
+        int found = 0;
+        bench_streams(js, mine, 1, true, &found);
         bool held = p->sent == rate * seconds && p->answered == p->sent && p->p99_us <= budget_us;
         fprintf(stderr, "[bench] ramp: %d/s p99 %.1f ms, %d/%d answered: %s\n", rate, (double)p->p99_us / 1000.0,
                 p->answered, p->sent, held ? "sustained" : "not sustained");
@@ -627,7 +639,8 @@ static int find_sustained(const config *base, natsConnection *nc, int seconds, i
         if (rate >= cap)
             break;
     }
-    return 0;
+    jsCtx_Destroy(js);
+    return rc;
 }
 
 /* For the plots (tools/bench-plot) and for hunting stalls: per rate, the per-second series, the percentile curve

@@ -192,13 +192,17 @@ Test(bench, several_rates_one_entry_each, .timeout = 120)
 
 /* `max` in --rates: a ramp of pass-through runs from 1,000/s up by a quarter finds the highest rate it sustains
  * (every request answered, p99 within the budget; here a budget of 10 s, so only answering counts), up to
- * --max-rate, and that rate is then measured like the others. */
-Test(bench, max_rate_is_found_by_a_ramp_then_measured, .timeout = 120)
+ * --max-rate, and that rate is then measured like the others. The probes' streams are deleted as they end, so
+ * the measured runs do not share the server with them; the measured runs' streams stay. */
+Test(bench, max_rate_is_found_by_a_ramp_then_measured, .timeout = 150)
 {
+    test_server srv;
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
     char out[256];
-    temp_path(out, sizeof out, ".json");
-    const char *argv[] = {"verdict",    "bench", "latency",  "--seconds", "1",      "--rates", "300,max",
-                          "--max-rate", "1300",  "--budget", "10s",       "--json", NULL};
+    tc_fixture_up(&srv, &nc, &js, out, sizeof out);
+    const char *argv[] = {"verdict", "bench",      "latency", "--nats-url", srv.url, "--seconds", "1", "--rates",
+                          "300,max", "--max-rate", "1300",    "--budget",   "10s",   "--json",    NULL};
     json_t *j = run_json(argv, out, 110000);
     cr_assert_eq(json_integer_value(json_object_get(j, "rate")), 300, "the first rate's keys at the top level");
     cr_assert_eq(json_integer_value(json_object_get(j, "sustained_rate")), 1300, "the ramp stops at --max-rate");
@@ -220,7 +224,17 @@ Test(bench, max_rate_is_found_by_a_ramp_then_measured, .timeout = 120)
     cr_assert_eq(json_integer_value(json_object_get(mx, "sent")), 1300);
     cr_assert_eq(json_integer_value(json_object_get(mx, "baseline_sent")), 1300);
     json_decref(j);
-    unlink(out);
+    jsStreamNamesList *names = NULL;
+    cr_assert_eq(js_StreamNames(&names, js, NULL, NULL), NATS_OK);
+    int probes_left = 0, measured = 0;
+    for (int i = 0; i < names->Count; i++) {
+        probes_left += strncmp(names->List[i], "LM", 2) == 0;
+        measured += strcmp(names->List[i], "LT1_TXN") == 0 || strcmp(names->List[i], "LP1_TXN") == 0;
+    }
+    jsStreamNamesList_Destroy(names);
+    cr_assert_eq(probes_left, 0, "the probes' streams are deleted");
+    cr_assert_eq(measured, 2, "the measured run's streams (engine and pass-through at the rate found) stay");
+    tc_fixture_down(&srv, nc, js, out);
 }
 
 /* An --out that cannot be a directory is refused before any run, with the reason. */
