@@ -57,6 +57,10 @@ static bool engine_up(const char *url, const char *const extra[], pid_t *pid)
                 fputs(line, stderr);
             if (f)
                 fclose(f);
+            /* and what the server said of the connection (its log goes with the store) */
+            char slog[300];
+            snprintf(slog, sizeof slog, "%s.log", srv.store);
+            tc_print_log_tail(slog, 15, "nats-server");
             return false;
         }
     }
