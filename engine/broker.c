@@ -296,6 +296,8 @@ natsStatus broker_set_servers(natsOptions *o, const char *list)
  * and is retried. A write only waits when the send queue (hundreds of KB) is full, i.e. the server has read
  * nothing for a while; 1 s of that on a LAN is a dead server, and it bounds how long a lock is held. */
 #define WRITE_DEADLINE_MS 1000
+/* connection attempts when an nkey or credentials handshake is refused (nats.c 3.4.1, connect_with) */
+#define AUTH_TRIES 4
 
 static vstatus connect_with(const config *c, const char *name, bool send_asap, broker_link *link,
                             natsConnection **nc, verror *e)
@@ -362,7 +364,14 @@ static vstatus connect_with(const config *c, const char *name, bool send_asap, b
     }
     if (link) /* before the first event can arrive; events come in order and overwrite it */
         atomic_store(&link->up, true);
-    s = natsConnection_Connect(nc, o);
+    /* nats.c 3.4.1 (Debian's) sends no signature of the server's nonce when the signature's first byte is 0: its
+     * base64 encoder stops at a leading zero byte (fixed in nats.c 3.8, nats-io/nats.c#705). So with an nkey seed
+     * or a credentials file 1 handshake in 256 is refused though the key is right. A refusal is tried again, each
+     * time with a new nonce, AUTH_TRIES times in all: a wrong key is still refused within milliseconds. */
+    int tries = c->nkey_seed_file[0] || c->creds_file[0] ? AUTH_TRIES : 1;
+    for (int t = 0; t < tries; t++)
+        if ((s = natsConnection_Connect(nc, o)) != NATS_CONNECTION_AUTH_FAILED)
+            break;
     natsOptions_Destroy(o);
     if (s != NATS_OK) {
         if (link)
