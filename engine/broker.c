@@ -362,16 +362,17 @@ static vstatus connect_with(const config *c, const char *name, bool send_asap, b
         natsOptions_Destroy(o);
         return broker_err(e, s, 0, "invalid connection options");
     }
-    if (link) /* before the first event can arrive; events come in order and overwrite it */
-        atomic_store(&link->up, true);
     /* nats.c 3.4.1 (Debian's) sends no signature of the server's nonce when the signature's first byte is 0: its
      * base64 encoder stops at a leading zero byte (fixed in nats.c 3.8, nats-io/nats.c#705). So with an nkey seed
      * or a credentials file 1 handshake in 256 is refused though the key is right. A refusal is tried again, each
      * time with a new nonce, AUTH_TRIES times in all: a wrong key is still refused within milliseconds. */
     int tries = c->nkey_seed_file[0] || c->creds_file[0] ? AUTH_TRIES : 1;
-    for (int t = 0; t < tries; t++)
+    for (int t = 0; t < tries; t++) {
+        if (link) /* before the first event can arrive; events come in order and overwrite it */
+            atomic_store(&link->up, true);
         if ((s = natsConnection_Connect(nc, o)) != NATS_CONNECTION_AUTH_FAILED)
             break;
+    }
     natsOptions_Destroy(o);
     if (s != NATS_OK) {
         if (link)
